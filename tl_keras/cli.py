@@ -1,0 +1,90 @@
+"""The command line: the only module that defines or reads absl flags.
+
+    python run.py --flagfile=configs/X.cfg [--overrides]
+
+Every `Config` field is a flag of the same name. A bad value, a stray
+positional argument or an invalid combination ends with one clear message
+on stderr and a non-zero exit code.
+"""
+
+import dataclasses
+import logging
+import sys
+
+from absl import app, flags
+
+from tl_keras.config import Config, InputError
+
+EXIT_USAGE = 2
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """Defines one flag per Config field, with the field's help text."""
+    for field in dataclasses.fields(Config):
+        name, default = field.name, field.default
+        help_text = field.metadata["help"]
+        choices = field.metadata.get("choices")
+        if choices:
+            flags.DEFINE_enum(name, default, choices, help_text,
+                              flag_values=flag_values)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(name, default, help_text,
+                              flag_values=flag_values)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, help_text,
+                                 flag_values=flag_values)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, help_text,
+                               flag_values=flag_values)
+        else:
+            flags.DEFINE_string(name, default, help_text,
+                                flag_values=flag_values)
+
+
+def config_from_flags(flag_values=flags.FLAGS):
+    """Reads the parsed flags once into a Config (not yet validated)."""
+    return Config(**{f.name: flag_values[f.name].value
+                     for f in dataclasses.fields(Config)})
+
+
+def setup_logging():
+    logger = logging.getLogger("tl_keras")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    # TensorFlow's own INFO lines (SavedModel internals) drown the progress.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"Unexpected positional argument(s): {' '.join(argv[1:])}. "
+            f"Allowed: --name=value flags only (in a flagfile, an indented "
+            f"'#' line also becomes a positional argument).", EXIT_USAGE)
+    config = config_from_flags()
+    # Imported here so `--help` and flag errors answer without loading
+    # TensorFlow.
+    from tl_keras.demo import run_demo
+    from tl_keras.train import train
+
+    try:
+        config.validate()
+        if config.mode == "demo":
+            run_demo(config)
+        else:
+            train(config)
+    except InputError as e:
+        print(f"tl_keras: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def run(argv=None):
+    """Entry point of run.py."""
+    define_flags()
+    setup_logging()
+    app.run(main, argv)

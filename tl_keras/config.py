@@ -1,0 +1,248 @@
+"""The run configuration: one frozen dataclass, validated, saved with the run.
+
+Every field is also a command-line flag of the same name (`cli.py` defines
+the flags from the field metadata below), so a config, a `flags.cfg` and a
+command line are three spellings of one thing.
+"""
+
+import dataclasses
+import json
+import os
+
+APPROACHES = ("scratch", "transfer", "finetune")
+MODES = ("train", "demo")
+AUGMENTATIONS = ("flip", "rotation", "zoom")
+JIT_CHOICES = ("auto", "true", "false")
+
+
+class InputError(ValueError):
+    """A user-controlled input is invalid; the message says which, what is
+    allowed and what was received."""
+
+
+def _field(default, help, choices=None):
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What to train, on what, how, and where to put it."""
+
+    mode: str = _field(
+        "train",
+        "train: run one approach on --data_dir. demo: the bundled offline "
+        "demo (pretrain on digits 0-4, then scratch vs transfer vs finetune "
+        "on digits 5-9 with few labels).",
+        MODES,
+    )
+    data_dir: str = _field(
+        "",
+        "Folder with one sub-folder of images per class, or train/ val/ "
+        "test/ folders that each hold the class sub-folders.",
+    )
+    workdir: str = _field(
+        "", "Where the run writes everything; the same workdir resumes."
+    )
+    backbone: str = _field(
+        "efficientnet_b0",
+        "A registered backbone name (e.g. mobilenet_v3_large, "
+        "efficientnet_v2_b0, resnet50) or a path to a saved .keras model.",
+    )
+    weights: str = _field(
+        "imagenet",
+        "imagenet | none | path to a .weights.h5 or .keras file for the "
+        "backbone.",
+    )
+    image_size: int = _field(
+        0, "Square input size in pixels; 0 = the backbone's default."
+    )
+    approach: str = _field(
+        "finetune",
+        "scratch: train everything from random init. transfer: frozen "
+        "base, train a new head. finetune: transfer, then unfreeze blocks "
+        "and train at --finetune_learning_rate.",
+        APPROACHES,
+    )
+    epochs: int = _field(10, "Epochs of the head stage (or of scratch).")
+    finetune_epochs: int = _field(10, "Epochs of the fine-tune stage.")
+    learning_rate: float = _field(
+        1e-3, "Adam learning rate of the head / scratch stage."
+    )
+    finetune_learning_rate: float = _field(
+        1e-5, "Adam learning rate of the fine-tune stage (keep it tiny)."
+    )
+    unfreeze: str = _field(
+        "all",
+        "How much of the base the fine-tune stage trains, in whole blocks: "
+        "'all' or a number N of top blocks. BatchNorm stays frozen.",
+    )
+    batch_size: int = _field(32, "Global batch size.")
+    validation_split: float = _field(
+        0.15, "Fraction of each class held out for validation."
+    )
+    test_split: float = _field(
+        0.15, "Fraction of each class held out for the final test."
+    )
+    seed: int = _field(42, "Seed of the split, shuffling and initialisation.")
+    augment: str = _field(
+        "flip,rotation,zoom",
+        "Comma-separated training augmentations run in tf.data "
+        "(flip, rotation, zoom), or 'none'.",
+    )
+    dropout: float = _field(0.2, "Dropout rate before the new head.")
+    cache_budget_mb: int = _field(
+        1024,
+        "Decoded, resized images are cached in memory when they fit in "
+        "this many MiB; otherwise they are decoded every epoch.",
+    )
+    jit_compile: str = _field(
+        "auto",
+        "XLA for the train step. auto: on when a GPU is present, off on "
+        "CPU (where XLA is slower).",
+        JIT_CHOICES,
+    )
+    demo_labels_per_class: int = _field(
+        10, "Demo only: labelled training images per target class."
+    )
+    overwrite: bool = _field(
+        False,
+        "Start over in a workdir that holds a different run (the old one "
+        "is moved aside to <workdir>.replaced-<time>, not deleted).",
+    )
+
+    def validate(self, require_data_dir=True):
+        """Checks every field; returns self so calls can chain.
+
+        Args:
+          require_data_dir: False when the data comes another way (arrays
+            passed to `train(config, data=...)`).
+
+        Raises:
+          ValueError: naming the field, what is allowed and what was given.
+        """
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                _fail(f.name, " | ".join(choices), value)
+        if self.mode == "train" and require_data_dir and not self.data_dir:
+            _fail("data_dir", "a folder of class sub-folders", "")
+        if not self.workdir:
+            _fail("workdir", "a folder path", "")
+        if not self.backbone:
+            _fail("backbone", "a backbone name or a .keras path", "")
+        _check_weights(self.weights)
+        _check_range("image_size", self.image_size, 0, 4096)
+        _check_range("epochs", self.epochs, 1, 100000)
+        _check_range("finetune_epochs", self.finetune_epochs, 1, 100000)
+        _check_range("batch_size", self.batch_size, 1, 1 << 20)
+        _check_range("demo_labels_per_class", self.demo_labels_per_class,
+                     1, 100)
+        _check_range("cache_budget_mb", self.cache_budget_mb, 0, 1 << 30)
+        for name in ("learning_rate", "finetune_learning_rate"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                _fail(name, "a float in (0, 1)", value)
+        if not 0 < self.validation_split < 1:
+            _fail("validation_split", "a float in (0, 1)",
+                  self.validation_split)
+        if not 0 <= self.test_split < 1:
+            _fail("test_split", "a float in [0, 1)", self.test_split)
+        if self.validation_split + self.test_split >= 0.9:
+            _fail("validation_split + test_split", "less than 0.9",
+                  self.validation_split + self.test_split)
+        if not 0 <= self.dropout < 1:
+            _fail("dropout", "a float in [0, 1)", self.dropout)
+        self.unfreeze_blocks()
+        self.augmentations()
+        return self
+
+    def unfreeze_blocks(self):
+        """Returns None for 'all', else the number of top blocks."""
+        if self.unfreeze == "all":
+            return None
+        try:
+            n = int(self.unfreeze)
+        except ValueError:
+            n = 0
+        if n < 1:
+            _fail("unfreeze", "'all' or a positive integer", self.unfreeze)
+        return n
+
+    def augmentations(self):
+        """Returns the augmentation names as a tuple (empty for 'none')."""
+        if self.augment in ("none", ""):
+            return ()
+        names = tuple(a.strip() for a in self.augment.split(","))
+        for name in names:
+            if name not in AUGMENTATIONS:
+                _fail("augment",
+                      "'none' or a comma-separated subset of "
+                      + ", ".join(AUGMENTATIONS), self.augment)
+        return names
+
+    def replace(self, **changes):
+        """Returns a copy with `changes` applied (validated when used)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_flagfile(self):
+        """Returns the config as absl flagfile text (one --flag per line)."""
+        lines = ["# Resolved flags of this run; reuse with --flagfile=."]
+        for key, value in self.to_dict().items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            lines.append(f"--{key}={value}")
+        return "\n".join(lines) + "\n"
+
+
+# Fields that may change between a run and its resumption without changing
+# what the run computes.
+RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile")
+
+
+def config_differences(stored, current):
+    """Returns 'field: stored -> current' strings for result-changing fields."""
+    diffs = []
+    for key, value in current.to_dict().items():
+        if key in RESUMABLE_FIELDS:
+            continue
+        if key in stored and stored[key] != value:
+            diffs.append(f"{key}: {stored[key]!r} -> {value!r}")
+    return diffs
+
+
+def load_config_json(path):
+    """Reads a config.json written by a run; returns a plain dict."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def _fail(field, allowed, received):
+    raise InputError(
+        f"Invalid {field}. Allowed: {allowed}. Received: {field}={received!r}"
+    )
+
+
+def _check_range(name, value, low, high):
+    if not isinstance(value, int) or not low <= value <= high:
+        _fail(name, f"an integer in [{low}, {high}]", value)
+
+
+def _check_weights(weights):
+    if weights in ("imagenet", "none"):
+        return
+    if not weights.endswith((".weights.h5", ".keras")):
+        _fail("weights", "imagenet | none | a .weights.h5 or .keras path",
+              weights)
+    if not os.path.isfile(weights):
+        raise InputError(
+            f"Invalid weights: no such file. Allowed: imagenet | none | an "
+            f"existing .weights.h5 or .keras path. Received: "
+            f"weights={weights!r}"
+        )
