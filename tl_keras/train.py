@@ -1,0 +1,357 @@
+"""Run a config in a workdir: stages, checkpoints, resume, metrics, export.
+
+Workdir layout:
+  flags.cfg, config.json     the resolved config (flags.cfg is a flagfile)
+  split.json                 which file went to which split
+  checkpoints/<stage>/       best.weights.h5 + best.json (best by
+                             val_accuracy), backup/ (mid-stage resume
+                             state), done.json (the stage finished)
+  logs/<stage>.csv           one row per epoch
+  logs/tensorboard/<stage>/  TensorBoard events
+  model.keras                the final (best) model
+  export/                    SavedModel for serving
+  metrics.json               what the run measured
+Running the same command again skips finished stages and resumes an
+interrupted one from its last epoch.
+"""
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+
+import keras
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from tl_keras import backbones, distribute, export, transfer
+from tl_keras import data as data_lib
+from tl_keras.config import (
+    InputError,
+    config_differences,
+    load_config_json,
+)
+
+log = logging.getLogger("tl_keras")
+
+
+def train(config, data=None):
+    """Trains, evaluates and exports one run; resumes if interrupted.
+
+    Args:
+      config: a `Config`; `config.workdir` receives everything.
+      data: an optional `data.ImageData` (e.g. from `data.from_arrays`);
+        default reads `config.data_dir`.
+
+    Returns:
+      The metrics dict that is also written to `metrics.json`.
+
+    Raises:
+      ValueError: an invalid config, data or workdir; nothing in an
+        existing workdir is deleted.
+    """
+    config.validate(require_data_dir=data is None)
+    workdir = prepare_workdir(config)
+    metrics_path = os.path.join(workdir, "metrics.json")
+    if _is_complete(workdir):
+        log.info("Run in %s is already complete; nothing to do. Metrics: "
+                 "%s", workdir, metrics_path)
+        with open(metrics_path) as f:
+            return json.load(f)
+    keras.utils.set_random_seed(config.seed)
+    strategy = distribute.get_strategy()
+    jit = distribute.resolve_jit_compile(config.jit_compile)
+    with strategy.scope():
+        backbone = _build_backbone(config)
+    if data is None:
+        data = data_lib.make_datasets(config, backbone.image_size)
+    _write_json(os.path.join(workdir, "split.json"), data.files or {})
+    with strategy.scope():
+        model = transfer.build_classifier(backbone, len(data.class_names),
+                                          config.dropout)
+    blocks = backbone.blocks()
+    if config.approach == "finetune":
+        transfer.check_unfreeze(config.unfreeze_blocks(), blocks)
+    stages = {}
+    for i, stage in enumerate(transfer.plan_stages(config), start=1):
+        log.info("Stage %d: %s", i, stage.name)
+        with strategy.scope():
+            stages[stage.name] = run_stage(model, stage, data, workdir,
+                                           config, blocks, jit)
+    metrics = {
+        "approach": config.approach,
+        "backbone": backbone.source,
+        "image_size": backbone.image_size,
+        "num_classes": len(data.class_names),
+        "class_names": data.class_names,
+        "num_train": data.counts["train"],
+        "counts": data.counts,
+        "class_counts": data.class_counts,
+        "bad_files": len(data.bad_files),
+        "bad_file_paths": data.bad_files[:100],
+        "skipped_files": len(data.skipped_files),
+        "cached": data.cached,
+        "hardware": distribute.describe(strategy, jit),
+        "stages": stages,
+    }
+    metrics.update(evaluate(model, data))
+    _save_model(model, os.path.join(workdir, "model.keras"))
+    export.export_saved_model(model, os.path.join(workdir, "export"),
+                              data.class_names)
+    metrics["complete"] = True
+    _write_json(metrics_path, metrics)
+    log.info("Test accuracy %.4f (%s, %d images). Everything is in %s",
+             metrics["test_accuracy"], metrics["test_split"],
+             metrics["num_test"], workdir)
+    return metrics
+
+
+def prepare_workdir(config):
+    """Creates the workdir or checks that it holds this same run.
+
+    Writes config.json and flags.cfg. With `config.overwrite`, a workdir
+    holding another run is moved aside (never deleted).
+
+    Raises:
+      ValueError: the workdir holds a different run or unrelated files.
+    """
+    workdir = config.workdir
+    stored = os.path.join(workdir, "config.json")
+    problem = None
+    if os.path.isfile(stored):
+        diffs = config_differences(load_config_json(stored), config)
+        if diffs:
+            problem = f"it holds a run with other settings ({'; '.join(diffs)})"
+        else:
+            log.info("Resuming the run in %s", workdir)
+    elif os.path.isdir(workdir) and os.listdir(workdir):
+        problem = "it is not empty and holds no tl_keras run (no config.json)"
+    if problem and not config.overwrite:
+        raise InputError(
+            f"Invalid workdir {workdir!r}: {problem}. Allowed: the same "
+            f"flags (to resume), a new --workdir, or --overwrite (moves the "
+            f"old workdir aside). Received: workdir={workdir!r}")
+    if problem:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = f"{workdir.rstrip('/')}.replaced-{stamp}"
+        os.replace(workdir, aside)
+        log.warning("Moved the previous contents of %s to %s", workdir, aside)
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(stored, config.to_dict())
+    _write_text(os.path.join(workdir, "flags.cfg"), config.to_flagfile())
+    return workdir
+
+
+def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
+    """Configures, compiles and fits one stage; skips it if already done.
+
+    Returns:
+      The stage's summary for metrics.json (settings, history, best).
+    """
+    stage_dir = os.path.join(workdir, "checkpoints", stage.name)
+    os.makedirs(stage_dir, exist_ok=True)
+    transfer.configure_stage(model, stage.name, blocks,
+                             config.unfreeze_blocks())
+    transfer.compile_for_stage(model, stage.learning_rate, jit_compile)
+    done_path = os.path.join(stage_dir, "done.json")
+    checkpoint = StageCheckpoint(stage_dir, stage.name)
+    if os.path.isfile(done_path):
+        checkpoint.restore_best(model)
+        with open(done_path) as f:
+            summary = json.load(f)
+        log.info("Stage %s already done (best val_accuracy %.4f at epoch "
+                 "%d); skipping it.", stage.name, summary["best_val_accuracy"],
+                 summary["best_epoch"])
+        return summary
+    trainable = transfer.count_params(model.trainable_weights)
+    total = transfer.count_params(model.weights)
+    log.info("Stage %s: %d epochs at learning rate %g; training %s of %s "
+             "weights.", stage.name, stage.epochs, stage.learning_rate,
+             f"{trainable:,}", f"{total:,}")
+    logs_dir = os.path.join(workdir, "logs")
+    csv_path = os.path.join(logs_dir, f"{stage.name}.csv")
+    os.makedirs(logs_dir, exist_ok=True)
+    callbacks = [
+        # Listed first so that at the end of training done.json is written
+        # before BackupAndRestore deletes its backup.
+        checkpoint,
+        keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup"),
+                                         double_checkpoint=True),
+        keras.callbacks.CSVLogger(csv_path, append=True),
+        keras.callbacks.TensorBoard(
+            os.path.join(logs_dir, "tensorboard", stage.name)),
+    ]
+    start = time.time()
+    model.fit(data.train, validation_data=data.val, epochs=stage.epochs,
+              shuffle=False,  # tf.data already shuffles the training set
+              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    summary = {
+        "epochs": stage.epochs,
+        "learning_rate": stage.learning_rate,
+        "trainable_params": trainable,
+        "total_params": total,
+        "unfreeze": config.unfreeze if stage.name == "finetune" else None,
+        "seconds_this_process": round(time.time() - start, 1),
+        "best_epoch": checkpoint.best_epoch,
+        "best_val_accuracy": checkpoint.best,
+        "history": read_history(csv_path),
+    }
+    _write_json(done_path, summary)
+    return summary
+
+
+class StageCheckpoint(keras.callbacks.Callback):
+    """Keeps the best weights by val_accuracy, atomically, across resumes.
+
+    At the end of training it restores the best weights into the model.
+    """
+
+    def __init__(self, stage_dir, stage_name):
+        super().__init__()
+        self.path = os.path.join(stage_dir, "best.weights.h5")
+        self.info_path = os.path.join(stage_dir, "best.json")
+        self.stage_name = stage_name
+        self.best, self.best_epoch = -1.0, 0
+        if os.path.isfile(self.info_path) and os.path.isfile(self.path):
+            with open(self.info_path) as f:
+                info = json.load(f)
+            self.best, self.best_epoch = info["val_accuracy"], info["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float((logs or {}).get("val_accuracy", float("nan")))
+        if value > self.best:
+            tmp = os.path.join(os.path.dirname(self.path),
+                               ".best.tmp.weights.h5")
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.path)
+            self.best, self.best_epoch = value, epoch + 1
+            _write_json(self.info_path, {"val_accuracy": value,
+                                         "epoch": epoch + 1})
+
+    def on_train_end(self, logs=None):
+        self.restore_best(self.model)
+
+    def restore_best(self, model):
+        if not os.path.isfile(self.path):
+            return
+        with warnings.catch_warnings():
+            # The file also holds the optimizer of the stage that wrote it;
+            # after a recompile (new stage, or a resumed process) Keras
+            # warns that it skips those variables. Only weights matter here.
+            warnings.filterwarnings("ignore", message=".*optimizer.*")
+            model.load_weights(self.path)
+
+
+def read_history(csv_path):
+    """Reads a stage's CSV log; an epoch logged twice (a crash between the
+    log and the backup) keeps its last row."""
+    if not os.path.isfile(csv_path):
+        return {}
+    rows = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("epoch", "epoch") != "epoch":
+                rows[int(row["epoch"])] = row
+    history = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            if key != "epoch" and value not in (None, ""):
+                history.setdefault(key, []).append(round(float(value), 6))
+    return history
+
+
+def evaluate(model, data):
+    """Test accuracy, loss, per-class report and confusion matrix.
+
+    Uses the test split, or the validation split (reported as such) when
+    no test images were held out.
+    """
+    ds, split = (data.test, "test") if data.test is not None else (
+        data.val, "val")
+    labels, logits = [], []
+    for x, y in ds:
+        logits.append(np.asarray(model(x, training=False), np.float64))
+        labels.append(np.asarray(y))
+    y_true = np.concatenate(labels)
+    logits = np.concatenate(logits)
+    log_probs = logits - logits.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    y_pred = logits.argmax(1)
+    ids = list(range(len(data.class_names)))
+    report = sk_metrics.classification_report(
+        y_true, y_pred, labels=ids, target_names=data.class_names,
+        output_dict=True, zero_division=0)
+    return {
+        "test_split": split,
+        "num_test": int(len(y_true)),
+        "test_accuracy": float((y_pred == y_true).mean()),
+        "test_loss": float(-log_probs[np.arange(len(y_true)), y_true].mean()),
+        "per_class": {name: report[name] for name in data.class_names},
+        "confusion_matrix": sk_metrics.confusion_matrix(
+            y_true, y_pred, labels=ids).tolist(),
+    }
+
+
+def _build_backbone(config):
+    weights = config.weights
+    if config.approach == "scratch":
+        if config.backbone.endswith(".keras"):
+            raise InputError(
+                "Invalid backbone for approach=scratch: a saved model brings "
+                "trained weights. Allowed: a registered name. Received: "
+                f"backbone={config.backbone!r}")
+        if weights != "none":
+            log.info("approach=scratch trains from random init; ignoring "
+                     "weights=%s", weights)
+        weights = "none"
+    log.info("Building backbone %s (weights=%s)", config.backbone, weights)
+    try:
+        return backbones.build_backbone(config.backbone, weights,
+                                        config.image_size)
+    except InputError:
+        raise
+    except Exception as e:
+        if weights != "imagenet":
+            raise
+        # keras.utils.get_file raises a bare Exception on a failed download.
+        raise InputError(
+            f"Could not get ImageNet weights for {config.backbone!r} "
+            f"({str(e).splitlines()[0][:200]}). Without network access use "
+            f"--weights=none or a local .weights.h5 / .keras file. "
+            f"Received: weights='imagenet'") from None
+
+
+def _is_complete(workdir):
+    path = os.path.join(workdir, "metrics.json")
+    if not (os.path.isfile(path)
+            and os.path.isfile(os.path.join(workdir, "export",
+                                            "saved_model.pb"))):
+        return False
+    with open(path) as f:
+        return bool(json.load(f).get("complete"))
+
+
+def _save_model(model, path):
+    tmp = os.path.join(os.path.dirname(path), ".model.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path, obj):
+    _write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def _write_text(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -1,0 +1,132 @@
+"""The three approaches: model assembly, freezing by block, recompiling.
+
+The Keras transfer-learning recipe, with the parts that silently go wrong
+in Keras 3.15 done by the library instead of the user:
+
+* the base sits in a `Backbone` layer that forces inference mode while the
+  base is frozen (outer `training=False` alone does not hold in fit());
+* when blocks are unfrozen, every BatchNormalization layer is frozen one by
+  one, so its moving statistics stay those of pretraining;
+* every change of `trainable` is followed by a compile with a new
+  optimizer (Keras gives no warning when that compile is missing).
+"""
+
+import dataclasses
+
+import keras
+
+from tl_keras import backbones, heads
+from tl_keras.config import InputError
+
+STAGES = ("scratch", "head", "finetune")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One fit() of a run: which part trains, how long, how fast."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+
+
+def plan_stages(config):
+    """Returns the stages of `config.approach`, in order."""
+    if config.approach == "scratch":
+        return [Stage("scratch", config.epochs, config.learning_rate)]
+    stages = [Stage("head", config.epochs, config.learning_rate)]
+    if config.approach == "finetune":
+        stages.append(Stage("finetune", config.finetune_epochs,
+                            config.finetune_learning_rate))
+    return stages
+
+
+def build_classifier(backbone, num_classes, dropout=0.2):
+    """Assembles image -> preprocess -> backbone -> head.
+
+    Args:
+      backbone: a `backbones.BuiltBackbone`.
+      num_classes: number of classes.
+      dropout: head dropout rate.
+
+    Returns:
+      A functional keras.Model taking float32 RGB images in [0, 255] of
+      shape (size, size, 3) and returning float32 logits. Its layers are
+      named 'image', 'preprocess', 'backbone', 'pool', 'head_dropout',
+      'logits'.
+    """
+    size = backbone.image_size
+    inputs = keras.Input((size, size, 3), name="image")
+    x = backbones.ImageNormalization(backbone.preprocessing,
+                                     name="preprocess")(inputs)
+    x = backbones.Backbone(backbone.base, name="backbone")(x)
+    logits = heads.build_head(x, num_classes, dropout)
+    return keras.Model(inputs, logits, name="tl_keras_classifier")
+
+
+def get_base(model):
+    """Returns the base model inside a classifier built here."""
+    return model.get_layer("backbone").base
+
+
+def configure_stage(model, stage, blocks, unfreeze=None):
+    """Sets which weights train in `stage`; the caller must then compile.
+
+    Args:
+      model: a classifier from `build_classifier`.
+      stage: 'scratch' (everything trains, BatchNorm included), 'head'
+        (the base is frozen and runs in inference mode) or 'finetune'
+        (the top `unfreeze` blocks train, all BatchNorm stays frozen).
+      blocks: the base's blocks, from `backbones.list_blocks`.
+      unfreeze: number of top blocks to train in 'finetune'; None = all.
+
+    Raises:
+      ValueError: unknown stage, or more blocks than the base has.
+    """
+    if stage not in STAGES:
+        raise InputError(f"Unknown stage. Allowed: {', '.join(STAGES)}. "
+                         f"Received: stage={stage!r}")
+    base = get_base(model)
+    # Setting trainable on the base resets every sub-layer's flag.
+    base.trainable = stage != "head"
+    if stage != "finetune":
+        return
+    if unfreeze is not None:
+        check_unfreeze(unfreeze, blocks)
+        for _, layers in blocks[:len(blocks) - unfreeze]:
+            for layer in layers:
+                layer.trainable = False
+    for layer in _all_layers(base):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def check_unfreeze(unfreeze, blocks):
+    """Raises ValueError if `unfreeze` top blocks is more than there are."""
+    if unfreeze is not None and not 1 <= unfreeze <= len(blocks):
+        raise InputError(
+            f"Invalid unfreeze: the base has {len(blocks)} blocks "
+            f"({blocks[0][0]} ... {blocks[-1][0]}). Allowed: all or 1.."
+            f"{len(blocks)}. Received: unfreeze={unfreeze}")
+
+
+def compile_for_stage(model, learning_rate, jit_compile=False):
+    """Compiles with a fresh Adam; needed after every change of trainable."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+
+
+def count_params(weights):
+    return int(sum(int(keras.ops.size(w)) for w in weights))
+
+
+def _all_layers(model):
+    """Yields every layer inside `model`, nested models included."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
