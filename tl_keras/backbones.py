@@ -298,11 +298,29 @@ def build_backbone(name, weights="imagenet", image_size=0):
             f"Invalid weights for {spec.name}: it has no ImageNet weights. "
             f"Allowed: none | a .weights.h5 / .keras path. Received: "
             f"weights='imagenet'")
-    base = spec.build(size, "imagenet" if weights == "imagenet" else None)
+    if weights == "imagenet":
+        base = _build_with_imagenet_weights(spec, size)
+    else:
+        base = spec.build(size, None)
     if weights not in ("imagenet", "none"):
         _load_weights_file(base, weights, spec.name)
     return BuiltBackbone(base, spec.preprocessing, size, spec,
                          source=f"{spec.name} (weights={weights})")
+
+
+def _build_with_imagenet_weights(spec, size):
+    try:
+        return spec.build(size, "imagenet")
+    except Exception as e:  # noqa: BLE001 - see below
+        # keras.utils.get_file raises a bare Exception when the download
+        # fails; anything else is re-raised untouched.
+        if "fetch failure" not in str(e) and not isinstance(e, OSError):
+            raise
+        raise InputError(
+            f"Could not download ImageNet weights for {spec.name} "
+            f"({str(e).splitlines()[0][:200]}). Without network access use "
+            f"--weights=none or a local .weights.h5 / .keras file. "
+            f"Received: weights='imagenet'") from None
 
 
 def _load_weights_file(base, path, name):

@@ -84,7 +84,6 @@ def main(argv):
 
 
 def run(argv=None):
-    """Entry point of run.py."""
-    define_flags()
+    """Entry point of run.py; call `define_flags()` first."""
     setup_logging()
     app.run(main, argv)

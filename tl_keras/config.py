@@ -107,6 +107,9 @@ class Config:
     demo_labels_per_class: int = _field(
         10, "Demo only: labelled training images per target class."
     )
+    demo_pretrain_epochs: int = _field(
+        8, "Demo only: epochs of pretraining the base on the source task."
+    )
     overwrite: bool = _field(
         False,
         "Start over in a workdir that holds a different run (the old one "
@@ -141,6 +144,8 @@ class Config:
         _check_range("batch_size", self.batch_size, 1, 1 << 20)
         _check_range("demo_labels_per_class", self.demo_labels_per_class,
                      1, 100)
+        _check_range("demo_pretrain_epochs", self.demo_pretrain_epochs,
+                     1, 1000)
         _check_range("cache_budget_mb", self.cache_budget_mb, 0, 1 << 30)
         for name in ("learning_rate", "finetune_learning_rate"):
             value = getattr(self, name)

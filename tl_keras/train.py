@@ -29,11 +29,7 @@ from sklearn import metrics as sk_metrics
 
 from tl_keras import backbones, distribute, export, transfer
 from tl_keras import data as data_lib
-from tl_keras.config import (
-    InputError,
-    config_differences,
-    load_config_json,
-)
+from tl_keras.config import InputError, config_differences, load_config_json
 
 log = logging.getLogger("tl_keras")
 
@@ -98,6 +94,7 @@ def train(config, data=None):
         "stages": stages,
     }
     metrics.update(evaluate(model, data))
+    log.info("Saving model.keras and the SavedModel export")
     _save_model(model, os.path.join(workdir, "model.keras"))
     export.export_saved_model(model, os.path.join(workdir, "export"),
                               data.class_names)
@@ -271,6 +268,8 @@ def evaluate(model, data):
     """
     ds, split = (data.test, "test") if data.test is not None else (
         data.val, "val")
+    log.info("Evaluating on the %s split (%d images)", split,
+             data.counts.get(split, 0))
     labels, logits = [], []
     for x, y in ds:
         logits.append(np.asarray(model(x, training=False), np.float64))
@@ -308,20 +307,8 @@ def _build_backbone(config):
                      "weights=%s", weights)
         weights = "none"
     log.info("Building backbone %s (weights=%s)", config.backbone, weights)
-    try:
-        return backbones.build_backbone(config.backbone, weights,
-                                        config.image_size)
-    except InputError:
-        raise
-    except Exception as e:
-        if weights != "imagenet":
-            raise
-        # keras.utils.get_file raises a bare Exception on a failed download.
-        raise InputError(
-            f"Could not get ImageNet weights for {config.backbone!r} "
-            f"({str(e).splitlines()[0][:200]}). Without network access use "
-            f"--weights=none or a local .weights.h5 / .keras file. "
-            f"Received: weights='imagenet'") from None
+    return backbones.build_backbone(config.backbone, weights,
+                                    config.image_size)
 
 
 def _is_complete(workdir):

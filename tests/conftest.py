@@ -1,0 +1,71 @@
+"""Shared fixtures: generated image folders in every supported format.
+
+No test downloads anything: images are drawn here, backbones use
+weights=None, local weight files, or bases pretrained in the test.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import tl_keras  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One saving recipe per format, including the conversions the loader must
+# handle: grayscale and RGBA PNG, palette GIF.
+FORMATS = {
+    "png": lambda im, path: im.save(path + ".png"),
+    "jpg": lambda im, path: im.save(path + ".jpg", quality=95),
+    "gray.png": lambda im, path: im.convert("L").save(path + ".gray.png"),
+    "rgba.png": lambda im, path: im.convert("RGBA").save(path + ".rgba.png"),
+    "bmp": lambda im, path: im.save(path + ".bmp"),
+    "gif": lambda im, path: im.convert("P").save(path + ".gif"),
+}
+
+
+def class_image(label, rng, size):
+    """A class-dependent pattern (bars at a class angle) plus noise, so a
+    small CNN can learn the classes in a few epochs."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    angle = label * np.pi / 3
+    wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 12)
+    base = (wave > 0).astype(np.float32)
+    color = np.array([[1.0, 0.3, 0.2], [0.2, 1.0, 0.3], [0.3, 0.2, 1.0]])[
+        label % 3]
+    pixels = base[..., None] * color * 200 + rng.uniform(0, 55, (size, size,
+                                                                 3))
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def write_image_folder(root, num_classes=3, per_class=12, seed=0,
+                       formats=tuple(FORMATS), sizes=(24, 40)):
+    """Writes root/<class>/<i>.<fmt> images; returns root."""
+    rng = np.random.default_rng(seed)
+    for label in range(num_classes):
+        folder = os.path.join(root, f"class_{label}")
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            size = int(rng.integers(sizes[0], sizes[1] + 1))
+            fmt = formats[i % len(formats)]
+            FORMATS[fmt](class_image(label, rng, size),
+                         os.path.join(folder, f"{i:03d}"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    return write_image_folder(str(tmp_path_factory.mktemp("images")))
+
+
+@pytest.fixture
+def tiny_config(tmp_path, image_folder):
+    return tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone="compact_cnn", weights="none", image_size=32,
+        approach="finetune", epochs=2, finetune_epochs=1, batch_size=8,
+        validation_split=0.2, test_split=0.2, augment="flip,rotation,zoom")

@@ -1,0 +1,183 @@
+"""Backbone registry: names, contracts, blocks, weights files, and a user's
+own saved model as the base. All offline (weights=None or local files)."""
+
+import keras
+import numpy as np
+import pytest
+
+import tl_keras
+from tl_keras import backbones, transfer
+
+COMPACT_BLOCKS = ["block1", "block2", "block3", "block4"]
+REQUIRED = [
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    *[f"efficientnet_b{i}" for i in range(8)],
+    "efficientnet_v2_b0", "efficientnet_v2_b1", "efficientnet_v2_b2",
+    "efficientnet_v2_b3", "efficientnet_v2_s", "resnet50", "resnet50_v2",
+    "resnet101_v2", "convnext_tiny", "densenet121", "xception",
+    "inception_v3",
+]
+
+
+def test_registry_has_required_families():
+    assert set(REQUIRED) <= set(tl_keras.list_backbones())
+
+
+@pytest.mark.parametrize("alias, name", [
+    ("EfficientNetV2B0", "efficientnet_v2_b0"),
+    ("MobileNetV3Large", "mobilenet_v3_large"),
+    ("ResNet50V2", "resnet50_v2"),
+    ("convnext-tiny", "convnext_tiny"),
+])
+def test_keras_application_names_resolve(alias, name):
+    assert tl_keras.get_backbone_spec(alias).name == name
+
+
+def test_unknown_backbone_lists_known_names():
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.get_backbone_spec("resnet5")
+    message = str(e.value)
+    assert "Unknown backbone 'resnet5'" in message
+    assert "resnet50, resnet50_v2" in message
+    assert "Received: backbone='resnet5'" in message
+
+
+# Each family at a small input with weights=None: a real keras.applications
+# build, checked for the contract and the block grouping fine-tuning uses.
+FAMILIES = [
+    ("mobilenet_v2", 32, "tf", "block_16"),
+    ("mobilenet_v3_small", 32, "none", "expanded_conv_10"),
+    ("efficientnet_b0", 32, "none", "block7a"),
+    ("efficientnet_v2_b0", 32, "none", "block6h"),
+    ("resnet50", 32, "caffe", "conv5_block3"),
+    ("resnet50_v2", 32, "tf", "conv5_block3"),
+    ("densenet121", 32, "torch", "conv5_block16"),
+    ("convnext_tiny", 32, "none", "stage_3_block_2"),
+    ("xception", 71, "tf", "block14"),
+    ("inception_v3", 75, "tf", "mixed10"),
+]
+
+
+@pytest.mark.parametrize("name, size, mode, last_block", FAMILIES,
+                         ids=[f[0] for f in FAMILIES])
+def test_family_builds_with_contract_and_blocks(name, size, mode,
+                                                last_block):
+    built = tl_keras.build_backbone(name, "none", size)
+    assert built.preprocessing == mode
+    assert built.base.output.shape[-1] > 0
+    assert len(built.base.output.shape) == 4
+    blocks = built.blocks()
+    names = [b for b, _ in blocks]
+    assert len(blocks) >= 8, names
+    assert last_block in names, names[-4:]
+    # Every layer is in exactly one block, in order.
+    flat = [layer for _, layers in blocks for layer in layers]
+    expected = [layer for layer in built.base.layers
+                if not isinstance(layer, keras.layers.InputLayer)]
+    assert flat == expected
+
+
+def test_image_size_below_minimum_is_rejected():
+    with pytest.raises(tl_keras.InputError, match="image_size.*>= 75"):
+        tl_keras.build_backbone("inception_v3", "none", 64)
+
+
+def test_compact_cnn_shape_params_and_blocks():
+    built = tl_keras.build_backbone("compact_cnn", "none", 32)
+    assert built.base.output.shape == (None, 2, 2, 128)
+    assert built.base.count_params() == 294_960
+    assert [b for b, _ in built.blocks()] == COMPACT_BLOCKS
+    with pytest.raises(tl_keras.InputError, match="no ImageNet weights"):
+        tl_keras.build_backbone("compact_cnn", "imagenet", 32)
+
+
+def test_weights_file_loads_and_mismatch_is_clear(tmp_path):
+    built = tl_keras.build_backbone("compact_cnn", "none", 32)
+    path = str(tmp_path / "base.weights.h5")
+    built.base.save_weights(path)
+    again = tl_keras.build_backbone("compact_cnn", path, 32)
+    for a, b in zip(built.base.weights, again.base.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    other = tl_keras.build_backbone("mobilenet_v2", "none", 32)
+    bad = str(tmp_path / "mobilenet.weights.h5")
+    other.base.save_weights(bad)
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.build_backbone("compact_cnn", bad, 32)
+    assert "does not match backbone 'compact_cnn'" in str(e.value)
+    assert "Received: weights=" in str(e.value)
+
+
+def test_classifier_file_serves_as_weights_and_as_backbone(tmp_path):
+    built = tl_keras.build_backbone("compact_cnn", "none", 32)
+    model = transfer.build_classifier(built, 4)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    # As --weights: the base's weights come from the saved classifier.
+    loaded = tl_keras.build_backbone("compact_cnn", path, 32)
+    np.testing.assert_array_equal(loaded.base.weights[0].numpy(),
+                                  built.base.weights[0].numpy())
+    # As --backbone: base, preprocessing, size and block names come along.
+    reused = tl_keras.build_backbone(path)
+    assert reused.preprocessing == "unit"
+    assert reused.image_size == 32
+    assert [b for b, _ in reused.blocks()] == COMPACT_BLOCKS
+
+
+def test_user_model_is_cut_at_spatial_features(tmp_path):
+    inputs = keras.Input((40, 40, 3))
+    x = keras.layers.Conv2D(8, 3, name="c1")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, name="c2")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(3)(x)
+    path = str(tmp_path / "user.keras")
+    keras.Model(inputs, outputs).save(path)
+    built = tl_keras.build_backbone(path)
+    assert built.base.output.shape == (None, 18, 18, 16)
+    assert built.image_size == 40
+    assert [b for b, _ in built.blocks()] == ["c1", "c2"]
+    with pytest.raises(tl_keras.InputError, match="takes 40 px"):
+        tl_keras.build_backbone(path, image_size=64)
+
+
+def test_missing_backbone_file_is_clear():
+    with pytest.raises(tl_keras.InputError, match="no such file"):
+        tl_keras.build_backbone("nowhere/model.keras")
+
+
+@pytest.mark.parametrize("mode", ["tf", "caffe", "torch"])
+def test_normalization_matches_keras_applications(mode):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    ours = backbones.ImageNormalization(mode)(x)
+    theirs = keras.applications.imagenet_utils.preprocess_input(
+        x.copy(), mode=mode)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_classifier_round_trips_through_keras_file(tmp_path):
+    built = tl_keras.build_backbone("mobilenet_v2", "none", 32)
+    model = transfer.build_classifier(built, 3)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               again.predict(x, verbose=0), atol=1e-6)
+    assert isinstance(again.get_layer("backbone"), tl_keras.Backbone)
+
+
+def test_imagenet_download_failure_is_clear(monkeypatch):
+    """The real weights='imagenet' path runs up to the download, which is
+    replaced here by the failure Keras raises offline (no network here)."""
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com"
+                        "/x.h5: None -- [Errno -3] Temporary failure")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.build_backbone("mobilenet_v2", "imagenet", 96)
+    assert "Could not download ImageNet weights for mobilenet_v2" in str(
+        e.value)
+    assert "--weights=none" in str(e.value)

@@ -1,0 +1,237 @@
+"""End to end through the command line: configs/smoke.cfg on generated
+images, the workdir it leaves, the export reloaded, resume, and bad input
+answered with one clear message (no traceback) and an intact workdir."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, write_image_folder
+
+import tl_keras
+from tl_keras import data as data_lib
+
+
+def run_cli(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, image_folder):
+    workdir = str(tmp_path_factory.mktemp("smoke") / "run")
+    result = run_cli("--flagfile=configs/smoke.cfg",
+                     f"--data_dir={image_folder}", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_smoke_run_writes_the_workdir(smoke_run):
+    workdir, result = smoke_run
+    for path in ["flags.cfg", "config.json", "split.json", "metrics.json",
+                 "model.keras", "export/saved_model.pb",
+                 "export/assets/labels.txt",
+                 "checkpoints/head/best.weights.h5",
+                 "checkpoints/head/done.json",
+                 "checkpoints/finetune/best.weights.h5",
+                 "logs/head.csv", "logs/finetune.csv"]:
+        assert os.path.isfile(os.path.join(workdir, path)), path
+    assert os.listdir(os.path.join(workdir, "logs", "tensorboard", "head"))
+    # The backup used for mid-stage resume is removed once a stage is done.
+    assert not os.path.exists(
+        os.path.join(workdir, "checkpoints", "head", "backup"))
+    assert "Epoch 2/2" in result.stdout
+    assert "Test accuracy" in result.stdout
+
+
+def test_metrics_hold_the_required_fields(smoke_run, image_folder):
+    workdir, _ = smoke_run
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["approach"] == "finetune"
+    assert metrics["num_classes"] == 3
+    assert metrics["class_names"] == ["class_0", "class_1", "class_2"]
+    assert metrics["num_train"] == 24
+    assert set(metrics["stages"]) == {"head", "finetune"}
+    assert len(metrics["stages"]["head"]["history"]["val_accuracy"]) == 2
+    assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 1
+    assert 0 <= metrics["test_accuracy"] <= 1
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == metrics["num_test"]
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(
+        metrics["test_accuracy"])
+    assert set(metrics["per_class"]["class_0"]) >= {"precision", "recall",
+                                                    "f1-score"}
+    assert metrics["hardware"]["jit_compile"] is False  # CPU default
+
+
+def test_export_matches_the_model(smoke_run):
+    workdir, _ = smoke_run
+    model = keras.saving.load_model(os.path.join(workdir, "model.keras"))
+    served = tf.saved_model.load(os.path.join(workdir, "export"))
+    serve = served.signatures["serving_default"]
+    assert serve.structured_input_signature[1]["images"].dtype == tf.uint8
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 50, 37, 3), dtype=np.uint8)
+    scores = serve(images=tf.constant(images))["scores"].numpy()
+    assert scores.shape == (4, 3) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
+    resized = data_lib.resize_images(images, 32).numpy().astype("float32")
+    expected = tf.nn.softmax(model.predict(resized, verbose=0)).numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    again = serve(images=tf.constant(images))["scores"].numpy()
+    np.testing.assert_array_equal(scores, again)
+    labels = open(os.path.join(workdir, "export/assets/labels.txt")).read()
+    assert labels.split() == ["class_0", "class_1", "class_2"]
+
+
+def test_same_command_again_is_a_no_op(smoke_run, image_folder):
+    workdir, _ = smoke_run
+    metrics = os.path.join(workdir, "metrics.json")
+    mtime = os.path.getmtime(metrics)
+    # flags.cfg is reusable as a flagfile.
+    result = run_cli(f"--flagfile={workdir}/flags.cfg")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "already complete" in result.stdout
+    assert os.path.getmtime(metrics) == mtime
+
+
+class Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
+    """A crash in the middle of the fine-tune stage; the rerun skips the
+    head stage and continues fine-tuning from the last finished epoch."""
+    config = tiny_config.replace(epochs=2, finetune_epochs=3)
+    original = keras.callbacks.TensorBoard.on_epoch_end
+    calls = []
+
+    def crash_in_finetune(self, epoch, logs=None):
+        original(self, epoch, logs)
+        calls.append(self.log_dir)
+        if self.log_dir.endswith("finetune") and epoch == 1:
+            raise Crash()
+
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        crash_in_finetune)
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    logs = os.path.join(config.workdir, "logs")
+    assert os.path.isdir(os.path.join(config.workdir, "checkpoints",
+                                      "finetune", "backup"))
+    head_rows = list(csv.DictReader(open(os.path.join(logs, "head.csv"))))
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    metrics = tl_keras.train(config)
+    # The head stage did not run again; fine-tuning ran only epoch 3.
+    assert list(csv.DictReader(open(os.path.join(logs, "head.csv")))) == (
+        head_rows)
+    rows = list(csv.DictReader(open(os.path.join(logs, "finetune.csv"))))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 3
+    assert metrics["complete"]
+
+
+def test_arrays_run_through_the_api(tmp_path, tiny_config):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 20, 20, 3), dtype=np.uint8)
+    y = np.arange(30) % 2
+    x[y == 1, :10] = 255  # a learnable difference
+    config = tiny_config.replace(data_dir="", mode="train",
+                                 approach="transfer", epochs=1,
+                                 workdir=str(tmp_path / "arrays"))
+    data = tl_keras.from_arrays(x, y, config, 32, class_names=["a", "b"])
+    metrics = tl_keras.train(config, data=data)
+    assert metrics["class_names"] == ["a", "b"]
+    assert os.path.isfile(os.path.join(config.workdir, "export",
+                                       "saved_model.pb"))
+
+
+# Bad input through the CLI: exit code != 0, one clear line, no traceback.
+BAD = [
+    (["--data_dir=/nonexistent"], "no such folder"),
+    (["--backbone=resnet5"], "Unknown backbone 'resnet5'"),
+    (["--approach=transferr"], "approach"),
+    (["--unfreeze=top"], "Invalid unfreeze"),
+    (["--weights=/nonexistent.weights.h5"], "no such file"),
+    (["stray_positional"], "Unexpected positional argument"),
+    (["--epochs=0"], "Invalid epochs"),
+    (["--no_such_flag=1"], "no_such_flag"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", BAD,
+                         ids=[a[0].split("=")[0] for a, _ in BAD])
+def test_bad_input_gets_a_clear_error(tmp_path, image_folder, args,
+                                      fragment):
+    result = run_cli("--flagfile=configs/smoke.cfg",
+                     f"--data_dir={image_folder}",
+                     f"--workdir={tmp_path / 'w'}", *args)
+    assert result.returncode != 0
+    assert fragment in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_single_class_and_mismatched_weights(tmp_path):
+    one = write_image_folder(str(tmp_path / "one"), num_classes=1)
+    result = run_cli("--flagfile=configs/smoke.cfg", f"--data_dir={one}",
+                     f"--workdir={tmp_path / 'w1'}")
+    assert result.returncode == 2
+    assert "at least 2 class" in result.stderr
+    assert "Traceback" not in result.stderr
+    other = tl_keras.build_backbone("mobilenet_v2", "none", 32)
+    weights = str(tmp_path / "other.weights.h5")
+    other.base.save_weights(weights)
+    data = write_image_folder(str(tmp_path / "two"), num_classes=2)
+    result = run_cli("--flagfile=configs/smoke.cfg", f"--data_dir={data}",
+                     f"--workdir={tmp_path / 'w2'}", f"--weights={weights}")
+    assert result.returncode == 2
+    assert "does not match backbone 'compact_cnn'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_workdir_of_another_run_is_kept(smoke_run, image_folder):
+    workdir, _ = smoke_run
+    before = sorted(os.listdir(workdir))
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = f.read()
+    result = run_cli("--flagfile=configs/smoke.cfg",
+                     f"--data_dir={image_folder}", f"--workdir={workdir}",
+                     "--epochs=5")
+    assert result.returncode == 2
+    assert "epochs: 2 -> 5" in result.stderr
+    assert sorted(os.listdir(workdir)) == before
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        assert f.read() == metrics
+
+
+def test_unrelated_folder_is_not_used_as_workdir(tmp_path, image_folder):
+    workdir = tmp_path / "mine"
+    workdir.mkdir()
+    (workdir / "thesis.txt").write_text("precious")
+    result = run_cli("--flagfile=configs/smoke.cfg",
+                     f"--data_dir={image_folder}", f"--workdir={workdir}")
+    assert result.returncode == 2
+    assert "holds no tl_keras run" in result.stderr
+    assert (workdir / "thesis.txt").read_text() == "precious"
+
+
+def test_bad_files_are_counted_in_metrics(tmp_path, tiny_config):
+    root = write_image_folder(str(tmp_path / "d"), num_classes=2,
+                              formats=("png",))
+    (tmp_path / "d" / "class_0" / "broken.png").write_bytes(b"\x89PNG junk")
+    config = tiny_config.replace(data_dir=root, approach="transfer",
+                                 epochs=1, workdir=str(tmp_path / "w"))
+    metrics = tl_keras.train(config)
+    assert metrics["bad_files"] == 1
+    assert metrics["bad_file_paths"][0].endswith("broken.png")
+    assert sum(metrics["counts"].values()) == 24

@@ -1,0 +1,101 @@
+"""Configs: every file in configs/ parses and validates; bad values fail
+with field / allowed / received."""
+
+import dataclasses
+import glob
+import os
+
+import pytest
+from absl import flags
+from conftest import REPO
+
+import tl_keras
+from tl_keras import cli
+from tl_keras.config import config_differences
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.cfg")))
+
+
+def parse(args):
+    flag_values = flags.FlagValues()
+    cli.define_flags(flag_values)
+    flag_values(["run.py", *args])
+    return cli.config_from_flags(flag_values)
+
+
+def test_configs_exist():
+    names = {os.path.basename(p) for p in CONFIGS}
+    assert {"_base.cfg", "smoke.cfg", "demo.cfg"} <= names
+    assert len(names) >= 5, names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_parses_and_validates(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # nested --flagfile paths resolve from here
+    with open(path) as f:
+        head = f.read().split("\n--", 1)[0]
+    # Every config opens with what it does, the command, and a measurement.
+    assert "python run.py" in head or path.endswith("_base.cfg"), head
+    config = parse([f"--flagfile={path}"])
+    # Configs for real data or tests leave these to the command line.
+    if not config.workdir:
+        config = dataclasses.replace(config, workdir="/tmp/w")
+    if config.mode == "train" and not os.path.isdir(config.data_dir):
+        config = dataclasses.replace(config, data_dir="/tmp/d")
+    config.validate()
+
+
+def test_flagfile_round_trip(tmp_path):
+    config = tl_keras.Config(data_dir="d", workdir="w", unfreeze="3",
+                             approach="transfer", overwrite=True,
+                             learning_rate=0.0025)
+    path = tmp_path / "flags.cfg"
+    path.write_text(config.to_flagfile())
+    assert parse([f"--flagfile={path}"]) == config
+
+
+def test_command_line_overrides_flagfile(monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = parse(["--flagfile=configs/smoke.cfg", "--epochs=7"])
+    assert config.epochs == 7
+    assert config.backbone == "compact_cnn"
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(approach="transfr"), "approach"),
+    (dict(data_dir=""), "data_dir"),
+    (dict(workdir=""), "workdir"),
+    (dict(weights="weights.bin"), "weights"),
+    (dict(weights="missing.weights.h5"), "weights"),
+    (dict(epochs=0), "epochs"),
+    (dict(learning_rate=0.0), "learning_rate"),
+    (dict(validation_split=0.0), "validation_split"),
+    (dict(validation_split=0.5, test_split=0.5),
+     "validation_split + test_split"),
+    (dict(unfreeze="top"), "unfreeze"),
+    (dict(unfreeze="0"), "unfreeze"),
+    (dict(augment="flip,blur"), "augment"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_invalid_values_name_field_allowed_received(changes, field):
+    config = dataclasses.replace(
+        tl_keras.Config(data_dir="d", workdir="w"), **changes)
+    with pytest.raises(tl_keras.InputError) as e:
+        config.validate()
+    message = str(e.value)
+    assert field in message
+    assert "Allowed" in message and "Received" in message
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tl_keras.Config().epochs = 3
+
+
+def test_differences_ignore_resumable_fields():
+    a = tl_keras.Config(data_dir="d", workdir="w")
+    stored = a.to_dict()
+    assert config_differences(stored, dataclasses.replace(
+        a, overwrite=True, cache_budget_mb=1)) == []
+    diffs = config_differences(stored, dataclasses.replace(a, epochs=3))
+    assert diffs == ["epochs: 10 -> 3"]

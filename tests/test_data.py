@@ -1,0 +1,190 @@
+"""Image folders and arrays -> tf.data pipelines: formats, splits,
+augmentation in tf.data, and clear errors for bad data."""
+
+import dataclasses
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import FORMATS, class_image, write_image_folder
+from PIL import Image
+
+import tl_keras
+from tl_keras import data as data_lib
+
+SIZE = 32
+
+
+def labels_of(ds):
+    return np.concatenate([y.numpy() for _, y in ds])
+
+
+def test_every_format_decodes_to_rgb(image_folder, tiny_config):
+    data = tl_keras.make_datasets(tiny_config, SIZE)
+    assert data.class_names == ["class_0", "class_1", "class_2"]
+    assert sum(data.counts.values()) == 36
+    for x, y in data.train.concatenate(data.val).concatenate(data.test):
+        assert x.dtype == tf.float32 and y.dtype == tf.int32
+        assert x.shape[1:] == (SIZE, SIZE, 3)
+        assert float(tf.reduce_min(x)) >= 0 and float(tf.reduce_max(x)) <= 255
+    # Grayscale becomes three equal channels; RGBA drops alpha.
+    path = next(p for p, _ in data.files["train"] if p.endswith("gray.png"))
+    image = data_lib.decode_image(tf.io.read_file(path)).numpy()
+    assert image.shape[-1] == 3
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+    path = next(p for p, _ in data.files["train"] if p.endswith("rgba.png"))
+    rgba = np.asarray(Image.open(path))
+    np.testing.assert_array_equal(
+        data_lib.decode_image(tf.io.read_file(path)).numpy(), rgba[..., :3])
+
+
+def test_split_is_stratified_disjoint_and_seeded(tiny_config):
+    data = tl_keras.make_datasets(tiny_config, SIZE)
+    splits = {k: {p for p, _ in v} for k, v in data.files.items()}
+    assert not splits["train"] & splits["val"]
+    assert not splits["train"] & splits["test"]
+    assert not splits["val"] & splits["test"]
+    # 12 per class: round(2.4) = 2 for val and test, 8 for train.
+    assert data.class_counts["val"] == {f"class_{i}": 2 for i in range(3)}
+    assert data.class_counts["train"] == {f"class_{i}": 8 for i in range(3)}
+    again = tl_keras.make_datasets(tiny_config, SIZE)
+    assert again.files == data.files
+    other = tl_keras.make_datasets(
+        dataclasses.replace(tiny_config, seed=7), SIZE)
+    assert other.files["val"] != data.files["val"]
+
+
+def test_train_val_test_folders_are_used(tmp_path, tiny_config):
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        write_image_folder(str(tmp_path / split), per_class=n,
+                           formats=("png",))
+    config = dataclasses.replace(tiny_config, data_dir=str(tmp_path))
+    data = tl_keras.make_datasets(config, SIZE)
+    assert data.counts == {"train": 18, "val": 6, "test": 9}
+    assert all("/val/" in p for p, _ in data.files["val"])
+    assert len(labels_of(data.test)) == 9
+
+
+def test_val_folder_only_carves_test_from_train(tmp_path, tiny_config):
+    write_image_folder(str(tmp_path / "train"), per_class=10,
+                       formats=("png",))
+    write_image_folder(str(tmp_path / "validation"), per_class=2,
+                       formats=("png",))
+    config = dataclasses.replace(tiny_config, data_dir=str(tmp_path))
+    data = tl_keras.make_datasets(config, SIZE)
+    assert data.counts == {"train": 24, "val": 6, "test": 6}
+
+
+def test_augmentation_runs_in_tf_data_on_train_only(tiny_config):
+    config = dataclasses.replace(tiny_config, batch_size=64)
+    data = tl_keras.make_datasets(config, SIZE)
+    first = next(iter(data.train))[0].numpy()
+    second = next(iter(data.train))[0].numpy()
+    assert not np.array_equal(np.sort(first, axis=None),
+                              np.sort(second, axis=None))
+    val_a = next(iter(data.val))[0].numpy()
+    val_b = next(iter(data.val))[0].numpy()
+    np.testing.assert_array_equal(val_a, val_b)
+    plain = tl_keras.make_datasets(
+        dataclasses.replace(config, augment="none"), SIZE)
+    a = np.sort(next(iter(plain.train))[0].numpy(), axis=None)
+    b = np.sort(next(iter(plain.train))[0].numpy(), axis=None)
+    np.testing.assert_array_equal(a, b)  # same images, shuffled
+
+
+def test_resize_is_the_same_eagerly_and_in_tf_data():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 45, 61, 3), dtype=np.uint8)
+    eager = data_lib.resize_images(images, SIZE).numpy()
+    ds = tf.data.Dataset.from_tensor_slices(images).map(
+        lambda x: data_lib.resize_images(x, SIZE))
+    np.testing.assert_array_equal(eager, np.stack(list(ds.as_numpy_iterator())))
+    assert eager.dtype == np.uint8
+
+
+def test_cache_follows_the_budget(tiny_config):
+    assert tl_keras.make_datasets(tiny_config, SIZE).cached
+    config = dataclasses.replace(tiny_config, cache_budget_mb=0)
+    assert not tl_keras.make_datasets(config, SIZE).cached
+
+
+def test_bad_files_are_named_counted_and_skipped(tmp_path, tiny_config,
+                                                 caplog):
+    root = write_image_folder(str(tmp_path / "d"), formats=("png", "jpg"))
+    (tmp_path / "d" / "class_0" / "broken.jpg").write_bytes(b"not an image")
+    good = tmp_path / "d" / "class_1" / "001.jpg"
+    truncated = tmp_path / "d" / "class_1" / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:300])
+    (tmp_path / "d" / "class_2" / "notes.txt").write_text("hello")
+    (tmp_path / "d" / "class_2" / ".DS_Store").write_text("x")
+    config = dataclasses.replace(tiny_config, data_dir=root)
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        data = tl_keras.make_datasets(config, SIZE)
+    assert sorted(os.path.basename(p) for p in data.bad_files) == [
+        "broken.jpg", "truncated.jpg"]
+    assert [os.path.basename(p) for p in data.skipped_files] == ["notes.txt"]
+    assert "broken.jpg" in caplog.text and "2 file(s)" in caplog.text
+    assert sum(data.counts.values()) == 36
+    everything = data.train.concatenate(data.val).concatenate(data.test)
+    assert len(labels_of(everything)) == 36
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda root: None, "no such folder"),
+    (lambda root: os.makedirs(root), "at least 2 class"),
+    (lambda root: write_image_folder(root, num_classes=1), "found 1"),
+    (lambda root: (write_image_folder(root, num_classes=2),
+                   os.makedirs(os.path.join(root, "empty_class"))),
+     "no readable images: empty_class"),
+    (lambda root: (write_image_folder(root, num_classes=2),
+                   os.makedirs(os.path.join(root, "bad_class")),
+                   open(os.path.join(root, "bad_class", "x.png"), "w")
+                   .write("junk")),
+     "no readable images: bad_class"),
+    (lambda root: (write_image_folder(os.path.join(root, "train"),
+                                      num_classes=2),
+                   write_image_folder(os.path.join(root, "val"),
+                                      num_classes=3)),
+     "train/ lacks: class_2"),
+    (lambda root: write_image_folder(root, num_classes=2, per_class=1),
+     "leaves no validation images"),
+])
+def test_bad_folders_get_one_clear_error(tmp_path, tiny_config, make,
+                                         fragment):
+    root = str(tmp_path / "data")
+    make(root)
+    config = dataclasses.replace(tiny_config, data_dir=root)
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.make_datasets(config, SIZE)
+    assert fragment in str(e.value)
+    assert "Received" in str(e.value)
+
+
+def test_arrays_work_through_the_api(tiny_config):
+    rng = np.random.default_rng(0)
+    x = np.stack([np.asarray(class_image(i % 2, rng, 20).convert("L"))
+                  for i in range(40)])[..., None]
+    y = np.arange(40) % 2
+    data = tl_keras.from_arrays(x, y, tiny_config, SIZE,
+                                class_names=["even", "odd"])
+    assert data.counts == {"train": 24, "val": 8, "test": 8}
+    batch = next(iter(data.val))[0]
+    assert batch.shape[1:] == (SIZE, SIZE, 3)
+    with pytest.raises(tl_keras.InputError, match=r"\[0, 1\]"):
+        tl_keras.from_arrays(x / 255.0, y, tiny_config, SIZE)
+    with pytest.raises(tl_keras.InputError, match="x.shape"):
+        tl_keras.from_arrays(x[..., 0], y, tiny_config, SIZE)
+
+
+def test_split_json_lists_files(tmp_path, tiny_config):
+    data = tl_keras.make_datasets(tiny_config, SIZE)
+    text = json.dumps(data.files)
+    assert "class_0" in text and set(data.files) == {"train", "val", "test"}
+
+
+def test_formats_table_matches_extensions():
+    exts = {"." + f.split(".")[-1] for f in FORMATS}
+    assert exts <= set(data_lib.IMAGE_EXTENSIONS)

@@ -1,0 +1,155 @@
+"""The transfer-learning invariants, on compact_cnn and on a real
+keras.applications base (MobileNetV2, weights=None at 32 px).
+
+Random-weight bases give near-constant features in inference mode (BN
+moving statistics start at 0 / 1), which would let some checks pass
+trivially; each base here is first trained from scratch for a few steps so
+its BatchNorm statistics and features are real.
+"""
+
+import keras
+import numpy as np
+import pytest
+from conftest import class_image
+
+import tl_keras
+from tl_keras import transfer
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    rng = np.random.default_rng(0)
+    y = np.arange(48) % 3
+    x = np.stack([np.asarray(class_image(int(i), rng, SIZE)) for i in y])
+    return x.astype("float32"), y.astype("int32")
+
+
+def calibrated_model(name, arrays):
+    """A classifier whose base was trained from scratch for a few steps."""
+    keras.utils.set_random_seed(0)
+    built = tl_keras.build_backbone(name, "none", SIZE)
+    model = transfer.build_classifier(built, 3, dropout=0.5)
+    transfer.configure_stage(model, "scratch", built.blocks())
+    transfer.compile_for_stage(model, 1e-3)
+    model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
+    return model, built.blocks()
+
+
+def snapshot(weights):
+    return {w.path: np.array(w.numpy()) for w in weights}
+
+
+def bn_stats(base):
+    return snapshot([w for layer in base.layers
+                     if isinstance(layer, keras.layers.BatchNormalization)
+                     for w in (layer.moving_mean, layer.moving_variance)])
+
+
+def changed(before, after):
+    return {k for k in before if not np.array_equal(before[k], after[k])}
+
+
+@pytest.fixture(scope="module", params=["compact_cnn", "mobilenet_v2"])
+def trained(request, arrays):
+    return calibrated_model(request.param, arrays)
+
+
+def test_scratch_stage_moves_batchnorm_statistics(trained, arrays):
+    model, blocks = trained
+    base = transfer.get_base(model)
+    before = bn_stats(base)
+    transfer.configure_stage(model, "scratch", blocks)
+    transfer.compile_for_stage(model, 1e-3)
+    model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
+    assert changed(before, bn_stats(base)) == set(before)
+
+
+def test_head_stage_leaves_base_bit_identical(trained, arrays):
+    model, blocks = trained
+    base = transfer.get_base(model)
+    before = snapshot(base.weights)
+    head_before = snapshot(model.get_layer("logits").weights)
+    transfer.configure_stage(model, "head", blocks)
+    transfer.compile_for_stage(model, 1e-2)
+    assert len(model.trainable_weights) == 2  # the Dense kernel and bias
+    model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
+    assert changed(before, snapshot(base.weights)) == set()
+    head_after = snapshot(model.get_layer("logits").weights)
+    assert changed(head_before, head_after) == set(head_before)
+
+
+def test_finetune_keeps_bn_statistics_and_trains_kernels(trained, arrays):
+    model, blocks = trained
+    base = transfer.get_base(model)
+    stats = bn_stats(base)
+    kernels = snapshot([w for w in base.weights if "kernel" in w.path])
+    transfer.configure_stage(model, "finetune", blocks, unfreeze=None)
+    transfer.compile_for_stage(model, 1e-3)
+    model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
+    assert changed(stats, bn_stats(base)) == set()
+    after = snapshot([w for w in base.weights if "kernel" in w.path])
+    assert changed(kernels, after) == set(kernels)
+
+
+def test_unfreezing_top_blocks_trains_only_those(trained, arrays):
+    model, blocks = trained
+    base = transfer.get_base(model)
+    top = {w.path for _, layers in blocks[-2:] for layer in layers
+           for w in layer.trainable_weights}
+    top_kernels = {p for p in top if "kernel" in p}
+    before = snapshot(base.weights)
+    transfer.configure_stage(model, "finetune", blocks, unfreeze=2)
+    transfer.compile_for_stage(model, 1e-3)
+    model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
+    moved = changed(before, snapshot(base.weights))
+    assert top_kernels and top_kernels <= moved
+    assert moved <= top  # nothing below the top 2 blocks, no BN stats
+
+
+def test_head_dropout_is_active_in_training_only(trained, arrays):
+    model, blocks = trained
+    x = arrays[0][:8]
+    for stage in ("head", "finetune"):
+        transfer.configure_stage(model, stage, blocks)
+        train_a = model(x, training=True).numpy()
+        train_b = model(x, training=True).numpy()
+        infer_a = model(x, training=False).numpy()
+        infer_b = model(x, training=False).numpy()
+        assert not np.allclose(train_a, infer_a), stage
+        assert not np.allclose(train_a, train_b), stage
+        np.testing.assert_array_equal(infer_a, infer_b)
+
+
+def test_frozen_base_runs_in_inference_mode(trained, arrays):
+    """With the base frozen, training=True reaches the head only: the
+    pooled features equal those of inference mode."""
+    model, blocks = trained
+    transfer.configure_stage(model, "head", blocks)
+    features = keras.Model(model.input, model.get_layer("pool").output)
+    x = arrays[0][:8]
+    np.testing.assert_allclose(features(x, training=True),
+                               features(x, training=False), atol=1e-6)
+
+
+def test_unfreeze_beyond_block_count_is_clear(trained):
+    model, blocks = trained
+    with pytest.raises(tl_keras.InputError) as e:
+        transfer.configure_stage(model, "finetune", blocks,
+                                 unfreeze=len(blocks) + 1)
+    assert f"Allowed: all or 1..{len(blocks)}" in str(e.value)
+
+
+def test_stages_follow_the_approach():
+    base = tl_keras.Config(data_dir="d", workdir="w", epochs=3,
+                           finetune_epochs=4, learning_rate=0.01,
+                           finetune_learning_rate=1e-5)
+    names = {a: [(s.name, s.epochs, s.learning_rate)
+                 for s in transfer.plan_stages(base.replace(approach=a))]
+             for a in ("scratch", "transfer", "finetune")}
+    assert names == {
+        "scratch": [("scratch", 3, 0.01)],
+        "transfer": [("head", 3, 0.01)],
+        "finetune": [("head", 3, 0.01), ("finetune", 4, 1e-5)],
+    }
