@@ -179,6 +179,8 @@ def test_bad_input_gets_a_clear_error(tmp_path, image_folder, args,
     assert result.returncode != 0
     assert fragment in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    # A failed first try leaves no half-made workdir behind.
+    assert not os.path.exists(tmp_path / "w")
 
 
 def test_single_class_and_mismatched_weights(tmp_path):
@@ -235,3 +237,16 @@ def test_bad_files_are_counted_in_metrics(tmp_path, tiny_config):
     assert metrics["bad_files"] == 1
     assert metrics["bad_file_paths"][0].endswith("broken.png")
     assert sum(metrics["counts"].values()) == 24
+
+
+def test_overwrite_moves_the_old_run_aside(tmp_path, tiny_config):
+    config = tiny_config.replace(approach="transfer", epochs=1,
+                                 workdir=str(tmp_path / "w"))
+    tl_keras.train(config)
+    tl_keras.train(config.replace(seed=3, overwrite=True))
+    aside = [p for p in os.listdir(tmp_path) if p.startswith("w.replaced-")]
+    assert len(aside) == 1
+    with open(tmp_path / aside[0] / "config.json") as f:
+        assert json.load(f)["seed"] == 42
+    with open(tmp_path / "w" / "config.json") as f:
+        assert json.load(f)["seed"] == 3

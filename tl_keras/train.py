@@ -50,9 +50,10 @@ def train(config, data=None):
         existing workdir is deleted.
     """
     config.validate(require_data_dir=data is None)
-    workdir = prepare_workdir(config)
+    workdir = config.workdir
+    conflict = check_workdir(config)
     metrics_path = os.path.join(workdir, "metrics.json")
-    if _is_complete(workdir):
+    if not conflict and _is_complete(workdir):
         log.info("Run in %s is already complete; nothing to do. Metrics: "
                  "%s", workdir, metrics_path)
         with open(metrics_path) as f:
@@ -64,6 +65,9 @@ def train(config, data=None):
         backbone = _build_backbone(config)
     if data is None:
         data = data_lib.make_datasets(config, backbone.image_size)
+    # Only now, with the config, backbone and data known to be good, is
+    # anything written (a failed first try leaves no workdir behind).
+    claim_workdir(config, conflict)
     _write_json(os.path.join(workdir, "split.json"), data.files or {})
     with strategy.scope():
         model = transfer.build_classifier(backbone, len(data.class_names),
@@ -106,14 +110,16 @@ def train(config, data=None):
     return metrics
 
 
-def prepare_workdir(config):
-    """Creates the workdir or checks that it holds this same run.
+def check_workdir(config):
+    """Checks that the workdir is new, empty, or holds this same run.
 
-    Writes config.json and flags.cfg. With `config.overwrite`, a workdir
-    holding another run is moved aside (never deleted).
+    Returns:
+      None, or a description of the conflict when `config.overwrite`
+      allows moving the old contents aside.
 
     Raises:
-      ValueError: the workdir holds a different run or unrelated files.
+      InputError: the workdir holds a different run or unrelated files
+        and `config.overwrite` is off.
     """
     workdir = config.workdir
     stored = os.path.join(workdir, "config.json")
@@ -131,15 +137,21 @@ def prepare_workdir(config):
             f"Invalid workdir {workdir!r}: {problem}. Allowed: the same "
             f"flags (to resume), a new --workdir, or --overwrite (moves the "
             f"old workdir aside). Received: workdir={workdir!r}")
-    if problem:
+    return problem
+
+
+def claim_workdir(config, conflict=None):
+    """Creates the workdir (moving a conflicting one aside, never deleting
+    it) and writes config.json and flags.cfg."""
+    workdir = config.workdir
+    if conflict:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = f"{workdir.rstrip('/')}.replaced-{stamp}"
         os.replace(workdir, aside)
         log.warning("Moved the previous contents of %s to %s", workdir, aside)
     os.makedirs(workdir, exist_ok=True)
-    _write_json(stored, config.to_dict())
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
     _write_text(os.path.join(workdir, "flags.cfg"), config.to_flagfile())
-    return workdir
 
 
 def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
