@@ -45,6 +45,7 @@ def test_short_demo_runs_all_three_approaches(tmp_path, capsys):
                              backbone="compact_cnn", weights="none",
                              image_size=32, epochs=1, finetune_epochs=1,
                              batch_size=64, demo_labels_per_class=2,
+                             demo_pretrain_epochs=1,
                              augment="none")
     summary = demo.run_demo(config)
     assert set(summary["results"]) == {"scratch", "transfer", "finetune"}

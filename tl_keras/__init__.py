@@ -23,7 +23,7 @@ from tl_keras.backbones import (
 )
 from tl_keras.config import Config, InputError
 from tl_keras.data import ImageData, from_arrays, make_datasets
-from tl_keras.export import export_saved_model
+from tl_keras.export import export_saved_model, load_exported
 from tl_keras.train import train
 from tl_keras.transfer import build_classifier, configure_stage
 
@@ -41,6 +41,7 @@ __all__ = [
     "get_backbone_spec",
     "list_backbones",
     "list_blocks",
+    "load_exported",
     "make_datasets",
     "register_backbone",
     "train",

@@ -70,14 +70,15 @@ def main(argv):
     # Imported here so `--help` and flag errors answer without loading
     # TensorFlow.
     from tl_keras.demo import run_demo
+    from tl_keras.predict import evaluate_export, export_run, predict_files
     from tl_keras.train import train
+
+    modes = {"train": train, "demo": run_demo, "export": export_run,
+             "predict": predict_files, "evaluate": evaluate_export}
 
     try:
         config.validate()
-        if config.mode == "demo":
-            run_demo(config)
-        else:
-            train(config)
+        modes[config.mode](config)
     except InputError as e:
         print(f"tl_keras: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

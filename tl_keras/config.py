@@ -10,7 +10,7 @@ import json
 import os
 
 APPROACHES = ("scratch", "transfer", "finetune")
-MODES = ("train", "demo")
+MODES = ("train", "demo", "export", "predict", "evaluate")
 AUGMENTATIONS = ("flip", "rotation", "zoom")
 JIT_CHOICES = ("auto", "true", "false")
 
@@ -35,7 +35,9 @@ class Config:
         "train",
         "train: run one approach on --data_dir. demo: the bundled offline "
         "demo (pretrain on digits 0-4, then scratch vs transfer vs finetune "
-        "on digits 5-9 with few labels).",
+        "on digits 5-9 with few labels). export: re-export --workdir's "
+        "model to --export_dir. predict: score --inputs with an export. "
+        "evaluate: score an export on the labelled folder --data_dir.",
         MODES,
     )
     data_dir: str = _field(
@@ -110,6 +112,23 @@ class Config:
     demo_pretrain_epochs: int = _field(
         8, "Demo only: epochs of pretraining the base on the source task."
     )
+    export_dir: str = _field(
+        "",
+        "export / predict: the SavedModel folder; default <workdir>/export.",
+    )
+    inputs: str = _field(
+        "",
+        "predict: comma-separated image files, folders or glob patterns.",
+    )
+    output: str = _field(
+        "", "predict: also write the predictions to this .csv or .json."
+    )
+    top_k: int = _field(3, "predict: how many classes to report per image.")
+    export_tflite: bool = _field(
+        False,
+        "Also write <export>/model.tflite (float32 input at the model's "
+        "size, built-in ops only).",
+    )
     overwrite: bool = _field(
         False,
         "Start over in a workdir that holds a different run (the old one "
@@ -131,10 +150,17 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 _fail(f.name, " | ".join(choices), value)
-        if self.mode == "train" and require_data_dir and not self.data_dir:
+        if (self.mode in ("train", "evaluate") and require_data_dir
+                and not self.data_dir):
             _fail("data_dir", "a folder of class sub-folders", "")
-        if not self.workdir:
+        if not self.workdir and not (self.mode in ("predict", "evaluate")
+                                     and self.export_dir):
             _fail("workdir", "a folder path", "")
+        if self.mode == "predict" and not self.inputs:
+            _fail("inputs", "image files, folders or globs", "")
+        if self.output and not self.output.endswith((".csv", ".json")):
+            _fail("output", "a path ending in .csv or .json", self.output)
+        _check_range("top_k", self.top_k, 1, 1000)
         if not self.backbone:
             _fail("backbone", "a backbone name or a .keras path", "")
         _check_weights(self.weights)
@@ -208,7 +234,9 @@ class Config:
 
 # Fields that may change between a run and its resumption without changing
 # what the run computes.
-RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile")
+RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile", "mode",
+                    "export_dir", "inputs", "output", "top_k",
+                    "export_tflite")
 
 
 def config_differences(stored, current):

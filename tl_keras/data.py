@@ -103,7 +103,7 @@ def make_datasets(config, image_size):
         than two classes, or a class too small to split.
     """
     files, class_names, skipped = scan_folder(config.data_dir)
-    bad = _find_unreadable([p for split in files.values() for p, _ in split])
+    bad = find_unreadable([p for split in files.values() for p, _ in split])
     if bad:
         shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
         log.warning("Skipping %d file(s) that are not readable images: %s",
@@ -304,7 +304,7 @@ def _is_readable(path):
         return False
 
 
-def _find_unreadable(paths):
+def find_unreadable(paths):
     """Returns the paths that are not decodable images, checked in
     parallel (PIL's decoders release the GIL)."""
     if len(paths) > 2000:
@@ -360,7 +360,7 @@ def _file_source(pairs, image_size):
 
     # No ignore_errors() here: it would make the dataset's length unknown
     # (no progress bar, a Keras warning each run); unreadable files were
-    # already removed by _find_unreadable.
+    # already removed by find_unreadable.
     return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
         load, num_parallel_calls=AUTOTUNE)
 

@@ -100,14 +100,30 @@ def train(config, data=None):
     metrics.update(evaluate(model, data))
     log.info("Saving model.keras and the SavedModel export")
     _save_model(model, os.path.join(workdir, "model.keras"))
-    export.export_saved_model(model, os.path.join(workdir, "export"),
-                              data.class_names)
+    export.export_saved_model(
+        model, os.path.join(workdir, "export"), data.class_names,
+        manifest=export_manifest(config, metrics),
+        tflite=config.export_tflite)
     metrics["complete"] = True
     _write_json(metrics_path, metrics)
     log.info("Test accuracy %.4f (%s, %d images). Everything is in %s",
              metrics["test_accuracy"], metrics["test_split"],
              metrics["num_test"], workdir)
     return metrics
+
+
+def export_manifest(config, metrics):
+    """The run's part of the export's manifest.json."""
+    return {
+        "backbone": metrics["backbone"],
+        "approach": config.approach,
+        "metrics": {k: metrics[k] for k in ("test_split", "num_test",
+                                            "test_accuracy", "test_loss")},
+        "data": {"counts": metrics["counts"],
+                 "class_counts": metrics["class_counts"],
+                 "files": sum(metrics["counts"].values()),
+                 "bad_files": metrics["bad_files"]},
+    }
 
 
 def check_workdir(config):
@@ -286,21 +302,25 @@ def evaluate(model, data):
     for x, y in ds:
         logits.append(np.asarray(model(x, training=False), np.float64))
         labels.append(np.asarray(y))
-    y_true = np.concatenate(labels)
-    logits = np.concatenate(logits)
+    return {"test_split": split, **classification_metrics(
+        np.concatenate(labels), np.concatenate(logits), data.class_names)}
+
+
+def classification_metrics(y_true, logits, class_names):
+    """Accuracy, loss, per-class precision/recall/F1, confusion matrix."""
+    logits = np.asarray(logits, np.float64)
     log_probs = logits - logits.max(1, keepdims=True)
     log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
     y_pred = logits.argmax(1)
-    ids = list(range(len(data.class_names)))
+    ids = list(range(len(class_names)))
     report = sk_metrics.classification_report(
-        y_true, y_pred, labels=ids, target_names=data.class_names,
+        y_true, y_pred, labels=ids, target_names=class_names,
         output_dict=True, zero_division=0)
     return {
-        "test_split": split,
         "num_test": int(len(y_true)),
         "test_accuracy": float((y_pred == y_true).mean()),
         "test_loss": float(-log_probs[np.arange(len(y_true)), y_true].mean()),
-        "per_class": {name: report[name] for name in data.class_names},
+        "per_class": {name: report[name] for name in class_names},
         "confusion_matrix": sk_metrics.confusion_matrix(
             y_true, y_pred, labels=ids).tolist(),
     }

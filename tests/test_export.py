@@ -1,0 +1,292 @@
+"""The serving export: three endpoints with the whole inference path,
+parity with the in-memory model, label map and manifest, atomic writes,
+bad input, and the export / predict modes.
+
+The model is trained from scratch for a few epochs so its BatchNorm
+statistics are real and its scores differ between images (a random-weight
+base would give near-constant scores and let parity pass trivially).
+"""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import class_image, write_image_folder
+from PIL import Image
+
+import tl_keras
+from tl_keras import data as data_lib
+from tl_keras import export, predict
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, image_folder):
+    workdir = str(tmp_path_factory.mktemp("export") / "run")
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir=workdir, backbone="compact_cnn",
+        weights="none", image_size=32, approach="scratch", epochs=3,
+        batch_size=8, validation_split=0.2, test_split=0.2)
+    tl_keras.train(config)
+    model = keras.saving.load_model(os.path.join(workdir, "model.keras"))
+    served = tf.saved_model.load(os.path.join(workdir, "export"))
+    return config, model, served
+
+
+def images(n=5, seed=0):
+    """Class-like images (not noise, which every model scores alike),
+    non-square so the endpoint's resize is exercised."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(class_image(i % 3, rng, 41))[:, :29]
+                     for i in range(n)])
+
+
+def expected_scores(model, uint8_images):
+    x = data_lib.resize_images(uint8_images, 32).numpy().astype("float32")
+    return tf.nn.softmax(model.predict(x, verbose=0)).numpy()
+
+
+def test_signatures_and_contract(run):
+    _, _, served = run
+    assert set(served.signatures) == set(export.SIGNATURES)
+    specs = {name: served.signatures[name].structured_input_signature[1]
+             for name in export.SIGNATURES}
+    assert specs["serving_default"]["images"].dtype == tf.uint8
+    assert specs["serving_default"]["images"].shape.as_list() == [
+        None, None, None, 3]
+    assert specs["serve_bytes"]["image_bytes"].dtype == tf.string
+    assert specs["serve_float"]["images"].shape.as_list() == [
+        None, 32, 32, 3]
+    outputs = served.signatures["serving_default"].structured_outputs
+    assert {k: v.dtype for k, v in outputs.items()} == {
+        "scores": tf.float32, "logits": tf.float32, "class_ids": tf.int64,
+        "labels": tf.string}
+
+
+def test_saved_model_cli_lists_all_signatures(run):
+    config, _, _ = run
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
+         "show", "--dir", os.path.join(config.workdir, "export"), "--all"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in export.SIGNATURES:
+        assert f"signature_def['{name}']" in result.stdout
+    assert "DT_UINT8" in result.stdout and "DT_STRING" in result.stdout
+
+
+def test_every_endpoint_matches_predict(run):
+    _, model, served = run
+    raw = images()
+    expected = expected_scores(model, raw)
+    assert expected.std(axis=0).max() > 1e-3  # not a degenerate model
+    got = served.signatures["serving_default"](images=tf.constant(raw))
+    np.testing.assert_allclose(got["scores"], expected, atol=1e-5)
+    encoded = []
+    for image in raw:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    got_bytes = served.signatures["serve_bytes"](
+        image_bytes=tf.constant(encoded))
+    np.testing.assert_allclose(got_bytes["scores"], expected, atol=1e-5)
+    x = data_lib.resize_images(raw, 32).numpy().astype("float32")
+    got_float = served.signatures["serve_float"](images=tf.constant(x))
+    np.testing.assert_allclose(got_float["scores"], expected, atol=1e-5)
+    ids = got["class_ids"].numpy()
+    np.testing.assert_array_equal(ids, expected.argmax(1))
+    names = ["class_0", "class_1", "class_2"]
+    assert [s.decode() for s in got["labels"].numpy()] == [
+        names[i] for i in ids]
+
+
+def test_outputs_are_repeatable_despite_training_augmentation(run):
+    config, _, served = run
+    assert config.augmentations()  # the run trained with augmentation
+    raw = tf.constant(images(seed=1))
+    fn = served.signatures["serving_default"]
+    np.testing.assert_array_equal(fn(images=raw)["scores"],
+                                  fn(images=raw)["scores"])
+
+
+def test_label_map_and_manifest(run):
+    config, _, _ = run
+    root = os.path.join(config.workdir, "export")
+    with open(os.path.join(root, "assets", "labels.txt")) as f:
+        assert f.read().split("\n")[:3] == ["class_0", "class_1", "class_2"]
+    with open(os.path.join(root, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["approach"] == "scratch"
+    assert manifest["backbone"].startswith("compact_cnn")
+    assert manifest["input"]["size"] == 32
+    assert manifest["input"]["value_range"] == [0, 255]
+    assert 0 <= manifest["metrics"]["test_accuracy"] <= 1
+    assert manifest["data"]["files"] == 36
+    assert manifest["versions"]["tensorflow"] == tf.__version__
+
+
+@pytest.mark.parametrize("endpoint, feed, fragment", [
+    ("serve_bytes", dict(image_bytes=tf.constant([b"not an image"])),
+     "Unknown image file format"),
+    ("serving_default",
+     dict(images=tf.zeros([0, 8, 8, 3], tf.uint8)), "empty batch"),
+])
+def test_bad_input_at_endpoints_is_an_error(run, endpoint, feed, fragment):
+    _, _, served = run
+    with pytest.raises(tf.errors.InvalidArgumentError, match=fragment):
+        served.signatures[endpoint](**feed)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (np.zeros((1, 8, 8, 3), np.float32), "expected to be a uint8 tensor"),
+    (np.zeros((1, 8, 8, 4), np.uint8), "3"),
+])
+def test_wrong_dtype_or_channels_is_rejected(run, bad, fragment):
+    _, _, served = run
+    with pytest.raises((TypeError, ValueError,
+                        tf.errors.InvalidArgumentError)) as e:
+        served.signatures["serving_default"](images=tf.constant(bad))
+    assert fragment in str(e.value)
+
+
+def test_existing_export_is_kept_unless_overwrite(run, tmp_path):
+    config, model, _ = run
+    target = str(tmp_path / "exp")
+    export.export_saved_model(model, target, ["a", "b", "c"])
+    before = os.path.getmtime(os.path.join(target, "saved_model.pb"))
+    with pytest.raises(tl_keras.InputError, match="already"):
+        export.export_saved_model(model, target, ["a", "b", "c"],
+                                  overwrite=False)
+    assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == before
+
+
+def test_crash_mid_export_keeps_the_old_export(run, tmp_path, monkeypatch):
+    _, model, _ = run
+    target = str(tmp_path / "exp")
+    export.export_saved_model(model, target, ["a", "b", "c"])
+
+    class HalfWritten:
+        def write_out(self, path, **kwargs):
+            with open(os.path.join(path, "saved_model.pb"), "w") as f:
+                f.write("partial")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "_build_archive",
+                        lambda model, names: HalfWritten())
+    with pytest.raises(KeyboardInterrupt):
+        export.export_saved_model(model, target, ["x", "y", "z"])
+    assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temp left behind
+    with open(os.path.join(target, "assets", "labels.txt")) as f:
+        assert f.read().split() == ["a", "b", "c"]
+
+
+def test_load_exported_predicts_paths_and_arrays(run, image_folder):
+    config, model, _ = run
+    predictor = tl_keras.load_exported(os.path.join(config.workdir,
+                                                    "export"))
+    raw = images(3)
+    out = predictor.predict(raw)
+    np.testing.assert_allclose(out["scores"], expected_scores(model, raw),
+                               atol=1e-5)
+    paths = [os.path.join(image_folder, "class_1", name) for name in
+             sorted(os.listdir(os.path.join(image_folder, "class_1")))[:4]]
+    by_path = predictor.predict(paths)
+    assert by_path["scores"].shape == (4, 3)
+    assert all(label in predictor.class_names for label in
+               by_path["labels"])
+    with pytest.raises(tl_keras.InputError, match="not a tl_keras export"):
+        tl_keras.load_exported(image_folder)
+
+
+def test_predict_mode_writes_rows_and_error_rows(run, image_folder,
+                                                 tmp_path, capsys):
+    config, _, _ = run
+    broken = tmp_path / "inputs" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"junk")
+    inputs = f"{image_folder}/class_0,{broken}"
+    for output in ("preds.csv", "preds.json"):
+        rows = predict.predict_files(config.replace(
+            mode="predict", inputs=inputs, top_k=2,
+            output=str(tmp_path / output)))
+        assert len(rows) == 13
+        assert rows[-1]["error"] and not rows[0]["error"]
+        assert len(rows[0]["top_k"]) == 2
+    with open(tmp_path / "preds.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 13 and table[-1]["error"]
+    with open(tmp_path / "preds.json") as f:
+        assert len(json.load(f)) == 13
+    assert "ERROR" in capsys.readouterr().out
+    with pytest.raises(tl_keras.InputError, match="matches no image"):
+        predict.expand_inputs(str(tmp_path / "nothing*.png"))
+
+
+def test_export_mode_reexports_a_run(run, tmp_path):
+    config, _, _ = run
+    target = str(tmp_path / "again")
+    predict.export_run(config.replace(mode="export", export_dir=target))
+    assert os.path.isfile(os.path.join(target, "saved_model.pb"))
+    with pytest.raises(tl_keras.InputError, match="already"):
+        predict.export_run(config.replace(mode="export", export_dir=target))
+
+
+def test_predict_and_export_through_the_cli(run, image_folder, tmp_path):
+    from test_cli import run_cli
+
+    config, _, _ = run
+    export_dir = os.path.join(config.workdir, "export")
+    result = run_cli("--mode=predict", f"--export_dir={export_dir}",
+                     f"--inputs={image_folder}/class_2/*.png", "--top_k=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count(".png\t") == 6  # png, gray.png, rgba.png
+    result = run_cli("--mode=predict", f"--export_dir={image_folder}",
+                     f"--inputs={image_folder}")
+    assert result.returncode == 2
+    assert "not a tl_keras export" in result.stderr
+    result = run_cli("--mode=export", f"--workdir={config.workdir}")
+    assert result.returncode == 2
+    assert "already" in result.stderr and "--overwrite" in result.stderr
+
+
+def test_tflite_matches_the_saved_model(run, tmp_path):
+    config, _, served = run
+    target = str(tmp_path / "with_tflite")
+    predict.export_run(config.replace(mode="export", export_dir=target,
+                                      export_tflite=True))
+    interpreter = tf.lite.Interpreter(
+        model_path=os.path.join(target, "model.tflite"))
+    x = data_lib.resize_images(images(4, seed=2), 32).numpy().astype(
+        "float32")
+    entry = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(entry["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry["index"], x)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(interpreter.get_output_details()[0][
+        "index"])
+    expected = served.signatures["serve_float"](images=tf.constant(x))
+    np.testing.assert_allclose(lite, expected["scores"], atol=1e-4)
+
+
+def test_evaluate_mode_scores_a_labelled_folder(run, image_folder,
+                                                tmp_path):
+    config, _, _ = run
+    output = str(tmp_path / "eval.json")
+    metrics = predict.evaluate_export(config.replace(
+        mode="evaluate", data_dir=image_folder, output=output))
+    assert metrics["num_test"] == 36
+    assert np.array(metrics["confusion_matrix"]).sum() == 36
+    with open(output) as f:
+        assert json.load(f)["test_accuracy"] == metrics["test_accuracy"]
+    other = write_image_folder(str(tmp_path / "other"), num_classes=4,
+                               per_class=2, formats=("png",))
+    with pytest.raises(tl_keras.InputError, match="class_3"):
+        predict.evaluate_export(config.replace(mode="evaluate",
+                                               data_dir=other))

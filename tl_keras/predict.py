@@ -1,0 +1,184 @@
+"""The export and predict modes: re-export a run, score image files.
+
+    python run.py --mode=export --workdir=runs/a [--export_dir=D]
+    python run.py --mode=predict --export_dir=runs/a/export \
+        --inputs=photos/,more/*.jpg --output=preds.csv
+"""
+
+import csv
+import glob
+import json
+import logging
+import os
+
+import keras
+import numpy as np
+
+from tl_keras import data as data_lib
+from tl_keras import export
+from tl_keras.config import InputError
+
+log = logging.getLogger("tl_keras")
+
+
+def export_run(config):
+    """Re-exports the model of a finished run in `config.workdir`.
+
+    Raises:
+      InputError: no finished run there, or an existing export without
+        --overwrite.
+    """
+    workdir = config.workdir
+    model_path = os.path.join(workdir, "model.keras")
+    metrics_path = os.path.join(workdir, "metrics.json")
+    if not (os.path.isfile(model_path) and os.path.isfile(metrics_path)):
+        raise InputError(
+            f"Invalid workdir {workdir!r}: no finished run (model.keras and "
+            f"metrics.json). Allowed: the workdir of a completed run. "
+            f"Received: workdir={workdir!r}")
+    with open(metrics_path) as f:
+        metrics = json.load(f)
+    with open(os.path.join(workdir, "config.json")) as f:
+        approach = json.load(f)["approach"]
+    from tl_keras.train import export_manifest
+
+    model = keras.saving.load_model(model_path, compile=False)
+    target = config.export_dir or os.path.join(workdir, "export")
+    return export.export_saved_model(
+        model, target, metrics["class_names"],
+        manifest=export_manifest(config.replace(approach=approach), metrics),
+        overwrite=config.overwrite, tflite=config.export_tflite)
+
+
+def expand_inputs(spec):
+    """Turns 'a.jpg,folder/,shots/*.png' into a sorted list of files.
+
+    Folders are searched recursively for image extensions. A pattern that
+    matches nothing is an error.
+    """
+    paths = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if os.path.isdir(item):
+            found = [os.path.join(root, name)
+                     for root, _, names in os.walk(item) for name in names
+                     if name.lower().endswith(data_lib.IMAGE_EXTENSIONS)]
+        else:
+            found = [p for p in glob.glob(item) if os.path.isfile(p)]
+        if not found:
+            raise InputError(
+                f"Invalid inputs: {item!r} matches no image file. Allowed: "
+                f"image files, folders or glob patterns, comma-separated. "
+                f"Received: inputs={spec!r}")
+        paths += sorted(found)
+    return paths
+
+
+def predict_files(config):
+    """Scores `config.inputs` with an export; prints and optionally writes
+    one row per file. Unreadable files get an error row; the rest are
+    scored.
+
+    Returns:
+      A list of row dicts: path, label, score, top_k, error.
+    """
+    export_dir = config.export_dir or os.path.join(config.workdir, "export")
+    predictor = export.load_exported(export_dir)
+    paths = expand_inputs(config.inputs)
+    bad = set(data_lib.find_unreadable(paths))
+    good = [p for p in paths if p not in bad]
+    log.info("Scoring %d image(s) with %s (%d unreadable)", len(good),
+             export_dir, len(bad))
+    rows = {p: {"path": p, "label": "", "score": "", "top_k": [],
+                "error": "not a readable JPEG / PNG / GIF / BMP image"}
+            for p in bad}
+    k = min(config.top_k, len(predictor.class_names))
+    batch = 64
+    for start in range(0, len(good), batch):
+        chunk = good[start:start + batch]
+        out = predictor.predict(chunk, batch_size=batch)
+        for i, path in enumerate(chunk):
+            order = out["scores"][i].argsort()[::-1][:k]
+            top = [(predictor.class_names[j], float(out["scores"][i][j]))
+                   for j in order]
+            rows[path] = {"path": path, "label": top[0][0],
+                          "score": top[0][1], "top_k": top, "error": ""}
+        if len(good) > batch:
+            log.info("%d / %d images", min(start + batch, len(good)),
+                     len(good))
+    ordered = [rows[p] for p in paths]
+    for row in ordered:
+        if row["error"]:
+            print(f"{row['path']}\tERROR: {row['error']}")
+        else:
+            top = ", ".join(f"{name} {score:.3f}"
+                            for name, score in row["top_k"])
+            print(f"{row['path']}\t{top}")
+    if config.output:
+        write_predictions(ordered, config.output)
+    return ordered
+
+
+def evaluate_export(config):
+    """Scores an export on the labelled folder `config.data_dir` (every
+    image in it, or its test/ split when it has train/ val/ test/).
+
+    Returns:
+      The metrics dict (also written to `config.output` if given).
+
+    Raises:
+      InputError: the folder's classes are not the export's classes.
+    """
+    from tl_keras.train import classification_metrics
+
+    export_dir = config.export_dir or os.path.join(config.workdir, "export")
+    predictor = export.load_exported(export_dir)
+    files, class_names, _ = data_lib.scan_folder(config.data_dir)
+    pairs = files.get("test") or files["train"]
+    unknown = sorted(set(class_names) - set(predictor.class_names))
+    if unknown:
+        raise InputError(
+            f"Invalid data_dir: classes {', '.join(unknown)} are not in the "
+            f"export. Allowed: a subset of {', '.join(predictor.class_names)}"
+            f". Received: data_dir={config.data_dir!r}")
+    bad = set(data_lib.find_unreadable([p for p, _ in pairs]))
+    pairs = [(p, y) for p, y in pairs if p not in bad]
+    log.info("Evaluating %s on %d image(s) (%d unreadable skipped)",
+             export_dir, len(pairs), len(bad))
+    index = {name: i for i, name in enumerate(predictor.class_names)}
+    y_true = np.array([index[class_names[y]] for _, y in pairs])
+    logits = np.concatenate([
+        predictor.predict([p for p, _ in pairs[i:i + 64]])["logits"]
+        for i in range(0, len(pairs), 64)])
+    metrics = {"export_dir": export_dir, "data_dir": config.data_dir,
+               "bad_files": len(bad), **classification_metrics(
+                   y_true, logits, predictor.class_names)}
+    print(f"accuracy {metrics['test_accuracy']:.4f} on "
+          f"{metrics['num_test']} images")
+    if config.output:
+        if not config.output.endswith(".json"):
+            raise InputError(
+                f"Invalid output for evaluate. Allowed: a .json path. "
+                f"Received: output={config.output!r}")
+        with open(config.output + ".tmp", "w") as f:
+            json.dump(metrics, f, indent=2)
+        os.replace(config.output + ".tmp", config.output)
+    return metrics
+
+
+def write_predictions(rows, path):
+    """Writes rows to .csv (top_k as 'name:score;...') or .json."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        if path.endswith(".json"):
+            json.dump(rows, f, indent=2)
+        else:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "score", "top_k", "error"])
+            for r in rows:
+                top = ";".join(f"{n}:{s:.6f}" for n, s in r["top_k"])
+                writer.writerow([r["path"], r["label"], r["score"], top,
+                                 r["error"]])
+    os.replace(tmp, path)
+    log.info("Wrote %d prediction(s) to %s", len(rows), path)
