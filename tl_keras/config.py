@@ -100,6 +100,12 @@ class Config:
         "Decoded, resized images are cached in memory when they fit in "
         "this many MiB; otherwise they are decoded every epoch.",
     )
+    feature_cache: bool = _field(
+        True,
+        "Train the head of a frozen base on pooled features computed once "
+        "(much faster), when augmentation is off; the result is the same "
+        "model as the full loop's.",
+    )
     jit_compile: str = _field(
         "auto",
         "XLA for the train step. auto: on when a GPU is present, off on "

@@ -41,6 +41,9 @@ class ImageData:
       skipped_files: files without an image extension (ignored).
       files: per split, the (path, label) pairs, or None for arrays.
       cached: whether decoded images are cached in memory.
+      train_ordered: the training images in a fixed order, not shuffled
+        or augmented (for extracting features once).
+      shuffle_seed: the seed of the training shuffle.
     """
 
     train: tf.data.Dataset
@@ -53,6 +56,8 @@ class ImageData:
     skipped_files: list = dataclasses.field(default_factory=list)
     files: dict | None = None
     cached: bool = False
+    train_ordered: tf.data.Dataset | None = None
+    shuffle_seed: int = 0
 
 
 def resize_images(images, size):
@@ -120,11 +125,13 @@ def make_datasets(config, image_size):
     total = sum(len(v) for v in files.values())
     cache = total * image_size * image_size * 3 <= (
         config.cache_budget_mb * 2**20)
+    sources = {split: _file_source(pairs, image_size) if pairs else None
+               for split, pairs in files.items()}
     datasets = {
-        split: _pipeline(_file_source(pairs, image_size), len(pairs),
-                         config, training=split == "train", cache=cache)
-        if pairs else None
-        for split, pairs in files.items()
+        split: _pipeline(source, len(files[split]), config,
+                         training=split == "train", cache=cache)
+        if source is not None else None
+        for split, source in sources.items()
     }
     data = ImageData(
         train=datasets["train"], val=datasets["val"],
@@ -132,7 +139,10 @@ def make_datasets(config, image_size):
         counts={k: len(v) for k, v in files.items()},
         class_counts={k: _class_counts(v, class_names)
                       for k, v in files.items()},
-        bad_files=bad, skipped_files=skipped, files=files, cached=cache)
+        bad_files=bad, skipped_files=skipped, files=files, cached=cache,
+        train_ordered=_pipeline(sources["train"], len(files["train"]),
+                                config, training=False, cache=False),
+        shuffle_seed=config.seed)
     log.info("Data: %d classes; %s images; %s in memory", len(class_names),
              " / ".join(f"{k} {v}" for k, v in data.counts.items()),
              "cached" if cache else "not cached")
@@ -179,20 +189,24 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
                 ids = np.array([i for i, _ in pairs], dtype=np.int64)
                 arrays[k] = (images[ids], np.array([lab for _, lab in pairs],
                                                    dtype=np.int32))
-    datasets = {}
+    datasets, sources = {}, {}
     for k, (images, labels) in arrays.items():
-        source = tf.data.Dataset.from_tensor_slices((images, labels)).map(
+        sources[k] = tf.data.Dataset.from_tensor_slices((images, labels)).map(
             lambda im, lab: (resize_images(im, image_size), lab),
             num_parallel_calls=AUTOTUNE)
-        datasets[k] = (_pipeline(source, len(labels), config, k == "train",
-                                 cache=True) if len(labels) else None)
+        datasets[k] = (_pipeline(sources[k], len(labels), config,
+                                 k == "train", cache=True)
+                       if len(labels) else None)
     return ImageData(
         train=datasets["train"], val=datasets["val"],
         test=datasets.get("test"), class_names=class_names,
         counts={k: len(v[1]) for k, v in arrays.items()},
         class_counts={k: {name: int((v[1] == i).sum()) for i, name in
                           enumerate(class_names)} for k, v in arrays.items()},
-        cached=True)
+        cached=True,
+        train_ordered=_pipeline(sources["train"], len(arrays["train"][1]),
+                                config, training=False, cache=False),
+        shuffle_seed=config.seed)
 
 
 def scan_folder(data_dir):
@@ -365,11 +379,16 @@ def _file_source(pairs, image_size):
         load, num_parallel_calls=AUTOTUNE)
 
 
+def shuffle_training(ds, n, seed):
+    """The training shuffle; shared with the cached-features path so both
+    see the examples in the same order for the same seed."""
+    return ds.shuffle(min(n, 10000), seed=seed, reshuffle_each_iteration=True)
+
+
 def _pipeline(source, n, config, training, cache):
     ds = source.cache() if cache else source
     if training:
-        ds = ds.shuffle(min(n, 10000), seed=config.seed,
-                        reshuffle_each_iteration=True)
+        ds = shuffle_training(ds, n, config.seed)
     ds = ds.batch(config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     augmenter = build_augmenter(config.augmentations(), config.seed)

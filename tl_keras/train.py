@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from tl_keras import backbones, distribute, export, transfer
+from tl_keras import backbones, distribute, export, features, transfer
 from tl_keras import data as data_lib
 from tl_keras.config import InputError, config_differences, load_config_json
 
@@ -182,7 +182,9 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
                              config.unfreeze_blocks())
     transfer.compile_for_stage(model, stage.learning_rate, jit_compile)
     done_path = os.path.join(stage_dir, "done.json")
-    checkpoint = StageCheckpoint(stage_dir, stage.name)
+    # Saves and restores the full classifier even when the fit runs on the
+    # cached-features head model (which shares the head's layers).
+    checkpoint = StageCheckpoint(stage_dir, stage.name, target=model)
     if os.path.isfile(done_path):
         checkpoint.restore_best(model)
         with open(done_path) as f:
@@ -210,9 +212,13 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
             os.path.join(logs_dir, "tensorboard", stage.name)),
     ]
     start = time.time()
-    model.fit(data.train, validation_data=data.val, epochs=stage.epochs,
-              shuffle=False,  # tf.data already shuffles the training set
-              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    cached = features.can_cache(config, stage.name, data, model)
+    fit_model, train_ds, val_ds, extract_seconds = _fit_inputs(
+        model, stage, data, config, jit_compile, cached)
+    fit_model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs,
+                  shuffle=False,  # tf.data already shuffles the train set
+                  callbacks=callbacks,
+                  verbose=1 if sys.stdout.isatty() else 2)
     summary = {
         "epochs": stage.epochs,
         "learning_rate": stage.learning_rate,
@@ -220,6 +226,9 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
         "total_params": total,
         "unfreeze": config.unfreeze if stage.name == "finetune" else None,
         "seconds_this_process": round(time.time() - start, 1),
+        "feature_cache": cached,
+        "feature_extraction_seconds": extract_seconds and round(
+            extract_seconds, 1),
         "best_epoch": checkpoint.best_epoch,
         "best_val_accuracy": checkpoint.best,
         "history": read_history(csv_path),
@@ -228,14 +237,32 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
     return summary
 
 
+def _fit_inputs(model, stage, data, config, jit_compile, cached):
+    """The model and datasets fit() runs on: the classifier on images, or
+    (cached) a head model sharing its layers, on features computed once.
+
+    Returns:
+      (fit_model, train_ds, val_ds, seconds spent extracting or None).
+    """
+    if not cached:
+        return model, data.train, data.val, None
+    head, train_ds, val_ds, seconds = features.make_feature_datasets(
+        model, data, config.batch_size)
+    transfer.compile_for_stage(head, stage.learning_rate, jit_compile)
+    log.info("Training the head on cached features (%.1f s to extract)",
+             seconds)
+    return head, train_ds, val_ds, seconds
+
+
 class StageCheckpoint(keras.callbacks.Callback):
     """Keeps the best weights by val_accuracy, atomically, across resumes.
 
     At the end of training it restores the best weights into the model.
     """
 
-    def __init__(self, stage_dir, stage_name):
+    def __init__(self, stage_dir, stage_name, target=None):
         super().__init__()
+        self.target = target
         self.path = os.path.join(stage_dir, "best.weights.h5")
         self.info_path = os.path.join(stage_dir, "best.json")
         self.stage_name = stage_name
@@ -250,14 +277,14 @@ class StageCheckpoint(keras.callbacks.Callback):
         if value > self.best:
             tmp = os.path.join(os.path.dirname(self.path),
                                ".best.tmp.weights.h5")
-            self.model.save_weights(tmp)
+            (self.target or self.model).save_weights(tmp)
             os.replace(tmp, self.path)
             self.best, self.best_epoch = value, epoch + 1
             _write_json(self.info_path, {"val_accuracy": value,
                                          "epoch": epoch + 1})
 
     def on_train_end(self, logs=None):
-        self.restore_best(self.model)
+        self.restore_best(self.target or self.model)
 
     def restore_best(self, model):
         if not os.path.isfile(self.path):
