@@ -17,6 +17,7 @@ import numpy as np
 from tl_keras import data as data_lib
 from tl_keras import export
 from tl_keras.config import InputError
+from tl_keras.train import classification_metrics, export_manifest
 
 log = logging.getLogger("tl_keras")
 
@@ -40,8 +41,6 @@ def export_run(config):
         metrics = json.load(f)
     with open(os.path.join(workdir, "config.json")) as f:
         approach = json.load(f)["approach"]
-    from tl_keras.train import export_manifest
-
     model = keras.saving.load_model(model_path, compile=False)
     target = config.export_dir or os.path.join(workdir, "export")
     return export.export_saved_model(
@@ -130,8 +129,6 @@ def evaluate_export(config):
     Raises:
       InputError: the folder's classes are not the export's classes.
     """
-    from tl_keras.train import classification_metrics
-
     export_dir = config.export_dir or os.path.join(config.workdir, "export")
     predictor = export.load_exported(export_dir)
     files, class_names, _ = data_lib.scan_folder(config.data_dir)
