@@ -189,8 +189,8 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
         checkpoint.restore_best(model)
         with open(done_path) as f:
             summary = json.load(f)
-        log.info("Stage %s already done (best val_accuracy %.4f at epoch "
-                 "%d); skipping it.", stage.name, summary["best_val_accuracy"],
+        log.info("Stage %s already done (best val_loss %.4f at epoch "
+                 "%d); skipping it.", stage.name, summary["best_val_loss"],
                  summary["best_epoch"])
         return summary
     trainable = transfer.count_params(model.trainable_weights)
@@ -230,7 +230,8 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
         "feature_extraction_seconds": extract_seconds and round(
             extract_seconds, 1),
         "best_epoch": checkpoint.best_epoch,
-        "best_val_accuracy": checkpoint.best,
+        "best_val_loss": checkpoint.best,
+        "best_val_accuracy": checkpoint.best_accuracy,
         "history": read_history(csv_path),
     }
     _write_json(done_path, summary)
@@ -255,7 +256,14 @@ def _fit_inputs(model, stage, data, config, jit_compile, cached):
 
 
 class StageCheckpoint(keras.callbacks.Callback):
-    """Keeps the best weights by val_accuracy, atomically, across resumes.
+    """Keeps the best weights by val_accuracy, ties broken by val_loss,
+    atomically, across resumes.
+
+    On a small validation set accuracy moves in coarse steps: by accuracy
+    alone the demo (25 validation images) once kept a head from epoch 4 of
+    100 whose later epochs only tied it; by loss alone it kept a scratch
+    model from epoch 1 (uniform scores). The tie-break keeps the later,
+    better-calibrated epoch.
 
     At the end of training it restores the best weights into the model.
     """
@@ -266,21 +274,28 @@ class StageCheckpoint(keras.callbacks.Callback):
         self.path = os.path.join(stage_dir, "best.weights.h5")
         self.info_path = os.path.join(stage_dir, "best.json")
         self.stage_name = stage_name
-        self.best, self.best_epoch = -1.0, 0
+        self.best, self.best_epoch = float("inf"), 0
+        self.best_accuracy = -1.0
         if os.path.isfile(self.info_path) and os.path.isfile(self.path):
             with open(self.info_path) as f:
                 info = json.load(f)
-            self.best, self.best_epoch = info["val_accuracy"], info["epoch"]
+            self.best, self.best_epoch = info["val_loss"], info["epoch"]
+            self.best_accuracy = info["val_accuracy"]
 
     def on_epoch_end(self, epoch, logs=None):
-        value = float((logs or {}).get("val_accuracy", float("nan")))
-        if value > self.best:
+        logs = logs or {}
+        value = float(logs.get("val_loss", float("nan")))
+        accuracy = float(logs.get("val_accuracy", float("nan")))
+        if accuracy > self.best_accuracy or (
+                accuracy == self.best_accuracy and value < self.best):
             tmp = os.path.join(os.path.dirname(self.path),
                                ".best.tmp.weights.h5")
             (self.target or self.model).save_weights(tmp)
             os.replace(tmp, self.path)
             self.best, self.best_epoch = value, epoch + 1
-            _write_json(self.info_path, {"val_accuracy": value,
+            self.best_accuracy = accuracy
+            _write_json(self.info_path, {"val_loss": value,
+                                         "val_accuracy": self.best_accuracy,
                                          "epoch": epoch + 1})
 
     def on_train_end(self, logs=None):
