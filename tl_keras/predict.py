@@ -17,7 +17,11 @@ import numpy as np
 from tl_keras import data as data_lib
 from tl_keras import export
 from tl_keras.config import InputError
-from tl_keras.train import classification_metrics, export_manifest
+from tl_keras.train import (
+    classification_metrics,
+    export_manifest,
+    write_json,
+)
 
 log = logging.getLogger("tl_keras")
 
@@ -158,9 +162,7 @@ def evaluate_export(config):
             raise InputError(
                 f"Invalid output for evaluate. Allowed: a .json path. "
                 f"Received: output={config.output!r}")
-        with open(config.output + ".tmp", "w") as f:
-            json.dump(metrics, f, indent=2)
-        os.replace(config.output + ".tmp", config.output)
+        write_json(config.output, metrics)
     return metrics
 
 

@@ -68,7 +68,7 @@ def train(config, data=None):
     # Only now, with the config, backbone and data known to be good, is
     # anything written (a failed first try leaves no workdir behind).
     claim_workdir(config, conflict)
-    _write_json(os.path.join(workdir, "split.json"), data.files or {})
+    write_json(os.path.join(workdir, "split.json"), data.files or {})
     with strategy.scope():
         model = transfer.build_classifier(backbone, len(data.class_names),
                                           config.dropout)
@@ -105,7 +105,7 @@ def train(config, data=None):
         manifest=export_manifest(config, metrics),
         tflite=config.export_tflite)
     metrics["complete"] = True
-    _write_json(metrics_path, metrics)
+    write_json(metrics_path, metrics)
     log.info("Test accuracy %.4f (%s, %d images). Everything is in %s",
              metrics["test_accuracy"], metrics["test_split"],
              metrics["num_test"], workdir)
@@ -166,7 +166,7 @@ def claim_workdir(config, conflict=None):
         os.replace(workdir, aside)
         log.warning("Moved the previous contents of %s to %s", workdir, aside)
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
     _write_text(os.path.join(workdir, "flags.cfg"), config.to_flagfile())
 
 
@@ -234,7 +234,7 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
         "best_val_accuracy": checkpoint.best_accuracy,
         "history": read_history(csv_path),
     }
-    _write_json(done_path, summary)
+    write_json(done_path, summary)
     return summary
 
 
@@ -294,7 +294,7 @@ class StageCheckpoint(keras.callbacks.Callback):
             os.replace(tmp, self.path)
             self.best, self.best_epoch = value, epoch + 1
             self.best_accuracy = accuracy
-            _write_json(self.info_path, {"val_loss": value,
+            write_json(self.info_path, {"val_loss": value,
                                          "val_accuracy": self.best_accuracy,
                                          "epoch": epoch + 1})
 
@@ -401,7 +401,8 @@ def _save_model(model, path):
     os.replace(tmp, path)
 
 
-def _write_json(path, obj):
+def write_json(path, obj):
+    """Writes JSON atomically (temp file, then rename)."""
     _write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
