@@ -47,6 +47,15 @@ def config_from_flags(flag_values=flags.FLAGS):
                      for f in dataclasses.fields(Config)})
 
 
+def config_from_args(args):
+    """Parses command-line style arguments (['--name=value', ...]) into a
+    Config, with the same flag definitions and defaults as run.py."""
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["tl_keras", *args])
+    return config_from_flags(flag_values)
+
+
 def setup_logging():
     logger = logging.getLogger("tl_keras")
     if not logger.handlers:

@@ -13,6 +13,8 @@ APPROACHES = ("scratch", "transfer", "finetune")
 MODES = ("train", "demo", "export", "predict", "evaluate")
 AUGMENTATIONS = ("flip", "rotation", "zoom")
 JIT_CHOICES = ("auto", "true", "false")
+DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 class InputError(ValueError):
@@ -106,11 +108,27 @@ class Config:
         "(much faster), when augmentation is off; the result is the same "
         "model as the full loop's.",
     )
+    distribution: str = _field(
+        "auto",
+        "tf.distribute strategy. auto: multi_worker when TF_CONFIG is set, "
+        "mirrored over several GPUs, else one_device. multi_worker reads "
+        "TF_CONFIG (run the same command on every machine). --batch_size "
+        "is global and must divide by the replica count.",
+        DISTRIBUTIONS,
+    )
     jit_compile: str = _field(
         "auto",
-        "XLA for the train step. auto: on when a GPU is present, off on "
-        "CPU (where XLA is slower).",
+        "XLA for the train step. auto: on with one GPU/TPU replica per "
+        "process, off on CPU (where XLA is slower). true: force it (fails "
+        "before training where XLA cannot run).",
         JIT_CHOICES,
+    )
+    mixed_precision: str = _field(
+        "auto",
+        "Keras dtype policy. auto: mixed_float16 on GPUs with tensor cores, "
+        "mixed_bfloat16 on TPU, float32 on CPU. Logits and softmax stay "
+        "float32; float16 uses dynamic loss scaling.",
+        PRECISIONS,
     )
     demo_labels_per_class: int = _field(
         10, "Demo only: labelled training images per target class."
@@ -240,7 +258,8 @@ class Config:
 
 # Fields that may change between a run and its resumption without changing
 # what the run computes.
-RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile", "mode",
+RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile",
+                    "distribution", "mode",
                     "export_dir", "inputs", "output", "top_k",
                     "export_tflite")
 

@@ -43,7 +43,10 @@ class ImageData:
       cached: whether decoded images are cached in memory.
       train_ordered: the training images in a fixed order, not shuffled
         or augmented (for extracting features once).
-      shuffle_seed: the seed of the training shuffle.
+      shuffle: the `EpochShuffle` that orders the training set; fit runs
+        its `callback()` so each epoch's order depends only on
+        (seed, stage, epoch), and a resumed run sees the same order as an
+        uninterrupted one.
     """
 
     train: tf.data.Dataset
@@ -57,7 +60,54 @@ class ImageData:
     files: dict | None = None
     cached: bool = False
     train_ordered: tf.data.Dataset | None = None
-    shuffle_seed: int = 0
+    shuffle: "EpochShuffle | None" = None
+
+
+class EpochShuffle:
+    """The training order as a function of (seed, stage, epoch).
+
+    `tf.data`'s `reshuffle_each_iteration` draws each epoch's order from a
+    generator that starts over in a new process, so a run resumed at epoch
+    5 would replay epoch 1's order and end with other weights than an
+    uninterrupted run. Here the order is drawn from a seed computed from an
+    epoch counter that `callback()` sets before each epoch, so it is the
+    same whether or not the run was interrupted, and the same on every
+    worker of a multi-worker run.
+
+    Create it outside any distribution strategy scope: its counter is a
+    plain local variable read by the input pipeline.
+    """
+
+    def __init__(self, seed):
+        self.seed = int(seed)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                 name="shuffle_epoch")
+
+    def apply(self, ds, n):
+        """Shuffles the n elements of `ds` in this epoch's order."""
+        seed, epoch = self.seed, self.epoch
+
+        def one_epoch(_):
+            # The shuffle's seed pair includes the graph-level seed, which
+            # a traced function inherits from the global seed at trace
+            # time; fixing it here (for this function's graph only) makes
+            # the order independent of whether tf.random.set_seed ran.
+            tf.compat.v1.set_random_seed(seed)
+            return ds.shuffle(min(n, 10000),
+                              seed=seed * 1000003 + epoch.read_value(),
+                              reshuffle_each_iteration=False)
+
+        return tf.data.Dataset.from_tensors(0).flat_map(one_epoch).apply(
+            tf.data.experimental.assert_cardinality(n))
+
+    def set_epoch(self, stage_index, epoch):
+        self.epoch.assign(stage_index * 100000 + epoch)
+
+    def callback(self, stage_index):
+        """A Keras callback that selects each epoch's order."""
+        return keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs=None: self.set_epoch(
+                stage_index, epoch))
 
 
 def resize_images(images, size):
@@ -127,9 +177,11 @@ def make_datasets(config, image_size):
         config.cache_budget_mb * 2**20)
     sources = {split: _file_source(pairs, image_size) if pairs else None
                for split, pairs in files.items()}
+    shuffle = EpochShuffle(config.seed)
     datasets = {
         split: _pipeline(source, len(files[split]), config,
-                         training=split == "train", cache=cache)
+                         training=split == "train", cache=cache,
+                         shuffle=shuffle)
         if source is not None else None
         for split, source in sources.items()
     }
@@ -142,7 +194,7 @@ def make_datasets(config, image_size):
         bad_files=bad, skipped_files=skipped, files=files, cached=cache,
         train_ordered=_pipeline(sources["train"], len(files["train"]),
                                 config, training=False, cache=False),
-        shuffle_seed=config.seed)
+        shuffle=shuffle)
     log.info("Data: %d classes; %s images; %s in memory", len(class_names),
              " / ".join(f"{k} {v}" for k, v in data.counts.items()),
              "cached" if cache else "not cached")
@@ -190,12 +242,13 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
                 arrays[k] = (images[ids], np.array([lab for _, lab in pairs],
                                                    dtype=np.int32))
     datasets, sources = {}, {}
+    shuffle = EpochShuffle(config.seed)
     for k, (images, labels) in arrays.items():
         sources[k] = tf.data.Dataset.from_tensor_slices((images, labels)).map(
             lambda im, lab: (resize_images(im, image_size), lab),
             num_parallel_calls=AUTOTUNE)
         datasets[k] = (_pipeline(sources[k], len(labels), config,
-                                 k == "train", cache=True)
+                                 k == "train", cache=True, shuffle=shuffle)
                        if len(labels) else None)
     return ImageData(
         train=datasets["train"], val=datasets["val"],
@@ -206,7 +259,7 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
         cached=True,
         train_ordered=_pipeline(sources["train"], len(arrays["train"][1]),
                                 config, training=False, cache=False),
-        shuffle_seed=config.seed)
+        shuffle=shuffle)
 
 
 def scan_folder(data_dir):
@@ -379,16 +432,22 @@ def _file_source(pairs, image_size):
         load, num_parallel_calls=AUTOTUNE)
 
 
-def shuffle_training(ds, n, seed):
-    """The training shuffle; shared with the cached-features path so both
-    see the examples in the same order for the same seed."""
-    return ds.shuffle(min(n, 10000), seed=seed, reshuffle_each_iteration=True)
+def full_batches(ds, batch_size, n):
+    """Drops the last, partial batch of a batched dataset of n elements.
+
+    With several replicas a partial batch is split unevenly, and each
+    replica's mean loss counts equally in the all-reduced gradient, so its
+    few examples would be over-weighted. The dropped examples differ each
+    epoch (the set is reshuffled).
+    """
+    return ds.filter(lambda x, y: tf.shape(y)[0] == batch_size).apply(
+        tf.data.experimental.assert_cardinality(n // batch_size))
 
 
-def _pipeline(source, n, config, training, cache):
+def _pipeline(source, n, config, training, cache, shuffle=None):
     ds = source.cache() if cache else source
     if training:
-        ds = shuffle_training(ds, n, config.seed)
+        ds = shuffle.apply(ds, n)
     ds = ds.batch(config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     augmenter = build_augmenter(config.augmentations(), config.seed)

@@ -17,8 +17,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import data as data_lib
-
 log = logging.getLogger("tl_keras")
 
 
@@ -59,7 +57,8 @@ def extract_features(model, ds, description):
     features, labels = [], []
     log.info("Extracting %s features with the frozen base", description)
     for i, (x, y) in enumerate(ds, start=1):
-        features.append(np.asarray(run(x)))
+        # float32 even under a mixed precision policy: the head's input.
+        features.append(np.asarray(run(x), np.float32))
         labels.append(np.asarray(y))
         bar.update(i)
     return np.concatenate(features), np.concatenate(labels)
@@ -86,9 +85,8 @@ def make_feature_datasets(model, data, batch_size):
                                         "training")
     val_x, val_y = extract_features(model, data.val, "validation")
     seconds = time.time() - start
-    train = data_lib.shuffle_training(
-        tf.data.Dataset.from_tensor_slices((train_x, train_y)),
-        len(train_y), data.shuffle_seed)
+    train = data.shuffle.apply(
+        tf.data.Dataset.from_tensor_slices((train_x, train_y)), len(train_y))
     train = train.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     val = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(
         batch_size)

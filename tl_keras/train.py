@@ -50,17 +50,29 @@ def train(config, data=None):
         existing workdir is deleted.
     """
     config.validate(require_data_dir=data is None)
+    place = distribute.placement(config)
+    if not place.task.is_chief:
+        # Other workers train in step with the chief but write only to a
+        # folder of their own (backups, stage markers); the chief writes
+        # the run's checkpoints, metrics and export.
+        config = config.replace(
+            workdir=f"{config.workdir.rstrip(os.sep)}.{place.task.name}")
+    with place.policy_scope():
+        return _train(config, data, place)
+
+
+def _train(config, data, place):
     workdir = config.workdir
+    chief = place.task.is_chief
     conflict = check_workdir(config)
     metrics_path = os.path.join(workdir, "metrics.json")
-    if not conflict and _is_complete(workdir):
+    if not conflict and _is_complete(workdir, chief):
         log.info("Run in %s is already complete; nothing to do. Metrics: "
                  "%s", workdir, metrics_path)
         with open(metrics_path) as f:
             return json.load(f)
     keras.utils.set_random_seed(config.seed)
-    strategy = distribute.get_strategy()
-    jit = distribute.resolve_jit_compile(config.jit_compile)
+    strategy = place.strategy
     with strategy.scope():
         backbone = _build_backbone(config)
     if data is None:
@@ -80,7 +92,14 @@ def train(config, data=None):
         log.info("Stage %d: %s", i, stage.name)
         with strategy.scope():
             stages[stage.name] = run_stage(model, stage, data, workdir,
-                                           config, blocks, jit)
+                                           config, blocks, place, index=i)
+    if not chief:
+        metrics = {"complete": True, "task": place.task.name,
+                   "stages": stages}
+        write_json(metrics_path, metrics)
+        log.info("Worker %s done; the chief writes the results.",
+                 place.task.name)
+        return metrics
     metrics = {
         "approach": config.approach,
         "backbone": backbone.source,
@@ -94,12 +113,18 @@ def train(config, data=None):
         "bad_file_paths": data.bad_files[:100],
         "skipped_files": len(data.skipped_files),
         "cached": data.cached,
-        "hardware": distribute.describe(strategy, jit),
+        "hardware": place.describe(config.batch_size),
         "stages": stages,
     }
+    model_path = os.path.join(workdir, "model.keras")
+    log.info("Saving model.keras")
+    _save_model(model, model_path)
+    if place.kind == "multi_worker":
+        # Evaluate and export a process-local copy: the chief alone runs
+        # them, so nothing may depend on the other workers' variables.
+        model = keras.models.load_model(model_path)
     metrics.update(evaluate(model, data))
-    log.info("Saving model.keras and the SavedModel export")
-    _save_model(model, os.path.join(workdir, "model.keras"))
+    log.info("Writing the SavedModel export")
     export.export_saved_model(
         model, os.path.join(workdir, "export"), data.class_names,
         manifest=export_manifest(config, metrics),
@@ -170,8 +195,12 @@ def claim_workdir(config, conflict=None):
     _write_text(os.path.join(workdir, "flags.cfg"), config.to_flagfile())
 
 
-def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
+def run_stage(model, stage, data, workdir, config, blocks, place, index=1):
     """Configures, compiles and fits one stage; skips it if already done.
+
+    Args:
+      place: the run's `distribute.Placement`.
+      index: the stage's number in the run (selects its shuffle orders).
 
     Returns:
       The stage's summary for metrics.json (settings, history, best).
@@ -180,7 +209,7 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
     os.makedirs(stage_dir, exist_ok=True)
     transfer.configure_stage(model, stage.name, blocks,
                              config.unfreeze_blocks())
-    transfer.compile_for_stage(model, stage.learning_rate, jit_compile)
+    transfer.compile_for_stage(model, stage.learning_rate, place.jit_compile)
     done_path = os.path.join(stage_dir, "done.json")
     # Saves and restores the full classifier even when the fit runs on the
     # cached-features head model (which shares the head's layers).
@@ -202,19 +231,21 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
     csv_path = os.path.join(logs_dir, f"{stage.name}.csv")
     os.makedirs(logs_dir, exist_ok=True)
     callbacks = [
-        # Listed first so that at the end of training done.json is written
-        # before BackupAndRestore deletes its backup.
+        data.shuffle.callback(index),
+        # Before BackupAndRestore so that at the end of training done.json
+        # is written before the backup is deleted.
         checkpoint,
         keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup"),
                                          double_checkpoint=True),
         keras.callbacks.CSVLogger(csv_path, append=True),
-        keras.callbacks.TensorBoard(
-            os.path.join(logs_dir, "tensorboard", stage.name)),
     ]
+    if place.task.is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(
+            os.path.join(logs_dir, "tensorboard", stage.name)))
     start = time.time()
     cached = features.can_cache(config, stage.name, data, model)
     fit_model, train_ds, val_ds, extract_seconds = _fit_inputs(
-        model, stage, data, config, jit_compile, cached)
+        model, stage, data, config, place, cached)
     fit_model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs,
                   shuffle=False,  # tf.data already shuffles the train set
                   callbacks=callbacks,
@@ -238,21 +269,34 @@ def run_stage(model, stage, data, workdir, config, blocks, jit_compile):
     return summary
 
 
-def _fit_inputs(model, stage, data, config, jit_compile, cached):
+def _fit_inputs(model, stage, data, config, place, cached):
     """The model and datasets fit() runs on: the classifier on images, or
     (cached) a head model sharing its layers, on features computed once.
+
+    With several replicas the training set's last partial batch is
+    dropped (see `data.full_batches`).
 
     Returns:
       (fit_model, train_ds, val_ds, seconds spent extracting or None).
     """
-    if not cached:
-        return model, data.train, data.val, None
-    head, train_ds, val_ds, seconds = features.make_feature_datasets(
-        model, data, config.batch_size)
-    transfer.compile_for_stage(head, stage.learning_rate, jit_compile)
-    log.info("Training the head on cached features (%.1f s to extract)",
-             seconds)
-    return head, train_ds, val_ds, seconds
+    fit_model, train_ds, val_ds, seconds = model, data.train, data.val, None
+    if cached:
+        fit_model, train_ds, val_ds, seconds = (
+            features.make_feature_datasets(model, data, config.batch_size))
+        transfer.compile_for_stage(fit_model, stage.learning_rate,
+                                   place.jit_compile)
+        log.info("Training the head on cached features (%.1f s to "
+                 "extract)", seconds)
+    if place.replicas > 1:
+        n = data.counts["train"]
+        if n < config.batch_size:
+            raise InputError(
+                f"Invalid batch_size: with {place.replicas} replicas every "
+                f"batch must be full, and the training set has only {n} "
+                f"images. Allowed: at most {n}. Received: "
+                f"batch_size={config.batch_size}")
+        train_ds = data_lib.full_batches(train_ds, config.batch_size, n)
+    return fit_model, train_ds, val_ds, seconds
 
 
 class StageCheckpoint(keras.callbacks.Callback):
@@ -385,11 +429,10 @@ def _build_backbone(config):
                                     config.image_size)
 
 
-def _is_complete(workdir):
+def _is_complete(workdir, chief=True):
     path = os.path.join(workdir, "metrics.json")
-    if not (os.path.isfile(path)
-            and os.path.isfile(os.path.join(workdir, "export",
-                                            "saved_model.pb"))):
+    if not os.path.isfile(path) or chief and not os.path.isfile(
+            os.path.join(workdir, "export", "saved_model.pb")):
         return False
     with open(path) as f:
         return bool(json.load(f).get("complete"))

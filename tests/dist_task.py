@@ -1,0 +1,37 @@
+"""Runs the tl_keras command line as one task of a distribution test.
+
+Used by tests/test_distribute.py as `python tests/dist_task.py FLAGS...`,
+with TF_CONFIG set by the test. Setting TL_KERAS_TEST_KILL=<stage>:<epoch>
+makes this process SIGKILL itself right after BackupAndRestore saved that
+(1-based) epoch of that stage: a real, abrupt worker death at a known
+point, so the restart test is deterministic.
+"""
+
+import os
+import runpy
+import signal
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def install_kill_hook(spec):
+    import keras
+
+    stage, epoch = spec.split(":")
+    original = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def on_epoch_end(self, index, logs=None):
+        original(self, index, logs)
+        in_stage = f"{os.sep}{stage}{os.sep}" in self.backup_dir + os.sep
+        if in_stage and index + 1 == int(epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    keras.callbacks.BackupAndRestore.on_epoch_end = on_epoch_end
+
+
+if __name__ == "__main__":
+    if os.environ.get("TL_KERAS_TEST_KILL"):
+        install_kill_hook(os.environ["TL_KERAS_TEST_KILL"])
+    sys.argv[0] = os.path.join(REPO, "run.py")
+    runpy.run_path(sys.argv[0], run_name="__main__")

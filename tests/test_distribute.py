@@ -1,0 +1,241 @@
+"""Distribution: TF_CONFIG checks, MirroredStrategy over 2 logical CPUs,
+and MultiWorkerMirroredStrategy with 2 real worker processes.
+
+No GPU here: multi-replica paths run on CPU devices. MirroredStrategy gets
+2 logical CPU devices (tests/mirrored_task.py, in a subprocess because the
+split must happen before TensorFlow starts); multi-worker runs start 2
+processes of the real command line on 127.0.0.1 with free ports
+(tests/dist_task.py). Both compare against one replica on the same data,
+global batch, seed and order: weight differences come only from the order
+of floating point sums (measured ~1e-7).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO, write_image_folder
+
+import tl_keras
+from tl_keras import cli, distribute
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# --- TF_CONFIG -------------------------------------------------------------
+
+GOOD = {"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]},
+        "task": {"type": "worker", "index": 1}}
+
+
+def test_parse_tf_config_reads_this_task():
+    task = distribute.parse_tf_config(json.dumps(GOOD))
+    assert (task.type, task.index, task.num_workers) == ("worker", 1, 2)
+    assert not task.is_chief
+    assert distribute.parse_tf_config(json.dumps(
+        {**GOOD, "task": {"type": "worker", "index": 0}})).is_chief
+    with_chief = {"cluster": {"chief": ["h:1"], "worker": ["h:2"]},
+                  "task": {"type": "worker", "index": 0}}
+    assert not distribute.parse_tf_config(json.dumps(with_chief)).is_chief
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "not set"),
+    ("{cluster: 1}", "not JSON"),
+    (json.dumps({"task": GOOD["task"]}), "no 'cluster'"),
+    (json.dumps({"cluster": GOOD["cluster"]}), "no 'task'"),
+    (json.dumps({**GOOD, "cluster": {"worker": ["h:1", "h:1"]}}),
+     "listed twice"),
+    (json.dumps({"cluster": {"chief": ["h:1"], "worker": ["h:1"]},
+                 "task": {"type": "chief", "index": 0}}), "listed twice"),
+    (json.dumps({**GOOD, "cluster": {"worker": ["h1", "h:2"]}}),
+     "not host:port"),
+    (json.dumps({**GOOD, "task": {"type": "worker", "index": 2}}),
+     "task index 2"),
+    (json.dumps({**GOOD, "task": {"type": "ps", "index": 0}}),
+     "task type 'ps'"),
+    (json.dumps({"cluster": {"ps": ["h:1"]}, "task": {"type": "ps",
+                                                     "index": 0}}),
+     "job 'ps' is not supported"),
+])
+def test_bad_tf_config_is_a_clear_error(text, problem):
+    with pytest.raises(tl_keras.InputError) as e:
+        distribute.parse_tf_config(text)
+    message = str(e.value)
+    assert problem in message
+    assert "TF_CONFIG" in message and "Allowed:" in message
+
+
+def test_bad_tf_config_fails_before_writing(tiny_config, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": ')
+    with pytest.raises(tl_keras.InputError, match="not JSON"):
+        tl_keras.train(tiny_config.replace(distribution="multi_worker"))
+    assert not os.path.exists(tiny_config.workdir)
+
+
+def test_single_process_records_its_placement(tiny_config):
+    place = distribute.placement(tiny_config)
+    assert place.kind == "one_device" and place.replicas == 1
+    assert place.task.is_chief
+    info = place.describe(tiny_config.batch_size)
+    assert info["jit_compile"] is False  # no GPU: XLA stays off on CPU
+    assert info["mixed_precision"] == "float32"
+    assert info["per_replica_batch_size"] == tiny_config.batch_size
+
+
+# --- MirroredStrategy over 2 logical CPU devices ---------------------------
+
+def test_mirrored_two_cpus_matches_one_replica(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "mirrored_task.py"),
+         str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Bad inputs: clear errors, nothing written.
+    assert "divisible by 2" in out["errors"]["batch_size"]
+    assert "batch_size=5" in out["errors"]["batch_size"]
+    assert "Invalid jit_compile" in out["errors"]["jit_compile"]
+    assert "located in device" in out["errors"]["jit_compile"]
+    assert not out["bad_workdir_created"]
+    hardware = out["mirrored_hardware"]
+    assert hardware["replicas"] == 2
+    assert hardware["per_replica_batch_size"] == 3
+    assert out["one_device_hardware"]["replicas"] == 1
+    for stage in ("head", "finetune"):
+        np.testing.assert_allclose(out["mirrored"][stage],
+                                   out["one_device"][stage], rtol=1e-6)
+    assert out["one_device"]["finetune"][-1] < 1.05  # it did learn
+    assert out["max_weight_diff"] < 1e-5
+
+
+# --- MultiWorkerMirroredStrategy: 2 processes ------------------------------
+
+FLAGS = ["--backbone=compact_cnn", "--weights=none", "--image_size=32",
+         "--approach=finetune", "--epochs=2", "--finetune_epochs=3",
+         "--finetune_learning_rate=1e-3", "--batch_size=6", "--augment=none",
+         "--dropout=0", "--validation_split=0.2", "--test_split=0.2"]
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(data_dir, workdir, kill=None):
+    """Starts 2 workers of one run; `kill` = (worker, 'stage:epoch')."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {
+                       "type": "worker", "index": index}}))
+        env.pop("TL_KERAS_TEST_KILL", None)
+        if kill and kill[0] == index:
+            env["TL_KERAS_TEST_KILL"] = kill[1]
+        log = open(f"{workdir}.log{index}", "a")
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "dist_task.py"),
+             f"--data_dir={data_dir}", f"--workdir={workdir}",
+             "--distribution=multi_worker", *FLAGS],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+    return procs
+
+
+def wait_all(procs, timeout=400):
+    deadline = time.time() + timeout
+    for p in procs:
+        p.wait(timeout=max(1, deadline - time.time()))
+    return [p.returncode for p in procs]
+
+
+def weights_of(workdir):
+    return keras.models.load_model(
+        os.path.join(workdir, "model.keras")).get_weights()
+
+
+def max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def cluster_data(tmp_path_factory):
+    # 3 classes x 16 images: 30 train images = 5 full batches of 6.
+    return write_image_folder(str(tmp_path_factory.mktemp("mw") / "images"),
+                              per_class=16, formats=("png",))
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(cluster_data, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("mw") / "run")
+    codes = wait_all(start_workers(cluster_data, workdir))
+    assert codes == [0, 0], open(f"{workdir}.log0").read()[-3000:]
+    return workdir
+
+
+def test_two_workers_match_one_process(two_worker_run, cluster_data,
+                                       tmp_path):
+    config = cli.config_from_args(
+        [f"--data_dir={cluster_data}", f"--workdir={tmp_path / 'single'}",
+         *FLAGS])
+    single = tl_keras.train(config)
+    assert single["hardware"]["replicas"] == 1
+    metrics = json.load(open(os.path.join(two_worker_run, "metrics.json")))
+    assert metrics["hardware"]["distribution"] == "multi_worker"
+    assert metrics["hardware"]["replicas"] == 2
+    assert metrics["hardware"]["workers"] == 2
+    assert metrics["hardware"]["per_replica_batch_size"] == 3
+    for stage in ("head", "finetune"):
+        np.testing.assert_allclose(
+            metrics["stages"][stage]["history"]["loss"],
+            single["stages"][stage]["history"]["loss"], rtol=1e-5)
+    initial = weights_of(two_worker_run)
+    assert max_diff(initial, weights_of(config.workdir)) < 1e-5
+    # Only the chief wrote the run's outputs; the other worker kept its
+    # stage markers and backups in a folder of its own.
+    other = two_worker_run + ".worker-1"
+    for name in ("export", "model.keras"):
+        assert os.path.exists(os.path.join(two_worker_run, name))
+        assert not os.path.exists(os.path.join(other, name))
+    assert not os.path.exists(os.path.join(other, "logs", "tensorboard"))
+    assert os.path.isfile(os.path.join(other, "checkpoints", "finetune",
+                                       "done.json"))
+
+
+def test_killed_worker_restart_resumes_to_the_same_weights(
+        two_worker_run, cluster_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    procs = start_workers(cluster_data, workdir, kill=(1, "finetune:1"))
+    assert procs[1].wait(timeout=400) == -signal.SIGKILL
+    # The chief cannot go on without its peer; stop it too, as a cluster
+    # manager would, after it has finished the epoch both completed.
+    backup = os.path.join(workdir, "checkpoints", "finetune", "backup")
+    deadline = time.time() + 60
+    while procs[0].poll() is None and time.time() < deadline and not (
+            os.path.isdir(backup) and os.listdir(backup)):
+        time.sleep(0.5)
+    time.sleep(2)
+    procs[0].kill()
+    procs[0].wait()
+    assert not os.path.exists(os.path.join(workdir, "export"))
+    assert os.listdir(backup)
+    assert os.listdir(os.path.join(workdir + ".worker-1", "checkpoints",
+                                   "finetune", "backup"))
+    assert wait_all(start_workers(cluster_data, workdir)) == [0, 0]
+    log = open(f"{workdir}.log0").read()
+    assert "Stage head already done" in log
+    with open(os.path.join(workdir, "logs", "finetune.csv")) as f:
+        epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
+    assert sorted(set(epochs)) == ["0", "1", "2"]
+    assert max_diff(weights_of(workdir), weights_of(two_worker_run)) < 1e-5
