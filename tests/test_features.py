@@ -3,12 +3,15 @@ head trained through the frozen base every epoch, on the same data, seed
 and order."""
 
 import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
 import tl_keras
+from tl_keras import backbones, features, transfer
+from tl_keras import data as data_lib
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +25,12 @@ def pretrained_base(tmp_path_factory, image_folder):
     return os.path.join(workdir, "model.keras")
 
 
-def head_run(base, image_folder, workdir, cache):
+def head_run(base, image_folder, workdir, cache, **changes):
     config = tl_keras.Config(
         data_dir=image_folder, workdir=workdir, backbone=base,
         weights="none", approach="transfer", epochs=3, batch_size=8,
         learning_rate=0.01, dropout=0.0, augment="none",
-        feature_cache=cache)
+        feature_cache=cache, **changes)
     metrics = tl_keras.train(config)
     model = keras.saving.load_model(os.path.join(workdir, "model.keras"))
     return metrics, model
@@ -54,16 +57,119 @@ def test_cached_head_equals_full_loop(pretrained_base, image_folder,
     assert cached["test_accuracy"] == full["test_accuracy"]
 
 
-@pytest.mark.parametrize("changes", [
-    dict(augment="flip"),  # augmented views differ every epoch
-    dict(augment="none", cache_budget_mb=0),  # features exceed the budget
-])
-def test_full_loop_when_features_cannot_be_cached(pretrained_base,
-                                                  image_folder, tmp_path,
-                                                  changes):
+def test_full_loop_with_augmentation_and_no_views(pretrained_base,
+                                                  image_folder, tmp_path):
     config = tl_keras.Config(
         data_dir=image_folder, workdir=str(tmp_path / "run"),
         backbone=pretrained_base, weights="none", approach="transfer",
-        epochs=1, batch_size=8, **changes)
+        epochs=1, batch_size=8, augment="flip")
     metrics = tl_keras.train(config)
     assert metrics["stages"]["head"]["feature_cache"] is False
+
+
+def test_spilled_features_equal_in_memory(pretrained_base, image_folder,
+                                          tmp_path):
+    """Beyond the budget the features go to a file; training on them is
+    the same as training on features in memory (and on the full loop, by
+    the test above)."""
+    in_memory, model_a = head_run(pretrained_base, image_folder,
+                                  str(tmp_path / "memory"), True)
+    spilled, model_b = head_run(pretrained_base, image_folder,
+                                str(tmp_path / "spill"), True,
+                                cache_budget_mb=0)
+    plan = spilled["stages"]["head"]["feature_cache_plan"]
+    assert plan["spill"] and plan["views"] == 1
+    assert not in_memory["stages"]["head"]["feature_cache_plan"]["spill"]
+    np.testing.assert_allclose(
+        spilled["stages"]["head"]["history"]["loss"],
+        in_memory["stages"]["head"]["history"]["loss"], rtol=1e-6)
+    for a, b in zip(model_a.get_layer("logits").weights,
+                    model_b.get_layer("logits").weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    # The file is removed once the head stage is done.
+    assert not os.path.exists(str(tmp_path / "spill" / "features"))
+
+
+def test_augmented_views(pretrained_base, image_folder, tmp_path):
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="transfer",
+        epochs=3, batch_size=8, augment="flip,rotation",
+        feature_cache_views=2)
+    data = data_lib.make_datasets(config, 32)
+    classifier = transfer.build_classifier(
+        backbones.build_backbone(pretrained_base, "none"), 3, 0.0)
+    x, y, val_x, val_y = features._features_in_memory(classifier, data,
+                                                      config, 2)
+    assert x.shape == (2, data.counts["train"], 128)
+    assert len(y) == data.counts["train"] and len(val_y) == len(val_x)
+    assert np.abs(x[0] - x[1]).max() > 1e-3  # the views differ
+    again, *_ = features._features_in_memory(classifier, data, config, 2)
+    np.testing.assert_array_equal(x, again)  # and are reproducible
+    metrics = tl_keras.train(config)
+    assert metrics["stages"]["head"]["feature_cache_plan"]["views"] == 2
+    assert np.all(np.isfinite(metrics["stages"]["head"]["history"]["loss"]))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_stale_spilled_features_are_refused(pretrained_base, image_folder,
+                                            tmp_path, monkeypatch):
+    folder = str(tmp_path / "images")
+    shutil.copytree(image_folder, folder)
+    config = tl_keras.Config(
+        data_dir=folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="transfer",
+        epochs=1, batch_size=8, augment="none", cache_budget_mb=0)
+
+    def crash(model):
+        raise Crash()
+
+    # A crash right after the features were written.
+    with monkeypatch.context() as m:
+        m.setattr(features, "build_head_model", crash)
+        with pytest.raises(Crash):
+            tl_keras.train(config)
+    cache = os.path.join(config.workdir, "features")
+    assert os.path.isfile(os.path.join(cache, "meta.json"))
+    # The images changed before the resume: the cache is stale.
+    image = os.path.join(folder, "class_0", os.listdir(
+        os.path.join(folder, "class_0"))[0])
+    with open(image, "ab") as f:
+        f.write(b"\0")
+    os.utime(image, ns=(1, 1))
+    with pytest.raises(tl_keras.InputError, match="Invalid feature cache"
+                       ".*differs in: images"):
+        tl_keras.train(config)
+    assert os.path.isfile(os.path.join(cache, "meta.json"))  # not deleted
+    # Deleting it, as the message says, lets the run go on.
+    shutil.rmtree(cache)
+    metrics = tl_keras.train(config)
+    assert metrics["stages"]["head"]["feature_cache_plan"]["spill"]
+
+
+def test_matching_spilled_features_are_reused(pretrained_base,
+                                              image_folder, tmp_path,
+                                              monkeypatch, caplog):
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="transfer",
+        epochs=1, batch_size=8, augment="none", cache_budget_mb=0)
+
+    def crash(model):
+        raise Crash()
+
+    with monkeypatch.context() as m:
+        m.setattr(features, "build_head_model", crash)
+        with pytest.raises(Crash):
+            tl_keras.train(config)
+    calls = []
+    original = features.extract_features
+    monkeypatch.setattr(features, "extract_features",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    with caplog.at_level("INFO", logger="tl_keras"):
+        tl_keras.train(config)
+    assert "Reusing the cached features" in caplog.text
+    assert not calls  # nothing was extracted again

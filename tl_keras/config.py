@@ -100,7 +100,8 @@ class Config:
     cache_budget_mb: int = _field(
         1024,
         "Decoded, resized images are cached in memory when they fit in "
-        "this many MiB; otherwise they are decoded every epoch.",
+        "this many MiB; otherwise they are decoded every epoch. Cached "
+        "features beyond it spill to <workdir>/features/.",
     )
     feature_cache: bool = _field(
         True,
@@ -115,6 +116,12 @@ class Config:
         "TF_CONFIG (run the same command on every machine). --batch_size "
         "is global and must divide by the replica count.",
         DISTRIBUTIONS,
+    )
+    feature_cache_views: int = _field(
+        0,
+        "With augmentation on: cache this many augmented views of the "
+        "training set for the head stage (epoch e trains on view e mod K); "
+        "0 trains through the frozen base every epoch instead.",
     )
     jit_compile: str = _field(
         "auto",
@@ -197,6 +204,7 @@ class Config:
         _check_range("demo_pretrain_epochs", self.demo_pretrain_epochs,
                      1, 1000)
         _check_range("cache_budget_mb", self.cache_budget_mb, 0, 1 << 30)
+        _check_range("feature_cache_views", self.feature_cache_views, 0, 100)
         for name in ("learning_rate", "finetune_learning_rate"):
             value = getattr(self, name)
             if not 0 < value < 1:

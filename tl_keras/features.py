@@ -7,61 +7,99 @@ kept, and the head trains on them. The head model shares its layers with
 the full classifier, so when it is done the full model already holds the
 trained head: nothing to graft, the result is the same Keras model.
 
-Only used without augmentation (augmented views differ every epoch).
+Without augmentation this is exactly the full loop (same order, same
+head weights to float tolerance). With augmentation, `K` augmented views
+of the training set are cached and epoch e trains on view e mod K (an
+approximation of fresh augmentations every epoch); with K = 0 the head
+stage runs the full loop.
+
+Features that fit in `--cache_budget_mb` stay in memory; larger ones are
+written to `<workdir>/features/` (one .npy per split plus `meta.json`
+with a fingerprint of everything they depend on). A resumed run reuses a
+complete file whose fingerprint matches and refuses one that does not.
 """
 
+import hashlib
+import json
 import logging
+import os
+import shutil
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tl_keras import data as data_lib
+from tl_keras.config import InputError
+
 log = logging.getLogger("tl_keras")
 
 
-def can_cache(config, stage_name, data, model):
-    """Whether the head stage of this run can train on cached features.
+def cache_plan(config, stage_name, data, model):
+    """How the head stage caches features, or None for the full loop.
 
-    Features stay in memory, so they must fit in `config.cache_budget_mb`
-    (spilling to a file is not implemented yet); otherwise the full loop
-    runs, with a log line saying why.
+    Returns:
+      None, or {'views': K, 'spill': bool, 'mib': size of the features}.
     """
     if not (config.feature_cache and stage_name == "head"
-            and not config.augmentations()
-            and data.train_ordered is not None):
-        return False
+            and data.train_ordered is not None and data.shuffle is not None):
+        return None
+    views = 1
+    if config.augmentations():
+        views = config.feature_cache_views
+        if not views:
+            log.info("Augmentation is on and --feature_cache_views=0: "
+                     "training the head through the frozen base.")
+            return None
     channels = model.get_layer("pool").output.shape[-1]
-    size = (data.counts["train"] + data.counts["val"]) * channels * 4
-    if size > config.cache_budget_mb * 2**20:
-        log.info("Features (%.0f MiB) exceed --cache_budget_mb=%d; training "
-                 "the head through the frozen base.", size / 2**20,
+    size = (views * data.counts["train"] + data.counts["val"]) * channels * 4
+    spill = size > config.cache_budget_mb * 2**20
+    if spill:
+        log.info("Features (%.0f MiB) exceed --cache_budget_mb=%d; they go "
+                 "to a file in the workdir.", size / 2**20,
                  config.cache_budget_mb)
-        return False
-    return True
+    return {"views": views, "spill": spill, "mib": round(size / 2**20, 1)}
 
 
-def extract_features(model, ds, description):
+def extract_features(model, ds, description, out=None, augmenter=None):
     """Runs the classifier up to its pooled features over `ds`.
+
+    Args:
+      out: optional array [n, channels] to fill (e.g. a memory-mapped
+        file); default a new array.
+      augmenter: optional Keras augmentation model applied to each batch
+        first (training=True).
 
     Returns:
       (features float32 [n, channels], labels int32 [n]).
     """
     extractor = keras.Model(model.input, model.get_layer("pool").output)
+
+    def features_of(x):
+        if augmenter is not None:
+            x = augmenter(x, training=True)
+        return extractor(x, training=False)
+
     # A traced function: eager calls dispatch the base op by op.
-    run = tf.function(lambda x: extractor(x, training=False),
-                      reduce_retracing=True)
+    run = tf.function(features_of, reduce_retracing=True)
     steps = int(ds.cardinality())
     bar = keras.utils.Progbar(steps if steps > 0 else None,
                               unit_name="batch")
-    features, labels = [], []
+    chunks, labels, start = [], [], 0
     log.info("Extracting %s features with the frozen base", description)
     for i, (x, y) in enumerate(ds, start=1):
         # float32 even under a mixed precision policy: the head's input.
-        features.append(np.asarray(run(x), np.float32))
+        batch = np.asarray(run(x), np.float32)
+        if out is None:
+            chunks.append(batch)
+        else:
+            out[start:start + len(batch)] = batch
+        start += len(batch)
         labels.append(np.asarray(y))
         bar.update(i)
-    return np.concatenate(features), np.concatenate(labels)
+    features = np.concatenate(chunks) if out is None else out
+    return features, np.concatenate(labels).astype(np.int32)
 
 
 def build_head_model(model):
@@ -77,17 +115,165 @@ def build_head_model(model):
     return keras.Model(inputs, logits, name="cached_head")
 
 
-def make_feature_datasets(model, data, batch_size):
-    """Extracts features once; returns (head_model, train_ds, val_ds,
-    seconds spent extracting)."""
+def make_feature_datasets(model, data, config, plan, workdir):
+    """Extracts (or reuses) the features; returns (head_model, train_ds,
+    val_ds, seconds spent extracting)."""
     start = time.time()
-    train_x, train_y = extract_features(model, data.train_ordered,
-                                        "training")
-    val_x, val_y = extract_features(model, data.val, "validation")
+    if plan["spill"]:
+        train_x, train_y, val_x, val_y = _spilled_features(
+            model, data, config, plan["views"], workdir)
+    else:
+        train_x, train_y, val_x, val_y = _features_in_memory(
+            model, data, config, plan["views"])
     seconds = time.time() - start
-    train = data.shuffle.apply(
-        tf.data.Dataset.from_tensor_slices((train_x, train_y)), len(train_y))
-    train = train.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    val = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(
-        batch_size)
+    batch_size = config.batch_size
+    views = plan["views"]
+    epoch = data.shuffle.epoch
+    train_rows, val_rows = _row_reader(train_x), _row_reader(val_x)
+
+    def gather_train(index):
+        # Epoch e of the stage trains on view e mod K.
+        view = (epoch.read_value() % 100000) % views
+        return train_rows(index, view), tf.gather(train_y, index)
+
+    # The same EpochShuffle as the image pipeline: shuffling indices gives
+    # the same permutation as shuffling the images, so both paths see the
+    # examples in the same order.
+    n = len(train_y)
+    train = data.shuffle.apply(tf.data.Dataset.range(n), n).batch(
+        batch_size).map(gather_train).prefetch(tf.data.AUTOTUNE)
+    val = tf.data.Dataset.range(len(val_y)).batch(batch_size).map(
+        lambda index: (val_rows(index), tf.gather(val_y, index)))
     return build_head_model(model), train, val, seconds
+
+
+def _row_reader(array):
+    """A function (index, view=None) -> rows `index` of `array`
+    ([views,] n, channels), held in memory or memory-mapped from a file
+    (then read in the input pipeline, batch by batch)."""
+    channels = array.shape[-1]
+    if not isinstance(array, np.memmap):
+        table = tf.constant(array)  # once, captured by the pipeline
+
+        def rows(index, view=None):
+            return tf.gather(table[view] if view is not None else table,
+                             index)
+        return rows
+
+    def read(index, view):
+        source = array[int(view)] if array.ndim == 3 else array
+        return np.asarray(source[index], np.float32)
+
+    def rows(index, view=None):
+        out = tf.numpy_function(
+            read, [index, view if view is not None else tf.constant(
+                0, tf.int64)], tf.float32, stateful=False)
+        out.set_shape((None, channels))
+        return out
+    return rows
+
+
+def _features_in_memory(model, data, config, views):
+    train = []
+    for view in range(views):
+        x, train_y = extract_features(
+            model, data.train_ordered, _describe(view, views),
+            augmenter=_view_augmenter(config, view, views))
+        train.append(x)
+    val_x, val_y = extract_features(model, data.val, "validation")
+    return np.stack(train), train_y, val_x, val_y
+
+
+def _spilled_features(model, data, config, views, workdir):
+    folder = os.path.join(workdir, "features")
+    meta_path = os.path.join(folder, "meta.json")
+    fingerprint = _fingerprint(model, data, config, views)
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            stored = json.load(f)["fingerprint"]
+        diffs = [k for k in fingerprint if stored.get(k) != fingerprint[k]]
+        if diffs:
+            raise InputError(
+                f"Invalid feature cache {folder}: it was computed for other "
+                f"inputs (differs in: {', '.join(diffs)}), so reusing it "
+                f"would train on stale features. Allowed: delete that "
+                f"folder, or --overwrite to start the run over. Received: "
+                f"a cache with {', '.join(diffs)} = "
+                f"{', '.join(str(stored.get(k)) for k in diffs)}")
+        log.info("Reusing the cached features in %s", folder)
+        return _load_spilled(folder)
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # a crash mid-extraction
+    os.makedirs(tmp)
+    channels = model.get_layer("pool").output.shape[-1]
+    n_train, n_val = data.counts["train"], data.counts["val"]
+    train_x = np.lib.format.open_memmap(
+        os.path.join(tmp, "train.npy"), "w+", np.float32,
+        (views, n_train, channels))
+    for view in range(views):
+        _, train_y = extract_features(
+            model, data.train_ordered, _describe(view, views),
+            out=train_x[view], augmenter=_view_augmenter(config, view,
+                                                         views))
+    val_x = np.lib.format.open_memmap(
+        os.path.join(tmp, "val.npy"), "w+", np.float32, (n_val, channels))
+    _, val_y = extract_features(model, data.val, "validation", out=val_x)
+    train_x.flush()
+    val_x.flush()
+    del train_x, val_x
+    np.save(os.path.join(tmp, "train_labels.npy"), train_y)
+    np.save(os.path.join(tmp, "val_labels.npy"), val_y)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump({"fingerprint": fingerprint}, f, indent=2)
+    os.replace(tmp, folder)
+    log.info("Wrote features to %s", folder)
+    return _load_spilled(folder)
+
+
+def _load_spilled(folder):
+    def load(name, mmap=True):
+        return np.load(os.path.join(folder, name),
+                       mmap_mode="r" if mmap else None)
+    return (load("train.npy"), load("train_labels.npy", False),
+            load("val.npy"), load("val_labels.npy", False))
+
+
+def remove_spilled(workdir):
+    """Deletes a spilled feature cache once its stage is done."""
+    shutil.rmtree(os.path.join(workdir, "features"), ignore_errors=True)
+
+
+def _fingerprint(model, data, config, views):
+    """What the features depend on: the base's weights, the images (paths,
+    labels, sizes, modification times; for arrays only the class counts)
+    and their order, the input size and the augmented views."""
+    digest = hashlib.sha1()
+    for weight in model.get_layer("backbone").weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(
+            weight)).tobytes())
+    files = hashlib.sha1()
+    for split in ("train", "val"):
+        for path, label in (data.files or {}).get(split, []):
+            stat = os.stat(path)
+            files.update(f"{split}|{path}|{label}|{stat.st_size}|"
+                         f"{stat.st_mtime_ns}\n".encode())
+    return {
+        "base_weights": digest.hexdigest(),
+        "images": files.hexdigest() if data.files else json.dumps(
+            data.class_counts, sort_keys=True),
+        "image_size": int(model.input.shape[1]),
+        "views": views,
+        "augment": ",".join(config.augmentations()) or "none",
+        "seed": config.seed,
+    }
+
+
+def _view_augmenter(config, view, views):
+    names = config.augmentations()
+    if not names:
+        return None
+    return data_lib.build_augmenter(names, config.seed + 7919 * (view + 1))
+
+
+def _describe(view, views):
+    return "training" if views == 1 else f"training (view {view + 1}/{views})"

@@ -243,9 +243,9 @@ def run_stage(model, stage, data, workdir, config, blocks, place, index=1):
         callbacks.append(keras.callbacks.TensorBoard(
             os.path.join(logs_dir, "tensorboard", stage.name)))
     start = time.time()
-    cached = features.can_cache(config, stage.name, data, model)
+    plan = features.cache_plan(config, stage.name, data, model)
     fit_model, train_ds, val_ds, extract_seconds = _fit_inputs(
-        model, stage, data, config, place, cached)
+        model, stage, data, config, place, plan, workdir)
     fit_model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs,
                   shuffle=False,  # tf.data already shuffles the train set
                   callbacks=callbacks,
@@ -257,7 +257,8 @@ def run_stage(model, stage, data, workdir, config, blocks, place, index=1):
         "total_params": total,
         "unfreeze": config.unfreeze if stage.name == "finetune" else None,
         "seconds_this_process": round(time.time() - start, 1),
-        "feature_cache": cached,
+        "feature_cache": plan is not None,
+        "feature_cache_plan": plan,
         "feature_extraction_seconds": extract_seconds and round(
             extract_seconds, 1),
         "best_epoch": checkpoint.best_epoch,
@@ -266,12 +267,15 @@ def run_stage(model, stage, data, workdir, config, blocks, place, index=1):
         "history": read_history(csv_path),
     }
     write_json(done_path, summary)
+    if plan and plan["spill"]:
+        features.remove_spilled(workdir)
     return summary
 
 
-def _fit_inputs(model, stage, data, config, place, cached):
+def _fit_inputs(model, stage, data, config, place, plan, workdir):
     """The model and datasets fit() runs on: the classifier on images, or
-    (cached) a head model sharing its layers, on features computed once.
+    (`plan` from features.cache_plan) a head model sharing its layers, on
+    features computed once.
 
     With several replicas the training set's last partial batch is
     dropped (see `data.full_batches`).
@@ -280,9 +284,10 @@ def _fit_inputs(model, stage, data, config, place, cached):
       (fit_model, train_ds, val_ds, seconds spent extracting or None).
     """
     fit_model, train_ds, val_ds, seconds = model, data.train, data.val, None
-    if cached:
+    if plan:
         fit_model, train_ds, val_ds, seconds = (
-            features.make_feature_datasets(model, data, config.batch_size))
+            features.make_feature_datasets(model, data, config, plan,
+                                           workdir))
         transfer.compile_for_stage(fit_model, stage.learning_rate,
                                    place.jit_compile)
         log.info("Training the head on cached features (%.1f s to "

@@ -1,0 +1,74 @@
+"""--mixed_precision on CPU: both 16-bit policies train, logits stay float32,
+float16 gets dynamic loss scaling, the export serves float32 scores, and the
+process-wide Keras policy is restored afterwards.
+
+CPUs gain no speed from 16-bit compute (that is why `auto` picks float32
+here); these tests check the numerics and the plumbing, which are the same
+code path as on a GPU.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import class_image
+
+import tl_keras
+from tl_keras import backbones, distribute, transfer
+
+
+@pytest.mark.parametrize("policy, compute, scaled", [
+    ("mixed_float16", "float16", True),
+    ("mixed_bfloat16", "bfloat16", False),
+])
+def test_policy_builds_16_bit_model_with_float32_logits(policy, compute,
+                                                        scaled):
+    with distribute._PolicyScope(policy):
+        backbone = backbones.build_backbone("compact_cnn", "none", 32)
+        model = transfer.build_classifier(backbone, 3, 0.2)
+        transfer.compile_for_stage(model, 1e-3)
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    conv = transfer.get_base(model).layers[1]
+    assert conv.compute_dtype == compute
+    assert conv.variable_dtype == "float32"  # master weights stay float32
+    assert model.get_layer("logits").compute_dtype == "float32"
+    logits = model(np.zeros((2, 32, 32, 3), np.float32), training=False)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert isinstance(model.optimizer,
+                      keras.optimizers.LossScaleOptimizer) == scaled
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_run_trains_and_exports_float32(tiny_config, policy):
+    config = tiny_config.replace(mixed_precision=policy, augment="none",
+                                 epochs=2, finetune_epochs=1)
+    metrics = tl_keras.train(config)
+    assert keras.config.dtype_policy().name == "float32"
+    assert metrics["hardware"]["mixed_precision"] == policy
+    for stage in metrics["stages"].values():
+        assert np.all(np.isfinite(stage["history"]["loss"]))
+    assert np.isfinite(metrics["test_loss"])
+    model = keras.models.load_model(os.path.join(config.workdir,
+                                                 "model.keras"))
+    assert model.get_layer("logits").compute_dtype == "float32"
+    rng = np.random.default_rng(1)
+    images = np.stack([np.asarray(class_image(i % 3, rng, 32))
+                       for i in range(6)])
+    exported = tl_keras.load_exported(os.path.join(config.workdir,
+                                                   "export"))
+    served = exported.predict(images)
+    assert served["scores"].dtype == np.float32
+    direct = keras.ops.convert_to_numpy(keras.ops.softmax(
+        model(images.astype(np.float32), training=False)))
+    # 16-bit activations: served and direct scores agree to 16-bit
+    # precision (they are the same graph, run twice).
+    np.testing.assert_allclose(served["scores"], direct, atol=1e-2)
+    with open(os.path.join(config.workdir, "config.json")) as f:
+        assert json.load(f)["mixed_precision"] == policy
+
+
+def test_auto_precision_is_float32_on_cpu():
+    assert distribute.resolve_precision("auto") == "float32"
+    assert distribute.resolve_precision("mixed_float16") == "mixed_float16"
