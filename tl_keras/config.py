@@ -9,8 +9,8 @@ import dataclasses
 import json
 import os
 
-APPROACHES = ("scratch", "transfer", "finetune")
-MODES = ("train", "demo", "export", "predict", "evaluate")
+APPROACHES = ("scratch", "transfer", "finetune", "auto")
+MODES = ("train", "demo", "export", "predict", "evaluate", "advise", "rank")
 AUGMENTATIONS = ("flip", "rotation", "zoom")
 JIT_CHOICES = ("auto", "true", "false")
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
@@ -39,7 +39,10 @@ class Config:
         "demo (pretrain on digits 0-4, then scratch vs transfer vs finetune "
         "on digits 5-9 with few labels). export: re-export --workdir's "
         "model to --export_dir. predict: score --inputs with an export. "
-        "evaluate: score an export on the labelled folder --data_dir.",
+        "evaluate: score an export on the labelled folder --data_dir. "
+        "advise: measure --data_dir with the base and write the decision "
+        "--approach=auto would take, without training. rank: score the "
+        "--backbones candidates on --data_dir and print them ranked.",
         MODES,
     )
     data_dir: str = _field(
@@ -67,7 +70,8 @@ class Config:
         "finetune",
         "scratch: train everything from random init. transfer: frozen "
         "base, train a new head. finetune: transfer, then unfreeze blocks "
-        "and train at --finetune_learning_rate.",
+        "and train at --finetune_learning_rate. auto: measure the data "
+        "with the frozen base and pick one (see <workdir>/decision.json).",
         APPROACHES,
     )
     epochs: int = _field(10, "Epochs of the head stage (or of scratch).")
@@ -84,6 +88,26 @@ class Config:
         "'all' or a number N of top blocks. BatchNorm stays frozen.",
     )
     batch_size: int = _field(32, "Global batch size.")
+    advisor_sample: int = _field(
+        2000, "auto / advise / rank: training images sampled to measure.")
+    advisor_large_per_class: int = _field(
+        100, "auto: 'large' data from this many images per class (median).")
+    advisor_similar_gain: float = _field(
+        0.5,
+        "auto: 'similar' domain when the frozen features' probe accuracy "
+        "gain over chance, (acc - chance) / (1 - chance), is at least this.")
+    advisor_scratch_gain: float = _field(
+        0.1,
+        "auto: with large, different data, train from scratch when the gain "
+        "is below this (features near chance) ...")
+    advisor_scratch_per_class: int = _field(
+        1000, "... and there are at least this many images per class.")
+    advisor_earlier_margin: float = _field(
+        0.05,
+        "auto: an earlier layer's gain above the last layer's by more than "
+        "this marks the data as far from the pretraining domain.")
+    backbones: str = _field(
+        "", "rank: comma-separated candidate backbones (names or .keras).")
     validation_split: float = _field(
         0.15, "Fraction of each class held out for validation."
     )
@@ -181,7 +205,8 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 _fail(f.name, " | ".join(choices), value)
-        if (self.mode in ("train", "evaluate") and require_data_dir
+        if (self.mode in ("train", "evaluate", "advise", "rank")
+                and require_data_dir
                 and not self.data_dir):
             _fail("data_dir", "a folder of class sub-folders", "")
         if not self.workdir and not (self.mode in ("predict", "evaluate")
@@ -205,6 +230,18 @@ class Config:
                      1, 1000)
         _check_range("cache_budget_mb", self.cache_budget_mb, 0, 1 << 30)
         _check_range("feature_cache_views", self.feature_cache_views, 0, 100)
+        _check_range("advisor_sample", self.advisor_sample, 10, 1000000)
+        _check_range("advisor_large_per_class", self.advisor_large_per_class,
+                     1, 10**9)
+        _check_range("advisor_scratch_per_class",
+                     self.advisor_scratch_per_class, 1, 10**9)
+        for name in ("advisor_similar_gain", "advisor_scratch_gain",
+                     "advisor_earlier_margin"):
+            if not 0 <= getattr(self, name) <= 1:
+                _fail(name, "a float in [0, 1]", getattr(self, name))
+        if self.mode == "rank" and not self.backbones:
+            _fail("backbones", "comma-separated backbone names or .keras "
+                  "paths", "")
         for name in ("learning_rate", "finetune_learning_rate"):
             value = getattr(self, name)
             if not 0 < value < 1:
@@ -267,7 +304,7 @@ class Config:
 # Fields that may change between a run and its resumption without changing
 # what the run computes.
 RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile",
-                    "distribution", "mode",
+                    "distribution", "mode", "backbones",
                     "export_dir", "inputs", "output", "top_k",
                     "export_tflite")
 

@@ -61,6 +61,8 @@ class ImageData:
     cached: bool = False
     train_ordered: tf.data.Dataset | None = None
     shuffle: "EpochShuffle | None" = None
+    image_size: int = 0
+    batch_size: int = 32
 
 
 class EpochShuffle:
@@ -194,7 +196,8 @@ def make_datasets(config, image_size):
         bad_files=bad, skipped_files=skipped, files=files, cached=cache,
         train_ordered=_pipeline(sources["train"], len(files["train"]),
                                 config, training=False, cache=False),
-        shuffle=shuffle)
+        shuffle=shuffle, image_size=image_size,
+        batch_size=config.batch_size)
     log.info("Data: %d classes; %s images; %s in memory", len(class_names),
              " / ".join(f"{k} {v}" for k, v in data.counts.items()),
              "cached" if cache else "not cached")
@@ -259,7 +262,8 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
         cached=True,
         train_ordered=_pipeline(sources["train"], len(arrays["train"][1]),
                                 config, training=False, cache=False),
-        shuffle=shuffle)
+        shuffle=shuffle, image_size=image_size,
+        batch_size=config.batch_size)
 
 
 def scan_folder(data_dir):
@@ -430,6 +434,31 @@ def _file_source(pairs, image_size):
     # already removed by find_unreadable.
     return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
         load, num_parallel_calls=AUTOTUNE)
+
+
+def sample_training_set(data, n, seed):
+    """A random sample of at most n training images, unshuffled and not
+    augmented (for measuring features).
+
+    Returns:
+      (batched dataset of (float32 images, int32 labels), sample size).
+    """
+    total = data.counts["train"]
+    keep = np.sort(np.random.default_rng(seed).permutation(total)[:n])
+    if len(keep) == total:
+        return data.train_ordered, total
+    if data.files and data.image_size:
+        pairs = [data.files["train"][i] for i in keep]
+        ds = _file_source(pairs, data.image_size)
+    else:  # arrays: skip the others in the ordered pipeline
+        mask = np.zeros(total, bool)
+        mask[keep] = True
+        table = tf.constant(mask)
+        ds = data.train_ordered.unbatch().enumerate().filter(
+            lambda i, xy: table[i]).map(lambda i, xy: xy)
+    ds = ds.batch(data.batch_size).map(
+        lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE), len(keep)
 
 
 def full_batches(ds, batch_size, n):

@@ -27,9 +27,21 @@ import keras
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from tl_keras import backbones, distribute, export, features, transfer
+from tl_keras import (
+    advisor,
+    backbones,
+    distribute,
+    export,
+    features,
+    transfer,
+)
 from tl_keras import data as data_lib
-from tl_keras.config import InputError, config_differences, load_config_json
+from tl_keras.config import (
+    RESUMABLE_FIELDS,
+    InputError,
+    config_differences,
+    load_config_json,
+)
 
 log = logging.getLogger("tl_keras")
 
@@ -85,6 +97,17 @@ def _train(config, data, place):
         model = transfer.build_classifier(backbone, len(data.class_names),
                                           config.dropout)
     blocks = backbone.blocks()
+    decision = None
+    if config.approach == "auto":
+        decision = _auto_decision(config, model, data, blocks)
+        config = config.replace(approach=decision["approach"],
+                                unfreeze=decision["unfreeze"])
+        if config.approach == "scratch":  # random init, not the weights
+            with strategy.scope():
+                backbone = _build_backbone(config)
+                model = transfer.build_classifier(
+                    backbone, len(data.class_names), config.dropout)
+            blocks = backbone.blocks()
     if config.approach == "finetune":
         transfer.check_unfreeze(config.unfreeze_blocks(), blocks)
     stages = {}
@@ -102,6 +125,8 @@ def _train(config, data, place):
         return metrics
     metrics = {
         "approach": config.approach,
+        "decision": decision and {k: decision[k] for k in (
+            "situation", "approach", "unfreeze", "rule", "reason")},
         "backbone": backbone.source,
         "image_size": backbone.image_size,
         "num_classes": len(data.class_names),
@@ -135,6 +160,29 @@ def _train(config, data, place):
              metrics["test_accuracy"], metrics["test_split"],
              metrics["num_test"], workdir)
     return metrics
+
+
+def _auto_decision(config, model, data, blocks):
+    """--approach=auto: the advisor's decision, measured once per run (a
+    resumed run reads it back from decision.json)."""
+    path = os.path.join(config.workdir, "decision.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("run") == _run_key(config):
+            log.info("Using the decision in %s: %s", path,
+                     record["approach"])
+            return record
+    record = advisor.advise_run(model, data, config, blocks)
+    record["run"] = _run_key(config)
+    write_json(path, record)
+    return record
+
+
+def _run_key(config):
+    """What a stored decision must match to be reused."""
+    return {k: v for k, v in config.to_dict().items()
+            if k not in RESUMABLE_FIELDS}
 
 
 def export_manifest(config, metrics):
@@ -171,7 +219,8 @@ def check_workdir(config):
             problem = f"it holds a run with other settings ({'; '.join(diffs)})"
         else:
             log.info("Resuming the run in %s", workdir)
-    elif os.path.isdir(workdir) and os.listdir(workdir):
+    elif os.path.isdir(workdir) and set(os.listdir(workdir)) - {
+            "decision.json", "ranking.json"}:
         problem = "it is not empty and holds no tl_keras run (no config.json)"
     if problem and not config.overwrite:
         raise InputError(

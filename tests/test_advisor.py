@@ -1,0 +1,233 @@
+"""The advisor: LogME against a direct evaluation of its formula, kNN and
+probe sanity, the decision table, and --mode=advise / rank /
+--approach=auto end to end on generated images (weights=None bases
+pretrained here, no download)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tl_keras
+from tl_keras import advisor
+
+
+def logme_direct(features, labels):
+    """The LogME formula evaluated directly: matrix inverse and
+    log-determinant per class, MacKay's fixed point from alpha = beta = 1
+    (slow; the reference for the SVD form)."""
+    f = np.asarray(features, np.float64)
+    n, d = f.shape
+    ftf = f.T @ f
+    s = np.linalg.eigvalsh(ftf)
+    scores = []
+    for c in np.unique(labels):
+        y = (labels == c).astype(np.float64)
+        alpha, beta = 1.0, 1.0
+        for _ in range(100):
+            a = alpha * np.eye(d) + beta * ftf
+            m = beta * np.linalg.solve(a, f.T @ y)
+            gamma = np.sum(beta * s / (alpha + beta * s))
+            new_alpha = gamma / (m @ m)
+            new_beta = (n - gamma) / np.sum((f @ m - y)**2)
+            converged = abs(new_alpha / new_beta - alpha / beta) / (
+                alpha / beta) < 1e-3
+            alpha, beta = new_alpha, new_beta
+            if converged:
+                break
+        a = alpha * np.eye(d) + beta * ftf
+        m = beta * np.linalg.solve(a, f.T @ y)
+        evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha)
+                    - n / 2 * np.log(2 * np.pi)
+                    - beta / 2 * np.sum((f @ m - y)**2)
+                    - alpha / 2 * m @ m - np.linalg.slogdet(a)[1] / 2)
+        scores.append(evidence / n)
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("n, d, classes", [(60, 8, 3), (12, 30, 4),
+                                           (200, 16, 5)])
+def test_logme_svd_form_equals_direct_formula(n, d, classes):
+    rng = np.random.default_rng(n + d)
+    labels = np.arange(n) % classes
+    features = rng.normal(size=(n, d)) + labels[:, None] * 0.3
+    fast = advisor.logme(features, labels)
+    np.testing.assert_allclose(fast, logme_direct(features, labels),
+                               rtol=1e-6)
+
+
+def test_logme_ranks_separable_features_above_noise():
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 3
+    centers = rng.normal(size=(3, 32)) * 3
+    separable = centers[labels] + rng.normal(size=(300, 32))
+    noise = rng.normal(size=(300, 32))
+    assert advisor.logme(separable, labels) > advisor.logme(noise, labels)
+
+
+def test_knn_and_probe_are_high_on_clusters_and_chance_on_noise():
+    rng = np.random.default_rng(1)
+    labels = np.arange(200) % 4
+    centers = rng.normal(size=(4, 16)) * 4
+    clusters = centers[labels] + rng.normal(size=(200, 16))
+    noise = rng.normal(size=(200, 16))
+    assert advisor.knn_accuracy(clusters, labels) > 0.95
+    assert advisor.knn_accuracy(noise, labels) < 0.45
+    assert advisor.linear_probe(clusters[:150], labels[:150],
+                                clusters[150:], labels[150:]) > 0.95
+    assert advisor.linear_probe(noise[:150], labels[:150], noise[150:],
+                                labels[150:]) < 0.5
+
+
+def test_knn_leave_one_out_by_hand():
+    # 1-D points; each point's 3 nearest others decide.
+    features = np.array([[1, 0], [1, 0.1], [1, 0.2], [0, 1], [0.1, 1],
+                         [0.2, 1], [1, 0.3]])
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    # The last point sits in class 0's cluster: it is the one miss.
+    assert advisor.knn_accuracy(features, labels, k=3) == pytest.approx(6 / 7)
+
+
+def measurements(median, probe, earlier_probe=None, classes=5):
+    m = {"images_per_class": {"median": median}, "chance": 1 / classes,
+         "last": {"probe_accuracy": probe, "knn_accuracy": probe,
+                  "logme": 0.0}, "problems": []}
+    if earlier_probe is not None:
+        m["earlier"] = {"probe_accuracy": earlier_probe}
+    return m
+
+
+@pytest.mark.parametrize("median, probe, earlier, approach, rule", [
+    (10, 0.9, None, "transfer", "small + similar"),
+    (10, 0.3, None, "transfer", "small + different"),
+    (500, 0.9, None, "finetune", "large + similar"),
+    (500, 0.3, None, "finetune", "large + different"),
+    (5000, 0.22, None, "scratch", "large + different, features near chance"),
+    (500, 0.9, 0.99, "finetune", "large + different"),  # earlier is better
+])
+def test_decision_table(median, probe, earlier, approach, rule):
+    decision = advisor.decide(measurements(median, probe, earlier),
+                              advisor.Thresholds(), num_blocks=9)
+    assert decision["approach"] == approach
+    assert decision["rule"] == rule
+    assert str(median) in decision["reason"]
+    if rule == "large + similar":
+        assert decision["unfreeze"] == "3"  # the top third of 9 blocks
+
+
+def test_size_rule_when_no_score():
+    m = {"images_per_class": {"median": 3}, "chance": 0.5, "last": {},
+         "problems": ["last: the sample (4 images) is too small"]}
+    decision = advisor.decide(m, advisor.Thresholds(), num_blocks=4)
+    assert decision["rule"] == "size only"
+    assert decision["approach"] == "transfer"
+    assert "too small" in decision["reason"]
+
+
+def test_non_finite_features_are_a_clear_error():
+    bad = np.ones((20, 4))
+    bad[3, 1] = np.nan
+    with pytest.raises(tl_keras.InputError, match="NaN or Inf"):
+        advisor._scores(bad, np.arange(20) % 2, bad, np.arange(20) % 2, 0,
+                        "last", [])
+
+
+@pytest.fixture(scope="module")
+def pretrained_base(tmp_path_factory, image_folder):
+    """A compact_cnn trained on the generated classes: a 'similar' base."""
+    workdir = str(tmp_path_factory.mktemp("advisor_base") / "run")
+    tl_keras.train(tl_keras.Config(
+        data_dir=image_folder, workdir=workdir, backbone="compact_cnn",
+        weights="none", image_size=32, approach="scratch", epochs=4,
+        batch_size=8, augment="none"))
+    return os.path.join(workdir, "model.keras")
+
+
+def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
+    config = tl_keras.Config(
+        mode="advise", data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="auto",
+        epochs=2, finetune_epochs=1, batch_size=8, augment="none")
+    record = advisor.advise(config)
+    stored = json.load(open(tmp_path / "run" / "decision.json"))
+    for key in ("measurements", "thresholds", "situation", "approach",
+                "unfreeze", "rule", "reason"):
+        assert key in stored
+    m = stored["measurements"]
+    for key in ("logme", "knn_accuracy", "probe_accuracy"):
+        assert key in m["last"]
+    assert m["earlier_layer"] and "probe_accuracy" in m["earlier"]
+    assert m["chance"] == pytest.approx(1 / 3)
+    # 12 images per class: small data -> transfer, whatever the similarity.
+    assert record["approach"] == "transfer"
+    assert record["rule"].startswith("small")
+    # The auto run (in the same workdir) trains what the advisor chose.
+    metrics = tl_keras.train(config.replace(mode="train"))
+    assert metrics["approach"] == "transfer"
+    assert metrics["decision"]["rule"] == record["rule"]
+    assert list(metrics["stages"]) == ["head"]
+    assert json.load(open(tmp_path / "run" / "decision.json"))["run"]
+
+
+def test_auto_picks_finetune_for_large_similar_data(pretrained_base,
+                                                    image_folder, tmp_path):
+    # The threshold makes 12 images per class 'large'.
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="auto",
+        epochs=1, finetune_epochs=1, batch_size=8, augment="none",
+        advisor_large_per_class=5, advisor_similar_gain=0.0)
+    metrics = tl_keras.train(config)
+    assert metrics["approach"] == "finetune"
+    assert metrics["decision"]["rule"] == "large + similar"
+    assert list(metrics["stages"]) == ["head", "finetune"]
+    assert metrics["stages"]["finetune"]["unfreeze"] == metrics[
+        "decision"]["unfreeze"]
+
+
+def test_rank_orders_backbones(pretrained_base, image_folder, tmp_path,
+                               capsys):
+    config = tl_keras.Config(
+        mode="rank", data_dir=image_folder, workdir=str(tmp_path / "rank"),
+        backbones=f"compact_cnn,{pretrained_base}", weights="none",
+        image_size=32, batch_size=8, augment="none")
+    rows = advisor.rank(config)
+    assert sorted(r["backbone"] for r in rows) == sorted(
+        ["compact_cnn", pretrained_base])
+    # Ranked by mean rank over the three scores, each rank consistent
+    # with its score.
+    assert [r["mean_rank"] for r in rows] == sorted(
+        r["mean_rank"] for r in rows)
+    for key in ("logme", "knn_accuracy", "probe_accuracy"):
+        best = min(rows, key=lambda r: r["ranks"][key])
+        assert best[key] == max(r[key] for r in rows)
+    assert "Backbones ranked" in capsys.readouterr().out
+    stored = json.load(open(tmp_path / "rank" / "ranking.json"))
+    assert [r["backbone"] for r in stored["ranking"]] == [
+        r["backbone"] for r in rows]
+
+
+def test_rank_unknown_backbone_fails_before_work(image_folder, tmp_path):
+    config = tl_keras.Config(
+        mode="rank", data_dir=image_folder, workdir=str(tmp_path / "rank"),
+        backbones="compact_cnn,resnet_9000", weights="none")
+    with pytest.raises(tl_keras.InputError, match="resnet_9000"):
+        advisor.rank(config)
+    assert not os.path.exists(tmp_path / "rank")
+
+
+def test_class_with_one_image_is_a_clear_error(tmp_path):
+    from conftest import write_image_folder
+
+    folder = write_image_folder(str(tmp_path / "images"), num_classes=2,
+                                per_class=8, formats=("png",))
+    config = tl_keras.Config(
+        mode="advise", data_dir=folder, workdir=str(tmp_path / "run"),
+        backbone="compact_cnn", weights="none", image_size=32,
+        batch_size=4, augment="none", validation_split=0.1,
+        test_split=0.1)
+    data = tl_keras.make_datasets(config, 32)
+    data.class_counts["train"]["class_0"] = 1  # as if one image were left
+    with pytest.raises(tl_keras.InputError, match="fewer than 2"):
+        advisor.advise(config, data=data)

@@ -1,0 +1,449 @@
+"""Measure the data with the base, then decide: scratch, transfer or finetune.
+
+One pass of the frozen base over a bounded sample of the training images
+(and the validation images) gives pooled features from the last layer and
+from one earlier block. On them: LogME (evidence of a linear model, You et
+al. 2021, vectorised over classes with one SVD), leave-one-out kNN
+accuracy, and a linear probe's validation accuracy, each next to chance
+level. `decide` maps those and the data size to one of the four situations
+(small/large x similar/different) of the transfer-learning rule of thumb;
+see ../shared/TRANSFERABILITY.md and the README's "Choosing the approach".
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from tl_keras import backbones, transfer
+from tl_keras import data as data_lib
+from tl_keras.config import InputError
+
+log = logging.getLogger("tl_keras")
+
+
+# --- Scores ----------------------------------------------------------------
+
+def logme(features, labels, tol=1e-3, max_iter=100):
+    """LogME score of features for labels: mean over classes of the
+    maximised log evidence per example (higher is better).
+
+    One SVD of the features is shared by all classes; each class's
+    one-vs-rest target runs MacKay's fixed point for (alpha, beta) in the
+    SVD basis, vectorised over classes.
+
+    Args:
+      features: float array [n, d].
+      labels: int array [n] with values in [0, num_classes).
+    """
+    f = np.asarray(features, np.float64)
+    n, d = f.shape
+    classes = np.unique(labels)
+    y = (np.asarray(labels)[:, None] == classes[None, :]).astype(np.float64)
+    u, sigma, _ = np.linalg.svd(f, full_matrices=False)
+    s = sigma**2  # eigenvalues of F'F (the rest are 0)
+    x = u.T @ y  # [k, classes]
+    y_norm2 = (y**2).sum(0)
+    residual_outside = y_norm2 - (x**2).sum(0)  # part of y outside span(F)
+    alpha = np.ones(len(classes))
+    beta = np.ones(len(classes))
+    for _ in range(max_iter):
+        t = alpha / beta
+        gamma = (s[:, None] / (s[:, None] + t)).sum(0)
+        m2 = (s[:, None] * x**2 / (s[:, None] + t)**2).sum(0)
+        res2 = (x**2 / (1 + s[:, None] / t)**2).sum(0) + residual_outside
+        # Clipped: degenerate features (e.g. constant ones from an
+        # untrained base) drive alpha to 0 or beta to infinity.
+        new_alpha = np.clip(gamma / np.maximum(m2, 1e-300), 1e-12, 1e12)
+        new_beta = np.clip((n - gamma) / np.maximum(res2, 1e-300), 1e-12,
+                           1e12)
+        done = np.abs(new_alpha / new_beta - t) / t < tol
+        alpha, beta = new_alpha, new_beta
+        if done.all():
+            break
+    t = alpha / beta
+    m2 = (s[:, None] * x**2 / (s[:, None] + t)**2).sum(0)
+    res2 = (x**2 / (1 + s[:, None] / t)**2).sum(0) + residual_outside
+    # log|A| with A = alpha I + beta F'F: d eigenvalues, k of them shifted.
+    log_det = (np.log(alpha[None, :] + beta[None, :] * s[:, None]).sum(0)
+               + (d - len(s)) * np.log(alpha))
+    evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha)
+                - n / 2 * np.log(2 * np.pi) - beta / 2 * res2
+                - alpha / 2 * m2 - log_det / 2)
+    return float(np.mean(evidence / n))
+
+
+def knn_accuracy(features, labels, k=5):
+    """Leave-one-out k-nearest-neighbour accuracy on L2-normalised
+    features (cosine similarity; ties go to the nearest)."""
+    f = np.asarray(features, np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    k = min(k, len(labels) - 1)
+    sim = f @ f.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = np.argsort(-sim, axis=1)[:, :k]
+    votes = labels[nearest]
+    correct = 0
+    for row, truth in zip(votes, labels, strict=True):
+        counts = np.bincount(row)
+        best = np.flatnonzero(counts == counts.max())
+        # Tie: the class of the nearest neighbour among the tied classes.
+        pick = next(v for v in row if v in best)
+        correct += pick == truth
+    return correct / len(labels)
+
+
+def linear_probe(train_x, train_y, val_x, val_y, seed=0):
+    """Validation accuracy of a multinomial logistic regression trained on
+    standardised features (a cheap stand-in for the `transfer` head)."""
+    scaler = StandardScaler().fit(train_x)
+    probe = LogisticRegression(max_iter=500, C=1.0, random_state=seed)
+    probe.fit(scaler.transform(train_x), train_y)
+    return float((probe.predict(scaler.transform(val_x)) == val_y).mean())
+
+
+# --- Measuring -------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds (flags --advisor_*; defaults documented there)."""
+
+    large_per_class: int = 100
+    similar_gain: float = 0.5
+    scratch_gain: float = 0.1
+    scratch_per_class: int = 1000
+    earlier_margin: float = 0.05
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.advisor_large_per_class,
+                   config.advisor_similar_gain, config.advisor_scratch_gain,
+                   config.advisor_scratch_per_class,
+                   config.advisor_earlier_margin)
+
+
+def measure(model, data, config, blocks=None):
+    """Scores the frozen base of `model` on a sample of `data`.
+
+    Args:
+      model: a classifier from `transfer.build_classifier` (its base is
+        run in inference mode; nothing is trained).
+      data: an `ImageData`.
+      config: the run's Config (sample size, seed).
+      blocks: the base's blocks (`backbones.list_blocks`), for the earlier
+        layer; default computed.
+
+    Returns:
+      A dict of measurements (see `decide`), with 'problems' listing any
+      score that could not be computed and why.
+    """
+    start = time.time()
+    counts = data.class_counts["train"]
+    names = data.class_names
+    per_class = sorted(counts[name] for name in names)
+    too_small = [name for name in names if counts[name] < 2]
+    if too_small:
+        received = ", ".join(f"{n}={counts[n]}" for n in too_small)
+        raise InputError(
+            f"Invalid data for the advisor: class(es) {', '.join(too_small)} "
+            f"have fewer than 2 training images. Allowed: at least 2 per "
+            f"class. Received: {received}")
+    out = {
+        "num_classes": len(names),
+        "num_train": data.counts["train"],
+        "images_per_class": {"min": per_class[0],
+                             "median": float(np.median(per_class)),
+                             "max": per_class[-1]},
+        "chance": 1.0 / len(names),
+        "problems": [],
+    }
+    base = model.get_layer("backbone").base
+    blocks = blocks if blocks is not None else backbones.list_blocks(base)
+    earlier = _earlier_layer(base, blocks)
+    extractor = _extractor(model, base, earlier)
+    sample_ds, sampled = data_lib.sample_training_set(
+        data, config.advisor_sample, config.seed)
+    out["sample"] = sampled
+    train = _features(extractor, sample_ds)
+    val = _features(extractor, data.val)
+    out["earlier_layer"] = earlier
+    for key, (train_f, val_f) in {"last": (train[0], val[0]),
+                                  "earlier": (train[1], val[1])}.items():
+        if key == "earlier" and earlier is None:
+            continue
+        out[key] = _scores(train_f, train[2], val_f, val[2], config.seed,
+                           key, out["problems"])
+    out["seconds"] = round(time.time() - start, 1)
+    return out
+
+
+def _scores(train_f, train_y, val_f, val_y, seed, key, problems):
+    if not (np.isfinite(train_f).all() and np.isfinite(val_f).all()):
+        raise InputError(
+            f"Invalid features for the advisor: the base's {key} layer "
+            f"gives NaN or Inf on the training images, so its weights are "
+            f"broken or do not match the preprocessing. Allowed: finite "
+            f"features (check --weights and --backbone). Received: "
+            f"{int((~np.isfinite(train_f)).sum())} non-finite values")
+    scores = {}
+    per_class = np.bincount(train_y)
+    if len(train_y) < 10 or per_class[per_class > 0].min() < 2:
+        problems.append(f"{key}: the sample ({len(train_y)} images) is too "
+                        f"small for LogME and kNN")
+    else:
+        scores["logme"] = round(logme(train_f, train_y), 4)
+        scores["knn_accuracy"] = round(knn_accuracy(train_f, train_y), 4)
+    if len(val_y) < 2 or len(np.unique(train_y)) < 2:
+        problems.append(f"{key}: too few validation images for a probe")
+    else:
+        scores["probe_accuracy"] = round(
+            linear_probe(train_f, train_y, val_f, val_y, seed), 4)
+    return scores
+
+
+def _earlier_layer(base, blocks):
+    """The output layer of the block about halfway up the base (None when
+    the base has fewer than 3 blocks)."""
+    body = [b for b in blocks if b[0] not in ("stem", "top")]
+    if len(body) < 3:
+        return None
+    layer = body[len(body) // 2 - 1][1][-1]
+    return layer.name if len(layer.output.shape) == 4 else None
+
+
+def _extractor(model, base, earlier):
+    outputs = [base.output]
+    if earlier is not None:
+        outputs.append(base.get_layer(earlier).output)
+    multi = keras.Model(base.inputs, outputs)
+    preprocess = model.get_layer("preprocess")
+    pool = keras.layers.GlobalAveragePooling2D()
+
+    @tf.function(reduce_retracing=True)
+    def run(x):
+        maps = multi(preprocess(x), training=False)
+        maps = maps if isinstance(maps, (list, tuple)) else [maps]
+        return [pool(m) for m in maps]
+
+    return run
+
+
+def _features(extractor, ds):
+    last, earlier, labels = [], [], []
+    for x, y in ds:
+        pooled = extractor(x)
+        last.append(np.asarray(pooled[0], np.float64))
+        if len(pooled) > 1:
+            earlier.append(np.asarray(pooled[1], np.float64))
+        labels.append(np.asarray(y))
+    return (np.concatenate(last),
+            np.concatenate(earlier) if earlier else None,
+            np.concatenate(labels).astype(np.int64))
+
+
+# --- Deciding --------------------------------------------------------------
+
+def gain(accuracy, chance):
+    """Accuracy above chance, scaled so 0 = chance and 1 = perfect."""
+    return (accuracy - chance) / (1 - chance)
+
+
+def decide(m, thresholds, num_blocks):
+    """Maps measurements to the seed's four situations and an approach.
+
+    Rules (thresholds from `Thresholds`):
+      size: large when the median images per class >= large_per_class.
+      similarity: the frozen features' quality is the linear probe's gain
+        over chance (kNN's when no probe); similar when >= similar_gain.
+        An earlier layer scoring better by > earlier_margin marks the data
+        as far from the pretraining domain (different).
+      small + similar -> transfer; small + different -> transfer;
+      large + similar -> finetune the top third of the blocks;
+      large + different -> finetune all blocks, or scratch when the
+        features are near chance (gain < scratch_gain) and there are at
+        least scratch_per_class images per class.
+      No usable score: the size rule alone (small -> transfer, large ->
+        finetune all).
+
+    Returns:
+      {'situation', 'approach', 'unfreeze', 'rule', 'reason'}.
+    """
+    median = m["images_per_class"]["median"]
+    large = median >= thresholds.large_per_class
+    size = "large" if large else "small"
+    chance = m["chance"]
+    last, earlier = m.get("last", {}), m.get("earlier") or {}
+    quality_key = ("probe_accuracy" if "probe_accuracy" in last
+                   else "knn_accuracy" if "knn_accuracy" in last else None)
+    size_text = (f"{median:g} images per class (median; large from "
+                 f"{thresholds.large_per_class})")
+    if quality_key is None:
+        approach = "finetune" if large else "transfer"
+        return {"situation": f"{size}, similarity unknown",
+                "approach": approach, "unfreeze": "all", "rule": "size only",
+                "reason": f"No transferability score could be computed "
+                          f"({'; '.join(m['problems'])}), so only the data "
+                          f"size decides: {size_text} -> {approach}."}
+    quality = gain(last[quality_key], chance)
+    earlier_quality = (gain(earlier[quality_key], chance)
+                       if quality_key in earlier else None)
+    far = (earlier_quality is not None
+           and earlier_quality > quality + thresholds.earlier_margin)
+    similar = quality >= thresholds.similar_gain and not far
+    name = quality_key.replace("_", " ")
+    evidence = (f"the frozen features' {name} is {last[quality_key]:.3f} "
+                f"(chance {chance:.3f}; gain {quality:.2f}, similar from "
+                f"{thresholds.similar_gain})")
+    if earlier_quality is not None:
+        evidence += (f"; the earlier layer's gain is {earlier_quality:.2f}"
+                     + (" — better than the last layer's, so the data is "
+                        "far from the pretraining domain" if far else ""))
+    kind = "similar" if similar else "different"
+    situation = f"{size} data, {kind} domain"
+    unfreeze = "all"
+    if not large:
+        approach, rule = "transfer", f"small + {kind}"
+        why = ("too few labels to fine-tune safely; the pretrained features "
+               + ("already separate the classes" if similar else
+                  "are the best available start (fine-tuning would overfit)"))
+    elif similar:
+        approach, rule = "finetune", "large + similar"
+        unfreeze = str(max(1, math.ceil(num_blocks / 3)))
+        why = (f"enough labels to adapt the top blocks (top {unfreeze} of "
+               f"{num_blocks}); the lower, generic features stay frozen")
+    elif (quality < thresholds.scratch_gain
+          and median >= thresholds.scratch_per_class):
+        approach, rule = "scratch", "large + different, features near chance"
+        why = ("the pretrained features barely beat chance and there are "
+               f"at least {thresholds.scratch_per_class} images per class")
+    else:
+        approach, rule = "finetune", "large + different"
+        why = "enough labels to adapt every block from the pretrained start"
+    return {"situation": situation, "approach": approach,
+            "unfreeze": unfreeze, "rule": rule,
+            "reason": f"{size_text}; {evidence}. Situation: {situation} -> "
+                      f"{approach}: {why}."}
+
+
+def summary_lines(measurements, decision):
+    """The decision as a few readable lines for the terminal."""
+    m = measurements
+    lines = [f"Advisor ({m.get('seconds', 0):.1f} s, {m['sample']} sampled "
+             f"training images, {m['num_classes']} classes, chance "
+             f"{m['chance']:.3f}):"]
+    for key in ("last", "earlier"):
+        if m.get(key):
+            label = ("last layer" if key == "last"
+                     else f"earlier ({m['earlier_layer']})")
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in m[key].items())
+            lines.append(f"  {label:<28} {scores}")
+    for problem in m["problems"]:
+        lines.append(f"  note: {problem}")
+    lines.append(f"  situation: {decision['situation']} (rule: "
+                 f"{decision['rule']})")
+    unfreeze = (f", unfreeze {decision['unfreeze']}"
+                if decision["approach"] == "finetune" else "")
+    lines.append(f"  choice: {decision['approach']}{unfreeze}")
+    lines.append(f"  why: {decision['reason']}")
+    return lines
+
+
+# --- Entry points ----------------------------------------------------------
+
+def advise_run(model, data, config, blocks):
+    """Measures and decides for a run; returns the decision record that
+    goes to <workdir>/decision.json (measurements, thresholds, situation,
+    choice, reason)."""
+    thresholds = Thresholds.from_config(config)
+    measurements = measure(model, data, config, blocks)
+    decision = decide(measurements, thresholds, len(blocks))
+    for line in summary_lines(measurements, decision):
+        log.info("%s", line)
+    return {"backbone": config.backbone, "weights": config.weights,
+            "measurements": measurements,
+            "thresholds": dataclasses.asdict(thresholds), **decision}
+
+
+def advise(config, data=None):
+    """--mode=advise: measure the data with the base and write the
+    decision `--approach=auto` would take, without training.
+
+    Returns:
+      The decision record (also in <workdir>/decision.json).
+    """
+    config.validate(require_data_dir=data is None)
+    model, data, blocks = _classifier_and_data(config, config.backbone,
+                                               data)
+    record = advise_run(model, data, config, blocks)
+    _write_record(config.workdir, "decision.json", record)
+    return record
+
+
+def rank(config, data=None):
+    """--mode=rank: scores each of --backbones on the data (one feature
+    pass each) and prints them ranked by their mean rank over LogME, kNN
+    and linear-probe accuracy.
+
+    Returns:
+      The rows, best first (also in <workdir>/ranking.json).
+    """
+    config.validate(require_data_dir=data is None)
+    names = [b.strip() for b in config.backbones.split(",") if b.strip()]
+    for name in names:  # every name checked before any work
+        if not name.endswith(".keras"):
+            backbones.get_backbone_spec(name)
+    rows = []
+    for name in names:
+        log.info("Ranking: measuring %s", name)
+        model, data_for, blocks = _classifier_and_data(
+            config.replace(backbone=name), name, data)
+        m = measure(model, data_for, config.replace(backbone=name), blocks)
+        rows.append({"backbone": name, **m.get("last", {}),
+                     "seconds": m["seconds"], "problems": m["problems"]})
+    keys = ("logme", "knn_accuracy", "probe_accuracy")
+    for key in keys:
+        order = sorted(rows, key=lambda r: -r.get(key, -np.inf))
+        for position, row in enumerate(order, start=1):
+            row.setdefault("ranks", {})[key] = position
+    for row in rows:
+        row["mean_rank"] = round(float(np.mean(list(row["ranks"].values()))),
+                                 2)
+    rows.sort(key=lambda r: (r["mean_rank"], -r.get("logme", -np.inf)))
+    print(f"\nBackbones ranked on {config.data_dir or 'the data'} "
+          f"(chance {1 / len(data_for.class_names):.3f}):")
+    print(f"  {'#':>2}  {'backbone':<28} {'LogME':>8} {'kNN':>6} "
+          f"{'probe':>6} {'mean rank':>9} {'time':>7}")
+    for i, row in enumerate(rows, start=1):
+        name = os.path.basename(row["backbone"])[-28:]
+        print(f"  {i:>2}  {name:<28} "
+              f"{row.get('logme', float('nan')):8.3f} "
+              f"{row.get('knn_accuracy', float('nan')):6.3f} "
+              f"{row.get('probe_accuracy', float('nan')):6.3f} "
+              f"{row['mean_rank']:9.2f} {row['seconds']:6.1f}s")
+    _write_record(config.workdir, "ranking.json", {"ranking": rows})
+    return rows
+
+
+def _classifier_and_data(config, name, data):
+    built = backbones.build_backbone(name, config.weights, config.image_size)
+    if data is None:
+        data = data_lib.make_datasets(config, built.image_size)
+    model = transfer.build_classifier(built, len(data.class_names), 0.0)
+    return model, data, built.blocks()
+
+
+def _write_record(workdir, name, record):
+    from tl_keras.train import write_json  # train imports this module
+
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, name)
+    write_json(path, record)
+    log.info("Wrote %s", path)
