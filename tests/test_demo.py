@@ -57,6 +57,25 @@ def test_short_demo_runs_all_three_approaches(tmp_path, capsys):
     assert metrics["backbone"].endswith(os.path.join("pretrain",
                                                      "model.keras"))
     assert "scratch" in capsys.readouterr().out
+    # The comparison's outputs: report, numbers, plots, the best export.
+    for name in ("report.md", "results.json", "curves.png",
+                 "confusion.png", "decision.json"):
+        assert os.path.isfile(os.path.join(config.workdir, name)), name
+    with open(os.path.join(config.workdir, "results.json")) as f:
+        results = json.load(f)
+    assert sum(r["advisor_pick"] for r in results["results"].values()) == 1
+    best = results["best"]
+    assert results["results"][best]["test_accuracy"] == max(
+        r["test_accuracy"] for r in results["results"].values())
+    exported = tl_keras.load_exported(os.path.join(config.workdir,
+                                                   "export"))
+    assert exported.manifest["approach"] == results["results"][best][
+        "approach"]
+    report = open(os.path.join(config.workdir, "report.md")).read()
+    assert "| approach | test accuracy |" in report
+    assert "(advisor's pick)" in report and "![Learning curves]" in report
+    png = open(os.path.join(config.workdir, "curves.png"), "rb").read(8)
+    assert png == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

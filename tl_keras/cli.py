@@ -79,13 +79,14 @@ def main(argv):
     # Imported here so `--help` and flag errors answer without loading
     # TensorFlow.
     from tl_keras.advisor import advise, rank
+    from tl_keras.compare import compare
     from tl_keras.demo import run_demo
     from tl_keras.predict import evaluate_export, export_run, predict_files
     from tl_keras.train import train
 
     modes = {"train": train, "demo": run_demo, "export": export_run,
              "predict": predict_files, "evaluate": evaluate_export,
-             "advise": advise, "rank": rank}
+             "advise": advise, "rank": rank, "compare": compare}
 
     try:
         config.validate()

@@ -10,7 +10,8 @@ import json
 import os
 
 APPROACHES = ("scratch", "transfer", "finetune", "auto")
-MODES = ("train", "demo", "export", "predict", "evaluate", "advise", "rank")
+MODES = ("train", "demo", "export", "predict", "evaluate", "advise", "rank",
+         "compare")
 AUGMENTATIONS = ("flip", "rotation", "zoom")
 JIT_CHOICES = ("auto", "true", "false")
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
@@ -42,7 +43,9 @@ class Config:
         "evaluate: score an export on the labelled folder --data_dir. "
         "advise: measure --data_dir with the base and write the decision "
         "--approach=auto would take, without training. rank: score the "
-        "--backbones candidates on --data_dir and print them ranked.",
+        "--backbones candidates on --data_dir and print them ranked. "
+        "compare: run scratch, transfer and finetune (and the advisor's "
+        "pick) on --data_dir; write report.md and export the best.",
         MODES,
     )
     data_dir: str = _field(
@@ -205,7 +208,7 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 _fail(f.name, " | ".join(choices), value)
-        if (self.mode in ("train", "evaluate", "advise", "rank")
+        if (self.mode in ("train", "evaluate", "advise", "rank", "compare")
                 and require_data_dir
                 and not self.data_dir):
             _fail("data_dir", "a folder of class sub-folders", "")

@@ -1,0 +1,272 @@
+"""--mode=compare: scratch vs transfer vs finetune on the same data.
+
+Each approach runs as its own resumable run in <workdir>/<approach>/ on
+the same split and seed, with the same epoch budget (epochs +
+finetune_epochs: scratch trains that many epochs, transfer spends them all
+on the head, finetune splits them into its two stages). The advisor's
+choice for the data is measured first and marked (run as a fourth row when
+it is a fine-tune with another unfreeze setting). Then:
+
+  report.md       the table (test accuracy, macro-F1, wall time, trained
+                  parameters, training images/s), the advisor's summary,
+                  the plots
+  results.json    the same numbers, machine-readable
+  curves.png      validation accuracy per epoch of every approach
+  confusion.png   the confusion matrix of the best approach
+  export/         the best approach's SavedModel
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+
+from tl_keras import advisor, backbones, transfer
+from tl_keras import data as data_lib
+from tl_keras.train import train, write_json
+
+log = logging.getLogger("tl_keras")
+
+APPROACHES = ("scratch", "transfer", "finetune")
+
+
+def compare(config, data=None, header=None):
+    """Runs every approach on the same data; returns the results dict.
+
+    Args:
+      config: the Config; `approach` is ignored, `workdir` receives one
+        sub-run per approach and the report.
+      data: optional `ImageData`; default reads `config.data_dir`.
+      header: optional markdown paragraph put at the top of the report.
+    """
+    config.validate(require_data_dir=data is None)
+    start = time.time()
+    workdir = config.workdir
+    built = backbones.build_backbone(config.backbone, config.weights,
+                                     config.image_size)
+    if data is None:
+        data = data_lib.make_datasets(config, built.image_size)
+    os.makedirs(workdir, exist_ok=True)
+    model = transfer.build_classifier(built, len(data.class_names), 0.0)
+    advise_start = time.time()
+    decision = advisor.advise_run(model, data, config, built.blocks())
+    advise_seconds = time.time() - advise_start
+    write_json(os.path.join(workdir, "decision.json"), decision)
+    del model
+    budget = config.epochs + config.finetune_epochs
+    runs = {
+        "scratch": dict(approach="scratch", epochs=budget),
+        "transfer": dict(approach="transfer", epochs=budget),
+        "finetune": dict(approach="finetune"),
+    }
+    if config.backbone.endswith(".keras"):
+        # Scratch trains the saved base's architecture from random init.
+        if built.spec is None:
+            log.info("Compare: no scratch run (the saved model's base is "
+                     "not a registered architecture)")
+            del runs["scratch"]
+        else:
+            runs["scratch"].update(backbone=built.spec.name,
+                                   image_size=built.image_size)
+    pick = decision["approach"]
+    pick_name = pick
+    if pick == "finetune" and decision["unfreeze"] != config.unfreeze:
+        pick_name = "auto"
+        runs["auto"] = dict(approach="finetune",
+                            unfreeze=decision["unfreeze"])
+    results = {}
+    for name, changes in runs.items():
+        log.info("Compare: %s (%s)", name, ", ".join(
+            f"{k}={v}" for k, v in changes.items()))
+        run_start = time.time()
+        metrics = train(config.replace(
+            mode="train", workdir=os.path.join(workdir, name), **changes),
+            data=data)
+        results[name] = _row(metrics, time.time() - run_start)
+    best = max(results, key=lambda k: (results[k]["test_accuracy"],
+                                       results[k]["macro_f1"]))
+    for name, row in results.items():
+        row["advisor_pick"] = name == pick_name
+        row["best"] = name == best
+    summary = {
+        "data_dir": config.data_dir,
+        "backbone": config.backbone,
+        "epoch_budget": budget,
+        "num_train": data.counts["train"],
+        "num_test": results[best]["num_test"],
+        "test_split": results[best]["test_split"],
+        "advisor": {k: decision[k] for k in ("situation", "approach",
+                                              "unfreeze", "rule", "reason")},
+        "advisor_pick": pick_name,
+        "advisor_seconds": round(advise_seconds, 1),
+        "best": best,
+        "results": results,
+        "seconds": round(time.time() - start, 1),
+    }
+    _copy_export(os.path.join(workdir, best, "export"),
+                 os.path.join(workdir, "export"))
+    plots = _plots(workdir, results, best)
+    write_json(os.path.join(workdir, "results.json"), summary)
+    report = format_report(summary, decision, plots, header)
+    with open(os.path.join(workdir, "report.md.tmp"), "w") as f:
+        f.write(report)
+    os.replace(os.path.join(workdir, "report.md.tmp"),
+               os.path.join(workdir, "report.md"))
+    print(format_table(summary))
+    log.info("Report: %s; best model exported to %s",
+             os.path.join(workdir, "report.md"),
+             os.path.join(workdir, "export"))
+    return summary
+
+
+def _row(metrics, seconds):
+    stages = metrics["stages"].values()
+    images = sum(metrics["num_train"] * s["epochs"] for s in stages)
+    train_seconds = sum(s["seconds_this_process"] for s in stages)
+    per_class = metrics["per_class"].values()
+    curve = []
+    for stage in stages:
+        curve += stage["history"].get("val_accuracy", [])
+    return {
+        "approach": metrics["approach"],
+        "test_accuracy": round(metrics["test_accuracy"], 4),
+        "macro_f1": round(float(np.mean([c["f1-score"]
+                                         for c in per_class])), 4),
+        "seconds": round(seconds, 1),
+        "trained_params": max(s["trainable_params"] for s in stages),
+        "images_per_second": round(images / train_seconds, 1)
+        if train_seconds else None,
+        "num_test": metrics["num_test"],
+        "test_split": metrics["test_split"],
+        "val_accuracy_curve": curve,
+        "stage_epochs": [s["epochs"] for s in stages],
+        "confusion_matrix": metrics["confusion_matrix"],
+        "class_names": metrics["class_names"],
+    }
+
+
+def format_table(summary):
+    """The comparison table as plain text (printed to the terminal)."""
+    lines = ["", f"Compare on {summary['num_train']} training images, "
+             f"{summary['num_test']} {summary['test_split']} images, "
+             f"{summary['epoch_budget']} epochs each:",
+             f"  {'approach':<10} {'test acc':>8} {'macro-F1':>8} "
+             f"{'wall':>8} {'trained params':>15} {'images/s':>9}"]
+    for name, r in summary["results"].items():
+        marks = ("  <- advisor" if r["advisor_pick"] else "") + (
+            "  (best)" if r["best"] else "")
+        lines.append(
+            f"  {name:<10} {r['test_accuracy']:8.3f} {r['macro_f1']:8.3f} "
+            f"{r['seconds']:7.1f}s {r['trained_params']:15,} "
+            f"{r['images_per_second'] or 0:9.1f}{marks}")
+    lines.append(f"  advisor: {summary['advisor']['approach']} "
+                 f"({summary['advisor']['situation']}; "
+                 f"{summary['advisor_seconds']:.1f} s to decide)")
+    return "\n".join(lines) + "\n"
+
+
+def format_report(summary, decision, plots, header=None):
+    lines = ["# tl_keras compare report", ""]
+    if header:
+        lines += [header, ""]
+    lines += [
+        f"Data: `{summary['data_dir']}` — {summary['num_train']} training "
+        f"images; evaluated on {summary['num_test']} "
+        f"{summary['test_split']} images. Backbone `{summary['backbone']}`. "
+        f"Each approach trains {summary['epoch_budget']} epochs in all, on "
+        f"the same split and seed.", "",
+        "| approach | test accuracy | macro-F1 | wall time | trained "
+        "params | train images/s |",
+        "|---|---|---|---|---|---|"]
+    for name, r in summary["results"].items():
+        label = name + (" **(advisor's pick)**" if r["advisor_pick"]
+                        else "")
+        accuracy = f"{r['test_accuracy']:.3f}"
+        if r["best"]:
+            accuracy = f"**{accuracy}**"
+        lines.append(f"| {label} | {accuracy} | {r['macro_f1']:.3f} | "
+                     f"{r['seconds']:.0f} s | {r['trained_params']:,} | "
+                     f"{r['images_per_second'] or 0:.0f} |")
+    lines += ["", f"Best: **{summary['best']}** (exported to `export/`).",
+              "", "## The advisor", "",
+              f"Decided in {summary['advisor_seconds']:.1f} s "
+              f"({100 * summary['advisor_seconds'] / summary['seconds']:.1f}"
+              f"% of this compare): **{decision['approach']}** — "
+              f"{decision['reason']}", "", "```"]
+    lines += advisor.summary_lines(decision["measurements"], decision)
+    lines += ["```", ""]
+    for title, name in plots:
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
+def _plots(workdir, results, best):
+    """Writes curves.png and confusion.png; returns [(title, file)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in results.items():
+        curve = r["val_accuracy_curve"]
+        ax.plot(range(1, len(curve) + 1), curve, label=name,
+                linewidth=2.5 if r["best"] else 1.2)
+        if len(r["stage_epochs"]) > 1:
+            ax.axvline(r["stage_epochs"][0] + 0.5, color="gray",
+                       linestyle=":", linewidth=0.8)
+    ax.set_xlabel("epoch (dotted: fine-tuning starts)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, os.path.join(workdir, "curves.png"))
+    plt.close(fig)
+
+    matrix = np.asarray(results[best]["confusion_matrix"])
+    names = results[best]["class_names"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(names),
+                                    1 + 0.5 * len(names)))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > matrix.max() / 2 else "black",
+                fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{best}: confusion matrix")
+    fig.tight_layout()
+    _save(fig, os.path.join(workdir, "confusion.png"))
+    plt.close(fig)
+    return [("Learning curves", "curves.png"),
+            (f"Confusion matrix of the best ({best})", "confusion.png")]
+
+
+def _save(fig, path):
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def _copy_export(source, target):
+    """Copies an export; the previous one is replaced only once the copy
+    is complete."""
+    tmp, old = target + ".tmp", target + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if os.path.exists(target):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_results(workdir):
+    with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
