@@ -6,12 +6,15 @@ fine-tuning, with Keras 3 and TensorFlow.
                              backbone="efficientnet_v2_b0",
                              approach="finetune")
     metrics = tl_keras.train(config)
+    # Or let the data decide (approach="auto"), or try all three:
+    summary = tl_keras.compare(config.replace(workdir="runs/cmp"))
 
 Importing tl_keras defines no absl flags; only `tl_keras.cli` does.
 """
 
 __version__ = "0.1.0"
 
+from tl_keras.advisor import advise, rank
 from tl_keras.backbones import (
     Backbone,
     ImageNormalization,
@@ -21,6 +24,7 @@ from tl_keras.backbones import (
     list_blocks,
     register_backbone,
 )
+from tl_keras.compare import compare
 from tl_keras.config import Config, InputError
 from tl_keras.data import ImageData, from_arrays, make_datasets
 from tl_keras.export import export_saved_model, load_exported
@@ -33,8 +37,10 @@ __all__ = [
     "ImageData",
     "ImageNormalization",
     "InputError",
+    "advise",
     "build_backbone",
     "build_classifier",
+    "compare",
     "configure_stage",
     "export_saved_model",
     "from_arrays",
@@ -43,6 +49,7 @@ __all__ = [
     "list_blocks",
     "load_exported",
     "make_datasets",
+    "rank",
     "register_backbone",
     "train",
 ]

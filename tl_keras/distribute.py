@@ -38,15 +38,15 @@ class Task:
     type: str = "chief"
     index: int = 0
     num_workers: int = 1
+    has_chief_job: bool = False  # the cluster names a 'chief' job
 
     @property
     def is_chief(self):
-        """The chief writes checkpoints, metrics and the export."""
-        return self.type == "chief" or (self.type == "worker"
-                                        and self.index == 0
-                                        and not self._has_chief)
-
-    _has_chief: bool = False
+        """The chief writes checkpoints, metrics and the export: the
+        'chief' task, or worker 0 when the cluster has no chief job."""
+        return self.type == "chief" or (
+            self.type == "worker" and self.index == 0
+            and not self.has_chief_job)
 
     @property
     def name(self):
@@ -182,16 +182,18 @@ def parse_tf_config(text):
         fail(f"task index {index!r} is not in [0, "
              f"{len(cluster[task_type]) - 1}] for job {task_type!r}")
     return Task(task_type, index, sum(len(v) for v in cluster.values()),
-                _has_chief="chief" in cluster)
+                has_chief_job="chief" in cluster)
 
 
 def _strategy(kind):
     if kind in _STRATEGIES:
         return _STRATEGIES[kind]
     if kind == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        strategy = tf.distribute.OneDeviceStrategy(
-            gpus[0].name if gpus else "/cpu:0")
+        # TensorFlow's default strategy: one device (the first GPU when
+        # there is one), and no dataset distribution (OneDeviceStrategy
+        # would pass every pipeline through the auto-shard rewrite, which
+        # warns about each assert_cardinality for nothing).
+        strategy = tf.distribute.get_strategy()
     elif kind == "mirrored":
         # All GPUs; without GPUs, the CPU's logical devices (one unless
         # tf.config.set_logical_device_configuration split it).
