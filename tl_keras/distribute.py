@@ -241,8 +241,7 @@ def resolve_jit_compile(setting, strategy=None):
     if setting == "auto":
         accelerator = bool(tf.config.list_logical_devices("GPU")
                            or isinstance(strategy, tf.distribute.TPUStrategy))
-        local_replicas = len(strategy.extended.worker_devices)
-        return accelerator and local_replicas == 1
+        return accelerator and len(_local_devices(strategy)) == 1
     try:
         _xla_probe(strategy)
     except (tf.errors.OpError, ValueError) as e:
@@ -250,10 +249,19 @@ def resolve_jit_compile(setting, strategy=None):
         raise InputError(
             f"Invalid jit_compile: XLA cannot compile the train step under "
             f"{type(strategy).__name__} on "
-            f"{', '.join(strategy.extended.worker_devices)} ({first[:300]}). "
+            f"{', '.join(_local_devices(strategy))} ({first[:300]}). "
             f"Allowed: auto (XLA only where it runs and pays) or false. "
             f"Received: jit_compile='true'") from e
     return True
+
+
+def _local_devices(strategy):
+    """The devices this process's replicas run on."""
+    try:
+        return list(strategy.extended.worker_devices)
+    except RuntimeError:  # TF's default strategy: one device
+        gpus = tf.config.list_logical_devices("GPU")
+        return [gpus[0].name if gpus else "/cpu:0"]
 
 
 def _error_summary(error):
