@@ -8,9 +8,13 @@ Same architecture, data, batch and epochs, in this one process:
   tl_keras   the fine-tune stage of `tl_keras.train` (approach=finetune):
              its pipeline, BatchNorm frozen, checkpoint, backup, CSV and
              TensorBoard callbacks (what a user gets).
-Both times include the one-off tracing of the train step. The FLOP count
-is TensorFlow's profiler count of one forward pass; a train step is taken
-as 3x forward (forward + two backward matmuls per layer).
+Two ratios: step throughput (the median time between consecutive train
+batches, after the first epoch, which traces; recorded by a callback
+added to both fits: the bench wraps `keras.Model.fit` to add it to
+tl_keras's), and the whole stage end to end (tracing, validation on the
+held-out images, checkpoint and backup writes, logs). The FLOP count is
+TensorFlow's profiler count of one forward pass; a train step is taken as
+3x forward (forward + two backward matmuls per layer).
 
     python bench/finetune_step.py                    # 512 images, 160 px
     python bench/finetune_step.py --images=128       # a quick look
@@ -56,6 +60,26 @@ def forward_flops(model, size):
     return info.total_float_ops
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Median seconds per train batch, epochs after the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.gaps, self.last, self.epoch = [], None, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.last = epoch, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self.last is not None and self.epoch > 0:
+            self.gaps.append(now - self.last)
+        self.last = now
+
+    def median(self):
+        return float(np.median(self.gaps))
+
+
 def plain_fit(args, x, y):
     backbone = backbones.build_backbone(args.backbone, "none", args.size)
     model = transfer.build_classifier(backbone, 5, 0.2)
@@ -67,9 +91,10 @@ def plain_fit(args, x, y):
     ds = tf.data.Dataset.from_tensor_slices((x[:n], y[:n])).map(
         lambda a, b: (tf.cast(a, tf.float32), b)).cache().shuffle(n).batch(
         args.batch_size).prefetch(tf.data.AUTOTUNE)
+    timer = StepTimer()
     start = time.perf_counter()
-    model.fit(ds, epochs=args.epochs, verbose=0)
-    return time.perf_counter() - start, n, model
+    model.fit(ds, epochs=args.epochs, verbose=0, callbacks=[timer])
+    return time.perf_counter() - start, n, model, timer.median()
 
 
 def main():
@@ -85,7 +110,16 @@ def main():
                      dtype=np.uint8)
     y = (np.arange(args.images) % 5).astype(np.int32)
     peak = matmul_peak()
-    plain_seconds, n_plain, plain_model = plain_fit(args, x, y)
+    plain_seconds, n_plain, plain_model, plain_step = plain_fit(args, x, y)
+    timers = []
+    fit = keras.Model.fit
+
+    def timed_fit(self, *a, callbacks=None, **k):
+        timers.append(StepTimer())
+        return fit(self, *a, callbacks=[*(callbacks or []), timers[-1]],
+                   **k)
+
+    keras.Model.fit = timed_fit
     with tempfile.TemporaryDirectory() as root:
         config = tl_keras.Config(
             workdir=os.path.join(root, "run"), backbone=args.backbone,
@@ -95,6 +129,8 @@ def main():
             test_split=0.1)
         data = tl_keras.from_arrays(x, y, config, args.size)
         metrics = tl_keras.train(config, data=data)
+    keras.Model.fit = fit
+    tl_step = timers[-1].median()  # the fine-tune stage's fit
     stage = metrics["stages"]["finetune"]
     n_tl = metrics["num_train"]
     plain_rate = n_plain * args.epochs / plain_seconds
@@ -108,11 +144,16 @@ def main():
           f"{stage['seconds_this_process']:7.1f} s = {tl_rate:6.1f} "
           f"images/s (+{n_tl and metrics['counts']['val']} validation "
           f"images per epoch)")
-    print(f"  tl_keras / plain fit: {tl_rate / plain_rate:.2f}x images/s")
+    print(f"  step (median, epochs 2+): plain fit {plain_step * 1000:.0f} "
+          f"ms, tl_keras {tl_step * 1000:.0f} ms per batch of "
+          f"{args.batch_size}")
+    print(f"  tl_keras / plain fit: {plain_step / tl_step:.2f}x step "
+          f"throughput, {tl_rate / plain_rate:.2f}x end to end")
+    step_rate = args.batch_size / tl_step
     print(f"  train step ~{flops / 1e9:.2f} GFLOP/image; matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s; tl_keras achieves "
-          f"{tl_rate * flops / 1e9:.1f} GFLOP/s = "
-          f"{tl_rate * flops / peak:.1%} of peak")
+          f"{peak / 1e9:.1f} GFLOP/s; tl_keras's step achieves "
+          f"{step_rate * flops / 1e9:.1f} GFLOP/s = "
+          f"{step_rate * flops / peak:.1%} of peak")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def test_demo_config_end_to_end(tmp_path):
     result = run_cli("--flagfile=configs/demo.cfg", f"--workdir={workdir}",
                      timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "approach" in result.stdout and "test accuracy" in result.stdout
+    assert "approach" in result.stdout and "test acc" in result.stdout
+    assert "Report with plots" in result.stdout
     with open(os.path.join(workdir, "demo.json")) as f:
         results = json.load(f)["results"]
     for name in ("scratch", "transfer", "finetune"):

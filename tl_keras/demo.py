@@ -148,23 +148,17 @@ def run_demo(config):
 
 
 def format_summary(summary):
-    """The demo's result table, as printed at the end."""
-    results = summary["results"]
-    first = next(iter(results.values()))
-    lines = [
+    """The demo's closing lines (the comparison table is printed above
+    them by compare)."""
+    target = summary["target_task"]
+    return "\n".join([
         "",
-        f"tl_keras demo: digits 5-9 from "
-        f"{summary['target_task']['labels_per_class']} labelled images per "
-        f"class ({first['num_train']} in all); test on {first['num_test']} "
-        f"images.",
-        f"Base pretrained on digits 0-4 x 4 orientations "
-        f"({summary['source_task']['num_train']} images; source test accuracy "
+        f"tl_keras demo: digits 5-9 from {target['labels_per_class']} "
+        f"labelled images per class; base pretrained on digits 0-4 x 4 "
+        f"orientations ({summary['source_task']['num_train']} images; "
+        f"source test accuracy "
         f"{summary['source_task']['test_accuracy']:.3f}).",
-        "",
-        f"{'approach':<10} {'test accuracy':>13}",
-    ]
-    for name, result in results.items():
-        pick = "  <- advisor's pick" if result.get("advisor_pick") else ""
-        lines.append(f"{name:<10} {result['test_accuracy']:>13.3f}{pick}")
-    lines.append(f"Report with plots: {summary.get('report', '')}")
-    return "\n".join(lines) + "\n"
+        f"Advisor: {summary['advisor']['approach']} "
+        f"({summary['advisor']['situation']}).",
+        f"Report with plots: {summary['report']}",
+    ]) + "\n"
