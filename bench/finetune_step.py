@@ -17,7 +17,10 @@ TensorFlow's profiler count of one forward pass; a train step is taken as
 3x forward (forward + two backward matmuls per layer).
 
     python bench/finetune_step.py                    # 512 images, 160 px
-    python bench/finetune_step.py --images=128       # a quick look
+    python bench/finetune_step.py --images=128 --rounds=1  # a quick look
+
+The two are interleaved (plain, tl_keras, plain, tl_keras, ...) and the
+medians compared, so slow drift of a shared machine hits both alike.
 
 weights=None (no network here): speed does not depend on the weights.
 """
@@ -97,20 +100,9 @@ def plain_fit(args, x, y):
     return time.perf_counter() - start, n, model, timer.median()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--size", type=int, default=160)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (args.images, args.size, args.size, 3),
-                     dtype=np.uint8)
-    y = (np.arange(args.images) % 5).astype(np.int32)
-    peak = matmul_peak()
-    plain_seconds, n_plain, plain_model, plain_step = plain_fit(args, x, y)
+def tl_keras_stage(args, x, y, root, round_index):
+    """Runs tl_keras's fine-tune stage; returns (seconds, train images,
+    val images, median step seconds)."""
     timers = []
     fit = keras.Model.fit
 
@@ -120,35 +112,64 @@ def main():
                    **k)
 
     keras.Model.fit = timed_fit
-    with tempfile.TemporaryDirectory() as root:
+    try:
         config = tl_keras.Config(
-            workdir=os.path.join(root, "run"), backbone=args.backbone,
-            weights="none", image_size=args.size, approach="finetune",
-            epochs=1, finetune_epochs=args.epochs, augment="none",
-            batch_size=args.batch_size, validation_split=0.1,
-            test_split=0.1)
+            workdir=os.path.join(root, f"run{round_index}"),
+            backbone=args.backbone, weights="none", image_size=args.size,
+            approach="finetune", epochs=1, finetune_epochs=args.epochs,
+            augment="none", batch_size=args.batch_size,
+            validation_split=0.1, test_split=0.1)
         data = tl_keras.from_arrays(x, y, config, args.size)
         metrics = tl_keras.train(config, data=data)
-    keras.Model.fit = fit
-    tl_step = timers[-1].median()  # the fine-tune stage's fit
+    finally:
+        keras.Model.fit = fit
     stage = metrics["stages"]["finetune"]
-    n_tl = metrics["num_train"]
-    plain_rate = n_plain * args.epochs / plain_seconds
-    tl_rate = n_tl * args.epochs / stage["seconds_this_process"]
+    # The last fit is the fine-tune stage's.
+    return (stage["seconds_this_process"], metrics["num_train"],
+            metrics["counts"]["val"], timers[-1].median())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved plain / tl_keras rounds")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (args.images, args.size, args.size, 3),
+                     dtype=np.uint8)
+    y = (np.arange(args.images) % 5).astype(np.int32)
+    peak = matmul_peak()
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for r in range(args.rounds):  # A B A B: drift hits both alike
+            plain_seconds, n_plain, plain_model, plain_step = plain_fit(
+                args, x, y)
+            tl_seconds, n_tl, n_val, tl_step = tl_keras_stage(
+                args, x, y, root, r)
+            rows.append((plain_seconds, plain_step, tl_seconds, tl_step))
     flops = 3 * forward_flops(plain_model, args.size)
     print(f"\n{args.backbone} fine-tune, {args.epochs} epochs, batch "
-          f"{args.batch_size}, {args.size} px (times include tracing):")
-    print(f"  plain fit  {n_plain} train images: {plain_seconds:7.1f} s "
-          f"= {plain_rate:6.1f} images/s")
-    print(f"  tl_keras   {n_tl} train images: "
-          f"{stage['seconds_this_process']:7.1f} s = {tl_rate:6.1f} "
-          f"images/s (+{n_tl and metrics['counts']['val']} validation "
-          f"images per epoch)")
-    print(f"  step (median, epochs 2+): plain fit {plain_step * 1000:.0f} "
-          f"ms, tl_keras {tl_step * 1000:.0f} ms per batch of "
-          f"{args.batch_size}")
-    print(f"  tl_keras / plain fit: {plain_step / tl_step:.2f}x step "
-          f"throughput, {tl_rate / plain_rate:.2f}x end to end")
+          f"{args.batch_size}, {args.size} px; {n_plain} / {n_tl} train "
+          f"images (plain / tl_keras, which also validates {n_val} "
+          f"images per epoch); stage times include tracing:")
+    print(f"  {'round':<6} {'plain stage':>11} {'step':>8} "
+          f"{'tl_keras stage':>14} {'step':>8} {'step ratio':>10} "
+          f"{'end-to-end ratio':>16}")
+    for r, (ps, pst, ts, tst) in enumerate(rows, start=1):
+        ratio_e2e = (n_tl / ts) / (n_plain / ps)
+        print(f"  {r:<6} {ps:10.1f}s {pst * 1000:6.0f}ms {ts:13.1f}s "
+              f"{tst * 1000:6.0f}ms {pst / tst:9.2f}x {ratio_e2e:15.2f}x")
+    plain_step = float(np.median([row[1] for row in rows]))
+    tl_step = float(np.median([row[3] for row in rows]))
+    plain_e2e = float(np.median([n_plain / row[0] for row in rows]))
+    tl_e2e = float(np.median([n_tl / row[2] for row in rows]))
+    print(f"  median: tl_keras / plain fit = {plain_step / tl_step:.2f}x "
+          f"step throughput, {tl_e2e / plain_e2e:.2f}x end to end")
     step_rate = args.batch_size / tl_step
     print(f"  train step ~{flops / 1e9:.2f} GFLOP/image; matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s; tl_keras's step achieves "
