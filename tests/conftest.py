@@ -69,3 +69,15 @@ def tiny_config(tmp_path, image_folder):
         backbone="compact_cnn", weights="none", image_size=32,
         approach="finetune", epochs=2, finetune_epochs=1, batch_size=8,
         validation_split=0.2, test_split=0.2, augment="flip,rotation,zoom")
+
+
+@pytest.fixture(scope="session")
+def pretrained_base(tmp_path_factory, image_folder):
+    """A compact_cnn trained from scratch on `image_folder` (saved
+    .keras), so its features are real rather than an untrained base's."""
+    workdir = str(tmp_path_factory.mktemp("base") / "run")
+    tl_keras.train(tl_keras.Config(
+        data_dir=image_folder, workdir=workdir, backbone="compact_cnn",
+        weights="none", image_size=32, approach="scratch", epochs=2,
+        batch_size=8, augment="none"))
+    return os.path.join(workdir, "model.keras")

@@ -133,17 +133,6 @@ def test_non_finite_features_are_a_clear_error():
                         "last", [])
 
 
-@pytest.fixture(scope="module")
-def pretrained_base(tmp_path_factory, image_folder):
-    """A compact_cnn trained on the generated classes: a 'similar' base."""
-    workdir = str(tmp_path_factory.mktemp("advisor_base") / "run")
-    tl_keras.train(tl_keras.Config(
-        data_dir=image_folder, workdir=workdir, backbone="compact_cnn",
-        weights="none", image_size=32, approach="scratch", epochs=4,
-        batch_size=8, augment="none"))
-    return os.path.join(workdir, "model.keras")
-
-
 def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
     config = tl_keras.Config(
         mode="advise", data_dir=image_folder, workdir=str(tmp_path / "run"),

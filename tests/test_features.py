@@ -14,17 +14,6 @@ from tl_keras import backbones, features, transfer
 from tl_keras import data as data_lib
 
 
-@pytest.fixture(scope="module")
-def pretrained_base(tmp_path_factory, image_folder):
-    """A compact_cnn trained from scratch, so its features are real."""
-    workdir = str(tmp_path_factory.mktemp("base") / "run")
-    tl_keras.train(tl_keras.Config(
-        data_dir=image_folder, workdir=workdir, backbone="compact_cnn",
-        weights="none", image_size=32, approach="scratch", epochs=2,
-        batch_size=8, augment="none"))
-    return os.path.join(workdir, "model.keras")
-
-
 def head_run(base, image_folder, workdir, cache, **changes):
     config = tl_keras.Config(
         data_dir=image_folder, workdir=workdir, backbone=base,
@@ -115,23 +104,31 @@ class Crash(Exception):
     pass
 
 
-def test_stale_spilled_features_are_refused(pretrained_base, image_folder,
-                                            tmp_path, monkeypatch):
-    folder = str(tmp_path / "images")
-    shutil.copytree(image_folder, folder)
+def spilled_run_crashing_after_extraction(base, data_dir, workdir,
+                                          monkeypatch):
+    """Starts a transfer run whose features spill to the workdir and
+    crashes right after they were written; returns its config."""
     config = tl_keras.Config(
-        data_dir=folder, workdir=str(tmp_path / "run"),
-        backbone=pretrained_base, weights="none", approach="transfer",
-        epochs=1, batch_size=8, augment="none", cache_budget_mb=0)
+        data_dir=data_dir, workdir=workdir, backbone=base, weights="none",
+        approach="transfer", epochs=1, batch_size=8, augment="none",
+        cache_budget_mb=0)
 
     def crash(model):
         raise Crash()
 
-    # A crash right after the features were written.
     with monkeypatch.context() as m:
         m.setattr(features, "build_head_model", crash)
         with pytest.raises(Crash):
             tl_keras.train(config)
+    return config
+
+
+def test_stale_spilled_features_are_refused(pretrained_base, image_folder,
+                                            tmp_path, monkeypatch):
+    folder = str(tmp_path / "images")
+    shutil.copytree(image_folder, folder)
+    config = spilled_run_crashing_after_extraction(
+        pretrained_base, folder, str(tmp_path / "run"), monkeypatch)
     cache = os.path.join(config.workdir, "features")
     assert os.path.isfile(os.path.join(cache, "meta.json"))
     # The images changed before the resume: the cache is stale.
@@ -153,18 +150,8 @@ def test_stale_spilled_features_are_refused(pretrained_base, image_folder,
 def test_matching_spilled_features_are_reused(pretrained_base,
                                               image_folder, tmp_path,
                                               monkeypatch, caplog):
-    config = tl_keras.Config(
-        data_dir=image_folder, workdir=str(tmp_path / "run"),
-        backbone=pretrained_base, weights="none", approach="transfer",
-        epochs=1, batch_size=8, augment="none", cache_budget_mb=0)
-
-    def crash(model):
-        raise Crash()
-
-    with monkeypatch.context() as m:
-        m.setattr(features, "build_head_model", crash)
-        with pytest.raises(Crash):
-            tl_keras.train(config)
+    config = spilled_run_crashing_after_extraction(
+        pretrained_base, image_folder, str(tmp_path / "run"), monkeypatch)
     calls = []
     original = features.extract_features
     monkeypatch.setattr(features, "extract_features",

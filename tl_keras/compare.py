@@ -16,7 +16,6 @@ it is a fine-tune with another unfreeze setting). Then:
   export/         the best approach's SavedModel
 """
 
-import json
 import logging
 import os
 import shutil
@@ -265,8 +264,3 @@ def _copy_export(source, target):
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def load_results(workdir):
-    with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)

@@ -178,7 +178,7 @@ def _features_in_memory(model, data, config, views):
     for view in range(views):
         x, train_y = extract_features(
             model, data.train_ordered, _describe(view, views),
-            augmenter=_view_augmenter(config, view, views))
+            augmenter=_view_augmenter(config, view))
         train.append(x)
     val_x, val_y = extract_features(model, data.val, "validation")
     return np.stack(train), train_y, val_x, val_y
@@ -213,8 +213,7 @@ def _spilled_features(model, data, config, views, workdir):
     for view in range(views):
         _, train_y = extract_features(
             model, data.train_ordered, _describe(view, views),
-            out=train_x[view], augmenter=_view_augmenter(config, view,
-                                                         views))
+            out=train_x[view], augmenter=_view_augmenter(config, view))
     val_x = np.lib.format.open_memmap(
         os.path.join(tmp, "val.npy"), "w+", np.float32, (n_val, channels))
     _, val_y = extract_features(model, data.val, "validation", out=val_x)
@@ -268,7 +267,7 @@ def _fingerprint(model, data, config, views):
     }
 
 
-def _view_augmenter(config, view, views):
+def _view_augmenter(config, view):
     names = config.augmentations()
     if not names:
         return None
