@@ -109,15 +109,18 @@ def main():
             >= best - 0.01,
             "advise_share": summary["advisor_seconds"] / summary["seconds"],
         }
-    print("\nsituation          scratch transfer finetune  pick      "
+    print("\nsituation          scratch transfer finetune    auto  pick      "
           "rule                         best?   advise/compare")
     for name, r in rows.items():
         acc = r["accuracy"]
         print(f"{name:<18} {acc.get('scratch', float('nan')):7.3f} "
-              f"{acc['transfer']:8.3f} {acc['finetune']:8.3f}  "
+              f"{acc['transfer']:8.3f} {acc['finetune']:8.3f} "
+              f"{acc.get('auto', float('nan')):7.3f}  "
               f"{r['pick']:<9} {r['pick_rule']:<28} "
               f"{'yes' if r['pick_within_1_point'] else 'NO':<7} "
               f"{r['advise_share']:6.1%}")
+    print("(auto: the advisor's fine-tune with its own unfreeze setting, "
+          "run only when it differs from the finetune row's)")
     hits = sum(r["pick_within_1_point"] for r in rows.values())
     print(f"\nThe pick was the best or within 1 point in {hits} of "
           f"{len(rows)} situations; advising took at most "
