@@ -400,11 +400,22 @@ def rank(config, data=None):
     for name in names:  # every name checked before any work
         if not name.endswith(".keras"):
             backbones.get_backbone_spec(name)
-    rows = []
+    rows, data_by_size = [], {}
     for name in names:
         log.info("Ranking: measuring %s", name)
-        model, data_for, blocks = _classifier_and_data(
-            config.replace(backbone=name), name, data)
+        built = backbones.build_backbone(name, config.weights,
+                                         config.image_size)
+        # The folder is scanned and checked once per input size.
+        if data is not None:
+            data_for = data
+        elif built.image_size not in data_by_size:
+            data_for = data_by_size[built.image_size] = (
+                data_lib.make_datasets(config, built.image_size))
+        else:
+            data_for = data_by_size[built.image_size]
+        model = transfer.build_classifier(built, len(data_for.class_names),
+                                          0.0)
+        blocks = built.blocks()
         m = measure(model, data_for, config.replace(backbone=name), blocks)
         rows.append({"backbone": name, **m.get("last", {}),
                      "seconds": m["seconds"], "problems": m["problems"]})

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from tl_keras import advisor, backbones, transfer
+from tl_keras import advisor, backbones, export, transfer
 from tl_keras import data as data_lib
 from tl_keras.train import train, write_json
 
@@ -254,13 +254,9 @@ def _save(fig, path):
 
 
 def _copy_export(source, target):
-    """Copies an export; the previous one is replaced only once the copy
-    is complete."""
-    tmp, old = target + ".tmp", target + ".old"
+    """Copies an export; a previous one is replaced only once the copy is
+    complete."""
+    tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
-    if os.path.exists(target):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    export.replace_dir(tmp, target)

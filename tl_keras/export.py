@@ -72,7 +72,7 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(build_manifest(model, class_names, manifest), f,
                       indent=2)
-        _replace_dir(tmp, export_dir)
+        replace_dir(tmp, export_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -270,7 +270,7 @@ def _tl_keras_version():
     return tl_keras.__version__
 
 
-def _replace_dir(src, dst):
+def replace_dir(src, dst):
     """Moves `src` to `dst`; an old `dst` is removed only after the move."""
     old = None
     if os.path.exists(dst):
