@@ -266,6 +266,16 @@ class BuiltBackbone:
         return list_blocks(self.base, self.spec)
 
 
+def reinitialized(built):
+    """`built`'s architecture, preprocessing and size with fresh random
+    weights: scratch training for a base loaded from a .keras file, whose
+    architecture need not be registered."""
+    base = keras.models.clone_model(built.base, recursive=True)
+    return dataclasses.replace(
+        built, base=base, source=f"{built.source}: architecture only, "
+        f"random init")
+
+
 def build_backbone(name, weights="imagenet", image_size=0):
     """Builds a base by registry name or from a saved .keras model path.
 

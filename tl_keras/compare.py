@@ -61,15 +61,6 @@ def compare(config, data=None, header=None):
         "transfer": dict(approach="transfer", epochs=budget),
         "finetune": dict(approach="finetune"),
     }
-    if config.backbone.endswith(".keras"):
-        # Scratch trains the saved base's architecture from random init.
-        if built.spec is None:
-            log.info("Compare: no scratch run (the saved model's base is "
-                     "not a registered architecture)")
-            del runs["scratch"]
-        else:
-            runs["scratch"].update(backbone=built.spec.name,
-                                   image_size=built.image_size)
     pick = decision["approach"]
     pick_name = pick
     if pick == "finetune" and decision["unfreeze"] != config.unfreeze:

@@ -102,6 +102,9 @@ def _train(config, data, place):
         decision = _auto_decision(config, model, data, blocks)
         config = config.replace(approach=decision["approach"],
                                 unfreeze=decision["unfreeze"])
+        # Measuring re-seeds (its random-init reference); a resumed run
+        # skips it, so seed again for both to continue alike.
+        keras.utils.set_random_seed(config.seed)
         if config.approach == "scratch":  # random init, not the weights
             with strategy.scope():
                 backbone = _build_backbone(config)
@@ -114,8 +117,10 @@ def _train(config, data, place):
     for i, stage in enumerate(transfer.plan_stages(config), start=1):
         log.info("Stage %d: %s", i, stage.name)
         with strategy.scope():
-            stages[stage.name] = run_stage(model, stage, data, workdir,
-                                           config, blocks, place, index=i)
+            stages[stage.name] = run_stage(
+                model, stage, data, workdir, config, blocks, place, index=i,
+                to_beat=stages.get("head") if stage.name == "finetune"
+                else None)
     if not chief:
         metrics = {"complete": True, "task": place.task.name,
                    "stages": stages}
@@ -244,12 +249,16 @@ def claim_workdir(config, conflict=None):
     _write_text(os.path.join(workdir, "flags.cfg"), config.to_flagfile())
 
 
-def run_stage(model, stage, data, workdir, config, blocks, place, index=1):
+def run_stage(model, stage, data, workdir, config, blocks, place, index=1,
+              to_beat=None):
     """Configures, compiles and fits one stage; skips it if already done.
 
     Args:
       place: the run's `distribute.Placement`.
       index: the stage's number in the run (selects its shuffle orders).
+      to_beat: the summary of the stage before (the head, for finetune):
+        its weights, now in `model`, are kept unless an epoch of this stage
+        beats its best validation score.
 
     Returns:
       The stage's summary for metrics.json (settings, history, best).
@@ -271,6 +280,8 @@ def run_stage(model, stage, data, workdir, config, blocks, place, index=1):
                  "%d); skipping it.", stage.name, summary["best_val_loss"],
                  summary["best_epoch"])
         return summary
+    if to_beat is not None:
+        checkpoint.start_from(to_beat)
     trainable = transfer.count_params(model.trainable_weights)
     total = transfer.count_params(model.weights)
     log.info("Stage %s: %d epochs at learning rate %g; training %s of %s "
@@ -315,6 +326,10 @@ def run_stage(model, stage, data, workdir, config, blocks, place, index=1):
         "best_val_accuracy": checkpoint.best_accuracy,
         "history": read_history(csv_path),
     }
+    if to_beat is not None and checkpoint.best_epoch == 0:
+        log.info("No %s epoch beat the previous stage on the validation set "
+                 "(val_accuracy %.4f); keeping its weights.", stage.name,
+                 checkpoint.best_accuracy)
     write_json(done_path, summary)
     if plan and plan["spill"]:
         features.remove_spilled(workdir)
@@ -364,6 +379,8 @@ class StageCheckpoint(keras.callbacks.Callback):
     better-calibrated epoch.
 
     At the end of training it restores the best weights into the model.
+    `start_from` makes the weights the model has now (the head's, before
+    fine-tuning) the best so far, at epoch 0.
     """
 
     def __init__(self, stage_dir, stage_name, target=None):
@@ -380,21 +397,30 @@ class StageCheckpoint(keras.callbacks.Callback):
             self.best, self.best_epoch = info["val_loss"], info["epoch"]
             self.best_accuracy = info["val_accuracy"]
 
+    def start_from(self, summary):
+        """Counts the model's current weights, which scored `summary`'s
+        best_val_accuracy / best_val_loss, as epoch 0 (once per stage: a
+        resumed stage keeps what it has)."""
+        if not os.path.isfile(self.info_path):
+            self._save(summary["best_val_loss"],
+                       summary["best_val_accuracy"], 0, self.target)
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value = float(logs.get("val_loss", float("nan")))
         accuracy = float(logs.get("val_accuracy", float("nan")))
         if accuracy > self.best_accuracy or (
                 accuracy == self.best_accuracy and value < self.best):
-            tmp = os.path.join(os.path.dirname(self.path),
-                               ".best.tmp.weights.h5")
-            (self.target or self.model).save_weights(tmp)
-            os.replace(tmp, self.path)
-            self.best, self.best_epoch = value, epoch + 1
-            self.best_accuracy = accuracy
-            write_json(self.info_path, {"val_loss": value,
-                                         "val_accuracy": self.best_accuracy,
-                                         "epoch": epoch + 1})
+            self._save(value, accuracy, epoch + 1, self.target or self.model)
+
+    def _save(self, value, accuracy, epoch, model):
+        tmp = os.path.join(os.path.dirname(self.path), ".best.tmp.weights.h5")
+        model.save_weights(tmp)
+        os.replace(tmp, self.path)
+        self.best, self.best_epoch, self.best_accuracy = value, epoch, accuracy
+        write_json(self.info_path, {"val_loss": value,
+                                     "val_accuracy": accuracy,
+                                     "epoch": epoch})
 
     def on_train_end(self, logs=None):
         self.restore_best(self.target or self.model)
@@ -470,10 +496,11 @@ def _build_backbone(config):
     weights = config.weights
     if config.approach == "scratch":
         if config.backbone.endswith(".keras"):
-            raise InputError(
-                "Invalid backbone for approach=scratch: a saved model brings "
-                "trained weights. Allowed: a registered name. Received: "
-                f"backbone={config.backbone!r}")
+            log.info("approach=scratch: training the architecture of %s "
+                     "from random init (its weights are not used)",
+                     config.backbone)
+            return backbones.reinitialized(backbones.build_backbone(
+                config.backbone, "none", config.image_size))
         if weights != "none":
             log.info("approach=scratch trains from random init; ignoring "
                      "weights=%s", weights)
