@@ -6,11 +6,12 @@ pretrained here, no download)."""
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 
 import tl_keras
-from tl_keras import advisor
+from tl_keras import advisor, backbones, transfer
 
 
 def logme_direct(features, labels):
@@ -89,31 +90,45 @@ def test_knn_leave_one_out_by_hand():
     assert advisor.knn_accuracy(features, labels, k=3) == pytest.approx(6 / 7)
 
 
-def measurements(median, probe, earlier_probe=None, classes=5):
+def measurements(median, probe, earlier_probe=None, reference_probe=None,
+                 classes=5):
     m = {"images_per_class": {"median": median}, "chance": 1 / classes,
          "last": {"probe_accuracy": probe, "knn_accuracy": probe,
                   "logme": 0.0}, "problems": []}
     if earlier_probe is not None:
         m["earlier"] = {"probe_accuracy": earlier_probe}
+    if reference_probe is not None:
+        m["reference"] = {"probe_accuracy": reference_probe}
     return m
 
 
-@pytest.mark.parametrize("median, probe, earlier, approach, rule", [
-    (10, 0.9, None, "transfer", "small + similar"),
-    (10, 0.3, None, "transfer", "small + different"),
-    (500, 0.9, None, "finetune", "large + similar"),
-    (500, 0.3, None, "finetune", "large + different"),
-    (5000, 0.22, None, "scratch", "large + different, features near chance"),
-    (500, 0.9, 0.99, "finetune", "large + different"),  # earlier is better
-])
-def test_decision_table(median, probe, earlier, approach, rule):
-    decision = advisor.decide(measurements(median, probe, earlier),
+@pytest.mark.parametrize(
+    "median, probe, earlier, reference, approach, unfreeze, rule", [
+        (10, 0.9, None, None, "finetune", "all", "small + similar"),
+        (10, 0.3, None, None, "transfer", "all", "small + different"),
+        (500, 0.9, None, None, "finetune", "3", "large + similar"),
+        (500, 0.3, None, None, "finetune", "all", "large + different"),
+        (5000, 0.22, None, None, "scratch", "all",
+         "large + different, features near chance"),
+        # The earlier layer is better: far from the pretraining domain.
+        (500, 0.9, 0.99, None, "finetune", "all", "large + different"),
+        # Random-init features of the same architecture do as well (gain
+        # 0.85 vs 0.875): the pretraining brings nothing, at any size.
+        (10, 0.9, None, 0.88, "scratch", "all", "pretraining adds nothing"),
+        (500, 0.9, None, 0.88, "scratch", "all", "pretraining adds nothing"),
+        # Gain 0.875 vs 0.5: the pretraining helps, the usual rules apply.
+        (500, 0.9, None, 0.6, "finetune", "3", "large + similar"),
+        (10, 0.3, None, 0.2, "transfer", "all", "small + different"),
+    ])
+def test_decision_table(median, probe, earlier, reference, approach,
+                        unfreeze, rule):
+    decision = advisor.decide(measurements(median, probe, earlier, reference),
                               advisor.Thresholds(), num_blocks=9)
     assert decision["approach"] == approach
     assert decision["rule"] == rule
+    assert decision["unfreeze"] == unfreeze  # "3": the top third of 9
     assert str(median) in decision["reason"]
-    if rule == "large + similar":
-        assert decision["unfreeze"] == "3"  # the top third of 9 blocks
+    assert ("random-init" in decision["reason"]) == (reference is not None)
 
 
 def test_size_rule_when_no_score():
@@ -147,26 +162,35 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
     for key in ("logme", "knn_accuracy", "probe_accuracy"):
         assert key in m["last"]
     assert m["earlier_layer"] and "probe_accuracy" in m["earlier"]
+    assert "probe_accuracy" in m["reference"]  # the random-init reference
     assert m["chance"] == pytest.approx(1 / 3)
-    # 12 images per class: small data -> transfer, whatever the similarity.
-    assert record["approach"] == "transfer"
-    assert record["rule"].startswith("small")
+    # The same measurements and decision on a second call.
+    again = advisor.advise(config)
+    assert again["measurements"]["reference"] == m["reference"]
+    assert again["approach"] == record["approach"]
+    # 12 images per class is small data.
+    assert record["rule"] in ("small + similar", "small + different",
+                              "pretraining adds nothing")
     # The auto run (in the same workdir) trains what the advisor chose.
     metrics = tl_keras.train(config.replace(mode="train"))
-    assert metrics["approach"] == "transfer"
+    assert metrics["approach"] == record["approach"]
     assert metrics["decision"]["rule"] == record["rule"]
-    assert list(metrics["stages"]) == ["head"]
+    assert list(metrics["stages"]) == {
+        "transfer": ["head"], "finetune": ["head", "finetune"],
+        "scratch": ["scratch"]}[record["approach"]]
     assert json.load(open(tmp_path / "run" / "decision.json"))["run"]
 
 
 def test_auto_picks_finetune_for_large_similar_data(pretrained_base,
                                                     image_folder, tmp_path):
-    # The threshold makes 12 images per class 'large'.
+    # The thresholds make 12 images per class 'large' and any features
+    # 'similar' (and never 'no better than random').
     config = tl_keras.Config(
         data_dir=image_folder, workdir=str(tmp_path / "run"),
         backbone=pretrained_base, weights="none", approach="auto",
         epochs=1, finetune_epochs=1, batch_size=8, augment="none",
-        advisor_large_per_class=5, advisor_similar_gain=0.0)
+        advisor_large_per_class=5, advisor_similar_gain=0.0,
+        advisor_reference_margin=0.0)
     metrics = tl_keras.train(config)
     assert metrics["approach"] == "finetune"
     assert metrics["decision"]["rule"] == "large + similar"
@@ -220,3 +244,50 @@ def test_class_with_one_image_is_a_clear_error(tmp_path):
     data.class_counts["train"]["class_0"] = 1  # as if one image were left
     with pytest.raises(tl_keras.InputError, match="fewer than 2"):
         advisor.advise(config, data=data)
+
+
+def _base_weights(path):
+    model = keras.models.load_model(path)
+    return [np.asarray(w) for w in transfer.get_base(model).weights]
+
+
+def test_finetune_that_never_beats_the_head_keeps_the_head(
+        pretrained_base, image_folder, tmp_path):
+    # A learning rate of 0.9 wrecks the base on the first fine-tune step,
+    # so no fine-tune epoch reaches the head's validation score.
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="finetune",
+        epochs=2, finetune_epochs=2, finetune_learning_rate=0.9,
+        batch_size=8, augment="none")
+    metrics = tl_keras.train(config)
+    head, finetune = metrics["stages"]["head"], metrics["stages"]["finetune"]
+    assert finetune["best_epoch"] == 0
+    assert finetune["best_val_accuracy"] == head["best_val_accuracy"]
+    assert len(finetune["history"]["val_accuracy"]) == 2
+    assert max(finetune["history"]["val_accuracy"]) <= head[
+        "best_val_accuracy"]
+    # The head stage never touches the base: the result's base is the
+    # pretrained one, bit for bit.
+    for got, want in zip(_base_weights(tmp_path / "run" / "model.keras"),
+                         _base_weights(pretrained_base), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_scratch_from_a_saved_model_trains_its_architecture(
+        pretrained_base, image_folder, tmp_path):
+    built = backbones.build_backbone(pretrained_base, "none")
+    fresh = backbones.reinitialized(built)
+    assert (fresh.preprocessing, fresh.image_size) == (
+        built.preprocessing, built.image_size)
+    pairs = list(zip(fresh.base.weights, built.base.weights, strict=True))
+    assert all(a.shape == b.shape for a, b in pairs)
+    kernels = [(a, b) for a, b in pairs if len(a.shape) == 4]
+    assert kernels and not any(np.allclose(a, b) for a, b in kernels)
+    # --approach=scratch with a .keras backbone trains that architecture.
+    metrics = tl_keras.train(tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="scratch",
+        epochs=1, batch_size=8, augment="none"))
+    assert "random init" in metrics["backbone"]
+    assert list(metrics["stages"]) == ["scratch"]

@@ -121,13 +121,15 @@ class Thresholds:
     scratch_gain: float = 0.1
     scratch_per_class: int = 1000
     earlier_margin: float = 0.05
+    reference_margin: float = 0.1
 
     @classmethod
     def from_config(cls, config):
         return cls(config.advisor_large_per_class,
                    config.advisor_similar_gain, config.advisor_scratch_gain,
                    config.advisor_scratch_per_class,
-                   config.advisor_earlier_margin)
+                   config.advisor_earlier_margin,
+                   config.advisor_reference_margin)
 
 
 def measure(model, data, config, blocks=None):
@@ -181,8 +183,50 @@ def measure(model, data, config, blocks=None):
             continue
         out[key] = _scores(train_f, train[2], val_f, val[2], config.seed,
                            key, out["problems"])
+    reference = _reference_scores(model, base, sample_ds, data.val, config,
+                                  out["problems"])
+    if reference:
+        out["reference"] = reference
     out["seconds"] = round(time.time() - start, 1)
     return out
+
+
+def _reference_scores(model, base, sample_ds, val_ds, config, problems,
+                      calibration_images=128):
+    """The same scores on the last layer of the same architecture with
+    fresh random weights: what the pretraining adds is the difference.
+
+    Random convolutional features are a strong baseline on simple images
+    (a probe on them can beat chance by far), so a high score alone does
+    not show that the pretrained weights know the domain. A random
+    network's BatchNorm statistics (mean 0, variance 1) do not match its
+    activations, which then shrink layer by layer to near-constant
+    features; so one training-mode pass over up to `calibration_images`
+    sampled images first sets every BatchNorm's statistics to that batch's
+    (momentum 0), as a network does when scratch training starts. Returns
+    {} (and notes a problem) if the features are not finite.
+    """
+    def clone(layer):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return layer.__class__.from_config(
+                {**layer.get_config(), "momentum": 0.0})
+        return layer.__class__.from_config(layer.get_config())
+
+    keras.utils.set_random_seed(config.seed)  # the same reference each time
+    random_base = keras.models.clone_model(base, clone_function=clone,
+                                           recursive=True)
+    batch = np.concatenate([x for x, _ in sample_ds.unbatch().batch(
+        calibration_images).take(1)])
+    preprocess = model.get_layer("preprocess")
+    random_base(preprocess(batch), training=True)  # sets the statistics
+    extractor = _extractor(model, random_base, None)
+    train, val = _features(extractor, sample_ds), _features(extractor, val_ds)
+    if not (np.isfinite(train[0]).all() and np.isfinite(val[0]).all()):
+        problems.append("reference: the random-init network's features are "
+                        "not finite; no reference")
+        return {}
+    return _scores(train[0], train[2], val[0], val[2], config.seed,
+                   "reference", problems)
 
 
 def _scores(train_f, train_y, val_f, val_y, seed, key, problems):
@@ -220,6 +264,8 @@ def _earlier_layer(base, blocks):
 
 
 def _extractor(model, base, earlier):
+    """Pooled features of `base` (and of its layer `earlier`) on images
+    preprocessed by `model`'s preprocessing layer."""
     outputs = [base.output]
     if earlier is not None:
         outputs.append(base.get_layer(earlier).output)
@@ -261,11 +307,17 @@ def decide(m, thresholds, num_blocks):
 
     Rules (thresholds from `Thresholds`):
       size: large when the median images per class >= large_per_class.
-      similarity: the frozen features' quality is the linear probe's gain
-        over chance (kNN's when no probe); similar when >= similar_gain.
-        An earlier layer scoring better by > earlier_margin marks the data
-        as far from the pretraining domain (different).
-      small + similar -> transfer; small + different -> transfer;
+      knowledge: the frozen features' quality is the linear probe's gain
+        over chance (kNN's when no probe). When it beats the gain of the
+        same architecture with random weights by less than
+        reference_margin, the pretraining brings nothing to this data ->
+        scratch, whatever the size.
+      similarity: similar when the quality is >= similar_gain. An earlier
+        layer scoring better by > earlier_margin marks the data as far
+        from the pretraining domain (different).
+      small + similar -> finetune every block, after the head (the
+        fine-tune stage keeps its result only if it beats the head on the
+        validation set); small + different -> transfer;
       large + similar -> finetune the top third of the blocks;
       large + different -> finetune all blocks, or scratch when the
         features are near chance (gain < scratch_gain) and there are at
@@ -281,6 +333,7 @@ def decide(m, thresholds, num_blocks):
     size = "large" if large else "small"
     chance = m["chance"]
     last, earlier = m.get("last", {}), m.get("earlier") or {}
+    reference = m.get("reference") or {}
     quality_key = ("probe_accuracy" if "probe_accuracy" in last
                    else "knn_accuracy" if "knn_accuracy" in last else None)
     size_text = (f"{median:g} images per class (median; large from "
@@ -295,13 +348,23 @@ def decide(m, thresholds, num_blocks):
     quality = gain(last[quality_key], chance)
     earlier_quality = (gain(earlier[quality_key], chance)
                        if quality_key in earlier else None)
+    reference_quality = (gain(reference[quality_key], chance)
+                         if quality_key in reference else None)
     far = (earlier_quality is not None
            and earlier_quality > quality + thresholds.earlier_margin)
-    similar = quality >= thresholds.similar_gain and not far
+    nothing = (reference_quality is not None and
+               quality < reference_quality + thresholds.reference_margin)
+    similar = quality >= thresholds.similar_gain and not far and not nothing
     name = quality_key.replace("_", " ")
     evidence = (f"the frozen features' {name} is {last[quality_key]:.3f} "
                 f"(chance {chance:.3f}; gain {quality:.2f}, similar from "
                 f"{thresholds.similar_gain})")
+    if reference_quality is not None:
+        evidence += (f"; random-init features of the same architecture "
+                     f"gain {reference_quality:.2f}"
+                     + (f" — the pretrained ones beat that by less than "
+                        f"{thresholds.reference_margin}, so the pretraining "
+                        f"brings nothing to this data" if nothing else ""))
     if earlier_quality is not None:
         evidence += (f"; the earlier layer's gain is {earlier_quality:.2f}"
                      + (" — better than the last layer's, so the data is "
@@ -309,11 +372,22 @@ def decide(m, thresholds, num_blocks):
     kind = "similar" if similar else "different"
     situation = f"{size} data, {kind} domain"
     unfreeze = "all"
-    if not large:
-        approach, rule = "transfer", f"small + {kind}"
-        why = ("too few labels to fine-tune safely; the pretrained features "
-               + ("already separate the classes" if similar else
-                  "are the best available start (fine-tuning would overfit)"))
+    if nothing:
+        approach, rule = "scratch", "pretraining adds nothing"
+        why = ("the pretrained weights are no better a start than random "
+               "ones, so the whole network trains at the full learning "
+               "rate")
+    elif not large and similar:
+        approach, rule = "finetune", "small + similar"
+        why = ("the head trains on the frozen features first, then every "
+               "block at the small fine-tune learning rate, kept only if "
+               "it beats the head on the validation set (with few labels "
+               "this beat the frozen base in every measured case)")
+    elif not large:
+        approach, rule = "transfer", "small + different"
+        why = ("the pretrained features beat random ones but separate "
+               "these classes poorly, and there are too few labels to "
+               "re-learn them safely")
     elif similar:
         approach, rule = "finetune", "large + similar"
         unfreeze = str(max(1, math.ceil(num_blocks / 3)))
@@ -339,10 +413,11 @@ def summary_lines(measurements, decision):
     lines = [f"Advisor ({m.get('seconds', 0):.1f} s, {m['sample']} sampled "
              f"training images, {m['num_classes']} classes, chance "
              f"{m['chance']:.3f}):"]
-    for key in ("last", "earlier"):
+    labels = {"last": "last layer", "earlier": f"earlier "
+              f"({m.get('earlier_layer')})", "reference": "random-init "
+              "reference"}
+    for key, label in labels.items():
         if m.get(key):
-            label = ("last layer" if key == "last"
-                     else f"earlier ({m['earlier_layer']})")
             scores = ", ".join(f"{k} {v:.3f}" for k, v in m[key].items())
             lines.append(f"  {label:<28} {scores}")
     for problem in m["problems"]:

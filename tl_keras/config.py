@@ -109,6 +109,11 @@ class Config:
         0.05,
         "auto: an earlier layer's gain above the last layer's by more than "
         "this marks the data as far from the pretraining domain.")
+    advisor_reference_margin: float = _field(
+        0.1,
+        "auto: train from scratch when the pretrained features' gain beats "
+        "the same architecture's random-init features' gain by less than "
+        "this (the pretraining brings nothing to this data).")
     backbones: str = _field(
         "", "rank: comma-separated candidate backbones (names or .keras).")
     validation_split: float = _field(
@@ -239,7 +244,7 @@ class Config:
         _check_range("advisor_scratch_per_class",
                      self.advisor_scratch_per_class, 1, 10**9)
         for name in ("advisor_similar_gain", "advisor_scratch_gain",
-                     "advisor_earlier_margin"):
+                     "advisor_earlier_margin", "advisor_reference_margin"):
             if not 0 <= getattr(self, name) <= 1:
                 _fail(name, "a float in [0, 1]", getattr(self, name))
         if self.mode == "rank" and not self.backbones:
