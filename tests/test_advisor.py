@@ -119,6 +119,9 @@ def measurements(median, probe, earlier_probe=None, reference_probe=None,
         # Gain 0.875 vs 0.5: the pretraining helps, the usual rules apply.
         (500, 0.9, None, 0.6, "finetune", "3", "large + similar"),
         (10, 0.3, None, 0.2, "transfer", "all", "small + different"),
+        # 15 of 25 right over chance 0.2 is a gain of exactly 0.5 (in
+        # floating point 0.49999999999999994 before rounding): similar.
+        (5, 0.6, None, 0.16, "finetune", "all", "small + similar"),
     ])
 def test_decision_table(median, probe, earlier, reference, approach,
                         unfreeze, rule):

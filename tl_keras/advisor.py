@@ -298,8 +298,13 @@ def _features(extractor, ds):
 # --- Deciding --------------------------------------------------------------
 
 def gain(accuracy, chance):
-    """Accuracy above chance, scaled so 0 = chance and 1 = perfect."""
-    return (accuracy - chance) / (1 - chance)
+    """Accuracy above chance, scaled so 0 = chance and 1 = perfect.
+
+    Rounded to 6 decimals: accuracies are counts over a few images, and
+    e.g. (0.6 - 0.2) / 0.8 is 0.49999999999999994 in floating point, which
+    must not fall below a threshold of 0.5.
+    """
+    return round((accuracy - chance) / (1 - chance), 6)
 
 
 def decide(m, thresholds, num_blocks):
