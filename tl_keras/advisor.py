@@ -385,9 +385,9 @@ def decide(m, thresholds, num_blocks):
     elif not large and similar:
         approach, rule = "finetune", "small + similar"
         why = ("the head trains on the frozen features first, then every "
-               "block at the small fine-tune learning rate, kept only if "
-               "it beats the head on the validation set (with few labels "
-               "this beat the frozen base in every measured case)")
+               "block at the small fine-tune learning rate; the fine-tuned "
+               "weights are kept only if they beat the head on the "
+               "validation set, so this ends no worse than transfer there")
     elif not large:
         approach, rule = "transfer", "small + different"
         why = ("the pretrained features beat random ones but separate "
