@@ -1,4 +1,4 @@
-"""Benchmark: does tl_keras's input pipeline slow the fine-tune step?
+"""Benchmark: do tl_keras's input pipeline or callbacks slow the fine-tune step?
 
 One MobileNetV2 classifier (weights=None, fine-tune stage: BatchNorm
 frozen), compiled once; `fit` for one epoch at a time on each input
@@ -9,6 +9,9 @@ hits all alike and nothing is retraced after a warm-up epoch each:
   data    tl_keras.from_arrays(...).train: uint8 cached, epoch-keyed
           shuffle, batch, parallel cast to float32, prefetch
   incast  the same but uint8 batches, cast inside the model's step
+  callbacks  plain's pipeline with the callbacks a tl_keras stage adds
+          (BackupAndRestore, CSVLogger, TensorBoard; verbose=2, as
+          tl_keras runs when not on a terminal)
 
 Prints each round's median step time and, per variant, the median over
 rounds of plain / variant.
@@ -19,6 +22,7 @@ rounds of plain / variant.
 
 import argparse
 import os
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,6 +74,16 @@ def main():
         "incast": data.shuffle.apply(source.cache(), n).batch(bs)
         .prefetch(autotune),
     }
+    variants["callbacks"] = variants["plain"]
+    logs = tempfile.mkdtemp(prefix="tl_keras_bench_")
+
+    def stage_callbacks(r):
+        run = os.path.join(logs, str(r))
+        return [keras.callbacks.BackupAndRestore(
+                    os.path.join(run, "backup"), double_checkpoint=True),
+                keras.callbacks.CSVLogger(os.path.join(run, "log.csv")),
+                keras.callbacks.TensorBoard(os.path.join(run, "tb"))]
+
     backbone = backbones.build_backbone("mobilenet_v2", "none", size)
     model = transfer.build_classifier(backbone, 5, 0.2)
     transfer.configure_stage(model, "finetune", backbone.blocks())
@@ -81,8 +95,10 @@ def main():
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             timer = EpochSteps()
-            model.fit(variants[name], epochs=1, verbose=0,
-                      callbacks=[timer, data.shuffle.callback(2)])
+            extra = stage_callbacks(r) if name == "callbacks" else []
+            model.fit(variants[name], epochs=1,
+                      verbose=2 if name == "callbacks" else 0,
+                      callbacks=[timer, data.shuffle.callback(2), *extra])
             steps[name].append(float(np.median(timer.gaps)))
         print(r, {k: round(v[-1] * 1000) for k, v in steps.items()},
               flush=True)
