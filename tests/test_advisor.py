@@ -294,3 +294,16 @@ def test_scratch_from_a_saved_model_trains_its_architecture(
         epochs=1, batch_size=8, augment="none"))
     assert "random init" in metrics["backbone"]
     assert list(metrics["stages"]) == ["scratch"]
+
+
+def test_calibration_batch_spans_a_class_ordered_sample():
+    import tensorflow as tf
+
+    labels = np.repeat(np.arange(4), 100)  # class order, as from a folder
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.arange(400, dtype=np.float32)[:, None], labels)).batch(32)
+    x, y = advisor._calibration_batch(ds, 400, 128)
+    assert len(y) == 100 and set(y) == {0, 1, 2, 3}  # every 4th image
+    np.testing.assert_array_equal(x[:, 0], np.arange(0, 400, 4))
+    x, y = advisor._calibration_batch(ds.take(2), 64, 128)  # fewer: all
+    np.testing.assert_array_equal(x[:, 0], np.arange(64))

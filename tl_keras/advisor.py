@@ -183,16 +183,16 @@ def measure(model, data, config, blocks=None):
             continue
         out[key] = _scores(train_f, train[2], val_f, val[2], config.seed,
                            key, out["problems"])
-    reference = _reference_scores(model, base, sample_ds, data.val, config,
-                                  out["problems"])
+    reference = _reference_scores(model, base, sample_ds, sampled, data.val,
+                                  config, out["problems"])
     if reference:
         out["reference"] = reference
     out["seconds"] = round(time.time() - start, 1)
     return out
 
 
-def _reference_scores(model, base, sample_ds, val_ds, config, problems,
-                      calibration_images=128):
+def _reference_scores(model, base, sample_ds, sampled, val_ds, config,
+                      problems, calibration_images=128):
     """The same scores on the last layer of the same architecture with
     fresh random weights: what the pretraining adds is the difference.
 
@@ -202,8 +202,10 @@ def _reference_scores(model, base, sample_ds, val_ds, config, problems,
     network's BatchNorm statistics (mean 0, variance 1) do not match its
     activations, which then shrink layer by layer to near-constant
     features; so one training-mode pass over up to `calibration_images`
-    sampled images first sets every BatchNorm's statistics to that batch's
-    (momentum 0), as a network does when scratch training starts. Returns
+    of the `sampled` images (spread over the sample, which is in class
+    order; see `_calibration_batch`) first sets every BatchNorm's
+    statistics to that batch's (momentum 0), as a network does when
+    scratch training starts. Returns
     {} (and notes a problem) if the features are not finite.
     """
     def clone(layer):
@@ -215,8 +217,7 @@ def _reference_scores(model, base, sample_ds, val_ds, config, problems,
     keras.utils.set_random_seed(config.seed)  # the same reference each time
     random_base = keras.models.clone_model(base, clone_function=clone,
                                            recursive=True)
-    batch = np.concatenate([x for x, _ in sample_ds.unbatch().batch(
-        calibration_images).take(1)])
+    batch, _ = _calibration_batch(sample_ds, sampled, calibration_images)
     preprocess = model.get_layer("preprocess")
     random_base(preprocess(batch), training=True)  # sets the statistics
     extractor = _extractor(model, random_base, None)
@@ -227,6 +228,19 @@ def _reference_scores(model, base, sample_ds, val_ds, config, problems,
         return {}
     return _scores(train[0], train[2], val[0], val[2], config.seed,
                    "reference", problems)
+
+
+def _calibration_batch(ds, n, size):
+    """At most `size` of the `n` images of the batched dataset `ds`, every
+    ceil(n / size)-th one: a folder's images come in class order, so the
+    first `size` would often hold one or two classes only.
+
+    Returns:
+      (images, labels) as numpy arrays.
+    """
+    stride = max(1, math.ceil(n / size))
+    x, y = next(iter(ds.unbatch().shard(stride, 0).batch(size)))
+    return np.asarray(x), np.asarray(y)
 
 
 def _scores(train_f, train_y, val_f, val_y, seed, key, problems):
