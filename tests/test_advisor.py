@@ -12,6 +12,7 @@ import pytest
 
 import tl_keras
 from tl_keras import advisor, backbones, transfer
+from tl_keras import data as data_lib
 
 
 def logme_direct(features, labels):
@@ -134,6 +135,32 @@ def test_decision_table(median, probe, earlier, reference, approach,
     assert ("random-init" in decision["reason"]) == (reference is not None)
 
 
+@pytest.mark.parametrize("median, probe, reference, scratch, approach, rule", [
+    # A short scratch run matches the frozen features' probe: scratch, at
+    # any size.
+    (10, 0.8, 0.3, 0.8, "scratch", "scratch catches up"),
+    (500, 0.9, 0.6, 0.96, "scratch", "scratch catches up"),
+    # Below the probe: the usual rules.
+    (10, 0.8, 0.3, 0.76, "finetune", "small + similar"),
+    (500, 0.3, 0.2, 0.28, "finetune", "large + different"),
+    # "Pretraining adds nothing" is the first reason given.
+    (10, 0.9, 0.88, 0.95, "scratch", "pretraining adds nothing"),
+])
+def test_decision_with_a_scratch_run(median, probe, reference, scratch,
+                                     approach, rule):
+    m = measurements(median, probe, reference_probe=reference)
+    m["scratch"] = {"epochs": 4, "images": 50, "val_accuracy": scratch,
+                    "val_accuracy_curve": [0.2, scratch], "seconds": 1.0}
+    decision = advisor.decide(m, advisor.Thresholds(), num_blocks=9)
+    assert (decision["approach"], decision["rule"]) == (approach, rule)
+    assert (f"4-epoch scratch run on 50 images reaches validation "
+            f"accuracy {scratch:.3f}") in decision["reason"]
+    # Without the scratch run's measurement the rule cannot apply.
+    del m["scratch"]
+    assert advisor.decide(m, advisor.Thresholds(), 9)["rule"] != (
+        "scratch catches up")
+
+
 def test_size_rule_when_no_score():
     m = {"images_per_class": {"median": 3}, "chance": 0.5, "last": {},
          "problems": ["last: the sample (4 images) is too small"]}
@@ -166,6 +193,12 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
         assert key in m["last"]
     assert m["earlier_layer"] and "probe_accuracy" in m["earlier"]
     assert "probe_accuracy" in m["reference"]  # the random-init reference
+    # The short scratch run: a fifth of --epochs=2, rounded up, on all 24
+    # training images (fewer than --advisor_sample).
+    assert m["scratch"]["epochs"] == 1 and m["scratch"]["images"] == 24
+    assert m["scratch"]["val_accuracy_curve"] == [m["scratch"][
+        "val_accuracy"]]
+    assert 0 <= m["scratch"]["val_accuracy"] <= 1
     assert m["chance"] == pytest.approx(1 / 3)
     # The same measurements and decision on a second call.
     again = advisor.advise(config)
@@ -173,7 +206,8 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
     assert again["approach"] == record["approach"]
     # 12 images per class is small data.
     assert record["rule"] in ("small + similar", "small + different",
-                              "pretraining adds nothing")
+                              "pretraining adds nothing",
+                              "scratch catches up")
     # The auto run (in the same workdir) trains what the advisor chose.
     metrics = tl_keras.train(config.replace(mode="train"))
     assert metrics["approach"] == record["approach"]
@@ -307,3 +341,32 @@ def test_calibration_batch_spans_a_class_ordered_sample():
     np.testing.assert_array_equal(x[:, 0], np.arange(0, 400, 4))
     x, y = advisor._calibration_batch(ds.take(2), 64, 128)  # fewer: all
     np.testing.assert_array_equal(x[:, 0], np.arange(64))
+
+
+def test_scratch_run_trains_a_copy_and_leaves_the_model_alone(
+        pretrained_base, image_folder):
+    # The short scratch run trains a fresh random-init copy of the
+    # architecture (with augmentation, as a scratch run would); the
+    # classifier being measured keeps its weights bit for bit.
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir="unused", backbone=pretrained_base,
+        weights="none", epochs=30, batch_size=8, augment="flip,zoom",
+        advisor_sample=20)
+    built = backbones.build_backbone(pretrained_base, "none")
+    data = data_lib.make_datasets(config, built.image_size)
+    model = transfer.build_classifier(built, 3, 0.0)
+    before = [np.asarray(w) for w in model.weights]
+    epochs = advisor.scratch_epochs(config)
+    assert epochs == 6  # 0.2 x 30
+    m = advisor.measure(model, data, config, built.blocks(), epochs)
+    run = m["scratch"]
+    assert run["images"] == 20 and run["epochs"] == 6  # the sample only
+    assert len(run["val_accuracy_curve"]) == 6
+    assert run["val_accuracy"] == max(run["val_accuracy_curve"])
+    for got, want in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert "scratch run (6 epochs)" in "\n".join(advisor.summary_lines(
+        m, advisor.decide(m, advisor.Thresholds(), 4)))
+    # --advisor_scratch_fraction=0 skips it.
+    assert advisor.scratch_epochs(config.replace(
+        advisor_scratch_fraction=0.0)) == 0

@@ -76,6 +76,8 @@ def test_command_line_overrides_flagfile(monkeypatch):
     (dict(unfreeze="0"), "unfreeze"),
     (dict(augment="flip,blur"), "augment"),
     (dict(dropout=1.0), "dropout"),
+    (dict(advisor_scratch_fraction=1.5), "advisor_scratch_fraction"),
+    (dict(advisor_reference_margin=-0.1), "advisor_reference_margin"),
 ])
 def test_invalid_values_name_field_allowed_received(changes, field):
     config = dataclasses.replace(

@@ -132,16 +132,19 @@ class Thresholds:
                    config.advisor_reference_margin)
 
 
-def measure(model, data, config, blocks=None):
+def measure(model, data, config, blocks=None, scratch_epochs=0):
     """Scores the frozen base of `model` on a sample of `data`.
 
     Args:
       model: a classifier from `transfer.build_classifier` (its base is
-        run in inference mode; nothing is trained).
+        run in inference mode; nothing in it is trained).
       data: an `ImageData`.
-      config: the run's Config (sample size, seed).
+      config: the run's Config (sample size, seed; for the scratch run
+        also learning rate, batch size, augmentation, dropout).
       blocks: the base's blocks (`backbones.list_blocks`), for the earlier
         layer; default computed.
+      scratch_epochs: epochs of a short from-scratch run on the sample
+        (`_scratch_run`; 0 skips it).
 
     Returns:
       A dict of measurements (see `decide`), with 'problems' listing any
@@ -187,6 +190,9 @@ def measure(model, data, config, blocks=None):
                                   config, out["problems"])
     if reference:
         out["reference"] = reference
+    if scratch_epochs:
+        out["scratch"] = _scratch_run(model, data, sample_ds, sampled,
+                                      config, scratch_epochs)
     out["seconds"] = round(time.time() - start, 1)
     return out
 
@@ -228,6 +234,56 @@ def _reference_scores(model, base, sample_ds, sampled, val_ds, config,
         return {}
     return _scores(train[0], train[2], val[0], val[2], config.seed,
                    "reference", problems)
+
+
+def _scratch_run(model, data, sample_ds, sampled, config, epochs):
+    """A short from-scratch run: `model`'s architecture with fresh random
+    weights, trained on the `sampled` images for `epochs` epochs as
+    --approach=scratch trains (learning rate, batch size, augmentation,
+    head dropout), validated on the validation set after each epoch.
+
+    Its best validation accuracy is an early point on scratch's learning
+    curve: a lower bound of what scratch reaches with the full budget.
+    Frozen features, pretrained or random, cannot show how far training
+    every layer goes; a small CNN can beat a weak base's features after a
+    few epochs on simple images. `model` itself is not touched.
+
+    Returns:
+      {'epochs', 'images', 'val_accuracy' (best), 'val_accuracy_curve',
+      'seconds'}.
+    """
+    start = time.time()
+    keras.utils.set_random_seed(config.seed)
+    preprocess = model.get_layer("preprocess")
+    fresh = backbones.BuiltBackbone(
+        base=keras.models.clone_model(model.get_layer("backbone").base,
+                                      recursive=True),
+        preprocessing=preprocess.mode, image_size=int(model.input.shape[1]),
+        spec=None, source="advisor scratch run")
+    scratch = transfer.build_classifier(fresh, model.output.shape[-1],
+                                        config.dropout)
+    transfer.compile_for_stage(scratch, config.learning_rate)
+    train = sample_ds.unbatch().apply(
+        tf.data.experimental.assert_cardinality(sampled)).shuffle(
+        sampled, seed=config.seed, reshuffle_each_iteration=True).batch(
+        config.batch_size)
+    augmenter = data_lib.build_augmenter(config.augmentations(), config.seed)
+    if augmenter is not None:
+        train = train.map(lambda x, y: (augmenter(x, training=True), y),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+
+    def progress(epoch, logs):
+        log.info("Advisor: scratch run epoch %d/%d, val_accuracy %.3f",
+                 epoch + 1, epochs, logs["val_accuracy"])
+
+    history = scratch.fit(
+        train.prefetch(tf.data.AUTOTUNE), validation_data=data.val,
+        epochs=epochs, verbose=0, shuffle=False,  # shuffled above
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=progress)])
+    curve = [round(float(v), 4) for v in history.history["val_accuracy"]]
+    return {"epochs": epochs, "images": sampled,
+            "val_accuracy": max(curve), "val_accuracy_curve": curve,
+            "seconds": round(time.time() - start, 1)}
 
 
 def _calibration_batch(ds, n, size):
@@ -331,6 +387,9 @@ def decide(m, thresholds, num_blocks):
         same architecture with random weights by less than
         reference_margin, the pretraining brings nothing to this data ->
         scratch, whatever the size.
+      scratch run: when a short from-scratch run (measurements'
+        'scratch') reaches at least the probe's validation accuracy,
+        scratch catches up -> scratch, whatever the size.
       similarity: similar when the quality is >= similar_gain. An earlier
         layer scoring better by > earlier_margin marks the data as far
         from the pretraining domain (different).
@@ -374,6 +433,10 @@ def decide(m, thresholds, num_blocks):
     nothing = (reference_quality is not None and
                quality < reference_quality + thresholds.reference_margin)
     similar = quality >= thresholds.similar_gain and not far and not nothing
+    scratch = m.get("scratch") or {}
+    catches_up = (not nothing and quality_key == "probe_accuracy"
+                  and "val_accuracy" in scratch
+                  and scratch["val_accuracy"] >= last[quality_key])
     name = quality_key.replace("_", " ")
     evidence = (f"the frozen features' {name} is {last[quality_key]:.3f} "
                 f"(chance {chance:.3f}; gain {quality:.2f}, similar from "
@@ -388,6 +451,12 @@ def decide(m, thresholds, num_blocks):
         evidence += (f"; the earlier layer's gain is {earlier_quality:.2f}"
                      + (" — better than the last layer's, so the data is "
                         "far from the pretraining domain" if far else ""))
+    if "val_accuracy" in scratch:
+        evidence += (f"; a {scratch['epochs']}-epoch scratch run on "
+                     f"{scratch['images']} images reaches validation "
+                     f"accuracy {scratch['val_accuracy']:.3f}"
+                     + (f", at least the frozen features' "
+                        f"{last[quality_key]:.3f}" if catches_up else ""))
     kind = "similar" if similar else "different"
     situation = f"{size} data, {kind} domain"
     unfreeze = "all"
@@ -396,6 +465,12 @@ def decide(m, thresholds, num_blocks):
         why = ("the pretrained weights are no better a start than random "
                "ones, so the whole network trains at the full learning "
                "rate")
+    elif catches_up:
+        approach, rule = "scratch", "scratch catches up"
+        why = (f"training every layer from random init already matches "
+               f"what the pretrained features give a linear classifier, "
+               f"after {scratch['epochs']} epochs (the run gets more), so "
+               f"the pretrained start has no lead to keep")
     elif not large and similar:
         approach, rule = "finetune", "small + similar"
         why = ("the head trains on the frozen features first, then every "
@@ -439,6 +514,12 @@ def summary_lines(measurements, decision):
         if m.get(key):
             scores = ", ".join(f"{k} {v:.3f}" for k, v in m[key].items())
             lines.append(f"  {label:<28} {scores}")
+    if m.get("scratch"):
+        run = m["scratch"]
+        label = f"scratch run ({run['epochs']} epochs)"
+        curve = " ".join(f"{v:.2f}" for v in run["val_accuracy_curve"])
+        lines.append(f"  {label:<28} val_accuracy {run['val_accuracy']:.3f} "
+                     f"(best of {curve}; {run['seconds']:.1f} s)")
     for problem in m["problems"]:
         lines.append(f"  note: {problem}")
     lines.append(f"  situation: {decision['situation']} (rule: "
@@ -452,12 +533,20 @@ def summary_lines(measurements, decision):
 
 # --- Entry points ----------------------------------------------------------
 
+def scratch_epochs(config):
+    """Epochs of the advisor's short scratch run: --advisor_scratch_fraction
+    of --epochs (the epochs --approach=scratch trains), rounded up; 0 when
+    the fraction is 0."""
+    return math.ceil(config.advisor_scratch_fraction * config.epochs)
+
+
 def advise_run(model, data, config, blocks):
     """Measures and decides for a run; returns the decision record that
     goes to <workdir>/decision.json (measurements, thresholds, situation,
     choice, reason)."""
     thresholds = Thresholds.from_config(config)
-    measurements = measure(model, data, config, blocks)
+    measurements = measure(model, data, config, blocks,
+                           scratch_epochs(config))
     decision = decide(measurements, thresholds, len(blocks))
     for line in summary_lines(measurements, decision):
         log.info("%s", line)

@@ -114,6 +114,12 @@ class Config:
         "auto: train from scratch when the pretrained features' gain beats "
         "the same architecture's random-init features' gain by less than "
         "this (the pretraining brings nothing to this data).")
+    advisor_scratch_fraction: float = _field(
+        0.2,
+        "auto / advise / compare: a short from-scratch run on the sampled "
+        "images, this fraction of --epochs long (rounded up; 0 skips it); "
+        "train from scratch when it already matches the frozen features' "
+        "linear probe on the validation set.")
     backbones: str = _field(
         "", "rank: comma-separated candidate backbones (names or .keras).")
     validation_split: float = _field(
@@ -244,7 +250,8 @@ class Config:
         _check_range("advisor_scratch_per_class",
                      self.advisor_scratch_per_class, 1, 10**9)
         for name in ("advisor_similar_gain", "advisor_scratch_gain",
-                     "advisor_earlier_margin", "advisor_reference_margin"):
+                     "advisor_earlier_margin", "advisor_reference_margin",
+                     "advisor_scratch_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 _fail(name, "a float in [0, 1]", getattr(self, name))
         if self.mode == "rank" and not self.backbones:
