@@ -343,7 +343,8 @@ def _extractor(model, base, earlier):
     preprocess = model.get_layer("preprocess")
     pool = keras.layers.GlobalAveragePooling2D()
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec(
+        (None, *model.input.shape[1:]), tf.float32)])  # traced once
     def run(x):
         maps = multi(preprocess(x), training=False)
         maps = maps if isinstance(maps, (list, tuple)) else [maps]

@@ -81,8 +81,10 @@ def extract_features(model, ds, description, out=None, augmenter=None):
             x = augmenter(x, training=True)
         return extractor(x, training=False)
 
-    # A traced function: eager calls dispatch the base op by op.
-    run = tf.function(features_of, reduce_retracing=True)
+    # A traced function (eager calls dispatch the base op by op), traced
+    # once for every batch size, the last partial batch included.
+    run = tf.function(features_of, input_signature=[tf.TensorSpec(
+        (None, *model.input.shape[1:]), tf.float32)])
     steps = int(ds.cardinality())
     bar = keras.utils.Progbar(steps if steps > 0 else None,
                               unit_name="batch")

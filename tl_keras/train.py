@@ -25,6 +25,7 @@ import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
 from tl_keras import (
@@ -464,9 +465,14 @@ def evaluate(model, data):
         data.val, "val")
     log.info("Evaluating on the %s split (%d images)", split,
              data.counts.get(split, 0))
+    # Traced once for every batch size: eager calls would dispatch the
+    # model op by op (2-3x slower for a MobileNetV2 on CPU).
+    predict = tf.function(lambda x: model(x, training=False),
+                          input_signature=[tf.TensorSpec(
+                              (None, *model.input.shape[1:]), tf.float32)])
     labels, logits = [], []
     for x, y in ds:
-        logits.append(np.asarray(model(x, training=False), np.float64))
+        logits.append(np.asarray(predict(x), np.float64))
         labels.append(np.asarray(y))
     return {"test_split": split, **classification_metrics(
         np.concatenate(labels), np.concatenate(logits), data.class_names)}
