@@ -193,12 +193,15 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
         assert key in m["last"]
     assert m["earlier_layer"] and "probe_accuracy" in m["earlier"]
     assert "probe_accuracy" in m["reference"]  # the random-init reference
-    # The short scratch run: a fifth of --epochs=2, rounded up, on all 24
-    # training images (fewer than --advisor_sample).
-    assert m["scratch"]["epochs"] == 1 and m["scratch"]["images"] == 24
-    assert m["scratch"]["val_accuracy_curve"] == [m["scratch"][
-        "val_accuracy"]]
-    assert 0 <= m["scratch"]["val_accuracy"] <= 1
+    if "scratch" in m:
+        # The short scratch run: a fifth of --epochs=2, rounded up, on all
+        # 24 training images (fewer than --advisor_sample).
+        assert m["scratch"]["epochs"] == 1 and m["scratch"]["images"] == 24
+        assert m["scratch"]["val_accuracy_curve"] == [m["scratch"][
+            "val_accuracy"]]
+        assert 0 <= m["scratch"]["val_accuracy"] <= 1
+    else:  # skipped: the decision was scratch before it
+        assert record["rule"] == "pretraining adds nothing"
     assert m["chance"] == pytest.approx(1 / 3)
     # The same measurements and decision on a second call.
     again = advisor.advise(config)
@@ -358,15 +361,39 @@ def test_scratch_run_trains_a_copy_and_leaves_the_model_alone(
     before = [np.asarray(w) for w in model.weights]
     epochs = advisor.scratch_epochs(config)
     assert epochs == 6  # 0.2 x 30
-    m = advisor.measure(model, data, config, built.blocks(), epochs)
-    run = m["scratch"]
+    run = advisor.scratch_run(model, data, config, epochs)
     assert run["images"] == 20 and run["epochs"] == 6  # the sample only
     assert len(run["val_accuracy_curve"]) == 6
     assert run["val_accuracy"] == max(run["val_accuracy_curve"])
     for got, want in zip(model.weights, before, strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
-    assert "scratch run (6 epochs)" in "\n".join(advisor.summary_lines(
-        m, advisor.decide(m, advisor.Thresholds(), 4)))
     # --advisor_scratch_fraction=0 skips it.
     assert advisor.scratch_epochs(config.replace(
         advisor_scratch_fraction=0.0)) == 0
+
+
+def test_scratch_run_only_when_it_can_change_the_decision(
+        pretrained_base, image_folder, tmp_path, monkeypatch):
+    # Without the random-init reference (its rule could decide scratch
+    # before the run, on this toy base), the run always happens.
+    monkeypatch.setattr(advisor, "_reference_scores", lambda *a, **k: {})
+    config = tl_keras.Config(
+        mode="advise", data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", epochs=10, batch_size=8,
+        augment="none")
+    record = advisor.advise(config)
+    m = record["measurements"]
+    if record["rule"] != "scratch catches up":  # the run did not decide
+        # (it ran, 2 epochs; the decision without it was not scratch)
+        assert record["approach"] != "scratch"
+    assert m["scratch"]["epochs"] == 2
+    lines = "\n".join(advisor.summary_lines(m, record))
+    assert "scratch run (2 epochs)" in lines
+    # With the reference and a margin of 1, "pretraining adds nothing" is
+    # certain: the decision is scratch before any training, and the run is
+    # skipped.
+    monkeypatch.undo()
+    record = advisor.advise(config.replace(advisor_reference_margin=1.0))
+    assert record["rule"] == "pretraining adds nothing"
+    assert "scratch" not in record["measurements"]
+    assert any("skipped" in p for p in record["measurements"]["problems"])
