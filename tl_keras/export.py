@@ -159,7 +159,16 @@ class _Archive:
 
     def write_out(self, path, verbose=False):
         del verbose  # the same call as ExportArchive's
-        tf.saved_model.save(self.root, path, signatures=self.signatures)
+        # TensorFlow logs (at INFO) the internal names of every captured
+        # variable, hundreds of numbers per signature; the signatures'
+        # own input names are unaffected.
+        logger = logging.getLogger("absl")  # where TensorFlow logs that
+        level = logger.level
+        logger.setLevel(max(level, logging.WARNING))
+        try:
+            tf.saved_model.save(self.root, path, signatures=self.signatures)
+        finally:
+            logger.setLevel(level)
 
 
 def _build_archive(model, class_names):
