@@ -39,7 +39,7 @@ def test_smoke_run_writes_the_workdir(smoke_run):
     for path in ["flags.cfg", "config.json", "split.json", "metrics.json",
                  "model.keras", "export/saved_model.pb",
                  "export/assets/labels.txt",
-                 "checkpoints/head/best.weights.h5",
+                 "checkpoints/head/best.trainable.npz",
                  "checkpoints/head/done.json",
                  "checkpoints/finetune/best.weights.h5",
                  "logs/head.csv", "logs/finetune.csv"]:

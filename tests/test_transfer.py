@@ -7,13 +7,15 @@ trivially; each base here is first trained from scratch for a few steps so
 its BatchNorm statistics and features are real.
 """
 
+import os
+
 import keras
 import numpy as np
 import pytest
 from conftest import class_image
 
 import tl_keras
-from tl_keras import transfer
+from tl_keras import backbones, transfer
 
 SIZE = 32
 
@@ -153,3 +155,32 @@ def test_stages_follow_the_approach():
         "transfer": [("head", 3, 0.01)],
         "finetune": [("head", 3, 0.01), ("finetune", 4, 1e-5)],
     }
+
+
+def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
+        tmp_path):
+    from tl_keras.train import StageCheckpoint
+
+    built = backbones.build_backbone("compact_cnn", "none", 32)
+    model = transfer.build_classifier(built, 3, 0.0)
+    transfer.configure_stage(model, "head", built.blocks())
+    best = [np.asarray(w) for w in model.trainable_weights]
+    frozen = [np.asarray(w) for w in model.non_trainable_weights]
+    checkpoint = StageCheckpoint(str(tmp_path), "head", target=model,
+                                 trainable_only=True)
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0, "val_accuracy": 0.5})
+    assert sorted(os.listdir(tmp_path)) == ["best.json",
+                                            "best.trainable.npz"]
+    for w in model.trainable_weights:
+        w.assign(w + 1.0)
+    # A later, worse epoch is not kept; the end of training restores.
+    checkpoint.on_epoch_end(1, {"val_loss": 2.0, "val_accuracy": 0.4})
+    checkpoint.on_train_end()
+    for got, want in zip(model.trainable_weights, best, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    for got, want in zip(model.non_trainable_weights, frozen, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    # A model training other weights cannot take it.
+    transfer.configure_stage(model, "scratch", built.blocks())
+    with pytest.raises(tl_keras.InputError, match="holds 2 arrays"):
+        checkpoint.restore_best(model)

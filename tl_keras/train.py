@@ -3,9 +3,11 @@
 Workdir layout:
   flags.cfg, config.json     the resolved config (flags.cfg is a flagfile)
   split.json                 which file went to which split
-  checkpoints/<stage>/       best.weights.h5 + best.json (best by
-                             val_accuracy), backup/ (mid-stage resume
-                             state), done.json (the stage finished)
+  checkpoints/<stage>/       best.weights.h5 (the head stage:
+                             best.trainable.npz, its trainable weights)
+                             + best.json (best by val_accuracy), backup/
+                             (mid-stage resume state), done.json (the
+                             stage finished)
   logs/<stage>.csv           one row per epoch
   logs/tensorboard/<stage>/  TensorBoard events
   model.keras                the final (best) model
@@ -272,7 +274,8 @@ def run_stage(model, stage, data, workdir, config, blocks, place, index=1,
     done_path = os.path.join(stage_dir, "done.json")
     # Saves and restores the full classifier even when the fit runs on the
     # cached-features head model (which shares the head's layers).
-    checkpoint = StageCheckpoint(stage_dir, stage.name, target=model)
+    checkpoint = StageCheckpoint(stage_dir, stage.name, target=model,
+                                 trainable_only=stage.name == "head")
     if os.path.isfile(done_path):
         checkpoint.restore_best(model)
         with open(done_path) as f:
@@ -382,12 +385,20 @@ class StageCheckpoint(keras.callbacks.Callback):
     At the end of training it restores the best weights into the model.
     `start_from` makes the weights the model has now (the head's, before
     fine-tuning) the best so far, at epoch 0.
+
+    With `trainable_only` (the head stage: the frozen base runs in
+    inference mode, so only the trainable weights change) it keeps just
+    those, in a .npz: for a MobileNetV2 a save takes milliseconds instead
+    of 0.7 s, paid at every improving epoch.
     """
 
-    def __init__(self, stage_dir, stage_name, target=None):
+    def __init__(self, stage_dir, stage_name, target=None,
+                 trainable_only=False):
         super().__init__()
         self.target = target
-        self.path = os.path.join(stage_dir, "best.weights.h5")
+        self.trainable_only = trainable_only
+        self.path = os.path.join(stage_dir, "best.trainable.npz"
+                                 if trainable_only else "best.weights.h5")
         self.info_path = os.path.join(stage_dir, "best.json")
         self.stage_name = stage_name
         self.best, self.best_epoch = float("inf"), 0
@@ -415,8 +426,13 @@ class StageCheckpoint(keras.callbacks.Callback):
             self._save(value, accuracy, epoch + 1, self.target or self.model)
 
     def _save(self, value, accuracy, epoch, model):
-        tmp = os.path.join(os.path.dirname(self.path), ".best.tmp.weights.h5")
-        model.save_weights(tmp)
+        folder = os.path.dirname(self.path)
+        if self.trainable_only:
+            tmp = os.path.join(folder, ".best.tmp.npz")
+            np.savez(tmp, *[np.asarray(w) for w in model.trainable_weights])
+        else:
+            tmp = os.path.join(folder, ".best.tmp.weights.h5")
+            model.save_weights(tmp)
         os.replace(tmp, self.path)
         self.best, self.best_epoch, self.best_accuracy = value, epoch, accuracy
         write_json(self.info_path, {"val_loss": value,
@@ -427,7 +443,24 @@ class StageCheckpoint(keras.callbacks.Callback):
         self.restore_best(self.target or self.model)
 
     def restore_best(self, model):
+        full = os.path.join(os.path.dirname(self.path), "best.weights.h5")
+        if self.trainable_only and not os.path.isfile(self.path) and (
+                os.path.isfile(full)):  # a head stage from an older tl_keras
+            self.trainable_only, self.path = False, full
         if not os.path.isfile(self.path):
+            return
+        if self.trainable_only:
+            with np.load(self.path) as stored:
+                values = [stored[f"arr_{i}"] for i in range(len(stored))]
+            weights = model.trainable_weights
+            if len(values) != len(weights):
+                raise InputError(
+                    f"Invalid checkpoint {self.path}: it holds "
+                    f"{len(values)} arrays, this stage trains "
+                    f"{len(weights)}. Allowed: a checkpoint of this run. "
+                    f"Received: {len(values)} arrays")
+            for weight, value in zip(weights, values, strict=True):
+                weight.assign(value)
             return
         with warnings.catch_warnings():
             # The file also holds the optimizer of the stage that wrote it;
