@@ -262,10 +262,14 @@ def scratch_run(model, data, config, epochs):
     transfer.compile_for_stage(scratch, config.learning_rate)
     # Every batch full (an epoch's last one wraps into the next epoch's
     # order), so the train step is traced once, not again for a short
-    # last batch (5 of the 15 s of a 25-image run).
-    train = sample_ds.unbatch().shuffle(
+    # last batch (5 of the 15 s of a 25-image run). The shuffle buffer
+    # holds the images as uint8 (their values are whole numbers, as in
+    # the training cache): a quarter of float32's memory.
+    train = sample_ds.unbatch().map(
+        lambda x, y: (tf.cast(x, tf.uint8), y)).shuffle(
         sampled, seed=config.seed, reshuffle_each_iteration=True).repeat(
-        ).batch(config.batch_size)
+        ).batch(config.batch_size).map(
+        lambda x, y: (tf.cast(x, tf.float32), y))
     augmenter = data_lib.build_augmenter(config.augmentations(), config.seed)
     if augmenter is not None:
         train = train.map(lambda x, y: (augmenter(x, training=True), y),

@@ -149,7 +149,8 @@ class _Archive:
     Plain `tf.saved_model.save`: Keras's `ExportArchive` also saves every
     layer as an object and traces each endpoint once to check it before
     saving traces it again; for a MobileNetV2 classifier that took 18.9 s
-    of a 66 s transfer run, this about half (bench/RESULTS.md).
+    of a 66 s transfer run, this takes about half as long
+    (bench/RESULTS.md).
     """
 
     def __init__(self, model, signatures):
