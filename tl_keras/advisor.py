@@ -270,10 +270,7 @@ def scratch_run(model, data, config, epochs):
         sampled, seed=config.seed, reshuffle_each_iteration=True).repeat(
         ).batch(config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
-    augmenter = data_lib.build_augmenter(config.augmentations(), config.seed)
-    if augmenter is not None:
-        train = train.map(lambda x, y: (augmenter(x, training=True), y),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    train = data_lib.augment(train, config)
 
     def progress(epoch, logs):
         log.info("Advisor: scratch run epoch %d/%d, val_accuracy %.3f",

@@ -479,11 +479,19 @@ def _pipeline(source, n, config, training, cache, shuffle=None):
         ds = shuffle.apply(ds, n)
     ds = ds.batch(config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    augmenter = build_augmenter(config.augmentations(), config.seed)
-    if training and augmenter is not None:
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y),
-                    num_parallel_calls=AUTOTUNE)
+    if training:
+        ds = augment(ds, config)
     return ds.prefetch(AUTOTUNE)
+
+
+def augment(ds, config):
+    """Applies the config's augmentations to a batched (images, labels)
+    dataset; unchanged when there are none."""
+    augmenter = build_augmenter(config.augmentations(), config.seed)
+    if augmenter is None:
+        return ds
+    return ds.map(lambda x, y: (augmenter(x, training=True), y),
+                  num_parallel_calls=AUTOTUNE)
 
 
 def _class_counts(pairs, class_names):
