@@ -174,8 +174,8 @@ def measure(model, data, config, blocks=None):
     sample_ds, sampled = data_lib.sample_training_set(
         data, config.advisor_sample, config.seed)
     out["sample"] = sampled
-    train = _features(extractor, sample_ds)
-    val = _features(extractor, data.val)
+    train = _features(extractor, sample_ds, sampled)
+    val = _features(extractor, data.val, data.counts["val"])
     out["earlier_layer"] = earlier
     for key, (train_f, val_f) in {"last": (train[0], val[0]),
                                   "earlier": (train[1], val[1])}.items():
@@ -184,15 +184,15 @@ def measure(model, data, config, blocks=None):
         out[key] = _scores(train_f, train[2], val_f, val[2], config.seed,
                            key, out["problems"])
     reference = _reference_scores(model, base, sample_ds, sampled, data.val,
-                                  config, out["problems"])
+                                  data.counts["val"], config, out["problems"])
     if reference:
         out["reference"] = reference
     out["seconds"] = round(time.time() - start, 1)
     return out
 
 
-def _reference_scores(model, base, sample_ds, sampled, val_ds, config,
-                      problems, calibration_images=128):
+def _reference_scores(model, base, sample_ds, sampled, val_ds, val_count,
+                      config, problems, calibration_images=128):
     """The same scores on the last layer of the same architecture with
     fresh random weights: what the pretraining adds is the difference.
 
@@ -221,7 +221,8 @@ def _reference_scores(model, base, sample_ds, sampled, val_ds, config,
     preprocess = model.get_layer("preprocess")
     random_base(preprocess(batch), training=True)  # sets the statistics
     extractor = _extractor(model, random_base, None)
-    train, val = _features(extractor, sample_ds), _features(extractor, val_ds)
+    train = _features(extractor, sample_ds, sampled)
+    val = _features(extractor, val_ds, val_count)
     if not (np.isfinite(train[0]).all() and np.isfinite(val[0]).all()):
         problems.append("reference: the random-init network's features are "
                         "not finite; no reference")
@@ -354,9 +355,11 @@ def _extractor(model, base, earlier):
     return run
 
 
-def _features(extractor, ds):
+def _features(extractor, ds, n):
+    """Pooled features of the n images of batched `ds`: (last layer,
+    earlier layer or None, labels)."""
     last, earlier, labels = [], [], []
-    for x, y in ds:
+    for x, y in data_lib.for_inference(ds, n):
         pooled = extractor(x)
         last.append(np.asarray(pooled[0], np.float64))
         if len(pooled) > 1:

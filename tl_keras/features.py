@@ -62,37 +62,47 @@ def cache_plan(config, stage_name, data, model):
     return {"views": views, "spill": spill, "mib": round(size / 2**20, 1)}
 
 
-def extract_features(model, ds, description, out=None, augmenter=None):
-    """Runs the classifier up to its pooled features over `ds`.
+def feature_extractor(model, augmenter=None):
+    """A function images -> pooled features of the classifier `model`,
+    traced once for every batch size (eager calls would dispatch the base
+    op by op), the last partial batch included.
 
     Args:
-      out: optional array [n, channels] to fill (e.g. a memory-mapped
-        file); default a new array.
       augmenter: optional Keras augmentation model applied to each batch
         first (training=True).
-
-    Returns:
-      (features float32 [n, channels], labels int32 [n]).
     """
     extractor = keras.Model(model.input, model.get_layer("pool").output)
 
     def features_of(x):
         if augmenter is not None:
             x = augmenter(x, training=True)
-        return extractor(x, training=False)
+        # float32 even under a mixed precision policy: the head's input.
+        return tf.cast(extractor(x, training=False), tf.float32)
 
-    # A traced function (eager calls dispatch the base op by op), traced
-    # once for every batch size, the last partial batch included.
-    run = tf.function(features_of, input_signature=[tf.TensorSpec(
+    return tf.function(features_of, input_signature=[tf.TensorSpec(
         (None, *model.input.shape[1:]), tf.float32)])
+
+
+def extract_features(extractor, ds, n, description, out=None):
+    """Runs `extractor` (from `feature_extractor`) over `ds`, a batched
+    dataset of n (images, labels), in batches sized for inference
+    (`data.for_inference`), with a progress bar.
+
+    Args:
+      out: optional array [n, channels] to fill (e.g. a memory-mapped
+        file); default a new array.
+
+    Returns:
+      (features float32 [n, channels], labels int32 [n]).
+    """
+    ds = data_lib.for_inference(ds, n)
     steps = int(ds.cardinality())
     bar = keras.utils.Progbar(steps if steps > 0 else None,
                               unit_name="batch")
     chunks, labels, start = [], [], 0
     log.info("Extracting %s features with the frozen base", description)
     for i, (x, y) in enumerate(ds, start=1):
-        # float32 even under a mixed precision policy: the head's input.
-        batch = np.asarray(run(x), np.float32)
+        batch = np.asarray(extractor(x))
         if out is None:
             chunks.append(batch)
         else:
@@ -175,14 +185,26 @@ def _row_reader(array):
     return rows
 
 
+def _extractors(model, config, views):
+    """(one extractor per training view, the validation set's extractor):
+    without augmentation all are one function, traced once."""
+    plain = feature_extractor(model)
+    train = [feature_extractor(model, augmenter) if augmenter else plain
+             for augmenter in (_view_augmenter(config, view)
+                               for view in range(views))]
+    return train, plain
+
+
 def _features_in_memory(model, data, config, views):
+    train_extractors, val_extractor = _extractors(model, config, views)
     train = []
-    for view in range(views):
+    for view, extractor in enumerate(train_extractors):
         x, train_y = extract_features(
-            model, data.train_ordered, _describe(view, views),
-            augmenter=_view_augmenter(config, view))
+            extractor, data.train_ordered, data.counts["train"],
+            _describe(view, views))
         train.append(x)
-    val_x, val_y = extract_features(model, data.val, "validation")
+    val_x, val_y = extract_features(val_extractor, data.val,
+                                    data.counts["val"], "validation")
     return np.stack(train), train_y, val_x, val_y
 
 
@@ -212,13 +234,15 @@ def _spilled_features(model, data, config, views, workdir):
     train_x = np.lib.format.open_memmap(
         os.path.join(tmp, "train.npy"), "w+", np.float32,
         (views, n_train, channels))
-    for view in range(views):
+    train_extractors, val_extractor = _extractors(model, config, views)
+    for view, extractor in enumerate(train_extractors):
         _, train_y = extract_features(
-            model, data.train_ordered, _describe(view, views),
-            out=train_x[view], augmenter=_view_augmenter(config, view))
+            extractor, data.train_ordered, n_train, _describe(view, views),
+            out=train_x[view])
     val_x = np.lib.format.open_memmap(
         os.path.join(tmp, "val.npy"), "w+", np.float32, (n_val, channels))
-    _, val_y = extract_features(model, data.val, "validation", out=val_x)
+    _, val_y = extract_features(val_extractor, data.val, n_val,
+                                "validation", out=val_x)
     train_x.flush()
     val_x.flush()
     del train_x, val_x

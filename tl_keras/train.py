@@ -504,7 +504,7 @@ def evaluate(model, data):
                           input_signature=[tf.TensorSpec(
                               (None, *model.input.shape[1:]), tf.float32)])
     labels, logits = [], []
-    for x, y in ds:
+    for x, y in data_lib.for_inference(ds, data.counts[split]):
         logits.append(np.asarray(predict(x), np.float64))
         labels.append(np.asarray(y))
     return {"test_split": split, **classification_metrics(
