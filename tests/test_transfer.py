@@ -110,6 +110,21 @@ def test_unfreezing_top_blocks_trains_only_those(trained, arrays):
     assert moved <= top  # nothing below the top 2 blocks, no BN stats
 
 
+def test_a_compiled_stage_traces_its_train_step_once(arrays):
+    # compile_for_stage makes the optimizer's slots and the metric's
+    # variables up front; made in the first trace instead, TensorFlow
+    # traces the step a second time (a whole extra trace of the model).
+    model, blocks = calibrated_model("compact_cnn", arrays)
+    transfer.configure_stage(model, "finetune", blocks, unfreeze=None)
+    transfer.compile_for_stage(model, 1e-3)
+    traces = []
+    step = model.train_step
+    model.train_step = lambda data: traces.append(1) or step(data)
+    history = model.fit(*arrays, batch_size=16, epochs=2, verbose=0)
+    assert len(traces) == 1
+    assert {"loss", "accuracy"} <= set(history.history)
+
+
 def test_head_dropout_is_active_in_training_only(trained, arrays):
     model, blocks = trained
     x = arrays[0][:8]

@@ -111,13 +111,24 @@ def check_unfreeze(unfreeze, blocks):
 
 
 def compile_for_stage(model, learning_rate, jit_compile=False):
-    """Compiles with a fresh Adam; needed after every change of trainable."""
+    """Compiles with a fresh Adam; needed after every change of trainable.
+
+    The optimizer's slots and the metric's variables are made here, not in
+    the first train step: a `tf.function` whose first trace creates
+    variables is traced a second time (TensorFlow's rule), and Keras
+    defers building them to that trace when no tf.distribute strategy
+    was set explicitly. Built up front, `fit` traces its step once: the
+    advisor's scratch run on 25 images took 7.0-8.4 s instead of 11.2 s.
+    """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        # An instance (its variables exist now) named as "accuracy" would
+        # be: same history keys (accuracy, val_accuracy).
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
     )
+    model.optimizer.build(model.trainable_variables)
 
 
 def count_params(weights):
