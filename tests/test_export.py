@@ -10,6 +10,7 @@ base would give near-constant scores and let parity pass trivially).
 import csv
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 from conftest import class_image, write_image_folder
 from PIL import Image
 
@@ -37,6 +39,28 @@ def run(tmp_path_factory, image_folder):
     model = keras.saving.load_model(os.path.join(workdir, "model.keras"))
     served = tf.saved_model.load(os.path.join(workdir, "export"))
     return config, model, served
+
+
+def test_export_keeps_tensorflow_info_lines_out_of_the_log(run, tmp_path,
+                                                          caplog):
+    # The CLI showed TensorFlow's "Sharding callback duration" and
+    # "Writing fingerprint" lines: while saving, TensorFlow sets absl's
+    # verbosity and back, which resets absl's logger level, so the export
+    # filters instead. absl's verbosity at INFO, as under the CLI (its
+    # --verbosity default); with that, raising the level let them through.
+    _, model, _ = run
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    try:
+        with caplog.at_level(logging.INFO):
+            export.export_saved_model(model, str(tmp_path / "export"),
+                                      ["a", "b", "c"])
+    finally:
+        absl_logging.set_verbosity(verbosity)
+    noise = [r.getMessage() for r in caplog.records
+             if r.name == "absl" and r.levelno < logging.WARNING]
+    assert not noise
+    assert logging.getLogger("absl").filters == []  # removed afterwards
 
 
 def images(n=5, seed=0):

@@ -160,16 +160,26 @@ class _Archive:
 
     def write_out(self, path, verbose=False):
         del verbose  # the same call as ExportArchive's
-        # TensorFlow logs (at INFO) the internal names of every captured
-        # variable, hundreds of numbers per signature; the signatures'
-        # own input names are unaffected.
-        logger = logging.getLogger("absl")  # where TensorFlow logs that
-        level = logger.level
-        logger.setLevel(max(level, logging.WARNING))
+        # TensorFlow logs at INFO, through absl, the internal names of
+        # every captured variable (hundreds of numbers per signature), each
+        # checkpoint shard's timing and the fingerprint's path. A filter,
+        # not the logger's level: while saving, TensorFlow sets absl's
+        # verbosity and back, which resets that level (the CLI printed the
+        # lines although the level had been raised).
+        logger = logging.getLogger("absl")
+        quiet = _BelowWarning()
+        logger.addFilter(quiet)
         try:
             tf.saved_model.save(self.root, path, signatures=self.signatures)
         finally:
-            logger.setLevel(level)
+            logger.removeFilter(quiet)
+
+
+class _BelowWarning(logging.Filter):
+    """Drops records below WARNING."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING
 
 
 def _build_archive(model, class_names):
