@@ -161,6 +161,34 @@ def test_decision_with_a_scratch_run(median, probe, reference, scratch,
         "scratch catches up")
 
 
+def test_scratch_run_within_a_standard_error_of_the_probe_ties():
+    # A run of the advisor bench (many + similar): the scratch run 0.877,
+    # the probe 0.893, on the same 300 validation images; scratch then
+    # won the compare by 4 points. One standard error of the difference:
+    # sqrt((0.877 * 0.123 + 0.893 * 0.107) / 300) = 0.0260.
+    assert advisor.scratch_tie(0.877, 0.893, 300) == pytest.approx(
+        0.0260, abs=1e-4)
+    m = measurements(500, 0.893, reference_probe=0.4)
+    m["num_val"] = 300
+    m["scratch"] = {"epochs": 8, "images": 300, "val_accuracy": 0.877,
+                    "val_accuracy_curve": [0.2, 0.877], "seconds": 1.0}
+    decision = advisor.decide(m, advisor.Thresholds(), num_blocks=9)
+    assert decision["rule"] == "scratch catches up"
+    assert "less 0.026 (1 standard error" in decision["reason"]
+    # 0 standard errors: at least the probe, as before.
+    strict = advisor.Thresholds(scratch_tie_se=0.0)
+    assert advisor.decide(m, strict, 9)["rule"] == "large + similar"
+    # 0.80 is 3.6 standard errors below on 300 images: no tie ...
+    m["scratch"]["val_accuracy"] = 0.80
+    assert advisor.decide(m, advisor.Thresholds(), 9)["rule"] == (
+        "large + similar")
+    # ... but on 25 images the estimates are too coarse to tell (0.101).
+    m["num_val"] = 25
+    assert advisor.decide(m, advisor.Thresholds(), 9)["rule"] == (
+        "scratch catches up")
+    assert advisor.scratch_tie(0.8, 0.893, 0) == 0.0  # no count recorded
+
+
 def test_size_rule_when_no_score():
     m = {"images_per_class": {"median": 3}, "chance": 0.5, "last": {},
          "problems": ["last: the sample (4 images) is too small"]}

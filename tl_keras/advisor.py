@@ -122,6 +122,7 @@ class Thresholds:
     scratch_per_class: int = 1000
     earlier_margin: float = 0.05
     reference_margin: float = 0.1
+    scratch_tie_se: float = 1.0
 
     @classmethod
     def from_config(cls, config):
@@ -129,7 +130,8 @@ class Thresholds:
                    config.advisor_similar_gain, config.advisor_scratch_gain,
                    config.advisor_scratch_per_class,
                    config.advisor_earlier_margin,
-                   config.advisor_reference_margin)
+                   config.advisor_reference_margin,
+                   config.advisor_scratch_tie_se)
 
 
 def measure(model, data, config, blocks=None):
@@ -161,6 +163,7 @@ def measure(model, data, config, blocks=None):
     out = {
         "num_classes": len(names),
         "num_train": data.counts["train"],
+        "num_val": data.counts["val"],
         "images_per_class": {"min": per_class[0],
                              "median": float(np.median(per_class)),
                              "max": per_class[-1]},
@@ -372,6 +375,18 @@ def _features(extractor, ds, n):
 
 # --- Deciding --------------------------------------------------------------
 
+def scratch_tie(scratch_accuracy, probe_accuracy, n, se=1.0):
+    """How far below the probe the scratch run may be and still tie: `se`
+    standard errors of the difference of two accuracies, each a binomial
+    proportion over the same n validation images (independence assumed,
+    so this errs wide), rounded to 4 decimals; 0 without images."""
+    if n <= 0 or se <= 0:
+        return 0.0
+    variance = (scratch_accuracy * (1 - scratch_accuracy)
+                + probe_accuracy * (1 - probe_accuracy)) / n
+    return round(se * math.sqrt(variance), 4)
+
+
 def gain(accuracy, chance):
     """Accuracy above chance, scaled so 0 = chance and 1 = perfect.
 
@@ -393,8 +408,11 @@ def decide(m, thresholds, num_blocks):
         reference_margin, the pretraining brings nothing to this data ->
         scratch, whatever the size.
       scratch run: when a short from-scratch run (measurements'
-        'scratch') reaches at least the probe's validation accuracy,
-        scratch catches up -> scratch, whatever the size.
+        'scratch') reaches the probe's validation accuracy, less
+        scratch_tie_se standard errors of the difference of the two (both
+        measured on the measurements' num_val validation images; a
+        smaller gap is a tie, and the run is a lower bound of scratch with
+        the full budget), scratch catches up -> scratch, whatever the size.
       similarity: similar when the quality is >= similar_gain. An earlier
         layer scoring better by > earlier_margin marks the data as far
         from the pretraining domain (different).
@@ -439,9 +457,12 @@ def decide(m, thresholds, num_blocks):
                quality < reference_quality + thresholds.reference_margin)
     similar = quality >= thresholds.similar_gain and not far and not nothing
     scratch = m.get("scratch") or {}
+    tie = (scratch_tie(scratch["val_accuracy"], last[quality_key],
+                       m.get("num_val", 0), thresholds.scratch_tie_se)
+           if "val_accuracy" in scratch else 0.0)
     catches_up = (not nothing and quality_key == "probe_accuracy"
                   and "val_accuracy" in scratch
-                  and scratch["val_accuracy"] >= last[quality_key])
+                  and scratch["val_accuracy"] >= last[quality_key] - tie)
     name = quality_key.replace("_", " ")
     evidence = (f"the frozen features' {name} is {last[quality_key]:.3f} "
                 f"(chance {chance:.3f}; gain {quality:.2f}, similar from "
@@ -461,7 +482,11 @@ def decide(m, thresholds, num_blocks):
                      f"{scratch['images']} images reaches validation "
                      f"accuracy {scratch['val_accuracy']:.3f}"
                      + (f", at least the frozen features' "
-                        f"{last[quality_key]:.3f}" if catches_up else ""))
+                        f"{last[quality_key]:.3f}" + (
+                            f" less {tie:.3f} ({thresholds.scratch_tie_se:g} "
+                            f"standard error of the difference on "
+                            f"{m['num_val']} validation images)"
+                            if tie else "") if catches_up else ""))
     kind = "similar" if similar else "different"
     situation = f"{size} data, {kind} domain"
     unfreeze = "all"

@@ -120,6 +120,13 @@ class Config:
         "images, this fraction of --epochs long (rounded up; 0 skips it); "
         "train from scratch when it already matches the frozen features' "
         "linear probe on the validation set.")
+    advisor_scratch_tie_se: float = _field(
+        1.0,
+        "auto: the scratch run also matches the probe when it is below it "
+        "by at most this many standard errors of the difference of the two "
+        "validation accuracies (measured on the same, few, validation "
+        "images: a tie, and the scratch run only gets better with the full "
+        "budget); 0 = at least the probe.")
     backbones: str = _field(
         "", "rank: comma-separated candidate backbones (names or .keras).")
     validation_split: float = _field(
@@ -254,6 +261,9 @@ class Config:
                      "advisor_scratch_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 _fail(name, "a float in [0, 1]", getattr(self, name))
+        if not 0 <= self.advisor_scratch_tie_se <= 5:
+            _fail("advisor_scratch_tie_se", "a float in [0, 5]",
+                  self.advisor_scratch_tie_se)
         if self.mode == "rank" and not self.backbones:
             _fail("backbones", "comma-separated backbone names or .keras "
                   "paths", "")
