@@ -185,26 +185,34 @@ def _row_reader(array):
     return rows
 
 
-def _extractors(model, config, views):
-    """(one extractor per training view, the validation set's extractor):
-    without augmentation all are one function, traced once."""
+def _extract_splits(model, data, config, views, train_out=None,
+                    val_out=None):
+    """Extracts every training view and the validation set, into the
+    given arrays ([views, n, channels] and [n, channels], e.g. memory-
+    mapped files) or new ones. Without augmentation one extractor, traced
+    once, serves every view and the validation set.
+
+    Returns:
+      (list of per-view training features, training labels, validation
+      features, validation labels).
+    """
     plain = feature_extractor(model)
-    train = [feature_extractor(model, augmenter) if augmenter else plain
-             for augmenter in (_view_augmenter(config, view)
-                               for view in range(views))]
-    return train, plain
+    train, train_y = [], None
+    for view in range(views):
+        augmenter = _view_augmenter(config, view)
+        x, train_y = extract_features(
+            feature_extractor(model, augmenter) if augmenter else plain,
+            data.train_ordered, data.counts["train"], _describe(view, views),
+            out=None if train_out is None else train_out[view])
+        train.append(x)
+    val_x, val_y = extract_features(plain, data.val, data.counts["val"],
+                                    "validation", out=val_out)
+    return train, train_y, val_x, val_y
 
 
 def _features_in_memory(model, data, config, views):
-    train_extractors, val_extractor = _extractors(model, config, views)
-    train = []
-    for view, extractor in enumerate(train_extractors):
-        x, train_y = extract_features(
-            extractor, data.train_ordered, data.counts["train"],
-            _describe(view, views))
-        train.append(x)
-    val_x, val_y = extract_features(val_extractor, data.val,
-                                    data.counts["val"], "validation")
+    train, train_y, val_x, val_y = _extract_splits(model, data, config,
+                                                   views)
     return np.stack(train), train_y, val_x, val_y
 
 
@@ -234,15 +242,10 @@ def _spilled_features(model, data, config, views, workdir):
     train_x = np.lib.format.open_memmap(
         os.path.join(tmp, "train.npy"), "w+", np.float32,
         (views, n_train, channels))
-    train_extractors, val_extractor = _extractors(model, config, views)
-    for view, extractor in enumerate(train_extractors):
-        _, train_y = extract_features(
-            extractor, data.train_ordered, n_train, _describe(view, views),
-            out=train_x[view])
     val_x = np.lib.format.open_memmap(
         os.path.join(tmp, "val.npy"), "w+", np.float32, (n_val, channels))
-    _, val_y = extract_features(val_extractor, data.val, n_val,
-                                "validation", out=val_x)
+    _, train_y, _, val_y = _extract_splits(model, data, config, views,
+                                           train_out=train_x, val_out=val_x)
     train_x.flush()
     val_x.flush()
     del train_x, val_x
