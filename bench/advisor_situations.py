@@ -18,6 +18,12 @@ scale, so 'large' starts at 40 images per class here
 
     python bench/advisor_situations.py             # ~25 min on 2 CPU cores
     python bench/advisor_situations.py --epochs=5  # a quick look
+    python bench/advisor_situations.py --seed=1    # fresh draws of all data
+
+--seed=S (default 0: the draws of every earlier run in bench/RESULTS.md)
+adds S to every data seed (which images are labelled, the gratings' noise)
+and to the seed of the pretraining and of each compare, so S > 0 is data
+and a base that no advisor rule was ever looked at with.
 """
 
 import argparse
@@ -64,19 +70,22 @@ def main():
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--finetune_epochs", type=int, default=15)
     parser.add_argument("--root", default="")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    seed = args.seed
     logging.getLogger("tl_keras").setLevel(logging.WARNING)
     root = args.root or tempfile.mkdtemp(prefix="tl_keras_advisor_")
     base_config = tl_keras.Config(
         workdir=os.path.join(root, "pretrain"), backbone="compact_cnn",
         weights="none", image_size=32, approach="scratch", epochs=8,
-        batch_size=16, learning_rate=0.003, augment="rotation,zoom")
+        batch_size=16, learning_rate=0.003, augment="rotation,zoom",
+        seed=42 + seed)
     source, similar_few = demo.materialize_digits(
-        os.path.join(root, "digits5"), 5, seed=42)
+        os.path.join(root, "digits5"), 5, seed=42 + seed)
     _, similar_many = demo.materialize_digits(
-        os.path.join(root, "digits60"), 60, seed=42)
+        os.path.join(root, "digits60"), 60, seed=42 + seed)
     _, similar_some = demo.materialize_digits(
-        os.path.join(root, "digits20"), 20, seed=7)
+        os.path.join(root, "digits20"), 20, seed=7 + seed)
     print("Pretraining the base on digits 0-4 x 4 orientations ...")
     pretrain = tl_keras.train(base_config.replace(data_dir=source))
     print(f"  source test accuracy {pretrain['test_accuracy']:.3f}")
@@ -88,12 +97,12 @@ def main():
         "few + similar": (similar_few, "rotation,zoom"),
         "many + similar": (similar_many, "rotation,zoom"),
         "few + different": (write_gratings(
-            os.path.join(root, "gratings5"), 5, seed=1), "zoom"),
+            os.path.join(root, "gratings5"), 5, seed=1 + seed), "zoom"),
         "many + different": (write_gratings(
-            os.path.join(root, "gratings60"), 60, seed=1), "zoom"),
+            os.path.join(root, "gratings60"), 60, seed=1 + seed), "zoom"),
         "some + similar": (similar_some, "rotation,zoom"),
         "some + different": (write_gratings(
-            os.path.join(root, "gratings20"), 20, seed=7), "zoom"),
+            os.path.join(root, "gratings20"), 20, seed=7 + seed), "zoom"),
     }
     rows = {}
     for name, (folder, augment) in situations.items():
@@ -104,7 +113,8 @@ def main():
             backbone=base, weights="none", epochs=args.epochs,
             finetune_epochs=args.finetune_epochs,
             finetune_learning_rate=1e-4, learning_rate=0.003,
-            batch_size=16, augment=augment, advisor_large_per_class=40))
+            batch_size=16, augment=augment, advisor_large_per_class=40,
+            seed=42 + seed))
         results = summary["results"]
         best = max(r["test_accuracy"] for r in results.values())
         pick = summary["advisor_pick"]

@@ -149,8 +149,9 @@ def test_decision_table(median, probe, earlier, reference, approach,
 def test_decision_with_a_scratch_run(median, probe, reference, scratch,
                                      approach, rule):
     m = measurements(median, probe, reference_probe=reference)
+    # A flat run: its best is all there is (no climb to project).
     m["scratch"] = {"epochs": 4, "images": 50, "val_accuracy": scratch,
-                    "val_accuracy_curve": [0.2, scratch], "seconds": 1.0}
+                    "val_accuracy_curve": [scratch] * 4, "seconds": 1.0}
     decision = advisor.decide(m, advisor.Thresholds(), num_blocks=9)
     assert (decision["approach"], decision["rule"]) == (approach, rule)
     assert (f"4-epoch scratch run on 50 images reaches validation "
@@ -171,15 +172,15 @@ def test_scratch_run_within_a_standard_error_of_the_probe_ties():
     m = measurements(500, 0.893, reference_probe=0.4)
     m["num_val"] = 300
     m["scratch"] = {"epochs": 8, "images": 300, "val_accuracy": 0.877,
-                    "val_accuracy_curve": [0.2, 0.877], "seconds": 1.0}
+                    "val_accuracy_curve": [0.877] * 8, "seconds": 1.0}
     decision = advisor.decide(m, advisor.Thresholds(), num_blocks=9)
     assert decision["rule"] == "scratch catches up"
     assert "less 0.026 (1 standard error" in decision["reason"]
     # 0 standard errors: at least the probe, as before.
-    strict = advisor.Thresholds(scratch_tie_se=0.0)
+    strict = advisor.Thresholds(tie_se=0.0)
     assert advisor.decide(m, strict, 9)["rule"] == "large + similar"
     # 0.80 is 3.6 standard errors below on 300 images: no tie ...
-    m["scratch"]["val_accuracy"] = 0.80
+    m["scratch"].update(val_accuracy=0.80, val_accuracy_curve=[0.80] * 8)
     assert advisor.decide(m, advisor.Thresholds(), 9)["rule"] == (
         "large + similar")
     # ... but on 25 images the estimates are too coarse to tell (0.101).

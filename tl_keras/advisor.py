@@ -122,7 +122,9 @@ class Thresholds:
     scratch_per_class: int = 1000
     earlier_margin: float = 0.05
     reference_margin: float = 0.1
-    scratch_tie_se: float = 1.0
+    tie_se: float = 1.0
+    random_gain: float = 0.75
+    scratch_horizon: float = 1.0
 
     @classmethod
     def from_config(cls, config):
@@ -131,7 +133,8 @@ class Thresholds:
                    config.advisor_scratch_per_class,
                    config.advisor_earlier_margin,
                    config.advisor_reference_margin,
-                   config.advisor_scratch_tie_se)
+                   config.advisor_tie_se, config.advisor_random_gain,
+                   config.advisor_scratch_horizon)
 
 
 def measure(model, data, config, blocks=None):
@@ -387,6 +390,40 @@ def scratch_tie(scratch_accuracy, probe_accuracy, n, se=1.0):
     return round(se * math.sqrt(variance), 4)
 
 
+def scratch_projection(curve, n, horizon=1.0):
+    """Where the scratch run's validation accuracy is headed: its best,
+    plus its rise continued linearly for `horizon` times the run's length.
+
+    The rise is the best of the curve's second half over the best of its
+    first half (half a run apart), less one standard error of the second
+    half's best on the n validation images (binomial), so that a few
+    images' noise on a flat run is not a climb. Linear extrapolation
+    overshoots a learning curve that is bending over, so the horizon is
+    short: with the default 1, an 8-epoch run is projected 8 epochs ahead,
+    well inside the budget scratch trains with. Capped at 1; never below
+    the best; the best itself when horizon is 0 or the curve has fewer
+    than 2 points.
+    """
+    best = max(curve)
+    if horizon <= 0 or len(curve) < 2:
+        return best
+    half = len(curve) // 2
+    second = max(curve[half:])
+    noise = math.sqrt(second * (1 - second) / n) if n > 0 else 0.0
+    rise = max(0.0, second - max(curve[:half]) - noise)
+    # The halves' midpoints are half a run apart: 2 rises per run length.
+    return round(min(1.0, best + 2 * horizon * rise), 4)
+
+
+def gain_se(accuracy, chance, n):
+    """The standard error of `gain(accuracy, chance)` when the accuracy is
+    a binomial proportion over n images, rounded to 4 decimals; 0 without
+    images."""
+    if n <= 0:
+        return 0.0
+    return round(math.sqrt(accuracy * (1 - accuracy) / n) / (1 - chance), 4)
+
+
 def gain(accuracy, chance):
     """Accuracy above chance, scaled so 0 = chance and 1 = perfect.
 
@@ -407,13 +444,22 @@ def decide(m, thresholds, num_blocks):
         same architecture with random weights by less than
         reference_margin, the pretraining brings nothing to this data ->
         scratch, whatever the size.
+      random features: when the same architecture with random weights
+        already gains at least random_gain, the task is easy for the
+        architecture itself -> scratch, whatever the size.
       scratch run: when a short from-scratch run (measurements'
         'scratch') reaches the probe's validation accuracy, less
-        scratch_tie_se standard errors of the difference of the two (both
+        tie_se standard errors of the difference of the two (both
         measured on the measurements' num_val validation images; a
         smaller gap is a tie, and the run is a lower bound of scratch with
-        the full budget), scratch catches up -> scratch, whatever the size.
-      similarity: similar when the quality is >= similar_gain. An earlier
+        the full budget), or is headed there (`scratch_projection`,
+        scratch_horizon run lengths ahead), scratch catches up -> scratch,
+        whatever the size.
+      similarity: similar when the quality is >= similar_gain, less
+        tie_se standard errors of the quality (`gain_se`: a gain that
+        close to the threshold is a tie, and on small data the tie goes to
+        finetune, whose stage is kept only when it beats the head on the
+        validation set). An earlier
         layer scoring better by > earlier_margin marks the data as far
         from the pretraining domain (different).
       small + similar -> finetune every block, after the head (the
@@ -455,37 +501,59 @@ def decide(m, thresholds, num_blocks):
            and earlier_quality > quality + thresholds.earlier_margin)
     nothing = (reference_quality is not None and
                quality < reference_quality + thresholds.reference_margin)
-    similar = quality >= thresholds.similar_gain and not far and not nothing
+    n_quality = (m.get("num_val", 0) if quality_key == "probe_accuracy"
+                 else m.get("sample", 0))
+    similar_tie = thresholds.tie_se * gain_se(last[quality_key], chance,
+                                              n_quality)
+    similar = (quality >= thresholds.similar_gain - similar_tie
+               and not far and not nothing)
     scratch = m.get("scratch") or {}
-    tie = (scratch_tie(scratch["val_accuracy"], last[quality_key],
-                       m.get("num_val", 0), thresholds.scratch_tie_se)
-           if "val_accuracy" in scratch else 0.0)
-    catches_up = (not nothing and quality_key == "probe_accuracy"
-                  and "val_accuracy" in scratch
-                  and scratch["val_accuracy"] >= last[quality_key] - tie)
+    easy = (not nothing and reference_quality is not None
+            and reference_quality >= thresholds.random_gain)
+    ran = "val_accuracy" in scratch
+    num_val = m.get("num_val", 0)
+    tie = (scratch_tie(scratch["val_accuracy"], last[quality_key], num_val,
+                       thresholds.tie_se) if ran else 0.0)
+    projected = (scratch_projection(
+        scratch.get("val_accuracy_curve") or [scratch["val_accuracy"]],
+        num_val, thresholds.scratch_horizon) if ran else 0.0)
+    catches_up = (not nothing and not easy
+                  and quality_key == "probe_accuracy" and ran
+                  and projected >= last[quality_key] - tie)
     name = quality_key.replace("_", " ")
     evidence = (f"the frozen features' {name} is {last[quality_key]:.3f} "
                 f"(chance {chance:.3f}; gain {quality:.2f}, similar from "
-                f"{thresholds.similar_gain})")
+                f"{thresholds.similar_gain}"
+                + (f" less {similar_tie:.2f} ({thresholds.tie_se:g} standard "
+                   f"error on {n_quality} images)" if similar_tie else "")
+                + ")")
     if reference_quality is not None:
         evidence += (f"; random-init features of the same architecture "
                      f"gain {reference_quality:.2f}"
                      + (f" — the pretrained ones beat that by less than "
                         f"{thresholds.reference_margin}, so the pretraining "
-                        f"brings nothing to this data" if nothing else ""))
+                        f"brings nothing to this data" if nothing else "")
+                     + (f" — at least {thresholds.random_gain}: the "
+                        f"untrained architecture already separates these "
+                        f"classes" if easy else ""))
     if earlier_quality is not None:
         evidence += (f"; the earlier layer's gain is {earlier_quality:.2f}"
                      + (" — better than the last layer's, so the data is "
                         "far from the pretraining domain" if far else ""))
-    if "val_accuracy" in scratch:
+    if ran:
+        climbs = projected > scratch["val_accuracy"]
+        ahead = math.ceil(thresholds.scratch_horizon * scratch["epochs"])
         evidence += (f"; a {scratch['epochs']}-epoch scratch run on "
                      f"{scratch['images']} images reaches validation "
                      f"accuracy {scratch['val_accuracy']:.3f}"
+                     + (f" and, at the rate it climbed over its second "
+                        f"half, {projected:.3f} within {ahead} more epochs"
+                        if climbs else "")
                      + (f", at least the frozen features' "
                         f"{last[quality_key]:.3f}" + (
-                            f" less {tie:.3f} ({thresholds.scratch_tie_se:g} "
+                            f" less {tie:.3f} ({thresholds.tie_se:g} "
                             f"standard error of the difference on "
-                            f"{m['num_val']} validation images)"
+                            f"{num_val} validation images)"
                             if tie else "") if catches_up else ""))
     kind = "similar" if similar else "different"
     situation = f"{size} data, {kind} domain"
@@ -495,9 +563,17 @@ def decide(m, thresholds, num_blocks):
         why = ("the pretrained weights are no better a start than random "
                "ones, so the whole network trains at the full learning "
                "rate")
+    elif easy:
+        approach, rule = "scratch", "random features suffice"
+        why = ("the task is easy for the architecture itself, so every "
+               "layer trains from random init at the full learning rate "
+               "for the whole budget instead of adapting features learned "
+               "for another task")
     elif catches_up:
         approach, rule = "scratch", "scratch catches up"
-        why = (f"training every layer from random init already matches "
+        headed = scratch["val_accuracy"] < last[quality_key] - tie
+        why = (f"training every layer from random init "
+               f"{'is headed to match' if headed else 'already matches'} "
                f"what the pretrained features give a linear classifier, "
                f"after {scratch['epochs']} epochs (the run gets more), so "
                f"the pretrained start has no lead to keep")

@@ -120,13 +120,28 @@ class Config:
         "images, this fraction of --epochs long (rounded up; 0 skips it); "
         "train from scratch when it already matches the frozen features' "
         "linear probe on the validation set.")
-    advisor_scratch_tie_se: float = _field(
+    advisor_tie_se: float = _field(
         1.0,
-        "auto: the scratch run also matches the probe when it is below it "
-        "by at most this many standard errors of the difference of the two "
-        "validation accuracies (measured on the same, few, validation "
-        "images: a tie, and the scratch run only gets better with the full "
-        "budget); 0 = at least the probe.")
+        "auto: measured accuracies closer than this many standard errors "
+        "(binomial, over the validation images they are measured on) are "
+        "a tie: the scratch run matches the probe when below it by at most "
+        "this many standard errors of their difference (the run only gets "
+        "better with the full budget), and the features count as similar "
+        "when their gain is below --advisor_similar_gain by at most this "
+        "many standard errors of the gain (finetune keeps its stage only "
+        "when it beats the head on validation); 0 = strict.")
+    advisor_random_gain: float = _field(
+        0.75,
+        "auto: train from scratch when the same architecture with random "
+        "weights already gains at least this on the data (its features' "
+        "linear probe): the task is easy for the architecture itself. 1 "
+        "turns it off (perfect random features already mean 'pretraining "
+        "adds nothing').")
+    advisor_scratch_horizon: float = _field(
+        1.0,
+        "auto: the scratch run also matches the probe when, at the rate it "
+        "climbed over its second half, it reaches it within this many run "
+        "lengths more (linear, so kept short; 0 = its best only).")
     backbones: str = _field(
         "", "rank: comma-separated candidate backbones (names or .keras).")
     validation_split: float = _field(
@@ -258,12 +273,15 @@ class Config:
                      self.advisor_scratch_per_class, 1, 10**9)
         for name in ("advisor_similar_gain", "advisor_scratch_gain",
                      "advisor_earlier_margin", "advisor_reference_margin",
-                     "advisor_scratch_fraction"):
+                     "advisor_scratch_fraction", "advisor_random_gain"):
             if not 0 <= getattr(self, name) <= 1:
                 _fail(name, "a float in [0, 1]", getattr(self, name))
-        if not 0 <= self.advisor_scratch_tie_se <= 5:
-            _fail("advisor_scratch_tie_se", "a float in [0, 5]",
-                  self.advisor_scratch_tie_se)
+        if not 0 <= self.advisor_scratch_horizon <= 5:
+            _fail("advisor_scratch_horizon", "a float in [0, 5]",
+                  self.advisor_scratch_horizon)
+        if not 0 <= self.advisor_tie_se <= 5:
+            _fail("advisor_tie_se", "a float in [0, 5]",
+                  self.advisor_tie_se)
         if self.mode == "rank" and not self.backbones:
             _fail("backbones", "comma-separated backbone names or .keras "
                   "paths", "")
