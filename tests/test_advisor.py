@@ -190,6 +190,102 @@ def test_scratch_run_within_a_standard_error_of_the_probe_ties():
     assert advisor.scratch_tie(0.8, 0.893, 0) == 0.0  # no count recorded
 
 
+# Scratch-run curves from bench/advisor_situations.py (seed 0): some +
+# similar (20 digits per class, 100 validation images; scratch then beat
+# finetune by 8-10 points), few + similar (25 images; scratch then lost
+# to finetune by 16-28 points).
+CLIMBING = [0.2, 0.2, 0.2, 0.2, 0.32, 0.58, 0.72, 0.56]
+FLAT = [0.2] * 8
+
+
+def test_scratch_projection_continues_the_climb_one_rise_ahead():
+    # Best of the first half 0.2, of the second 0.72; less one standard
+    # error of 0.72 on 100 images (0.0449): a rise of 0.4751 per half run,
+    # two halves per run length; the default horizon is half a run.
+    assert advisor.scratch_projection(CLIMBING, 100) == 1.0  # capped
+    assert advisor.scratch_projection(CLIMBING, 100, horizon=1.0) == 1.0
+    assert advisor.scratch_projection(CLIMBING, 100, horizon=0.1) == (
+        pytest.approx(0.72 + 0.2 * 0.4751, abs=1e-4))
+    assert advisor.scratch_projection(CLIMBING, 100, horizon=0) == 0.72
+    assert advisor.scratch_projection(FLAT, 25) == 0.2
+    assert advisor.scratch_projection([0.5], 25) == 0.5
+    # Two more right of 25 at the end is within the noise of 0.28
+    # (standard error 0.0898): no climb.
+    assert advisor.scratch_projection(FLAT[:-1] + [0.28], 25) == 0.28
+    # A real climb on 25 images: 0.2 -> 0.6 less 0.098, so 0.6 + 0.302.
+    assert advisor.scratch_projection(FLAT[:-1] + [0.6], 25) == (
+        pytest.approx(0.902, abs=1e-3))
+    assert advisor.scratch_projection(FLAT[:-1] + [0.6], 25, 1.0) == 1.0
+    assert advisor.scratch_projection(FLAT[:-1] + [0.4], 25) == (
+        pytest.approx(0.4 + (0.2 - 0.098), abs=1e-3))
+
+
+def test_a_climbing_scratch_run_catches_up():
+    m = measurements(20, 0.85, reference_probe=0.43)
+    m["num_val"] = 100
+    m["scratch"] = {"epochs": 8, "images": 100, "val_accuracy": 0.72,
+                    "val_accuracy_curve": CLIMBING, "seconds": 1.0}
+    decision = advisor.decide(m, advisor.Thresholds(), num_blocks=4)
+    assert (decision["approach"], decision["rule"]) == (
+        "scratch", "scratch catches up")
+    assert "1.000 within 4 more epochs" in decision["reason"]
+    assert "is headed to match" in decision["reason"]
+    # Horizon 0: the run's best only (0.72, more than a standard error
+    # (0.0552) below 0.85): the size and similarity rules decide.
+    best_only = advisor.Thresholds(scratch_horizon=0)
+    assert advisor.decide(m, best_only, 4)["rule"] == "small + similar"
+    # A flat run at chance does not catch up.
+    m["scratch"].update(val_accuracy=0.2, val_accuracy_curve=FLAT)
+    decision = advisor.decide(m, advisor.Thresholds(), num_blocks=4)
+    assert decision["rule"] == "small + similar"
+    assert "more epochs" not in decision["reason"]
+
+
+@pytest.mark.parametrize("reference, rule", [
+    # few + different in the bench: random-init features 0.84 on 25
+    # gratings (gain 0.8), pretrained 1.0; scratch then won in 4 of 4 runs.
+    (0.84, "random features suffice"),
+    # Gain 0.5: random features help, not enough to call the task easy.
+    (0.6, "small + similar"),
+])
+def test_random_features_that_separate_the_classes_pick_scratch(
+        reference, rule):
+    m = measurements(5, 1.0, reference_probe=reference)
+    m["num_val"] = 25
+    decision = advisor.decide(m, advisor.Thresholds(), num_blocks=4)
+    assert decision["rule"] == rule
+    assert (decision["approach"] == "scratch") == (reference == 0.84)
+    assert ("the untrained architecture already separates"
+            in decision["reason"]) == (reference == 0.84)
+    # At 1 the rule is off, even for perfect random features.
+    off = advisor.Thresholds(random_gain=1.0)
+    assert advisor.decide(m, off, 4)["rule"] == "small + similar"
+    m["reference"]["probe_accuracy"] = 1.0
+    off = advisor.Thresholds(random_gain=1.0, reference_margin=0.0)
+    assert advisor.decide(m, off, 4)["rule"] == "small + similar"
+
+
+def test_a_gain_within_a_standard_error_of_the_threshold_is_similar():
+    # few + similar in a bench run: the probe 0.56 on 25 validation images
+    # (14 right), gain 0.45 against 0.5; one standard error of the gain is
+    # sqrt(0.56 * 0.44 / 25) / 0.8 = 0.1241. Finetune was best there.
+    assert advisor.gain_se(0.56, 0.2, 25) == pytest.approx(0.1241, abs=1e-4)
+    m = measurements(5, 0.56, reference_probe=0.16)
+    m["num_val"] = 25
+    decision = advisor.decide(m, advisor.Thresholds(), num_blocks=4)
+    assert (decision["approach"], decision["rule"]) == (
+        "finetune", "small + similar")
+    assert "similar from 0.5 less 0.12 (1 standard error on 25" in (
+        decision["reason"])
+    strict = advisor.Thresholds(tie_se=0.0)
+    assert advisor.decide(m, strict, 4)["rule"] == "small + different"
+    # On 300 images the same gain is 1.8 standard errors short: different.
+    m["num_val"] = 300
+    assert advisor.decide(m, advisor.Thresholds(), 4)["rule"] == (
+        "small + different")
+    assert advisor.gain_se(0.56, 0.2, 0) == 0.0
+
+
 def test_size_rule_when_no_score():
     m = {"images_per_class": {"median": 3}, "chance": 0.5, "last": {},
          "problems": ["last: the sample (4 images) is too small"]}
@@ -239,6 +335,7 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
     # 12 images per class is small data.
     assert record["rule"] in ("small + similar", "small + different",
                               "pretraining adds nothing",
+                              "random features suffice",
                               "scratch catches up")
     # The auto run (in the same workdir) trains what the advisor chose.
     metrics = tl_keras.train(config.replace(mode="train"))
@@ -253,12 +350,14 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
 def test_auto_picks_finetune_for_large_similar_data(pretrained_base,
                                                     image_folder, tmp_path):
     # The thresholds make 12 images per class 'large' and any features
-    # 'similar' (and never 'no better than random').
+    # 'similar' (and never 'no better than random', nor random features
+    # good enough to pick scratch, nor a scratch run that catches up).
     config = tl_keras.Config(
         data_dir=image_folder, workdir=str(tmp_path / "run"),
         backbone=pretrained_base, weights="none", approach="auto",
         epochs=1, finetune_epochs=1, batch_size=8, augment="none",
         advisor_large_per_class=5, advisor_similar_gain=0.0,
+        advisor_random_gain=1.0, advisor_scratch_fraction=0.0,
         advisor_reference_margin=0.0)
     metrics = tl_keras.train(config)
     assert metrics["approach"] == "finetune"
@@ -396,6 +495,17 @@ def test_scratch_run_trains_a_copy_and_leaves_the_model_alone(
     assert run["val_accuracy"] == max(run["val_accuracy_curve"])
     for got, want in zip(model.weights, before, strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
+    # Once it has caught up (here: any accuracy) it stops.
+    stopped = advisor.scratch_run(model, data, config, epochs,
+                                  enough=lambda accuracy: True)
+    assert stopped["epochs"] == 1 and stopped["planned_epochs"] == 6
+    assert len(stopped["val_accuracy_curve"]) == 1
+    lines = advisor.summary_lines(
+        {"sample": 20, "num_classes": 3, "chance": 1 / 3, "problems": [],
+         "scratch": stopped},
+        {"situation": "s", "rule": "r", "approach": "scratch",
+         "unfreeze": "all", "reason": "why"})
+    assert any("scratch run (1 of 6 epochs)" in line for line in lines)
     # --advisor_scratch_fraction=0 skips it.
     assert advisor.scratch_epochs(config.replace(
         advisor_scratch_fraction=0.0)) == 0

@@ -79,6 +79,8 @@ def test_command_line_overrides_flagfile(monkeypatch):
     (dict(advisor_scratch_fraction=1.5), "advisor_scratch_fraction"),
     (dict(advisor_reference_margin=-0.1), "advisor_reference_margin"),
     (dict(advisor_tie_se=6), "advisor_tie_se"),
+    (dict(advisor_random_gain=1.5), "advisor_random_gain"),
+    (dict(advisor_scratch_horizon=-1), "advisor_scratch_horizon"),
 ])
 def test_invalid_values_name_field_allowed_received(changes, field):
     config = dataclasses.replace(

@@ -135,10 +135,9 @@ class Config:
         "auto: train from scratch when the same architecture with random "
         "weights already gains at least this on the data (its features' "
         "linear probe): the task is easy for the architecture itself. 1 "
-        "turns it off (perfect random features already mean 'pretraining "
-        "adds nothing').")
+        "turns it off.")
     advisor_scratch_horizon: float = _field(
-        1.0,
+        0.5,
         "auto: the scratch run also matches the probe when, at the rate it "
         "climbed over its second half, it reaches it within this many run "
         "lengths more (linear, so kept short; 0 = its best only).")
