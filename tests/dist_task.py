@@ -4,7 +4,10 @@ Used by tests/test_distribute.py as `python tests/dist_task.py FLAGS...`,
 with TF_CONFIG set by the test. Setting TL_KERAS_TEST_KILL=<stage>:<epoch>
 makes this process SIGKILL itself right after BackupAndRestore saved that
 (1-based) epoch of that stage: a real, abrupt worker death at a known
-point, so the restart test is deterministic.
+point, so the restart test is deterministic. Setting
+TL_KERAS_TEST_DECISION=<approach> makes this process's own advisor (if it
+is ever asked) decide that approach without measuring: a worker that would
+decide differently from the chief.
 """
 
 import os
@@ -30,8 +33,20 @@ def install_kill_hook(spec):
     keras.callbacks.BackupAndRestore.on_epoch_end = on_epoch_end
 
 
+def install_decision_hook(approach):
+    from tl_keras import advisor
+
+    def advise_run(model, data, config, blocks):
+        return {"approach": approach, "unfreeze": "all", "situation": "test",
+                "rule": "test hook", "reason": "TL_KERAS_TEST_DECISION"}
+
+    advisor.advise_run = advise_run
+
+
 if __name__ == "__main__":
     if os.environ.get("TL_KERAS_TEST_KILL"):
         install_kill_hook(os.environ["TL_KERAS_TEST_KILL"])
+    if os.environ.get("TL_KERAS_TEST_DECISION"):
+        install_decision_hook(os.environ["TL_KERAS_TEST_DECISION"])
     sys.argv[0] = os.path.join(REPO, "run.py")
     runpy.run_path(sys.argv[0], run_name="__main__")

@@ -133,8 +133,9 @@ def _free_ports(n):
     return ports
 
 
-def start_workers(data_dir, workdir, kill=None):
-    """Starts 2 workers of one run; `kill` = (worker, 'stage:epoch')."""
+def start_workers(data_dir, workdir, kill=None, flags=FLAGS, env1=None):
+    """Starts 2 workers of one run; `kill` = (worker, 'stage:epoch');
+    `env1`: extra environment of worker 1."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = []
     for index in range(2):
@@ -142,21 +143,30 @@ def start_workers(data_dir, workdir, kill=None):
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {
                        "type": "worker", "index": index}}))
         env.pop("TL_KERAS_TEST_KILL", None)
+        env.pop("TL_KERAS_TEST_DECISION", None)
+        if index == 1:
+            env.update(env1 or {})
         if kill and kill[0] == index:
             env["TL_KERAS_TEST_KILL"] = kill[1]
         log = open(f"{workdir}.log{index}", "a")
         procs.append(subprocess.Popen(
             [sys.executable, os.path.join(HERE, "dist_task.py"),
              f"--data_dir={data_dir}", f"--workdir={workdir}",
-             "--distribution=multi_worker", *FLAGS],
+             "--distribution=multi_worker", *flags],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
     return procs
 
 
 def wait_all(procs, timeout=400):
     deadline = time.time() + timeout
-    for p in procs:
-        p.wait(timeout=max(1, deadline - time.time()))
+    try:
+        for p in procs:
+            p.wait(timeout=max(1, deadline - time.time()))
+    finally:  # a hung worker (e.g. mismatched collectives) is not left
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return [p.returncode for p in procs]
 
 
@@ -239,3 +249,29 @@ def test_killed_worker_restart_resumes_to_the_same_weights(
         epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
     assert sorted(set(epochs)) == ["0", "1", "2"]
     assert max_diff(weights_of(workdir), weights_of(two_worker_run)) < 1e-5
+
+
+def test_auto_trains_the_chiefs_decision_on_every_worker(cluster_data,
+                                                         tmp_path):
+    # The chief's advisor decides scratch (a reference margin of 1: the
+    # pretraining "brings nothing"); worker 1's own advisor would decide
+    # transfer (a test hook). Each deciding for itself, the two would
+    # train different models and their collectives would not match; the
+    # chief's decision is broadcast, so worker 1 never measures.
+    workdir = str(tmp_path / "run")
+    flags = [f for f in FLAGS if not f.startswith("--approach")] + [
+        "--approach=auto", "--advisor_reference_margin=1.0"]
+    codes = wait_all(start_workers(
+        cluster_data, workdir, flags=flags,
+        env1={"TL_KERAS_TEST_DECISION": "transfer"}), timeout=300)
+    assert codes == [0, 0], open(f"{workdir}.log1").read()[-3000:]
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert metrics["approach"] == "scratch"
+    assert metrics["decision"]["rule"] == "pretraining adds nothing"
+    other = workdir + ".worker-1"
+    assert os.path.isfile(os.path.join(other, "checkpoints", "scratch",
+                                       "done.json"))
+    assert not os.path.exists(os.path.join(other, "checkpoints", "head"))
+    assert not os.path.exists(os.path.join(other, "decision.json"))
+    assert "Training the chief's decision: scratch" in open(
+        f"{workdir}.log1").read()

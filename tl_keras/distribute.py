@@ -81,6 +81,31 @@ class Placement:
             "mixed_precision": self.precision,
         }
 
+    def from_chief(self, values):
+        """The chief's `values` (small non-negative ints) on every process.
+
+        In a multi-worker run only the chief decides what is trained (e.g.
+        --approach=auto, whose measurements can differ between processes:
+        a short training run on CPU is not bit-reproducible), and every
+        worker must train the same thing, or their collectives would not
+        match. One all-reduce in which only the chief's replicas contribute
+        (each a share of the values); other processes' `values` are
+        ignored. A single process gets its `values` back.
+        """
+        if self.task.num_workers <= 1:
+            return [int(v) for v in values]
+        local = self.replicas // self.task.num_workers
+        share = tf.constant([float(v) / local if self.task.is_chief else 0.0
+                             for v in values], tf.float64)
+
+        @tf.function
+        def all_reduce():
+            per_replica = self.strategy.run(lambda: tf.identity(share))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                        per_replica, axis=None)
+
+        return [int(round(float(v))) for v in all_reduce().numpy()]
+
     def policy_scope(self):
         """A context with this run's Keras dtype policy as the global one
         (restored afterwards: the policy is process-wide state)."""

@@ -102,7 +102,7 @@ def _train(config, data, place):
     blocks = backbone.blocks()
     decision = None
     if config.approach == "auto":
-        decision = _auto_decision(config, model, data, blocks)
+        decision = _auto_decision(config, model, data, blocks, place)
         config = config.replace(approach=decision["approach"],
                                 unfreeze=decision["unfreeze"])
         # Measuring re-seeds (its random-init reference); a resumed run
@@ -170,9 +170,33 @@ def _train(config, data, place):
     return metrics
 
 
-def _auto_decision(config, model, data, blocks):
+_APPROACHES = ("scratch", "transfer", "finetune")
+
+
+def _auto_decision(config, model, data, blocks, place):
     """--approach=auto: the advisor's decision, measured once per run (a
-    resumed run reads it back from decision.json)."""
+    resumed run reads it back from decision.json). In a multi-worker run
+    the chief measures and decides, and the other workers train what it
+    decided (`Placement.from_chief`)."""
+    if place.task.num_workers <= 1:
+        return _chief_decision(config, model, data, blocks)
+    record = (_chief_decision(config, model, data, blocks)
+              if place.task.is_chief else None)
+    approach, unfreeze = place.from_chief(
+        [_APPROACHES.index(record["approach"]),
+         0 if record["unfreeze"] == "all" else int(record["unfreeze"])]
+        if record else [0, 0])
+    if record is None:
+        record = {"approach": _APPROACHES[approach],
+                  "unfreeze": str(unfreeze) if unfreeze else "all"}
+        log.info("Training the chief's decision: %s (unfreeze %s)",
+                 record["approach"], record["unfreeze"])
+    return record
+
+
+def _chief_decision(config, model, data, blocks):
+    """The advisor's decision for this process's run (reused from
+    decision.json when a run with the same settings stored one)."""
     path = os.path.join(config.workdir, "decision.json")
     if os.path.isfile(path):
         with open(path) as f:
