@@ -165,10 +165,12 @@ def test_decision_with_a_scratch_run(median, probe, reference, scratch,
 def test_scratch_run_within_a_standard_error_of_the_probe_ties():
     # A run of the advisor bench (many + similar): the scratch run 0.877,
     # the probe 0.893, on the same 300 validation images; scratch then
-    # won the compare by 4 points. One standard error of the difference:
-    # sqrt((0.877 * 0.123 + 0.893 * 0.107) / 300) = 0.0260.
+    # won the compare by 4 points. One standard error of the difference,
+    # each accuracy Agresti-Coull adjusted (p~ = (k + 2) / (n + 4)):
+    # p~ = 0.8720 and 0.8878, sqrt((0.8720 * 0.1280 + 0.8878 * 0.1122)
+    # / 304) = 0.0264.
     assert advisor.scratch_tie(0.877, 0.893, 300) == pytest.approx(
-        0.0260, abs=1e-4)
+        0.0264, abs=1e-4)
     m = measurements(500, 0.893, reference_probe=0.4)
     m["num_val"] = 300
     m["scratch"] = {"epochs": 8, "images": 300, "val_accuracy": 0.877,
@@ -179,11 +181,11 @@ def test_scratch_run_within_a_standard_error_of_the_probe_ties():
     # 0 standard errors: at least the probe, as before.
     strict = advisor.Thresholds(tie_se=0.0)
     assert advisor.decide(m, strict, 9)["rule"] == "large + similar"
-    # 0.80 is 3.6 standard errors below on 300 images: no tie ...
+    # 0.80 is 3.2 standard errors below on 300 images: no tie ...
     m["scratch"].update(val_accuracy=0.80, val_accuracy_curve=[0.80] * 8)
     assert advisor.decide(m, advisor.Thresholds(), 9)["rule"] == (
         "large + similar")
-    # ... but on 25 images the estimates are too coarse to tell (0.101).
+    # ... but on 25 images the estimates are too coarse to tell (0.105).
     m["num_val"] = 25
     assert advisor.decide(m, advisor.Thresholds(), 9)["rule"] == (
         "scratch catches up")
@@ -200,24 +202,24 @@ FLAT = [0.2] * 8
 
 def test_scratch_projection_continues_the_climb_one_rise_ahead():
     # Best of the first half 0.2, of the second 0.72; less one standard
-    # error of 0.72 on 100 images (0.0449): a rise of 0.4751 per half run,
+    # error of 0.72 on 100 images (0.0444): a rise of 0.4756 per half run,
     # two halves per run length; the default horizon is half a run.
     assert advisor.scratch_projection(CLIMBING, 100) == 1.0  # capped
     assert advisor.scratch_projection(CLIMBING, 100, horizon=1.0) == 1.0
     assert advisor.scratch_projection(CLIMBING, 100, horizon=0.1) == (
-        pytest.approx(0.72 + 0.2 * 0.4751, abs=1e-4))
+        pytest.approx(0.72 + 0.2 * 0.4756, abs=1e-4))
     assert advisor.scratch_projection(CLIMBING, 100, horizon=0) == 0.72
     assert advisor.scratch_projection(FLAT, 25) == 0.2
     assert advisor.scratch_projection([0.5], 25) == 0.5
     # Two more right of 25 at the end is within the noise of 0.28
-    # (standard error 0.0898): no climb.
+    # (standard error 0.0859): no climb.
     assert advisor.scratch_projection(FLAT[:-1] + [0.28], 25) == 0.28
-    # A real climb on 25 images: 0.2 -> 0.6 less 0.098, so 0.6 + 0.302.
+    # A real climb on 25 images: 0.2 -> 0.6 less 0.0915, so 0.6 + 0.3085.
     assert advisor.scratch_projection(FLAT[:-1] + [0.6], 25) == (
-        pytest.approx(0.902, abs=1e-3))
+        pytest.approx(0.9085, abs=1e-3))
     assert advisor.scratch_projection(FLAT[:-1] + [0.6], 25, 1.0) == 1.0
     assert advisor.scratch_projection(FLAT[:-1] + [0.4], 25) == (
-        pytest.approx(0.4 + (0.2 - 0.098), abs=1e-3))
+        pytest.approx(0.4 + (0.2 - 0.0915), abs=1e-3))
 
 
 def test_a_climbing_scratch_run_catches_up():
@@ -231,7 +233,7 @@ def test_a_climbing_scratch_run_catches_up():
     assert "1.000 within 4 more epochs" in decision["reason"]
     assert "is headed to match" in decision["reason"]
     # Horizon 0: the run's best only (0.72, more than a standard error
-    # (0.0552) below 0.85): the size and similarity rules decide.
+    # (0.0573) below 0.85): the size and similarity rules decide.
     best_only = advisor.Thresholds(scratch_horizon=0)
     assert advisor.decide(m, best_only, 4)["rule"] == "small + similar"
     # A flat run at chance does not catch up.
@@ -268,8 +270,9 @@ def test_random_features_that_separate_the_classes_pick_scratch(
 def test_a_gain_within_a_standard_error_of_the_threshold_is_similar():
     # few + similar in a bench run: the probe 0.56 on 25 validation images
     # (14 right), gain 0.45 against 0.5; one standard error of the gain is
-    # sqrt(0.56 * 0.44 / 25) / 0.8 = 0.1241. Finetune was best there.
-    assert advisor.gain_se(0.56, 0.2, 25) == pytest.approx(0.1241, abs=1e-4)
+    # sqrt(p~ (1 - p~) / 29) / 0.8 = 0.1154 with p~ = 16 / 29 (Agresti-
+    # Coull). Finetune was best there.
+    assert advisor.gain_se(0.56, 0.2, 25) == pytest.approx(0.1154, abs=1e-4)
     m = measurements(5, 0.56, reference_probe=0.16)
     m["num_val"] = 25
     decision = advisor.decide(m, advisor.Thresholds(), num_blocks=4)
@@ -279,11 +282,31 @@ def test_a_gain_within_a_standard_error_of_the_threshold_is_similar():
         decision["reason"])
     strict = advisor.Thresholds(tie_se=0.0)
     assert advisor.decide(m, strict, 4)["rule"] == "small + different"
-    # On 300 images the same gain is 1.8 standard errors short: different.
+    # On 300 images the same gain is 1.4 standard errors short: different.
     m["num_val"] = 300
     assert advisor.decide(m, advisor.Thresholds(), 4)["rule"] == (
         "small + different")
     assert advisor.gain_se(0.56, 0.2, 0) == 0.0
+
+
+def test_an_accuracy_of_1_on_few_images_is_not_certain():
+    # Held-out bench run (seed 2), few + different: the probe 1.0 and the
+    # scratch run 0.96 on 25 validation images; scratch then won the
+    # compare by 1.4 points. The plain binomial variance of 1.0 is 0 (a
+    # tie of 0.039, just missed); Agresti-Coull: 27/29 and 26/29 -> 0.0736.
+    assert advisor.accuracy_variance(1.0, 25) > 0
+    assert advisor.accuracy_variance(0.0, 25) == pytest.approx(
+        advisor.accuracy_variance(1.0, 25))
+    assert advisor.accuracy_variance(0.5, 0) == 0.0
+    assert advisor.scratch_tie(0.96, 1.0, 25) == pytest.approx(0.0736,
+                                                               abs=1e-4)
+    m = measurements(5, 1.0, reference_probe=0.72)
+    m["num_val"] = 25
+    m["scratch"] = {"epochs": 8, "images": 25, "val_accuracy": 0.96,
+                    "val_accuracy_curve": [0.2, 0.4, 0.92, 0.96, 0.92, 0.92,
+                                           0.92, 0.92], "seconds": 1.0}
+    decision = advisor.decide(m, advisor.Thresholds(), num_blocks=4)
+    assert decision["rule"] == "scratch catches up"
 
 
 def test_size_rule_when_no_score():

@@ -418,15 +418,26 @@ def scratch_matches(scratch_accuracy, probe_accuracy, n, se=1.0):
         scratch_accuracy, probe_accuracy, n, se)
 
 
+def accuracy_variance(accuracy, n):
+    """The variance of an accuracy measured on n images, as a binomial
+    proportion with the Agresti-Coull adjustment (two more right and two
+    more wrong: an accuracy of 0 or 1 on 25 images is not certain, which
+    the plain p(1 - p) / n would say); 0 without images."""
+    if n <= 0:
+        return 0.0
+    adjusted = (accuracy * n + 2) / (n + 4)
+    return adjusted * (1 - adjusted) / (n + 4)
+
+
 def scratch_tie(scratch_accuracy, probe_accuracy, n, se=1.0):
     """How far below the probe the scratch run may be and still tie: `se`
-    standard errors of the difference of two accuracies, each a binomial
-    proportion over the same n validation images (independence assumed,
+    standard errors of the difference of two accuracies, each over the
+    same n validation images (`accuracy_variance`; independence assumed,
     so this errs wide), rounded to 4 decimals; 0 without images."""
     if n <= 0 or se <= 0:
         return 0.0
-    variance = (scratch_accuracy * (1 - scratch_accuracy)
-                + probe_accuracy * (1 - probe_accuracy)) / n
+    variance = (accuracy_variance(scratch_accuracy, n)
+                + accuracy_variance(probe_accuracy, n))
     return round(se * math.sqrt(variance), 4)
 
 
@@ -436,7 +447,7 @@ def scratch_projection(curve, n, horizon=0.5):
 
     The rise is the best of the curve's second half over the best of its
     first half (half a run apart), less one standard error of the second
-    half's best on the n validation images (binomial), so that a few
+    half's best on the n validation images (`accuracy_variance`), so a few
     images' noise on a flat run is not a climb. Linear extrapolation
     overshoots a learning curve that is bending over, so it goes no
     further than the rise was measured over: the default horizon 0.5 (of
@@ -450,19 +461,17 @@ def scratch_projection(curve, n, horizon=0.5):
         return best
     half = len(curve) // 2
     second = max(curve[half:])
-    noise = math.sqrt(second * (1 - second) / n) if n > 0 else 0.0
+    noise = math.sqrt(accuracy_variance(second, n))
     rise = max(0.0, second - max(curve[:half]) - noise)
     # The halves' midpoints are half a run apart: 2 rises per run length.
     return round(min(1.0, best + 2 * horizon * rise), 4)
 
 
 def gain_se(accuracy, chance, n):
-    """The standard error of `gain(accuracy, chance)` when the accuracy is
-    a binomial proportion over n images, rounded to 4 decimals; 0 without
-    images."""
-    if n <= 0:
-        return 0.0
-    return round(math.sqrt(accuracy * (1 - accuracy) / n) / (1 - chance), 4)
+    """The standard error of `gain(accuracy, chance)` for an accuracy
+    measured on n images (`accuracy_variance`), rounded to 4 decimals; 0
+    without images."""
+    return round(math.sqrt(accuracy_variance(accuracy, n)) / (1 - chance), 4)
 
 
 def gain(accuracy, chance):
