@@ -16,7 +16,7 @@ it, and the advisor's time as a share of the compare's. The data is toy
 scale, so 'large' starts at 40 images per class here
 (--advisor_large_per_class=40; the default, 100, is for real datasets).
 
-    python bench/advisor_situations.py             # ~25 min on 2 CPU cores
+    python bench/advisor_situations.py             # ~19 min on 2 CPU cores
     python bench/advisor_situations.py --epochs=5  # a quick look
     python bench/advisor_situations.py --seed=1    # fresh draws of all data
 

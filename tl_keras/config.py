@@ -123,7 +123,8 @@ class Config:
     advisor_tie_se: float = _field(
         1.0,
         "auto: measured accuracies closer than this many standard errors "
-        "(binomial, over the validation images they are measured on) are "
+        "(binomial with the Agresti-Coull adjustment, over the validation "
+        "images they are measured on) are "
         "a tie: the scratch run matches the probe when below it by at most "
         "this many standard errors of their difference (the run only gets "
         "better with the full budget), and the features count as similar "
