@@ -241,15 +241,6 @@ SCRATCH_RUN_BN_MOMENTUM = 0.5  # the scratch run's moving statistics: the
 # last few batches (see scratch_run)
 
 
-def _batch_norm_layers(model):
-    """Every BatchNormalization layer in `model`, nested models included."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            yield layer
-        elif hasattr(layer, "layers"):
-            yield from _batch_norm_layers(layer)
-
-
 def scratch_run(model, data, config, epochs, enough=None):
     """A short from-scratch run: `model`'s architecture with fresh random
     weights, trained on the advisor's sample of the training images (at
@@ -288,8 +279,9 @@ def scratch_run(model, data, config, epochs, enough=None):
     # points (bench, 300 digits: 0.57 vs 0.93 after 5 epochs). BatchNorm
     # trains on batch statistics, so the weights are the same either way
     # (identical training losses); only the validation is current.
-    for layer in _batch_norm_layers(fresh.base):
-        layer.momentum = SCRATCH_RUN_BN_MOMENTUM
+    for layer in transfer.all_layers(fresh.base):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = SCRATCH_RUN_BN_MOMENTUM
     scratch = transfer.build_classifier(fresh, model.output.shape[-1],
                                         config.dropout)
     transfer.compile_for_stage(scratch, config.learning_rate)

@@ -178,8 +178,6 @@ def _auto_decision(config, model, data, blocks, place):
     resumed run reads it back from decision.json). In a multi-worker run
     the chief measures and decides, and the other workers train what it
     decided (`Placement.from_chief`)."""
-    if place.task.num_workers <= 1:
-        return _chief_decision(config, model, data, blocks)
     record = (_chief_decision(config, model, data, blocks)
               if place.task.is_chief else None)
     approach, unfreeze = place.from_chief(

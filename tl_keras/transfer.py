@@ -96,7 +96,7 @@ def configure_stage(model, stage, blocks, unfreeze=None):
         for _, layers in blocks[:len(blocks) - unfreeze]:
             for layer in layers:
                 layer.trainable = False
-    for layer in _all_layers(base):
+    for layer in all_layers(base):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
 
@@ -135,9 +135,9 @@ def count_params(weights):
     return int(sum(int(keras.ops.size(w)) for w in weights))
 
 
-def _all_layers(model):
+def all_layers(model):
     """Yields every layer inside `model`, nested models included."""
     for layer in model.layers:
         yield layer
         if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
