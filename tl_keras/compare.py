@@ -29,8 +29,6 @@ from tl_keras.train import train, write_json
 
 log = logging.getLogger("tl_keras")
 
-APPROACHES = ("scratch", "transfer", "finetune")
-
 
 def compare(config, data=None, header=None):
     """Runs every approach on the same data; returns the results dict.

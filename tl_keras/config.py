@@ -9,7 +9,8 @@ import dataclasses
 import json
 import os
 
-APPROACHES = ("scratch", "transfer", "finetune", "auto")
+TRAINED_APPROACHES = ("scratch", "transfer", "finetune")  # what auto picks
+APPROACHES = TRAINED_APPROACHES + ("auto",)
 MODES = ("train", "demo", "export", "predict", "evaluate", "advise", "rank",
          "compare")
 AUGMENTATIONS = ("flip", "rotation", "zoom")

@@ -41,6 +41,7 @@ from tl_keras import (
 from tl_keras import data as data_lib
 from tl_keras.config import (
     RESUMABLE_FIELDS,
+    TRAINED_APPROACHES,
     InputError,
     config_differences,
     load_config_json,
@@ -170,9 +171,6 @@ def _train(config, data, place):
     return metrics
 
 
-_APPROACHES = ("scratch", "transfer", "finetune")
-
-
 def _auto_decision(config, model, data, blocks, place):
     """--approach=auto: the advisor's decision, measured once per run (a
     resumed run reads it back from decision.json). In a multi-worker run
@@ -181,11 +179,11 @@ def _auto_decision(config, model, data, blocks, place):
     record = (_chief_decision(config, model, data, blocks)
               if place.task.is_chief else None)
     approach, unfreeze = place.from_chief(
-        [_APPROACHES.index(record["approach"]),
+        [TRAINED_APPROACHES.index(record["approach"]),
          0 if record["unfreeze"] == "all" else int(record["unfreeze"])]
         if record else [0, 0])
     if record is None:
-        record = {"approach": _APPROACHES[approach],
+        record = {"approach": TRAINED_APPROACHES[approach],
                   "unfreeze": str(unfreeze) if unfreeze else "all"}
         log.info("Training the chief's decision: %s (unfreeze %s)",
                  record["approach"], record["unfreeze"])
