@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import tl_keras  # noqa: E402
-from tl_keras import demo  # noqa: E402
-from tl_keras.compare import compare  # noqa: E402
+from tl_keras.modes import demo  # noqa: E402
+from tl_keras.modes.compare import compare  # noqa: E402
 
 
 def write_gratings(root, per_class, seed, classes=5, test_per_class=60):

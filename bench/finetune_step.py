@@ -10,7 +10,7 @@ Same architecture, data, batch and epochs, in this one process:
              TensorBoard callbacks (what a user gets).
 Two ratios: step throughput (the median time between consecutive train
 batches, after the first epoch, which traces; recorded by a callback
-added to both fits: the bench wraps `keras.Model.fit` to add it to
+added to both fits: `tl_keras.train(..., callbacks=[timer])` for
 tl_keras's), and the whole stage end to end (tracing, validation on the
 held-out images, checkpoint and backup writes, logs). The FLOP count is
 TensorFlow's profiler count of one forward pass; a train step is taken as
@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tl_keras  # noqa: E402
-from tl_keras import backbones, transfer  # noqa: E402
+from tl_keras import models  # noqa: E402
 
 
 def matmul_peak(n=2048, repeats=20):
@@ -72,6 +72,11 @@ class StepTimer(keras.callbacks.Callback):
         super().__init__()
         self.gaps, self.last, self.epoch = [], None, 0
 
+    def on_train_begin(self, logs=None):
+        # One timer serves every stage of a tl_keras run (train's
+        # callbacks= goes to each fit); it keeps the last fit's steps.
+        self.gaps, self.last, self.epoch = [], None, 0
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.last = epoch, None
 
@@ -86,9 +91,9 @@ class StepTimer(keras.callbacks.Callback):
 
 
 def plain_fit(args, x, y):
-    backbone = backbones.build_backbone(args.backbone, "none", args.size)
-    model = transfer.build_classifier(backbone, 5, 0.2)
-    transfer.configure_stage(model, "finetune", backbone.blocks())
+    backbone = models.build_backbone(args.backbone, "none", args.size)
+    model = models.build_classifier(backbone, 5, 0.2)
+    models.configure_stage(model, "finetune", backbone.blocks())
     model.compile(keras.optimizers.Adam(1e-5),
                   keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True), metrics=["accuracy"])
@@ -105,30 +110,19 @@ def plain_fit(args, x, y):
 def tl_keras_stage(args, x, y, root, round_index):
     """Runs tl_keras's fine-tune stage; returns (seconds, train images,
     val images, median step seconds)."""
-    timers = []
-    fit = keras.Model.fit
-
-    def timed_fit(self, *a, callbacks=None, **k):
-        timers.append(StepTimer())
-        return fit(self, *a, callbacks=[*(callbacks or []), timers[-1]],
-                   **k)
-
-    keras.Model.fit = timed_fit
-    try:
-        config = tl_keras.Config(
-            workdir=os.path.join(root, f"run{round_index}"),
-            backbone=args.backbone, weights="none", image_size=args.size,
-            approach="finetune", epochs=1, finetune_epochs=args.epochs,
-            augment="none", batch_size=args.batch_size,
-            validation_split=0.1, test_split=0.1)
-        data = tl_keras.from_arrays(x, y, config, args.size)
-        metrics = tl_keras.train(config, data=data)
-    finally:
-        keras.Model.fit = fit
+    timer = StepTimer()
+    config = tl_keras.Config(
+        workdir=os.path.join(root, f"run{round_index}"),
+        backbone=args.backbone, weights="none", image_size=args.size,
+        approach="finetune", epochs=1, finetune_epochs=args.epochs,
+        augment="none", batch_size=args.batch_size,
+        validation_split=0.1, test_split=0.1)
+    data = tl_keras.from_arrays(x, y, config, args.size)
+    metrics = tl_keras.train(config, data=data, callbacks=[timer])
     stage = metrics["stages"]["finetune"]
-    # The last fit is the fine-tune stage's.
+    # The timer kept the last fit's steps: the fine-tune stage's.
     return (stage["seconds_this_process"], metrics["num_train"],
-            metrics["counts"]["val"], timers[-1].median())
+            metrics["counts"]["val"], timer.median())
 
 
 def main():

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tl_keras  # noqa: E402
-from tl_keras import backbones, transfer  # noqa: E402
+from tl_keras import models  # noqa: E402
 
 
 class EpochSteps(keras.callbacks.Callback):
@@ -84,10 +84,10 @@ def main():
                 keras.callbacks.CSVLogger(os.path.join(run, "log.csv")),
                 keras.callbacks.TensorBoard(os.path.join(run, "tb"))]
 
-    backbone = backbones.build_backbone("mobilenet_v2", "none", size)
-    model = transfer.build_classifier(backbone, 5, 0.2)
-    transfer.configure_stage(model, "finetune", backbone.blocks())
-    transfer.compile_for_stage(model, 1e-5, False)
+    backbone = models.build_backbone("mobilenet_v2", "none", size)
+    model = models.build_classifier(backbone, 5, 0.2)
+    models.configure_stage(model, "finetune", backbone.blocks())
+    models.compile_for_stage(model, 1e-5, False)
     names = list(variants)
     for name in names:  # warm-up: traces each input signature once
         model.fit(variants[name], epochs=1, verbose=0)

@@ -5,16 +5,34 @@ weights=None, local weight files, or bases pretrained in the test.
 """
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import tl_keras  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# For tests that check what tl_keras picks on a CPU-only host (XLA off,
+# float32); on a machine with GPUs the defaults differ by design.
+ON_GPU_HOST = bool(tf.config.list_physical_devices("GPU"))
+cpu_only = pytest.mark.skipif(
+    ON_GPU_HOST, reason="checks the CPU-only defaults; this host has GPUs")
+
+def run_cli(*args, timeout=600):
+    """Runs `python run.py ARGS` from the repository root (a new process:
+    TensorFlow's start-up included); returns the CompletedProcess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=timeout)
+
 
 # One saving recipe per format, including the conversions the loader must
 # handle: grayscale and RGBA PNG, palette GIF.

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import tl_keras
-from tl_keras import advisor, backbones, transfer
+from tl_keras import advisor, models
 from tl_keras import data as data_lib
+from tl_keras.advisor import measurement
+from tl_keras.advisor.scores import score_features
 
 
 def logme_direct(features, labels):
@@ -322,7 +324,7 @@ def test_non_finite_features_are_a_clear_error():
     bad = np.ones((20, 4))
     bad[3, 1] = np.nan
     with pytest.raises(tl_keras.InputError, match="NaN or Inf"):
-        advisor._scores(bad, np.arange(20) % 2, bad, np.arange(20) % 2, 0,
+        score_features(bad, np.arange(20) % 2, bad, np.arange(20) % 2, 0,
                         "last", [])
 
 
@@ -439,7 +441,7 @@ def test_class_with_one_image_is_a_clear_error(tmp_path):
 
 def _base_weights(path):
     model = keras.models.load_model(path)
-    return [np.asarray(w) for w in transfer.get_base(model).weights]
+    return [np.asarray(w) for w in models.get_base(model).weights]
 
 
 def test_finetune_that_never_beats_the_head_keeps_the_head(
@@ -467,8 +469,8 @@ def test_finetune_that_never_beats_the_head_keeps_the_head(
 
 def test_scratch_from_a_saved_model_trains_its_architecture(
         pretrained_base, image_folder, tmp_path):
-    built = backbones.build_backbone(pretrained_base, "none")
-    fresh = backbones.reinitialized(built)
+    built = models.build_backbone(pretrained_base, "none")
+    fresh = models.reinitialized(built)
     assert (fresh.preprocessing, fresh.image_size) == (
         built.preprocessing, built.image_size)
     pairs = list(zip(fresh.base.weights, built.base.weights, strict=True))
@@ -490,10 +492,10 @@ def test_calibration_batch_spans_a_class_ordered_sample():
     labels = np.repeat(np.arange(4), 100)  # class order, as from a folder
     ds = tf.data.Dataset.from_tensor_slices(
         (np.arange(400, dtype=np.float32)[:, None], labels)).batch(32)
-    x, y = advisor._calibration_batch(ds, 400, 128)
+    x, y = measurement._calibration_batch(ds, 400, 128)
     assert len(y) == 100 and set(y) == {0, 1, 2, 3}  # every 4th image
     np.testing.assert_array_equal(x[:, 0], np.arange(0, 400, 4))
-    x, y = advisor._calibration_batch(ds.take(2), 64, 128)  # fewer: all
+    x, y = measurement._calibration_batch(ds.take(2), 64, 128)  # fewer: all
     np.testing.assert_array_equal(x[:, 0], np.arange(64))
 
 
@@ -506,9 +508,9 @@ def test_scratch_run_trains_a_copy_and_leaves_the_model_alone(
         data_dir=image_folder, workdir="unused", backbone=pretrained_base,
         weights="none", epochs=30, batch_size=8, augment="flip,zoom",
         advisor_sample=20)
-    built = backbones.build_backbone(pretrained_base, "none")
+    built = models.build_backbone(pretrained_base, "none")
     data = data_lib.make_datasets(config, built.image_size)
-    model = transfer.build_classifier(built, 3, 0.0)
+    model = models.build_classifier(built, 3, 0.0)
     before = [np.asarray(w) for w in model.weights]
     epochs = advisor.scratch_epochs(config)
     assert epochs == 6  # 0.2 x 30
@@ -538,7 +540,7 @@ def test_scratch_run_only_when_it_can_change_the_decision(
         pretrained_base, image_folder, tmp_path, monkeypatch):
     # Without the random-init reference (its rule could decide scratch
     # before the run, on this toy base), the run always happens.
-    monkeypatch.setattr(advisor, "_reference_scores", lambda *a, **k: {})
+    monkeypatch.setattr(measurement, "_reference_scores", lambda *a, **k: {})
     config = tl_keras.Config(
         mode="advise", data_dir=image_folder, workdir=str(tmp_path / "run"),
         backbone=pretrained_base, weights="none", epochs=10, batch_size=8,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tl_keras
-from tl_keras import backbones, transfer
+from tl_keras import models
 
 COMPACT_BLOCKS = ["block1", "block2", "block3", "block4"]
 REQUIRED = [
@@ -109,7 +109,7 @@ def test_weights_file_loads_and_mismatch_is_clear(tmp_path):
 
 def test_classifier_file_serves_as_weights_and_as_backbone(tmp_path):
     built = tl_keras.build_backbone("compact_cnn", "none", 32)
-    model = transfer.build_classifier(built, 4)
+    model = models.build_classifier(built, 4)
     path = str(tmp_path / "model.keras")
     model.save(path)
     # As --weights: the base's weights come from the saved classifier.
@@ -148,7 +148,7 @@ def test_missing_backbone_file_is_clear():
 def test_normalization_matches_keras_applications(mode):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    ours = backbones.ImageNormalization(mode)(x)
+    ours = models.ImageNormalization(mode)(x)
     theirs = keras.applications.imagenet_utils.preprocess_input(
         x.copy(), mode=mode)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
@@ -156,7 +156,7 @@ def test_normalization_matches_keras_applications(mode):
 
 def test_classifier_round_trips_through_keras_file(tmp_path):
     built = tl_keras.build_backbone("mobilenet_v2", "none", 32)
-    model = transfer.build_classifier(built, 3)
+    model = models.build_classifier(built, 3)
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3))
     path = str(tmp_path / "m.keras")
     model.save(path)

@@ -5,24 +5,16 @@ answered with one clear message (no traceback) and an intact workdir."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, write_image_folder
+from conftest import ON_GPU_HOST, REPO, run_cli, write_image_folder
 
 import tl_keras
+from tl_keras import cli
 from tl_keras import data as data_lib
-
-
-def run_cli(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "run.py", *args], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +44,24 @@ def test_smoke_run_writes_the_workdir(smoke_run):
     assert "Test accuracy" in result.stdout
 
 
+def test_split_json_lists_every_file_once(smoke_run, image_folder):
+    workdir, _ = smoke_run
+    with open(os.path.join(workdir, "split.json")) as f:
+        split = json.load(f)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert set(split) == {"train", "val", "test"}
+    assert {k: len(v) for k, v in split.items()} == metrics["counts"]
+    listed = [path for pairs in split.values() for path, _ in pairs]
+    on_disk = [os.path.join(root, name)
+               for root, _, names in os.walk(image_folder) for name in names]
+    assert sorted(listed) == sorted(on_disk)  # each file in one split
+    for pairs in split.values():
+        for path, label in pairs:  # the label is the file's class folder
+            assert os.path.basename(os.path.dirname(path)) == (
+                metrics["class_names"][label])
+
+
 def test_metrics_hold_the_required_fields(smoke_run, image_folder):
     workdir, _ = smoke_run
     with open(os.path.join(workdir, "metrics.json")) as f:
@@ -70,7 +80,8 @@ def test_metrics_hold_the_required_fields(smoke_run, image_folder):
         metrics["test_accuracy"])
     assert set(metrics["per_class"]["class_0"]) >= {"precision", "recall",
                                                     "f1-score"}
-    assert metrics["hardware"]["jit_compile"] is False  # CPU default
+    if not ON_GPU_HOST:  # the CPU default; on GPUs XLA may be on
+        assert metrics["hardware"]["jit_compile"] is False
 
 
 def test_export_matches_the_model(smoke_run):
@@ -93,14 +104,14 @@ def test_export_matches_the_model(smoke_run):
     assert labels.split() == ["class_0", "class_1", "class_2"]
 
 
-def test_same_command_again_is_a_no_op(smoke_run, image_folder):
+def test_same_command_again_is_a_no_op(smoke_run):
     workdir, _ = smoke_run
     metrics = os.path.join(workdir, "metrics.json")
     mtime = os.path.getmtime(metrics)
-    # flags.cfg is reusable as a flagfile.
-    result = run_cli(f"--flagfile={workdir}/flags.cfg")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "already complete" in result.stdout
+    # flags.cfg is reusable as a flagfile (parsed as run.py parses it; the
+    # run itself in-process, as the command line would call it).
+    config = cli.config_from_args([f"--flagfile={workdir}/flags.cfg"])
+    assert tl_keras.train(config)["complete"]
     assert os.path.getmtime(metrics) == mtime
 
 
@@ -125,8 +136,8 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
                         crash_in_finetune)
     with pytest.raises(Crash):
         tl_keras.train(config)
-    logs = os.path.join(config.workdir, "logs")
-    assert os.path.isdir(os.path.join(config.workdir, "checkpoints",
+    logs = os.path.join(config.runtime.workdir, "logs")
+    assert os.path.isdir(os.path.join(config.runtime.workdir, "checkpoints",
                                       "finetune", "backup"))
     head_rows = list(csv.DictReader(open(os.path.join(logs, "head.csv"))))
     monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
@@ -152,7 +163,7 @@ def test_arrays_run_through_the_api(tmp_path, tiny_config):
     data = tl_keras.from_arrays(x, y, config, 32, class_names=["a", "b"])
     metrics = tl_keras.train(config, data=data)
     assert metrics["class_names"] == ["a", "b"]
-    assert os.path.isfile(os.path.join(config.workdir, "export",
+    assert os.path.isfile(os.path.join(config.runtime.workdir, "export",
                                        "saved_model.pb"))
 
 
@@ -183,47 +194,50 @@ def test_bad_input_gets_a_clear_error(tmp_path, image_folder, args,
     assert not os.path.exists(tmp_path / "w")
 
 
-def test_single_class_and_mismatched_weights(tmp_path):
+# In-process from here on: the command line turns each InputError into
+# exit status 2 and one line (test_bad_input_gets_a_clear_error).
+
+def test_single_class_and_mismatched_weights(tmp_path, tiny_config):
     one = write_image_folder(str(tmp_path / "one"), num_classes=1)
-    result = run_cli("--flagfile=configs/smoke.cfg", f"--data_dir={one}",
-                     f"--workdir={tmp_path / 'w1'}")
-    assert result.returncode == 2
-    assert "at least 2 class" in result.stderr
-    assert "Traceback" not in result.stderr
+    config = tiny_config.replace(data_dir=one, workdir=str(tmp_path / "w1"))
+    with pytest.raises(tl_keras.InputError, match="at least 2 class"):
+        tl_keras.train(config)
     other = tl_keras.build_backbone("mobilenet_v2", "none", 32)
     weights = str(tmp_path / "other.weights.h5")
     other.base.save_weights(weights)
     data = write_image_folder(str(tmp_path / "two"), num_classes=2)
-    result = run_cli("--flagfile=configs/smoke.cfg", f"--data_dir={data}",
-                     f"--workdir={tmp_path / 'w2'}", f"--weights={weights}")
-    assert result.returncode == 2
-    assert "does not match backbone 'compact_cnn'" in result.stderr
-    assert "Traceback" not in result.stderr
+    config = config.replace(data_dir=data, workdir=str(tmp_path / "w2"),
+                            weights=weights)
+    with pytest.raises(tl_keras.InputError,
+                       match="does not match backbone 'compact_cnn'"):
+        tl_keras.train(config)
+    assert not (tmp_path / "w1").exists() and not (tmp_path / "w2").exists()
 
 
-def test_workdir_of_another_run_is_kept(smoke_run, image_folder):
+def test_workdir_of_another_run_is_kept(smoke_run, image_folder,
+                                        monkeypatch):
+    monkeypatch.chdir(REPO)  # configs/ paths resolve from here
     workdir, _ = smoke_run
     before = sorted(os.listdir(workdir))
     with open(os.path.join(workdir, "metrics.json")) as f:
         metrics = f.read()
-    result = run_cli("--flagfile=configs/smoke.cfg",
-                     f"--data_dir={image_folder}", f"--workdir={workdir}",
-                     "--epochs=5")
-    assert result.returncode == 2
-    assert "epochs: 2 -> 5" in result.stderr
+    config = cli.config_from_args([
+        "--flagfile=configs/smoke.cfg", f"--data_dir={image_folder}",
+        f"--workdir={workdir}", "--epochs=5"])
+    with pytest.raises(tl_keras.InputError, match="epochs: 2 -> 5"):
+        tl_keras.train(config)
     assert sorted(os.listdir(workdir)) == before
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert f.read() == metrics
 
 
-def test_unrelated_folder_is_not_used_as_workdir(tmp_path, image_folder):
+def test_unrelated_folder_is_not_used_as_workdir(tmp_path, tiny_config):
     workdir = tmp_path / "mine"
     workdir.mkdir()
     (workdir / "thesis.txt").write_text("precious")
-    result = run_cli("--flagfile=configs/smoke.cfg",
-                     f"--data_dir={image_folder}", f"--workdir={workdir}")
-    assert result.returncode == 2
-    assert "holds no tl_keras run" in result.stderr
+    with pytest.raises(tl_keras.InputError, match="holds no tl_keras run"):
+        tl_keras.train(tiny_config.replace(workdir=str(workdir)))
+    assert os.listdir(workdir) == ["thesis.txt"]
     assert (workdir / "thesis.txt").read_text() == "precious"
 
 

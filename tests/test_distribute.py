@@ -21,7 +21,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, write_image_folder
+from conftest import REPO, cpu_only, write_image_folder
 
 import tl_keras
 from tl_keras import cli, distribute
@@ -33,6 +33,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 GOOD = {"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]},
         "task": {"type": "worker", "index": 1}}
+
+
+# Tests that start other Python processes (each imports TensorFlow and
+# trains): 30-60 s apiece on 2 cores, so they run with the slow suite.
+MULTI_PROCESS = pytest.mark.slow
 
 
 def test_parse_tf_config_reads_this_task():
@@ -77,21 +82,24 @@ def test_bad_tf_config_fails_before_writing(tiny_config, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": ')
     with pytest.raises(tl_keras.InputError, match="not JSON"):
         tl_keras.train(tiny_config.replace(distribution="multi_worker"))
-    assert not os.path.exists(tiny_config.workdir)
+    assert not os.path.exists(tiny_config.runtime.workdir)
 
 
+@cpu_only
 def test_single_process_records_its_placement(tiny_config):
-    place = distribute.placement(tiny_config)
+    place = distribute.placement(tiny_config.runtime,
+                                  tiny_config.data.batch_size)
     assert place.kind == "one_device" and place.replicas == 1
     assert place.task.is_chief
-    info = place.describe(tiny_config.batch_size)
+    info = place.describe(tiny_config.data.batch_size)
     assert info["jit_compile"] is False  # no GPU: XLA stays off on CPU
     assert info["mixed_precision"] == "float32"
-    assert info["per_replica_batch_size"] == tiny_config.batch_size
+    assert info["per_replica_batch_size"] == tiny_config.data.batch_size
 
 
 # --- MirroredStrategy over 2 logical CPU devices ---------------------------
 
+@MULTI_PROCESS
 def test_mirrored_two_cpus_matches_one_replica(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "mirrored_task.py"),
@@ -194,6 +202,7 @@ def two_worker_run(cluster_data, tmp_path_factory):
     return workdir
 
 
+@MULTI_PROCESS
 def test_two_workers_match_one_process(two_worker_run, cluster_data,
                                        tmp_path):
     config = cli.config_from_args(
@@ -211,7 +220,7 @@ def test_two_workers_match_one_process(two_worker_run, cluster_data,
             metrics["stages"][stage]["history"]["loss"],
             single["stages"][stage]["history"]["loss"], rtol=1e-5)
     initial = weights_of(two_worker_run)
-    assert max_diff(initial, weights_of(config.workdir)) < 1e-5
+    assert max_diff(initial, weights_of(config.runtime.workdir)) < 1e-5
     # Only the chief wrote the run's outputs; the other worker kept its
     # stage markers and backups in a folder of its own.
     other = two_worker_run + ".worker-1"
@@ -223,6 +232,7 @@ def test_two_workers_match_one_process(two_worker_run, cluster_data,
                                        "done.json"))
 
 
+@MULTI_PROCESS
 def test_killed_worker_restart_resumes_to_the_same_weights(
         two_worker_run, cluster_data, tmp_path):
     workdir = str(tmp_path / "run")
@@ -251,6 +261,7 @@ def test_killed_worker_restart_resumes_to_the_same_weights(
     assert max_diff(weights_of(workdir), weights_of(two_worker_run)) < 1e-5
 
 
+@MULTI_PROCESS
 def test_auto_trains_the_chiefs_decision_on_every_worker(cluster_data,
                                                          tmp_path):
     # The chief's advisor decides scratch (a reference margin of 1: the

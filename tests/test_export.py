@@ -20,12 +20,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import logging as absl_logging
-from conftest import class_image, write_image_folder
+from conftest import class_image, run_cli, write_image_folder
 from PIL import Image
 
 import tl_keras
 from tl_keras import data as data_lib
-from tl_keras import export, predict
+from tl_keras import export
+from tl_keras.export import saved_model
+from tl_keras.modes import predict
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,8 @@ def test_saved_model_cli_lists_all_signatures(run):
     config, _, _ = run
     result = subprocess.run(
         [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
-         "show", "--dir", os.path.join(config.workdir, "export"), "--all"],
+         "show", "--dir", os.path.join(config.runtime.workdir, "export"),
+         "--all"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in export.SIGNATURES:
@@ -132,7 +135,7 @@ def test_every_endpoint_matches_predict(run):
 
 def test_outputs_are_repeatable_despite_training_augmentation(run):
     config, _, served = run
-    assert config.augmentations()  # the run trained with augmentation
+    assert config.data.augmentations()  # the run trained with augmentation
     raw = tf.constant(images(seed=1))
     fn = served.signatures["serving_default"]
     np.testing.assert_array_equal(fn(images=raw)["scores"],
@@ -141,7 +144,7 @@ def test_outputs_are_repeatable_despite_training_augmentation(run):
 
 def test_label_map_and_manifest(run):
     config, _, _ = run
-    root = os.path.join(config.workdir, "export")
+    root = os.path.join(config.runtime.workdir, "export")
     with open(os.path.join(root, "assets", "labels.txt")) as f:
         assert f.read().split("\n")[:3] == ["class_0", "class_1", "class_2"]
     with open(os.path.join(root, "manifest.json")) as f:
@@ -169,7 +172,7 @@ def test_bad_input_at_endpoints_is_an_error(run, endpoint, feed, fragment):
 
 @pytest.mark.parametrize("bad, fragment", [
     (np.zeros((1, 8, 8, 3), np.float32), "expected to be a uint8 tensor"),
-    (np.zeros((1, 8, 8, 4), np.uint8), "3"),
+    (np.zeros((1, 8, 8, 4), np.uint8), "must have 3 (RGB) channels"),
 ])
 def test_wrong_dtype_or_channels_is_rejected(run, bad, fragment):
     _, _, served = run
@@ -201,7 +204,7 @@ def test_crash_mid_export_keeps_the_old_export(run, tmp_path, monkeypatch):
                 f.write("partial")
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "_build_archive",
+    monkeypatch.setattr(saved_model, "_build_archive",
                         lambda model, names: HalfWritten())
     with pytest.raises(KeyboardInterrupt):
         export.export_saved_model(model, target, ["x", "y", "z"])
@@ -212,7 +215,7 @@ def test_crash_mid_export_keeps_the_old_export(run, tmp_path, monkeypatch):
 
 def test_load_exported_predicts_paths_and_arrays(run, image_folder):
     config, model, _ = run
-    predictor = tl_keras.load_exported(os.path.join(config.workdir,
+    predictor = tl_keras.load_exported(os.path.join(config.runtime.workdir,
                                                     "export"))
     raw = images(3)
     out = predictor.predict(raw)
@@ -261,22 +264,25 @@ def test_export_mode_reexports_a_run(run, tmp_path):
         predict.export_run(config.replace(mode="export", export_dir=target))
 
 
-def test_predict_and_export_through_the_cli(run, image_folder, tmp_path):
-    from test_cli import run_cli
-
+def test_predict_through_the_cli(run, image_folder):
     config, _, _ = run
-    export_dir = os.path.join(config.workdir, "export")
+    export_dir = os.path.join(config.runtime.workdir, "export")
     result = run_cli("--mode=predict", f"--export_dir={export_dir}",
                      f"--inputs={image_folder}/class_2/*.png", "--top_k=1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count(".png\t") == 6  # png, gray.png, rgba.png
-    result = run_cli("--mode=predict", f"--export_dir={image_folder}",
-                     f"--inputs={image_folder}")
-    assert result.returncode == 2
-    assert "not a tl_keras export" in result.stderr
-    result = run_cli("--mode=export", f"--workdir={config.workdir}")
-    assert result.returncode == 2
-    assert "already" in result.stderr and "--overwrite" in result.stderr
+
+
+def test_predict_and_export_refuse_clearly(run, image_folder):
+    # In-process: the command line turns these InputErrors into exit
+    # status 2 and one line (tests/test_cli.py checks that mapping).
+    config, _, _ = run
+    with pytest.raises(tl_keras.InputError, match="not a tl_keras export"):
+        predict.predict_files(config.replace(
+            mode="predict", export_dir=image_folder, inputs=image_folder))
+    with pytest.raises(tl_keras.InputError,
+                       match="already.*--overwrite"):
+        predict.export_run(config.replace(mode="export"))
 
 
 def test_tflite_matches_the_saved_model(run, tmp_path):

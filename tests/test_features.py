@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import tl_keras
-from tl_keras import backbones, features, transfer
 from tl_keras import data as data_lib
+from tl_keras import models
+from tl_keras.training import feature_cache
 
 
 def head_run(base, image_folder, workdir, cache, **changes):
@@ -86,14 +87,15 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
         epochs=3, batch_size=8, augment="flip,rotation",
         feature_cache_views=2)
     data = data_lib.make_datasets(config, 32)
-    classifier = transfer.build_classifier(
-        backbones.build_backbone(pretrained_base, "none"), 3, 0.0)
-    x, y, val_x, val_y = features._features_in_memory(classifier, data,
-                                                      config, 2)
+    classifier = models.build_classifier(
+        models.build_backbone(pretrained_base, "none"), 3, 0.0)
+    x, y, val_x, val_y = feature_cache._features_in_memory(
+        classifier, data, config.data, 2)
     assert x.shape == (2, data.counts["train"], 128)
     assert len(y) == data.counts["train"] and len(val_y) == len(val_x)
     assert np.abs(x[0] - x[1]).max() > 1e-3  # the views differ
-    again, *_ = features._features_in_memory(classifier, data, config, 2)
+    again, *_ = feature_cache._features_in_memory(
+        classifier, data, config.data, 2)
     np.testing.assert_array_equal(x, again)  # and are reproducible
     metrics = tl_keras.train(config)
     assert metrics["stages"]["head"]["feature_cache_plan"]["views"] == 2
@@ -117,7 +119,7 @@ def spilled_run_crashing_after_extraction(base, data_dir, workdir,
         raise Crash()
 
     with monkeypatch.context() as m:
-        m.setattr(features, "build_head_model", crash)
+        m.setattr(feature_cache, "build_head_model", crash)
         with pytest.raises(Crash):
             tl_keras.train(config)
     return config
@@ -129,7 +131,7 @@ def test_stale_spilled_features_are_refused(pretrained_base, image_folder,
     shutil.copytree(image_folder, folder)
     config = spilled_run_crashing_after_extraction(
         pretrained_base, folder, str(tmp_path / "run"), monkeypatch)
-    cache = os.path.join(config.workdir, "features")
+    cache = os.path.join(config.runtime.workdir, "features")
     assert os.path.isfile(os.path.join(cache, "meta.json"))
     # The images changed before the resume: the cache is stale.
     image = os.path.join(folder, "class_0", os.listdir(
@@ -153,8 +155,8 @@ def test_matching_spilled_features_are_reused(pretrained_base,
     config = spilled_run_crashing_after_extraction(
         pretrained_base, image_folder, str(tmp_path / "run"), monkeypatch)
     calls = []
-    original = features.extract_features
-    monkeypatch.setattr(features, "extract_features",
+    original = feature_cache.extract_features
+    monkeypatch.setattr(feature_cache, "extract_features",
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     with caplog.at_level("INFO", logger="tl_keras"):
         tl_keras.train(config)

@@ -13,10 +13,11 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import class_image
+from conftest import class_image, cpu_only
 
 import tl_keras
-from tl_keras import backbones, distribute, transfer
+from tl_keras import distribute, models
+from tl_keras.distribute import strategy
 
 
 @pytest.mark.parametrize("policy, compute, scaled", [
@@ -25,12 +26,12 @@ from tl_keras import backbones, distribute, transfer
 ])
 def test_policy_builds_16_bit_model_with_float32_logits(policy, compute,
                                                         scaled):
-    with distribute._PolicyScope(policy):
-        backbone = backbones.build_backbone("compact_cnn", "none", 32)
-        model = transfer.build_classifier(backbone, 3, 0.2)
-        transfer.compile_for_stage(model, 1e-3)
+    with strategy._PolicyScope(policy):
+        backbone = models.build_backbone("compact_cnn", "none", 32)
+        model = models.build_classifier(backbone, 3, 0.2)
+        models.compile_for_stage(model, 1e-3)
     assert keras.config.dtype_policy().name == "float32"  # restored
-    conv = transfer.get_base(model).layers[1]
+    conv = models.get_base(model).layers[1]
     assert conv.compute_dtype == compute
     assert conv.variable_dtype == "float32"  # master weights stay float32
     assert model.get_layer("logits").compute_dtype == "float32"
@@ -50,13 +51,13 @@ def test_mixed_precision_run_trains_and_exports_float32(tiny_config, policy):
     for stage in metrics["stages"].values():
         assert np.all(np.isfinite(stage["history"]["loss"]))
     assert np.isfinite(metrics["test_loss"])
-    model = keras.models.load_model(os.path.join(config.workdir,
+    model = keras.models.load_model(os.path.join(config.runtime.workdir,
                                                  "model.keras"))
     assert model.get_layer("logits").compute_dtype == "float32"
     rng = np.random.default_rng(1)
     images = np.stack([np.asarray(class_image(i % 3, rng, 32))
                        for i in range(6)])
-    exported = tl_keras.load_exported(os.path.join(config.workdir,
+    exported = tl_keras.load_exported(os.path.join(config.runtime.workdir,
                                                    "export"))
     served = exported.predict(images)
     assert served["scores"].dtype == np.float32
@@ -65,10 +66,11 @@ def test_mixed_precision_run_trains_and_exports_float32(tiny_config, policy):
     # 16-bit activations: served and direct scores agree to 16-bit
     # precision (they are the same graph, run twice).
     np.testing.assert_allclose(served["scores"], direct, atol=1e-2)
-    with open(os.path.join(config.workdir, "config.json")) as f:
+    with open(os.path.join(config.runtime.workdir, "config.json")) as f:
         assert json.load(f)["mixed_precision"] == policy
 
 
+@cpu_only
 def test_auto_precision_is_float32_on_cpu():
     assert distribute.resolve_precision("auto") == "float32"
     assert distribute.resolve_precision("mixed_float16") == "mixed_float16"

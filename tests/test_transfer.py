@@ -15,7 +15,8 @@ import pytest
 from conftest import class_image
 
 import tl_keras
-from tl_keras import backbones, transfer
+from tl_keras import models
+from tl_keras.training import plan_stages
 
 SIZE = 32
 
@@ -29,14 +30,20 @@ def arrays():
 
 
 def calibrated_model(name, arrays):
-    """A classifier whose base was trained from scratch for a few steps."""
+    """A classifier whose base was trained from scratch for a few steps.
+
+    Returns:
+      (model, blocks, BatchNorm statistics before and after that scratch
+      stage).
+    """
     keras.utils.set_random_seed(0)
     built = tl_keras.build_backbone(name, "none", SIZE)
-    model = transfer.build_classifier(built, 3, dropout=0.5)
-    transfer.configure_stage(model, "scratch", built.blocks())
-    transfer.compile_for_stage(model, 1e-3)
+    model = models.build_classifier(built, 3, dropout=0.5)
+    before = bn_stats(built.base)
+    models.configure_stage(model, "scratch", built.blocks())
+    models.compile_for_stage(model, 1e-3)
     model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
-    return model, built.blocks()
+    return model, built.blocks(), (before, bn_stats(built.base))
 
 
 def snapshot(weights):
@@ -58,23 +65,19 @@ def trained(request, arrays):
     return calibrated_model(request.param, arrays)
 
 
-def test_scratch_stage_moves_batchnorm_statistics(trained, arrays):
-    model, blocks = trained
-    base = transfer.get_base(model)
-    before = bn_stats(base)
-    transfer.configure_stage(model, "scratch", blocks)
-    transfer.compile_for_stage(model, 1e-3)
-    model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
-    assert changed(before, bn_stats(base)) == set(before)
+def test_scratch_stage_moves_batchnorm_statistics(trained):
+    # The fixture's own scratch stage (one epoch from random init).
+    _, _, (before, after) = trained
+    assert before and changed(before, after) == set(before)
 
 
 def test_head_stage_leaves_base_bit_identical(trained, arrays):
-    model, blocks = trained
-    base = transfer.get_base(model)
+    model, blocks, _ = trained
+    base = models.get_base(model)
     before = snapshot(base.weights)
     head_before = snapshot(model.get_layer("logits").weights)
-    transfer.configure_stage(model, "head", blocks)
-    transfer.compile_for_stage(model, 1e-2)
+    models.configure_stage(model, "head", blocks)
+    models.compile_for_stage(model, 1e-2)
     assert len(model.trainable_weights) == 2  # the Dense kernel and bias
     model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
     assert changed(before, snapshot(base.weights)) == set()
@@ -83,12 +86,12 @@ def test_head_stage_leaves_base_bit_identical(trained, arrays):
 
 
 def test_finetune_keeps_bn_statistics_and_trains_kernels(trained, arrays):
-    model, blocks = trained
-    base = transfer.get_base(model)
+    model, blocks, _ = trained
+    base = models.get_base(model)
     stats = bn_stats(base)
     kernels = snapshot([w for w in base.weights if "kernel" in w.path])
-    transfer.configure_stage(model, "finetune", blocks, unfreeze=None)
-    transfer.compile_for_stage(model, 1e-3)
+    models.configure_stage(model, "finetune", blocks, unfreeze=None)
+    models.compile_for_stage(model, 1e-3)
     model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
     assert changed(stats, bn_stats(base)) == set()
     after = snapshot([w for w in base.weights if "kernel" in w.path])
@@ -96,14 +99,14 @@ def test_finetune_keeps_bn_statistics_and_trains_kernels(trained, arrays):
 
 
 def test_unfreezing_top_blocks_trains_only_those(trained, arrays):
-    model, blocks = trained
-    base = transfer.get_base(model)
+    model, blocks, _ = trained
+    base = models.get_base(model)
     top = {w.path for _, layers in blocks[-2:] for layer in layers
            for w in layer.trainable_weights}
     top_kernels = {p for p in top if "kernel" in p}
     before = snapshot(base.weights)
-    transfer.configure_stage(model, "finetune", blocks, unfreeze=2)
-    transfer.compile_for_stage(model, 1e-3)
+    models.configure_stage(model, "finetune", blocks, unfreeze=2)
+    models.compile_for_stage(model, 1e-3)
     model.fit(*arrays, batch_size=16, epochs=1, verbose=0)
     moved = changed(before, snapshot(base.weights))
     assert top_kernels and top_kernels <= moved
@@ -114,9 +117,9 @@ def test_a_compiled_stage_traces_its_train_step_once(arrays):
     # compile_for_stage makes the optimizer's slots and the metric's
     # variables up front; made in the first trace instead, TensorFlow
     # traces the step a second time (a whole extra trace of the model).
-    model, blocks = calibrated_model("compact_cnn", arrays)
-    transfer.configure_stage(model, "finetune", blocks, unfreeze=None)
-    transfer.compile_for_stage(model, 1e-3)
+    model, blocks, _ = calibrated_model("compact_cnn", arrays)
+    models.configure_stage(model, "finetune", blocks, unfreeze=None)
+    models.compile_for_stage(model, 1e-3)
     traces = []
     step = model.train_step
     model.train_step = lambda data: traces.append(1) or step(data)
@@ -126,10 +129,10 @@ def test_a_compiled_stage_traces_its_train_step_once(arrays):
 
 
 def test_head_dropout_is_active_in_training_only(trained, arrays):
-    model, blocks = trained
+    model, blocks, _ = trained
     x = arrays[0][:8]
     for stage in ("head", "finetune"):
-        transfer.configure_stage(model, stage, blocks)
+        models.configure_stage(model, stage, blocks)
         train_a = model(x, training=True).numpy()
         train_b = model(x, training=True).numpy()
         infer_a = model(x, training=False).numpy()
@@ -142,8 +145,8 @@ def test_head_dropout_is_active_in_training_only(trained, arrays):
 def test_frozen_base_runs_in_inference_mode(trained, arrays):
     """With the base frozen, training=True reaches the head only: the
     pooled features equal those of inference mode."""
-    model, blocks = trained
-    transfer.configure_stage(model, "head", blocks)
+    model, blocks, _ = trained
+    models.configure_stage(model, "head", blocks)
     features = keras.Model(model.input, model.get_layer("pool").output)
     x = arrays[0][:8]
     np.testing.assert_allclose(features(x, training=True),
@@ -151,9 +154,9 @@ def test_frozen_base_runs_in_inference_mode(trained, arrays):
 
 
 def test_unfreeze_beyond_block_count_is_clear(trained):
-    model, blocks = trained
+    model, blocks, _ = trained
     with pytest.raises(tl_keras.InputError) as e:
-        transfer.configure_stage(model, "finetune", blocks,
+        models.configure_stage(model, "finetune", blocks,
                                  unfreeze=len(blocks) + 1)
     assert f"Allowed: all or 1..{len(blocks)}" in str(e.value)
 
@@ -163,7 +166,7 @@ def test_stages_follow_the_approach():
                            finetune_epochs=4, learning_rate=0.01,
                            finetune_learning_rate=1e-5)
     names = {a: [(s.name, s.epochs, s.learning_rate)
-                 for s in transfer.plan_stages(base.replace(approach=a))]
+                 for s in plan_stages(base.replace(approach=a).training)]
              for a in ("scratch", "transfer", "finetune")}
     assert names == {
         "scratch": [("scratch", 3, 0.01)],
@@ -174,11 +177,11 @@ def test_stages_follow_the_approach():
 
 def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
         tmp_path):
-    from tl_keras.train import StageCheckpoint
+    from tl_keras.training.checkpoints import StageCheckpoint
 
-    built = backbones.build_backbone("compact_cnn", "none", 32)
-    model = transfer.build_classifier(built, 3, 0.0)
-    transfer.configure_stage(model, "head", built.blocks())
+    built = models.build_backbone("compact_cnn", "none", 32)
+    model = models.build_classifier(built, 3, 0.0)
+    models.configure_stage(model, "head", built.blocks())
     best = [np.asarray(w) for w in model.trainable_weights]
     frozen = [np.asarray(w) for w in model.non_trainable_weights]
     checkpoint = StageCheckpoint(str(tmp_path), "head", target=model,
@@ -196,6 +199,6 @@ def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
     for got, want in zip(model.non_trainable_weights, frozen, strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
     # A model training other weights cannot take it.
-    transfer.configure_stage(model, "scratch", built.blocks())
+    models.configure_stage(model, "scratch", built.blocks())
     with pytest.raises(tl_keras.InputError, match="holds 2 arrays"):
         checkpoint.restore_best(model)

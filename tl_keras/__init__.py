@@ -9,47 +9,57 @@ fine-tuning, with Keras 3 and TensorFlow.
     # Or let the data decide (approach="auto"), or try all three:
     summary = tl_keras.compare(config.replace(workdir="runs/cmp"))
 
-Importing tl_keras defines no absl flags; only `tl_keras.cli` does.
+Importing tl_keras defines no absl flags (only `tl_keras.cli` does) and
+loads no TensorFlow: each name below is imported from its module on first
+use, so `python run.py --help` answers at Python's start-up speed.
 """
 
-__version__ = "0.1.0"
+import importlib
 
-from tl_keras.advisor import advise, rank
-from tl_keras.backbones import (
-    Backbone,
-    ImageNormalization,
-    build_backbone,
-    get_backbone_spec,
-    list_backbones,
-    list_blocks,
-    register_backbone,
-)
-from tl_keras.compare import compare
-from tl_keras.config import Config, InputError
-from tl_keras.data import ImageData, from_arrays, make_datasets
-from tl_keras.export import export_saved_model, load_exported
-from tl_keras.train import train
-from tl_keras.transfer import build_classifier, configure_stage
+from tl_keras.version import __version__ as __version__
 
-__all__ = [
-    "Backbone",
-    "Config",
-    "ImageData",
-    "ImageNormalization",
-    "InputError",
-    "advise",
-    "build_backbone",
-    "build_classifier",
-    "compare",
-    "configure_stage",
-    "export_saved_model",
-    "from_arrays",
-    "get_backbone_spec",
-    "list_backbones",
-    "list_blocks",
-    "load_exported",
-    "make_datasets",
-    "rank",
-    "register_backbone",
-    "train",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AdvisorConfig": "tl_keras.config",
+    "Backbone": "tl_keras.models",
+    "BackboneSpec": "tl_keras.models",
+    "Config": "tl_keras.config",
+    "DataConfig": "tl_keras.config",
+    "ExportConfig": "tl_keras.config",
+    "ImageData": "tl_keras.data",
+    "ImageNormalization": "tl_keras.models",
+    "InputError": "tl_keras.errors",
+    "ModelConfig": "tl_keras.config",
+    "RuntimeConfig": "tl_keras.config",
+    "TrainingConfig": "tl_keras.config",
+    "advise": "tl_keras.advisor",
+    "build_backbone": "tl_keras.models",
+    "build_classifier": "tl_keras.models",
+    "compare": "tl_keras.modes.compare",
+    "configure_stage": "tl_keras.models",
+    "export_saved_model": "tl_keras.export",
+    "from_arrays": "tl_keras.data",
+    "get_backbone_spec": "tl_keras.models",
+    "list_backbones": "tl_keras.models",
+    "list_blocks": "tl_keras.models",
+    "load_exported": "tl_keras.export",
+    "make_datasets": "tl_keras.data",
+    "rank": "tl_keras.advisor",
+    "register_backbone": "tl_keras.models",
+    "train": "tl_keras.training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tl_keras' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

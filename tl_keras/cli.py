@@ -7,20 +7,20 @@ positional argument or an invalid combination ends with one clear message
 on stderr and a non-zero exit code.
 """
 
-import dataclasses
 import logging
 import sys
 
 from absl import app, flags
 
-from tl_keras.config import Config, InputError
+from tl_keras.config import Config, config_fields
+from tl_keras.errors import InputError
 
 EXIT_USAGE = 2
 
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines one flag per Config field, with the field's help text."""
-    for field in dataclasses.fields(Config):
+    for field in config_fields():
         name, default = field.name, field.default
         help_text = field.metadata["help"]
         choices = field.metadata.get("choices")
@@ -44,7 +44,7 @@ def define_flags(flag_values=flags.FLAGS):
 def config_from_flags(flag_values=flags.FLAGS):
     """Reads the parsed flags once into a Config (not yet validated)."""
     return Config(**{f.name: flag_values[f.name].value
-                     for f in dataclasses.fields(Config)})
+                     for f in config_fields()})
 
 
 def config_from_args(args):
@@ -75,25 +75,38 @@ def main(argv):
             f"Unexpected positional argument(s): {' '.join(argv[1:])}. "
             f"Allowed: --name=value flags only (in a flagfile, an indented "
             f"'#' line also becomes a positional argument).", EXIT_USAGE)
-    config = config_from_flags()
-    # Imported here so `--help` and flag errors answer without loading
-    # TensorFlow.
-    from tl_keras.advisor import advise, rank
-    from tl_keras.compare import compare
-    from tl_keras.demo import run_demo
-    from tl_keras.predict import evaluate_export, export_run, predict_files
-    from tl_keras.train import train
-
-    modes = {"train": train, "demo": run_demo, "export": export_run,
-             "predict": predict_files, "evaluate": evaluate_export,
-             "advise": advise, "rank": rank, "compare": compare}
-
     try:
-        config.validate()
-        modes[config.mode](config)
+        # Checked before the mode is imported: `--help`, flag errors and a
+        # bad value answer without loading TensorFlow.
+        config = config_from_flags().validate()
+        _mode(config.runtime.mode)(config)
     except InputError as e:
         print(f"tl_keras: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def _mode(name):
+    """The function that runs --mode=name (imported on demand)."""
+    if name in ("advise", "rank"):
+        from tl_keras import advisor
+
+        return getattr(advisor, name)
+    if name == "compare":
+        from tl_keras.modes.compare import compare
+
+        return compare
+    if name == "demo":
+        from tl_keras.modes.demo import run_demo
+
+        return run_demo
+    if name in ("export", "predict", "evaluate"):
+        from tl_keras.modes import predict
+
+        return {"export": predict.export_run, "predict": predict.predict_files,
+                "evaluate": predict.evaluate_export}[name]
+    from tl_keras.training import train
+
+    return train
 
 
 def run(argv=None):

@@ -18,15 +18,15 @@ sub-run is an ordinary tl_keras run in its own workdir, so the demo resumes
 like any run.
 """
 
-import dataclasses
-import json
 import logging
 import os
 
 import numpy as np
 from PIL import Image
 
-from tl_keras.train import train
+from tl_keras import io
+from tl_keras.modes.compare import compare
+from tl_keras.training.trainer import train
 
 log = logging.getLogger("tl_keras")
 
@@ -91,35 +91,35 @@ def _scene(pixels, rng):
 
 
 def run_demo(config):
-    """Runs the demo under `config.workdir`; returns and prints a summary.
+    """Runs the demo under `config.runtime.workdir`; returns and prints a
+    summary.
 
     Pretrains the base on the source digits, then runs `--mode=compare`
     on the target digits with that base: scratch, transfer and finetune
     with the same epoch budget, the advisor's pick marked, report.md with
     the table and plots, the best model exported.
     """
-    from tl_keras.compare import compare
-
-    data_root = os.path.join(config.workdir, "data")
+    workdir = config.runtime.workdir
+    labels_per_class = config.runtime.demo_labels_per_class
     source, target = materialize_digits(
-        data_root, config.demo_labels_per_class, config.seed)
+        os.path.join(workdir, "data"), labels_per_class, config.data.seed)
     log.info("Demo: pretraining compact_cnn from scratch on digits 0-4 in "
              "4 orientations (the source task, 20 classes)")
-    pretrain_dir = os.path.join(config.workdir, "pretrain")
+    pretrain_dir = os.path.join(workdir, "pretrain")
     pretrain = train(config.replace(
         mode="train", backbone="compact_cnn", weights="none",
         image_size=DEMO_SIZE, approach="scratch", data_dir=source,
-        epochs=config.demo_pretrain_epochs, workdir=pretrain_dir))
+        epochs=config.runtime.demo_pretrain_epochs, workdir=pretrain_dir))
     log.info("Demo: scratch vs transfer vs finetune on digits 5-9 with %d "
-             "labels per class", config.demo_labels_per_class)
+             "labels per class", labels_per_class)
     header = (
         f"The offline demo: a `compact_cnn` pretrained on digits 0-4 in 4 "
         f"orientations ({pretrain['num_train']} images, source test "
         f"accuracy {pretrain['test_accuracy']:.3f}) is the base; the target "
-        f"task is digits 5-9 from {config.demo_labels_per_class} labelled "
+        f"task is digits 5-9 from {labels_per_class} labelled "
         f"images per class.")
     compared = compare(config.replace(
-        mode="compare", data_dir=target, workdir=config.workdir,
+        mode="compare", data_dir=target, workdir=workdir,
         backbone=os.path.join(pretrain_dir, "model.keras"), weights="none",
         image_size=0), header=header)
     results = {
@@ -128,21 +128,20 @@ def run_demo(config):
                "num_train": compared["num_train"],
                "num_test": r["num_test"],
                "advisor_pick": r["advisor_pick"],
-               "workdir": os.path.join(config.workdir, name)}
+               "workdir": os.path.join(workdir, name)}
         for name, r in compared["results"].items()}
     summary = {
         "source_task": {"digits": list(SOURCE_DIGITS),
                         "num_train": pretrain["num_train"],
                         "test_accuracy": pretrain["test_accuracy"]},
         "target_task": {"digits": list(TARGET_DIGITS),
-                        "labels_per_class": config.demo_labels_per_class},
+                        "labels_per_class": labels_per_class},
         "advisor": compared["advisor"],
         "results": results,
-        "report": os.path.join(config.workdir, "report.md"),
-        "config": dataclasses.asdict(config),
+        "report": os.path.join(workdir, "report.md"),
+        "config": config.to_dict(),
     }
-    with open(os.path.join(config.workdir, "demo.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    io.write_json(os.path.join(workdir, "demo.json"), summary)
     print(format_summary(summary))
     return summary
 

@@ -23,9 +23,10 @@ import time
 
 import numpy as np
 
-from tl_keras import advisor, backbones, export, transfer
-from tl_keras import data as data_lib
-from tl_keras.train import train, write_json
+from tl_keras import io
+from tl_keras.advisor.advise import advise_run, classifier_and_data
+from tl_keras.advisor.report import summary_lines
+from tl_keras.training.trainer import train
 
 log = logging.getLogger("tl_keras")
 
@@ -36,32 +37,22 @@ def compare(config, data=None, header=None):
     Args:
       config: the Config; `approach` is ignored, `workdir` receives one
         sub-run per approach and the report.
-      data: optional `ImageData`; default reads `config.data_dir`.
+      data: optional `ImageData`; default reads `config.data.data_dir`.
       header: optional markdown paragraph put at the top of the report.
     """
     config.validate(require_data_dir=data is None)
     start = time.time()
-    workdir = config.workdir
-    built = backbones.build_backbone(config.backbone, config.weights,
-                                     config.image_size)
-    if data is None:
-        data = data_lib.make_datasets(config, built.image_size)
-    os.makedirs(workdir, exist_ok=True)
-    model = transfer.build_classifier(built, len(data.class_names), 0.0)
-    advise_start = time.time()
-    decision = advisor.advise_run(model, data, config, built.blocks())
-    advise_seconds = time.time() - advise_start
-    write_json(os.path.join(workdir, "decision.json"), decision)
-    del model
-    budget = config.epochs + config.finetune_epochs
+    workdir = config.runtime.workdir
+    data, decision, advise_seconds = _advise_first(config, data)
+    budget = config.training.epochs + config.training.finetune_epochs
     runs = {
         "scratch": dict(approach="scratch", epochs=budget),
         "transfer": dict(approach="transfer", epochs=budget),
         "finetune": dict(approach="finetune"),
     }
-    pick = decision["approach"]
-    pick_name = pick
-    if pick == "finetune" and decision["unfreeze"] != config.unfreeze:
+    pick_name = decision["approach"]
+    if pick_name == "finetune" and (
+            decision["unfreeze"] != config.training.unfreeze):
         pick_name = "auto"
         runs["auto"] = dict(approach="finetune",
                             unfreeze=decision["unfreeze"])
@@ -80,8 +71,8 @@ def compare(config, data=None, header=None):
         row["advisor_pick"] = name == pick_name
         row["best"] = name == best
     summary = {
-        "data_dir": config.data_dir,
-        "backbone": config.backbone,
+        "data_dir": config.data.data_dir,
+        "backbone": config.model.backbone,
         "epoch_budget": budget,
         "num_train": data.counts["train"],
         "num_test": results[best]["num_test"],
@@ -94,20 +85,36 @@ def compare(config, data=None, header=None):
         "results": results,
         "seconds": round(time.time() - start, 1),
     }
+    _write_outputs(workdir, summary, decision, header)
+    return summary
+
+
+def _advise_first(config, data):
+    """Builds the base (and the data), runs the advisor, writes
+    decision.json; returns (data, decision, seconds it took)."""
+    model, data, blocks = classifier_and_data(config, data)
+    os.makedirs(config.runtime.workdir, exist_ok=True)
+    advise_start = time.time()
+    decision = advise_run(model, data, config, blocks)
+    seconds = time.time() - advise_start
+    io.write_json(os.path.join(config.runtime.workdir, "decision.json"),
+                  decision)
+    return data, decision, seconds
+
+
+def _write_outputs(workdir, summary, decision, header):
+    """The best run's export, the plots, results.json and report.md."""
+    best = summary["best"]
     _copy_export(os.path.join(workdir, best, "export"),
                  os.path.join(workdir, "export"))
-    plots = _plots(workdir, results, best)
-    write_json(os.path.join(workdir, "results.json"), summary)
-    report = format_report(summary, decision, plots, header)
-    with open(os.path.join(workdir, "report.md.tmp"), "w") as f:
-        f.write(report)
-    os.replace(os.path.join(workdir, "report.md.tmp"),
-               os.path.join(workdir, "report.md"))
+    plots = _plots(workdir, summary["results"], best)
+    io.write_json(os.path.join(workdir, "results.json"), summary)
+    io.write_text(os.path.join(workdir, "report.md"),
+                  format_report(summary, decision, plots, header))
     print(format_table(summary))
     log.info("Report: %s; best model exported to %s",
              os.path.join(workdir, "report.md"),
              os.path.join(workdir, "export"))
-    return summary
 
 
 def _row(metrics, seconds):
@@ -184,7 +191,7 @@ def format_report(summary, decision, plots, header=None):
               f"({100 * summary['advisor_seconds'] / summary['seconds']:.1f}"
               f"% of this compare): **{decision['approach']}** — "
               f"{decision['reason']}", "", "```"]
-    lines += advisor.summary_lines(decision["measurements"], decision)
+    lines += summary_lines(decision["measurements"], decision)
     lines += ["```", ""]
     for title, name in plots:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
@@ -237,9 +244,9 @@ def _plots(workdir, results, best):
 
 
 def _save(fig, path):
-    tmp = path + ".tmp.png"
+    tmp = io.temp_path(path)
     fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    io.commit(tmp, path)
 
 
 def _copy_export(source, target):
@@ -248,4 +255,4 @@ def _copy_export(source, target):
     tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
-    export.replace_dir(tmp, target)
+    io.replace_dir(tmp, target)

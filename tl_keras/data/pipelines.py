@@ -2,27 +2,31 @@
 
 Images are decoded once, resized to the model's square input as uint8 (the
 same `resize_images` the export uses, so training and serving see the same
-pixels), cached in memory when they fit, shuffled, batched, augmented in
-`tf.data` (never inside the model, see DESIGN.md), and prefetched.
+pixels), cached in memory when they fit, shuffled in an order that depends
+only on (seed, stage, epoch), batched, augmented in `tf.data` (never inside
+the model) and prefetched.
 """
 
-import concurrent.futures
 import dataclasses
 import logging
-import os
 
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from tl_keras.config import InputError
+from tl_keras.config import DataConfig
+from tl_keras.data.augment import augment
+from tl_keras.data.folders import (
+    carve_missing_splits,
+    check_classes_have_images,
+    class_counts,
+    scan_folder,
+)
+from tl_keras.data.images import decode_image, find_unreadable, resize_images
+from tl_keras.errors import InputError
 
 log = logging.getLogger("tl_keras")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation"),
-              "test": ("test",)}
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -112,43 +116,20 @@ class EpochShuffle:
                 stage_index, epoch))
 
 
-def resize_images(images, size):
-    """Resizes uint8 images to (size, size) exactly as training does.
-
-    Bilinear with antialiasing (so downscaling does not alias), then
-    rounded and clipped back to uint8. Works on one image or a batch.
-    """
-    x = tf.image.resize(images, (size, size), method="bilinear",
-                        antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-
-
-def decode_image(data):
-    """Decodes JPEG / PNG / BMP / GIF bytes to uint8 RGB (first GIF frame).
-
-    Grayscale is replicated to three channels, alpha is dropped, 16-bit PNG
-    is scaled to 8 bits.
-    """
-    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8,
-                               expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def build_augmenter(names, seed):
-    """Returns a Keras model of the named augmentations, or None."""
-    layers = []
-    if "flip" in names:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if "rotation" in names:
-        layers.append(keras.layers.RandomRotation(0.1, seed=seed))
-    if "zoom" in names:
-        layers.append(keras.layers.RandomZoom(0.1, seed=seed))
-    return keras.Sequential(layers, name="augment") if layers else None
+def data_section(config):
+    """The DataConfig of `config` (a Config, a DataConfig, or None for the
+    defaults)."""
+    if config is None:
+        return DataConfig()
+    return config if isinstance(config, DataConfig) else config.data
 
 
 def make_datasets(config, image_size):
     """Builds the pipelines of `config.data_dir`.
+
+    Args:
+      config: a `DataConfig` (or a whole `Config`: its data section).
+      image_size: the model's square input size.
 
     The folder holds one sub-folder per class, or `train/`, `val/` (or
     `validation/`) and `test/` folders that each hold the class folders.
@@ -159,6 +140,7 @@ def make_datasets(config, image_size):
       ValueError: missing or empty folder, a class without images, fewer
         than two classes, or a class too small to split.
     """
+    config = data_section(config)
     files, class_names, skipped = scan_folder(config.data_dir)
     bad = find_unreadable([p for split in files.values() for p, _ in split])
     if bad:
@@ -168,12 +150,9 @@ def make_datasets(config, image_size):
         bad_set = set(bad)
         files = {k: [(p, y) for p, y in v if p not in bad_set]
                  for k, v in files.items()}
-        _check_classes_have_images(files["train"], class_names,
+        check_classes_have_images(files["train"], class_names,
                                    config.data_dir)
-    if "val" not in files or "test" not in files:
-        files = _split(files, config.validation_split if "val" not in files
-                       else 0.0, config.test_split if "test" not in files
-                       else 0.0, config.seed, class_names)
+    files = carve_missing_splits(files, config, class_names)
     total = sum(len(v) for v in files.values())
     cache = total * image_size * image_size * 3 <= (
         config.cache_budget_mb * 2**20)
@@ -191,7 +170,7 @@ def make_datasets(config, image_size):
         train=datasets["train"], val=datasets["val"],
         test=datasets.get("test"), class_names=class_names,
         counts={k: len(v) for k, v in files.items()},
-        class_counts={k: _class_counts(v, class_names)
+        class_counts={k: class_counts(v, class_names)
                       for k, v in files.items()},
         bad_files=bad, skipped_files=skipped, files=files, cached=cache,
         train_ordered=_pipeline(sources["train"], len(files["train"]),
@@ -212,7 +191,8 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
       x: images, (n, height, width, channels) with 1, 3 or 4 channels,
         uint8 or float in [0, 255].
       y: integer labels, (n,).
-      config: a Config (batch size, splits, seed, augmentation).
+      config: a `DataConfig` (batch size, splits, seed, augmentation), a
+        whole `Config` (its data section) or None (the defaults).
       image_size: the model's square input size.
       class_names: names in label order; default '0', '1', ...
       x_val, y_val, x_test, y_test: explicit splits; missing ones are
@@ -221,6 +201,7 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
     Raises:
       ValueError: bad shapes, labels or value range.
     """
+    config = data_section(config)
     arrays = {"train": _check_arrays(x, y, "x", "y")}
     if x_val is not None:
         arrays["val"] = _check_arrays(x_val, y_val, "x_val", "y_val")
@@ -232,18 +213,7 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
         raise InputError(
             f"Invalid class_names: labels go up to {num_classes - 1} and at "
             f"least 2 classes are needed. Received: {len(class_names)} names")
-    if "val" not in arrays or "test" not in arrays:
-        index = {k: [(i, int(label)) for i, label in enumerate(v[1])]
-                 for k, v in arrays.items() if k == "train"}
-        split = _split(index, config.validation_split if "val" not in arrays
-                       else 0.0, config.test_split if "test" not in arrays
-                       else 0.0, config.seed, class_names)
-        images = arrays["train"][0]
-        for k, pairs in split.items():
-            if k not in arrays or k == "train":
-                ids = np.array([i for i, _ in pairs], dtype=np.int64)
-                arrays[k] = (images[ids], np.array([lab for _, lab in pairs],
-                                                   dtype=np.int32))
+    arrays = _carve_arrays(arrays, config, class_names)
     datasets, sources = {}, {}
     shuffle = EpochShuffle(config.seed)
     for k, (images, labels) in arrays.items():
@@ -264,161 +234,6 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
                                 config, training=False, cache=False),
         shuffle=shuffle, image_size=image_size,
         batch_size=config.batch_size)
-
-
-def scan_folder(data_dir):
-    """Lists image files per split and class.
-
-    Returns:
-      (files, class_names, skipped): files maps 'train' (and 'val' /
-      'test' when those folders exist) to sorted (path, label) pairs;
-      skipped lists files ignored for their extension.
-    """
-    if not data_dir or not os.path.isdir(data_dir):
-        raise InputError(
-            f"Invalid data_dir: no such folder. Allowed: a folder with one "
-            f"sub-folder of images per class. Received: data_dir="
-            f"{data_dir!r}")
-    roots = {"train": data_dir}
-    for split, names in SPLIT_DIRS.items():
-        for name in names:
-            if os.path.isdir(os.path.join(data_dir, name)):
-                roots[split] = os.path.join(data_dir, name)
-                break
-    class_names = _subfolders(
-        roots["train"],
-        exclude=_ALL_SPLIT_NAMES if roots["train"] == data_dir else ())
-    if len(class_names) < 2:
-        found = ", ".join(class_names) or "none"
-        raise InputError(
-            f"Invalid data_dir: a classifier needs at least 2 class "
-            f"sub-folders; found {len(class_names)} ({found}) in "
-            f"{roots['train']!r}. Allowed: one sub-folder of images per "
-            f"class. Received: data_dir={data_dir!r}")
-    files, skipped = {}, []
-    for split, root in roots.items():
-        extra = sorted(set(_subfolders(root)) - set(class_names))
-        if extra:
-            raise InputError(
-                f"Invalid data_dir: {root!r} has class folders that train/ "
-                f"lacks: {', '.join(extra)}. Allowed: the classes of train/"
-                f" ({', '.join(class_names)}). Received: data_dir="
-                f"{data_dir!r}")
-        pairs = []
-        for label, name in enumerate(class_names):
-            images, ignored = _list_images(os.path.join(root, name))
-            pairs += [(p, label) for p in images]
-            skipped += ignored
-        files[split] = pairs
-    if skipped:
-        log.warning("Ignoring %d file(s) without an image extension (%s): "
-                    "%s", len(skipped), ", ".join(IMAGE_EXTENSIONS),
-                    ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5
-                                              else ""))
-    _check_classes_have_images(files["train"], class_names, data_dir)
-    return files, class_names, skipped
-
-
-def _subfolders(path, exclude=()):
-    return sorted(e.name for e in os.scandir(path)
-                  if e.is_dir() and not e.name.startswith(".")
-                  and e.name not in exclude)
-
-
-_ALL_SPLIT_NAMES = {n for names in SPLIT_DIRS.values() for n in names}
-
-
-def _list_images(folder):
-    if not os.path.isdir(folder):
-        return [], []
-    images, ignored = [], []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            path = os.path.join(root, name)
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(path)
-            else:
-                ignored.append(path)
-    return images, ignored
-
-
-def _check_classes_have_images(pairs, class_names, data_dir):
-    counts = np.bincount([y for _, y in pairs], minlength=len(class_names))
-    empty = [name for name, n in zip(class_names, counts, strict=True)
-             if n == 0]
-    if empty:
-        raise InputError(
-            f"Invalid data_dir: class folder(s) with no readable images: "
-            f"{', '.join(empty)}. Allowed: each class folder holds at least "
-            f"one {'/'.join(IMAGE_EXTENSIONS)} file. Received: data_dir="
-            f"{data_dir!r}")
-
-
-# The formats tf.io.decode_image reads (MPO is a JPEG with extra frames).
-_TF_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF"}
-
-
-def _is_readable(path):
-    """Fully decodes with PIL (JPEG at reduced scale, for speed), so a
-    truncated file is caught here, not mid-training inside TensorFlow."""
-    try:
-        with Image.open(path) as image:
-            if image.format not in _TF_FORMATS:
-                return False
-            image.draft("RGB", (64, 64))
-            image.load()
-        return True
-    except Exception:  # noqa: BLE001 - PIL raises many types for bad files
-        return False
-
-
-def find_unreadable(paths):
-    """Returns the paths that are not decodable images, checked in
-    parallel (PIL's decoders release the GIL)."""
-    if len(paths) > 2000:
-        log.info("Checking %d image files ...", len(paths))
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        ok = list(pool.map(_is_readable, paths, chunksize=64))
-    return [p for p, good in zip(paths, ok, strict=True) if not good]
-
-
-def _split(files, val_fraction, test_fraction, seed, class_names):
-    """Carves val / test from files['train'], per class, by seed."""
-    rng = np.random.default_rng(seed)
-    out = {k: list(v) for k, v in files.items()}
-    train, val, test = [], [], []
-    for label, name in enumerate(class_names):
-        items = [pair for pair in files["train"] if pair[1] == label]
-        order = rng.permutation(len(items))
-        items = [items[i] for i in order]
-        n_val = int(round(len(items) * val_fraction))
-        n_test = int(round(len(items) * test_fraction))
-        if val_fraction and len(items) >= 3:
-            n_val = max(n_val, 1)
-        if len(items) - n_val - n_test < 1:
-            raise InputError(
-                f"Invalid data: class {name!r} has {len(items)} image(s), "
-                f"too few to hold out validation_split={val_fraction} and "
-                f"test_split={test_fraction}. Allowed: enough images for at "
-                f"least one training image per class. Received: "
-                f"{len(items)} images")
-        val += items[:n_val]
-        test += items[n_val:n_val + n_test]
-        train += items[n_val + n_test:]
-    out["train"] = train
-    if val_fraction:
-        out["val"] = val
-    if test_fraction or "test" not in out:
-        out["test"] = test
-    if val_fraction and not val:
-        raise InputError(
-            "Invalid validation_split: it leaves no validation images. "
-            f"Allowed: a larger fraction or a val/ folder. Received: "
-            f"validation_split={val_fraction}")
-    return out
 
 
 def _file_source(pairs, image_size):
@@ -461,39 +276,6 @@ def sample_training_set(data, n, seed):
     return ds.prefetch(AUTOTUNE), len(keep)
 
 
-def inference_batch_size():
-    """The batch for forward passes only (feature extraction, evaluation):
-    None (keep the training batch) on GPU / TPU, 4 images per usable core
-    on CPU.
-
-    On CPU the base runs faster on small batches (its activations stay in
-    cache): with 2 cores, batches of 8 ran MobileNetV2 at 160 px 1.3x
-    faster than batches of 32 (108 vs 82 images/s, median of 6 rounds),
-    ResNet50 and EfficientNetB0 1.1-1.2x (see bench/RESULTS.md). What is
-    computed does not change: each image's forward pass in inference mode
-    is independent of the others in its batch.
-    """
-    if (tf.config.list_logical_devices("GPU")
-            or tf.config.list_logical_devices("TPU")):
-        return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return 4 * cores
-
-
-def for_inference(ds, n):
-    """A batched dataset of n elements, re-batched for forward passes (see
-    `inference_batch_size`), with its length known (for progress bars)."""
-    size = inference_batch_size()
-    if size is None:
-        return ds
-    steps = -(-n // size)
-    return ds.rebatch(size).apply(
-        tf.data.experimental.assert_cardinality(steps)).prefetch(AUTOTUNE)
-
-
 def full_batches(ds, batch_size, n):
     """Drops the last, partial batch of a batched dataset of n elements.
 
@@ -517,19 +299,23 @@ def _pipeline(source, n, config, training, cache, shuffle=None):
     return ds.prefetch(AUTOTUNE)
 
 
-def augment(ds, config):
-    """Applies the config's augmentations to a batched (images, labels)
-    dataset; unchanged when there are none."""
-    augmenter = build_augmenter(config.augmentations(), config.seed)
-    if augmenter is None:
-        return ds
-    return ds.map(lambda x, y: (augmenter(x, training=True), y),
-                  num_parallel_calls=AUTOTUNE)
-
-
-def _class_counts(pairs, class_names):
-    counts = np.bincount([y for _, y in pairs], minlength=len(class_names))
-    return {name: int(n) for name, n in zip(class_names, counts, strict=True)}
+def _carve_arrays(arrays, config, class_names):
+    """Carves the splits not given as arrays from the training arrays."""
+    if "val" in arrays and "test" in arrays:
+        return arrays
+    # The given splits are named (empty) so that only the others are
+    # carved from the training arrays.
+    index = {k: [(i, int(label)) for i, label in enumerate(v[1])]
+             if k == "train" else [] for k, v in arrays.items()}
+    split = carve_missing_splits(index, config, class_names)
+    images = arrays["train"][0]
+    arrays = dict(arrays)
+    for k, pairs in split.items():
+        if k not in arrays or k == "train":
+            ids = np.array([i for i, _ in pairs], dtype=np.int64)
+            arrays[k] = (images[ids], np.array([lab for _, lab in pairs],
+                                               dtype=np.int32))
+    return arrays
 
 
 def _check_arrays(x, y, x_name, y_name):

@@ -1,4 +1,4 @@
-"""The three approaches: model assembly, freezing by block, recompiling.
+"""The classifier: preprocessing -> base -> new head, frozen by block.
 
 The Keras transfer-learning recipe, with the parts that silently go wrong
 in Keras 3.15 done by the library instead of the user:
@@ -11,34 +11,12 @@ in Keras 3.15 done by the library instead of the user:
   optimizer (Keras gives no warning when that compile is missing).
 """
 
-import dataclasses
-
 import keras
 
-from tl_keras import backbones, heads
-from tl_keras.config import InputError
+from tl_keras.errors import InputError
+from tl_keras.models.layers import Backbone, ImageNormalization
 
 STAGES = ("scratch", "head", "finetune")
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One fit() of a run: which part trains, how long, how fast."""
-
-    name: str
-    epochs: int
-    learning_rate: float
-
-
-def plan_stages(config):
-    """Returns the stages of `config.approach`, in order."""
-    if config.approach == "scratch":
-        return [Stage("scratch", config.epochs, config.learning_rate)]
-    stages = [Stage("head", config.epochs, config.learning_rate)]
-    if config.approach == "finetune":
-        stages.append(Stage("finetune", config.finetune_epochs,
-                            config.finetune_learning_rate))
-    return stages
 
 
 def build_classifier(backbone, num_classes, dropout=0.2):
@@ -57,11 +35,31 @@ def build_classifier(backbone, num_classes, dropout=0.2):
     """
     size = backbone.image_size
     inputs = keras.Input((size, size, 3), name="image")
-    x = backbones.ImageNormalization(backbone.preprocessing,
+    x = ImageNormalization(backbone.preprocessing,
                                      name="preprocess")(inputs)
-    x = backbones.Backbone(backbone.base, name="backbone")(x)
-    logits = heads.build_head(x, num_classes, dropout)
+    x = Backbone(backbone.base, name="backbone")(x)
+    logits = build_head(x, num_classes, dropout)
     return keras.Model(inputs, logits, name="tl_keras_classifier")
+
+
+def build_head(features, num_classes, dropout=0.2):
+    """Applies the classification head to a rank-4 feature map.
+
+    Logits are float32 even under a mixed-precision policy, so the softmax
+    and the loss stay numerically sound.
+
+    Args:
+      features: a (batch, height, width, channels) Keras tensor.
+      num_classes: number of output classes (>= 2).
+      dropout: dropout rate before the Dense layer; 0 disables it.
+
+    Returns:
+      The logits tensor, (batch, num_classes), float32.
+    """
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
 
 
 def get_base(model):

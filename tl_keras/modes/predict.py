@@ -7,33 +7,32 @@
 
 import csv
 import glob
-import json
+import io as text_io
 import logging
 import os
 
 import keras
 import numpy as np
 
-from tl_keras import data as data_lib
-from tl_keras import export
-from tl_keras.config import InputError
-from tl_keras.train import (
-    classification_metrics,
-    export_manifest,
-    write_json,
-)
+from tl_keras import io
+from tl_keras.data.folders import IMAGE_EXTENSIONS, scan_folder
+from tl_keras.data.images import find_unreadable
+from tl_keras.errors import InputError
+from tl_keras.export.predictor import load_exported
+from tl_keras.export.saved_model import export_saved_model
+from tl_keras.training.metrics import classification_metrics, export_manifest
 
 log = logging.getLogger("tl_keras")
 
 
 def export_run(config):
-    """Re-exports the model of a finished run in `config.workdir`.
+    """Re-exports the model of a finished run in its workdir.
 
     Raises:
       InputError: no finished run there, or an existing export without
         --overwrite.
     """
-    workdir = config.workdir
+    workdir = config.runtime.workdir
     model_path = os.path.join(workdir, "model.keras")
     metrics_path = os.path.join(workdir, "metrics.json")
     if not (os.path.isfile(model_path) and os.path.isfile(metrics_path)):
@@ -41,16 +40,15 @@ def export_run(config):
             f"Invalid workdir {workdir!r}: no finished run (model.keras and "
             f"metrics.json). Allowed: the workdir of a completed run. "
             f"Received: workdir={workdir!r}")
-    with open(metrics_path) as f:
-        metrics = json.load(f)
-    with open(os.path.join(workdir, "config.json")) as f:
-        approach = json.load(f)["approach"]
+    metrics = io.read_json(metrics_path)
+    approach = io.read_json(os.path.join(workdir, "config.json"))["approach"]
     model = keras.saving.load_model(model_path, compile=False)
-    target = config.export_dir or os.path.join(workdir, "export")
-    return export.export_saved_model(
+    target = config.export.export_dir or os.path.join(workdir, "export")
+    return export_saved_model(
         model, target, metrics["class_names"],
-        manifest=export_manifest(config.replace(approach=approach), metrics),
-        overwrite=config.overwrite, tflite=config.export_tflite)
+        manifest=export_manifest(approach, metrics),
+        overwrite=config.runtime.overwrite,
+        tflite=config.export.export_tflite)
 
 
 def expand_inputs(spec):
@@ -66,7 +64,7 @@ def expand_inputs(spec):
         if os.path.isdir(item):
             found = [os.path.join(root, name)
                      for root, _, names in os.walk(item) for name in names
-                     if name.lower().endswith(data_lib.IMAGE_EXTENSIONS)]
+                     if name.lower().endswith(IMAGE_EXTENSIONS)]
         else:
             found = [p for p in glob.glob(item) if os.path.isfile(p)]
         if not found:
@@ -86,17 +84,17 @@ def predict_files(config):
     Returns:
       A list of row dicts: path, label, score, top_k, error.
     """
-    export_dir = config.export_dir or os.path.join(config.workdir, "export")
-    predictor = export.load_exported(export_dir)
-    paths = expand_inputs(config.inputs)
-    bad = set(data_lib.find_unreadable(paths))
+    export_dir = _export_dir(config)
+    predictor = load_exported(export_dir)
+    paths = expand_inputs(config.export.inputs)
+    bad = set(find_unreadable(paths))
     good = [p for p in paths if p not in bad]
     log.info("Scoring %d image(s) with %s (%d unreadable)", len(good),
              export_dir, len(bad))
     rows = {p: {"path": p, "label": "", "score": "", "top_k": [],
                 "error": "not a readable JPEG / PNG / GIF / BMP image"}
             for p in bad}
-    k = min(config.top_k, len(predictor.class_names))
+    k = min(config.export.top_k, len(predictor.class_names))
     batch = 64
     for start in range(0, len(good), batch):
         chunk = good[start:start + batch]
@@ -118,32 +116,33 @@ def predict_files(config):
             top = ", ".join(f"{name} {score:.3f}"
                             for name, score in row["top_k"])
             print(f"{row['path']}\t{top}")
-    if config.output:
-        write_predictions(ordered, config.output)
+    if config.export.output:
+        write_predictions(ordered, config.export.output)
     return ordered
 
 
 def evaluate_export(config):
-    """Scores an export on the labelled folder `config.data_dir` (every
+    """Scores an export on the labelled folder --data_dir (every
     image in it, or its test/ split when it has train/ val/ test/).
 
     Returns:
-      The metrics dict (also written to `config.output` if given).
+      The metrics dict (also written to --output if given).
 
     Raises:
       InputError: the folder's classes are not the export's classes.
     """
-    export_dir = config.export_dir or os.path.join(config.workdir, "export")
-    predictor = export.load_exported(export_dir)
-    files, class_names, _ = data_lib.scan_folder(config.data_dir)
+    export_dir = _export_dir(config)
+    predictor = load_exported(export_dir)
+    data_dir, output = config.data.data_dir, config.export.output
+    files, class_names, _ = scan_folder(data_dir)
     pairs = files.get("test") or files["train"]
     unknown = sorted(set(class_names) - set(predictor.class_names))
     if unknown:
         raise InputError(
             f"Invalid data_dir: classes {', '.join(unknown)} are not in the "
             f"export. Allowed: a subset of {', '.join(predictor.class_names)}"
-            f". Received: data_dir={config.data_dir!r}")
-    bad = set(data_lib.find_unreadable([p for p, _ in pairs]))
+            f". Received: data_dir={data_dir!r}")
+    bad = set(find_unreadable([p for p, _ in pairs]))
     pairs = [(p, y) for p, y in pairs if p not in bad]
     log.info("Evaluating %s on %d image(s) (%d unreadable skipped)",
              export_dir, len(pairs), len(bad))
@@ -152,32 +151,37 @@ def evaluate_export(config):
     logits = np.concatenate([
         predictor.predict([p for p, _ in pairs[i:i + 64]])["logits"]
         for i in range(0, len(pairs), 64)])
-    metrics = {"export_dir": export_dir, "data_dir": config.data_dir,
+    metrics = {"export_dir": export_dir, "data_dir": data_dir,
                "bad_files": len(bad), **classification_metrics(
                    y_true, logits, predictor.class_names)}
     print(f"accuracy {metrics['test_accuracy']:.4f} on "
           f"{metrics['num_test']} images")
-    if config.output:
-        if not config.output.endswith(".json"):
+    if output:
+        if not output.endswith(".json"):
             raise InputError(
                 f"Invalid output for evaluate. Allowed: a .json path. "
-                f"Received: output={config.output!r}")
-        write_json(config.output, metrics)
+                f"Received: output={output!r}")
+        io.write_json(output, metrics)
     return metrics
 
 
 def write_predictions(rows, path):
     """Writes rows to .csv (top_k as 'name:score;...') or .json."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        if path.endswith(".json"):
-            json.dump(rows, f, indent=2)
-        else:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "score", "top_k", "error"])
-            for r in rows:
-                top = ";".join(f"{n}:{s:.6f}" for n, s in r["top_k"])
-                writer.writerow([r["path"], r["label"], r["score"], top,
-                                 r["error"]])
-    os.replace(tmp, path)
+    if path.endswith(".json"):
+        io.write_json(path, rows)
+    else:
+        text = text_io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["path", "label", "score", "top_k", "error"])
+        for r in rows:
+            top = ";".join(f"{n}:{s:.6f}" for n, s in r["top_k"])
+            writer.writerow([r["path"], r["label"], r["score"], top,
+                             r["error"]])
+        io.write_text(path, text.getvalue())
     log.info("Wrote %d prediction(s) to %s", len(rows), path)
+
+
+def _export_dir(config):
+    """--export_dir, or the workdir's export."""
+    return config.export.export_dir or os.path.join(config.runtime.workdir,
+                                                    "export")

@@ -1,4 +1,4 @@
-"""Cached features: train the head of a frozen base without re-running it.
+"""The head stage on cached features: the frozen base runs once.
 
 While the base is frozen it is a fixed function, so running it every
 epoch (the Keras guide's loop) repeats the same work. Here the base runs
@@ -19,6 +19,7 @@ with a fingerprint of everything they depend on). A resumed run reuses a
 complete file whose fingerprint matches and refuses one that does not.
 """
 
+
 import hashlib
 import json
 import logging
@@ -30,35 +31,40 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import data as data_lib
-from tl_keras.config import InputError
+from tl_keras import inference, io
+from tl_keras.data.augment import build_augmenter
+from tl_keras.errors import InputError
 
 log = logging.getLogger("tl_keras")
 
 
-def cache_plan(config, stage_name, data, model):
+def cache_plan(training, data_config, stage_name, data, model):
     """How the head stage caches features, or None for the full loop.
+
+    Args:
+      training: the config's `TrainingConfig` (feature_cache, views).
+      data_config: its `DataConfig` (augmentation, cache budget).
 
     Returns:
       None, or {'views': K, 'spill': bool, 'mib': size of the features}.
     """
-    if not (config.feature_cache and stage_name == "head"
+    if not (training.feature_cache and stage_name == "head"
             and data.train_ordered is not None and data.shuffle is not None):
         return None
     views = 1
-    if config.augmentations():
-        views = config.feature_cache_views
+    if data_config.augmentations():
+        views = training.feature_cache_views
         if not views:
             log.info("Augmentation is on and --feature_cache_views=0: "
                      "training the head through the frozen base.")
             return None
     channels = model.get_layer("pool").output.shape[-1]
     size = (views * data.counts["train"] + data.counts["val"]) * channels * 4
-    spill = size > config.cache_budget_mb * 2**20
+    spill = size > data_config.cache_budget_mb * 2**20
     if spill:
         log.info("Features (%.0f MiB) exceed --cache_budget_mb=%d; they go "
                  "to a file in the workdir.", size / 2**20,
-                 config.cache_budget_mb)
+                 data_config.cache_budget_mb)
     return {"views": views, "spill": spill, "mib": round(size / 2**20, 1)}
 
 
@@ -79,8 +85,7 @@ def feature_extractor(model, augmenter=None):
         # float32 even under a mixed precision policy: the head's input.
         return tf.cast(extractor(x, training=False), tf.float32)
 
-    return tf.function(features_of, input_signature=[tf.TensorSpec(
-        (None, *model.input.shape[1:]), tf.float32)])
+    return inference.traced(features_of, model)
 
 
 def extract_features(extractor, ds, n, description, out=None):
@@ -95,23 +100,10 @@ def extract_features(extractor, ds, n, description, out=None):
     Returns:
       (features float32 [n, channels], labels int32 [n]).
     """
-    ds = data_lib.for_inference(ds, n)
-    steps = int(ds.cardinality())
-    bar = keras.utils.Progbar(steps if steps > 0 else None,
-                              unit_name="batch")
-    chunks, labels, start = [], [], 0
     log.info("Extracting %s features with the frozen base", description)
-    for i, (x, y) in enumerate(ds, start=1):
-        batch = np.asarray(extractor(x))
-        if out is None:
-            chunks.append(batch)
-        else:
-            out[start:start + len(batch)] = batch
-        start += len(batch)
-        labels.append(np.asarray(y))
-        bar.update(i)
-    features = np.concatenate(chunks) if out is None else out
-    return features, np.concatenate(labels).astype(np.int32)
+    features, labels = inference.run_batched(extractor, ds, n, out=out,
+                                             progress=True)
+    return features, labels.astype(np.int32)
 
 
 def build_head_model(model):
@@ -129,7 +121,12 @@ def build_head_model(model):
 
 def make_feature_datasets(model, data, config, plan, workdir):
     """Extracts (or reuses) the features; returns (head_model, train_ds,
-    val_ds, seconds spent extracting)."""
+    val_ds, seconds spent extracting).
+
+    Args:
+      config: the run's `DataConfig` (batch size, augmentation, seed).
+      plan: from `cache_plan`.
+    """
     start = time.time()
     if plan["spill"]:
         train_x, train_y, val_x, val_y = _spilled_features(
@@ -221,8 +218,7 @@ def _spilled_features(model, data, config, views, workdir):
     meta_path = os.path.join(folder, "meta.json")
     fingerprint = _fingerprint(model, data, config, views)
     if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            stored = json.load(f)["fingerprint"]
+        stored = io.read_json(meta_path)["fingerprint"]
         diffs = [k for k in fingerprint if stored.get(k) != fingerprint[k]]
         if diffs:
             raise InputError(
@@ -251,9 +247,9 @@ def _spilled_features(model, data, config, views, workdir):
     del train_x, val_x
     np.save(os.path.join(tmp, "train_labels.npy"), train_y)
     np.save(os.path.join(tmp, "val_labels.npy"), val_y)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump({"fingerprint": fingerprint}, f, indent=2)
-    os.replace(tmp, folder)
+    io.write_json(os.path.join(tmp, "meta.json"),
+                  {"fingerprint": fingerprint})
+    io.commit(tmp, folder)
     log.info("Wrote features to %s", folder)
     return _load_spilled(folder)
 
@@ -300,7 +296,7 @@ def _view_augmenter(config, view):
     names = config.augmentations()
     if not names:
         return None
-    return data_lib.build_augmenter(names, config.seed + 7919 * (view + 1))
+    return build_augmenter(names, config.seed + 7919 * (view + 1))
 
 
 def _describe(view, views):

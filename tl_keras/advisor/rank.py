@@ -1,0 +1,85 @@
+"""--mode=rank: candidate backbones scored on the data, best first."""
+
+import logging
+import os
+
+import numpy as np
+
+from tl_keras.advisor.advise import write_record
+from tl_keras.advisor.measurement import measure
+from tl_keras.data.pipelines import make_datasets
+from tl_keras.models.backbones import build_backbone
+from tl_keras.models.classifier import build_classifier
+from tl_keras.models.registry import get_backbone_spec
+
+log = logging.getLogger("tl_keras")
+
+SCORES = ("logme", "knn_accuracy", "probe_accuracy")
+
+
+def rank(config, data=None):
+    """Scores each of --backbones on the data (one feature pass each) and
+    prints them ranked by their mean rank over LogME, kNN and
+    linear-probe accuracy.
+
+    Returns:
+      The rows, best first (also in <workdir>/ranking.json).
+    """
+    config.validate(require_data_dir=data is None)
+    names = [b.strip() for b in config.advisor.backbones.split(",")
+             if b.strip()]
+    for name in names:  # every name checked before any work
+        if not name.endswith(".keras"):
+            get_backbone_spec(name)
+    rows, data_by_size = [], {}
+    for name in names:
+        log.info("Ranking: measuring %s", name)
+        built = build_backbone(name, config.model.weights,
+                               config.model.image_size)
+        # The folder is scanned and checked once per input size.
+        if data is not None:
+            data_for = data
+        elif built.image_size not in data_by_size:
+            data_for = data_by_size[built.image_size] = make_datasets(
+                config.data, built.image_size)
+        else:
+            data_for = data_by_size[built.image_size]
+        model = build_classifier(built, len(data_for.class_names), 0.0)
+        m = measure(model, data_for, config, built.blocks())
+        rows.append({"backbone": name, **m.get("last", {}),
+                     "seconds": m["seconds"], "problems": m["problems"]})
+    _order(rows)
+    print(format_ranking(rows, config.data.data_dir,
+                         1 / len(data_for.class_names)))
+    write_record(config.runtime.workdir, "ranking.json", {"ranking": rows})
+    return rows
+
+
+def _order(rows):
+    """Ranks the rows by each score, then sorts them by mean rank (ties
+    broken by LogME), in place."""
+    for key in SCORES:
+        order = sorted(rows, key=lambda r: -r.get(key, -np.inf))
+        for position, row in enumerate(order, start=1):
+            row.setdefault("ranks", {})[key] = position
+    for row in rows:
+        row["mean_rank"] = round(float(np.mean(list(row["ranks"].values()))),
+                                 2)
+    rows.sort(key=lambda r: (r["mean_rank"], -r.get("logme", -np.inf)))
+
+
+def format_ranking(rows, data_dir, chance):
+    """The ranking as a plain-text table for the terminal."""
+    lines = [f"\nBackbones ranked on {data_dir or 'the data'} "
+             f"(chance {chance:.3f}):",
+             f"  {'#':>2}  {'backbone':<28} {'LogME':>8} {'kNN':>6} "
+             f"{'probe':>6} {'mean rank':>9} {'time':>7}"]
+    for i, row in enumerate(rows, start=1):
+        name = os.path.basename(row["backbone"])[-28:]
+        lines.append(
+            f"  {i:>2}  {name:<28} "
+            f"{row.get('logme', float('nan')):8.3f} "
+            f"{row.get('knn_accuracy', float('nan')):6.3f} "
+            f"{row.get('probe_accuracy', float('nan')):6.3f} "
+            f"{row['mean_rank']:9.2f} {row['seconds']:6.1f}s")
+    return "\n".join(lines)

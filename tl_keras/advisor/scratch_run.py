@@ -1,0 +1,124 @@
+"""The advisor's short scratch run: an early point on scratch's curve.
+
+Frozen features, pretrained or random, cannot show how far training every
+layer goes; a short run of the architecture from random init on the
+advisor's sample can.
+"""
+
+import logging
+import math
+import time
+
+import keras
+import tensorflow as tf
+
+from tl_keras.data.augment import augment
+from tl_keras.data.pipelines import sample_training_set
+from tl_keras.models.backbones import BuiltBackbone
+from tl_keras.models.classifier import (
+    all_layers,
+    build_classifier,
+    compile_for_stage,
+)
+
+log = logging.getLogger("tl_keras")
+
+SCRATCH_RUN_BN_MOMENTUM = 0.5  # the scratch run's moving statistics: the
+
+
+def scratch_epochs(config):
+    """Epochs of the advisor's short scratch run: --advisor_scratch_fraction
+    of --epochs (the epochs --approach=scratch trains), rounded up; 0 when
+    the fraction is 0."""
+    return math.ceil(config.advisor.advisor_scratch_fraction
+                     * config.training.epochs)
+
+
+def scratch_run(model, data, config, epochs, enough=None):
+    """A short from-scratch run: `model`'s architecture with fresh random
+    weights, trained on the advisor's sample of the training images (at
+    most --advisor_sample) for `epochs` epochs as --approach=scratch trains
+    (learning rate, batch size, augmentation, head dropout), validated on
+    the validation set after each epoch.
+
+    Its best validation accuracy is an early point on scratch's learning
+    curve: a lower bound of what scratch reaches with the full budget.
+    Frozen features, pretrained or random, cannot show how far training
+    every layer goes; a small CNN can beat a weak base's features after a
+    few epochs on simple images. `model` itself is not touched.
+
+    `enough(val_accuracy) -> bool`, if given, stops the run after the
+    first epoch for which it is true (the run has caught up with the
+    probe: more epochs cannot change the decision).
+
+    Returns:
+      {'epochs' (run), 'planned_epochs', 'images', 'val_accuracy' (best),
+      'val_accuracy_curve', 'seconds'}.
+    """
+    start = time.time()
+    data_config = config.data
+    sample_ds, sampled = sample_training_set(
+        data, config.advisor.advisor_sample, data_config.seed)
+    keras.utils.set_random_seed(data_config.seed)
+    scratch = _fresh_classifier(model, config)
+    compile_for_stage(scratch, config.training.learning_rate)
+
+    def progress(epoch, logs):
+        log.info("Advisor: scratch run epoch %d/%d, val_accuracy %.3f",
+                 epoch + 1, epochs, logs["val_accuracy"])
+        if enough is not None and enough(float(logs["val_accuracy"])):
+            log.info("Advisor: the scratch run has caught up with the "
+                     "probe; stopping it")
+            scratch.stop_training = True
+
+    history = scratch.fit(
+        _endless_batches(sample_ds, sampled, data_config),
+        validation_data=data.val, epochs=epochs,
+        steps_per_epoch=math.ceil(sampled / data_config.batch_size),
+        verbose=0, shuffle=False,  # shuffled in _endless_batches
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=progress)])
+    curve = [round(float(v), 4) for v in history.history["val_accuracy"]]
+    return {"epochs": len(curve), "planned_epochs": epochs,
+            "images": sampled,
+            "val_accuracy": max(curve), "val_accuracy_curve": curve,
+            "seconds": round(time.time() - start, 1)}
+
+
+def _fresh_classifier(model, config):
+    """`model`'s architecture with fresh random weights and the run's head
+    dropout, its BatchNorm statistics following the last few batches."""
+    preprocess = model.get_layer("preprocess")
+    fresh = BuiltBackbone(
+        base=keras.models.clone_model(model.get_layer("backbone").base,
+                                      recursive=True),
+        preprocessing=preprocess.mode, image_size=int(model.input.shape[1]),
+        spec=None, source="advisor scratch run")
+    # Fresh BatchNorm statistics for validation: a short run at the full
+    # learning rate moves the weights faster than the architecture's slow
+    # moving averages (momentum 0.9-0.99) follow, and validating with
+    # stale statistics understated the same weights' accuracy by up to 37
+    # points (bench, 300 digits: 0.57 vs 0.93 after 5 epochs). BatchNorm
+    # trains on batch statistics, so the weights are the same either way
+    # (identical training losses); only the validation is current.
+    for layer in all_layers(fresh.base):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = SCRATCH_RUN_BN_MOMENTUM
+    return build_classifier(fresh, model.output.shape[-1],
+                            config.model.dropout)
+
+
+def _endless_batches(sample_ds, sampled, data_config):
+    """The sample reshuffled every epoch, augmented, in full batches.
+
+    Every batch full (an epoch's last one wraps into the next epoch's
+    order), so the train step is traced once, not again for a short last
+    batch (5 of the 15 s of a 25-image run). The shuffle buffer holds the
+    images as uint8 (their values are whole numbers, as in the training
+    cache): a quarter of float32's memory.
+    """
+    train = sample_ds.unbatch().map(
+        lambda x, y: (tf.cast(x, tf.uint8), y)).shuffle(
+        sampled, seed=data_config.seed, reshuffle_each_iteration=True
+    ).repeat().batch(data_config.batch_size).map(
+        lambda x, y: (tf.cast(x, tf.float32), y))
+    return augment(train, data_config).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,155 @@
+"""The whole run's configuration: six sections, one flat set of flags.
+
+`Config` holds a `DataConfig`, `ModelConfig`, `TrainingConfig`,
+`RuntimeConfig`, `ExportConfig` and `AdvisorConfig`; each library function
+takes the section it needs (`make_datasets(config.data, ...)`). Field
+names are unique across sections, so the command line, `flags.cfg` and
+`config.json` stay flat, and so do `Config(epochs=3, ...)` and
+`config.replace(epochs=3)`: each name goes to its section.
+"""
+
+import dataclasses
+
+from tl_keras.config import sections as _sections
+from tl_keras.config.fields import check_data_dir
+from tl_keras.errors import InputError, fail
+
+SECTIONS = {"data": _sections.DataConfig, "model": _sections.ModelConfig,
+            "training": _sections.TrainingConfig,
+            "runtime": _sections.RuntimeConfig,
+            "export": _sections.ExportConfig,
+            "advisor": _sections.AdvisorConfig}
+
+# Flat field name -> its section's name.
+FIELD_SECTIONS = {f.name: section for section, cls in SECTIONS.items()
+                  for f in dataclasses.fields(cls)}
+
+# Fields that may change between a run and its resumption without changing
+# what the run computes.
+RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile",
+                    "distribution", "mode", "backbones",
+                    "export_dir", "inputs", "output", "top_k",
+                    "export_tflite")
+
+# Modes that read a labelled folder (unless the data is passed in).
+_DATA_MODES = ("train", "evaluate", "advise", "rank", "compare")
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Config:
+    """What to train, on what, how, and where to put it.
+
+    Build it from flat field names (`Config(data_dir="images",
+    workdir="runs/a", epochs=5)`), from sections (`Config(data=DataConfig(
+    ...))`), or both; unnamed fields keep their defaults.
+    """
+
+    data: _sections.DataConfig
+    model: _sections.ModelConfig
+    training: _sections.TrainingConfig
+    runtime: _sections.RuntimeConfig
+    export: _sections.ExportConfig
+    advisor: _sections.AdvisorConfig
+
+    def __init__(self, data=None, model=None, training=None, runtime=None,
+                 export=None, advisor=None, **fields):
+        given = {"data": data, "model": model, "training": training,
+                 "runtime": runtime, "export": export, "advisor": advisor}
+        by_section = _route(fields)
+        for name, cls in SECTIONS.items():
+            section = given[name] if given[name] is not None else cls()
+            if not isinstance(section, cls):
+                fail(name, f"a {cls.__name__}", section)
+            if by_section.get(name):
+                section = dataclasses.replace(section, **by_section[name])
+            object.__setattr__(self, name, section)
+
+    def validate(self, require_data_dir=True):
+        """Checks every section, then what depends on several; returns
+        self so calls can chain.
+
+        Args:
+          require_data_dir: False when the data comes another way (arrays
+            passed to `train(config, data=...)`).
+
+        Raises:
+          InputError: naming the field, what is allowed and what was given.
+        """
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        mode = self.runtime.mode
+        needs_data = mode in _DATA_MODES and require_data_dir
+        if needs_data and not self.data.data_dir:
+            fail("data_dir", "a folder of class sub-folders", "")
+        if not self.runtime.workdir and not (
+                mode in ("predict", "evaluate") and self.export.export_dir):
+            fail("workdir", "a folder path", "")
+        if mode == "predict" and not self.export.inputs:
+            fail("inputs", "image files, folders or globs", "")
+        if mode == "rank" and not self.advisor.backbones:
+            fail("backbones", "comma-separated backbone names or .keras "
+                 "paths", "")
+        if needs_data:  # last: the one check that reads the disk
+            check_data_dir(self.data.data_dir)
+        return self
+
+    def replace(self, **fields):
+        """Returns a copy with the named fields (flat names, or whole
+        sections) changed; validated when used."""
+        sections = {name: fields.pop(name) for name in SECTIONS
+                    if name in fields}
+        return Config(**{name: sections.get(name, getattr(self, name))
+                         for name in SECTIONS}, **fields)
+
+    def to_dict(self):
+        """The flat {field: value} dict written to config.json."""
+        flat = {}
+        for name in SECTIONS:
+            flat.update(dataclasses.asdict(getattr(self, name)))
+        return flat
+
+    def to_flagfile(self):
+        """Returns the config as absl flagfile text (one --flag per line)."""
+        lines = ["# Resolved flags of this run; reuse with --flagfile=."]
+        for key, value in self.to_dict().items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            lines.append(f"--{key}={value}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_dict(cls, flat):
+        """The inverse of `to_dict` (unknown keys are an error)."""
+        return cls(**flat)
+
+
+def config_fields():
+    """Yields every field of every section (dataclasses.Field), in section
+    order: the flags `cli.py` defines."""
+    for cls in SECTIONS.values():
+        yield from dataclasses.fields(cls)
+
+
+def config_differences(stored, current):
+    """Returns 'field: stored -> current' strings for result-changing fields."""
+    diffs = []
+    for key, value in current.to_dict().items():
+        if key in RESUMABLE_FIELDS:
+            continue
+        if key in stored and stored[key] != value:
+            diffs.append(f"{key}: {stored[key]!r} -> {value!r}")
+    return diffs
+
+
+def _route(fields):
+    """Groups flat field names by section; an unknown name is an error."""
+    by_section = {}
+    for key, value in fields.items():
+        section = FIELD_SECTIONS.get(key)
+        if section is None:
+            raise InputError(
+                f"Unknown config field {key!r}. Allowed: "
+                f"{', '.join(sorted(FIELD_SECTIONS))}. Received: "
+                f"{key}={value!r}")
+        by_section.setdefault(section, {})[key] = value
+    return by_section

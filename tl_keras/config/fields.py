@@ -1,0 +1,62 @@
+"""What every config field is made of: its choices, help text and checks.
+
+The constants are the allowed values of the enum-like fields; `field`
+attaches the help text (and choices) that `cli.py` turns into a flag; the
+`check_*` functions are the checks that need more than a range.
+"""
+
+import dataclasses
+import os
+
+from tl_keras.errors import InputError, fail
+
+TRAINED_APPROACHES = ("scratch", "transfer", "finetune")  # what auto picks
+APPROACHES = TRAINED_APPROACHES + ("auto",)
+MODES = ("train", "demo", "export", "predict", "evaluate", "advise", "rank",
+         "compare")
+AUGMENTATIONS = ("flip", "rotation", "zoom")
+JIT_CHOICES = ("auto", "true", "false")
+DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def field(default, help, choices=None):
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_choices(section):
+    """Raises InputError for a field whose value is not one of its
+    metadata's choices."""
+    for f in dataclasses.fields(section):
+        choices = f.metadata.get("choices")
+        value = getattr(section, f.name)
+        if choices and value not in choices:
+            fail(f.name, " | ".join(choices), value)
+
+
+def check_data_dir(data_dir):
+    """Raises InputError unless `data_dir` is an existing folder."""
+    if not data_dir or not os.path.isdir(data_dir):
+        raise InputError(
+            f"Invalid data_dir: no such folder. Allowed: a folder with one "
+            f"sub-folder of images per class. Received: data_dir="
+            f"{data_dir!r}")
+
+
+def check_weights(weights):
+    """Raises InputError unless `weights` is imagenet, none or an existing
+    .weights.h5 / .keras file."""
+    if weights in ("imagenet", "none"):
+        return
+    if not weights.endswith((".weights.h5", ".keras")):
+        fail("weights", "imagenet | none | a .weights.h5 or .keras path",
+             weights)
+    if not os.path.isfile(weights):
+        raise InputError(
+            f"Invalid weights: no such file. Allowed: imagenet | none | an "
+            f"existing .weights.h5 or .keras path. Received: "
+            f"weights={weights!r}"
+        )

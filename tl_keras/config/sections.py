@@ -1,0 +1,339 @@
+"""The sections of a run's configuration, each a frozen dataclass that
+validates itself.
+
+Every field is also a command-line flag of the same name (`cli.py` defines
+the flags from the field metadata), so a config section, a `flags.cfg` and
+a command line are spellings of one thing. `config.Config` puts the
+sections together.
+"""
+
+import dataclasses
+
+from tl_keras.config.fields import (
+    APPROACHES,
+    AUGMENTATIONS,
+    DISTRIBUTIONS,
+    JIT_CHOICES,
+    MODES,
+    PRECISIONS,
+    check_choices,
+    check_weights,
+    field,
+)
+from tl_keras.errors import check_fraction, check_range, fail
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from; how they are split, batched, augmented."""
+
+    data_dir: str = field(
+        "",
+        "Folder with one sub-folder of images per class, or train/ val/ "
+        "test/ folders that each hold the class sub-folders.",
+    )
+    validation_split: float = field(
+        0.15, "Fraction of each class held out for validation."
+    )
+    test_split: float = field(
+        0.15, "Fraction of each class held out for the final test."
+    )
+    batch_size: int = field(32, "Global batch size.")
+    seed: int = field(42, "Seed of the split, shuffling and initialisation.")
+    augment: str = field(
+        "flip,rotation,zoom",
+        "Comma-separated training augmentations run in tf.data "
+        "(flip, rotation, zoom), or 'none'.",
+    )
+    cache_budget_mb: int = field(
+        1024,
+        "Decoded, resized images are cached in memory when they fit in "
+        "this many MiB; otherwise they are decoded every epoch. Cached "
+        "features beyond it spill to <workdir>/features/.",
+    )
+
+    def validate(self):
+        """Checks this section; returns self. Raises InputError."""
+        check_range("batch_size", self.batch_size, 1, 1 << 20)
+        check_range("cache_budget_mb", self.cache_budget_mb, 0, 1 << 30)
+        check_fraction("validation_split", self.validation_split,
+                       open_low=True, open_high=True)
+        check_fraction("test_split", self.test_split, open_high=True)
+        if self.validation_split + self.test_split >= 0.9:
+            fail("validation_split + test_split", "less than 0.9",
+                 self.validation_split + self.test_split)
+        self.augmentations()
+        return self
+
+    def augmentations(self):
+        """Returns the augmentation names as a tuple (empty for 'none')."""
+        if self.augment in ("none", ""):
+            return ()
+        names = tuple(a.strip() for a in self.augment.split(","))
+        for name in names:
+            if name not in AUGMENTATIONS:
+                fail("augment", "'none' or a comma-separated subset of "
+                     + ", ".join(AUGMENTATIONS), self.augment)
+        return names
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network: which base, its weights and input size, the new head."""
+
+    backbone: str = field(
+        "efficientnet_b0",
+        "A registered backbone name (e.g. mobilenet_v3_large, "
+        "efficientnet_v2_b0, resnet50) or a path to a saved .keras model.",
+    )
+    weights: str = field(
+        "imagenet",
+        "imagenet | none | path to a .weights.h5 or .keras file for the "
+        "backbone.",
+    )
+    image_size: int = field(
+        0, "Square input size in pixels; 0 = the backbone's default."
+    )
+    dropout: float = field(0.2, "Dropout rate before the new head.")
+
+    def validate(self):
+        """Checks this section; returns self. Raises InputError."""
+        if not self.backbone:
+            fail("backbone", "a backbone name or a .keras path", "")
+        check_weights(self.weights)
+        check_range("image_size", self.image_size, 0, 4096)
+        check_fraction("dropout", self.dropout, open_high=True)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """What trains, how long and how fast."""
+
+    approach: str = field(
+        "finetune",
+        "scratch: train everything from random init. transfer: frozen "
+        "base, train a new head. finetune: transfer, then unfreeze blocks "
+        "and train at --finetune_learning_rate. auto: measure the data "
+        "with the frozen base and pick one (see <workdir>/decision.json).",
+        APPROACHES,
+    )
+    epochs: int = field(10, "Epochs of the head stage (or of scratch).")
+    finetune_epochs: int = field(10, "Epochs of the fine-tune stage.")
+    learning_rate: float = field(
+        1e-3, "Adam learning rate of the head / scratch stage."
+    )
+    finetune_learning_rate: float = field(
+        1e-5, "Adam learning rate of the fine-tune stage (keep it tiny)."
+    )
+    unfreeze: str = field(
+        "all",
+        "How much of the base the fine-tune stage trains, in whole blocks: "
+        "'all' or a number N of top blocks. BatchNorm stays frozen.",
+    )
+    feature_cache: bool = field(
+        True,
+        "Train the head of a frozen base on pooled features computed once "
+        "(much faster), when augmentation is off; the result is the same "
+        "model as the full loop's.",
+    )
+    feature_cache_views: int = field(
+        0,
+        "With augmentation on: cache this many augmented views of the "
+        "training set for the head stage (epoch e trains on view e mod K); "
+        "0 trains through the frozen base every epoch instead.",
+    )
+
+    def validate(self):
+        """Checks this section; returns self. Raises InputError."""
+        check_choices(self)
+        check_range("epochs", self.epochs, 1, 100000)
+        check_range("finetune_epochs", self.finetune_epochs, 1, 100000)
+        for name in ("learning_rate", "finetune_learning_rate"):
+            check_fraction(name, getattr(self, name), open_low=True,
+                           open_high=True)
+        check_range("feature_cache_views", self.feature_cache_views, 0, 100)
+        self.unfreeze_blocks()
+        return self
+
+    def unfreeze_blocks(self):
+        """Returns None for 'all', else the number of top blocks."""
+        if self.unfreeze == "all":
+            return None
+        try:
+            n = int(self.unfreeze)
+        except ValueError:
+            n = 0
+        if n < 1:
+            fail("unfreeze", "'all' or a positive integer", self.unfreeze)
+        return n
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """What to do, where to write it, and what it runs on."""
+
+    mode: str = field(
+        "train",
+        "train: run one approach on --data_dir. demo: the bundled offline "
+        "demo (pretrain on digits 0-4, then scratch vs transfer vs finetune "
+        "on digits 5-9 with few labels). export: re-export --workdir's "
+        "model to --export_dir. predict: score --inputs with an export. "
+        "evaluate: score an export on the labelled folder --data_dir. "
+        "advise: measure --data_dir with the base and write the decision "
+        "--approach=auto would take, without training. rank: score the "
+        "--backbones candidates on --data_dir and print them ranked. "
+        "compare: run scratch, transfer and finetune (and the advisor's "
+        "pick) on --data_dir; write report.md and export the best.",
+        MODES,
+    )
+    workdir: str = field(
+        "", "Where the run writes everything; the same workdir resumes."
+    )
+    overwrite: bool = field(
+        False,
+        "Start over in a workdir that holds a different run (the old one "
+        "is moved aside to <workdir>.replaced-<time>, not deleted).",
+    )
+    distribution: str = field(
+        "auto",
+        "tf.distribute strategy. auto: multi_worker when TF_CONFIG is set, "
+        "mirrored over several GPUs, else one_device. multi_worker reads "
+        "TF_CONFIG (run the same command on every machine). --batch_size "
+        "is global and must divide by the replica count.",
+        DISTRIBUTIONS,
+    )
+    jit_compile: str = field(
+        "auto",
+        "XLA for the train step. auto: on with one GPU/TPU replica per "
+        "process, off on CPU (where XLA is slower). true: force it (fails "
+        "before training where XLA cannot run).",
+        JIT_CHOICES,
+    )
+    mixed_precision: str = field(
+        "auto",
+        "Keras dtype policy. auto: mixed_float16 on GPUs with tensor cores, "
+        "mixed_bfloat16 on TPU, float32 on CPU. Logits and softmax stay "
+        "float32; float16 uses dynamic loss scaling.",
+        PRECISIONS,
+    )
+    demo_labels_per_class: int = field(
+        10, "Demo only: labelled training images per target class."
+    )
+    demo_pretrain_epochs: int = field(
+        8, "Demo only: epochs of pretraining the base on the source task."
+    )
+
+    def validate(self):
+        """Checks this section; returns self. Raises InputError."""
+        check_choices(self)
+        check_range("demo_labels_per_class", self.demo_labels_per_class,
+                    1, 100)
+        check_range("demo_pretrain_epochs", self.demo_pretrain_epochs,
+                    1, 1000)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """The SavedModel export; the predict / evaluate modes' files."""
+
+    export_dir: str = field(
+        "",
+        "export / predict: the SavedModel folder; default <workdir>/export.",
+    )
+    export_tflite: bool = field(
+        False,
+        "Also write <export>/model.tflite (float32 input at the model's "
+        "size, built-in ops only).",
+    )
+    inputs: str = field(
+        "",
+        "predict: comma-separated image files, folders or glob patterns.",
+    )
+    output: str = field(
+        "", "predict: also write the predictions to this .csv or .json."
+    )
+    top_k: int = field(3, "predict: how many classes to report per image.")
+
+    def validate(self):
+        """Checks this section; returns self. Raises InputError."""
+        if self.output and not self.output.endswith((".csv", ".json")):
+            fail("output", "a path ending in .csv or .json", self.output)
+        check_range("top_k", self.top_k, 1, 1000)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvisorConfig:
+    """How auto, advise, rank and compare measure the data and decide."""
+
+    advisor_sample: int = field(
+        2000, "auto / advise / rank: training images sampled to measure.")
+    advisor_large_per_class: int = field(
+        100, "auto: 'large' data from this many images per class (median).")
+    advisor_similar_gain: float = field(
+        0.5,
+        "auto: 'similar' domain when the frozen features' probe accuracy "
+        "gain over chance, (acc - chance) / (1 - chance), is at least this.")
+    advisor_scratch_gain: float = field(
+        0.1,
+        "auto: with large, different data, train from scratch when the gain "
+        "is below this (features near chance) ...")
+    advisor_scratch_per_class: int = field(
+        1000, "... and there are at least this many images per class.")
+    advisor_earlier_margin: float = field(
+        0.05,
+        "auto: an earlier layer's gain above the last layer's by more than "
+        "this marks the data as far from the pretraining domain.")
+    advisor_reference_margin: float = field(
+        0.1,
+        "auto: train from scratch when the pretrained features' gain beats "
+        "the same architecture's random-init features' gain by less than "
+        "this (the pretraining brings nothing to this data).")
+    advisor_scratch_fraction: float = field(
+        0.2,
+        "auto / advise / compare: a short from-scratch run on the sampled "
+        "images, this fraction of --epochs long (rounded up; 0 skips it); "
+        "train from scratch when it already matches the frozen features' "
+        "linear probe on the validation set.")
+    advisor_tie_se: float = field(
+        1.0,
+        "auto: measured accuracies closer than this many standard errors "
+        "(binomial with the Agresti-Coull adjustment, over the validation "
+        "images they are measured on) are "
+        "a tie: the scratch run matches the probe when below it by at most "
+        "this many standard errors of their difference (the run only gets "
+        "better with the full budget), and the features count as similar "
+        "when their gain is below --advisor_similar_gain by at most this "
+        "many standard errors of the gain (finetune keeps its stage only "
+        "when it beats the head on validation); 0 = strict.")
+    advisor_random_gain: float = field(
+        0.75,
+        "auto: train from scratch when the same architecture with random "
+        "weights already gains at least this on the data (its features' "
+        "linear probe): the task is easy for the architecture itself. 1 "
+        "turns it off.")
+    advisor_scratch_horizon: float = field(
+        0.5,
+        "auto: the scratch run also matches the probe when, at the rate it "
+        "climbed over its second half, it reaches it within this many run "
+        "lengths more (linear, so kept short; 0 = its best only).")
+    backbones: str = field(
+        "", "rank: comma-separated candidate backbones (names or .keras).")
+
+    def validate(self):
+        """Checks this section; returns self. Raises InputError."""
+        check_range("advisor_sample", self.advisor_sample, 10, 1000000)
+        check_range("advisor_large_per_class", self.advisor_large_per_class,
+                    1, 10**9)
+        check_range("advisor_scratch_per_class",
+                    self.advisor_scratch_per_class, 1, 10**9)
+        for name in ("advisor_similar_gain", "advisor_scratch_gain",
+                     "advisor_earlier_margin", "advisor_reference_margin",
+                     "advisor_scratch_fraction", "advisor_random_gain"):
+            check_fraction(name, getattr(self, name))
+        check_fraction("advisor_scratch_horizon",
+                       self.advisor_scratch_horizon, 0, 5)
+        check_fraction("advisor_tie_se", self.advisor_tie_se, 0, 5)
+        return self

@@ -1,0 +1,181 @@
+"""Where the step runs: the tf.distribute strategy, XLA and precision.
+
+`placement(runtime, batch_size)` turns `--distribution`, `--jit_compile`
+and `--mixed_precision` into a `Placement`: the strategy every variable is
+created under, whether the train step is XLA-compiled, the Keras dtype
+policy, and which task of a multi-worker cluster this process is. Each
+choice is explicit and recorded in metrics.json, so a run reports the path
+that actually ran.
+"""
+
+import dataclasses
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from tl_keras.distribute.cluster import Task, parse_tf_config
+from tl_keras.distribute.compile_options import (
+    resolve_jit_compile,
+    resolve_precision,
+)
+from tl_keras.distribute.keras_fix import patch_keras_for_multi_worker
+from tl_keras.errors import InputError
+
+log = logging.getLogger("tl_keras")
+
+_STRATEGIES = {}  # one strategy per kind and process (MWMS allows only one)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """What a run executes on; see `placement()`."""
+
+    kind: str
+    strategy: tf.distribute.Strategy
+    jit_compile: bool
+    precision: str
+    task: Task
+
+    @property
+    def replicas(self):
+        return self.strategy.num_replicas_in_sync
+
+    def describe(self, batch_size):
+        """A dict for metrics.json: the hardware path the run used."""
+        return {
+            "distribution": self.kind,
+            "strategy": type(self.strategy).__name__,
+            "replicas": self.replicas,
+            "workers": self.task.num_workers,
+            "global_batch_size": batch_size,
+            "per_replica_batch_size": batch_size // self.replicas,
+            "gpus": len(tf.config.list_logical_devices("GPU")),
+            "jit_compile": self.jit_compile,
+            "mixed_precision": self.precision,
+        }
+
+    def from_chief(self, values):
+        """The chief's `values` (small non-negative ints) on every process.
+
+        In a multi-worker run only the chief decides what is trained (e.g.
+        --approach=auto, whose measurements can differ between processes:
+        a short training run on CPU is not bit-reproducible), and every
+        worker must train the same thing, or their collectives would not
+        match. One all-reduce in which only the chief's replicas contribute
+        (each a share of the values); other processes' `values` are
+        ignored. A single process gets its `values` back.
+        """
+        if self.task.num_workers <= 1:
+            return [int(v) for v in values]
+        local = self.replicas // self.task.num_workers
+        share = tf.constant([float(v) / local if self.task.is_chief else 0.0
+                             for v in values], tf.float64)
+
+        @tf.function
+        def all_reduce():
+            per_replica = self.strategy.run(lambda: tf.identity(share))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                        per_replica, axis=None)
+
+        return [int(round(float(v))) for v in all_reduce().numpy()]
+
+    def policy_scope(self):
+        """A context with this run's Keras dtype policy as the global one
+        (restored afterwards: the policy is process-wide state)."""
+        return _PolicyScope(self.precision)
+
+
+def placement(runtime, batch_size):
+    """Resolves the run's distribution, XLA and precision settings.
+
+    Args:
+      runtime: the config's `RuntimeConfig`.
+      batch_size: the global batch size (it must split evenly).
+
+    Raises:
+      InputError: a malformed TF_CONFIG, a strategy this machine cannot
+        run, a batch size not divisible by the replicas, or
+        jit_compile=true where XLA cannot compile the step.
+    """
+    kind, task = _resolve_kind(runtime.distribution)
+    strategy = _strategy(kind)
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise InputError(
+            f"Invalid batch_size: it is global and split across {replicas} "
+            f"replicas ({kind}), so it must be divisible by {replicas}. "
+            f"Allowed: a multiple of {replicas}. Received: "
+            f"batch_size={batch_size}")
+    jit = resolve_jit_compile(runtime.jit_compile, strategy)
+    precision = resolve_precision(runtime.mixed_precision)
+    log.info("Distribution %s (%s, %d replica(s)%s); XLA %s; precision %s",
+             kind, type(strategy).__name__, replicas,
+             f", {task.name} of {task.num_workers} workers"
+             if task.num_workers > 1 else "", "on" if jit else "off",
+             precision)
+    return Placement(kind, strategy, jit, precision, task)
+
+
+def _resolve_kind(setting):
+    """Returns (kind, Task); 'auto' becomes one of the concrete kinds."""
+    tf_config = os.environ.get("TF_CONFIG", "")
+    if setting == "multi_worker" or (setting == "auto" and tf_config):
+        task = parse_tf_config(tf_config)
+        if task.num_workers > 1 or setting == "multi_worker":
+            return "multi_worker", task
+    if setting == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        return ("mirrored" if len(gpus) > 1 else "one_device"), Task()
+    return setting, Task()
+
+
+def _strategy(kind):
+    if kind in _STRATEGIES:
+        return _STRATEGIES[kind]
+    if kind == "one_device":
+        # TensorFlow's default strategy: one device (the first GPU when
+        # there is one), and no dataset distribution (OneDeviceStrategy
+        # would pass every pipeline through the auto-shard rewrite, which
+        # warns about each assert_cardinality for nothing).
+        strategy = tf.distribute.get_strategy()
+    elif kind == "mirrored":
+        # All GPUs; without GPUs, the CPU's logical devices (one unless
+        # tf.config.set_logical_device_configuration split it).
+        devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
+                   or [d.name for d in tf.config.list_logical_devices("CPU")])
+        strategy = tf.distribute.MirroredStrategy(devices)
+    elif kind == "multi_worker":
+        patch_keras_for_multi_worker()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif kind == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as e:
+            raise InputError(
+                f"Invalid distribution: no TPU is reachable from this "
+                f"machine ({str(e).splitlines()[0]}). Allowed: auto, "
+                f"one_device, mirrored, multi_worker. Received: "
+                f"distribution='tpu'") from e
+        strategy = tf.distribute.TPUStrategy(resolver)
+    else:
+        raise InputError(
+            "Invalid distribution. Allowed: auto | one_device | mirrored | "
+            f"multi_worker | tpu. Received: distribution={kind!r}")
+    _STRATEGIES[kind] = strategy
+    return strategy
+
+
+class _PolicyScope:
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.name)
+
+    def __exit__(self, *exc):
+        keras.config.set_dtype_policy(self.previous)

@@ -1,0 +1,87 @@
+"""Loading an export back for prediction: `load_exported(path)`."""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tl_keras.errors import InputError
+
+
+class ExportedClassifier:
+    """A loaded export: `predict(images or paths)` -> dict of numpy arrays.
+
+    Use `load_exported(path)` to make one.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._model = tf.saved_model.load(path)
+        with open(os.path.join(path, "manifest.json")) as f:
+            self.manifest = json.load(f)
+        self.class_names = self.manifest["class_names"]
+        self.image_size = self.manifest["input"]["size"]
+
+    def predict(self, inputs, batch_size=64):
+        """Scores a batch of uint8 images or a list of image file paths.
+
+        Args:
+          inputs: a uint8 array [batch, height, width, 3], or a list of
+            paths to JPEG / PNG / GIF / BMP files.
+          batch_size: how many images go to the model at once.
+
+        Returns:
+          {'scores', 'logits', 'class_ids', 'labels'} as numpy arrays
+          (labels as Python strings).
+        """
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        if isinstance(inputs, (list, tuple)):
+            fn = self._model.signatures["serve_bytes"]
+            chunks = [fn(image_bytes=tf.constant(
+                [_read_bytes(p) for p in inputs[i:i + batch_size]]))
+                for i in range(0, len(inputs), batch_size)]
+        else:
+            images = np.asarray(inputs)
+            if images.dtype != np.uint8 or images.ndim != 4 or (
+                    images.shape[-1] != 3):
+                raise InputError(
+                    f"Invalid images. Allowed: uint8 [batch, height, width,"
+                    f" 3]. Received: dtype={images.dtype}, shape="
+                    f"{images.shape}")
+            fn = self._model.signatures["serving_default"]
+            chunks = [fn(images=tf.constant(images[i:i + batch_size]))
+                      for i in range(0, len(images), batch_size)]
+        if not chunks:
+            raise InputError("Invalid inputs: empty. Allowed: at least one "
+                             "image. Received: 0 images")
+        out = {k: np.concatenate([c[k].numpy() for c in chunks])
+               for k in chunks[0]}
+        out["labels"] = [s.decode() for s in out["labels"]]
+        return out
+
+
+def load_exported(path):
+    """Loads a tl_keras export for prediction.
+
+    Raises:
+      InputError: `path` is not a tl_keras SavedModel export.
+    """
+    if not (os.path.isfile(os.path.join(path, "saved_model.pb"))
+            and os.path.isfile(os.path.join(path, "manifest.json"))):
+        raise InputError(
+            f"Invalid export_dir: {path!r} is not a tl_keras export (no "
+            f"saved_model.pb and manifest.json). Allowed: <workdir>/export "
+            f"or a folder written by --mode=export. Received: export_dir="
+            f"{path!r}")
+    return ExportedClassifier(path)
+
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"Invalid input {path!r}: {e.strerror}. Allowed: "
+                         f"readable image files. Received: {path!r}") from None

@@ -1,0 +1,51 @@
+"""The network: backbone registry, tl_keras layers, the classifier."""
+
+from tl_keras.models.backbones import (
+    BuiltBackbone,
+    build_backbone,
+    list_blocks,
+    reinitialized,
+)
+from tl_keras.models.classifier import (
+    all_layers,
+    build_classifier,
+    build_head,
+    check_unfreeze,
+    compile_for_stage,
+    configure_stage,
+    count_params,
+    get_base,
+)
+from tl_keras.models.layers import (
+    PREPROCESSING_MODES,
+    Backbone,
+    ImageNormalization,
+)
+from tl_keras.models.registry import (
+    BackboneSpec,
+    get_backbone_spec,
+    list_backbones,
+    register_backbone,
+)
+
+__all__ = [
+    "PREPROCESSING_MODES",
+    "Backbone",
+    "BackboneSpec",
+    "BuiltBackbone",
+    "ImageNormalization",
+    "all_layers",
+    "build_backbone",
+    "build_classifier",
+    "build_head",
+    "check_unfreeze",
+    "compile_for_stage",
+    "configure_stage",
+    "count_params",
+    "get_backbone_spec",
+    "get_base",
+    "list_backbones",
+    "list_blocks",
+    "register_backbone",
+    "reinitialized",
+]

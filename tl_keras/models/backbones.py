@@ -1,0 +1,215 @@
+"""Building a base: by registry name or from a .keras file, with weights.
+
+`build_backbone` returns a `BuiltBackbone`: the base model plus the
+contract a classifier needs (preprocessing, input size, spec for block
+names). `list_blocks` groups a base's layers into the blocks that
+fine-tuning unfreezes from the top.
+"""
+
+import dataclasses
+import os
+import re
+import warnings
+
+import keras
+
+from tl_keras.errors import InputError
+from tl_keras.models.layers import Backbone
+from tl_keras.models.registry import (
+    BackboneSpec,
+    get_backbone_spec,
+    lookup_spec,
+)
+
+
+@dataclasses.dataclass
+class BuiltBackbone:
+    """A base ready to go into a classifier, with its contract."""
+
+    base: keras.Model
+    preprocessing: str
+    image_size: int
+    spec: BackboneSpec | None
+    source: str
+
+    def blocks(self):
+        return list_blocks(self.base, self.spec)
+
+
+def reinitialized(built):
+    """`built`'s architecture, preprocessing and size with fresh random
+    weights: scratch training for a base loaded from a .keras file, whose
+    architecture need not be registered."""
+    base = keras.models.clone_model(built.base, recursive=True)
+    return dataclasses.replace(
+        built, base=base, source=f"{built.source}: architecture only, "
+        f"random init")
+
+
+def build_backbone(name, weights="imagenet", image_size=0):
+    """Builds a base by registry name or from a saved .keras model path.
+
+    Args:
+      name: a registry name, or a path to a `.keras` file. A tl_keras
+        classifier's file gives its base and preprocessing; any other Keras
+        model is cut at its last rank-4 (spatial feature map) output.
+      weights: 'imagenet', 'none', or a path to a `.weights.h5` / `.keras`
+        file holding weights for this base.
+      image_size: square input size; 0 means the spec's default.
+
+    Returns:
+      A BuiltBackbone.
+
+    Raises:
+      ValueError: unknown name, size below the minimum, weights that do not
+        match the architecture, or a model with no spatial features.
+    """
+    if name.endswith(".keras"):
+        return _backbone_from_model_file(name, image_size)
+    spec = get_backbone_spec(name)
+    size = image_size or spec.default_size
+    if size < spec.min_size:
+        raise InputError(
+            f"Invalid image_size for {spec.name}. Allowed: >= "
+            f"{spec.min_size} (default {spec.default_size}). Received: "
+            f"image_size={size}")
+    if weights == "imagenet" and not spec.application:
+        raise InputError(
+            f"Invalid weights for {spec.name}: it has no ImageNet weights. "
+            f"Allowed: none | a .weights.h5 / .keras path. Received: "
+            f"weights='imagenet'")
+    if weights == "imagenet":
+        base = _build_with_imagenet_weights(spec, size)
+    else:
+        base = spec.build(size, None)
+    if weights not in ("imagenet", "none"):
+        _load_weights_file(base, weights, spec.name)
+    return BuiltBackbone(base, spec.preprocessing, size, spec,
+                         source=f"{spec.name} (weights={weights})")
+
+
+def _build_with_imagenet_weights(spec, size):
+    try:
+        return spec.build(size, "imagenet")
+    except Exception as e:  # noqa: BLE001 - see below
+        # keras.utils.get_file raises a bare Exception when the download
+        # fails; anything else is re-raised untouched.
+        if "fetch failure" not in str(e) and not isinstance(e, OSError):
+            raise
+        raise InputError(
+            f"Could not download ImageNet weights for {spec.name} "
+            f"({str(e).splitlines()[0][:200]}). Without network access use "
+            f"--weights=none or a local .weights.h5 / .keras file. "
+            f"Received: weights='imagenet'") from None
+
+
+def _load_weights_file(base, path, name):
+    try:
+        with warnings.catch_warnings():
+            # Keras only warns when parts of a file do not fit ("Skipping
+            # ...") and leaves those weights as initialised: an error here.
+            warnings.filterwarnings("error", message=".*[Ss]kipping.*")
+            if path.endswith(".keras"):
+                model = keras.saving.load_model(path, compile=False)
+                source = _find_base(model) or model
+                base.set_weights(source.get_weights())
+            else:
+                base.load_weights(path)
+    except (ValueError, KeyError, OSError, UserWarning) as e:
+        detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise InputError(
+            f"Invalid weights: the file does not match backbone {name!r} "
+            f"({detail}). Allowed: weights saved from the same architecture."
+            f" Received: weights={path!r}") from None
+
+
+def _find_base(model):
+    for layer in model.layers:
+        if isinstance(layer, Backbone):
+            return layer.base
+    return None
+
+
+def _backbone_from_model_file(path, image_size):
+    if not os.path.isfile(path):
+        raise InputError(
+            f"Invalid backbone: no such file. Allowed: a registered name or "
+            f"an existing .keras path. Received: backbone={path!r}")
+    model = keras.saving.load_model(path, compile=False)
+    base = _find_base(model)
+    if base is not None:
+        preprocessing = model.get_layer("preprocess").mode
+        spec = lookup_spec(base.name)
+    else:
+        base, preprocessing, spec = _cut_at_features(model, path), "none", None
+    size = base.input_shape[1] or image_size or 224
+    if image_size and image_size != size:
+        raise InputError(
+            f"Invalid image_size for backbone {path!r}: the saved model "
+            f"takes {size} px. Allowed: 0 or {size}. Received: "
+            f"image_size={image_size}")
+    return BuiltBackbone(base, preprocessing, size, spec, source=path)
+
+
+def _cut_at_features(model, path):
+    for layer in reversed(model.layers):
+        output = layer.output
+        if len(getattr(output, "shape", ())) == 4:
+            return keras.Model(model.inputs, output, name=model.name)
+    raise InputError(
+        f"Invalid backbone {path!r}: the model has no layer with a spatial "
+        f"(batch, height, width, channels) output to cut at. Allowed: a "
+        f"convolutional Keras model. Received: backbone={path!r}")
+
+
+def list_blocks(base, spec=None):
+    """Groups the base's layers into ordered blocks, bottom to top.
+
+    Layers before the first named block form 'stem' and layers after the
+    last form 'top'; unnamed layers in between join the block before them.
+    With no spec (a user's own model), each layer with a kernel starts a
+    block.
+
+    Returns:
+      A list of (block_name, [layers]) from input to output.
+    """
+    layers = [layer for layer in base.layers
+              if not isinstance(layer, keras.layers.InputLayer)]
+    if spec is None:
+        labels = [layer.name if _has_kernel(layer) else None
+                  for layer in layers]
+    else:
+        pattern = re.compile(spec.block_pattern)
+        find = pattern.search if spec.block_rule == "search" else pattern.match
+        found = [find(layer.name) for layer in layers]
+        labels = [m.group(1) if m else None for m in found]
+    if spec is not None and spec.block_rule == "end_marker":
+        return _group_by_end_markers(layers, labels)
+    named = [i for i, label in enumerate(labels) if label]
+    if not named:
+        return [("all", layers)] if layers else []
+    blocks = [("stem", layers[:named[0]])] if named[0] else []
+    for i in range(named[0], named[-1] + 1):
+        if labels[i] and (not blocks or labels[i] != blocks[-1][0]
+                          or i == named[0]):
+            blocks.append((labels[i], []))
+        blocks[-1][1].append(layers[i])
+    if named[-1] + 1 < len(layers):
+        blocks.append(("top", layers[named[-1] + 1:]))
+    return blocks
+
+
+def _group_by_end_markers(layers, labels):
+    blocks, current = [], []
+    for layer, label in zip(layers, labels, strict=True):
+        current.append(layer)
+        if label:
+            blocks.append((label, current))
+            current = []
+    if current:
+        blocks.append(("top", current))
+    return blocks
+
+
+def _has_kernel(layer):
+    return hasattr(layer, "kernel") or hasattr(layer, "depthwise_kernel")

@@ -1,0 +1,97 @@
+"""The two tl_keras layers saved inside every classifier.
+
+`ImageNormalization` maps [0, 255] RGB to the range the base expects;
+`Backbone` holds the base and keeps a frozen base in inference mode. Both
+are registered as Keras serializables ("tl_keras>..."), so a saved
+`model.keras` loads wherever tl_keras is importable.
+"""
+
+import keras
+
+from tl_keras.errors import InputError
+
+# Preprocessing modes, for inputs in [0, 255]:
+#   none   the base normalises inside (EfficientNet, ConvNeXt, MobileNetV3)
+#   tf     scale to [-1, 1] (MobileNetV2, ResNetV2, Xception, InceptionV3)
+#   caffe  RGB->BGR and ImageNet mean subtraction (ResNet v1)
+#   torch  scale to [0, 1], ImageNet mean / std (DenseNet)
+#   unit   scale to [0, 1] (tl_keras's own compact_cnn)
+PREPROCESSING_MODES = ("none", "tf", "caffe", "torch", "unit")
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class ImageNormalization(keras.layers.Layer):
+    """Maps [0, 255] RGB floats to the range a backbone expects."""
+
+    def __init__(self, mode="none", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING_MODES:
+            raise InputError(
+                f"Unknown preprocessing mode. Allowed: "
+                f"{', '.join(PREPROCESSING_MODES)}. Received: mode={mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        x = keras.ops.cast(x, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "unit":
+            return x / 255.0
+        if self.mode == "caffe":
+            mean = keras.ops.convert_to_tensor([103.939, 116.779, 123.68],
+                                               self.compute_dtype)
+            return keras.ops.flip(x, axis=-1) - mean
+        if self.mode == "torch":
+            mean = keras.ops.convert_to_tensor([0.485, 0.456, 0.406],
+                                               self.compute_dtype)
+            std = keras.ops.convert_to_tensor([0.229, 0.224, 0.225],
+                                              self.compute_dtype)
+            return (x / 255.0 - mean) / std
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class Backbone(keras.layers.Layer):
+    """Wraps a base model so a frozen base always runs in inference mode.
+
+    In Keras 3.15 `base(x, training=False)` inside a functional model does
+    not hold: fit() passes training=True down (keras-team/keras#20285), so
+    BatchNorm statistics and the base's own Dropout would move. This layer
+    forces training=False whenever the base is frozen. When the base is
+    unfrozen for fine-tuning, BatchNorm layers are frozen one by one
+    (see `classifier.configure_stage`), which also puts them in inference mode.
+    """
+
+    def __init__(self, base, **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+
+    def build(self, input_shape):
+        if not self.base.built:
+            self.base.build(input_shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        if not self.base.trainable:
+            training = False
+        return self.base(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.base.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "base": keras.saving.serialize_keras_object(self.base)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["base"] = keras.saving.deserialize_keras_object(
+            config["base"])
+        return cls(**config)

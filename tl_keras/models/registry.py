@@ -1,0 +1,144 @@
+"""Backbone registry: name -> builder, input contract and block names.
+
+Each spec carries what a user of that base must get right and usually
+looks up by hand: the default and minimum input size, the value range the
+pretrained weights expect (exactly one normalisation ends up in the model),
+and how its layers group into blocks so fine-tuning can unfreeze whole
+blocks from the top.
+"""
+
+import dataclasses
+import re
+
+import keras
+
+from tl_keras.errors import InputError
+from tl_keras.models.compact_cnn import build_compact_cnn
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one base and what it expects.
+
+    Attributes:
+      name: registry name (lowercase, words joined by '_').
+      application: keras.applications class name, or '' for custom.
+      default_size: the size the pretrained weights were trained at.
+      min_size: the smallest input the architecture accepts.
+      preprocessing: one of PREPROCESSING_MODES.
+      block_pattern: regex whose group 1 names a layer's block.
+      block_rule: 'match' (re.match at the name start), 'search', or
+        'end_marker' (a block ends at each layer the pattern matches).
+      builder_kwargs: extra keyword arguments for the application.
+    """
+
+    name: str
+    application: str
+    default_size: int
+    min_size: int
+    preprocessing: str
+    block_pattern: str
+    block_rule: str = "match"
+    builder_kwargs: tuple = ()
+
+    def build(self, image_size, weights):
+        """Builds the base (no top) for square `image_size` inputs."""
+        if not self.application:
+            return build_compact_cnn(image_size)
+        cls = getattr(keras.applications, self.application)
+        return cls(
+            include_top=False,
+            weights=weights,
+            input_shape=(image_size, image_size, 3),
+            **dict(self.builder_kwargs),
+        )
+
+
+_REGISTRY = {}
+
+
+def register_backbone(spec):
+    """Adds a spec to the registry (also usable for user backbones)."""
+    _REGISTRY[_normalize(spec.name)] = spec
+    return spec
+
+
+def list_backbones():
+    """Returns the registered names, sorted."""
+    return sorted(spec.name for spec in _REGISTRY.values())
+
+
+def get_backbone_spec(name):
+    """Looks a spec up by name; 'EfficientNetB0' finds 'efficientnet_b0'.
+
+    Raises:
+      ValueError: for an unknown name, listing the known ones.
+    """
+    spec = _REGISTRY.get(_normalize(name))
+    if spec is None:
+        raise InputError(
+            f"Unknown backbone {name!r}. Known: {', '.join(list_backbones())}"
+            f", or a path to a saved .keras model. Received: backbone="
+            f"{name!r}"
+        )
+    return spec
+
+
+def lookup_spec(name):
+    """The spec registered under `name`, or None."""
+    return _REGISTRY.get(_normalize(name))
+
+
+def _normalize(name):
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _register_family(names, application_fmt, sizes, min_size, preprocessing,
+                     block_pattern, block_rule="match", **kwargs):
+    for name, suffix in names:
+        register_backbone(BackboneSpec(
+            name=name,
+            application=application_fmt.format(suffix),
+            default_size=sizes[suffix] if isinstance(sizes, dict) else sizes,
+            min_size=min_size,
+            preprocessing=preprocessing,
+            block_pattern=block_pattern,
+            block_rule=block_rule,
+            builder_kwargs=tuple(kwargs.items()),
+        ))
+
+
+_register_family([("mobilenet_v2", "")], "MobileNetV2{}", 224, 32, "tf",
+                 r"^(expanded_conv|block_\d+)_")
+_register_family([("mobilenet_v3_small", "Small"),
+                  ("mobilenet_v3_large", "Large")],
+                 "MobileNetV3{}", 224, 32, "none",
+                 r"^(expanded_conv(?:_\d+)?)_")
+_EFFICIENTNET_SIZES = {"B0": 224, "B1": 240, "B2": 260, "B3": 300,
+                       "B4": 380, "B5": 456, "B6": 528, "B7": 600, "S": 384,
+                       "M": 480, "L": 480}
+_register_family([(f"efficientnet_b{i}", f"B{i}") for i in range(8)],
+                 "EfficientNet{}", _EFFICIENTNET_SIZES, 32, "none",
+                 r"^(block\d+[a-z])_")
+_register_family([(f"efficientnet_v2_{s.lower()}", s)
+                  for s in ("B0", "B1", "B2", "B3", "S", "M", "L")],
+                 "EfficientNetV2{}", _EFFICIENTNET_SIZES, 32, "none",
+                 r"^(block\d+[a-z])_")
+_register_family([(f"resnet{d}", str(d)) for d in (50, 101, 152)],
+                 "ResNet{}", 224, 32, "caffe", r"^(conv\d_block\d+)_")
+_register_family([(f"resnet{d}_v2", f"{d}V2") for d in (50, 101, 152)],
+                 "ResNet{}", 224, 32, "tf", r"^(conv\d_block\d+)_")
+_register_family([(f"convnext_{s.lower()}", s)
+                  for s in ("Tiny", "Small", "Base", "Large")],
+                 "ConvNeXt{}", 224, 32, "none",
+                 r"(stage_\d+_block_\d+|downsampling_block_\d+)",
+                 block_rule="search")
+_register_family([(f"densenet{d}", str(d)) for d in (121, 169, 201)],
+                 "DenseNet{}", 224, 32, "torch", r"^(conv\d_block\d+|pool\d)_")
+_register_family([("xception", "")], "Xception{}", 299, 71, "tf",
+                 r"^(block\d+)_")
+_register_family([("inception_v3", "")], "InceptionV3{}", 299, 75, "tf",
+                 r"^(mixed\d+)$", block_rule="end_marker")
+register_backbone(BackboneSpec(
+    name="compact_cnn", application="", default_size=32, min_size=16,
+    preprocessing="unit", block_pattern=r"^(block\d+)_"))

@@ -1,0 +1,113 @@
+"""Stage checkpoints: the best weights of a stage, kept across resumes."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+
+from tl_keras import io
+from tl_keras.errors import InputError
+
+
+class StageCheckpoint(keras.callbacks.Callback):
+    """Keeps the best weights by val_accuracy, ties broken by val_loss,
+    atomically, across resumes.
+
+    On a small validation set accuracy moves in coarse steps: by accuracy
+    alone the demo (25 validation images) once kept a head from epoch 4 of
+    100 whose later epochs only tied it; by loss alone it kept a scratch
+    model from epoch 1 (uniform scores). The tie-break keeps the later,
+    better-calibrated epoch.
+
+    At the end of training it restores the best weights into the model.
+    `start_from` makes the weights the model has now (the head's, before
+    fine-tuning) the best so far, at epoch 0.
+
+    With `trainable_only` (the head stage: the frozen base runs in
+    inference mode, so only the trainable weights change) it keeps just
+    those, in a .npz: for a MobileNetV2 a save takes milliseconds instead
+    of 0.7 s, paid at every improving epoch.
+    """
+
+    def __init__(self, stage_dir, stage_name, target=None,
+                 trainable_only=False):
+        super().__init__()
+        self.target = target
+        self.trainable_only = trainable_only
+        self.path = os.path.join(stage_dir, "best.trainable.npz"
+                                 if trainable_only else "best.weights.h5")
+        self.info_path = os.path.join(stage_dir, "best.json")
+        self.stage_name = stage_name
+        self.best, self.best_epoch = float("inf"), 0
+        self.best_accuracy = -1.0
+        if os.path.isfile(self.info_path) and os.path.isfile(self.path):
+            info = io.read_json(self.info_path)
+            self.best, self.best_epoch = info["val_loss"], info["epoch"]
+            self.best_accuracy = info["val_accuracy"]
+
+    def start_from(self, summary):
+        """Counts the model's current weights, which scored `summary`'s
+        best_val_accuracy / best_val_loss, as epoch 0 (once per stage: a
+        resumed stage keeps what it has)."""
+        if not os.path.isfile(self.info_path):
+            self._save(summary["best_val_loss"],
+                       summary["best_val_accuracy"], 0, self.target)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value = float(logs.get("val_loss", float("nan")))
+        accuracy = float(logs.get("val_accuracy", float("nan")))
+        if accuracy > self.best_accuracy or (
+                accuracy == self.best_accuracy and value < self.best):
+            self._save(value, accuracy, epoch + 1, self.target or self.model)
+
+    def _save(self, value, accuracy, epoch, model):
+        tmp = io.temp_path(self.path)
+        if self.trainable_only:
+            np.savez(tmp, *[np.asarray(w) for w in model.trainable_weights])
+        else:
+            model.save_weights(tmp)
+        io.commit(tmp, self.path)
+        self.best, self.best_epoch, self.best_accuracy = value, epoch, accuracy
+        io.write_json(self.info_path, {"val_loss": value,
+                                        "val_accuracy": accuracy,
+                                        "epoch": epoch})
+
+    def on_train_end(self, logs=None):
+        self.restore_best(self.target or self.model)
+
+    def restore_best(self, model):
+        full = os.path.join(os.path.dirname(self.path), "best.weights.h5")
+        if self.trainable_only and not os.path.isfile(self.path) and (
+                os.path.isfile(full)):  # a head stage from an older tl_keras
+            self.trainable_only, self.path = False, full
+        if not os.path.isfile(self.path):
+            return
+        if self.trainable_only:
+            with np.load(self.path) as stored:
+                values = [stored[f"arr_{i}"] for i in range(len(stored))]
+            weights = model.trainable_weights
+            if len(values) != len(weights):
+                raise InputError(
+                    f"Invalid checkpoint {self.path}: it holds "
+                    f"{len(values)} arrays, this stage trains "
+                    f"{len(weights)}. Allowed: a checkpoint of this run. "
+                    f"Received: {len(values)} arrays")
+            for weight, value in zip(weights, values, strict=True):
+                weight.assign(value)
+            return
+        with warnings.catch_warnings():
+            # The file also holds the optimizer of the stage that wrote it;
+            # after a recompile (new stage, or a resumed process) Keras
+            # warns that it skips those variables. Only weights matter here.
+            warnings.filterwarnings("ignore", message=".*optimizer.*")
+            model.load_weights(self.path)
+
+
+def save_model(model, path):
+    """Saves `model` as a .keras file atomically (`io.commit`)."""
+    tmp = io.temp_path(path)
+    model.save(tmp)
+    io.commit(tmp, path)
+

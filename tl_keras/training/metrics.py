@@ -1,0 +1,85 @@
+"""What a run measures: test metrics, per-epoch history, the manifest.
+
+`classification_metrics` is shared by a run's own evaluation and
+`--mode=evaluate` on an export, so both report the same numbers.
+"""
+
+import csv
+import logging
+import os
+
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from tl_keras import inference
+
+log = logging.getLogger("tl_keras")
+
+
+def evaluate(model, data):
+    """Test accuracy, loss, per-class report and confusion matrix.
+
+    Uses the test split, or the validation split (reported as such) when
+    no test images were held out.
+    """
+    ds, split = (data.test, "test") if data.test is not None else (
+        data.val, "val")
+    log.info("Evaluating on the %s split (%d images)", split,
+             data.counts.get(split, 0))
+    logits, labels = inference.run_batched(inference.forward(model), ds,
+                                           data.counts[split])
+    return {"test_split": split, **classification_metrics(
+        labels, logits, data.class_names)}
+
+
+def classification_metrics(y_true, logits, class_names):
+    """Accuracy, loss, per-class precision/recall/F1, confusion matrix."""
+    logits = np.asarray(logits, np.float64)
+    log_probs = logits - logits.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    y_pred = logits.argmax(1)
+    ids = list(range(len(class_names)))
+    report = sk_metrics.classification_report(
+        y_true, y_pred, labels=ids, target_names=class_names,
+        output_dict=True, zero_division=0)
+    return {
+        "num_test": int(len(y_true)),
+        "test_accuracy": float((y_pred == y_true).mean()),
+        "test_loss": float(-log_probs[np.arange(len(y_true)), y_true].mean()),
+        "per_class": {name: report[name] for name in class_names},
+        "confusion_matrix": sk_metrics.confusion_matrix(
+            y_true, y_pred, labels=ids).tolist(),
+    }
+
+
+def read_history(csv_path):
+    """Reads a stage's CSV log; an epoch logged twice (a crash between the
+    log and the backup) keeps its last row."""
+    if not os.path.isfile(csv_path):
+        return {}
+    rows = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("epoch", "epoch") != "epoch":
+                rows[int(row["epoch"])] = row
+    history = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            if key != "epoch" and value not in (None, ""):
+                history.setdefault(key, []).append(round(float(value), 6))
+    return history
+
+
+def export_manifest(approach, metrics):
+    """The run's part of the export's manifest.json."""
+    return {
+        "backbone": metrics["backbone"],
+        "approach": approach,
+        "metrics": {k: metrics[k] for k in ("test_split", "num_test",
+                                            "test_accuracy", "test_loss")},
+        "data": {"counts": metrics["counts"],
+                 "class_counts": metrics["class_counts"],
+                 "files": sum(metrics["counts"].values()),
+                 "bad_files": metrics["bad_files"]},
+    }
+

@@ -1,0 +1,207 @@
+"""One stage of a run: configure, compile, fit, keep the best.
+
+A run is one stage (scratch) or two (head, then finetune). Each stage
+freezes what it must (`models.configure_stage`), compiles with a fresh
+optimizer, fits with resume state (`BackupAndRestore`) and keeps its best
+epoch (`StageCheckpoint`); a finished stage leaves `done.json` and is
+skipped when the run is resumed.
+"""
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+
+import keras
+
+from tl_keras import io
+from tl_keras.data.pipelines import full_batches
+from tl_keras.errors import InputError
+from tl_keras.models.classifier import (
+    compile_for_stage,
+    configure_stage,
+    count_params,
+)
+from tl_keras.training import feature_cache
+from tl_keras.training.checkpoints import StageCheckpoint
+from tl_keras.training.metrics import read_history
+
+log = logging.getLogger("tl_keras")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One fit() of a run: which part trains, how long, how fast."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+
+
+def plan_stages(training):
+    """Returns the stages of `training.approach` (a TrainingConfig), in
+    order."""
+    if training.approach == "scratch":
+        return [Stage("scratch", training.epochs, training.learning_rate)]
+    stages = [Stage("head", training.epochs, training.learning_rate)]
+    if training.approach == "finetune":
+        stages.append(Stage("finetune", training.finetune_epochs,
+                            training.finetune_learning_rate))
+    return stages
+
+
+def run_stage(model, stage, data, config, blocks, place, index=1,
+              to_beat=None, callbacks=()):
+    """Configures, compiles and fits one stage; skips it if already done.
+
+    Args:
+      model, stage, data, config: the classifier, a `Stage`, the run's
+        `ImageData` and `Config`.
+      blocks: the base's blocks (`models.list_blocks`).
+      place: the run's `distribute.Placement`.
+      index: the stage's number in the run (selects its shuffle orders).
+      to_beat: the summary of the stage before (the head, for finetune):
+        its weights, now in `model`, are kept unless an epoch of this stage
+        beats its best validation score.
+      callbacks: more Keras callbacks for this stage's fit.
+
+    Returns:
+      The stage's summary for metrics.json (settings, history, best).
+    """
+    workdir = config.runtime.workdir
+    configure_stage(model, stage.name, blocks,
+                    config.training.unfreeze_blocks())
+    compile_for_stage(model, stage.learning_rate, place.jit_compile)
+    stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir)
+    done_path = os.path.join(stage_dir, "done.json")
+    if os.path.isfile(done_path):
+        return _skip_done_stage(model, stage, checkpoint, done_path)
+    if to_beat is not None:
+        checkpoint.start_from(to_beat)
+    trainable, total = _log_start(model, stage)
+    csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
+    start = time.time()
+    plan = feature_cache.cache_plan(config.training, config.data, stage.name,
+                                    data, model)
+    fit_model, train_ds, val_ds, extract_seconds = _fit_inputs(
+        model, stage, data, config, place, plan)
+    fit_model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs,
+                  shuffle=False,  # tf.data already shuffles the train set
+                  callbacks=_stage_callbacks(
+                      stage, index, data, checkpoint, stage_dir, csv_path,
+                      place, workdir) + list(callbacks),
+                  verbose=1 if sys.stdout.isatty() else 2)
+    summary = {
+        "epochs": stage.epochs,
+        "learning_rate": stage.learning_rate,
+        "trainable_params": trainable,
+        "total_params": total,
+        "unfreeze": (config.training.unfreeze if stage.name == "finetune"
+                     else None),
+        "seconds_this_process": round(time.time() - start, 1),
+        **_fit_summary(plan, extract_seconds, checkpoint, csv_path),
+    }
+    if to_beat is not None and checkpoint.best_epoch == 0:
+        log.info("No %s epoch beat the previous stage on the validation set "
+                 "(val_accuracy %.4f); keeping its weights.", stage.name,
+                 checkpoint.best_accuracy)
+    io.write_json(done_path, summary)
+    if plan and plan["spill"]:
+        feature_cache.remove_spilled(workdir)
+    return summary
+
+
+def _stage_checkpoint(model, stage, workdir):
+    """The stage's folder (created) and its `StageCheckpoint`, which saves
+    and restores the full classifier even when the fit runs on the
+    cached-features head model (which shares the head's layers)."""
+    stage_dir = os.path.join(workdir, "checkpoints", stage.name)
+    os.makedirs(stage_dir, exist_ok=True)
+    return stage_dir, StageCheckpoint(stage_dir, stage.name, target=model,
+                                      trainable_only=stage.name == "head")
+
+
+def _log_start(model, stage):
+    """Logs what the stage trains; returns (trainable, total) weights."""
+    trainable = count_params(model.trainable_weights)
+    total = count_params(model.weights)
+    log.info("Stage %s: %d epochs at learning rate %g; training %s of %s "
+             "weights.", stage.name, stage.epochs, stage.learning_rate,
+             f"{trainable:,}", f"{total:,}")
+    return trainable, total
+
+
+def _fit_summary(plan, extract_seconds, checkpoint, csv_path):
+    """The summary's part that the fit measured: the feature cache, the
+    best epoch and the per-epoch history."""
+    return {
+        "feature_cache": plan is not None,
+        "feature_cache_plan": plan,
+        "feature_extraction_seconds": extract_seconds and round(
+            extract_seconds, 1),
+        "best_epoch": checkpoint.best_epoch,
+        "best_val_loss": checkpoint.best,
+        "best_val_accuracy": checkpoint.best_accuracy,
+        "history": read_history(csv_path),
+    }
+
+
+def _skip_done_stage(model, stage, checkpoint, done_path):
+    """A finished stage (resumed run): its best weights and summary."""
+    checkpoint.restore_best(model)
+    summary = io.read_json(done_path)
+    log.info("Stage %s already done (best val_loss %.4f at epoch %d); "
+             "skipping it.", stage.name, summary["best_val_loss"],
+             summary["best_epoch"])
+    return summary
+
+
+def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
+                     place, workdir):
+    """The callbacks every stage fits with, in the order they must run."""
+    os.makedirs(os.path.dirname(csv_path), exist_ok=True)
+    callbacks = [
+        data.shuffle.callback(index),
+        # Before BackupAndRestore so that at the end of training done.json
+        # is written before the backup is deleted.
+        checkpoint,
+        keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup"),
+                                         double_checkpoint=True),
+        keras.callbacks.CSVLogger(csv_path, append=True),
+    ]
+    if place.task.is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(
+            os.path.join(workdir, "logs", "tensorboard", stage.name)))
+    return callbacks
+
+
+def _fit_inputs(model, stage, data, config, place, plan):
+    """The model and datasets fit() runs on: the classifier on images, or
+    (`plan` from feature_cache.cache_plan) a head model sharing its layers,
+    on features computed once.
+
+    With several replicas the training set's last partial batch is
+    dropped (see `data.pipelines.full_batches`).
+
+    Returns:
+      (fit_model, train_ds, val_ds, seconds spent extracting or None).
+    """
+    fit_model, train_ds, val_ds, seconds = model, data.train, data.val, None
+    if plan:
+        fit_model, train_ds, val_ds, seconds = (
+            feature_cache.make_feature_datasets(
+                model, data, config.data, plan, config.runtime.workdir))
+        compile_for_stage(fit_model, stage.learning_rate, place.jit_compile)
+        log.info("Training the head on cached features (%.1f s to "
+                 "extract)", seconds)
+    if place.replicas > 1:
+        n = data.counts["train"]
+        if n < config.data.batch_size:
+            raise InputError(
+                f"Invalid batch_size: with {place.replicas} replicas every "
+                f"batch must be full, and the training set has only {n} "
+                f"images. Allowed: at most {n}. Received: "
+                f"batch_size={config.data.batch_size}")
+        train_ds = full_batches(train_ds, config.data.batch_size, n)
+    return fit_model, train_ds, val_ds, seconds

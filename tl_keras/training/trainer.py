@@ -1,0 +1,223 @@
+"""`train(config)`: one run in a workdir, from images to an export.
+
+Build the base and the data, claim the workdir, let the advisor decide
+(--approach=auto), run the stages, then save model.keras, evaluate on the
+test split, export the SavedModel and write metrics.json. Running the same
+config again resumes; a finished run returns its metrics.
+"""
+
+import logging
+import os
+
+import keras
+
+from tl_keras import advisor, io
+from tl_keras.config import RESUMABLE_FIELDS, TRAINED_APPROACHES
+from tl_keras.data.pipelines import make_datasets
+from tl_keras.distribute.strategy import placement
+from tl_keras.export.saved_model import export_saved_model
+from tl_keras.models.backbones import build_backbone, reinitialized
+from tl_keras.models.classifier import build_classifier, check_unfreeze
+from tl_keras.training.checkpoints import save_model
+from tl_keras.training.metrics import evaluate, export_manifest
+from tl_keras.training.stages import plan_stages, run_stage
+from tl_keras.training.workdir import check_workdir, claim_workdir, is_complete
+
+log = logging.getLogger("tl_keras")
+
+
+def train(config, data=None, callbacks=()):
+    """Trains, evaluates and exports one run; resumes if interrupted.
+
+    Args:
+      config: a `Config`; `config.runtime.workdir` receives everything.
+      data: an optional `ImageData` (e.g. from `data.from_arrays`);
+        default reads `config.data.data_dir`.
+      callbacks: more Keras callbacks, passed to every stage's fit (e.g.
+        early stopping or your own logging).
+
+    Returns:
+      The metrics dict that is also written to `metrics.json`.
+
+    Raises:
+      InputError: an invalid config, data or workdir; nothing in an
+        existing workdir is deleted.
+    """
+    config.validate(require_data_dir=data is None)
+    place = placement(config.runtime, config.data.batch_size)
+    if not place.task.is_chief:
+        # Other workers train in step with the chief but write only to a
+        # folder of their own (backups, stage markers); the chief writes
+        # the run's checkpoints, metrics and export.
+        config = config.replace(workdir=(
+            f"{config.runtime.workdir.rstrip(os.sep)}.{place.task.name}"))
+    with place.policy_scope():
+        return _train(config, data, place, callbacks)
+
+
+def _train(config, data, place, callbacks):
+    workdir = config.runtime.workdir
+    conflict = check_workdir(config)
+    metrics_path = os.path.join(workdir, "metrics.json")
+    if not conflict and is_complete(workdir, place.task.is_chief):
+        log.info("Run in %s is already complete; nothing to do. Metrics: "
+                 "%s", workdir, metrics_path)
+        return io.read_json(metrics_path)
+    keras.utils.set_random_seed(config.data.seed)
+    with place.strategy.scope():
+        backbone = _build_backbone(config)
+    if data is None:
+        data = make_datasets(config.data, backbone.image_size)
+    # Only now, with the config, backbone and data known to be good, is
+    # anything written (a failed first try leaves no workdir behind).
+    claim_workdir(config, conflict)
+    io.write_json(os.path.join(workdir, "split.json"), data.files or {})
+    config, backbone, model, decision = _choose_approach(
+        config, backbone, data, place)
+    blocks = backbone.blocks()
+    if config.training.approach == "finetune":
+        check_unfreeze(config.training.unfreeze_blocks(), blocks)
+    stages = {}
+    for i, stage in enumerate(plan_stages(config.training), start=1):
+        log.info("Stage %d: %s", i, stage.name)
+        with place.strategy.scope():
+            stages[stage.name] = run_stage(
+                model, stage, data, config, blocks, place, index=i,
+                to_beat=stages.get("head") if stage.name == "finetune"
+                else None, callbacks=callbacks)
+    if not place.task.is_chief:
+        metrics = {"complete": True, "task": place.task.name,
+                   "stages": stages}
+        io.write_json(metrics_path, metrics)
+        log.info("Worker %s done; the chief writes the results.",
+                 place.task.name)
+        return metrics
+    return _finish(config, model, backbone, data, place, stages, decision)
+
+
+def _choose_approach(config, backbone, data, place):
+    """Builds the classifier; with --approach=auto first lets the advisor
+    decide (and rebuilds from random init when it picks scratch).
+
+    Returns:
+      (config with the concrete approach, backbone, model, decision or
+      None).
+    """
+    num_classes, dropout = len(data.class_names), config.model.dropout
+    with place.strategy.scope():
+        model = build_classifier(backbone, num_classes, dropout)
+    if config.training.approach != "auto":
+        return config, backbone, model, None
+    decision = _auto_decision(config, model, data, backbone.blocks(), place)
+    config = config.replace(approach=decision["approach"],
+                            unfreeze=decision["unfreeze"])
+    # Measuring re-seeds (its random-init reference); a resumed run skips
+    # it, so seed again for both to continue alike.
+    keras.utils.set_random_seed(config.data.seed)
+    if config.training.approach == "scratch":  # random init, not weights
+        with place.strategy.scope():
+            backbone = _build_backbone(config)
+            model = build_classifier(backbone, num_classes, dropout)
+    return config, backbone, model, decision
+
+
+def _finish(config, model, backbone, data, place, stages, decision):
+    """The chief's end of a run: model.keras, evaluation, the export and
+    metrics.json (written last, with complete=True)."""
+    workdir = config.runtime.workdir
+    metrics = {
+        "approach": config.training.approach,
+        "decision": decision and {k: decision[k] for k in (
+            "situation", "approach", "unfreeze", "rule", "reason")},
+        "backbone": backbone.source,
+        "image_size": backbone.image_size,
+        "num_classes": len(data.class_names),
+        "class_names": data.class_names,
+        "num_train": data.counts["train"],
+        "counts": data.counts,
+        "class_counts": data.class_counts,
+        "bad_files": len(data.bad_files),
+        "bad_file_paths": data.bad_files[:100],
+        "skipped_files": len(data.skipped_files),
+        "cached": data.cached,
+        "hardware": place.describe(config.data.batch_size),
+        "stages": stages,
+    }
+    model_path = os.path.join(workdir, "model.keras")
+    log.info("Saving model.keras")
+    save_model(model, model_path)
+    if place.kind == "multi_worker":
+        # Evaluate and export a process-local copy: the chief alone runs
+        # them, so nothing may depend on the other workers' variables.
+        model = keras.models.load_model(model_path)
+    metrics.update(evaluate(model, data))
+    log.info("Writing the SavedModel export")
+    export_saved_model(
+        model, os.path.join(workdir, "export"), data.class_names,
+        manifest=export_manifest(config.training.approach, metrics),
+        tflite=config.export.export_tflite)
+    metrics["complete"] = True
+    io.write_json(os.path.join(workdir, "metrics.json"), metrics)
+    log.info("Test accuracy %.4f (%s, %d images). Everything is in %s",
+             metrics["test_accuracy"], metrics["test_split"],
+             metrics["num_test"], workdir)
+    return metrics
+
+
+def _auto_decision(config, model, data, blocks, place):
+    """--approach=auto: the advisor's decision, measured once per run (a
+    resumed run reads it back from decision.json). In a multi-worker run
+    the chief measures and decides, and the other workers train what it
+    decided (`Placement.from_chief`)."""
+    record = (_chief_decision(config, model, data, blocks)
+              if place.task.is_chief else None)
+    approach, unfreeze = place.from_chief(
+        [TRAINED_APPROACHES.index(record["approach"]),
+         0 if record["unfreeze"] == "all" else int(record["unfreeze"])]
+        if record else [0, 0])
+    if record is None:
+        record = {"approach": TRAINED_APPROACHES[approach],
+                  "unfreeze": str(unfreeze) if unfreeze else "all"}
+        log.info("Training the chief's decision: %s (unfreeze %s)",
+                 record["approach"], record["unfreeze"])
+    return record
+
+
+def _chief_decision(config, model, data, blocks):
+    """The advisor's decision for this process's run (reused from
+    decision.json when a run with the same settings stored one)."""
+    path = os.path.join(config.runtime.workdir, "decision.json")
+    if os.path.isfile(path):
+        record = io.read_json(path)
+        if record.get("run") == _run_key(config):
+            log.info("Using the decision in %s: %s", path,
+                     record["approach"])
+            return record
+    record = advisor.advise_run(model, data, config, blocks)
+    record["run"] = _run_key(config)
+    io.write_json(path, record)
+    return record
+
+
+def _run_key(config):
+    """What a stored decision must match to be reused."""
+    return {k: v for k, v in config.to_dict().items()
+            if k not in RESUMABLE_FIELDS}
+
+
+def _build_backbone(config):
+    model = config.model
+    weights = model.weights
+    if config.training.approach == "scratch":
+        if model.backbone.endswith(".keras"):
+            log.info("approach=scratch: training the architecture of %s "
+                     "from random init (its weights are not used)",
+                     model.backbone)
+            return reinitialized(build_backbone(
+                model.backbone, "none", model.image_size))
+        if weights != "none":
+            log.info("approach=scratch trains from random init; ignoring "
+                     "weights=%s", weights)
+        weights = "none"
+    log.info("Building backbone %s (weights=%s)", model.backbone, weights)
+    return build_backbone(model.backbone, weights, model.image_size)
