@@ -11,7 +11,12 @@ from conftest import REPO
 
 import tl_keras
 from tl_keras import cli
-from tl_keras.config import config_differences
+from tl_keras.config import (
+    FIELD_SECTIONS,
+    config_differences,
+    config_fields,
+)
+from tl_keras.config.config import FLAT_ORDER
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.cfg")))
 
@@ -47,6 +52,18 @@ def test_every_config_parses_and_validates(path, monkeypatch, tmp_path):
             config.data.data_dir):
         config = config.replace(data_dir=str(tmp_path))
     config.validate()
+
+
+def test_flat_files_keep_one_field_order():
+    # config.json and flags.cfg list every field once, in FLAT_ORDER (the
+    # order of the flat config before sections, so old and new files
+    # line up).
+    assert sorted(FLAT_ORDER) == sorted(FIELD_SECTIONS)
+    config = tl_keras.Config()
+    assert tuple(config.to_dict()) == FLAT_ORDER
+    assert [f.name for f in config_fields()] == list(FLAT_ORDER)
+    lines = config.to_flagfile().splitlines()[1:]
+    assert [line[2:].split("=")[0] for line in lines] == list(FLAT_ORDER)
 
 
 def test_flagfile_round_trip(tmp_path):

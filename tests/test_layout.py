@@ -148,3 +148,16 @@ def test_public_names_resolve():
 
     for name in tl_keras.__all__:
         assert getattr(tl_keras, name) is not None, name
+
+
+def test_saved_model_loads_after_import_keras_then_tl_keras(pretrained_base):
+    # A new process: in this one the layers are registered already.
+    code = ("import keras\n"
+            "import tl_keras\n"
+            f"model = keras.saving.load_model({pretrained_base!r})\n"
+            "print('layers:', [type(layer).__name__ for layer in "
+            "model.layers])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ImageNormalization" in out.stdout and "Backbone" in out.stdout

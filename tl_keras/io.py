@@ -14,10 +14,11 @@ import shutil
 import numpy as np
 
 
-def write_text(path, text):
-    """Writes `text` to `path` atomically (temp file, fsync, rename)."""
+def write_text(path, text, newline=None):
+    """Writes `text` to `path` atomically (temp file, fsync, rename);
+    `newline` as for `open` ("" keeps a CSV writer's line ends)."""
     tmp = temp_path(path)
-    with open(tmp, "w") as f:
+    with open(tmp, "w", newline=newline) as f:
         f.write(text)
     commit(tmp, path)
 

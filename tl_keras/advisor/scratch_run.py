@@ -23,7 +23,9 @@ from tl_keras.models.classifier import (
 
 log = logging.getLogger("tl_keras")
 
-SCRATCH_RUN_BN_MOMENTUM = 0.5  # the scratch run's moving statistics: the
+# The scratch run's BatchNorm momentum: its moving statistics follow the
+# last few batches (see _fresh_classifier).
+SCRATCH_RUN_BN_MOMENTUM = 0.5
 
 
 def scratch_epochs(config):

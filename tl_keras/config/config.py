@@ -24,6 +24,23 @@ SECTIONS = {"data": _sections.DataConfig, "model": _sections.ModelConfig,
 FIELD_SECTIONS = {f.name: section for section, cls in SECTIONS.items()
                   for f in dataclasses.fields(cls)}
 
+# The order of the fields in config.json and flags.cfg (that of tl_keras
+# 0.1's flat config, so files written before and after sections match).
+FLAT_ORDER = ("mode", "data_dir", "workdir", "backbone", "weights",
+              "image_size", "approach", "epochs", "finetune_epochs",
+              "learning_rate", "finetune_learning_rate", "unfreeze",
+              "batch_size", "advisor_sample", "advisor_large_per_class",
+              "advisor_similar_gain", "advisor_scratch_gain",
+              "advisor_scratch_per_class", "advisor_earlier_margin",
+              "advisor_reference_margin", "advisor_scratch_fraction",
+              "advisor_tie_se", "advisor_random_gain",
+              "advisor_scratch_horizon", "backbones", "validation_split",
+              "test_split", "seed", "augment", "dropout", "cache_budget_mb",
+              "feature_cache", "distribution", "feature_cache_views",
+              "jit_compile", "mixed_precision", "demo_labels_per_class",
+              "demo_pretrain_epochs", "export_dir", "inputs", "output",
+              "top_k", "export_tflite", "overwrite")
+
 # Fields that may change between a run and its resumption without changing
 # what the run computes.
 RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile",
@@ -106,7 +123,7 @@ class Config:
         flat = {}
         for name in SECTIONS:
             flat.update(dataclasses.asdict(getattr(self, name)))
-        return flat
+        return {key: flat[key] for key in FLAT_ORDER}
 
     def to_flagfile(self):
         """Returns the config as absl flagfile text (one --flag per line)."""
@@ -124,10 +141,11 @@ class Config:
 
 
 def config_fields():
-    """Yields every field of every section (dataclasses.Field), in section
-    order: the flags `cli.py` defines."""
-    for cls in SECTIONS.values():
-        yield from dataclasses.fields(cls)
+    """Yields every field of every section (dataclasses.Field), in
+    FLAT_ORDER: the flags `cli.py` defines."""
+    fields = {f.name: f for cls in SECTIONS.values()
+              for f in dataclasses.fields(cls)}
+    return [fields[name] for name in FLAT_ORDER]
 
 
 def config_differences(stored, current):

@@ -3,7 +3,7 @@
 `ImageNormalization` maps [0, 255] RGB to the range the base expects;
 `Backbone` holds the base and keeps a frozen base in inference mode. Both
 are registered as Keras serializables ("tl_keras>..."), so a saved
-`model.keras` loads wherever tl_keras is importable.
+`model.keras` loads once this module was imported (see tl_keras/__init__).
 """
 
 import keras

@@ -177,7 +177,7 @@ def write_predictions(rows, path):
             top = ";".join(f"{n}:{s:.6f}" for n, s in r["top_k"])
             writer.writerow([r["path"], r["label"], r["score"], top,
                              r["error"]])
-        io.write_text(path, text.getvalue())
+        io.write_text(path, text.getvalue(), newline="")
     log.info("Wrote %d prediction(s) to %s", len(rows), path)
 
 

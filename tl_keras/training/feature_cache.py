@@ -91,7 +91,7 @@ def feature_extractor(model, augmenter=None):
 def extract_features(extractor, ds, n, description, out=None):
     """Runs `extractor` (from `feature_extractor`) over `ds`, a batched
     dataset of n (images, labels), in batches sized for inference
-    (`data.for_inference`), with a progress bar.
+    (`inference.run_batched`), with a progress bar.
 
     Args:
       out: optional array [n, channels] to fill (e.g. a memory-mapped
