@@ -15,7 +15,7 @@ REQUIRED = [
     "efficientnet_v2_b0", "efficientnet_v2_b1", "efficientnet_v2_b2",
     "efficientnet_v2_b3", "efficientnet_v2_s", "resnet50", "resnet50_v2",
     "resnet101_v2", "convnext_tiny", "densenet121", "xception",
-    "inception_v3",
+    "inception_v3", "vgg16", "vgg19",
 ]
 
 
@@ -40,6 +40,46 @@ def test_unknown_backbone_lists_known_names():
     assert "Unknown backbone 'resnet5'" in message
     assert "resnet50, resnet50_v2" in message
     assert "Received: backbone='resnet5'" in message
+    assert "Did you mean resnet50" in message  # the closest names first
+
+
+def test_unknown_backbone_far_from_any_name_gets_no_guess():
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.get_backbone_spec("qqqqqq")
+    assert "Did you mean" not in str(e.value)
+
+
+# One registered name per keras.applications module. Random weights can
+# never show a family wired to the wrong normalisation; this can: tl_keras's
+# ImageNormalization(spec.preprocessing) must compute what the module's own
+# preprocess_input computes on the same images.
+MODULES = sorted({(spec.module, spec.name) for spec in (
+    tl_keras.get_backbone_spec(n) for n in tl_keras.list_backbones())
+    if spec.module}, key=lambda pair: pair[0])
+# Families whose preprocess_input passes images through normalise inside
+# the base: building it must put that normalisation there.
+INSIDE = {"efficientnet", "efficientnet_v2", "mobilenet_v3", "convnext"}
+
+
+def test_every_application_family_names_its_module():
+    modules = {m for m, _ in MODULES}
+    assert len(modules) == 12, modules
+    for module in modules:
+        assert hasattr(getattr(keras.applications, module),
+                       "preprocess_input"), module
+
+
+@pytest.mark.parametrize("module, name", MODULES,
+                         ids=[m for m, _ in MODULES])
+def test_preprocessing_equals_the_familys_own(module, name):
+    spec = tl_keras.get_backbone_spec(name)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (3, 8, 8, 3)).astype("float32")
+    ours = np.asarray(models.ImageNormalization(spec.preprocessing)(images))
+    theirs = np.asarray(getattr(keras.applications, module)
+                        .preprocess_input(images.copy()))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    assert (spec.preprocessing == "none") == (module in INSIDE)
 
 
 # Each family at a small input with weights=None: a real keras.applications
@@ -75,6 +115,31 @@ def test_family_builds_with_contract_and_blocks(name, size, mode,
     expected = [layer for layer in built.base.layers
                 if not isinstance(layer, keras.layers.InputLayer)]
     assert flat == expected
+    if mode == "none":  # the base normalises inside, near its input
+        first = [type(layer).__name__ for layer in built.base.layers[:6]]
+        assert {"Rescaling", "Normalization"} & set(first), first
+
+
+def test_vgg16_blocks_and_contract():
+    built = tl_keras.build_backbone("vgg16", "none", 32)
+    assert built.preprocessing == "caffe"
+    blocks = built.blocks()
+    assert [b for b, _ in blocks] == [f"block{i}" for i in range(1, 6)]
+    assert [layer.name for layer in blocks[3][1]] == [
+        "block4_conv1", "block4_conv2", "block4_conv3", "block4_pool"]
+
+
+def test_feature_block_cuts_the_base_and_lists_blocks_on_a_miss():
+    built = tl_keras.build_backbone("compact_cnn", "none", 32,
+                                    feature_block="block2")
+    assert built.base.output.shape == (None, 8, 8, 32)
+    assert [b for b, _ in built.blocks()] == COMPACT_BLOCKS[:2]
+    assert "cut after block2" in built.source
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.build_backbone("compact_cnn", "none", 32,
+                                feature_block="block9")
+    assert "block1, block2, block3, block4" in str(e.value)
+    assert "Received: feature_block='block9'" in str(e.value)
 
 
 def test_image_size_below_minimum_is_rejected():

@@ -170,7 +170,6 @@ def test_arrays_run_through_the_api(tmp_path, tiny_config):
 # Bad input through the CLI: exit code != 0, one clear line, no traceback.
 BAD = [
     (["--data_dir=/nonexistent"], "no such folder"),
-    (["--backbone=resnet5"], "Unknown backbone 'resnet5'"),
     (["--approach=transferr"], "approach"),
     (["--unfreeze=top"], "Invalid unfreeze"),
     (["--weights=/nonexistent.weights.h5"], "no such file"),
@@ -196,6 +195,14 @@ def test_bad_input_gets_a_clear_error(tmp_path, image_folder, args,
 
 # In-process from here on: the command line turns each InputError into
 # exit status 2 and one line (test_bad_input_gets_a_clear_error).
+
+def test_unknown_backbone_leaves_no_workdir(tmp_path, tiny_config):
+    config = tiny_config.replace(backbone="resnet5")
+    with pytest.raises(tl_keras.InputError,
+                       match="Unknown backbone 'resnet5'"):
+        tl_keras.train(config)
+    assert not os.path.exists(config.runtime.workdir)
+
 
 def test_single_class_and_mismatched_weights(tmp_path, tiny_config):
     one = write_image_folder(str(tmp_path / "one"), num_classes=1)

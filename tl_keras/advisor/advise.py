@@ -74,7 +74,8 @@ def classifier_and_data(config, data=None):
     """
     model_config = config.model
     built = build_backbone(model_config.backbone, model_config.weights,
-                           model_config.image_size)
+                           model_config.image_size,
+                           model_config.feature_block)
     if data is None:
         data = make_datasets(config.data, built.image_size)
     model = build_classifier(built, len(data.class_names), 0.0)

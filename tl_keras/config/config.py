@@ -24,12 +24,14 @@ SECTIONS = {"data": _sections.DataConfig, "model": _sections.ModelConfig,
 FIELD_SECTIONS = {f.name: section for section, cls in SECTIONS.items()
                   for f in dataclasses.fields(cls)}
 
-# The order of the fields in config.json and flags.cfg (that of tl_keras
-# 0.1's flat config, so files written before and after sections match).
+# The order of the fields in config.json and flags.cfg: that of tl_keras
+# 0.1's flat config (files written before and after sections line up),
+# with fields added since next to their kin.
 FLAT_ORDER = ("mode", "data_dir", "workdir", "backbone", "weights",
-              "image_size", "approach", "epochs", "finetune_epochs",
-              "learning_rate", "finetune_learning_rate", "unfreeze",
-              "batch_size", "advisor_sample", "advisor_large_per_class",
+              "image_size", "feature_block", "approach", "epochs",
+              "finetune_epochs", "learning_rate", "finetune_learning_rate",
+              "unfreeze", "batch_size", "advisor_sample",
+              "advisor_large_per_class",
               "advisor_similar_gain", "advisor_scratch_gain",
               "advisor_scratch_per_class", "advisor_earlier_margin",
               "advisor_reference_margin", "advisor_scratch_fraction",
@@ -106,6 +108,9 @@ class Config:
         if mode == "rank" and not self.advisor.backbones:
             fail("backbones", "comma-separated backbone names or .keras "
                  "paths", "")
+        if mode == "rank" and self.model.feature_block:
+            fail("feature_block", "'' with --mode=rank (block names differ "
+                 "between the candidates)", self.model.feature_block)
         if needs_data:  # last: the one check that reads the disk
             check_data_dir(self.data.data_dir)
         return self

@@ -89,11 +89,17 @@ class ModelConfig:
     weights: str = field(
         "imagenet",
         "imagenet | none | path to a .weights.h5 or .keras file for the "
-        "backbone.",
+        "backbone. A .keras backbone keeps its own weights unless a file is "
+        "given.",
     )
     image_size: int = field(
         0, "Square input size in pixels; 0 = the backbone's default."
     )
+    feature_block: str = field(
+        "",
+        "Cut the base after this block (e.g. block4 of vgg16; an unknown "
+        "name lists the blocks) so the head trains on earlier, more generic "
+        "features; '' = the whole base. Kept in model.keras and the export.")
     dropout: float = field(0.2, "Dropout rate before the new head.")
 
     def validate(self):

@@ -46,7 +46,7 @@ def reinitialized(built):
         f"random init")
 
 
-def build_backbone(name, weights="imagenet", image_size=0):
+def build_backbone(name, weights="imagenet", image_size=0, feature_block=""):
     """Builds a base by registry name or from a saved .keras model path.
 
     Args:
@@ -54,18 +54,55 @@ def build_backbone(name, weights="imagenet", image_size=0):
         classifier's file gives its base and preprocessing; any other Keras
         model is cut at its last rank-4 (spatial feature map) output.
       weights: 'imagenet', 'none', or a path to a `.weights.h5` / `.keras`
-        file holding weights for this base.
+        file holding weights for this base. A `.keras` backbone keeps its
+        own weights unless a file is given.
       image_size: square input size; 0 means the spec's default.
+      feature_block: optional block name (`list_blocks`): the base ends
+        after that block, so the head sees earlier, more generic features.
 
     Returns:
       A BuiltBackbone.
 
     Raises:
-      ValueError: unknown name, size below the minimum, weights that do not
-        match the architecture, or a model with no spatial features.
+      InputError: unknown name or block, size below the minimum, weights
+        that do not match the architecture, or a model with no spatial
+        features.
     """
     if name.endswith(".keras"):
-        return _backbone_from_model_file(name, image_size)
+        built = _backbone_from_model_file(name, image_size, weights)
+    else:
+        built = _build_registered(name, weights, image_size)
+    return cut_at_block(built, feature_block) if feature_block else built
+
+
+def cut_at_block(built, block):
+    """`built` with its base ending after the named block: the classifier
+    trains on activations from earlier in the network (the small +
+    very different case of transfer learning).
+
+    Raises:
+      InputError: no such block (the message lists the blocks), or the
+        block does not end in a spatial feature map.
+    """
+    blocks = dict(built.blocks())
+    if block not in blocks:
+        raise InputError(
+            f"Invalid feature_block for backbone {built.source}: it has no "
+            f"block {block!r}. Allowed: one of {', '.join(blocks)}. "
+            f"Received: feature_block={block!r}")
+    last = blocks[block][-1]
+    if len(last.output.shape) != 4:
+        raise InputError(
+            f"Invalid feature_block {block!r}: its last layer "
+            f"({last.name}) gives no (batch, height, width, channels) map. "
+            f"Allowed: a block of convolutional layers. Received: "
+            f"feature_block={block!r}")
+    base = keras.Model(built.base.inputs, last.output, name=built.base.name)
+    return dataclasses.replace(built, base=base,
+                               source=f"{built.source}, cut after {block}")
+
+
+def _build_registered(name, weights, image_size):
     spec = get_backbone_spec(name)
     size = image_size or spec.default_size
     if size < spec.min_size:
@@ -130,7 +167,7 @@ def _find_base(model):
     return None
 
 
-def _backbone_from_model_file(path, image_size):
+def _backbone_from_model_file(path, image_size, weights="none"):
     if not os.path.isfile(path):
         raise InputError(
             f"Invalid backbone: no such file. Allowed: a registered name or "
@@ -148,7 +185,11 @@ def _backbone_from_model_file(path, image_size):
             f"Invalid image_size for backbone {path!r}: the saved model "
             f"takes {size} px. Allowed: 0 or {size}. Received: "
             f"image_size={image_size}")
-    return BuiltBackbone(base, preprocessing, size, spec, source=path)
+    source = path  # with its own weights
+    if weights not in ("imagenet", "none"):
+        _load_weights_file(base, weights, path)
+        source = f"{path} (weights={weights})"
+    return BuiltBackbone(base, preprocessing, size, spec, source=source)
 
 
 def _cut_at_features(model, path):

@@ -8,6 +8,7 @@ blocks from the top.
 """
 
 import dataclasses
+import difflib
 import re
 
 import keras
@@ -30,6 +31,9 @@ class BackboneSpec:
       block_rule: 'match' (re.match at the name start), 'search', or
         'end_marker' (a block ends at each layer the pattern matches).
       builder_kwargs: extra keyword arguments for the application.
+      module: the keras.applications module of the application, whose
+        `preprocess_input` the preprocessing mode reproduces (a test
+        checks each family against it); '' for custom bases.
     """
 
     name: str
@@ -40,6 +44,7 @@ class BackboneSpec:
     block_pattern: str
     block_rule: str = "match"
     builder_kwargs: tuple = ()
+    module: str = ""
 
     def build(self, image_size, weights):
         """Builds the base (no top) for square `image_size` inputs."""
@@ -76,10 +81,12 @@ def get_backbone_spec(name):
     """
     spec = _REGISTRY.get(_normalize(name))
     if spec is None:
+        close = difflib.get_close_matches(name.lower(), list_backbones(), n=3)
+        hint = f"Did you mean {', '.join(close)}? " if close else ""
         raise InputError(
-            f"Unknown backbone {name!r}. Known: {', '.join(list_backbones())}"
-            f", or a path to a saved .keras model. Received: backbone="
-            f"{name!r}"
+            f"Unknown backbone {name!r}. {hint}Known: "
+            f"{', '.join(list_backbones())}, or a path to a saved .keras "
+            f"model. Received: backbone={name!r}"
         )
     return spec
 
@@ -93,8 +100,9 @@ def _normalize(name):
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _register_family(names, application_fmt, sizes, min_size, preprocessing,
-                     block_pattern, block_rule="match", **kwargs):
+def _register_family(names, application_fmt, module, sizes, min_size,
+                     preprocessing, block_pattern, block_rule="match",
+                     **kwargs):
     for name, suffix in names:
         register_backbone(BackboneSpec(
             name=name,
@@ -105,40 +113,54 @@ def _register_family(names, application_fmt, sizes, min_size, preprocessing,
             block_pattern=block_pattern,
             block_rule=block_rule,
             builder_kwargs=tuple(kwargs.items()),
+            module=module,
         ))
 
 
-_register_family([("mobilenet_v2", "")], "MobileNetV2{}", 224, 32, "tf",
+_register_family([("mobilenet_v2", "")], "MobileNetV2{}", "mobilenet_v2",
+                 224, 32, "tf",
                  r"^(expanded_conv|block_\d+)_")
 _register_family([("mobilenet_v3_small", "Small"),
                   ("mobilenet_v3_large", "Large")],
-                 "MobileNetV3{}", 224, 32, "none",
+                 "MobileNetV3{}", "mobilenet_v3", 224, 32, "none",
                  r"^(expanded_conv(?:_\d+)?)_")
 _EFFICIENTNET_SIZES = {"B0": 224, "B1": 240, "B2": 260, "B3": 300,
                        "B4": 380, "B5": 456, "B6": 528, "B7": 600, "S": 384,
                        "M": 480, "L": 480}
 _register_family([(f"efficientnet_b{i}", f"B{i}") for i in range(8)],
-                 "EfficientNet{}", _EFFICIENTNET_SIZES, 32, "none",
+                 "EfficientNet{}", "efficientnet", _EFFICIENTNET_SIZES, 32,
+                 "none",
                  r"^(block\d+[a-z])_")
 _register_family([(f"efficientnet_v2_{s.lower()}", s)
                   for s in ("B0", "B1", "B2", "B3", "S", "M", "L")],
-                 "EfficientNetV2{}", _EFFICIENTNET_SIZES, 32, "none",
+                 "EfficientNetV2{}", "efficientnet_v2", _EFFICIENTNET_SIZES,
+                 32, "none",
                  r"^(block\d+[a-z])_")
 _register_family([(f"resnet{d}", str(d)) for d in (50, 101, 152)],
-                 "ResNet{}", 224, 32, "caffe", r"^(conv\d_block\d+)_")
+                 "ResNet{}", "resnet", 224, 32, "caffe",
+                 r"^(conv\d_block\d+)_")
 _register_family([(f"resnet{d}_v2", f"{d}V2") for d in (50, 101, 152)],
-                 "ResNet{}", 224, 32, "tf", r"^(conv\d_block\d+)_")
+                 "ResNet{}", "resnet_v2", 224, 32, "tf",
+                 r"^(conv\d_block\d+)_")
 _register_family([(f"convnext_{s.lower()}", s)
                   for s in ("Tiny", "Small", "Base", "Large")],
-                 "ConvNeXt{}", 224, 32, "none",
+                 "ConvNeXt{}", "convnext", 224, 32, "none",
                  r"(stage_\d+_block_\d+|downsampling_block_\d+)",
                  block_rule="search")
 _register_family([(f"densenet{d}", str(d)) for d in (121, 169, 201)],
-                 "DenseNet{}", 224, 32, "torch", r"^(conv\d_block\d+|pool\d)_")
-_register_family([("xception", "")], "Xception{}", 299, 71, "tf",
+                 "DenseNet{}", "densenet", 224, 32, "torch",
+                 r"^(conv\d_block\d+|pool\d)_")
+_register_family([("xception", "")], "Xception{}", "xception", 299, 71,
+                 "tf",
                  r"^(block\d+)_")
-_register_family([("inception_v3", "")], "InceptionV3{}", 299, 75, "tf",
+_register_family([("inception_v3", "")], "InceptionV3{}", "inception_v3",
+                 299, 75, "tf",
                  r"^(mixed\d+)$", block_rule="end_marker")
+# VGG: no BatchNorm, caffe preprocessing; the one genuinely pretrained base
+# that installs offline is a VGG16 (see `models.hed`).
+for _depth in (16, 19):
+    _register_family([(f"vgg{_depth}", str(_depth))], "VGG{}",
+                     f"vgg{_depth}", 224, 32, "caffe", r"^(block\d)_")
 register_backbone(BackboneSpec(
     name="compact_cnn", application="", default_size=32, min_size=16,
     preprocessing="unit", block_pattern=r"^(block\d+)_"))

@@ -208,16 +208,24 @@ def _run_key(config):
 def _build_backbone(config):
     model = config.model
     weights = model.weights
+    from_file = model.backbone.endswith(".keras")
     if config.training.approach == "scratch":
-        if model.backbone.endswith(".keras"):
+        if from_file:
             log.info("approach=scratch: training the architecture of %s "
                      "from random init (its weights are not used)",
                      model.backbone)
             return reinitialized(build_backbone(
-                model.backbone, "none", model.image_size))
+                model.backbone, "none", model.image_size,
+                model.feature_block))
         if weights != "none":
             log.info("approach=scratch trains from random init; ignoring "
                      "weights=%s", weights)
         weights = "none"
-    log.info("Building backbone %s (weights=%s)", model.backbone, weights)
-    return build_backbone(model.backbone, weights, model.image_size)
+    source = (f"weights={weights}" if not from_file
+              else "its own weights" if weights in ("imagenet", "none")
+              else f"its architecture, weights from {weights}")
+    log.info("Building backbone %s (%s%s)", model.backbone, source,
+             f"; cut after block {model.feature_block}"
+             if model.feature_block else "")
+    return build_backbone(model.backbone, weights, model.image_size,
+                          model.feature_block)
