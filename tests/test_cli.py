@@ -176,6 +176,7 @@ BAD = [
     (["stray_positional"], "Unexpected positional argument"),
     (["--epochs=0"], "Invalid epochs"),
     (["--no_such_flag=1"], "no_such_flag"),
+    (["--epochs=many"], "Invalid flag: flag --epochs=many"),
 ]
 
 
@@ -186,7 +187,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, image_folder, args,
     result = run_cli("--flagfile=configs/smoke.cfg",
                      f"--data_dir={image_folder}",
                      f"--workdir={tmp_path / 'w'}", *args)
-    assert result.returncode != 0
+    assert result.returncode == 2  # flag errors too (absl's own: 1)
     assert fragment in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     # A failed first try leaves no half-made workdir behind.

@@ -1,8 +1,10 @@
 """--mode=compare: every approach on one split, the report, the best
-model exported (selected by test accuracy, as today)."""
+model (by validation accuracy) exported, and workdirs it must not use."""
 
 import json
 import os
+
+import pytest
 
 import tl_keras
 from tl_keras.modes.compare import compare
@@ -32,14 +34,38 @@ def test_compare_runs_every_approach_and_reports(pretrained_base,
         stored = json.load(f)
     assert stored["best"] == summary["best"]
     assert sum(r["advisor_pick"] for r in stored["results"].values()) == 1
-    best = stored["best"]
-    assert stored["results"][best]["test_accuracy"] == max(
-        r["test_accuracy"] for r in stored["results"].values())
+    best = stored["best"]  # chosen on validation, never on test
+    assert stored["results"][best]["val_accuracy"] == max(
+        r["val_accuracy"] for r in stored["results"].values())
     exported = tl_keras.load_exported(os.path.join(workdir, "export"))
     assert exported.manifest["approach"] == stored["results"][best][
         "approach"]
     report = open(os.path.join(workdir, "report.md")).read()
-    assert "| approach | test accuracy |" in report
+    assert "| approach | val accuracy | test accuracy |" in report
     assert "(advisor's pick)" in report and "![Learning curves]" in report
     png = open(os.path.join(workdir, "curves.png"), "rb").read(8)
     assert png == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_refuses_a_train_run_and_foreign_files(tmp_path,
+                                                      image_folder):
+    config = tl_keras.Config(mode="compare", data_dir=image_folder,
+                             workdir=str(tmp_path / "w"),
+                             backbone="compact_cnn", weights="none",
+                             image_size=32)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{}")  # a train run's workdir
+    (workdir / "report.md").write_text("my notes")
+    with pytest.raises(tl_keras.InputError, match="holds a train run"):
+        compare(config)
+    (workdir / "config.json").unlink()
+    with pytest.raises(tl_keras.InputError,
+                       match="report.md or export/ was not written"):
+        compare(config)
+    assert (workdir / "report.md").read_text() == "my notes"
+    (workdir / "thesis.txt").write_text("precious")
+    with pytest.raises(tl_keras.InputError,
+                       match=r"files compare did not write \(thesis.txt\)"):
+        compare(config)
+    assert sorted(os.listdir(workdir)) == ["report.md", "thesis.txt"]

@@ -12,6 +12,7 @@ from PIL import Image
 
 import tl_keras
 from tl_keras import data as data_lib
+from tl_keras.data import pipelines
 
 SIZE = 32
 
@@ -74,6 +75,71 @@ def test_val_folder_only_carves_test_from_train(tmp_path, tiny_config):
     config = tiny_config.replace(data_dir=str(tmp_path))
     data = tl_keras.make_datasets(config, SIZE)
     assert data.counts == {"train": 24, "val": 6, "test": 6}
+
+
+@pytest.mark.parametrize("names", [
+    ("train", "valid", "test"),  # the layout many dataset exports use
+    ("Train", "Validation", "TEST"),  # any case
+])
+def test_split_folders_match_any_case_and_valid(tmp_path, tiny_config,
+                                                names):
+    for name, n in zip(names, (6, 2, 3), strict=True):
+        write_image_folder(str(tmp_path / name), per_class=n,
+                           formats=("png",))
+    data = tl_keras.make_datasets(
+        tiny_config.replace(data_dir=str(tmp_path)), SIZE)
+    assert data.class_names == ["class_0", "class_1", "class_2"]
+    # The user's validation images are the validation split, not carved.
+    assert data.counts == {"train": 18, "val": 6, "test": 9}
+    assert all(f"/{names[1]}/" in p for p, _ in data.files["val"])
+
+
+def test_flat_folder_keeps_a_class_named_like_a_split(tmp_path,
+                                                      tiny_config, caplog):
+    for name in ("cat", "test"):
+        write_image_folder(str(tmp_path / name), num_classes=1,
+                           per_class=10, formats=("png",))
+    with caplog.at_level("WARNING", logger="tl_keras"):
+        data = tl_keras.make_datasets(
+            tiny_config.replace(data_dir=str(tmp_path)), SIZE)
+    assert data.class_names == ["cat", "test"]
+    assert sum(data.class_counts["train"].values()) > 0
+    assert "every sub-folder is a class, also test" in caplog.text
+
+
+@pytest.mark.parametrize("folders, fragment", [
+    (("train", "val", "valid"), "two folders for one split: val and valid"),
+    (("train", "Train"), "two folders for one split"),
+    (("train", "test", "extra"), "other folders (extra)"),
+])
+def test_ambiguous_split_layout_is_an_error(tmp_path, tiny_config, folders,
+                                            fragment):
+    for name in folders:
+        write_image_folder(str(tmp_path / name), per_class=2,
+                           formats=("png",))
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.make_datasets(tiny_config.replace(data_dir=str(tmp_path)),
+                               SIZE)
+    assert fragment in str(e.value) and "Received: data_dir=" in str(
+        e.value)
+
+
+def class_changes(labels):
+    return int(np.sum(labels[1:] != labels[:-1]))
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_training_order_mixes_classes_beyond_the_shuffle_buffer(
+        tiny_config, monkeypatch, mixed):
+    # A folder lists its files class by class; with a shuffle buffer far
+    # smaller than the set (10,000 vs a large dataset; 2 here) the epoch
+    # order stayed nearly sorted. The list itself is put in random order.
+    monkeypatch.setattr(pipelines, "SHUFFLE_BUFFER", 2)
+    if not mixed:  # the old behaviour, to show the test can fail
+        monkeypatch.setattr(pipelines, "_mixed", lambda n, seed: range(n))
+    data = tl_keras.make_datasets(tiny_config.replace(augment="none"), SIZE)
+    changes = class_changes(labels_of(data.train))
+    assert (changes >= 10) == mixed, changes  # 24 images, 3 classes
 
 
 def test_augmentation_runs_in_tf_data_on_train_only(tiny_config):

@@ -320,3 +320,39 @@ def test_evaluate_mode_scores_a_labelled_folder(run, image_folder,
     with pytest.raises(tl_keras.InputError, match="class_3"):
         predict.evaluate_export(config.replace(mode="evaluate",
                                                data_dir=other))
+
+
+def test_overwrite_never_deletes_what_tl_keras_did_not_write(run,
+                                                           tmp_path):
+    config, _, _ = run
+    target = tmp_path / "X"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    unrelated = tmp_path / "X.old"  # once deleted by the export
+    unrelated.mkdir()
+    (unrelated / "keep.txt").write_text("keep")
+    export_config = config.replace(mode="export", export_dir=str(target),
+                                   overwrite=True)
+    predict.export_run(export_config)
+    assert saved_model.is_export(str(target))
+    aside = [p for p in os.listdir(tmp_path) if p.startswith("X.replaced-")]
+    assert len(aside) == 1
+    assert (tmp_path / aside[0] / "notes.txt").read_text() == "mine"
+    assert (unrelated / "keep.txt").read_text() == "keep"
+    # An old tl_keras export is replaced: nothing more is kept or left.
+    predict.export_run(export_config)
+    assert sorted(os.listdir(tmp_path)) == sorted(["X", "X.old", aside[0]])
+
+
+def test_evaluate_never_scores_training_images(run, tmp_path):
+    config, _, _ = run
+    root = tmp_path / "splits"
+    write_image_folder(str(root / "train"), per_class=20, formats=("png",))
+    write_image_folder(str(root / "val"), per_class=4, formats=("png",))
+    with pytest.raises(tl_keras.InputError, match="no test/ folder"):
+        predict.evaluate_export(config.replace(mode="evaluate",
+                                               data_dir=str(root)))
+    write_image_folder(str(root / "test"), per_class=3, formats=("png",))
+    metrics = predict.evaluate_export(config.replace(mode="evaluate",
+                                                     data_dir=str(root)))
+    assert metrics["num_test"] == 9  # test/ only

@@ -109,7 +109,21 @@ def _mode(name):
     return train
 
 
+def parse_flags(argv):
+    """Parses the command line into flags.FLAGS (absl's `flags_parser`); a
+    bad flag exits with EXIT_USAGE (absl's own parser exits with 1) and
+    one line that names the flag, what is allowed and what was received."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = " ".join(str(e).split())
+        print(f"tl_keras: error: Invalid flag: {message}. Allowed: the "
+              f"flags `python run.py --help` lists, with their values. "
+              f"Received: {' '.join(argv[1:])}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def run(argv=None):
     """Entry point of run.py; call `define_flags()` first."""
     setup_logging()
-    app.run(main, argv)
+    app.run(main, argv, flags_parser=parse_flags)

@@ -10,6 +10,8 @@ rename itself survives a power loss. `replace_dir` swaps a finished folder
 import json
 import os
 import shutil
+import tempfile
+import time
 
 import numpy as np
 
@@ -69,18 +71,47 @@ def fsync_dir(folder):
         os.close(fd)
 
 
-def replace_dir(src, dst):
-    """Moves the folder `src` to `dst`; an old `dst` is removed only after
-    the move."""
-    old = None
+def replace_dir(src, dst, discard_old=True):
+    """Moves the folder `src` to `dst`.
+
+    An old `dst` is first renamed to a fresh name beside it (nothing else
+    is touched), then deleted only once the move is done when
+    `discard_old`; otherwise it stays as `<dst>.replaced-<time>`.
+
+    Returns:
+      The path the old `dst` was kept at, or None.
+    """
+    kept = None
     if os.path.exists(dst):
-        old = dst + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
+        parent = os.path.dirname(os.path.abspath(dst))
+        name = os.path.basename(os.path.abspath(dst))
+        kept = (tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+                if discard_old else _fresh_name(dst))
+        os.replace(dst, kept)
     os.replace(src, dst)
     fsync_dir(os.path.dirname(os.path.abspath(dst)))
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    if kept and discard_old:
+        shutil.rmtree(kept, ignore_errors=True)
+        return None
+    return kept
+
+
+def move_aside(path):
+    """Renames `path` to `<path>.replaced-<time>` (never deleting
+    anything); returns the new name."""
+    aside = _fresh_name(path)
+    os.replace(path, aside)
+    return aside
+
+
+def _fresh_name(path):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = f"{path.rstrip(os.sep)}.replaced-{stamp}"
+    candidate, n = base, 1
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
 
 
 def _jsonable(value):

@@ -19,7 +19,8 @@ log = logging.getLogger("tl_keras")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
-SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation"),
+# Split folder names, matched case-insensitively.
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"),
               "test": ("test",)}
 
 
@@ -32,15 +33,8 @@ def scan_folder(data_dir):
       skipped lists files ignored for their extension.
     """
     check_data_dir(data_dir)
-    roots = {"train": data_dir}
-    for split, names in SPLIT_DIRS.items():
-        for name in names:
-            if os.path.isdir(os.path.join(data_dir, name)):
-                roots[split] = os.path.join(data_dir, name)
-                break
-    class_names = _subfolders(
-        roots["train"],
-        exclude=_ALL_SPLIT_NAMES if roots["train"] == data_dir else ())
+    roots = split_roots(data_dir)
+    class_names = _subfolders(roots["train"])
     if len(class_names) < 2:
         found = ", ".join(class_names) or "none"
         raise InputError(
@@ -72,13 +66,54 @@ def scan_folder(data_dir):
     return files, class_names, skipped
 
 
-def _subfolders(path, exclude=()):
+def split_roots(data_dir):
+    """{split: folder}: the data folder itself as 'train' (one sub-folder
+    per class), or its split folders when it has a train folder.
+
+    Split folders are matched case-insensitively (Train/, VALID/, ...).
+    Without a train folder every sub-folder is a class, even one named
+    like a split (said in the log).
+
+    Raises:
+      InputError: two folders for one split (val/ and valid/), or split
+        folders next to other folders.
+    """
+    folders = _subfolders(data_dir)
+    found = {}
+    for name in folders:
+        split = _SPLIT_OF.get(name.lower())
+        if split:
+            found.setdefault(split, []).append(name)
+    if "train" not in found:
+        if found:
+            log.warning("No train/ folder in %s, so every sub-folder is a "
+                        "class, also %s", data_dir, ", ".join(
+                            name for names in found.values()
+                            for name in names))
+        return {"train": data_dir}
+    twice = {k: v for k, v in found.items() if len(v) > 1}
+    others = [name for name in folders if name.lower() not in _SPLIT_OF]
+    if twice or others:
+        problem = ("two folders for one split: " + "; ".join(
+            " and ".join(v) for v in twice.values()) if twice else
+            f"split folders and other folders ({', '.join(others)}) side "
+            f"by side")
+        raise InputError(
+            f"Invalid data_dir: ambiguous layout, {problem}. Allowed: one "
+            f"sub-folder per class, or train/ with optional val/ (or "
+            f"valid/, validation/) and test/, each holding the class "
+            f"folders. Received: data_dir={data_dir!r}")
+    return {split: os.path.join(data_dir, names[0])
+            for split, names in found.items()}
+
+
+def _subfolders(path):
     return sorted(e.name for e in os.scandir(path)
-                  if e.is_dir() and not e.name.startswith(".")
-                  and e.name not in exclude)
+                  if e.is_dir() and not e.name.startswith("."))
 
 
-_ALL_SPLIT_NAMES = {n for names in SPLIT_DIRS.values() for n in names}
+_SPLIT_OF = {name: split for split, names in SPLIT_DIRS.items()
+             for name in names}
 
 
 def _list_images(folder):

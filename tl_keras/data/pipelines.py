@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.config import DataConfig
+from tl_keras.data.arrays import carve_arrays, check_arrays
 from tl_keras.data.augment import augment
 from tl_keras.data.folders import (
     carve_missing_splits,
@@ -28,6 +29,10 @@ from tl_keras.errors import InputError
 log = logging.getLogger("tl_keras")
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Elements the per-epoch shuffle holds. Folders list their files class by
+# class, so the training list is first put in a seeded random order
+# (`_mixed`): a buffer smaller than the set then still mixes classes.
+SHUFFLE_BUFFER = 10000
 
 
 @dataclasses.dataclass
@@ -99,7 +104,7 @@ class EpochShuffle:
             # time; fixing it here (for this function's graph only) makes
             # the order independent of whether tf.random.set_seed ran.
             tf.compat.v1.set_random_seed(seed)
-            return ds.shuffle(min(n, 10000),
+            return ds.shuffle(min(n, SHUFFLE_BUFFER),
                               seed=seed * 1000003 + epoch.read_value(),
                               reshuffle_each_iteration=False)
 
@@ -153,6 +158,8 @@ def make_datasets(config, image_size):
         check_classes_have_images(files["train"], class_names,
                                    config.data_dir)
     files = carve_missing_splits(files, config, class_names)
+    files["train"] = [files["train"][i]
+                      for i in _mixed(len(files["train"]), config.seed)]
     total = sum(len(v) for v in files.values())
     cache = total * image_size * image_size * 3 <= (
         config.cache_budget_mb * 2**20)
@@ -202,18 +209,20 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
       ValueError: bad shapes, labels or value range.
     """
     config = data_section(config)
-    arrays = {"train": _check_arrays(x, y, "x", "y")}
+    arrays = {"train": check_arrays(x, y, "x", "y")}
     if x_val is not None:
-        arrays["val"] = _check_arrays(x_val, y_val, "x_val", "y_val")
+        arrays["val"] = check_arrays(x_val, y_val, "x_val", "y_val")
     if x_test is not None:
-        arrays["test"] = _check_arrays(x_test, y_test, "x_test", "y_test")
+        arrays["test"] = check_arrays(x_test, y_test, "x_test", "y_test")
     num_classes = int(max(a[1].max() for a in arrays.values())) + 1
     class_names = list(class_names or [str(i) for i in range(num_classes)])
     if len(class_names) < max(num_classes, 2):
         raise InputError(
             f"Invalid class_names: labels go up to {num_classes - 1} and at "
             f"least 2 classes are needed. Received: {len(class_names)} names")
-    arrays = _carve_arrays(arrays, config, class_names)
+    arrays = carve_arrays(arrays, config, class_names)
+    order = _mixed(len(arrays["train"][1]), config.seed)
+    arrays["train"] = tuple(a[order] for a in arrays["train"])
     datasets, sources = {}, {}
     shuffle = EpochShuffle(config.seed)
     for k, (images, labels) in arrays.items():
@@ -299,52 +308,6 @@ def _pipeline(source, n, config, training, cache, shuffle=None):
     return ds.prefetch(AUTOTUNE)
 
 
-def _carve_arrays(arrays, config, class_names):
-    """Carves the splits not given as arrays from the training arrays."""
-    if "val" in arrays and "test" in arrays:
-        return arrays
-    # The given splits are named (empty) so that only the others are
-    # carved from the training arrays.
-    index = {k: [(i, int(label)) for i, label in enumerate(v[1])]
-             if k == "train" else [] for k, v in arrays.items()}
-    split = carve_missing_splits(index, config, class_names)
-    images = arrays["train"][0]
-    arrays = dict(arrays)
-    for k, pairs in split.items():
-        if k not in arrays or k == "train":
-            ids = np.array([i for i, _ in pairs], dtype=np.int64)
-            arrays[k] = (images[ids], np.array([lab for _, lab in pairs],
-                                               dtype=np.int32))
-    return arrays
-
-
-def _check_arrays(x, y, x_name, y_name):
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
-        raise InputError(
-            f"Invalid {x_name}. Allowed: images shaped (n, height, width, "
-            f"1|3|4). Received: {x_name}.shape={x.shape}")
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise InputError(
-            f"Invalid {y_name}. Allowed: integer labels shaped ({len(x)},). "
-            f"Received: {y_name}.shape={y.shape}, dtype={y.dtype}")
-    if y.min() < 0:
-        raise InputError(f"Invalid {y_name}. Allowed: labels >= 0. "
-                         f"Received: min {y_name}={y.min()}")
-    if x.dtype != np.uint8:
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise InputError(
-                f"Invalid {x_name}. Allowed: values in [0, 255]. Received: "
-                f"[{x.min()}, {x.max()}]")
-        if x.size and x.max() <= 1.0:
-            raise InputError(
-                f"Invalid {x_name}: values are in [0, 1]; tl_keras expects "
-                f"[0, 255] (multiply by 255). Received: max {x_name}="
-                f"{x.max()}")
-        x = np.round(x).astype(np.uint8)
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    elif x.shape[-1] == 4:
-        x = x[..., :3]
-    return x, y.astype(np.int32)
+def _mixed(n, seed):
+    """A seeded random order of n training examples (see SHUFFLE_BUFFER)."""
+    return np.random.default_rng([seed, 2]).permutation(n)

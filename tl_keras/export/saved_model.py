@@ -31,6 +31,7 @@ from tl_keras.version import __version__
 log = logging.getLogger("tl_keras")
 
 SIGNATURES = ("serving_default", "serve_bytes", "serve_float")
+MANIFEST_FORMAT = "tl_keras SavedModel"
 
 
 def export_saved_model(model, export_dir, class_names, manifest=None,
@@ -48,7 +49,9 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
 
     The export is written to a temporary folder next to `export_dir` and
     renamed into place, so a crash never leaves a half-written export
-    where a good one was.
+    where a good one was. An old tl_keras export there is replaced; any
+    other folder is moved aside to `<export_dir>.replaced-<time>`, never
+    deleted.
 
     Raises:
       InputError: `export_dir` exists and `overwrite` is False.
@@ -72,7 +75,11 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
                 f.write(convert_to_tflite(model))
         io.write_json(os.path.join(tmp, "manifest.json"),
                       build_manifest(model, class_names, manifest))
-        io.replace_dir(tmp, export_dir)
+        kept = io.replace_dir(tmp, export_dir,
+                              discard_old=is_export(export_dir))
+        if kept:
+            log.warning("%s held something other than a tl_keras export; "
+                        "moved it to %s", export_dir, kept)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -81,11 +88,22 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
     return export_dir
 
 
+def is_export(path):
+    """Whether `path` holds a tl_keras export (its manifest says so): the
+    only kind of folder an export replaces instead of moving aside."""
+    try:
+        manifest = io.read_json(os.path.join(path, "manifest.json"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict)
+            and manifest.get("format") == MANIFEST_FORMAT)
+
+
 def build_manifest(model, class_names, extra=None):
     """What a user of the export needs to know, in one JSON object."""
     size = model.input_shape[1]
     return {
-        "format": "tl_keras SavedModel",
+        "format": MANIFEST_FORMAT,
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "input": {

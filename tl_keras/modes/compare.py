@@ -26,36 +26,39 @@ import numpy as np
 from tl_keras import io
 from tl_keras.advisor.advise import advise_run, classifier_and_data
 from tl_keras.advisor.report import summary_lines
+from tl_keras.errors import InputError
+from tl_keras.export.saved_model import is_export
 from tl_keras.training.trainer import train
 
 log = logging.getLogger("tl_keras")
 
 
-def compare(config, data=None, header=None):
+def compare(config, data=None, header=None, also_in_workdir=()):
     """Runs every approach on the same data; returns the results dict.
+
+    The best approach, the one exported, is chosen by validation accuracy
+    (ties: validation loss), so its test accuracy stays an unbiased
+    estimate.
 
     Args:
       config: the Config; `approach` is ignored, `workdir` receives one
         sub-run per approach and the report.
       data: optional `ImageData`; default reads `config.data.data_dir`.
       header: optional markdown paragraph put at the top of the report.
+      also_in_workdir: names of other entries the caller keeps in the
+        workdir (the demo's data and pretraining run).
+
+    Raises:
+      InputError: the workdir holds a train run or files compare did not
+        write (with --overwrite it is moved aside instead).
     """
     config.validate(require_data_dir=data is None)
     start = time.time()
     workdir = config.runtime.workdir
+    _check_workdir(config, also_in_workdir)
     data, decision, advise_seconds = _advise_first(config, data)
     budget = config.training.epochs + config.training.finetune_epochs
-    runs = {
-        "scratch": dict(approach="scratch", epochs=budget),
-        "transfer": dict(approach="transfer", epochs=budget),
-        "finetune": dict(approach="finetune"),
-    }
-    pick_name = decision["approach"]
-    if pick_name == "finetune" and (
-            decision["unfreeze"] != config.training.unfreeze):
-        pick_name = "auto"
-        runs["auto"] = dict(approach="finetune",
-                            unfreeze=decision["unfreeze"])
+    runs, pick_name = _runs(config, decision, budget)
     results = {}
     for name, changes in runs.items():
         log.info("Compare: %s (%s)", name, ", ".join(
@@ -65,8 +68,8 @@ def compare(config, data=None, header=None):
             mode="train", workdir=os.path.join(workdir, name), **changes),
             data=data)
         results[name] = _row(metrics, time.time() - run_start)
-    best = max(results, key=lambda k: (results[k]["test_accuracy"],
-                                       results[k]["macro_f1"]))
+    best = max(results, key=lambda k: (results[k]["val_accuracy"],
+                                       -results[k]["val_loss"]))
     for name, row in results.items():
         row["advisor_pick"] = name == pick_name
         row["best"] = name == best
@@ -87,6 +90,59 @@ def compare(config, data=None, header=None):
     }
     _write_outputs(workdir, summary, decision, header)
     return summary
+
+
+def _runs(config, decision, budget):
+    """{run name: config changes} with the same epoch budget for each,
+    and the name of the advisor's pick among them (a fourth run, 'auto',
+    when it picks a fine-tune with another unfreeze setting)."""
+    runs = {
+        "scratch": dict(approach="scratch", epochs=budget),
+        "transfer": dict(approach="transfer", epochs=budget),
+        "finetune": dict(approach="finetune"),
+    }
+    pick_name = decision["approach"]
+    if pick_name == "finetune" and (
+            decision["unfreeze"] != config.training.unfreeze):
+        pick_name = "auto"
+        runs["auto"] = dict(approach="finetune",
+                            unfreeze=decision["unfreeze"])
+    return runs, pick_name
+
+
+# What compare writes into its workdir (and `advise` / `rank` may have).
+_OWN_ENTRIES = {"decision.json", "ranking.json", "results.json", "report.md",
+                "curves.png", "confusion.png", "export", "scratch",
+                "transfer", "finetune", "auto"}
+
+
+def _check_workdir(config, also_in_workdir):
+    """Refuses a workdir that holds a train run or anything compare did
+    not write; --overwrite moves it aside instead (never deletes)."""
+    workdir = config.runtime.workdir
+    if not os.path.isdir(workdir):
+        return
+    entries = {e for e in os.listdir(workdir) if not e.startswith(".")}
+    foreign = sorted(entries - _OWN_ENTRIES - set(also_in_workdir))
+    if "config.json" in entries:
+        problem = ("it holds a train run (config.json); compare writes one "
+                   "run per approach into sub-folders of its own workdir")
+    elif foreign:
+        problem = (f"it holds files compare did not write "
+                   f"({', '.join(foreign[:5])})")
+    elif entries & {"report.md", "export"} and not entries & {
+            "decision.json", "results.json"}:
+        problem = "its report.md or export/ was not written by compare"
+    else:
+        return
+    if not config.runtime.overwrite:
+        raise InputError(
+            f"Invalid workdir {workdir!r} for compare: {problem}. Allowed: "
+            f"a new or empty --workdir, the workdir of an earlier compare "
+            f"(to resume), or --overwrite (moves the old one aside). "
+            f"Received: workdir={workdir!r}")
+    log.warning("Moved the previous contents of %s to %s", workdir,
+                io.move_aside(workdir))
 
 
 def _advise_first(config, data):
@@ -125,8 +181,13 @@ def _row(metrics, seconds):
     curve = []
     for stage in stages:
         curve += stage["history"].get("val_accuracy", [])
+    # The final model is the last stage's best epoch (a fine-tune stage
+    # starts from the head's best, so it is never below it).
+    final = list(stages)[-1]
     return {
         "approach": metrics["approach"],
+        "val_accuracy": round(final["best_val_accuracy"], 4),
+        "val_loss": round(final["best_val_loss"], 4),
         "test_accuracy": round(metrics["test_accuracy"], 4),
         "macro_f1": round(float(np.mean([c["f1-score"]
                                          for c in per_class])), 4),
@@ -148,13 +209,15 @@ def format_table(summary):
     lines = ["", f"Compare on {summary['num_train']} training images, "
              f"{summary['num_test']} {summary['test_split']} images, "
              f"{summary['epoch_budget']} epochs each:",
-             f"  {'approach':<10} {'test acc':>8} {'macro-F1':>8} "
-             f"{'wall':>8} {'trained params':>15} {'images/s':>9}"]
+             f"  {'approach':<10} {'val acc':>8} {'test acc':>8} "
+             f"{'macro-F1':>8} {'wall':>8} {'trained params':>15} "
+             f"{'images/s':>9}"]
     for name, r in summary["results"].items():
         marks = ("  <- advisor" if r["advisor_pick"] else "") + (
-            "  (best)" if r["best"] else "")
+            "  (best by val)" if r["best"] else "")
         lines.append(
-            f"  {name:<10} {r['test_accuracy']:8.3f} {r['macro_f1']:8.3f} "
+            f"  {name:<10} {r['val_accuracy']:8.3f} "
+            f"{r['test_accuracy']:8.3f} {r['macro_f1']:8.3f} "
             f"{r['seconds']:7.1f}s {r['trained_params']:15,} "
             f"{r['images_per_second'] or 0:9.1f}{marks}")
     lines.append(f"  advisor: {summary['advisor']['approach']} "
@@ -173,19 +236,22 @@ def format_report(summary, decision, plots, header=None):
         f"{summary['test_split']} images. Backbone `{summary['backbone']}`. "
         f"Each approach trains {summary['epoch_budget']} epochs in all, on "
         f"the same split and seed.", "",
-        "| approach | test accuracy | macro-F1 | wall time | trained "
-        "params | train images/s |",
-        "|---|---|---|---|---|---|"]
+        "| approach | val accuracy | test accuracy | macro-F1 | wall time "
+        "| trained params | train images/s |",
+        "|---|---|---|---|---|---|---|"]
     for name, r in summary["results"].items():
         label = name + (" **(advisor's pick)**" if r["advisor_pick"]
                         else "")
-        accuracy = f"{r['test_accuracy']:.3f}"
+        val = f"{r['val_accuracy']:.3f}"
         if r["best"]:
-            accuracy = f"**{accuracy}**"
-        lines.append(f"| {label} | {accuracy} | {r['macro_f1']:.3f} | "
+            val = f"**{val}**"
+        lines.append(f"| {label} | {val} | {r['test_accuracy']:.3f} | "
+                     f"{r['macro_f1']:.3f} | "
                      f"{r['seconds']:.0f} s | {r['trained_params']:,} | "
                      f"{r['images_per_second'] or 0:.0f} |")
-    lines += ["", f"Best: **{summary['best']}** (exported to `export/`).",
+    lines += ["", f"Best: **{summary['best']}**, by validation accuracy "
+              f"(exported to `export/`); the test accuracies are unbiased "
+              f"estimates, none of them was used to choose.",
               "", "## The advisor", "",
               f"Decided in {summary['advisor_seconds']:.1f} s "
               f"({100 * summary['advisor_seconds'] / summary['seconds']:.1f}"
@@ -255,4 +321,4 @@ def _copy_export(source, target):
     tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
-    io.replace_dir(tmp, target)
+    io.replace_dir(tmp, target, discard_old=is_export(target))

@@ -121,7 +121,8 @@ def run_demo(config):
     compared = compare(config.replace(
         mode="compare", data_dir=target, workdir=workdir,
         backbone=os.path.join(pretrain_dir, "model.keras"), weights="none",
-        image_size=0), header=header)
+        image_size=0), header=header,
+        also_in_workdir=("data", "pretrain", "demo.json"))
     results = {
         name: {"test_accuracy": r["test_accuracy"],
                "macro_f1": r["macro_f1"],

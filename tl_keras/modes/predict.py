@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from tl_keras import io
-from tl_keras.data.folders import IMAGE_EXTENSIONS, scan_folder
+from tl_keras.data.folders import IMAGE_EXTENSIONS, scan_folder, split_roots
 from tl_keras.data.images import find_unreadable
 from tl_keras.errors import InputError
 from tl_keras.export.predictor import load_exported
@@ -122,8 +122,9 @@ def predict_files(config):
 
 
 def evaluate_export(config):
-    """Scores an export on the labelled folder --data_dir (every
-    image in it, or its test/ split when it has train/ val/ test/).
+    """Scores an export on the labelled folder --data_dir: every image
+    of a folder of class folders, or the test/ split of a folder with
+    train/ (never its training images).
 
     Returns:
       The metrics dict (also written to --output if given).
@@ -135,7 +136,16 @@ def evaluate_export(config):
     predictor = load_exported(export_dir)
     data_dir, output = config.data.data_dir, config.export.output
     files, class_names, _ = scan_folder(data_dir)
-    pairs = files.get("test") or files["train"]
+    if split_roots(data_dir)["train"] == data_dir:
+        pairs = files["train"]  # class folders only: all of it is scored
+    elif files.get("test"):
+        pairs = files["test"]
+    else:  # never the training images: the score would mean nothing
+        raise InputError(
+            f"Invalid data_dir for evaluate: it holds a train/ folder and no "
+            f"test/ folder with images, and training images are never "
+            f"scored. Allowed: a folder of class folders (all scored), or "
+            f"one with test/. Received: data_dir={data_dir!r}")
     unknown = sorted(set(class_names) - set(predictor.class_names))
     if unknown:
         raise InputError(

@@ -20,7 +20,6 @@ interrupted one from its last epoch.
 
 import logging
 import os
-import time
 
 from tl_keras import io
 from tl_keras.config import config_differences
@@ -72,9 +71,7 @@ def claim_workdir(config, conflict=None):
     it) and writes config.json and flags.cfg."""
     workdir = config.runtime.workdir
     if conflict:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = f"{workdir.rstrip('/')}.replaced-{stamp}"
-        os.replace(workdir, aside)
+        aside = io.move_aside(workdir)
         log.warning("Moved the previous contents of %s to %s", workdir, aside)
     os.makedirs(workdir, exist_ok=True)
     io.write_json(os.path.join(workdir, "config.json"), config.to_dict())

@@ -1,0 +1,57 @@
+"""In-memory arrays as a data source: checked, and split per class."""
+
+import numpy as np
+
+from tl_keras.data.folders import carve_missing_splits
+from tl_keras.errors import InputError
+
+
+def carve_arrays(arrays, config, class_names):
+    """Carves the splits not given as arrays from the training arrays."""
+    if "val" in arrays and "test" in arrays:
+        return arrays
+    # The given splits are named (empty) so that only the others are
+    # carved from the training arrays.
+    index = {k: [(i, int(label)) for i, label in enumerate(v[1])]
+             if k == "train" else [] for k, v in arrays.items()}
+    split = carve_missing_splits(index, config, class_names)
+    images = arrays["train"][0]
+    arrays = dict(arrays)
+    for k, pairs in split.items():
+        if k not in arrays or k == "train":
+            ids = np.array([i for i, _ in pairs], dtype=np.int64)
+            arrays[k] = (images[ids], np.array([lab for _, lab in pairs],
+                                               dtype=np.int32))
+    return arrays
+
+
+def check_arrays(x, y, x_name, y_name):
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise InputError(
+            f"Invalid {x_name}. Allowed: images shaped (n, height, width, "
+            f"1|3|4). Received: {x_name}.shape={x.shape}")
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise InputError(
+            f"Invalid {y_name}. Allowed: integer labels shaped ({len(x)},). "
+            f"Received: {y_name}.shape={y.shape}, dtype={y.dtype}")
+    if y.min() < 0:
+        raise InputError(f"Invalid {y_name}. Allowed: labels >= 0. "
+                         f"Received: min {y_name}={y.min()}")
+    if x.dtype != np.uint8:
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise InputError(
+                f"Invalid {x_name}. Allowed: values in [0, 255]. Received: "
+                f"[{x.min()}, {x.max()}]")
+        if x.size and x.max() <= 1.0:
+            raise InputError(
+                f"Invalid {x_name}: values are in [0, 1]; tl_keras expects "
+                f"[0, 255] (multiply by 255). Received: max {x_name}="
+                f"{x.max()}")
+        x = np.round(x).astype(np.uint8)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    elif x.shape[-1] == 4:
+        x = x[..., :3]
+    return x, y.astype(np.int32)
