@@ -142,6 +142,22 @@ def test_feature_block_cuts_the_base_and_lists_blocks_on_a_miss():
     assert "Received: feature_block='block9'" in str(e.value)
 
 
+def test_feature_block_keeps_convnexts_skip_connection():
+    # A ConvNeXt block ends in `x + residual` (an operation, not a layer):
+    # the cut must give what the next block receives, skip included.
+    built = tl_keras.build_backbone("convnext_tiny", "none", 32)
+    cut = models.cut_at_block(built, "stage_1_block_0")
+    names = [b for b, _ in built.blocks()]
+    following = dict(built.blocks())[names[names.index(
+        "stage_1_block_0") + 1]][0]
+    last = dict(built.blocks())["stage_1_block_0"][-1]
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3))
+    received = keras.Model(built.base.input, following.input)(x)
+    branch = keras.Model(built.base.input, last.output)(x)
+    np.testing.assert_allclose(cut.base(x), received, atol=1e-5)
+    assert not np.allclose(cut.base(x), branch, atol=1e-3)
+
+
 def test_image_size_below_minimum_is_rejected():
     with pytest.raises(tl_keras.InputError, match="image_size.*>= 75"):
         tl_keras.build_backbone("inception_v3", "none", 64)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import tl_keras
-from tl_keras.modes.compare import compare
+from tl_keras.modes.compare import check_workdir, compare
 
 
 def test_compare_runs_every_approach_and_reports(pretrained_base,
@@ -69,3 +69,31 @@ def test_compare_refuses_a_train_run_and_foreign_files(tmp_path,
                        match=r"files compare did not write \(thesis.txt\)"):
         compare(config)
     assert sorted(os.listdir(workdir)) == ["report.md", "thesis.txt"]
+
+
+def test_compare_moves_a_workdir_aside_only_once_the_inputs_are_good(
+        tmp_path, image_folder):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "thesis.txt").write_text("precious")
+    config = tl_keras.Config(mode="compare", data_dir=image_folder,
+                             workdir=str(workdir), backbone="resnet5",
+                             weights="none", image_size=32, overwrite=True)
+    with pytest.raises(tl_keras.InputError, match="Unknown backbone"):
+        compare(config)
+    assert os.listdir(workdir) == ["thesis.txt"]  # not moved for nothing
+
+
+def test_compare_keeps_its_own_moved_aside_runs(tmp_path):
+    workdir = tmp_path / "w"
+    for name in ("decision.json", "scratch", "scratch.replaced-20260101"):
+        (workdir / name).mkdir(parents=True)
+    config = tl_keras.Config(mode="compare", workdir=str(workdir))
+    assert check_workdir(config) is None
+    (workdir / "data").mkdir()  # the demo keeps its images there
+    assert check_workdir(config, also_in_workdir=("data",)) is None
+    with pytest.raises(tl_keras.InputError, match=r"did not write \(data\)"):
+        check_workdir(config)
+    # --overwrite: the problem is returned, to move the workdir aside
+    # once the base and data are known to be good.
+    assert "data" in check_workdir(config.replace(overwrite=True))

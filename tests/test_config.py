@@ -66,6 +66,25 @@ def test_flat_files_keep_one_field_order():
     assert [line[2:].split("=")[0] for line in lines] == list(FLAT_ORDER)
 
 
+def test_a_field_an_older_config_lacks_counts_as_its_default():
+    current = tl_keras.Config(data_dir="d", workdir="w")
+    older = current.to_dict()
+    del older["feature_block"]  # written before the field existed
+    assert config_differences(older, current) == []
+    assert config_differences(older, current.replace(
+        feature_block="block3")) == ["feature_block: '' -> 'block3'"]
+
+
+@pytest.mark.parametrize("mode", ["rank", "export", "predict", "evaluate"])
+def test_feature_block_is_refused_where_it_cannot_apply(mode, tmp_path):
+    config = tl_keras.Config(mode=mode, data_dir=str(tmp_path), workdir="w",
+                             export_dir="e", inputs="x", backbones="a",
+                             feature_block="block3")
+    with pytest.raises(tl_keras.InputError,
+                       match=f"feature_block.*--mode={mode}"):
+        config.validate()
+
+
 def test_flagfile_round_trip(tmp_path):
     config = tl_keras.Config(data_dir="d", workdir="w", unfreeze="3",
                              approach="transfer", overwrite=True,

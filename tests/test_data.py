@@ -111,12 +111,15 @@ def test_flat_folder_keeps_a_class_named_like_a_split(tmp_path,
     (("train", "val", "valid"), "two folders for one split: val and valid"),
     (("train", "Train"), "two folders for one split"),
     (("train", "test", "extra"), "other folders (extra)"),
+    (("cat", "dog", "test/cat", "test/dog"), "test holds class folders"),
+    (("cat", "dog", "Val/cat"), "Val holds class folders"),
 ])
 def test_ambiguous_split_layout_is_an_error(tmp_path, tiny_config, folders,
                                             fragment):
     for name in folders:
-        write_image_folder(str(tmp_path / name), per_class=2,
-                           formats=("png",))
+        write_image_folder(str(tmp_path / name), num_classes=1
+                           if name.count("/") or name in ("cat", "dog")
+                           else 3, per_class=2, formats=("png",))
     with pytest.raises(tl_keras.InputError) as e:
         tl_keras.make_datasets(tiny_config.replace(data_dir=str(tmp_path)),
                                SIZE)

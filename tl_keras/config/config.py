@@ -108,9 +108,12 @@ class Config:
         if mode == "rank" and not self.advisor.backbones:
             fail("backbones", "comma-separated backbone names or .keras "
                  "paths", "")
-        if mode == "rank" and self.model.feature_block:
-            fail("feature_block", "'' with --mode=rank (block names differ "
-                 "between the candidates)", self.model.feature_block)
+        if mode in ("rank", "export", "predict", "evaluate") and (
+                self.model.feature_block):
+            fail("feature_block", f"'' with --mode={mode} (it shapes the "
+                 f"base a run trains; rank's candidates differ in blocks, "
+                 f"and an export keeps the base it was trained with)",
+                 self.model.feature_block)
         if needs_data:  # last: the one check that reads the disk
             check_data_dir(self.data.data_dir)
         return self
@@ -154,14 +157,25 @@ def config_fields():
 
 
 def config_differences(stored, current):
-    """Returns 'field: stored -> current' strings for result-changing fields."""
+    """Returns 'field: stored -> current' strings for result-changing fields.
+
+    A field that `stored` (an older config.json) lacks counts as its
+    default: the value the run it describes had.
+    """
+    stored = with_defaults(stored)
     diffs = []
     for key, value in current.to_dict().items():
         if key in RESUMABLE_FIELDS:
             continue
-        if key in stored and stored[key] != value:
+        if stored[key] != value:
             diffs.append(f"{key}: {stored[key]!r} -> {value!r}")
     return diffs
+
+
+def with_defaults(flat):
+    """`flat` (a stored config dict) with every field it lacks at its
+    default (fields added since it was written)."""
+    return {**Config().to_dict(), **flat}
 
 
 def _route(fields):

@@ -85,11 +85,24 @@ def split_roots(data_dir):
         if split:
             found.setdefault(split, []).append(name)
     if "train" not in found:
-        if found:
+        named = [name for names in found.values() for name in names]
+        # A split folder holding folders named like its siblings: the old
+        # layout (classes at the top, test/ of the same classes beside
+        # them) or a mistake, not a class that happens to be named test.
+        classes = set(folders) - set(named)
+        nested = [name for name in named
+                  if classes & set(_subfolders(os.path.join(data_dir, name)))]
+        if nested:
+            raise InputError(
+                f"Invalid data_dir: ambiguous layout, {', '.join(nested)} "
+                f"holds class folders (named like the folders beside it) "
+                f"but there is no train/ folder. Allowed: one sub-folder of "
+                f"images per class, or train/ with optional val/ and test/, "
+                f"each holding the "
+                f"class folders. Received: data_dir={data_dir!r}")
+        if named:
             log.warning("No train/ folder in %s, so every sub-folder is a "
-                        "class, also %s", data_dir, ", ".join(
-                            name for names in found.values()
-                            for name in names))
+                        "class, also %s", data_dir, ", ".join(named))
         return {"train": data_dir}
     twice = {k: v for k, v in found.items() if len(v) > 1}
     others = [name for name in folders if name.lower() not in _SPLIT_OF]
@@ -109,7 +122,12 @@ def split_roots(data_dir):
 
 def _subfolders(path):
     return sorted(e.name for e in os.scandir(path)
-                  if e.is_dir() and not e.name.startswith("."))
+                  if e.is_dir() and not e.name.startswith(".")
+                  and e.name not in _IGNORED_FOLDERS)
+
+
+# Folders that archive tools add next to the data (macOS zip extracts).
+_IGNORED_FOLDERS = {"__MACOSX"}
 
 
 _SPLIT_OF = {name: split for split, names in SPLIT_DIRS.items()

@@ -3,6 +3,7 @@
 from tl_keras.models.backbones import (
     BuiltBackbone,
     build_backbone,
+    cut_at_block,
     list_blocks,
     reinitialized,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "build_backbone",
     "build_classifier",
     "build_head",
+    "cut_at_block",
     "check_unfreeze",
     "compile_for_stage",
     "configure_stage",

@@ -90,16 +90,28 @@ def cut_at_block(built, block):
             f"Invalid feature_block for backbone {built.source}: it has no "
             f"block {block!r}. Allowed: one of {', '.join(blocks)}. "
             f"Received: feature_block={block!r}")
-    last = blocks[block][-1]
-    if len(last.output.shape) != 4:
+    output = _block_output(list(blocks), blocks, block)
+    if len(output.shape) != 4:
         raise InputError(
-            f"Invalid feature_block {block!r}: its last layer "
-            f"({last.name}) gives no (batch, height, width, channels) map. "
-            f"Allowed: a block of convolutional layers. Received: "
-            f"feature_block={block!r}")
-    base = keras.Model(built.base.inputs, last.output, name=built.base.name)
+            f"Invalid feature_block {block!r}: it gives no (batch, height, "
+            f"width, channels) map. Allowed: a block of convolutional "
+            f"layers. Received: feature_block={block!r}")
+    base = keras.Model(built.base.inputs, output, name=built.base.name)
     return dataclasses.replace(built, base=base,
                                source=f"{built.source}, cut after {block}")
+
+
+def _block_output(names, blocks, block):
+    """What the base passes on after `block`: the input of the next
+    block's first layer. A block's last layer is not always its output: a
+    ConvNeXt block ends in `x + residual`, an operation and not a layer,
+    so its last layer's output lacks the skip connection."""
+    position = names.index(block)
+    if position + 1 < len(names):
+        following = blocks[names[position + 1]][0]
+        if not isinstance(following.input, (list, tuple)):
+            return following.input
+    return blocks[block][-1].output
 
 
 def _build_registered(name, weights, image_size):

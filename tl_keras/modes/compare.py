@@ -19,6 +19,7 @@ it is a fine-tune with another unfreeze setting). Then:
 import logging
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -55,8 +56,8 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     config.validate(require_data_dir=data is None)
     start = time.time()
     workdir = config.runtime.workdir
-    _check_workdir(config, also_in_workdir)
-    data, decision, advise_seconds = _advise_first(config, data)
+    conflict = check_workdir(config, also_in_workdir)
+    data, decision, advise_seconds = _advise_first(config, data, conflict)
     budget = config.training.epochs + config.training.finetune_epochs
     runs, pick_name = _runs(config, decision, budget)
     results = {}
@@ -116,14 +117,27 @@ _OWN_ENTRIES = {"decision.json", "ranking.json", "results.json", "report.md",
                 "transfer", "finetune", "auto"}
 
 
-def _check_workdir(config, also_in_workdir):
-    """Refuses a workdir that holds a train run or anything compare did
-    not write; --overwrite moves it aside instead (never deletes)."""
+def check_workdir(config, also_in_workdir=()):
+    """Checks that compare may use the workdir: new, empty, or one it
+    wrote (plus the caller's `also_in_workdir` entries).
+
+    Returns:
+      None, or the problem, when --overwrite allows moving the workdir
+      aside (done once the base and the data are known to be good).
+
+    Raises:
+      InputError: it holds a train run or files compare did not write
+        (with `also_in_workdir`, even with --overwrite: the caller's
+        entries must stay where they are).
+    """
     workdir = config.runtime.workdir
     if not os.path.isdir(workdir):
-        return
+        return None
     entries = {e for e in os.listdir(workdir) if not e.startswith(".")}
-    foreign = sorted(entries - _OWN_ENTRIES - set(also_in_workdir))
+    own = _OWN_ENTRIES | set(also_in_workdir)
+    # A sub-run moved aside by its own --overwrite stays compare's.
+    foreign = sorted(e for e in entries
+                     if e.split(".replaced-")[0] not in own)
     if "config.json" in entries:
         problem = ("it holds a train run (config.json); compare writes one "
                    "run per approach into sub-folders of its own workdir")
@@ -134,27 +148,31 @@ def _check_workdir(config, also_in_workdir):
             "decision.json", "results.json"}:
         problem = "its report.md or export/ was not written by compare"
     else:
-        return
-    if not config.runtime.overwrite:
+        return None
+    if not config.runtime.overwrite or also_in_workdir:
         raise InputError(
             f"Invalid workdir {workdir!r} for compare: {problem}. Allowed: "
             f"a new or empty --workdir, the workdir of an earlier compare "
-            f"(to resume), or --overwrite (moves the old one aside). "
-            f"Received: workdir={workdir!r}")
-    log.warning("Moved the previous contents of %s to %s", workdir,
-                io.move_aside(workdir))
+            f"(to resume)" + ("" if also_in_workdir else
+                              ", or --overwrite (moves the old one aside)")
+            + f". Received: workdir={workdir!r}")
+    return problem
 
 
-def _advise_first(config, data):
-    """Builds the base (and the data), runs the advisor, writes
-    decision.json; returns (data, decision, seconds it took)."""
+def _advise_first(config, data, conflict=None):
+    """Builds the base (and the data), moves a conflicting workdir aside,
+    runs the advisor, writes decision.json; returns (data, decision,
+    seconds it took)."""
     model, data, blocks = classifier_and_data(config, data)
-    os.makedirs(config.runtime.workdir, exist_ok=True)
+    workdir = config.runtime.workdir
+    if conflict:
+        log.warning("Moved the previous contents of %s to %s (%s)",
+                    workdir, io.move_aside(workdir), conflict)
+    os.makedirs(workdir, exist_ok=True)
     advise_start = time.time()
     decision = advise_run(model, data, config, blocks)
     seconds = time.time() - advise_start
-    io.write_json(os.path.join(config.runtime.workdir, "decision.json"),
-                  decision)
+    io.write_json(os.path.join(workdir, "decision.json"), decision)
     return data, decision, seconds
 
 
@@ -317,8 +335,13 @@ def _save(fig, path):
 
 def _copy_export(source, target):
     """Copies an export; a previous one is replaced only once the copy is
-    complete."""
-    tmp = target + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    io.replace_dir(tmp, target, discard_old=is_export(target))
+    complete (a hidden temporary copy until then)."""
+    tmp = tempfile.mkdtemp(prefix=".export-copy-",
+                           dir=os.path.dirname(os.path.abspath(target)))
+    os.rmdir(tmp)  # copytree makes it
+    try:
+        shutil.copytree(source, tmp)
+        io.replace_dir(tmp, target, discard_old=is_export(target))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

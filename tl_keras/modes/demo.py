@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from tl_keras import io
-from tl_keras.modes.compare import compare
+from tl_keras.modes.compare import check_workdir, compare
 from tl_keras.training.trainer import train
 
 log = logging.getLogger("tl_keras")
@@ -100,6 +100,8 @@ def run_demo(config):
     the table and plots, the best model exported.
     """
     workdir = config.runtime.workdir
+    keep = ("data", "pretrain", "demo.json")
+    check_workdir(config, also_in_workdir=keep)  # before any work
     labels_per_class = config.runtime.demo_labels_per_class
     source, target = materialize_digits(
         os.path.join(workdir, "data"), labels_per_class, config.data.seed)
@@ -108,6 +110,7 @@ def run_demo(config):
     pretrain_dir = os.path.join(workdir, "pretrain")
     pretrain = train(config.replace(
         mode="train", backbone="compact_cnn", weights="none",
+        feature_block="",  # the pretraining trains the whole base
         image_size=DEMO_SIZE, approach="scratch", data_dir=source,
         epochs=config.runtime.demo_pretrain_epochs, workdir=pretrain_dir))
     log.info("Demo: scratch vs transfer vs finetune on digits 5-9 with %d "
@@ -122,7 +125,7 @@ def run_demo(config):
         mode="compare", data_dir=target, workdir=workdir,
         backbone=os.path.join(pretrain_dir, "model.keras"), weights="none",
         image_size=0), header=header,
-        also_in_workdir=("data", "pretrain", "demo.json"))
+        also_in_workdir=keep)
     results = {
         name: {"test_accuracy": r["test_accuracy"],
                "macro_f1": r["macro_f1"],

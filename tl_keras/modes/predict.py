@@ -138,6 +138,10 @@ def evaluate_export(config):
     files, class_names, _ = scan_folder(data_dir)
     if split_roots(data_dir)["train"] == data_dir:
         pairs = files["train"]  # class folders only: all of it is scored
+        log.warning("Scoring every image in %s. If a run carved its splits "
+                    "from this folder, its training images are among them; "
+                    "score held-out images for an unbiased number.",
+                    data_dir)
     elif files.get("test"):
         pairs = files["test"]
     else:  # never the training images: the score would mean nothing
