@@ -142,14 +142,9 @@ class Config:
             lines.append(f"--{key}={value}")
         return "\n".join(lines) + "\n"
 
-    @classmethod
-    def from_dict(cls, flat):
-        """The inverse of `to_dict` (unknown keys are an error)."""
-        return cls(**flat)
-
 
 def config_fields():
-    """Yields every field of every section (dataclasses.Field), in
+    """Returns every field of every section (dataclasses.Field), in
     FLAT_ORDER: the flags `cli.py` defines."""
     fields = {f.name: f for cls in SECTIONS.values()
               for f in dataclasses.fields(cls)}

@@ -13,7 +13,7 @@ import keras
 
 from tl_keras import advisor, io
 from tl_keras.config import RESUMABLE_FIELDS, TRAINED_APPROACHES
-from tl_keras.config.config import with_defaults
+from tl_keras.config.config import config_differences
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.distribute.strategy import placement
 from tl_keras.export.saved_model import export_saved_model
@@ -190,9 +190,10 @@ def _chief_decision(config, model, data, blocks):
     path = os.path.join(config.runtime.workdir, "decision.json")
     if os.path.isfile(path):
         record = io.read_json(path)
-        current = _run_key(config)
-        stored = with_defaults(record.get("run") or {})
-        if record.get("run") and {k: stored[k] for k in current} == current:
+        # The same test as resuming the run: no result-changing field
+        # differs (one the record lacks counts as its default).
+        if record.get("run") and not config_differences(record["run"],
+                                                        config):
             log.info("Using the decision in %s: %s", path,
                      record["approach"])
             return record
