@@ -182,7 +182,12 @@ def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
     built = models.build_backbone("compact_cnn", "none", 32)
     model = models.build_classifier(built, 3, 0.0)
     models.configure_stage(model, "head", built.blocks())
+    norm = model.get_layer("feature_norm")
+    channels = norm.mean.shape[0]
+    rng = np.random.default_rng(0)
+    norm.set_statistics(rng.normal(3.0, 2.0, (50, channels)))
     best = [np.asarray(w) for w in model.trainable_weights]
+    statistics = [np.asarray(w) for w in norm.weights]
     frozen = [np.asarray(w) for w in model.non_trainable_weights]
     checkpoint = StageCheckpoint(str(tmp_path), "head", target=model,
                                  trainable_only=True)
@@ -191,6 +196,9 @@ def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
                                             "best.trainable.npz"]
     for w in model.trainable_weights:
         w.assign(w + 1.0)
+    # The head's feature statistics are kept with the head (a resumed
+    # fine-tune restores them from here).
+    norm.set_statistics(rng.normal(-1.0, 5.0, (50, channels)))
     # A later, worse epoch is not kept; the end of training restores.
     checkpoint.on_epoch_end(1, {"val_loss": 2.0, "val_accuracy": 0.4})
     checkpoint.on_train_end()
@@ -198,7 +206,46 @@ def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
         np.testing.assert_array_equal(np.asarray(got), want)
     for got, want in zip(model.non_trainable_weights, frozen, strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
+    for got, want in zip(norm.weights, statistics, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
     # A model training other weights cannot take it.
     models.configure_stage(model, "scratch", built.blocks())
-    with pytest.raises(tl_keras.InputError, match="holds 2 arrays"):
+    with pytest.raises(tl_keras.InputError, match="holds 4 arrays"):
         checkpoint.restore_best(model)
+
+
+def test_feature_standardization_standardizes_and_stays_out_of_training():
+    layer = models.FeatureStandardization()
+    features = np.random.default_rng(0).normal(
+        [5.0, -2.0, 100.0], [3.0, 0.5, 40.0], (400, 3))
+    features[:, 2] = 7.0  # a channel that never varies is centred only
+    layer.build((None, 3))
+    np.testing.assert_array_equal(layer(features[:2].astype("float32")),
+                                  features[:2].astype("float32"))
+    layer.set_statistics(features)
+    out = np.asarray(layer(features.astype("float32")))
+    np.testing.assert_allclose(out[:, :2].mean(0), 0.0, atol=1e-4)
+    # 1 / (std + 1e-3): within 0.2% of 1 for a std of 0.5.
+    np.testing.assert_allclose(out[:, :2].std(0), 1.0, atol=3e-3)
+    np.testing.assert_allclose(out[:, 2], 0.0, atol=1e-5)
+    assert layer.trainable_weights == []
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_head_trains_on_standardized_features(tiny_config, cached):
+    # Both head-stage paths (features cached once, or images through the
+    # frozen base every epoch) set the statistics before the head trains,
+    # from the training images' pooled features; model.keras keeps them.
+    config = tiny_config.replace(approach="transfer", epochs=1,
+                                 augment="none", feature_cache=cached)
+    tl_keras.train(config)
+    model = keras.models.load_model(
+        os.path.join(config.runtime.workdir, "model.keras"))
+    norm = model.get_layer("feature_norm")
+    extractor = keras.Model(model.input, model.get_layer("pool").output)
+    data = tl_keras.make_datasets(config, 32)
+    features = np.concatenate([np.asarray(extractor(x))
+                               for x, _ in data.train_ordered])
+    np.testing.assert_allclose(np.asarray(norm.mean), features.mean(0),
+                               rtol=1e-3, atol=1e-4)
+    assert np.asarray(norm.inverse_std).max() > 1.0 + 1e-3  # not identity

@@ -33,6 +33,7 @@ _EXPORTS = {
     "DataConfig": "tl_keras.config",
     "ExportConfig": "tl_keras.config",
     "ImageData": "tl_keras.data",
+    "FeatureStandardization": "tl_keras.models",
     "ImageNormalization": "tl_keras.models",
     "InputError": "tl_keras.errors",
     "ModelConfig": "tl_keras.config",

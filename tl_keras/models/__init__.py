@@ -20,6 +20,7 @@ from tl_keras.models.classifier import (
 from tl_keras.models.layers import (
     PREPROCESSING_MODES,
     Backbone,
+    FeatureStandardization,
     ImageNormalization,
 )
 from tl_keras.models.registry import (
@@ -34,6 +35,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "BuiltBackbone",
+    "FeatureStandardization",
     "ImageNormalization",
     "all_layers",
     "build_backbone",

@@ -14,7 +14,11 @@ in Keras 3.15 done by the library instead of the user:
 import keras
 
 from tl_keras.errors import InputError
-from tl_keras.models.layers import Backbone, ImageNormalization
+from tl_keras.models.layers import (
+    Backbone,
+    FeatureStandardization,
+    ImageNormalization,
+)
 
 STAGES = ("scratch", "head", "finetune")
 
@@ -30,8 +34,8 @@ def build_classifier(backbone, num_classes, dropout=0.2):
     Returns:
       A functional keras.Model taking float32 RGB images in [0, 255] of
       shape (size, size, 3) and returning float32 logits. Its layers are
-      named 'image', 'preprocess', 'backbone', 'pool', 'head_dropout',
-      'logits'.
+      named 'image', 'preprocess', 'backbone', 'pool', 'feature_norm',
+      'head_dropout', 'logits'.
     """
     size = backbone.image_size
     inputs = keras.Input((size, size, 3), name="image")
@@ -45,8 +49,11 @@ def build_classifier(backbone, num_classes, dropout=0.2):
 def build_head(features, num_classes, dropout=0.2):
     """Applies the classification head to a rank-4 feature map.
 
-    Logits are float32 even under a mixed-precision policy, so the softmax
-    and the loss stay numerically sound.
+    Pooled features, standardised per channel (`FeatureStandardization`,
+    set by `standardize_head` before the head trains on a frozen base),
+    then dropout and a Dense layer. Logits are float32 even under a
+    mixed-precision policy, so the softmax and the loss stay numerically
+    sound.
 
     Args:
       features: a (batch, height, width, channels) Keras tensor.
@@ -57,9 +64,27 @@ def build_head(features, num_classes, dropout=0.2):
       The logits tensor, (batch, num_classes), float32.
     """
     x = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    x = FeatureStandardization(name="feature_norm")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def standardize_head(model, features):
+    """Sets the head's feature standardisation (layer 'feature_norm') to
+    the statistics of `features`, pooled features of training images
+    [n, channels]. A classifier saved by tl_keras 0.1 has no such layer:
+    nothing to set."""
+    if "feature_norm" in {layer.name for layer in model.layers}:
+        model.get_layer("feature_norm").set_statistics(features)
+
+
+def head_state(model):
+    """The weights that change while the head trains on a frozen base:
+    the trainable ones, then the feature standardisation's statistics."""
+    norm = ([] if "feature_norm" not in {layer.name for layer in model.layers}
+            else model.get_layer("feature_norm").weights)
+    return list(model.trainable_weights) + list(norm)
 
 
 def get_base(model):

@@ -34,6 +34,7 @@ import tensorflow as tf
 from tl_keras import inference, io
 from tl_keras.data.augment import build_augmenter
 from tl_keras.errors import InputError
+from tl_keras.models.classifier import standardize_head
 
 log = logging.getLogger("tl_keras")
 
@@ -113,6 +114,8 @@ def build_head_model(model):
     inputs = keras.Input((channels,), name="features")
     x = inputs
     names = [layer.name for layer in model.layers]
+    if "feature_norm" in names:
+        x = model.get_layer("feature_norm")(x)
     if "head_dropout" in names:
         x = model.get_layer("head_dropout")(x)
     logits = model.get_layer("logits")(x)
@@ -135,6 +138,11 @@ def make_feature_datasets(model, data, config, plan, workdir):
         train_x, train_y, val_x, val_y = _features_in_memory(
             model, data, config, plan["views"])
     seconds = time.time() - start
+    # The head's feature statistics, from the first view (what the head
+    # trains on in its first epoch); a strided subset (the training set is
+    # in class order) bounds the work for a large, memory-mapped one.
+    stride = max(1, len(train_y) // 10000)
+    standardize_head(model, np.asarray(train_x[0][::stride]))
     batch_size = config.batch_size
     views = plan["views"]
     epoch = data.shuffle.epoch

@@ -15,13 +15,14 @@ import time
 
 import keras
 
-from tl_keras import io
-from tl_keras.data.pipelines import full_batches
+from tl_keras import inference, io
+from tl_keras.data.pipelines import full_batches, sample_training_set
 from tl_keras.errors import InputError
 from tl_keras.models.classifier import (
     compile_for_stage,
     configure_stage,
     count_params,
+    standardize_head,
 )
 from tl_keras.training import feature_cache
 from tl_keras.training.checkpoints import StageCheckpoint
@@ -176,6 +177,16 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
     return callbacks
 
 
+def _standardize_from_sample(model, data, data_config, sample=2000):
+    """Sets the head's feature statistics from the pooled features of at
+    most `sample` training images (as they are, seeded: a resumed run
+    gets the same), for a head stage that trains on images."""
+    sample_ds, n = sample_training_set(data, sample, data_config.seed)
+    features, _ = inference.run_batched(
+        feature_cache.feature_extractor(model), sample_ds, n)
+    standardize_head(model, features)
+
+
 def _fit_inputs(model, stage, data, config, place, plan):
     """The model and datasets fit() runs on: the classifier on images, or
     (`plan` from feature_cache.cache_plan) a head model sharing its layers,
@@ -188,6 +199,8 @@ def _fit_inputs(model, stage, data, config, place, plan):
       (fit_model, train_ds, val_ds, seconds spent extracting or None).
     """
     fit_model, train_ds, val_ds, seconds = model, data.train, data.val, None
+    if stage.name == "head" and not plan:  # (the cache sets them itself)
+        _standardize_from_sample(model, data, config.data)
     if plan:
         fit_model, train_ds, val_ds, seconds = (
             feature_cache.make_feature_datasets(
