@@ -99,3 +99,22 @@ def pretrained_base(tmp_path_factory, image_folder):
         weights="none", image_size=32, approach="scratch", epochs=2,
         batch_size=8, augment="none"))
     return os.path.join(workdir, "model.keras")
+
+
+def fake_probes(monkeypatch, last, layers):
+    """Makes the advisor's real measurements report these probe
+    accuracies (the last layer's, and {block: accuracy} for the earlier
+    blocks), to test what follows a decision on them."""
+    import importlib
+
+    module = importlib.import_module("tl_keras.advisor.advise")
+    real = module.measure
+
+    def measure(*args, **kwargs):
+        m = real(*args, **kwargs)
+        m["last"]["probe_accuracy"] = last
+        m["layers"] = {block: {"probe_accuracy": accuracy}
+                       for block, accuracy in layers.items()}
+        return m
+
+    monkeypatch.setattr(module, "measure", measure)

@@ -37,7 +37,8 @@ def install_decision_hook(approach):
     from tl_keras import advisor
 
     def advise_run(model, data, config, blocks):
-        return {"approach": approach, "unfreeze": "all", "situation": "test",
+        return {"approach": approach, "unfreeze": "all", "feature_block": "",
+                "situation": "test",
                 "rule": "test hook", "reason": "TL_KERAS_TEST_DECISION"}
 
     advisor.advise_run = advise_run

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from conftest import fake_probes
 
 import tl_keras
 from tl_keras.modes.compare import check_workdir, compare
@@ -12,7 +13,10 @@ from tl_keras.modes.compare import check_workdir, compare
 
 def test_compare_runs_every_approach_and_reports(pretrained_base,
                                                  image_folder, tmp_path,
-                                                 capsys):
+                                                 capsys, monkeypatch):
+    # The advisor sees block2 as the best layer: its pick, finetune from
+    # block2, runs as a fourth row.
+    fake_probes(monkeypatch, 0.5, {"block2": 0.95, "block3": 0.6})
     config = tl_keras.Config(
         mode="compare", data_dir=image_folder,
         workdir=str(tmp_path / "cmp"), backbone=pretrained_base,
@@ -26,6 +30,13 @@ def test_compare_runs_every_approach_and_reports(pretrained_base,
     assert results["scratch"]["stage_epochs"] == [2]
     assert results["transfer"]["stage_epochs"] == [2]
     assert results["finetune"]["stage_epochs"] == [1, 1]
+    assert summary["advisor"]["feature_block"] == "block2"
+    assert summary["advisor_pick"] == "auto" and results["auto"][
+        "approach"] == "finetune" and results["auto"]["stage_epochs"] == [
+        1, 1]
+    auto = json.load(open(os.path.join(config.runtime.workdir, "auto",
+                                       "metrics.json")))
+    assert auto["backbone"].endswith("cut after block2")
     assert "scratch" in capsys.readouterr().out  # the table was printed
     for name in ("report.md", "results.json", "curves.png",
                  "confusion.png", "decision.json"):
@@ -43,6 +54,7 @@ def test_compare_runs_every_approach_and_reports(pretrained_base,
     report = open(os.path.join(workdir, "report.md")).read()
     assert "| approach | val accuracy | test accuracy |" in report
     assert "(advisor's pick)" in report and "![Learning curves]" in report
+    assert "finetune from block2" in report
     png = open(os.path.join(workdir, "curves.png"), "rb").read(8)
     assert png == b"\x89PNG\r\n\x1a\n"
 

@@ -117,10 +117,7 @@ def test_command_line_overrides_flagfile(monkeypatch):
     (dict(augment="flip,blur"), "augment"),
     (dict(dropout=1.0), "dropout"),
     (dict(advisor_scratch_fraction=1.5), "advisor_scratch_fraction"),
-    (dict(advisor_reference_margin=-0.1), "advisor_reference_margin"),
-    (dict(advisor_tie_se=6), "advisor_tie_se"),
-    (dict(advisor_random_gain=1.5), "advisor_random_gain"),
-    (dict(advisor_scratch_horizon=-1), "advisor_scratch_horizon"),
+    (dict(advisor_sample=5), "advisor_sample"),
 ])
 def test_invalid_values_name_field_allowed_received(changes, field):
     config = tl_keras.Config(data_dir="d", workdir="w").replace(**changes)
@@ -129,6 +126,19 @@ def test_invalid_values_name_field_allowed_received(changes, field):
     message = str(e.value)
     assert field in message
     assert "Allowed" in message and "Received" in message
+
+
+def test_removed_advisor_thresholds_say_why():
+    # tl_keras 0.1's nine --advisor_* thresholds are gone: a Config field,
+    # a flag, or a stored config.json naming one.
+    with pytest.raises(tl_keras.InputError,
+                       match="advisor_tie_se.*removed in tl_keras 0.2"):
+        tl_keras.Config(advisor_tie_se=1.0)
+    stored = {**tl_keras.Config(data_dir="d", workdir="w").to_dict(),
+              "advisor_tie_se": 2.0, "advisor_large_per_class": 40}
+    # An old run resumes: its decision was stored with it.
+    assert config_differences(stored, tl_keras.Config(
+        data_dir="d", workdir="w")) == []
 
 
 def test_config_is_frozen():

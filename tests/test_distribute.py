@@ -264,21 +264,21 @@ def test_killed_worker_restart_resumes_to_the_same_weights(
 @MULTI_PROCESS
 def test_auto_trains_the_chiefs_decision_on_every_worker(cluster_data,
                                                          tmp_path):
-    # The chief's advisor decides scratch (a reference margin of 1: the
-    # pretraining "brings nothing"); worker 1's own advisor would decide
+    # The chief's advisor decides scratch (compact_cnn with weights=none:
+    # nothing pretrained to transfer); worker 1's own advisor would decide
     # transfer (a test hook). Each deciding for itself, the two would
     # train different models and their collectives would not match; the
     # chief's decision is broadcast, so worker 1 never measures.
     workdir = str(tmp_path / "run")
     flags = [f for f in FLAGS if not f.startswith("--approach")] + [
-        "--approach=auto", "--advisor_reference_margin=1.0"]
+        "--approach=auto"]
     codes = wait_all(start_workers(
         cluster_data, workdir, flags=flags,
         env1={"TL_KERAS_TEST_DECISION": "transfer"}), timeout=300)
     assert codes == [0, 0], open(f"{workdir}.log1").read()[-3000:]
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     assert metrics["approach"] == "scratch"
-    assert metrics["decision"]["rule"] == "pretraining adds nothing"
+    assert metrics["decision"]["rule"] == "no pretrained weights"
     other = workdir + ".worker-1"
     assert os.path.isfile(os.path.join(other, "checkpoints", "scratch",
                                        "done.json"))

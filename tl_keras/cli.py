@@ -13,6 +13,7 @@ import sys
 from absl import app, flags
 
 from tl_keras.config import Config, config_fields
+from tl_keras.config.config import REMOVED_FIELDS
 from tl_keras.errors import InputError
 
 EXIT_USAGE = 2
@@ -117,6 +118,9 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except flags.Error as e:
         message = " ".join(str(e).split())
+        message += "".join(f" (--{name}: {why})"
+                           for name, why in REMOVED_FIELDS.items()
+                           if f"'{name}'" in message)
         print(f"tl_keras: error: Invalid flag: {message}. Allowed: the "
               f"flags `python run.py --help` lists, with their values. "
               f"Received: {' '.join(argv[1:])}", file=sys.stderr)

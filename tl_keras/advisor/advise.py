@@ -4,16 +4,18 @@
 classifier; `advise` is --mode=advise (measure and decide, no training).
 """
 
-import dataclasses
 import logging
 import os
 
 from tl_keras import io
-from tl_keras.advisor.decision import Thresholds, decide
+from tl_keras.advisor.decision import (
+    SCRATCH_MARGIN_SE,
+    decide,
+    scratch_needed,
+)
 from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
-from tl_keras.advisor.statistics import scratch_matches
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
@@ -23,32 +25,54 @@ log = logging.getLogger("tl_keras")
 
 def advise_run(model, data, config, blocks):
     """Measures and decides for a run; returns the decision record that
-    goes to <workdir>/decision.json (measurements, thresholds, situation,
-    choice, reason)."""
-    thresholds = Thresholds.from_config(config.advisor)
+    goes to <workdir>/decision.json (measurements, estimates, choice,
+    reason)."""
     measurements = measure(model, data, config, blocks)
-    decision = decide(measurements, thresholds, len(blocks))
+    pretrained = has_pretrained_weights(config.model)
+    unfreeze = config.training.unfreeze
+    decision = decide(measurements, unfreeze, pretrained)
     epochs = scratch_epochs(config)
-    if epochs and decision["approach"] == "scratch":
-        measurements["problems"].append(
-            "scratch run: skipped, the decision is scratch already")
-    elif epochs:  # the one measurement that trains: only when it may matter
-        probe = measurements.get("last", {}).get("probe_accuracy")
-        enough = None if probe is None else (
-            lambda accuracy: scratch_matches(
-                accuracy, probe, measurements.get("num_val", 0),
-                thresholds.tie_se))
-        run = scratch_run(model, data, config, epochs, enough)
+    needed = _scratch_needed(decision, measurements)
+    if not pretrained or not epochs or needed is None:
+        measurements["scratch"] = {"skipped": (
+            "no pretrained weights: the decision is scratch already"
+            if not pretrained else "--advisor_scratch_fraction=0"
+            if not epochs else "no pretrained estimate to compare it with")}
+    elif needed > 1:
+        measurements["scratch"] = {"skipped": (
+            f"even a perfect scratch run could not beat the pretrained "
+            f"estimate by {SCRATCH_MARGIN_SE:g} standard error on "
+            f"{measurements['num_val']} validation images")}
+    else:  # the one measurement that trains: only when it may matter
+        run = scratch_run(model, data, config, epochs,
+                          enough=lambda accuracy: accuracy > needed)
         measurements["scratch"] = run
         measurements["seconds"] = round(measurements["seconds"]
                                         + run["seconds"], 1)
-        decision = decide(measurements, thresholds, len(blocks))
+    decision = decide(measurements, unfreeze, pretrained)
     for line in summary_lines(measurements, decision):
         log.info("%s", line)
     return {"backbone": config.model.backbone,
             "weights": config.model.weights,
-            "measurements": measurements,
-            "thresholds": dataclasses.asdict(thresholds), **decision}
+            "measurements": measurements, **decision}
+
+
+def has_pretrained_weights(model_config):
+    """Whether the configured base starts from trained weights: a .keras
+    backbone keeps its own (or a weights file's), a registered one unless
+    weights=none."""
+    return (model_config.backbone.endswith(".keras")
+            or model_config.weights != "none")
+
+
+def _scratch_needed(decision, measurements):
+    """What the scratch run must beat (above 1: it cannot win; None:
+    nothing was scored to compare it with)."""
+    rows = [e for e in decision["estimates"] if e["approach"] != "scratch"]
+    if not rows:
+        return None
+    best = max(rows, key=lambda e: e["estimate"])
+    return scratch_needed(best["estimate"], best["images"])
 
 
 def advise(config, data=None):

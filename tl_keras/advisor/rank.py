@@ -45,7 +45,7 @@ def rank(config, data=None):
         else:
             data_for = data_by_size[built.image_size]
         model = build_classifier(built, len(data_for.class_names), 0.0)
-        m = measure(model, data_for, config, built.blocks())
+        m = measure(model, data_for, config, built.blocks(), layers=False)
         rows.append({"backbone": name, **m.get("last", {}),
                      "seconds": m["seconds"], "problems": m["problems"]})
     _order(rows)

@@ -7,28 +7,49 @@ def summary_lines(measurements, decision):
     lines = [f"Advisor ({m.get('seconds', 0):.1f} s, {m['sample']} sampled "
              f"training images, {m['num_classes']} classes, chance "
              f"{m['chance']:.3f}):"]
-    labels = {"last": "last layer", "earlier": f"earlier "
-              f"({m.get('earlier_layer')})", "reference": "random-init "
-              "reference"}
-    for key, label in labels.items():
-        if m.get(key):
-            scores = ", ".join(f"{k} {v:.3f}" for k, v in m[key].items())
-            lines.append(f"  {label:<28} {scores}")
-    if m.get("scratch"):
-        run = m["scratch"]
-        planned = run.get("planned_epochs", run["epochs"])
-        label = (f"scratch run ({run['epochs']} epochs)" if planned ==
-                 run["epochs"] else f"scratch run ({run['epochs']} of "
-                 f"{planned} epochs)")
-        curve = " ".join(f"{v:.2f}" for v in run["val_accuracy_curve"])
-        lines.append(f"  {label:<28} val_accuracy {run['val_accuracy']:.3f} "
-                     f"(best of {curve}; {run['seconds']:.1f} s)")
+    scored = {"last layer": m.get("last") or {},
+              **{k: v for k, v in (m.get("layers") or {}).items()}}
+    for label, scores in scored.items():
+        if scores:
+            text = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            lines.append(f"  {label:<28} {text}")
+    lines.append(_scratch_line(m.get("scratch") or {}))
+    if decision.get("estimates"):
+        lines.append("  estimates (validation accuracy, ± 1 standard error):")
+    for e in decision.get("estimates", []):
+        value = (f">= {e['estimate']:.3f}" if e["approach"] == "finetune"
+                 else f"{e['estimate']:.3f} ± {e['se']:.3f}")
+        lines.append(f"    {e['candidate']:<26} {value:<15} {e['basis']}")
     for problem in m["problems"]:
         lines.append(f"  note: {problem}")
     lines.append(f"  situation: {decision['situation']} (rule: "
                  f"{decision['rule']})")
-    unfreeze = (f", unfreeze {decision['unfreeze']}"
-                if decision["approach"] == "finetune" else "")
-    lines.append(f"  choice: {decision['approach']}{unfreeze}")
+    lines.append(f"  choice: {choice_text(decision)}")
     lines.append(f"  why: {decision['reason']}")
     return lines
+
+
+def choice_text(decision):
+    """'finetune from block4, unfreeze all' and the like."""
+    approach = decision["approach"]
+    if approach == "scratch":
+        return "scratch"
+    block = decision.get("feature_block") or ""
+    text = approach + (f" from {block}" if block else "")
+    if approach == "finetune":
+        text += f", unfreeze {decision['unfreeze']}"
+    return text
+
+
+def _scratch_line(run):
+    label = "scratch run"
+    if not run:
+        return f"  {label:<28} not run"
+    if "skipped" in run:
+        return f"  {label:<28} skipped: {run['skipped']}"
+    planned = run.get("planned_epochs", run["epochs"])
+    label += (f" ({run['epochs']} epochs)" if planned == run["epochs"]
+              else f" ({run['epochs']} of {planned} epochs)")
+    curve = " ".join(f"{v:.2f}" for v in run["val_accuracy_curve"])
+    return (f"  {label:<28} val_accuracy {run['val_accuracy']:.3f} "
+            f"(best of {curve}; {run['seconds']:.1f} s)")

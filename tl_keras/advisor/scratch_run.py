@@ -50,8 +50,8 @@ def scratch_run(model, data, config, epochs, enough=None):
     few epochs on simple images. `model` itself is not touched.
 
     `enough(val_accuracy) -> bool`, if given, stops the run after the
-    first epoch for which it is true (the run has caught up with the
-    probe: more epochs cannot change the decision).
+    first epoch for which it is true (the run beats the pretrained
+    estimate by the decision's margin: more epochs cannot change it).
 
     Returns:
       {'epochs' (run), 'planned_epochs', 'images', 'val_accuracy' (best),
@@ -69,8 +69,8 @@ def scratch_run(model, data, config, epochs, enough=None):
         log.info("Advisor: scratch run epoch %d/%d, val_accuracy %.3f",
                  epoch + 1, epochs, logs["val_accuracy"])
         if enough is not None and enough(float(logs["val_accuracy"])):
-            log.info("Advisor: the scratch run has caught up with the "
-                     "probe; stopping it")
+            log.info("Advisor: the scratch run beats the pretrained "
+                     "estimate; stopping it")
             scratch.stop_training = True
 
     history = scratch.fit(

@@ -1,4 +1,4 @@
-"""The statistics behind the advisor's ties: accuracies as binomial
+"""The statistics behind the advisor's estimates: accuracies as binomial
 proportions, their standard errors, and a learning curve's projection.
 
 An accuracy measured on n validation images is uncertain by about
@@ -8,14 +8,11 @@ ranking. Each function says which images its error is over.
 
 import math
 
-
-def scratch_matches(scratch_accuracy, probe_accuracy, n, se=1.0):
-    """Whether a scratch run's validation accuracy reaches the probe's,
-    less `scratch_tie` (both over the same n validation images): then it
-    has caught up, whatever its later epochs do (`decide` takes its best,
-    or where it is headed, which is never lower)."""
-    return scratch_accuracy >= probe_accuracy - scratch_tie(
-        scratch_accuracy, probe_accuracy, n, se)
+# How far ahead the short scratch run's curve is continued, in run lengths
+# (`scratch_projection`): half a run adds one measured rise, no further
+# than the rise was measured over (linear extrapolation overshoots a curve
+# that is bending over), and well inside the budget scratch trains with.
+PROJECTION_HORIZON = 0.5
 
 
 def accuracy_variance(accuracy, n):
@@ -29,30 +26,31 @@ def accuracy_variance(accuracy, n):
     return adjusted * (1 - adjusted) / (n + 4)
 
 
-def scratch_tie(scratch_accuracy, probe_accuracy, n, se=1.0):
-    """How far below the probe the scratch run may be and still tie: `se`
-    standard errors of the difference of two accuracies, each over the
-    same n validation images (`accuracy_variance`; independence assumed,
-    so this errs wide), rounded to 4 decimals; 0 without images."""
-    if n <= 0 or se <= 0:
-        return 0.0
-    variance = (accuracy_variance(scratch_accuracy, n)
-                + accuracy_variance(probe_accuracy, n))
-    return round(se * math.sqrt(variance), 4)
+def standard_error(accuracy, n):
+    """The standard error of an accuracy measured on n images
+    (`accuracy_variance`), rounded to 4 decimals."""
+    return round(math.sqrt(accuracy_variance(accuracy, n)), 4)
 
 
-def scratch_projection(curve, n, horizon=0.5):
+def difference_se(a, b, n):
+    """The standard error of the difference of two accuracies, each
+    measured on the same n images (`accuracy_variance`). Independence is
+    assumed: two models' errors on the same images are positively
+    correlated, so the true error of the difference is smaller and this
+    errs wide (a difference must be clearer to count). Rounded to 4
+    decimals; 0 without images."""
+    return round(math.sqrt(accuracy_variance(a, n)
+                           + accuracy_variance(b, n)), 4)
+
+
+def scratch_projection(curve, n, horizon=PROJECTION_HORIZON):
     """Where the scratch run's validation accuracy is headed: its best,
     plus its rise continued linearly for `horizon` times the run's length.
 
     The rise is the best of the curve's second half over the best of its
     first half (half a run apart), less one standard error of the second
     half's best on the n validation images (`accuracy_variance`), so a few
-    images' noise on a flat run is not a climb. Linear extrapolation
-    overshoots a learning curve that is bending over, so it goes no
-    further than the rise was measured over: the default horizon 0.5 (of
-    the run's length) adds one rise, e.g. 4 epochs ahead of an 8-epoch run,
-    well inside the budget scratch trains with. Capped at 1; never below
+    images' noise on a flat run is not a climb. Capped at 1; never below
     the best; the best itself when horizon is 0 or the curve has fewer
     than 2 points.
     """
@@ -65,20 +63,3 @@ def scratch_projection(curve, n, horizon=0.5):
     rise = max(0.0, second - max(curve[:half]) - noise)
     # The halves' midpoints are half a run apart: 2 rises per run length.
     return round(min(1.0, best + 2 * horizon * rise), 4)
-
-
-def gain_se(accuracy, chance, n):
-    """The standard error of `gain(accuracy, chance)` for an accuracy
-    measured on n images (`accuracy_variance`), rounded to 4 decimals; 0
-    without images."""
-    return round(math.sqrt(accuracy_variance(accuracy, n)) / (1 - chance), 4)
-
-
-def gain(accuracy, chance):
-    """Accuracy above chance, scaled so 0 = chance and 1 = perfect.
-
-    Rounded to 6 decimals: accuracies are counts over a few images, and
-    e.g. (0.6 - 0.2) / 0.8 is 0.49999999999999994 in floating point, which
-    must not fall below a threshold of 0.5.
-    """
-    return round((accuracy - chance) / (1 - chance), 6)

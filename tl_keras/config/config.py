@@ -31,17 +31,23 @@ FLAT_ORDER = ("mode", "data_dir", "workdir", "backbone", "weights",
               "image_size", "feature_block", "approach", "epochs",
               "finetune_epochs", "learning_rate", "finetune_learning_rate",
               "unfreeze", "batch_size", "advisor_sample",
-              "advisor_large_per_class",
-              "advisor_similar_gain", "advisor_scratch_gain",
-              "advisor_scratch_per_class", "advisor_earlier_margin",
-              "advisor_reference_margin", "advisor_scratch_fraction",
-              "advisor_tie_se", "advisor_random_gain",
-              "advisor_scratch_horizon", "backbones", "validation_split",
+              "advisor_scratch_fraction", "backbones", "validation_split",
               "test_split", "seed", "augment", "dropout", "cache_budget_mb",
               "feature_cache", "distribution", "feature_cache_views",
               "jit_compile", "mixed_precision", "demo_labels_per_class",
               "demo_pretrain_epochs", "export_dir", "inputs", "output",
               "top_k", "export_tflite", "overwrite")
+
+# Fields of earlier versions that are gone, with why: named in the error
+# for a flag or a Config field, and dropped from a stored config.json (a
+# run resumes with the decision it stored).
+REMOVED_FIELDS = dict.fromkeys(
+    ("advisor_large_per_class", "advisor_similar_gain",
+     "advisor_scratch_gain", "advisor_scratch_per_class",
+     "advisor_earlier_margin", "advisor_reference_margin", "advisor_tie_se",
+     "advisor_random_gain", "advisor_scratch_horizon"),
+    "removed in tl_keras 0.2: the advisor has no thresholds to set; it "
+    "estimates each approach's accuracy and picks the best (docs/advisor.md)")
 
 # Fields that may change between a run and its resumption without changing
 # what the run computes.
@@ -157,7 +163,7 @@ def config_differences(stored, current):
     A field that `stored` (an older config.json) lacks counts as its
     default: the value the run it describes had.
     """
-    stored = with_defaults(stored)
+    stored = with_defaults(without_removed(stored))
     diffs = []
     for key, value in current.to_dict().items():
         if key in RESUMABLE_FIELDS:
@@ -165,6 +171,12 @@ def config_differences(stored, current):
         if stored[key] != value:
             diffs.append(f"{key}: {stored[key]!r} -> {value!r}")
     return diffs
+
+
+def without_removed(flat):
+    """`flat` (a stored config dict) without the fields of earlier
+    versions that are gone (`REMOVED_FIELDS`)."""
+    return {k: v for k, v in flat.items() if k not in REMOVED_FIELDS}
 
 
 def with_defaults(flat):
@@ -178,6 +190,11 @@ def _route(fields):
     by_section = {}
     for key, value in fields.items():
         section = FIELD_SECTIONS.get(key)
+        if key in REMOVED_FIELDS:
+            raise InputError(
+                f"Invalid config field {key!r}: {REMOVED_FIELDS[key]}. "
+                f"Allowed: the fields `python run.py --help` lists. "
+                f"Received: {key}={value!r}")
         if section is None:
             raise InputError(
                 f"Unknown config field {key!r}. Allowed: "

@@ -276,70 +276,18 @@ class AdvisorConfig:
 
     advisor_sample: int = field(
         2000, "auto / advise / rank: training images sampled to measure.")
-    advisor_large_per_class: int = field(
-        100, "auto: 'large' data from this many images per class (median).")
-    advisor_similar_gain: float = field(
-        0.5,
-        "auto: 'similar' domain when the frozen features' probe accuracy "
-        "gain over chance, (acc - chance) / (1 - chance), is at least this.")
-    advisor_scratch_gain: float = field(
-        0.1,
-        "auto: with large, different data, train from scratch when the gain "
-        "is below this (features near chance) ...")
-    advisor_scratch_per_class: int = field(
-        1000, "... and there are at least this many images per class.")
-    advisor_earlier_margin: float = field(
-        0.05,
-        "auto: an earlier layer's gain above the last layer's by more than "
-        "this marks the data as far from the pretraining domain.")
-    advisor_reference_margin: float = field(
-        0.1,
-        "auto: train from scratch when the pretrained features' gain beats "
-        "the same architecture's random-init features' gain by less than "
-        "this (the pretraining brings nothing to this data).")
     advisor_scratch_fraction: float = field(
         0.2,
         "auto / advise / compare: a short from-scratch run on the sampled "
-        "images, this fraction of --epochs long (rounded up; 0 skips it); "
-        "train from scratch when it already matches the frozen features' "
-        "linear probe on the validation set.")
-    advisor_tie_se: float = field(
-        1.0,
-        "auto: measured accuracies closer than this many standard errors "
-        "(binomial with the Agresti-Coull adjustment, over the validation "
-        "images they are measured on) are "
-        "a tie: the scratch run matches the probe when below it by at most "
-        "this many standard errors of their difference (the run only gets "
-        "better with the full budget), and the features count as similar "
-        "when their gain is below --advisor_similar_gain by at most this "
-        "many standard errors of the gain (finetune keeps its stage only "
-        "when it beats the head on validation); 0 = strict.")
-    advisor_random_gain: float = field(
-        0.75,
-        "auto: train from scratch when the same architecture with random "
-        "weights already gains at least this on the data (its features' "
-        "linear probe): the task is easy for the architecture itself. 1 "
-        "turns it off.")
-    advisor_scratch_horizon: float = field(
-        0.5,
-        "auto: the scratch run also matches the probe when, at the rate it "
-        "climbed over its second half, it reaches it within this many run "
-        "lengths more (linear, so kept short; 0 = its best only).")
+        "images, this fraction of --epochs long (rounded up; 0 skips it "
+        "and scratch is never chosen): scratch is chosen only when it "
+        "beats the pretrained features' estimate by a standard error.")
     backbones: str = field(
         "", "rank: comma-separated candidate backbones (names or .keras).")
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
         check_range("advisor_sample", self.advisor_sample, 10, 1000000)
-        check_range("advisor_large_per_class", self.advisor_large_per_class,
-                    1, 10**9)
-        check_range("advisor_scratch_per_class",
-                    self.advisor_scratch_per_class, 1, 10**9)
-        for name in ("advisor_similar_gain", "advisor_scratch_gain",
-                     "advisor_earlier_margin", "advisor_reference_margin",
-                     "advisor_scratch_fraction", "advisor_random_gain"):
-            check_fraction(name, getattr(self, name))
-        check_fraction("advisor_scratch_horizon",
-                       self.advisor_scratch_horizon, 0, 5)
-        check_fraction("advisor_tie_se", self.advisor_tie_se, 0, 5)
+        check_fraction("advisor_scratch_fraction",
+                       self.advisor_scratch_fraction)
         return self

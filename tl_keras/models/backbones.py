@@ -84,13 +84,14 @@ def cut_at_block(built, block):
       InputError: no such block (the message lists the blocks), or the
         block does not end in a spatial feature map.
     """
-    blocks = dict(built.blocks())
-    if block not in blocks:
+    blocks = built.blocks()
+    if block not in dict(blocks):
         raise InputError(
             f"Invalid feature_block for backbone {built.source}: it has no "
-            f"block {block!r}. Allowed: one of {', '.join(blocks)}. "
+            f"block {block!r}. Allowed: one of "
+            f"{', '.join(name for name, _ in blocks)}. "
             f"Received: feature_block={block!r}")
-    output = _block_output(list(blocks), blocks, block)
+    output = block_output(blocks, block)
     if len(output.shape) != 4:
         raise InputError(
             f"Invalid feature_block {block!r}: it gives no (batch, height, "
@@ -101,17 +102,19 @@ def cut_at_block(built, block):
                                source=f"{built.source}, cut after {block}")
 
 
-def _block_output(names, blocks, block):
-    """What the base passes on after `block`: the input of the next
-    block's first layer. A block's last layer is not always its output: a
-    ConvNeXt block ends in `x + residual`, an operation and not a layer,
-    so its last layer's output lacks the skip connection."""
+def block_output(blocks, block):
+    """What the base passes on after `block` (of `blocks`, from
+    `list_blocks`): the input of the next block's first layer. A block's
+    last layer is not always its output: a ConvNeXt block ends in
+    `x + residual`, an operation and not a layer, so its last layer's
+    output lacks the skip connection."""
+    names = [name for name, _ in blocks]
     position = names.index(block)
     if position + 1 < len(names):
-        following = blocks[names[position + 1]][0]
+        following = blocks[position + 1][1][0]
         if not isinstance(following.input, (list, tuple)):
             return following.input
-    return blocks[block][-1].output
+    return blocks[position][1][-1].output
 
 
 def _build_registered(name, weights, image_size):

@@ -4,8 +4,8 @@ Each approach runs as its own resumable run in <workdir>/<approach>/ on
 the same split and seed, with the same epoch budget (epochs +
 finetune_epochs: scratch trains that many epochs, transfer spends them all
 on the head, finetune splits them into its two stages). The advisor's
-choice for the data is measured first and marked (run as a fourth row when
-it is a fine-tune with another unfreeze setting). Then:
+choice for the data is measured first and marked (run as a fourth row,
+'auto', when it trains from another layer or unfreezes other blocks). Then:
 
   report.md       the table (test accuracy, macro-F1, wall time, trained
                   parameters, training images/s), the advisor's summary,
@@ -26,7 +26,7 @@ import numpy as np
 
 from tl_keras import io
 from tl_keras.advisor.advise import advise_run, classifier_and_data
-from tl_keras.advisor.report import summary_lines
+from tl_keras.advisor.report import choice_text, summary_lines
 from tl_keras.errors import InputError
 from tl_keras.export.saved_model import is_export
 from tl_keras.training.trainer import train
@@ -81,8 +81,9 @@ def compare(config, data=None, header=None, also_in_workdir=()):
         "num_train": data.counts["train"],
         "num_test": results[best]["num_test"],
         "test_split": results[best]["test_split"],
-        "advisor": {k: decision[k] for k in ("situation", "approach",
-                                              "unfreeze", "rule", "reason")},
+        "advisor": {k: decision[k] for k in (
+            "situation", "approach", "unfreeze", "feature_block", "rule",
+            "reason")},
         "advisor_pick": pick_name,
         "advisor_seconds": round(advise_seconds, 1),
         "best": best,
@@ -96,18 +97,20 @@ def compare(config, data=None, header=None, also_in_workdir=()):
 def _runs(config, decision, budget):
     """{run name: config changes} with the same epoch budget for each,
     and the name of the advisor's pick among them (a fourth run, 'auto',
-    when it picks a fine-tune with another unfreeze setting)."""
+    when it picks another layer or unfreeze setting than the rows')."""
     runs = {
         "scratch": dict(approach="scratch", epochs=budget),
         "transfer": dict(approach="transfer", epochs=budget),
         "finetune": dict(approach="finetune"),
     }
     pick_name = decision["approach"]
-    if pick_name == "finetune" and (
-            decision["unfreeze"] != config.training.unfreeze):
-        pick_name = "auto"
-        runs["auto"] = dict(approach="finetune",
+    block = decision.get("feature_block") or config.model.feature_block
+    if pick_name != "scratch" and (
+            block != config.model.feature_block
+            or decision["unfreeze"] != config.training.unfreeze):
+        runs["auto"] = dict(runs[pick_name], feature_block=block,
                             unfreeze=decision["unfreeze"])
+        pick_name = "auto"
     return runs, pick_name
 
 
@@ -238,7 +241,7 @@ def format_table(summary):
             f"{r['test_accuracy']:8.3f} {r['macro_f1']:8.3f} "
             f"{r['seconds']:7.1f}s {r['trained_params']:15,} "
             f"{r['images_per_second'] or 0:9.1f}{marks}")
-    lines.append(f"  advisor: {summary['advisor']['approach']} "
+    lines.append(f"  advisor: {choice_text(summary['advisor'])} "
                  f"({summary['advisor']['situation']}; "
                  f"{summary['advisor_seconds']:.1f} s to decide)")
     return "\n".join(lines) + "\n"
@@ -273,7 +276,7 @@ def format_report(summary, decision, plots, header=None):
               "", "## The advisor", "",
               f"Decided in {summary['advisor_seconds']:.1f} s "
               f"({100 * summary['advisor_seconds'] / summary['seconds']:.1f}"
-              f"% of this compare): **{decision['approach']}** — "
+              f"% of this compare): **{choice_text(decision)}** — "
               f"{decision['reason']}", "", "```"]
     lines += summary_lines(decision["measurements"], decision)
     lines += ["```", ""]

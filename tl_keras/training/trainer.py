@@ -12,6 +12,7 @@ import os
 import keras
 
 from tl_keras import advisor, io
+from tl_keras.advisor.report import choice_text
 from tl_keras.config import RESUMABLE_FIELDS, TRAINED_APPROACHES
 from tl_keras.config.config import config_differences
 from tl_keras.data.pipelines import make_datasets
@@ -98,7 +99,8 @@ def _train(config, data, place, callbacks):
 
 def _choose_approach(config, backbone, data, place):
     """Builds the classifier; with --approach=auto first lets the advisor
-    decide (and rebuilds from random init when it picks scratch).
+    decide (and rebuilds: from random init when it picks scratch, cut
+    after a block when it picks an earlier layer).
 
     Returns:
       (config with the concrete approach, backbone, model, decision or
@@ -110,12 +112,14 @@ def _choose_approach(config, backbone, data, place):
     if config.training.approach != "auto":
         return config, backbone, model, None
     decision = _auto_decision(config, model, data, backbone.blocks(), place)
+    block = decision.get("feature_block") or config.model.feature_block
+    cut = block != config.model.feature_block
     config = config.replace(approach=decision["approach"],
-                            unfreeze=decision["unfreeze"])
-    # Measuring re-seeds (its random-init reference); a resumed run skips
-    # it, so seed again for both to continue alike.
+                            unfreeze=decision["unfreeze"], feature_block=block)
+    # The scratch run re-seeds; a resumed run skips it, so seed again for
+    # both to continue alike.
     keras.utils.set_random_seed(config.data.seed)
-    if config.training.approach == "scratch":  # random init, not weights
+    if config.training.approach == "scratch" or cut:
         with place.strategy.scope():
             backbone = _build_backbone(config)
             model = build_classifier(backbone, num_classes, dropout)
@@ -129,7 +133,8 @@ def _finish(config, model, backbone, data, place, stages, decision):
     metrics = {
         "approach": config.training.approach,
         "decision": decision and {k: decision[k] for k in (
-            "situation", "approach", "unfreeze", "rule", "reason")},
+            "situation", "approach", "unfreeze", "feature_block", "rule",
+            "reason") if k in decision},
         "backbone": backbone.source,
         "image_size": backbone.image_size,
         "num_classes": len(data.class_names),
@@ -172,15 +177,18 @@ def _auto_decision(config, model, data, blocks, place):
     decided (`Placement.from_chief`)."""
     record = (_chief_decision(config, model, data, blocks)
               if place.task.is_chief else None)
-    approach, unfreeze = place.from_chief(
+    names = [name for name, _ in blocks]  # the block: 1 + its position
+    approach, unfreeze, block = place.from_chief(
         [TRAINED_APPROACHES.index(record["approach"]),
-         0 if record["unfreeze"] == "all" else int(record["unfreeze"])]
-        if record else [0, 0])
+         0 if record["unfreeze"] == "all" else int(record["unfreeze"]),
+         names.index(record["feature_block"]) + 1
+         if record.get("feature_block") else 0]
+        if record else [0, 0, 0])
     if record is None:
         record = {"approach": TRAINED_APPROACHES[approach],
-                  "unfreeze": str(unfreeze) if unfreeze else "all"}
-        log.info("Training the chief's decision: %s (unfreeze %s)",
-                 record["approach"], record["unfreeze"])
+                  "unfreeze": str(unfreeze) if unfreeze else "all",
+                  "feature_block": names[block - 1] if block else ""}
+        log.info("Training the chief's decision: %s", choice_text(record))
     return record
 
 
