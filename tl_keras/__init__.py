@@ -13,10 +13,11 @@ Importing tl_keras defines no absl flags (only `tl_keras.cli` does) and
 loads no TensorFlow: each name below is imported from its module on first
 use, so `python run.py --help` answers at Python's start-up speed.
 
-A saved `model.keras` holds tl_keras's two layers; Keras finds them once
-`tl_keras.models` is imported, which happens on first use of any name
-below, and at once when Keras was imported before tl_keras (as in
-`import keras` then `import tl_keras`).
+A saved `model.keras` holds tl_keras's layers (and, with some recipe
+options, its optimizer and loss); Keras finds them once `tl_keras.models`
+is imported, which happens on first use of any name below, and at once
+when Keras was imported before tl_keras (as in `import keras` then
+`import tl_keras`).
 """
 
 import importlib
@@ -61,6 +62,7 @@ __all__ = sorted(_EXPORTS)
 
 if "keras" in sys.modules:  # cheap now: register the layers for Keras
     importlib.import_module("tl_keras.models.layers")
+    importlib.import_module("tl_keras.models.optimizers")
 
 
 def __getattr__(name):

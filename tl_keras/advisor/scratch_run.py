@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tl_keras.data.augment import augment
 from tl_keras.data.pipelines import sample_training_set
+from tl_keras.models import recipe
 from tl_keras.models.backbones import BuiltBackbone
 from tl_keras.models.classifier import (
     all_layers,
@@ -63,7 +64,15 @@ def scratch_run(model, data, config, epochs, enough=None):
         data, config.advisor.advisor_sample, data_config.seed)
     keras.utils.set_random_seed(data_config.seed)
     scratch = _fresh_classifier(model, config)
-    compile_for_stage(scratch, config.training.learning_rate)
+    training = config.training
+    compile_for_stage(
+        scratch, training.learning_rate,
+        # The schedule of the run it previews (--epochs long): its first
+        # epochs, at the rates --approach=scratch would train them.
+        optimizer=recipe.make_optimizer(
+            training, training.learning_rate, training.epochs,
+            recipe.steps_per_epoch(sampled, data_config.batch_size)),
+        loss=recipe.make_loss(training))
 
     def progress(epoch, logs):
         log.info("Advisor: scratch run epoch %d/%d, val_accuracy %.3f",

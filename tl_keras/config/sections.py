@@ -137,6 +137,25 @@ class TrainingConfig:
         "How much of the base the fine-tune stage trains, in whole blocks: "
         "'all' or a number N of top blocks. BatchNorm stays frozen.",
     )
+    optimizer: str = field(
+        "adam",
+        "adam, or adamw: Adam with decoupled --weight_decay (not on biases, "
+        "BatchNorm / LayerNorm scales and offsets).", ("adam", "adamw"))
+    weight_decay: float = field(
+        0.0, "adamw: decoupled weight decay per step, times the LR.")
+    lr_schedule: str = field(
+        "constant",
+        "Per stage: constant, or cosine decay to 0 over the stage (after "
+        "any warmup).", ("constant", "cosine"))
+    warmup_epochs: int = field(
+        0, "Per stage: epochs of linear warmup from 0 to the stage's LR.")
+    lr_decay: float = field(
+        1.0,
+        "Fine-tune stage: block k from the top trains at LR x lr_decay^k "
+        "(layer-wise decay; the head and the top block at the full LR); "
+        "1 = one LR for all.")
+    label_smoothing: float = field(
+        0.0, "Label smoothing of the cross-entropy loss, in [0, 1).")
     feature_cache: bool = field(
         True,
         "Train the head of a frozen base on pooled features computed once "
@@ -160,7 +179,27 @@ class TrainingConfig:
                            open_high=True)
         check_range("feature_cache_views", self.feature_cache_views, 0, 100)
         self.unfreeze_blocks()
+        self._validate_recipe()
         return self
+
+    def _validate_recipe(self):
+        check_fraction("weight_decay", self.weight_decay, 0.0, 1.0)
+        if self.weight_decay and self.optimizer != "adamw":
+            fail("weight_decay", "0 unless --optimizer=adamw (Adam's "
+                 "coupled L2 is not offered)",
+                 f"{self.weight_decay} with optimizer={self.optimizer}")
+        check_fraction("label_smoothing", self.label_smoothing, 0.0, 1.0,
+                       open_high=True)
+        check_fraction("lr_decay", self.lr_decay, 0.0, 1.0, open_low=True)
+        if self.lr_decay < 1 and self.approach in ("scratch", "transfer"):
+            fail("lr_decay", "1 unless --approach=finetune or auto (it "
+                 "scales the fine-tune stage's blocks)",
+                 f"{self.lr_decay} with approach={self.approach}")
+        shortest = min(self.epochs, self.finetune_epochs
+                       if self.approach in ("finetune", "auto")
+                       else self.epochs)
+        check_range("warmup_epochs", self.warmup_epochs, 0,
+                    max(0, shortest - 1))
 
     def unfreeze_blocks(self):
         """Returns None for 'all', else the number of top blocks."""

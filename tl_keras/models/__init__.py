@@ -1,4 +1,5 @@
-"""The network: backbone registry, tl_keras layers, the classifier."""
+"""The network: backbone registry, tl_keras layers, the classifier, and
+the recipe (optimizer, schedule, loss) a stage compiles with."""
 
 from tl_keras.models.backbones import (
     BuiltBackbone,
@@ -23,6 +24,10 @@ from tl_keras.models.layers import (
     FeatureStandardization,
     ImageNormalization,
 )
+from tl_keras.models.optimizers import (
+    ScaledAdam,
+    SmoothedSparseCrossentropy,
+)
 from tl_keras.models.registry import (
     BackboneSpec,
     get_backbone_spec,
@@ -32,6 +37,8 @@ from tl_keras.models.registry import (
 
 __all__ = [
     "PREPROCESSING_MODES",
+    "ScaledAdam",
+    "SmoothedSparseCrossentropy",
     "Backbone",
     "BackboneSpec",
     "BuiltBackbone",

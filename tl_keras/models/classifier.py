@@ -133,8 +133,11 @@ def check_unfreeze(unfreeze, blocks):
             f"{len(blocks)}. Received: unfreeze={unfreeze}")
 
 
-def compile_for_stage(model, learning_rate, jit_compile=False):
-    """Compiles with a fresh Adam; needed after every change of trainable.
+def compile_for_stage(model, learning_rate, jit_compile=False,
+                      optimizer=None, loss=None):
+    """Compiles with a fresh Adam at `learning_rate` (or the fresh
+    `optimizer` given) and sparse cross-entropy (or `loss`); needed after
+    every change of trainable.
 
     The optimizer's slots and the metric's variables are made here, not in
     the first train step: a `tf.function` whose first trace creates
@@ -144,8 +147,9 @@ def compile_for_stage(model, learning_rate, jit_compile=False):
     advisor's scratch run on 25 images took 7.0-8.4 s instead of 11.2 s.
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        loss=loss or keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True),
         # An instance (its variables exist now) named as "accuracy" would
         # be: same history keys (accuracy, val_accuracy).
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],

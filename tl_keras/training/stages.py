@@ -18,6 +18,7 @@ import keras
 from tl_keras import inference, io
 from tl_keras.data.pipelines import full_batches, sample_training_set
 from tl_keras.errors import InputError
+from tl_keras.models import recipe
 from tl_keras.models.classifier import (
     compile_for_stage,
     configure_stage,
@@ -73,7 +74,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     workdir = config.runtime.workdir
     configure_stage(model, stage.name, blocks,
                     config.training.unfreeze_blocks())
-    compile_for_stage(model, stage.learning_rate, place.jit_compile)
+    _compile(model, stage, data, config, place, blocks)
     stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir)
     done_path = os.path.join(stage_dir, "done.json")
     if os.path.isfile(done_path):
@@ -100,6 +101,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         "total_params": total,
         "unfreeze": (config.training.unfreeze if stage.name == "finetune"
                      else None),
+        "recipe": recipe.describe(config.training, stage.name),
         "seconds_this_process": round(time.time() - start, 1),
         **_fit_summary(plan, extract_seconds, checkpoint, csv_path),
     }
@@ -177,6 +179,21 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
     return callbacks
 
 
+def _compile(model, stage, data, config, place, blocks=None):
+    """Compiles `model` for `stage` with the run's recipe (a fresh
+    optimizer, its schedule over the stage; layer-wise rates for a
+    fine-tune stage given the blocks)."""
+    training = config.training
+    multipliers = (recipe.layer_multipliers(model, blocks, training.lr_decay)
+                   if stage.name == "finetune" and blocks else None)
+    optimizer = recipe.make_optimizer(
+        training, stage.learning_rate, stage.epochs,
+        recipe.steps_per_epoch(data.counts["train"],
+                               config.data.batch_size), multipliers)
+    compile_for_stage(model, stage.learning_rate, place.jit_compile,
+                      optimizer=optimizer, loss=recipe.make_loss(training))
+
+
 def _standardize_from_sample(model, data, data_config, sample=2000):
     """Sets the head's feature statistics from the pooled features of at
     most `sample` training images (as they are, seeded: a resumed run
@@ -205,7 +222,7 @@ def _fit_inputs(model, stage, data, config, place, plan):
         fit_model, train_ds, val_ds, seconds = (
             feature_cache.make_feature_datasets(
                 model, data, config.data, plan, config.runtime.workdir))
-        compile_for_stage(fit_model, stage.learning_rate, place.jit_compile)
+        _compile(fit_model, stage, data, config, place)
         log.info("Training the head on cached features (%.1f s to "
                  "extract)", seconds)
     if place.replicas > 1:

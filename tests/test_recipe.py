@@ -1,0 +1,185 @@
+"""The recipe options (issue: fine-tuning beyond the Keras guide): each
+does what it says, the defaults are the guide's plain Adam exactly, bad
+values are clear errors, and BatchNorm stays frozen with all of them on."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tl_keras
+from tl_keras import models
+from tl_keras.models import recipe
+
+TRAINING = tl_keras.Config().training
+
+
+def training(**changes):
+    return tl_keras.Config(**changes).training
+
+
+def lr_at(schedule, step):
+    return float(schedule(step)) if callable(schedule) else schedule
+
+
+def test_the_default_is_the_guides_plain_adam():
+    optimizer = recipe.make_optimizer(TRAINING, 1e-3, 10, 5)
+    assert type(optimizer) is keras.optimizers.Adam
+    assert optimizer.weight_decay is None
+    assert recipe.learning_rate(TRAINING, 1e-3, 10, 5) == 1e-3
+    assert isinstance(recipe.make_loss(TRAINING),
+                      keras.losses.SparseCategoricalCrossentropy)
+
+
+def test_learning_rate_schedules_at_given_steps():
+    # 10 epochs of 10 steps. Cosine: lr at step 0, lr/2 halfway, 0 at the
+    # end.
+    cosine = recipe.learning_rate(training(lr_schedule="cosine"), 0.1, 10,
+                                  10)
+    assert lr_at(cosine, 0) == pytest.approx(0.1)
+    assert lr_at(cosine, 50) == pytest.approx(0.05)
+    assert lr_at(cosine, 100) == pytest.approx(0.0, abs=1e-9)
+    # 2 warmup epochs (20 steps): linear from 0.1/20 to 0.1, then cosine
+    # over the remaining 80 steps.
+    warm = recipe.learning_rate(
+        training(lr_schedule="cosine", warmup_epochs=2), 0.1, 10, 10)
+    assert lr_at(warm, 0) == pytest.approx(0.005)
+    assert lr_at(warm, 10) == pytest.approx(0.005 + 0.095 * 10 / 20)
+    assert lr_at(warm, 20) == pytest.approx(0.1)
+    assert lr_at(warm, 60) == pytest.approx(0.05)
+    # Constant after a warmup.
+    flat = recipe.learning_rate(training(warmup_epochs=2), 0.1, 10, 10)
+    assert lr_at(flat, 5) < 0.1 and lr_at(flat, 20) == pytest.approx(0.1)
+    assert lr_at(flat, 99) == pytest.approx(0.1)
+
+
+def _dense_and_norms():
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="dense")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.LayerNormalization(name="ln")(x)
+    return keras.Model(inputs, x)
+
+
+def test_adamw_decays_kernels_only():
+    model = _dense_and_norms()
+    optimizer = recipe.make_optimizer(
+        training(optimizer="adamw", weight_decay=0.1), 0.5, 1, 1)
+    optimizer.build(model.trainable_variables)
+    before = {v.path: np.asarray(v) for v in model.trainable_variables}
+    # Zero gradients: Adam moves nothing, only the decay acts.
+    optimizer.apply([np.zeros(v.shape, "float32")
+                     for v in model.trainable_variables],
+                    model.trainable_variables)
+    moved = {v.path for v in model.trainable_variables
+             if not np.array_equal(np.asarray(v), before[v.path])}
+    assert moved == {"dense/kernel"}
+    kernel = model.get_layer("dense").kernel
+    np.testing.assert_allclose(np.asarray(kernel),
+                               before["dense/kernel"] * (1 - 0.5 * 0.1),
+                               rtol=1e-6)
+
+
+def test_layerwise_rate_scales_the_update_not_the_gradient():
+    a = keras.Variable(np.zeros(3, "float32"), name="a")
+    b = keras.Variable(np.zeros(3, "float32"), name="b")
+    gradient = np.array([0.3, -2.0, 5.0], "float32")
+    optimizer = models.ScaledAdam(lr_multipliers={b.path: 0.25},
+                                  learning_rate=0.01)
+    optimizer.apply([gradient, gradient], [a, b])
+    # Adam's first step is lr * sign(g) (m / sqrt(v) = g / |g|): the
+    # bottom variable's update is 0.25 of the top's.
+    np.testing.assert_allclose(np.asarray(b), 0.25 * np.asarray(a),
+                               rtol=1e-5)
+    # Scaling the gradient instead changes nothing: Adam divides it out.
+    c = keras.Variable(np.zeros(3, "float32"), name="c")
+    d = keras.Variable(np.zeros(3, "float32"), name="d")
+    plain = keras.optimizers.Adam(learning_rate=0.01)
+    plain.apply([gradient, 0.25 * gradient], [c, d])
+    np.testing.assert_allclose(np.asarray(d), np.asarray(c), rtol=1e-4)
+
+
+def test_layer_multipliers_go_down_the_blocks():
+    built = tl_keras.build_backbone("compact_cnn", "none", 32)
+    model = models.build_classifier(built, 3)
+    blocks = built.blocks()
+    models.configure_stage(model, "finetune", blocks)
+    multipliers = recipe.layer_multipliers(model, blocks, 0.5)
+    for k, (_, layers) in enumerate(reversed(blocks)):
+        for layer in layers:
+            for variable in layer.trainable_weights:
+                assert multipliers[variable.path] == 0.5 ** k
+    head = model.get_layer("logits")
+    assert not {v.path for v in head.weights} & set(multipliers)
+    assert recipe.layer_multipliers(model, blocks, 1.0) == {}
+
+
+def test_label_smoothing_matches_its_formula():
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], "float32")
+    labels = np.array([0, 2])
+    smooth = float(recipe.make_loss(training(label_smoothing=0.3))(
+        labels, logits))
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    target = np.full((2, 3), 0.1)
+    target[[0, 1], labels] += 0.7  # 1 - 0.3 + 0.3 / 3
+    assert target.sum(1) == pytest.approx([1.0, 1.0])
+    assert smooth == pytest.approx(float(-(target * log_p).sum(1).mean()),
+                                   rel=1e-5)
+    none = models.SmoothedSparseCrossentropy(0.0)(labels, logits)
+    plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        labels, logits)
+    assert float(none) == pytest.approx(float(plain), rel=1e-5)
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(lr_decay=0.0), "lr_decay"),
+    (dict(lr_decay=1.5), "lr_decay"),
+    (dict(lr_decay=0.5, approach="transfer"), "lr_decay"),
+    (dict(weight_decay=0.01), "weight_decay"),  # with adam
+    (dict(weight_decay=-0.1, optimizer="adamw"), "weight_decay"),
+    (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(label_smoothing=-0.1), "label_smoothing"),
+    (dict(warmup_epochs=10), "warmup_epochs"),  # the stage has 10
+    (dict(warmup_epochs=3, finetune_epochs=3), "warmup_epochs"),
+    (dict(lr_schedule="step"), "lr_schedule"),
+    (dict(optimizer="sgd"), "optimizer"),
+])
+def test_bad_recipe_values_name_the_flag(changes, field):
+    config = tl_keras.Config(data_dir="d", workdir="w", **changes)
+    with pytest.raises(tl_keras.InputError) as e:
+        config.validate()
+    assert field in str(e.value)
+    assert "Allowed" in str(e.value) and "Received" in str(e.value)
+
+
+def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
+    # mobilenet_v2: BatchNorm in every block; all options on.
+    config = tiny_config.replace(
+        backbone="mobilenet_v2", image_size=32, approach="finetune",
+        epochs=2, finetune_epochs=2, optimizer="adamw", weight_decay=0.05,
+        lr_schedule="cosine", warmup_epochs=1, lr_decay=0.7,
+        label_smoothing=0.1, finetune_learning_rate=1e-3, augment="none")
+    built = tl_keras.build_backbone("mobilenet_v2", "none", 32)
+    stats = {layer.name: [np.asarray(w) for w in (layer.moving_mean,
+                                                  layer.moving_variance)]
+             for layer in built.base.layers
+             if isinstance(layer, keras.layers.BatchNormalization)}
+    metrics = tl_keras.train(config)
+    finetune = metrics["stages"]["finetune"]
+    assert finetune["recipe"] == {
+        "optimizer": "adamw", "weight_decay": 0.05, "lr_schedule": "cosine",
+        "warmup_epochs": 1, "lr_decay": 0.7, "label_smoothing": 0.1}
+    assert metrics["stages"]["head"]["recipe"]["lr_decay"] == 1.0
+    model = keras.models.load_model(
+        os.path.join(config.runtime.workdir, "model.keras"))
+    base = models.get_base(model)
+    for name, (mean, variance) in stats.items():
+        layer = base.get_layer(name)
+        np.testing.assert_array_equal(np.asarray(layer.moving_mean), mean)
+        np.testing.assert_array_equal(np.asarray(layer.moving_variance),
+                                      variance)
+    stored = json.load(open(os.path.join(config.runtime.workdir,
+                                         "config.json")))
+    assert stored["lr_decay"] == 0.7 and stored["optimizer"] == "adamw"

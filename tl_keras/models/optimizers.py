@@ -1,0 +1,63 @@
+"""The optimizer and loss of a stage, beyond the Keras guide's plain Adam.
+
+`ScaledAdam` is Adam (with Keras's decoupled weight decay: AdamW) whose
+step for each variable is multiplied by a per-variable factor: layer-wise
+learning-rate decay. Adam divides each gradient by its own running RMS, so
+scaling a variable's *gradient* leaves its update unchanged; the factor
+has to scale the learning rate of that variable's update, which is what
+`update_step` does here. `SmoothedSparseCrossentropy` is the sparse
+cross-entropy with label smoothing (Keras's sparse loss has none). Both
+are registered, so a saved model.keras that holds them loads.
+"""
+
+import keras
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class ScaledAdam(keras.optimizers.Adam):
+    """Adam whose update of variable v uses learning_rate x
+    lr_multipliers[v.path] (1 for a path not listed)."""
+
+    def __init__(self, lr_multipliers=None, **kwargs):
+        super().__init__(**kwargs)
+        self.lr_multipliers = dict(lr_multipliers or {})
+
+    def build(self, var_list):
+        super().build(var_list)
+        self._multiplier_by_index = [
+            float(self.lr_multipliers.get(v.path, 1.0)) for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._multiplier_by_index[
+            self._get_variable_index(variable)]
+        if factor != 1.0:
+            learning_rate = learning_rate * factor
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "lr_multipliers": self.lr_multipliers}
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy from logits against integer labels smoothed to
+    (1 - smoothing) on the true class plus smoothing / classes on each."""
+
+    def __init__(self, smoothing=0.0, name="smoothed_crossentropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smoothing = float(smoothing)
+
+    def call(self, y_true, y_pred):
+        classes = keras.ops.shape(y_pred)[-1]
+        labels = keras.ops.one_hot(
+            keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)),
+            classes, dtype=y_pred.dtype)
+        labels = labels * (1.0 - self.smoothing) + self.smoothing / (
+            keras.ops.cast(classes, y_pred.dtype))
+        return keras.losses.categorical_crossentropy(labels, y_pred,
+                                                     from_logits=True)
+
+    def get_config(self):
+        return {**super().get_config(), "smoothing": self.smoothing}

@@ -1,0 +1,87 @@
+"""A stage's optimizer, learning-rate schedule and loss: the recipe
+options (--optimizer, --weight_decay, --lr_schedule, --warmup_epochs,
+--lr_decay, --label_smoothing). Their defaults are the Keras guide's
+recipe exactly: plain Adam at one constant learning rate, sparse
+cross-entropy."""
+
+import math
+
+import keras
+
+from tl_keras.models.optimizers import ScaledAdam, SmoothedSparseCrossentropy
+
+# Variables that --weight_decay leaves alone, by name: biases and the
+# scales and offsets of BatchNorm / LayerNorm (decaying them shrinks a
+# normalisation toward zero output instead of regularising a weight).
+NO_DECAY = ("bias", "gamma", "beta")
+
+
+def steps_per_epoch(num_train, batch_size):
+    """Optimizer steps in one epoch over `num_train` images."""
+    return max(1, math.ceil(num_train / batch_size))
+
+
+def learning_rate(training, lr, epochs, steps):
+    """A stage's learning rate: `lr` (constant, no warmup: the guide's),
+    or a schedule over the stage's `epochs * steps` steps: linear warmup
+    from lr / warmup steps to lr over --warmup_epochs, then constant or
+    cosine decay to 0 over the rest."""
+    warmup = training.warmup_epochs * steps
+    total = epochs * steps
+    alpha = 1.0 if training.lr_schedule == "constant" else 0.0
+    if not warmup:
+        if alpha == 1.0:
+            return lr
+        return keras.optimizers.schedules.CosineDecay(lr, total, alpha=alpha)
+    return keras.optimizers.schedules.CosineDecay(
+        lr / warmup, max(1, total - warmup), alpha=alpha, warmup_target=lr,
+        warmup_steps=warmup)
+
+
+def make_optimizer(training, lr, epochs, steps, multipliers=None):
+    """A fresh optimizer for a stage of `epochs` epochs of `steps` steps
+    at `lr`: Adam, or with --optimizer=adamw Adam with decoupled weight
+    decay (not on NO_DECAY variables), at `learning_rate`; `multipliers`
+    {variable path: factor} scale single variables' learning rates
+    (`layer_multipliers`)."""
+    rate = learning_rate(training, lr, epochs, steps)
+    decay = training.weight_decay if training.optimizer == "adamw" else None
+    if not multipliers and not decay:
+        return keras.optimizers.Adam(rate)
+    optimizer = ScaledAdam(lr_multipliers=multipliers, learning_rate=rate,
+                           weight_decay=decay or None)
+    if decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return optimizer
+
+
+def layer_multipliers(model, blocks, decay):
+    """{variable path: decay^k} for the trainable variables of the base's
+    block k from the top (k = 0: the top block; the head is not listed and
+    trains at the full rate); empty when decay is 1."""
+    if decay >= 1.0:
+        return {}
+    out = {}
+    for k, (_, layers) in enumerate(reversed(blocks)):
+        for layer in layers:
+            for variable in layer.trainable_weights:
+                out[variable.path] = decay ** k
+    return out
+
+
+def make_loss(training):
+    """Sparse cross-entropy from logits, smoothed by --label_smoothing."""
+    if training.label_smoothing:
+        return SmoothedSparseCrossentropy(training.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def describe(training, stage_name):
+    """A stage's recipe settings, for metrics.json."""
+    return {"optimizer": training.optimizer,
+            "weight_decay": training.weight_decay,
+            "lr_schedule": training.lr_schedule,
+            "warmup_epochs": training.warmup_epochs,
+            "lr_decay": training.lr_decay if stage_name == "finetune"
+            else 1.0,
+            "label_smoothing": training.label_smoothing}
