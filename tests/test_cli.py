@@ -5,6 +5,8 @@ answered with one clear message (no traceback) and an intact workdir."""
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -119,21 +121,26 @@ class Crash(Exception):
     pass
 
 
-def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
-    """A crash in the middle of the fine-tune stage; the rerun skips the
-    head stage and continues fine-tuning from the last finished epoch."""
-    config = tiny_config.replace(epochs=2, finetune_epochs=3)
+def _crash_in_finetune_after(monkeypatch, epoch):
+    """Makes the run crash at the end of fine-tune epoch `epoch` (0-based,
+    after its logs and backup); returns the original TensorBoard hook."""
     original = keras.callbacks.TensorBoard.on_epoch_end
-    calls = []
 
-    def crash_in_finetune(self, epoch, logs=None):
-        original(self, epoch, logs)
-        calls.append(self.log_dir)
-        if self.log_dir.endswith("finetune") and epoch == 1:
+    def crash_in_finetune(self, current, logs=None):
+        original(self, current, logs)
+        if self.log_dir.endswith("finetune") and current == epoch:
             raise Crash()
 
     monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
                         crash_in_finetune)
+    return original
+
+
+def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
+    """A crash in the middle of the fine-tune stage; the rerun skips the
+    head stage and continues fine-tuning from the last finished epoch."""
+    config = tiny_config.replace(epochs=2, finetune_epochs=3)
+    original = _crash_in_finetune_after(monkeypatch, 1)
     with pytest.raises(Crash):
         tl_keras.train(config)
     logs = os.path.join(config.runtime.workdir, "logs")
@@ -150,6 +157,33 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 3
     assert metrics["complete"]
+
+
+def test_torn_resume_state_is_survived(tiny_config, monkeypatch):
+    """Resume state torn by a crash or a full disk: the newest backup is
+    unreadable and the stage's CSV log ends in half a row. The rerun
+    skips the bad backup (going on from the one before it, or the stage's
+    start), cuts the torn row, and completes."""
+    config = tiny_config.replace(epochs=2, finetune_epochs=3)
+    original = _crash_in_finetune_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    backup = os.path.join(config.runtime.workdir, "checkpoints", "finetune",
+                          "backup")
+    assert sorted(os.listdir(backup)) == ["epoch-000002.weights.h5"]
+    with open(os.path.join(backup, "epoch-000003.weights.h5"), "wb") as f:
+        f.write(b"")  # an empty newer file, as a full disk leaves
+    csv_path = os.path.join(config.runtime.workdir, "logs", "finetune.csv")
+    with open(csv_path, "a") as f:
+        f.write("2,0.5")  # half a row
+    metrics = tl_keras.train(config)
+    assert metrics["complete"]
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # epoch 3 only
+    assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 3
+    assert not os.path.exists(backup)  # removed once the stage finished
 
 
 def test_arrays_run_through_the_api(tmp_path, tiny_config):
@@ -274,3 +308,69 @@ def test_overwrite_moves_the_old_run_aside(tmp_path, tiny_config):
         assert json.load(f)["seed"] == 42
     with open(tmp_path / "w" / "config.json") as f:
         assert json.load(f)["seed"] == 3
+
+
+def test_a_live_run_locks_its_workdir(tiny_config):
+    import socket
+
+    workdir = tiny_config.runtime.workdir
+    lock = workdir + ".lock"
+    # A live holder: this test's own process, as another run would be.
+    with open(lock, "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "since": "earlier"}, f)
+    for config in (tiny_config, tiny_config.replace(overwrite=True)):
+        with pytest.raises(tl_keras.InputError,
+                           match=f"another tl_keras run uses it \\(pid "
+                                 f"{os.getpid()}"):
+            tl_keras.train(config)
+    assert not os.path.exists(workdir)  # nothing written, nothing moved
+    # A holder that is gone (a process that has exited, on this host) is
+    # stale: taken over.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with open(lock, "w") as f:
+        json.dump({"pid": gone.pid, "host": socket.gethostname(),
+                   "since": "earlier"}, f)
+    metrics = tl_keras.train(tiny_config.replace(epochs=1,
+                                                 finetune_epochs=1))
+    assert metrics["complete"] and not os.path.exists(lock)
+
+
+def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
+    from tl_keras.training import stages
+
+    # An interrupted run (killed in its first stage) ...
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    config = tiny_config.replace(epochs=1, finetune_epochs=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(stages, "run_stage", crash)
+        from tl_keras.training import trainer
+
+        patch.setattr(trainer, "run_stage", crash)
+        with pytest.raises(KeyboardInterrupt):
+            tl_keras.train(config)
+    workdir = config.runtime.workdir
+    assert os.path.isfile(os.path.join(workdir, "data.json"))
+    # ... whose images then change: one modified, one added.
+    data_dir = config.data.data_dir
+    first = sorted(os.listdir(os.path.join(data_dir, "class_0")))[0]
+    path = os.path.join(data_dir, "class_0", first)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(tl_keras.InputError,
+                       match=r"its images changed since the run .*1 "
+                             r"modified \(e.g. .*" + first):
+        tl_keras.train(config)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with open(os.path.join(data_dir, "class_0", "zz_new.png"), "wb") as f:
+        f.write(open(path, "rb").read())
+    try:
+        with pytest.raises(tl_keras.InputError, match="1 added"):
+            tl_keras.train(config)
+    finally:
+        os.remove(os.path.join(data_dir, "class_0", "zz_new.png"))
+    # The same images again: it resumes and completes.
+    assert tl_keras.train(config)["complete"]

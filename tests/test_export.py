@@ -158,16 +158,50 @@ def test_label_map_and_manifest(run):
     assert manifest["versions"]["tensorflow"] == tf.__version__
 
 
+def _png_header(width, height):
+    """The first 33 bytes of a PNG declaring width x height (no pixels)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+
+
 @pytest.mark.parametrize("endpoint, feed, fragment", [
     ("serve_bytes", dict(image_bytes=tf.constant([b"not an image"])),
      "Unknown image file format"),
     ("serving_default",
      dict(images=tf.zeros([0, 8, 8, 3], tf.uint8)), "empty batch"),
+    # 100,000 x 100,000 declared in a 33-byte header: refused undecoded.
+    ("serve_bytes", dict(image_bytes=tf.constant(
+        [_png_header(100_000, 100_000)])), "decompression bomb"),
+    # Images scaled to [0, 1] would give confident wrong answers.
+    ("serve_float", dict(images=tf.fill([1, 32, 32, 3], 0.5)),
+     "every value is in \\[0, 1\\]"),
+    ("serve_float", dict(images=tf.fill([1, 32, 32, 3], 300.0)),
+     "must lie in \\[0, 255\\]"),
 ])
 def test_bad_input_at_endpoints_is_an_error(run, endpoint, feed, fragment):
     _, _, served = run
     with pytest.raises(tf.errors.InvalidArgumentError, match=fragment):
         served.signatures[endpoint](**feed)
+
+
+def test_declared_pixels_read_from_each_formats_header(tmp_path):
+    from PIL import Image
+
+    from tl_keras.data.images import declared_pixels
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (7, 13, 3), np.uint8)
+    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+        path = tmp_path / f"x.{fmt.lower()}"
+        Image.fromarray(pixels).save(path, format=fmt)
+        assert int(declared_pixels(tf.constant(path.read_bytes()))) == 91
+    assert int(declared_pixels(tf.constant(_png_header(70_000, 3)))) == (
+        210_000)
+    assert int(declared_pixels(tf.constant(b"not an image"))) == 0
 
 
 @pytest.mark.parametrize("bad, fragment", [
@@ -234,22 +268,33 @@ def test_load_exported_predicts_paths_and_arrays(run, image_folder):
 def test_predict_mode_writes_rows_and_error_rows(run, image_folder,
                                                  tmp_path, capsys):
     config, _, _ = run
+    from PIL import Image
+
     broken = tmp_path / "inputs" / "broken.jpg"
     broken.parent.mkdir()
     broken.write_bytes(b"junk")
-    inputs = f"{image_folder}/class_0,{broken}"
+    # BMPs TensorFlow misreads (palette: its indices; 1-bit: fails): an
+    # error row each, not an abort of the whole run.
+    rgb = Image.fromarray(np.random.default_rng(0).integers(
+        0, 256, (8, 8, 3), np.uint8))
+    palette, one_bit = (tmp_path / "inputs" / "palette.bmp",
+                        tmp_path / "inputs" / "one_bit.bmp")
+    rgb.convert("P", palette=Image.ADAPTIVE, colors=16).save(palette)
+    rgb.convert("1").save(one_bit)
+    inputs = f"{image_folder}/class_0,{broken},{palette},{one_bit}"
     for output in ("preds.csv", "preds.json"):
         rows = predict.predict_files(config.replace(
             mode="predict", inputs=inputs, top_k=2,
             output=str(tmp_path / output)))
-        assert len(rows) == 13
-        assert rows[-1]["error"] and not rows[0]["error"]
+        assert len(rows) == 15
+        assert all(row["error"] for row in rows[-3:])
+        assert not rows[0]["error"]
         assert len(rows[0]["top_k"]) == 2
     with open(tmp_path / "preds.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 13 and table[-1]["error"]
+    assert len(table) == 15 and table[-1]["error"]
     with open(tmp_path / "preds.json") as f:
-        assert len(json.load(f)) == 13
+        assert len(json.load(f)) == 15
     assert "ERROR" in capsys.readouterr().out
     with pytest.raises(tl_keras.InputError, match="matches no image"):
         predict.expand_inputs(str(tmp_path / "nothing*.png"))

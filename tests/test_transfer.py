@@ -249,3 +249,48 @@ def test_head_trains_on_standardized_features(tiny_config, cached):
     np.testing.assert_allclose(np.asarray(norm.mean), features.mean(0),
                                rtol=1e-3, atol=1e-4)
     assert np.asarray(norm.inverse_std).max() > 1.0 + 1e-3  # not identity
+
+
+class _PoisonWeights(keras.callbacks.Callback):
+    """Turns the trainable weights of the model named `model_name` to NaN
+    before batch `batch` of epoch `epoch` (0-based): a diverged step."""
+
+    def __init__(self, model_name, epoch, batch):
+        super().__init__()
+        self.model_name, self.epoch, self.batch = model_name, epoch, batch
+        self.current = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.model.name, self.current, batch) == (
+                self.model_name, self.epoch, self.batch):
+            for w in self.model.trainable_weights:
+                w.assign(np.full(w.shape, np.nan, "float32"))
+
+
+def test_a_diverged_finetune_stops_and_keeps_the_last_good_weights(
+        tiny_config):
+    config = tiny_config.replace(augment="none", epochs=1, finetune_epochs=3)
+    metrics = tl_keras.train(config, callbacks=[
+        _PoisonWeights("tl_keras_classifier", 1, 1)])
+    finetune = metrics["stages"]["finetune"]
+    assert finetune["diverged"] == {"epoch": 2, "batch": 2}
+    assert finetune["best_epoch"] in (0, 1)  # never the diverged epoch
+    assert len(finetune["history"]["loss"]) == 2  # it stopped there
+    model = keras.models.load_model(
+        os.path.join(config.runtime.workdir, "model.keras"))
+    assert all(np.isfinite(np.asarray(w)).all() for w in model.weights)
+    assert 0 <= metrics["test_accuracy"] <= 1
+
+
+def test_a_stage_that_diverges_before_any_good_epoch_is_an_error(
+        tiny_config):
+    config = tiny_config.replace(approach="transfer", augment="none",
+                                 epochs=2)
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid learning_rate: the head stage "
+                             "diverged"):
+        tl_keras.train(config, callbacks=[_PoisonWeights("cached_head", 0,
+                                                         1)])

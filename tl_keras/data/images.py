@@ -38,16 +38,64 @@ def decode_image(data):
     return image
 
 
+# The most pixels an encoded image may declare before it is decoded:
+# PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89,478,485:
+# ~0.27 GB as RGB), which the training files are checked against too. A
+# ~100 KB PNG can declare enough pixels to need ~1.2 GB decoded.
+MAX_PIXELS = 89_478_485
+
+
+def declared_pixels(data):
+    """Width x height that encoded JPEG / PNG / GIF / BMP bytes declare in
+    their header, read without decoding the pixels (int64 scalar; 0 for
+    bytes of another format, which decoding then rejects)."""
+    def field(offset, length, big_endian):
+        raw = tf.cast(tf.io.decode_raw(
+            tf.strings.substr(data, offset, length), tf.uint8), tf.int64)
+        weights = 256 ** (tf.range(length, dtype=tf.int64) if not big_endian
+                          else tf.range(length - 1, -1, -1, dtype=tf.int64))
+        return tf.reduce_sum(raw * weights)
+
+    def bmp_side(offset):  # signed 32-bit little-endian (top-down: < 0)
+        value = field(offset, 4, False)
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    magic = tf.strings.substr(data, 0, 4)
+    long_enough = tf.strings.length(data) >= 26
+    return tf.case([
+        (tf.logical_and(long_enough, tf.equal(magic, b"\x89PNG")),
+         lambda: field(16, 4, True) * field(20, 4, True)),
+        (tf.logical_and(long_enough, tf.equal(magic, b"GIF8")),
+         lambda: field(6, 2, False) * field(8, 2, False)),
+        (tf.logical_and(long_enough, tf.equal(
+            tf.strings.substr(data, 0, 2), b"BM")),
+         lambda: bmp_side(18) * bmp_side(22)),
+        (tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8"),
+         lambda: tf.reduce_prod(tf.cast(
+             tf.image.extract_jpeg_shape(data)[:2], tf.int64)))],
+        default=lambda: tf.constant(0, tf.int64))
+
+
 # The formats tf.io.decode_image reads (MPO is a JPEG with extra frames).
 _TF_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF"}
 
 
+# BMP modes TensorFlow's decoder gets wrong: a palette BMP decodes to its
+# palette indices (up to 242 levels off), a 1-bit one fails to decode.
+_BMP_MODES_TF_MISREADS = {"P", "1"}
+
+
 def _is_readable(path):
     """Fully decodes with PIL (JPEG at reduced scale, for speed), so a
-    truncated file is caught here, not mid-training inside TensorFlow."""
+    truncated file is caught here, not mid-training inside TensorFlow;
+    and refuses what TensorFlow, which decodes the images for training
+    and serving, would read differently from PIL (`_BMP_MODES_TF_MISREADS`;
+    convert such files to PNG)."""
     try:
         with Image.open(path) as image:
-            if image.format not in _TF_FORMATS:
+            if image.format not in _TF_FORMATS or (
+                    image.format == "BMP"
+                    and image.mode in _BMP_MODES_TF_MISREADS):
                 return False
             image.draft("RGB", (64, 64))
             image.load()
@@ -57,7 +105,8 @@ def _is_readable(path):
 
 
 def find_unreadable(paths):
-    """Returns the paths that are not decodable images, checked in
+    """Returns the paths that are not decodable images (or that
+    TensorFlow would decode wrongly: palette and 1-bit BMPs), checked in
     parallel (PIL's decoders release the GIL)."""
     if len(paths) > 2000:
         log.info("Checking %d image files ...", len(paths))

@@ -23,7 +23,12 @@ import keras
 import tensorflow as tf
 
 from tl_keras import inference, io
-from tl_keras.data.images import decode_image, resize_images
+from tl_keras.data.images import (
+    MAX_PIXELS,
+    declared_pixels,
+    decode_image,
+    resize_images,
+)
 from tl_keras.errors import InputError
 from tl_keras.export.tflite import convert_to_tflite
 from tl_keras.version import __version__
@@ -172,6 +177,36 @@ class _BelowWarning(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
+def _decode_within_limit(encoded, size):
+    """Decodes and resizes one encoded image, refusing one whose header
+    declares more than MAX_PIXELS before anything is decoded."""
+    pixels = declared_pixels(encoded)
+    with tf.control_dependencies([tf.debugging.assert_less_equal(
+            pixels, tf.constant(MAX_PIXELS, tf.int64),
+            message=f"serve_bytes: an image declares more than "
+                    f"{MAX_PIXELS:,} pixels (a decompression bomb?); "
+                    f"refused before decoding")]):
+        return resize_images(decode_image(encoded), size)
+
+
+def _in_pixel_range(images):
+    """`images`, once checked to be float pixels in [0, 255]: [0, 1]
+    inputs would give confident wrong answers, so a batch whose largest
+    value is in (0, 1] is refused (all-black images pass), and so is
+    anything outside [0, 255]."""
+    top, bottom = tf.reduce_max(images), tf.reduce_min(images)
+    with tf.control_dependencies([
+            tf.debugging.Assert(
+                tf.logical_and(bottom >= 0.0, top <= 255.0),
+                ["serve_float: pixel values must lie in [0, 255]; "
+                 "received min and max", bottom, top]),
+            tf.debugging.Assert(
+                tf.logical_not(tf.logical_and(top > 0.0, top <= 1.0)),
+                ["serve_float: every value is in [0, 1]: scale images to "
+                 "[0, 255] (as uint8 images are); received max", top])]):
+        return tf.identity(images)
+
+
 def _build_archive(model, class_names):
     size = model.input_shape[1]
     names = tf.constant(list(class_names))
@@ -206,8 +241,7 @@ def _build_archive(model, class_names):
         tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(image_bytes):
         def decode(encoded):
-            return resize_images(decode_image(encoded),
-                                          size)
+            return _decode_within_limit(encoded, size)
 
         images = tf.map_fn(decode, image_bytes, fn_output_signature=(
             tf.TensorSpec([size, size, 3], tf.uint8)))
@@ -216,7 +250,7 @@ def _build_archive(model, class_names):
     @tf.function(input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
     def serve_float(images):
-        return outputs(images, "serve_float")
+        return outputs(_in_pixel_range(images), "serve_float")
 
     return _Archive(model, {"serving_default": serve,
                             "serve_bytes": serve_bytes,

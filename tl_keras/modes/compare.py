@@ -138,9 +138,11 @@ def check_workdir(config, also_in_workdir=()):
         return None
     entries = {e for e in os.listdir(workdir) if not e.startswith(".")}
     own = _OWN_ENTRIES | set(also_in_workdir)
-    # A sub-run moved aside by its own --overwrite stays compare's.
+    # A sub-run moved aside by its own --overwrite, or the lock a killed
+    # sub-run left, stays compare's.
     foreign = sorted(e for e in entries
-                     if e.split(".replaced-")[0] not in own)
+                     if e.split(".replaced-")[0].removesuffix(".lock")
+                     not in own)
     if "config.json" in entries:
         problem = ("it holds a train run (config.json); compare writes one "
                    "run per approach into sub-folders of its own workdir")

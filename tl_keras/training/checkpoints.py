@@ -1,6 +1,10 @@
 """Stage checkpoints: the best weights of a stage, kept across resumes."""
 
+import contextlib
+import logging
+import math
 import os
+import shutil
 import warnings
 
 import keras
@@ -9,6 +13,8 @@ import numpy as np
 from tl_keras import io
 from tl_keras.errors import InputError
 from tl_keras.models.classifier import head_state
+
+log = logging.getLogger("tl_keras")
 
 
 class StageCheckpoint(keras.callbacks.Callback):
@@ -43,6 +49,8 @@ class StageCheckpoint(keras.callbacks.Callback):
         self.stage_name = stage_name
         self.best, self.best_epoch = float("inf"), 0
         self.best_accuracy = -1.0
+        self.diverged_at = None  # (epoch, batch) of the first NaN / Inf loss
+        self.current_epoch = 0
         if os.path.isfile(self.info_path) and os.path.isfile(self.path):
             info = io.read_json(self.info_path)
             self.best, self.best_epoch = info["val_loss"], info["epoch"]
@@ -56,10 +64,26 @@ class StageCheckpoint(keras.callbacks.Callback):
             self._save(summary["best_val_loss"],
                        summary["best_val_accuracy"], 0, self.target)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Stops the stage at the first non-finite training loss: a
+        diverged model must not train on, nor be kept as the best (on
+        imbalanced validation data an all-one-class prediction can
+        score well)."""
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged_at = (self.current_epoch + 1, batch + 1)
+            self.model.stop_training = True
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value = float(logs.get("val_loss", float("nan")))
         accuracy = float(logs.get("val_accuracy", float("nan")))
+        if self.diverged_at or not all(math.isfinite(float(v)) for v in (
+                logs.get("loss", 0.0), value)):
+            return  # never keep a diverged epoch
         if accuracy > self.best_accuracy or (
                 accuracy == self.best_accuracy and value < self.best):
             self._save(value, accuracy, epoch + 1, self.target or self.model)
@@ -117,3 +141,65 @@ def save_model(model, path):
     model.save(tmp)
     io.commit(tmp, path)
 
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Mid-stage resume state: after each epoch, the model's weights and
+    optimizer state in one file named by the epoch it ends
+    (`epoch-000003.weights.h5`), written atomically (`io.commit`); older
+    ones are then removed. On a rerun the newest file that loads sets the
+    weights and the epoch to go on from.
+
+    Keras's BackupAndRestore keeps the epoch in a second file written
+    after the weights, without fsync: an empty metadata file (disk full,
+    power loss) broke every later rerun, and a kill between the two files
+    replayed an epoch on weights that had already trained it. One file
+    named by its epoch cannot disagree with itself.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self.backup_dir = backup_dir
+
+    def _files(self):
+        """[(epoch, path)] of the complete backups, newest first."""
+        if not os.path.isdir(self.backup_dir):
+            return []
+        found = []
+        for name in os.listdir(self.backup_dir):
+            if name.startswith("epoch-") and name.endswith(".weights.h5"):
+                with contextlib.suppress(ValueError):
+                    found.append((int(name[6:-11]),
+                                  os.path.join(self.backup_dir, name)))
+        return sorted(found, reverse=True)
+
+    def on_train_begin(self, logs=None):
+        for epoch, path in self._files():
+            try:
+                if not self.model.optimizer.built:
+                    self.model.optimizer.build(self.model.trainable_variables)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*optimizer.*")
+                    self.model.load_weights(path)
+            except Exception as e:  # noqa: BLE001 - h5py/Keras raise many
+                log.warning("Skipping the unreadable backup %s (%s)", path,
+                            type(e).__name__)
+                continue
+            log.info("Resuming the stage after epoch %d", epoch)
+            self.model._initial_epoch = epoch
+            return
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        path = os.path.join(self.backup_dir,
+                            f"epoch-{epoch + 1:06d}.weights.h5")
+        tmp = io.temp_path(path)
+        self.model.save_weights(tmp)
+        io.commit(tmp, path)
+        for older, old_path in self._files():
+            if older < epoch + 1:
+                os.remove(old_path)
+
+    def on_train_end(self, logs=None):
+        # The stage finished (on_train_end is not reached when killed).
+        shutil.rmtree(self.backup_dir, ignore_errors=True)

@@ -52,16 +52,34 @@ def classification_metrics(y_true, logits, class_names):
     }
 
 
+def repair_csv(csv_path):
+    """Cuts a stage's CSV log back to its last complete line: a row torn
+    by a crash (no line end) would otherwise merge with the next one."""
+    if not os.path.isfile(csv_path):
+        return
+    with open(csv_path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_history(csv_path):
     """Reads a stage's CSV log; an epoch logged twice (a crash between the
-    log and the backup) keeps its last row."""
+    log and the backup) keeps its last row, and a row that does not parse
+    (torn by a crash) is skipped."""
     if not os.path.isfile(csv_path):
         return {}
     rows = {}
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("epoch", "epoch") != "epoch":
-                rows[int(row["epoch"])] = row
+            try:
+                epoch = int(row.get("epoch"))
+                for key, value in row.items():
+                    if key != "epoch" and value not in (None, ""):
+                        float(value)
+            except (TypeError, ValueError):
+                continue  # a header again, or a torn row
+            rows[epoch] = row
     history = {}
     for epoch in sorted(rows):
         for key, value in rows[epoch].items():

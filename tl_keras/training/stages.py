@@ -26,8 +26,8 @@ from tl_keras.models.classifier import (
     standardize_head,
 )
 from tl_keras.training import feature_cache
-from tl_keras.training.checkpoints import StageCheckpoint
-from tl_keras.training.metrics import read_history
+from tl_keras.training.checkpoints import EpochBackup, StageCheckpoint
+from tl_keras.training.metrics import read_history, repair_csv
 
 log = logging.getLogger("tl_keras")
 
@@ -105,14 +105,41 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         "seconds_this_process": round(time.time() - start, 1),
         **_fit_summary(plan, extract_seconds, checkpoint, csv_path),
     }
-    if to_beat is not None and checkpoint.best_epoch == 0:
-        log.info("No %s epoch beat the previous stage on the validation set "
-                 "(val_accuracy %.4f); keeping its weights.", stage.name,
-                 checkpoint.best_accuracy)
+    _check_outcome(stage, checkpoint, to_beat, summary)
     io.write_json(done_path, summary)
     if plan and plan["spill"]:
         feature_cache.remove_spilled(workdir)
     return summary
+
+
+def _check_outcome(stage, checkpoint, to_beat, summary):
+    """Says when a stage kept the previous stage's weights; after a stage
+    that stopped on a NaN / Inf loss, keeps its best epoch before that (or
+    the previous stage's weights) and says so, or fails when there is
+    none."""
+    if to_beat is not None and checkpoint.best_epoch == 0:
+        log.info("No %s epoch beat the previous stage on the validation set "
+                 "(val_accuracy %.4f); keeping its weights.", stage.name,
+                 checkpoint.best_accuracy)
+    if not checkpoint.diverged_at:
+        return
+    epoch, batch = checkpoint.diverged_at
+    summary["diverged"] = {"epoch": epoch, "batch": batch}
+    rate = ("finetune_learning_rate" if stage.name == "finetune"
+            else "learning_rate")
+    if checkpoint.best_epoch == 0 and to_beat is None:
+        raise InputError(
+            f"Invalid {rate}: the {stage.name} stage diverged (loss NaN or "
+            f"Inf at epoch {epoch}, batch {batch}) before any epoch "
+            f"finished; nothing usable to keep. Allowed: a smaller "
+            f"--{rate} (or a warmup, --warmup_epochs). Received: "
+            f"{rate}={stage.learning_rate}")
+    log.warning("The %s stage diverged (loss NaN or Inf at epoch %d, batch "
+                "%d) and stopped; keeping %s. A smaller --%s may go "
+                "further.", stage.name, epoch, batch,
+                f"its best epoch ({checkpoint.best_epoch})"
+                if checkpoint.best_epoch else "the previous stage's weights",
+                rate)
 
 
 def _stage_checkpoint(model, stage, workdir):
@@ -164,13 +191,13 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
                      place, workdir):
     """The callbacks every stage fits with, in the order they must run."""
     os.makedirs(os.path.dirname(csv_path), exist_ok=True)
+    repair_csv(csv_path)  # a row torn by a crash would merge with the next
     callbacks = [
         data.shuffle.callback(index),
-        # Before BackupAndRestore so that at the end of training done.json
-        # is written before the backup is deleted.
+        # Before the backup, so that the best weights are restored before
+        # the backup is deleted at the end of training.
         checkpoint,
-        keras.callbacks.BackupAndRestore(os.path.join(stage_dir, "backup"),
-                                         double_checkpoint=True),
+        EpochBackup(os.path.join(stage_dir, "backup")),
         keras.callbacks.CSVLogger(csv_path, append=True),
     ]
     if place.task.is_chief:

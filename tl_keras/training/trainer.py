@@ -23,7 +23,14 @@ from tl_keras.models.classifier import build_classifier, check_unfreeze
 from tl_keras.training.checkpoints import save_model
 from tl_keras.training.metrics import evaluate, export_manifest
 from tl_keras.training.stages import plan_stages, run_stage
-from tl_keras.training.workdir import check_workdir, claim_workdir, is_complete
+from tl_keras.training.workdir import (
+    check_same_data,
+    check_workdir,
+    claim_workdir,
+    is_complete,
+    record_data,
+    workdir_lock,
+)
 
 log = logging.getLogger("tl_keras")
 
@@ -53,7 +60,7 @@ def train(config, data=None, callbacks=()):
         # the run's checkpoints, metrics and export.
         config = config.replace(workdir=(
             f"{config.runtime.workdir.rstrip(os.sep)}.{place.task.name}"))
-    with place.policy_scope():
+    with place.policy_scope(), workdir_lock(config.runtime.workdir):
         return _train(config, data, place, callbacks)
 
 
@@ -70,10 +77,12 @@ def _train(config, data, place, callbacks):
         backbone = _build_backbone(config)
     if data is None:
         data = make_datasets(config.data, backbone.image_size)
+    if not conflict:  # resuming: the same images, or a clear error
+        check_same_data(workdir, data, config.data.data_dir)
     # Only now, with the config, backbone and data known to be good, is
     # anything written (a failed first try leaves no workdir behind).
     claim_workdir(config, conflict)
-    io.write_json(os.path.join(workdir, "split.json"), data.files or {})
+    record_data(workdir, data)
     config, backbone, model, decision = _choose_approach(
         config, backbone, data, place)
     blocks = backbone.blocks()

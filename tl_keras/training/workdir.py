@@ -3,6 +3,7 @@
 Workdir layout:
   flags.cfg, config.json     the resolved config (flags.cfg is a flagfile)
   split.json                 which file went to which split
+  data.json                  each file's size and modification time
   decision.json              --approach=auto: the advisor's evidence
   checkpoints/<stage>/       best.weights.h5 (the head stage:
                              best.trainable.npz, its trainable weights)
@@ -18,8 +19,12 @@ Running the same command again skips finished stages and resumes an
 interrupted one from its last epoch.
 """
 
+import contextlib
+import json
 import logging
 import os
+import socket
+import time
 
 from tl_keras import io
 from tl_keras.config import config_differences
@@ -86,3 +91,151 @@ def is_complete(workdir, chief=True):
             os.path.join(workdir, "export", "saved_model.pb")):
         return False
     return bool(io.read_json(path).get("complete"))
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+    """Holds `<workdir>.lock` while a run uses `workdir`: a second run on
+    the same workdir, or an --overwrite that would move a live run's folder
+    aside, is refused with the holder named. The lock is a sibling of the
+    workdir (moving the workdir aside leaves it in place) holding the
+    holder's pid, host and start time; a lock whose process is gone (same
+    host, no such pid) is stale and taken over.
+
+    Raises:
+      InputError: a live run (or one on another host) holds the lock.
+    """
+    path = workdir.rstrip(os.sep) + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _read_lock(path)
+            if not holder and _age(path) < 10:  # being written just now
+                time.sleep(0.2)
+                continue
+            if not _is_stale(holder):
+                raise InputError(
+                    f"Invalid workdir {workdir!r}: another tl_keras run "
+                    f"uses it (pid {holder.get('pid')} on "
+                    f"{holder.get('host')} since {holder.get('since')}; "
+                    f"lock file {path}). Allowed: a workdir no live run "
+                    f"uses (wait for that run, or delete the lock file if "
+                    f"its process is gone). Received: workdir={workdir!r}"
+                    ) from None
+            log.warning("Taking over the stale lock %s of a run that is "
+                        "gone (pid %s)", path, holder.get("pid"))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    with os.fdopen(fd, "w") as f:
+        json.dump(mine, f)
+    try:
+        yield
+    finally:
+        if _read_lock(path) == mine:
+            os.remove(path)
+
+
+def _read_lock(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}  # being written, or torn: judged by age below
+
+
+def _age(path):
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def _is_stale(holder):
+    """Whether the lock's process is gone: same host and no such pid. A
+    lock that cannot be read (torn by a crash mid-write; checked 10 s
+    after it was written) is stale."""
+    if not holder:
+        return True
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+def record_data(workdir, data):
+    """Writes split.json (each split's (path, label) pairs) and data.json
+    (each file's [size, mtime_ns], in the same order), which a resumed run
+    is checked against (`check_same_data`)."""
+    files = data.files or {}
+    io.write_json(os.path.join(workdir, "split.json"), files)
+    io.write_json(os.path.join(workdir, "data.json"), {
+        "stats": {split: [_stat(path) for path, _ in pairs]
+                  for split, pairs in files.items()}})
+
+
+def check_same_data(workdir, data, data_dir):
+    """Raises InputError when the images differ from those the run in
+    `workdir` started with (files added, removed, moved to another split
+    or label, or modified): a resumed run would train on other data, and
+    images it trained on could land in the test split.
+
+    Nothing to check for a new workdir, data given as arrays, or a run
+    from before tl_keras 0.2 (no data.json: only split.json is compared).
+    """
+    split_path = os.path.join(workdir, "split.json")
+    if not data.files or not os.path.isfile(split_path):
+        return
+    stored = {split: [tuple(pair) for pair in pairs]
+              for split, pairs in io.read_json(split_path).items()}
+    current = {split: [tuple(pair) for pair in pairs]
+               for split, pairs in data.files.items()}
+    old = {path: (split, label) for split, pairs in stored.items()
+           for path, label in pairs}
+    new = {path: (split, label) for split, pairs in current.items()
+           for path, label in pairs}
+    changes = {
+        "added": sorted(set(new) - set(old)),
+        "removed": sorted(set(old) - set(new)),
+        "in another split or class": sorted(
+            p for p in set(old) & set(new) if old[p] != new[p]),
+        "modified": _modified(workdir, stored),
+    }
+    if any(changes.values()):
+        summary = "; ".join(
+            f"{len(paths)} {what} (e.g. {', '.join(paths[:3])})"
+            for what, paths in changes.items() if paths)
+        raise InputError(
+            f"Invalid data_dir {data_dir!r}: its images changed since the "
+            f"run in {workdir} started: {summary}. Allowed: the same images "
+            f"to resume, or a new --workdir (or --overwrite) to start over. "
+            f"Received: data_dir={data_dir!r}")
+
+
+def _modified(workdir, stored):
+    """Paths whose size or modification time differ from data.json's."""
+    path = os.path.join(workdir, "data.json")
+    if not os.path.isfile(path):
+        return []
+    stats = io.read_json(path)["stats"]
+    return sorted(
+        file for split, pairs in stored.items()
+        for (file, _), stat in zip(pairs, stats.get(split, []), strict=False)
+        if _stat(file) != stat)
+
+
+def _stat(path):
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
