@@ -40,6 +40,12 @@ def check_arrays(x, y, x_name, y_name):
         raise InputError(f"Invalid {y_name}. Allowed: labels >= 0. "
                          f"Received: min {y_name}={y.min()}")
     if x.dtype != np.uint8:
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise InputError(
+                f"Invalid {x_name}: it holds NaN or Inf. Allowed: finite "
+                f"values in [0, 255]. Received: {int((~finite).sum())} "
+                f"value(s) NaN or Inf")
         if x.size and (x.min() < 0 or x.max() > 255):
             raise InputError(
                 f"Invalid {x_name}. Allowed: values in [0, 255]. Received: "

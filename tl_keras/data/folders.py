@@ -121,9 +121,17 @@ def split_roots(data_dir):
 
 
 def _subfolders(path):
-    return sorted(e.name for e in os.scandir(path)
-                  if e.is_dir() and not e.name.startswith(".")
-                  and e.name not in _IGNORED_FOLDERS)
+    names = sorted(e.name for e in os.scandir(path)
+                   if e.is_dir() and not e.name.startswith(".")
+                   and e.name not in _IGNORED_FOLDERS)
+    bad = [name for name in names if not _is_utf8(name)]
+    if bad:
+        raise InputError(
+            f"Invalid data_dir: the folder name(s) {', '.join(map(repr, bad))}"
+            f" in {path!r} are not valid UTF-8 (class names go into the "
+            f"export's label map). Allowed: UTF-8 folder names. Received: "
+            f"{len(bad)} such folder(s)")
+    return names
 
 
 # Folders that archive tools add next to the data (macOS zip extracts).
@@ -135,20 +143,44 @@ _SPLIT_OF = {name: split for split, names in SPLIT_DIRS.items()
 
 
 def _list_images(folder):
+    """(image paths, other paths) under a class folder, nested folders
+    included. Hidden files and folders are left out, symlinked folders
+    are not followed (a link to a parent would loop), and a file name that
+    is not valid UTF-8 (TensorFlow cannot open it) is counted with the
+    other files; each is said in the log."""
     if not os.path.isdir(folder):
         return [], []
-    images, ignored = [], []
+    images, ignored, hidden, links = [], [], 0, []
     for root, dirs, names in os.walk(folder):
+        links += [os.path.join(root, d) for d in dirs
+                  if os.path.islink(os.path.join(root, d))]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
-            if name.startswith("."):
-                continue
             path = os.path.join(root, name)
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.startswith("."):
+                hidden += 1
+            elif not _is_utf8(path):
+                log.warning("Ignoring %r: its name is not valid UTF-8",
+                            path)
+                ignored.append(path)
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
                 images.append(path)
             else:
                 ignored.append(path)
+    if hidden:
+        log.info("Left out %d hidden file(s) in %s", hidden, folder)
+    if links:
+        log.warning("Not following %d symlinked folder(s): %s", len(links),
+                    ", ".join(links[:5]))
     return images, ignored
+
+
+def _is_utf8(name):
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes (surrogate escapes)
+        return False
+    return True
 
 
 def check_classes_have_images(pairs, class_names, data_dir):

@@ -95,7 +95,8 @@ def _is_readable(path):
         with Image.open(path) as image:
             if image.format not in _TF_FORMATS or (
                     image.format == "BMP"
-                    and image.mode in _BMP_MODES_TF_MISREADS):
+                    and image.mode in _BMP_MODES_TF_MISREADS) or (
+                    image.width * image.height > MAX_PIXELS):
                 return False
             image.draft("RGB", (64, 64))
             image.load()
@@ -106,8 +107,9 @@ def _is_readable(path):
 
 def find_unreadable(paths):
     """Returns the paths that are not decodable images (or that
-    TensorFlow would decode wrongly: palette and 1-bit BMPs), checked in
-    parallel (PIL's decoders release the GIL)."""
+    TensorFlow would decode wrongly: palette and 1-bit BMPs; or that
+    declare more than MAX_PIXELS), checked in parallel (PIL's decoders
+    release the GIL)."""
     if len(paths) > 2000:
         log.info("Checking %d image files ...", len(paths))
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -84,6 +84,7 @@ def predict_files(config):
     Returns:
       A list of row dicts: path, label, score, top_k, error.
     """
+    _check_output_folder(config.export.output)
     export_dir = _export_dir(config)
     predictor = load_exported(export_dir)
     paths = expand_inputs(config.export.inputs)
@@ -135,6 +136,7 @@ def evaluate_export(config):
     export_dir = _export_dir(config)
     predictor = load_exported(export_dir)
     data_dir, output = config.data.data_dir, config.export.output
+    _check_output_folder(output)
     files, class_names, _ = scan_folder(data_dir)
     if split_roots(data_dir)["train"] == data_dir:
         pairs = files["train"]  # class folders only: all of it is scored
@@ -193,6 +195,16 @@ def write_predictions(rows, path):
                              r["error"]])
         io.write_text(path, text.getvalue(), newline="")
     log.info("Wrote %d prediction(s) to %s", len(rows), path)
+
+
+def _check_output_folder(output):
+    """Fails before any work when --output's folder does not exist."""
+    folder = os.path.dirname(os.path.abspath(output)) if output else ""
+    if folder and not os.path.isdir(folder):
+        raise InputError(
+            f"Invalid output: its folder {folder!r} does not exist. "
+            f"Allowed: a path in an existing folder. Received: "
+            f"output={output!r}")
 
 
 def _export_dir(config):
