@@ -374,3 +374,29 @@ def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
         os.remove(os.path.join(data_dir, "class_0", "zz_new.png"))
     # The same images again: it resumes and completes.
     assert tl_keras.train(config)["complete"]
+
+
+def test_a_resumed_run_is_the_same_run_with_augmentation_and_dropout(
+        tiny_config, tmp_path, monkeypatch):
+    # Augmentation (flip, rotation, zoom) and head dropout on; the feature
+    # cache off so every epoch draws augmentations. Killed after fine-tune
+    # epoch 1 and resumed, the run ends with the weights of a run that was
+    # never interrupted: each epoch's random state comes from (seed,
+    # stage, epoch), not from where a process happened to start.
+    config = tiny_config.replace(epochs=2, finetune_epochs=3, dropout=0.5,
+                                 feature_cache=False)
+    whole = tl_keras.train(config.replace(
+        workdir=str(tmp_path / "whole")))
+    original = _crash_in_finetune_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    resumed = tl_keras.train(config)
+    assert resumed["stages"]["finetune"]["history"] == whole["stages"][
+        "finetune"]["history"]
+    a = keras.models.load_model(os.path.join(config.runtime.workdir,
+                                             "model.keras"))
+    b = keras.models.load_model(str(tmp_path / "whole" / "model.keras"))
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)

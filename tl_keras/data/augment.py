@@ -21,11 +21,30 @@ def build_augmenter(names, seed):
     return keras.Sequential(layers, name="augment") if layers else None
 
 
-def augment(ds, config):
+def augment(ds, config, shuffle=None):
     """Applies the config's augmentations to a batched (images, labels)
-    dataset; unchanged when there are none."""
+    dataset; unchanged when there are none.
+
+    With `shuffle` (the pipeline's `EpochShuffle`), the augmentation's
+    random state is set from (seed, stage, epoch) before each epoch, and
+    the batches are augmented one after the other (each draw advances the
+    state: parallel calls would take the draws in a racing order), so an
+    epoch's augmentation is the same whether or not the run was
+    interrupted before it.
+    """
     augmenter = build_augmenter(config.augmentations(), config.seed)
     if augmenter is None:
         return ds
+    if shuffle is not None:
+        shuffle.track(seed_states(augmenter))
     return ds.map(lambda x, y: (augmenter(x, training=True), y),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+                  num_parallel_calls=None if shuffle is not None
+                  else tf.data.AUTOTUNE)
+
+
+def seed_states(layer):
+    """The state variables of every random-number generator in `layer`
+    and its sublayers (augmentation, dropout)."""
+    return [generator.state
+            for sub in layer._flatten_layers(include_self=True)
+            for generator in getattr(sub, "_seed_generators", [])]

@@ -77,6 +77,9 @@ class ImageData:
 class EpochShuffle:
     """The training order as a function of (seed, stage, epoch).
 
+    The same goes for the random state of augmentation and dropout
+    (`track`).
+
     `tf.data`'s `reshuffle_each_iteration` draws each epoch's order from a
     generator that starts over in a new process, so a run resumed at epoch
     5 would replay epoch 1's order and end with other weights than an
@@ -93,6 +96,14 @@ class EpochShuffle:
         self.seed = int(seed)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
                                  name="shuffle_epoch")
+        self._states = {}  # id -> random-generator state set per epoch
+
+    def track(self, states):
+        """Also sets these random-generator states (`augment.seed_states`:
+        augmentation, the model's dropout) from (seed, stage, epoch)
+        before each epoch, so a resumed epoch draws what it would have."""
+        for state in states:
+            self._states[id(state)] = state
 
     def apply(self, ds, n):
         """Shuffles the n elements of `ds` in this epoch's order."""
@@ -113,6 +124,10 @@ class EpochShuffle:
 
     def set_epoch(self, stage_index, epoch):
         self.epoch.assign(stage_index * 100000 + epoch)
+        for i, state in enumerate(self._states.values()):
+            value = np.random.default_rng(
+                [self.seed, stage_index, epoch, i]).integers(0, 2**31)
+            state.assign(np.array([value, 0], state.dtype))
 
     def callback(self, stage_index):
         """A Keras callback that selects each epoch's order."""
@@ -304,7 +319,7 @@ def _pipeline(source, n, config, training, cache, shuffle=None):
     ds = ds.batch(config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     if training:
-        ds = augment(ds, config)
+        ds = augment(ds, config, shuffle)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -16,6 +16,7 @@ import time
 import keras
 
 from tl_keras import inference, io
+from tl_keras.data.augment import seed_states
 from tl_keras.data.pipelines import full_batches, sample_training_set
 from tl_keras.errors import InputError
 from tl_keras.models import recipe
@@ -75,6 +76,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     configure_stage(model, stage.name, blocks,
                     config.training.unfreeze_blocks())
     _compile(model, stage, data, config, place, blocks)
+    data.shuffle.track(seed_states(model))  # dropout: per epoch, too
     stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir)
     done_path = os.path.join(stage_dir, "done.json")
     if os.path.isfile(done_path):
