@@ -550,3 +550,19 @@ def test_scratch_run_only_when_it_can_change_the_decision(
     assert record["rule"] == "no pretrained weights"
     assert "no pretrained weights" in record["measurements"]["scratch"][
         "skipped"]
+
+
+def test_a_numeric_unfreeze_fits_the_blocks_up_to_the_chosen_one():
+    from tl_keras.advisor.advise import _fit_unfreeze
+
+    blocks = [("block1", []), ("block2", []), ("block3", []),
+              ("block4", [])]
+    decision = {"feature_block": "block2", "unfreeze": "3", "reason": "r."}
+    fitted = _fit_unfreeze(decision, blocks)
+    assert fitted["unfreeze"] == "all"
+    assert "--unfreeze=3 is more than the 2 blocks up to block2" in (
+        fitted["reason"])
+    for kept in ({**decision, "unfreeze": "2"},
+                 {**decision, "feature_block": ""},
+                 {**decision, "unfreeze": "all"}):
+        assert _fit_unfreeze(kept, blocks) == kept

@@ -121,14 +121,14 @@ class Crash(Exception):
     pass
 
 
-def _crash_in_finetune_after(monkeypatch, epoch):
-    """Makes the run crash at the end of fine-tune epoch `epoch` (0-based,
+def _crash_in_finetune_after(monkeypatch, epoch, stage="finetune"):
+    """Makes the run crash at the end of `stage`'s epoch `epoch` (0-based,
     after its logs and backup); returns the original TensorBoard hook."""
     original = keras.callbacks.TensorBoard.on_epoch_end
 
     def crash_in_finetune(self, current, logs=None):
         original(self, current, logs)
-        if self.log_dir.endswith("finetune") and current == epoch:
+        if self.log_dir.endswith(stage) and current == epoch:
             raise Crash()
 
     monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
@@ -400,3 +400,21 @@ def test_a_resumed_run_is_the_same_run_with_augmentation_and_dropout(
     b = keras.models.load_model(str(tmp_path / "whole" / "model.keras"))
     for x, y in zip(a.weights, b.weights, strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+def test_a_stage_after_a_resumed_one_trains_all_its_epochs(tiny_config,
+                                                           monkeypatch):
+    # Killed after head epoch 2 of 3 (on images: the cache is off), the
+    # head stage resumes at epoch 3; the fine-tune stage after it must
+    # still train its 2 epochs from the first (Keras keeps the resumed
+    # start epoch on the model).
+    config = tiny_config.replace(epochs=3, finetune_epochs=2,
+                                 feature_cache=False)
+    original = _crash_in_finetune_after(monkeypatch, 1, stage="head")
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    metrics = tl_keras.train(config)
+    assert len(metrics["stages"]["head"]["history"]["loss"]) == 3
+    assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 2

@@ -109,3 +109,20 @@ def test_compare_keeps_its_own_moved_aside_runs(tmp_path):
     # --overwrite: the problem is returned, to move the workdir aside
     # once the base and data are known to be good.
     assert "data" in check_workdir(config.replace(overwrite=True))
+
+
+def test_compare_rows_validate_before_any_work(tmp_path, image_folder):
+    from tl_keras.modes.compare import _fixed_runs
+
+    # The fine-tune stage's layer-wise decay is left out of the scratch
+    # and transfer rows (their validation would refuse it) ...
+    config = tl_keras.Config(mode="compare", data_dir=image_folder,
+                             workdir=str(tmp_path / "w"), lr_decay=0.5)
+    for changes in _fixed_runs(4).values():
+        config.replace(mode="train", **changes).validate()
+    # ... and a row that cannot run fails before the advisor measures.
+    bad = config.replace(approach="transfer", finetune_epochs=2,
+                         warmup_epochs=2, lr_decay=1.0, epochs=5)
+    with pytest.raises(tl_keras.InputError, match="warmup_epochs"):
+        compare(bad)
+    assert not os.path.exists(tmp_path / "w")

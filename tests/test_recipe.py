@@ -101,6 +101,27 @@ def test_layerwise_rate_scales_the_update_not_the_gradient():
     np.testing.assert_allclose(np.asarray(d), np.asarray(c), rtol=1e-4)
 
 
+def test_layerwise_rate_scales_the_weight_decay_too():
+    # Keras's own weight_decay would use the unscaled rate: a bottom block
+    # trained at a quarter of the rate would be decayed at the full one.
+    a = keras.Variable(np.ones(3, "float32"), name="a")
+    b = keras.Variable(np.ones(3, "float32"), name="b")
+    bias = keras.Variable(np.ones(3, "float32"), name="bias")
+    optimizer = models.ScaledAdam(lr_multipliers={b.path: 0.25},
+                                  decoupled_decay=0.1, no_decay=("bias",),
+                                  learning_rate=0.01)
+    zeros = np.zeros(3, "float32")
+    optimizer.apply([zeros, zeros, zeros], [a, b, bias])
+    np.testing.assert_allclose(np.asarray(a), 1 - 0.01 * 0.1, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(b), 1 - 0.25 * 0.01 * 0.1,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(bias), 1.0)
+    # The settings survive saving (a model.keras holds its optimizer).
+    again = models.ScaledAdam.from_config(optimizer.get_config())
+    assert (again.decoupled_decay, again.no_decay, again.lr_multipliers) == (
+        0.1, ("bias",), {b.path: 0.25})
+
+
 def test_layer_multipliers_go_down_the_blocks():
     built = tl_keras.build_backbone("compact_cnn", "none", 32)
     model = models.build_classifier(built, 3)

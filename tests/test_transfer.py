@@ -229,6 +229,15 @@ def test_feature_standardization_standardizes_and_stays_out_of_training():
     np.testing.assert_allclose(out[:, :2].std(0), 1.0, atol=3e-3)
     np.testing.assert_allclose(out[:, 2], 0.0, atol=1e-5)
     assert layer.trainable_weights == []
+    # A channel that fires on one image in a thousand is not scaled
+    # beyond 1 / (1% of the median channel's std).
+    rare = np.random.default_rng(1).normal(0, 2.0, (1000, 4))
+    rare[:, 3] = 0.0
+    rare[7, 3] = 0.05
+    layer = models.FeatureStandardization()
+    layer.build((None, 4))
+    layer.set_statistics(rare)
+    assert np.asarray(layer.inverse_std)[3] <= 1 / (0.01 * 2.0) + 1e-3
 
 
 @pytest.mark.parametrize("cached", [True, False])

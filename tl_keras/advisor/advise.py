@@ -49,12 +49,30 @@ def advise_run(model, data, config, blocks):
         measurements["scratch"] = run
         measurements["seconds"] = round(measurements["seconds"]
                                         + run["seconds"], 1)
-    decision = decide(measurements, unfreeze, pretrained)
+    decision = _fit_unfreeze(decide(measurements, unfreeze, pretrained),
+                             blocks)
     for line in summary_lines(measurements, decision):
         log.info("%s", line)
     return {"backbone": config.model.backbone,
             "weights": config.model.weights,
             "measurements": measurements, **decision}
+
+
+def _fit_unfreeze(decision, blocks):
+    """A numeric --unfreeze larger than the blocks below the chosen one
+    would fail once the base is cut there: it becomes 'all' of them, and
+    the reason says so."""
+    block, unfreeze = decision.get("feature_block"), decision["unfreeze"]
+    names = [name for name, _ in blocks]
+    if not block or unfreeze == "all" or block not in names:
+        return decision
+    kept = names.index(block) + 1
+    if int(unfreeze) <= kept:
+        return decision
+    return {**decision, "unfreeze": "all",
+            "reason": decision["reason"] + (
+                f" --unfreeze={unfreeze} is more than the {kept} blocks up "
+                f"to {block}: all {kept} are unfrozen.")}
 
 
 def has_pretrained_weights(model_config):

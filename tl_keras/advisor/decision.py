@@ -57,7 +57,8 @@ def decide(m, unfreeze="all", pretrained=True):
       {'situation', 'approach', 'unfreeze', 'feature_block' ('' = the
       base's last layer), 'rule', 'reason', 'estimates' (a list of
       {'candidate', 'approach', 'feature_block', 'estimate', 'se',
-      'basis'}, best first within the pretrained ones)}.
+      'basis'}: the transfer estimates best first, with the finetune row
+      of the chosen layer second, then scratch's)}.
     """
     record = {"unfreeze": unfreeze, "feature_block": "", "estimates": []}
     size = _size(m)
@@ -78,9 +79,11 @@ def decide(m, unfreeze="all", pretrained=True):
                           f"head on the validation set."}
     # Ties go to the deeper layer, the last one first (the estimates list
     # it first, then the blocks bottom to top).
-    best = max(layers, key=lambda e: (e["estimate"],
-                                      layers.index(e) or len(layers)))
-    record["estimates"] = sorted(layers, key=lambda e: -e["estimate"])
+    def rank(e):
+        return e["estimate"], layers.index(e) or len(layers)
+
+    best = max(layers, key=rank)
+    record["estimates"] = sorted(layers, key=rank, reverse=True)
     pretrained_pick = _pretrained_pick(best)
     record["estimates"].insert(1, pretrained_pick["estimate_row"])
     scratch = scratch_estimate(m)

@@ -148,7 +148,8 @@ class TrainingConfig:
         "Per stage: constant, or cosine decay to 0 over the stage (after "
         "any warmup).", ("constant", "cosine"))
     warmup_epochs: int = field(
-        0, "Per stage: epochs of linear warmup from 0 to the stage's LR.")
+        0, "Per stage: epochs of linear warmup to the stage's LR (from LR / "
+           "warmup steps).")
     lr_decay: float = field(
         1.0,
         "Fine-tune stage: block k from the top trains at LR x lr_decay^k "

@@ -36,7 +36,7 @@ def augment(ds, config, shuffle=None):
     if augmenter is None:
         return ds
     if shuffle is not None:
-        shuffle.track(seed_states(augmenter))
+        shuffle.track("augment", seed_states(augmenter))
     return ds.map(lambda x, y: (augmenter(x, training=True), y),
                   num_parallel_calls=None if shuffle is not None
                   else tf.data.AUTOTUNE)

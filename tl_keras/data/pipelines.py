@@ -9,6 +9,7 @@ the model) and prefetched.
 
 import dataclasses
 import logging
+import zlib
 
 import keras
 import numpy as np
@@ -96,14 +97,15 @@ class EpochShuffle:
         self.seed = int(seed)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
                                  name="shuffle_epoch")
-        self._states = {}  # id -> random-generator state set per epoch
+        self._groups = {}  # name -> random-generator states set per epoch
 
-    def track(self, states):
+    def track(self, group, states):
         """Also sets these random-generator states (`augment.seed_states`:
-        augmentation, the model's dropout) from (seed, stage, epoch)
-        before each epoch, so a resumed epoch draws what it would have."""
-        for state in states:
-            self._states[id(state)] = state
+        the augmentation's, the model's dropout) from (seed, stage, epoch,
+        group, position) before each epoch, so a resumed epoch draws what
+        it would have. Tracking a group again replaces it (a new model in
+        a compare's next run)."""
+        self._groups[group] = list(states)
 
     def apply(self, ds, n):
         """Shuffles the n elements of `ds` in this epoch's order."""
@@ -124,10 +126,12 @@ class EpochShuffle:
 
     def set_epoch(self, stage_index, epoch):
         self.epoch.assign(stage_index * 100000 + epoch)
-        for i, state in enumerate(self._states.values()):
-            value = np.random.default_rng(
-                [self.seed, stage_index, epoch, i]).integers(0, 2**31)
-            state.assign(np.array([value, 0], state.dtype))
+        for group, states in self._groups.items():
+            tag = zlib.crc32(group.encode())
+            for i, state in enumerate(states):
+                value = np.random.default_rng(
+                    [self.seed, stage_index, epoch, tag, i]).integers(0, 2**31)
+                state.assign(np.array([value, 0], state.dtype))
 
     def callback(self, stage_index):
         """A Keras callback that selects each epoch's order."""

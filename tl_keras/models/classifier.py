@@ -64,7 +64,9 @@ def build_head(features, num_classes, dropout=0.2):
       The logits tensor, (batch, num_classes), float32.
     """
     x = keras.layers.GlobalAveragePooling2D(name="pool")(features)
-    x = FeatureStandardization(name="feature_norm")(x)
+    # float32, like the logits: a rare channel's scaled value can pass
+    # float16's range.
+    x = FeatureStandardization(name="feature_norm", dtype="float32")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
@@ -82,9 +84,15 @@ def standardize_head(model, features):
 def head_state(model):
     """The weights that change while the head trains on a frozen base:
     the trainable ones, then the feature standardisation's statistics."""
-    norm = ([] if "feature_norm" not in {layer.name for layer in model.layers}
-            else model.get_layer("feature_norm").weights)
-    return list(model.trainable_weights) + list(norm)
+    return list(model.trainable_weights) + weights_of_norm(model)
+
+
+def weights_of_norm(model):
+    """The feature standardisation's statistics ([] for a classifier saved
+    by tl_keras 0.1, which has none)."""
+    if "feature_norm" not in {layer.name for layer in model.layers}:
+        return []
+    return list(model.get_layer("feature_norm").weights)
 
 
 def get_base(model):

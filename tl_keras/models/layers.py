@@ -128,15 +128,20 @@ class FeatureStandardization(keras.layers.Layer):
         scale = keras.ops.cast(self.inverse_std, x.dtype)
         return (x - mean) * scale
 
-    def set_statistics(self, features, epsilon=1e-3):
+    def set_statistics(self, features, epsilon=1e-3, floor=0.01):
         """Sets the mean and 1 / (std + epsilon) of `features` [n,
-        channels] (numpy; computed in float64). A channel that (nearly)
-        never varies is centred, not scaled: dividing by its tiny spread
-        would blow up its noise."""
+        channels] (numpy; computed in float64). A channel's std counts as
+        at least `floor` x the median channel's: a channel that fires on
+        one sampled image in a thousand would otherwise be scaled up a
+        hundredfold and, on an unseen image where it fires, swamp the
+        rest. A channel that never varies is centred only."""
         features = np.asarray(features, np.float64)
         std = features.std(axis=0)
+        varying = std > epsilon
+        if varying.any():
+            std = np.maximum(std, floor * np.median(std[varying]))
         self.mean.assign(features.mean(axis=0).astype("float32"))
-        self.inverse_std.assign(np.where(std > epsilon, 1.0 / (std + epsilon),
+        self.inverse_std.assign(np.where(varying, 1.0 / (std + epsilon),
                                          1.0).astype("float32"))
 
     def compute_output_shape(self, input_shape):

@@ -16,27 +16,47 @@ import keras
 @keras.saving.register_keras_serializable("tl_keras")
 class ScaledAdam(keras.optimizers.Adam):
     """Adam whose update of variable v uses learning_rate x
-    lr_multipliers[v.path] (1 for a path not listed)."""
+    lr_multipliers[v.path] (1 for a path not listed), with decoupled
+    weight decay (AdamW: v -= v x decoupled_decay x that same rate, before
+    the Adam step, as Keras's AdamW orders them) on every variable whose
+    name contains none of `no_decay`.
 
-    def __init__(self, lr_multipliers=None, **kwargs):
+    The decay is applied here and not by Keras's own `weight_decay`, which
+    uses the unscaled learning rate: a bottom block updated at 1 % of the
+    rate would still be decayed at the full one, shrinking its pretrained
+    weights toward zero.
+    """
+
+    def __init__(self, lr_multipliers=None, decoupled_decay=0.0,
+                 no_decay=(), **kwargs):
         super().__init__(**kwargs)
         self.lr_multipliers = dict(lr_multipliers or {})
+        self.decoupled_decay = float(decoupled_decay)
+        self.no_decay = tuple(no_decay)
 
     def build(self, var_list):
         super().build(var_list)
         self._multiplier_by_index = [
             float(self.lr_multipliers.get(v.path, 1.0)) for v in var_list]
+        self._decays = [not any(part in v.name for part in self.no_decay)
+                        for v in var_list]
 
     def update_step(self, gradient, variable, learning_rate):
-        factor = self._multiplier_by_index[
-            self._get_variable_index(variable)]
+        index = self._get_variable_index(variable)
+        factor = self._multiplier_by_index[index]
         if factor != 1.0:
             learning_rate = learning_rate * factor
+        if self.decoupled_decay and self._decays[index]:
+            rate = keras.ops.cast(learning_rate, variable.dtype)
+            variable.assign(variable - variable * rate * keras.ops.cast(
+                self.decoupled_decay, variable.dtype))
         return super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
         return {**super().get_config(),
-                "lr_multipliers": self.lr_multipliers}
+                "lr_multipliers": self.lr_multipliers,
+                "decoupled_decay": self.decoupled_decay,
+                "no_decay": list(self.no_decay)}
 
 
 @keras.saving.register_keras_serializable("tl_keras")

@@ -45,14 +45,11 @@ def make_optimizer(training, lr, epochs, steps, multipliers=None):
     {variable path: factor} scale single variables' learning rates
     (`layer_multipliers`)."""
     rate = learning_rate(training, lr, epochs, steps)
-    decay = training.weight_decay if training.optimizer == "adamw" else None
+    decay = training.weight_decay if training.optimizer == "adamw" else 0.0
     if not multipliers and not decay:
         return keras.optimizers.Adam(rate)
-    optimizer = ScaledAdam(lr_multipliers=multipliers, learning_rate=rate,
-                           weight_decay=decay or None)
-    if decay:
-        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
-    return optimizer
+    return ScaledAdam(lr_multipliers=multipliers, decoupled_decay=decay,
+                      no_decay=NO_DECAY, learning_rate=rate)
 
 
 def layer_multipliers(model, blocks, decay):

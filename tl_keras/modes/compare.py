@@ -57,8 +57,11 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     start = time.time()
     workdir = config.runtime.workdir
     conflict = check_workdir(config, also_in_workdir)
-    data, decision, advise_seconds = _advise_first(config, data, conflict)
     budget = config.training.epochs + config.training.finetune_epochs
+    for changes in _fixed_runs(budget).values():  # before any work
+        config.replace(mode="train", **changes).validate(
+            require_data_dir=data is None)
+    data, decision, advise_seconds = _advise_first(config, data, conflict)
     runs, pick_name = _runs(config, decision, budget)
     results = {}
     for name, changes in runs.items():
@@ -94,15 +97,21 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     return summary
 
 
+def _fixed_runs(budget):
+    """The three rows: each approach with the same epoch budget (the
+    fine-tune stage's layer-wise decay does not apply to the other two)."""
+    return {
+        "scratch": dict(approach="scratch", epochs=budget, lr_decay=1.0),
+        "transfer": dict(approach="transfer", epochs=budget, lr_decay=1.0),
+        "finetune": dict(approach="finetune"),
+    }
+
+
 def _runs(config, decision, budget):
     """{run name: config changes} with the same epoch budget for each,
     and the name of the advisor's pick among them (a fourth run, 'auto',
     when it picks another layer or unfreeze setting than the rows')."""
-    runs = {
-        "scratch": dict(approach="scratch", epochs=budget),
-        "transfer": dict(approach="transfer", epochs=budget),
-        "finetune": dict(approach="finetune"),
-    }
+    runs = _fixed_runs(budget)
     pick_name = decision["approach"]
     block = decision.get("feature_block") or config.model.feature_block
     if pick_name != "scratch" and (

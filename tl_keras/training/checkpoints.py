@@ -12,7 +12,7 @@ import numpy as np
 
 from tl_keras import io
 from tl_keras.errors import InputError
-from tl_keras.models.classifier import head_state
+from tl_keras.models.classifier import head_state, weights_of_norm
 
 log = logging.getLogger("tl_keras")
 
@@ -115,9 +115,14 @@ class StageCheckpoint(keras.callbacks.Callback):
                 values = [stored[f"arr_{i}"] for i in range(len(stored))]
             weights = head_state(model)
             if len(values) == len(model.trainable_weights) < len(weights):
-                # tl_keras 0.1's head checkpoint: no standardisation, so
-                # the layer stays the identity the head was trained with.
+                # tl_keras 0.1's head checkpoint: its head was trained on
+                # raw features, so the standardisation goes back to the
+                # identity.
                 weights = model.trainable_weights
+                for statistic in weights_of_norm(model):
+                    statistic.assign(np.zeros(statistic.shape) if "mean" in
+                                     statistic.path else
+                                     np.ones(statistic.shape))
             if len(values) != len(weights):
                 raise InputError(
                     f"Invalid checkpoint {self.path}: it holds "
@@ -174,6 +179,10 @@ class EpochBackup(keras.callbacks.Callback):
         return sorted(found, reverse=True)
 
     def on_train_begin(self, logs=None):
+        # fit() starts at model._initial_epoch when it is set, and nothing
+        # in Keras clears it: a resumed stage's epoch would carry over to
+        # the next stage's fit on the same model.
+        self.model._initial_epoch = None
         for epoch, path in self._files():
             try:
                 if not self.model.optimizer.built:
@@ -202,4 +211,5 @@ class EpochBackup(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         # The stage finished (on_train_end is not reached when killed).
+        self.model._initial_epoch = None
         shutil.rmtree(self.backup_dir, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 A run is one stage (scratch) or two (head, then finetune). Each stage
 freezes what it must (`models.configure_stage`), compiles with a fresh
-optimizer, fits with resume state (`BackupAndRestore`) and keeps its best
+optimizer, fits with resume state (`EpochBackup`) and keeps its best
 epoch (`StageCheckpoint`); a finished stage leaves `done.json` and is
 skipped when the run is resumed.
 """
@@ -76,7 +76,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     configure_stage(model, stage.name, blocks,
                     config.training.unfreeze_blocks())
     _compile(model, stage, data, config, place, blocks)
-    data.shuffle.track(seed_states(model))  # dropout: per epoch, too
+    data.shuffle.track("model", seed_states(model))  # dropout, per epoch
     stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir)
     done_path = os.path.join(stage_dir, "done.json")
     if os.path.isfile(done_path):
