@@ -2,7 +2,7 @@
 
 Used by tests/test_distribute.py as `python tests/dist_task.py FLAGS...`,
 with TF_CONFIG set by the test. Setting TL_KERAS_TEST_KILL=<stage>:<epoch>
-makes this process SIGKILL itself right after BackupAndRestore saved that
+makes this process SIGKILL itself right after EpochBackup saved that
 (1-based) epoch of that stage: a real, abrupt worker death at a known
 point, so the restart test is deterministic. Setting
 TL_KERAS_TEST_DECISION=<approach> makes this process's own advisor (if it
@@ -19,10 +19,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def install_kill_hook(spec):
-    import keras
+    sys.path.insert(0, REPO)
+    from tl_keras.training.checkpoints import EpochBackup
 
     stage, epoch = spec.split(":")
-    original = keras.callbacks.BackupAndRestore.on_epoch_end
+    original = EpochBackup.on_epoch_end
 
     def on_epoch_end(self, index, logs=None):
         original(self, index, logs)
@@ -30,7 +31,7 @@ def install_kill_hook(spec):
         if in_stage and index + 1 == int(epoch):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    keras.callbacks.BackupAndRestore.on_epoch_end = on_epoch_end
+    EpochBackup.on_epoch_end = on_epoch_end
 
 
 def install_decision_hook(approach):

@@ -62,6 +62,9 @@ def main(workdir):
         out[kind] = {stage: s["history"]["loss"]
                      for stage, s in metrics["stages"].items()}
         out[kind + "_hardware"] = metrics["hardware"]
+        out[kind + "_val_accuracy"] = {
+            stage: s["history"]["val_accuracy"]
+            for stage, s in metrics["stages"].items()}
         weights[kind] = keras.models.load_model(
             f"{workdir}/{kind}/model.keras").get_weights()
     pairs = zip(weights["one_device"], weights["mirrored"], strict=True)
