@@ -12,6 +12,7 @@ from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
 from tl_keras.advisor.statistics import (
     accuracy_variance,
     difference_se,
+    projection_se,
     scratch_projection,
     standard_error,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "linear_probe",
     "logme",
     "measure",
+    "projection_se",
     "rank",
     "scratch_epochs",
     "scratch_estimate",

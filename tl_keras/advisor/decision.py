@@ -10,8 +10,8 @@ standard error (`statistics`):
     fine-tune stage keeps its weights only when an epoch beats the head
     on the validation set;
   scratch: the short scratch run's best validation accuracy, or where its
-    climb is headed (`scratch_projection`): a lower bound of what the full
-    budget reaches.
+    climb is headed (`scratch_projection`, with the climb's own error):
+    a lower bound of what the full budget reaches.
 
 The layer with the best transfer estimate is the one trained on, by
 finetune: its estimate is at least transfer's there, and a probe that is
@@ -24,8 +24,11 @@ init, and scratch throws the pretrained weights away. docs/advisor.md
 walks through it with measured cases.
 """
 
+import math
+
 from tl_keras.advisor.statistics import (
     difference_se,
+    projection_se,
     scratch_projection,
     standard_error,
 )
@@ -139,7 +142,7 @@ def scratch_estimate(m):
     headed = projected > run["val_accuracy"]
     return {"candidate": "scratch", "approach": "scratch",
             "feature_block": "", "estimate": projected,
-            "se": standard_error(projected, n),
+            "se": projection_se(curve, n), "projected": headed,
             "basis": (f"scratch run of {run['epochs']} epochs on "
                       f"{run['images']} images: best {run['val_accuracy']:.3f}"
                       + (", headed higher at the rate it climbed over its "
@@ -159,6 +162,18 @@ def scratch_needed(estimate, n):
         needed = estimate + SCRATCH_MARGIN_SE * difference_se(
             min(needed, 1.0), estimate, n)
     return round(needed, 4)
+
+
+def needed_to_win(scratch, best):
+    """What scratch's estimate must exceed to win against the pretrained
+    `best` (estimate rows on the same validation images): `scratch_needed`
+    for a measured best; for a projected one, the pretrained estimate plus
+    SCRATCH_MARGIN_SE standard errors of the difference with the
+    projection's own, wider, error (`statistics.projection_se`)."""
+    if not scratch.get("projected"):
+        return scratch_needed(best["estimate"], scratch["images"])
+    return round(best["estimate"] + SCRATCH_MARGIN_SE * math.sqrt(
+        scratch["se"] ** 2 + best["se"] ** 2), 4)
 
 
 def _pretrained_pick(best):
@@ -188,7 +203,7 @@ def _scratch_verdict(scratch, best, m):
                        "scratch was not measured (no scratch run), and "
                        "frozen-feature scores cannot show that the "
                        "architecture trains from random init")
-    needed = scratch_needed(best["estimate"], scratch["images"])
+    needed = needed_to_win(scratch, best)
     text = (f"scratch's estimate is {scratch['estimate']:.3f} "
             f"({scratch['basis']})")
     if scratch["estimate"] <= chance + scratch["se"]:

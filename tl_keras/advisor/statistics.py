@@ -63,3 +63,20 @@ def scratch_projection(curve, n, horizon=PROJECTION_HORIZON):
     rise = max(0.0, second - max(curve[:half]) - noise)
     # The halves' midpoints are half a run apart: 2 rises per run length.
     return round(min(1.0, best + 2 * horizon * rise), 4)
+
+
+def projection_se(curve, n, horizon=PROJECTION_HORIZON):
+    """The standard error of `scratch_projection(curve, n, horizon)`: the
+    best's, plus, when the projection climbs above it, the extrapolated
+    rise's (the difference of the two halves' bests, each over n images,
+    times the 2 x horizon rises it is continued for). A climb measured on
+    a few images is uncertain, and its extrapolation more so. Rounded to
+    4 decimals."""
+    best = max(curve)
+    variance = accuracy_variance(best, n)
+    if scratch_projection(curve, n, horizon) > best:
+        half = len(curve) // 2
+        rise_variance = (accuracy_variance(max(curve[:half]), n)
+                         + accuracy_variance(max(curve[half:]), n))
+        variance += (2 * horizon) ** 2 * rise_variance
+    return round(math.sqrt(variance), 4)
