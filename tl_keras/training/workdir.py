@@ -6,8 +6,9 @@ Workdir layout:
   data.json                  each file's size and modification time
   decision.json              --approach=auto: the advisor's evidence
   checkpoints/<stage>/       best.weights.h5 (the head stage:
-                             best.trainable.npz, its trainable weights)
-                             + best.json (best by val_accuracy), backup/
+                             best.trainable.npz, its trainable weights and
+                             feature statistics) + best.json (best by
+                             val_accuracy), backup/epoch-N.weights.h5
                              (mid-stage resume state), done.json (the
                              stage finished)
   logs/<stage>.csv           one row per epoch
@@ -16,7 +17,8 @@ Workdir layout:
   export/                    SavedModel for serving
   metrics.json               what the run measured
 Running the same command again skips finished stages and resumes an
-interrupted one from its last epoch.
+interrupted one from its last epoch. While a run uses the workdir it
+holds `<workdir>.lock`.
 """
 
 import contextlib
