@@ -60,8 +60,8 @@ def scan_folder(data_dir):
     if skipped:
         log.warning("Ignoring %d file(s) without an image extension (%s): "
                     "%s", len(skipped), ", ".join(IMAGE_EXTENSIONS),
-                    ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5
-                                              else ""))
+                    ", ".join(map(printable, skipped[:5]))
+                    + (" ..." if len(skipped) > 5 else ""))
     check_classes_have_images(files["train"], class_names, data_dir)
     return files, class_names, skipped
 
@@ -160,8 +160,8 @@ def _list_images(folder):
             if name.startswith("."):
                 hidden += 1
             elif not _is_utf8(path):
-                log.warning("Ignoring %r: its name is not valid UTF-8",
-                            path)
+                log.warning("Ignoring %s: its name is not valid UTF-8",
+                            printable(path))
                 ignored.append(path)
             elif name.lower().endswith(IMAGE_EXTENSIONS):
                 images.append(path)
@@ -173,6 +173,12 @@ def _list_images(folder):
         log.warning("Not following %d symlinked folder(s): %s", len(links),
                     ", ".join(links[:5]))
     return images, ignored
+
+
+def printable(path):
+    """`path` with bytes that are not UTF-8 shown as \\xNN escapes (a
+    log or report line must be valid text)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _is_utf8(name):
