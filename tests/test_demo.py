@@ -48,7 +48,14 @@ def test_short_demo_runs_all_three_approaches(tmp_path, capsys):
                              demo_pretrain_epochs=1,
                              augment="none")
     summary = demo.run_demo(config)
-    assert set(summary["results"]) == {"scratch", "transfer", "finetune"}
+    # The three approaches, plus the advisor's pick as 'auto' when it
+    # trains from an earlier block.
+    rows = set(summary["results"])
+    assert {"scratch", "transfer", "finetune"} <= rows
+    assert rows <= {"scratch", "transfer", "finetune", "auto"}
+    picks = [name for name, r in summary["results"].items()
+             if r["advisor_pick"]]
+    assert len(picks) == 1 and ("auto" in rows) == (picks == ["auto"])
     with open(os.path.join(config.runtime.workdir, "demo.json")) as f:
         assert json.load(f)["results"] == summary["results"]
     with open(os.path.join(config.runtime.workdir, "finetune",
