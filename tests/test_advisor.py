@@ -525,15 +525,17 @@ def test_scratch_run_trains_a_copy_and_leaves_the_model_alone(
         np.testing.assert_array_equal(np.asarray(got), want)
     # Once it beats what it must (here: any accuracy) it stops.
     stopped = advisor.scratch_run(model, data, config, epochs,
-                                  enough=lambda accuracy: True)
+                                  stop=lambda curve: "it won")
     assert stopped["epochs"] == 1 and stopped["planned_epochs"] == 6
     assert len(stopped["val_accuracy_curve"]) == 1
+    assert stopped["stopped"] == "it won" and "stopped" not in run
     lines = advisor.summary_lines(
         {"sample": 20, "num_classes": 3, "chance": 1 / 3, "problems": [],
          "scratch": stopped},
         {"situation": "s", "rule": "r", "approach": "scratch",
          "unfreeze": "all", "reason": "why", "estimates": []})
-    assert any("scratch run (1 of 6 epochs)" in line for line in lines)
+    assert any("scratch run (1 of 6 epochs)" in line
+               and "stopped: it won" in line for line in lines)
     # --advisor_scratch_fraction=0 skips it.
     assert advisor.scratch_epochs(config.replace(
         advisor_scratch_fraction=0.0)) == 0

@@ -51,5 +51,6 @@ def _scratch_line(run):
     label += (f" ({run['epochs']} epochs)" if planned == run["epochs"]
               else f" ({run['epochs']} of {planned} epochs)")
     curve = " ".join(f"{v:.2f}" for v in run["val_accuracy_curve"])
+    stopped = f"; stopped: {run['stopped']}" if run.get("stopped") else ""
     return (f"  {label:<28} val_accuracy {run['val_accuracy']:.3f} "
-            f"(best of {curve}; {run['seconds']:.1f} s)")
+            f"(best of {curve}; {run['seconds']:.1f} s{stopped})")

@@ -37,7 +37,7 @@ def scratch_epochs(config):
                      * config.training.epochs)
 
 
-def scratch_run(model, data, config, epochs, enough=None):
+def scratch_run(model, data, config, epochs, stop=None):
     """A short from-scratch run: `model`'s architecture with fresh random
     weights, trained on the advisor's sample of the training images (at
     most --advisor_sample) for `epochs` epochs as --approach=scratch trains
@@ -50,13 +50,14 @@ def scratch_run(model, data, config, epochs, enough=None):
     every layer goes; a small CNN can beat a weak base's features after a
     few epochs on simple images. `model` itself is not touched.
 
-    `enough(val_accuracy) -> bool`, if given, stops the run after the
-    first epoch for which it is true (the run beats the pretrained
-    estimate by the decision's margin: more epochs cannot change it).
+    `stop(curve) -> str or None`, if given, is asked after each epoch
+    with the validation accuracies so far; a sentence stops the run there
+    (it has already won, or cannot win: more epochs cannot change the
+    decision) and is kept as 'stopped'.
 
     Returns:
       {'epochs' (run), 'planned_epochs', 'images', 'val_accuracy' (best),
-      'val_accuracy_curve', 'seconds'}.
+      'val_accuracy_curve', 'seconds', 'stopped' (only if stopped)}.
     """
     start = time.time()
     data_config = config.data
@@ -74,25 +75,29 @@ def scratch_run(model, data, config, epochs, enough=None):
             recipe.steps_per_epoch(sampled, data_config.batch_size)),
         loss=recipe.make_loss(training))
 
+    curve, stopped = [], []
+
     def progress(epoch, logs):
+        curve.append(round(float(logs["val_accuracy"]), 4))
         log.info("Advisor: scratch run epoch %d/%d, val_accuracy %.3f",
-                 epoch + 1, epochs, logs["val_accuracy"])
-        if enough is not None and enough(float(logs["val_accuracy"])):
-            log.info("Advisor: the scratch run beats the pretrained "
-                     "estimate; stopping it")
+                 epoch + 1, epochs, curve[-1])
+        why = stop(curve) if stop is not None else None
+        if why:
+            log.info("Advisor: stopping the scratch run: %s", why)
+            stopped.append(why)
             scratch.stop_training = True
 
-    history = scratch.fit(
+    scratch.fit(
         _endless_batches(sample_ds, sampled, data_config),
         validation_data=data.val, epochs=epochs,
         steps_per_epoch=math.ceil(sampled / data_config.batch_size),
         verbose=0, shuffle=False,  # shuffled in _endless_batches
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=progress)])
-    curve = [round(float(v), 4) for v in history.history["val_accuracy"]]
     return {"epochs": len(curve), "planned_epochs": epochs,
             "images": sampled,
             "val_accuracy": max(curve), "val_accuracy_curve": curve,
-            "seconds": round(time.time() - start, 1)}
+            "seconds": round(time.time() - start, 1),
+            **({"stopped": stopped[0]} if stopped else {})}
 
 
 def _fresh_classifier(model, config):
