@@ -8,6 +8,7 @@ config again resumes; a finished run returns its metrics.
 
 import logging
 import os
+import shutil
 
 import keras
 
@@ -167,6 +168,7 @@ def _finish(config, model, backbone, data, place, stages, decision):
         model = keras.models.load_model(model_path)
     metrics.update(evaluate(model, data))
     log.info("Writing the SavedModel export")
+    _remove_stale_exports(workdir)
     export_saved_model(
         model, os.path.join(workdir, "export"), data.class_names,
         manifest=export_manifest(config.training.approach, metrics),
@@ -177,6 +179,18 @@ def _finish(config, model, backbone, data, place, stages, decision):
              metrics["test_accuracy"], metrics["test_split"],
              metrics["num_test"], workdir)
     return metrics
+
+
+def _remove_stale_exports(workdir):
+    """Removes the temporary folders (`.export-*`) of exports that a killed
+    run of this workdir left half-written: the run holds the workdir's
+    lock, so no other writer can be filling them."""
+    for name in sorted(os.listdir(workdir)):
+        path = os.path.join(workdir, name)
+        if name.startswith(".export-") and os.path.isdir(path):
+            log.info("Removing %s, an export a killed run left unfinished",
+                     path)
+            shutil.rmtree(path)
 
 
 def _auto_decision(config, model, data, blocks, place):
