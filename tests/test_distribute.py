@@ -12,6 +12,7 @@ of floating point sums (measured ~1e-7).
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import REPO, cpu_only, write_image_folder
 
 import tl_keras
@@ -256,15 +258,78 @@ def test_killed_worker_restart_resumes_to_the_same_weights(
     procs[0].wait()
     assert not os.path.exists(os.path.join(workdir, "export"))
     assert os.listdir(backup)
-    assert os.listdir(os.path.join(workdir + ".worker-1", "checkpoints",
-                                   "finetune", "backup"))
+    # Worker 1's resume state is lost (or, as after an uneven kill, behind
+    # the chief's): it goes on from the chief's epoch and weights, not
+    # from its own stage start.
+    worker_backup = os.path.join(workdir + ".worker-1", "checkpoints",
+                                 "finetune", "backup")
+    assert os.listdir(worker_backup)
+    shutil.rmtree(worker_backup)
     assert wait_all(start_workers(cluster_data, workdir)) == [0, 0]
     log = open(f"{workdir}.log0").read()
     assert "Stage head already done" in log
+    assert "Resuming the stage after epoch 1, the chief's" in open(
+        f"{workdir}.log1").read()
     with open(os.path.join(workdir, "logs", "finetune.csv")) as f:
         epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
     assert sorted(set(epochs)) == ["0", "1", "2"]
     assert max_diff(weights_of(workdir), weights_of(two_worker_run)) < 1e-5
+
+
+def test_loading_weights_creates_no_variables_once_primed(tmp_path):
+    # Keras's weight loading builds a reference Optimizer (2 variables) on
+    # every call: under MultiWorkerMirroredStrategy each is a collective,
+    # and a chief loading its resume state alone would hang the workers.
+    from tl_keras.distribute.keras_fix import prime_keras_saving
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    path = str(tmp_path / "w.weights.h5")
+    model.save_weights(path)
+    created = []
+
+    def creator(next_creator, **kwargs):
+        created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    prime_keras_saving()
+    with tf.variable_creator_scope(creator):
+        model.load_weights(path)
+        model.save_weights(path)
+    assert created == []
+
+
+@MULTI_PROCESS
+def test_a_stale_worker_folder_is_discarded_not_trusted(
+        two_worker_run, cluster_data, tmp_path):
+    # The run finished; the chief's workdir is deleted to start over, and
+    # worker 1's folder still says "complete". The same command on both
+    # must train the run again (before, worker 1 exited at once and the
+    # chief died in its first collective).
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two_worker_run + ".worker-1", workdir + ".worker-1")
+    assert json.load(open(os.path.join(workdir + ".worker-1",
+                                       "metrics.json")))["complete"]
+    codes = wait_all(start_workers(cluster_data, workdir))
+    assert codes == [0, 0], open(f"{workdir}.log0").read()[-3000:]
+    assert "Discarded" in open(f"{workdir}.log1").read()
+    assert max_diff(weights_of(workdir), weights_of(two_worker_run)) < 1e-5
+    ids = [json.load(open(os.path.join(d, "run.json")))["id"]
+           for d in (workdir, workdir + ".worker-1")]
+    assert ids[0] == ids[1] != json.load(open(os.path.join(
+        two_worker_run, "run.json")))["id"]
+    # Run again: complete on the chief, so both stop at once.
+    assert wait_all(start_workers(cluster_data, workdir), timeout=120) == [
+        0, 0]
+    assert "already complete" in open(f"{workdir}.log1").read()
+    # Other flags in the same workdir: the chief refuses, and the worker
+    # stops too instead of waiting for it in a collective.
+    other = [f if f != "--epochs=2" else "--epochs=3" for f in FLAGS]
+    assert wait_all(start_workers(cluster_data, workdir, flags=other),
+                    timeout=120) == [2, 2]
+    assert "the chief refused it" in open(f"{workdir}.log1").read()
 
 
 @MULTI_PROCESS

@@ -1,7 +1,9 @@
-"""A narrow fix for keras-team/keras#20585 (multi-worker `fit`).
+"""Narrow fixes for Keras 3 under MultiWorkerMirroredStrategy.
 
-Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy`; the patch is
-applied only while the installed Keras still has the failing code.
+Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy`
+(keras-team/keras#20585); the patch is applied only while the installed
+Keras still has the failing code. And Keras's weight loading creates
+variables on every call (`prime_keras_saving`).
 """
 
 import inspect
@@ -70,3 +72,41 @@ def patch_keras_for_multi_worker():
         log.info("Keras %s: applied the multi-worker workaround for "
                  "keras-team/keras#20585 (%s)", keras.__version__,
                  ", ".join(patched))
+
+
+def prime_keras_saving():
+    """Makes Keras's weight saving and loading create no variables, so
+    that a chief can load its resume state alone.
+
+    Every save or load walks the model with reference objects built by
+    `saving_lib.get_attr_skipset`, whose optimizer is an `Optimizer(1.0)`
+    with two variables. The function means to build them once per
+    process, but Keras 3.15 reads its cache under one key
+    ("saving_attr_skiplist_") and writes it under another
+    ("saving_attr_skipset_"), so every call builds them again. Under
+    MultiWorkerMirroredStrategy creating a variable is a collective (the
+    chief's initial value is broadcast): a chief that loads a backup
+    while a worker does not waits in a collective the worker never starts
+    (measured: "Collective instance 185 expected type 0 and data_type 2
+    but got type 1 and data_type 9"). Here, outside the strategy's scope,
+    each skip set is built once and stored under the key Keras reads.
+    Applied only while the installed Keras has the mismatched keys; the
+    cache is per thread, as Keras keeps it, and the fit loop's callbacks
+    run on this thread.
+    """
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.saving import saving_lib
+        source = inspect.getsource(saving_lib.get_attr_skipset)
+    except (ImportError, AttributeError, OSError):
+        return
+    read, written = "saving_attr_skiplist_", "saving_attr_skipset_"
+    if read not in source or written not in source:
+        return
+    for obj_type in ("Operation", "Layer", "Functional", "Sequential",
+                     "Metric", "Optimizer", "Loss"):
+        global_state.set_global_attribute(
+            read + obj_type, saving_lib.get_attr_skipset(obj_type))
+    log.info("Keras %s: cached its saving skip sets (their cache key is "
+             "misspelt), so that loading weights creates no variables",
+             keras.__version__)

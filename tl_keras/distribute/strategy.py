@@ -13,6 +13,7 @@ import logging
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tl_keras.distribute.cluster import Task, parse_tf_config
@@ -20,7 +21,10 @@ from tl_keras.distribute.compile_options import (
     resolve_jit_compile,
     resolve_precision,
 )
-from tl_keras.distribute.keras_fix import patch_keras_for_multi_worker
+from tl_keras.distribute.keras_fix import (
+    patch_keras_for_multi_worker,
+    prime_keras_saving,
+)
 from tl_keras.errors import InputError
 
 log = logging.getLogger("tl_keras")
@@ -80,6 +84,40 @@ class Placement:
                                         per_replica, axis=None)
 
         return [int(round(float(v))) for v in all_reduce().numpy()]
+
+    def sync_from_chief(self, variables):
+        """Sets `variables` on every process to the chief's values: one
+        all-reduce of them all (as float64, exact for float32 weights and
+        integer counters), in which only the chief's replicas contribute.
+
+        Resume state is read from files, and each worker has its own: a
+        worker killed one epoch before the chief, or whose folder was
+        lost, would otherwise go on from other weights than the chief's,
+        and MultiWorkerMirroredStrategy would keep the copies apart
+        silently (every copy applies the same all-reduced gradients). A
+        single process does nothing."""
+        if self.task.num_workers <= 1 or not variables:
+            return
+        local = self.replicas // self.task.num_workers
+        flat = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1])
+                          for v in variables], 0)
+        share = flat / local if self.task.is_chief else tf.zeros_like(flat)
+
+        @tf.function
+        def all_reduce(x):  # an argument: no weights baked into the graph
+            per_replica = self.strategy.run(tf.identity, args=(x,))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                        per_replica, axis=None)
+
+        values, start = all_reduce(share), 0
+        for v in variables:
+            size = int(np.prod(v.shape))
+            value = tf.reshape(values[start:start + size], v.shape)
+            dtype = tf.as_dtype(v.dtype)  # Keras variables: a string
+            if dtype.is_integer:  # e.g. the optimizer's step counter
+                value = tf.round(value)
+            v.assign(tf.cast(value, dtype))
+            start += size
 
     def policy_scope(self):
         """A context with this run's Keras dtype policy as the global one
@@ -149,6 +187,7 @@ def _strategy(kind):
     elif kind == "multi_worker":
         patch_keras_for_multi_worker()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        prime_keras_saving()  # after: collectives configure at start-up
     elif kind == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver()

@@ -162,9 +162,12 @@ class EpochBackup(keras.callbacks.Callback):
     named by its epoch cannot disagree with itself.
     """
 
-    def __init__(self, backup_dir):
+    def __init__(self, backup_dir, place=None):
         super().__init__()
         self.backup_dir = backup_dir
+        # A multi-worker run's `Placement`: every worker goes on from the
+        # chief's epoch and weights (see on_train_begin).
+        self.place = place
 
     def _files(self):
         """[(epoch, path)] of the complete backups, newest first."""
@@ -183,6 +186,28 @@ class EpochBackup(keras.callbacks.Callback):
         # in Keras clears it: a resumed stage's epoch would carry over to
         # the next stage's fit on the same model.
         self.model._initial_epoch = None
+        place = self.place
+        if place is None or place.task.num_workers <= 1:
+            self.model._initial_epoch = self._restore() or None
+            return
+        # Several workers: the chief's backup decides for every worker (its
+        # epoch, weights and optimizer state), whatever a worker's own
+        # folder holds (one epoch behind, lost, or from another run). The
+        # optimizer is built on every worker first: building creates
+        # variables, which is a collective (the chief's initial values
+        # are broadcast).
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        epoch = place.from_chief(
+            [self._restore() if place.task.is_chief else 0])[0]
+        place.sync_from_chief(self.model.weights
+                              + self.model.optimizer.variables)
+        if epoch and not place.task.is_chief:
+            log.info("Resuming the stage after epoch %d, the chief's", epoch)
+        self.model._initial_epoch = epoch or None
+
+    def _restore(self):
+        """Loads the newest readable backup; returns its epoch (0: none)."""
         for epoch, path in self._files():
             try:
                 if not self.model.optimizer.built:
@@ -195,8 +220,8 @@ class EpochBackup(keras.callbacks.Callback):
                             type(e).__name__)
                 continue
             log.info("Resuming the stage after epoch %d", epoch)
-            self.model._initial_epoch = epoch
-            return
+            return epoch
+        return 0
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.backup_dir, exist_ok=True)

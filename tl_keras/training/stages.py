@@ -79,8 +79,13 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     data.shuffle.track("model", seed_states(model))  # dropout, per epoch
     stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir)
     done_path = os.path.join(stage_dir, "done.json")
-    if os.path.isfile(done_path):
-        return _skip_done_stage(model, stage, checkpoint, done_path)
+    # In a multi-worker run the chief's folder says whether the stage is
+    # done, for every worker (`distribute.Placement.from_chief`).
+    if place.from_chief([os.path.isfile(done_path)])[0]:
+        summary = _skip_done_stage(model, stage, checkpoint, done_path,
+                                   place)
+        place.sync_from_chief(model.weights)
+        return summary
     if to_beat is not None:
         checkpoint.start_from(to_beat)
     trainable, total = _log_start(model, stage)
@@ -96,6 +101,8 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
                       stage, index, data, checkpoint, stage_dir, csv_path,
                       place, workdir) + list(callbacks),
                   verbose=1 if sys.stdout.isatty() else 2)
+    # Each worker restored its own best epoch; the chief's is the run's.
+    place.sync_from_chief(model.weights)
     summary = {
         "epochs": stage.epochs,
         "learning_rate": stage.learning_rate,
@@ -179,8 +186,15 @@ def _fit_summary(plan, extract_seconds, checkpoint, csv_path):
     }
 
 
-def _skip_done_stage(model, stage, checkpoint, done_path):
-    """A finished stage (resumed run): its best weights and summary."""
+def _skip_done_stage(model, stage, checkpoint, done_path, place):
+    """A finished stage (resumed run): its best weights and summary (a
+    worker of a multi-worker run takes the chief's weights, next)."""
+    if not place.task.is_chief:  # its weights come from the chief next
+        log.info("Stage %s is done on the chief; skipping it.", stage.name)
+        # Scores any epoch of a next stage beats: this worker keeps its
+        # own best, and then takes the chief's weights anyway.
+        return {"skipped": "done on the chief", "best_epoch": 0,
+                "best_val_loss": 1e30, "best_val_accuracy": -1.0}
     checkpoint.restore_best(model)
     summary = io.read_json(done_path)
     log.info("Stage %s already done (best val_loss %.4f at epoch %d); "
@@ -199,7 +213,7 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
         # Before the backup, so that the best weights are restored before
         # the backup is deleted at the end of training.
         checkpoint,
-        EpochBackup(os.path.join(stage_dir, "backup")),
+        EpochBackup(os.path.join(stage_dir, "backup"), place),
         keras.callbacks.CSVLogger(csv_path, append=True),
     ]
     if place.task.is_chief:

@@ -26,9 +26,8 @@ from tl_keras.training.metrics import evaluate, export_manifest
 from tl_keras.training.stages import plan_stages, run_stage
 from tl_keras.training.workdir import (
     check_same_data,
-    check_workdir,
     claim_workdir,
-    is_complete,
+    join_run,
     record_data,
     workdir_lock,
 )
@@ -67,12 +66,13 @@ def train(config, data=None, callbacks=()):
 
 def _train(config, data, place, callbacks):
     workdir = config.runtime.workdir
-    conflict = check_workdir(config)
+    conflict, complete, run_id = join_run(config, place)
     metrics_path = os.path.join(workdir, "metrics.json")
-    if not conflict and is_complete(workdir, place.task.is_chief):
+    if complete:
         log.info("Run in %s is already complete; nothing to do. Metrics: "
                  "%s", workdir, metrics_path)
-        return io.read_json(metrics_path)
+        return (io.read_json(metrics_path) if os.path.isfile(metrics_path)
+                else {"complete": True, "task": place.task.name})
     keras.utils.set_random_seed(config.data.seed)
     with place.strategy.scope():
         backbone = _build_backbone(config)
@@ -82,7 +82,7 @@ def _train(config, data, place, callbacks):
         check_same_data(workdir, data, config.data.data_dir)
     # Only now, with the config, backbone and data known to be good, is
     # anything written (a failed first try leaves no workdir behind).
-    claim_workdir(config, conflict)
+    claim_workdir(config, conflict, run_id)
     record_data(workdir, data)
     config, backbone, model, decision = _choose_approach(
         config, backbone, data, place)

@@ -4,6 +4,8 @@ Workdir layout:
   flags.cfg, config.json     the resolved config (flags.cfg is a flagfile)
   split.json                 which file went to which split
   data.json                  each file's size and modification time
+  run.json                   the run's identity (multi-worker: checked
+                             by every worker against the chief's)
   decision.json              --approach=auto: the advisor's evidence
   checkpoints/<stage>/       best.weights.h5 (the head stage:
                              best.trainable.npz, its trainable weights and
@@ -25,6 +27,8 @@ import contextlib
 import json
 import logging
 import os
+import random
+import shutil
 import socket
 import time
 
@@ -37,6 +41,8 @@ log = logging.getLogger("tl_keras")
 # Files that --mode=advise and --mode=rank write into a workdir that a
 # train run may use next.
 _MEASUREMENT_FILES = {"decision.json", "ranking.json"}
+
+RUN_FILE = "run.json"
 
 
 def check_workdir(config):
@@ -73,9 +79,10 @@ def check_workdir(config):
     return problem
 
 
-def claim_workdir(config, conflict=None):
+def claim_workdir(config, conflict=None, run_id=None):
     """Creates the workdir (moving a conflicting one aside, never deleting
-    it) and writes config.json and flags.cfg."""
+    it) and writes config.json, flags.cfg and run.json (the run's
+    identity, `join_run`)."""
     workdir = config.runtime.workdir
     if conflict:
         aside = io.move_aside(workdir)
@@ -83,6 +90,68 @@ def claim_workdir(config, conflict=None):
     os.makedirs(workdir, exist_ok=True)
     io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     io.write_text(os.path.join(workdir, "flags.cfg"), config.to_flagfile())
+    if run_id:
+        io.write_json(os.path.join(workdir, RUN_FILE), {"id": run_id})
+
+
+def join_run(config, place):
+    """Checks the workdir and agrees with the chief on which run this is.
+
+    A run's identity is a random number the chief draws when it starts a
+    workdir afresh (kept in run.json while it resumes). In a multi-worker
+    run the chief checks its workdir and sends its identity and whether
+    its run is complete in one all-reduce (`Placement.from_chief`); a
+    worker whose folder (`<workdir>.worker-N`) holds another run's state,
+    e.g. after the chief's workdir was deleted to start over, discards it
+    (moves it aside if tl_keras's run.json is missing) instead of trusting
+    its own "complete" and leaving the chief alone in a collective. If the
+    chief refuses the run (its workdir error), the workers stop too.
+
+    Returns:
+      (conflict for `claim_workdir`, whether the run is complete, id).
+    """
+    workdir, task = config.runtime.workdir, place.task
+    if task.num_workers <= 1 or task.is_chief:
+        try:
+            conflict = check_workdir(config)
+        except InputError:
+            place.from_chief([0, 0])  # 0: the workers stop too
+            raise
+        complete = not conflict and is_complete(workdir)
+        run_id = (not conflict and _stored_run_id(workdir)) or (
+            random.SystemRandom().randrange(1, 2**31))
+        place.from_chief([run_id, complete])
+        return conflict, complete, run_id
+    run_id, complete = place.from_chief([0, 0])
+    if not run_id:
+        raise InputError(
+            f"Invalid run: the chief refused it (its log says why), so "
+            f"{task.name} stops without training. Allowed: what the "
+            f"chief's error asks for. Received: a refusal from the chief")
+    stored = _stored_run_id(workdir)
+    if os.path.isdir(workdir) and stored != run_id:
+        if stored:  # tl_keras's own state of another run
+            shutil.rmtree(workdir)
+            log.warning("Discarded %s: it held %s's state of another run "
+                        "(%s; the chief's run is %s)", workdir, task.name,
+                        stored, run_id)
+        else:
+            log.warning("Moved %s to %s: it held no run identity, so "
+                        "nothing shows it belongs to the chief's run %s",
+                        workdir, io.move_aside(workdir), run_id)
+    if complete:
+        return None, True, run_id
+    return check_workdir(config), False, run_id
+
+
+def _stored_run_id(workdir):
+    path = os.path.join(workdir, RUN_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return int(io.read_json(path)["id"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def is_complete(workdir, chief=True):
