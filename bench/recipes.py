@@ -9,7 +9,7 @@ situation for each seed; the script prints the test accuracy of each
 recipe per situation (mean and spread over the seeds) and its mean
 difference to the guide's.
 
-    python bench/recipes.py --seeds=5,6            # ~1.5 h on 2 CPU cores
+    python bench/recipes.py --seeds=5,6            # ~2 h on 2 CPU cores
     python bench/recipes.py --seeds=5 --suite=toy  # the toy base only
 """
 
@@ -32,6 +32,10 @@ RECIPES = {
     "cosine+warmup": dict(lr_schedule="cosine", warmup_epochs=1),
     "lr_decay": dict(lr_decay=0.7),
     "label_smoothing": dict(label_smoothing=0.1),
+    # Li et al. 2018 searched alpha in {0.001, 0.01, 0.1, 1}; the middle.
+    "l2sp": dict(l2sp=0.01),
+    # Added to the situation's own augmentation (see run()).
+    "randaugment": dict(augment="+randaugment"),
 }
 RECIPES["tuned"] = {k: v for r in RECIPES.values() for k, v in r.items()}
 
@@ -42,6 +46,10 @@ SITUATIONS = {"vgg": ("vgg few + different", "vgg few + similar"),
 
 def run(name, folder, augment, backbone, weights, recipe, seed, root, args):
     toy = backbone.endswith(".keras")
+    options = {"augment": augment, **RECIPES[recipe]}
+    if options["augment"].startswith("+"):
+        options["augment"] = ",".join(
+            a for a in (augment, options["augment"][1:]) if a != "none")
     config = tl_keras.Config(
         data_dir=folder, workdir=os.path.join(
             root, f"{name}_{recipe}_{seed}".replace(" ", "_")),
@@ -49,7 +57,7 @@ def run(name, folder, augment, backbone, weights, recipe, seed, root, args):
         approach="finetune", epochs=args.epochs,
         finetune_epochs=args.finetune_epochs,
         learning_rate=0.003 if toy else 1e-3, finetune_learning_rate=1e-4,
-        batch_size=16, augment=augment, seed=42 + seed, **RECIPES[recipe])
+        batch_size=16, seed=42 + seed, **options)
     return tl_keras.train(config)["test_accuracy"]
 
 

@@ -162,6 +162,25 @@ def test_augmentation_runs_in_tf_data_on_train_only(tiny_config):
     np.testing.assert_array_equal(a, b)  # same images, shuffled
 
 
+def test_randaugment_runs_in_tf_data_and_replays_per_epoch(tiny_config):
+    # RandAugment (Keras 3 core) on the pipeline's 0-255 pixels: images
+    # change and stay in range, and its random state is tracked per epoch
+    # like the other augmentations' (a resumed epoch draws the same ops).
+    config = tiny_config.replace(batch_size=64, augment="randaugment")
+    data = tl_keras.make_datasets(config, SIZE)
+    plain = tl_keras.make_datasets(config.replace(augment="none"), SIZE)
+
+    def epoch(d, number):
+        d.shuffle.set_epoch(1, number)
+        return next(iter(d.train))[0].numpy()
+
+    first = epoch(data, 0)
+    assert 0 <= first.min() and first.max() <= 255
+    assert not np.array_equal(first, epoch(plain, 0))  # same order, changed
+    np.testing.assert_array_equal(first, epoch(data, 0))  # replayed
+    assert not np.array_equal(first, epoch(data, 1))
+
+
 def test_resize_is_the_same_eagerly_and_in_tf_data():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 45, 61, 3), dtype=np.uint8)

@@ -8,6 +8,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tl_keras
 from tl_keras import models
@@ -154,6 +155,44 @@ def test_label_smoothing_matches_its_formula():
     assert float(none) == pytest.approx(float(plain), rel=1e-5)
 
 
+def test_l2sp_is_zero_at_the_pretrained_weights_and_pulls_back():
+    model = _dense_and_norms()
+    variables = model.get_layer("dense").trainable_weights
+    release = recipe.anchor_to_pretrained(variables, 0.5)
+    assert float(sum(model.losses)) == 0.0  # at w0
+    for v in variables:
+        v.assign(np.asarray(v) + 2.0)
+    with tf.GradientTape() as tape:
+        penalty = sum(model.losses)
+    # 0.5 / 2 x (2^2 per element), over the kernel's 12 and the bias's 3.
+    assert float(penalty) == pytest.approx(0.25 * 4 * 15)
+    for grad in tape.gradient(penalty, [v.value for v in variables]):
+        # strength x (w - w0) = 0.5 x 2: back toward w0, each element.
+        np.testing.assert_allclose(np.asarray(grad), 1.0, rtol=1e-6)
+    release()
+    assert model.losses == []
+
+
+def test_l2sp_in_fit_keeps_the_weights_near_their_start():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = rng.normal(size=(64, 3)).astype("float32")
+
+    def moved(strength):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        start = [np.asarray(w) for w in model.weights]
+        if strength:
+            recipe.anchor_to_pretrained(model.trainable_weights, strength)
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        model.fit(x, y, epochs=5, batch_size=16, shuffle=False, verbose=0)
+        return sum(float(np.sum((np.asarray(w) - s) ** 2))
+                   for w, s in zip(model.weights, start, strict=True))
+
+    free, anchored = moved(0.0), moved(1.0)
+    assert free > 0.01 and anchored < 0.5 * free
+
+
 @pytest.mark.parametrize("changes, field", [
     (dict(lr_decay=0.0), "lr_decay"),
     (dict(lr_decay=1.5), "lr_decay"),
@@ -166,6 +205,9 @@ def test_label_smoothing_matches_its_formula():
     (dict(warmup_epochs=3, finetune_epochs=3), "warmup_epochs"),
     (dict(lr_schedule="step"), "lr_schedule"),
     (dict(optimizer="sgd"), "optimizer"),
+    (dict(l2sp=-0.1), "l2sp"),
+    (dict(l2sp=0.1, approach="scratch"), "l2sp"),
+    (dict(l2sp=0.1, approach="transfer"), "l2sp"),
 ])
 def test_bad_recipe_values_name_the_flag(changes, field):
     config = tl_keras.Config(data_dir="d", workdir="w", **changes)
@@ -181,7 +223,8 @@ def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
         backbone="mobilenet_v2", image_size=32, approach="finetune",
         epochs=2, finetune_epochs=2, optimizer="adamw", weight_decay=0.05,
         lr_schedule="cosine", warmup_epochs=1, lr_decay=0.7,
-        label_smoothing=0.1, finetune_learning_rate=1e-3, augment="none")
+        label_smoothing=0.1, l2sp=0.01, finetune_learning_rate=1e-3,
+        augment="none")
     built = tl_keras.build_backbone("mobilenet_v2", "none", 32)
     stats = {layer.name: [np.asarray(w) for w in (layer.moving_mean,
                                                   layer.moving_variance)]
@@ -191,8 +234,10 @@ def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
     finetune = metrics["stages"]["finetune"]
     assert finetune["recipe"] == {
         "optimizer": "adamw", "weight_decay": 0.05, "lr_schedule": "cosine",
-        "warmup_epochs": 1, "lr_decay": 0.7, "label_smoothing": 0.1}
+        "warmup_epochs": 1, "lr_decay": 0.7, "label_smoothing": 0.1,
+        "l2sp": 0.01}
     assert metrics["stages"]["head"]["recipe"]["lr_decay"] == 1.0
+    assert metrics["stages"]["head"]["recipe"]["l2sp"] == 0.0
     model = keras.models.load_model(
         os.path.join(config.runtime.workdir, "model.keras"))
     base = models.get_base(model)

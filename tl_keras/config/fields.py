@@ -14,7 +14,7 @@ TRAINED_APPROACHES = ("scratch", "transfer", "finetune")  # what auto picks
 APPROACHES = TRAINED_APPROACHES + ("auto",)
 MODES = ("train", "demo", "export", "predict", "evaluate", "advise", "rank",
          "compare")
-AUGMENTATIONS = ("flip", "rotation", "zoom")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "randaugment")
 JIT_CHOICES = ("auto", "true", "false")
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

@@ -43,7 +43,8 @@ class DataConfig:
     augment: str = field(
         "flip,rotation,zoom",
         "Comma-separated training augmentations run in tf.data "
-        "(flip, rotation, zoom), or 'none'.",
+        "(flip, rotation, zoom, randaugment: Keras's RandAugment, 2 ops "
+        "at magnitude 0.5), or 'none'.",
     )
     cache_budget_mb: int = field(
         1024,
@@ -157,6 +158,10 @@ class TrainingConfig:
         "1 = one LR for all.")
     label_smoothing: float = field(
         0.0, "Label smoothing of the cross-entropy loss, in [0, 1).")
+    l2sp: float = field(
+        0.0, "Fine-tune stage: L2-SP, a penalty l2sp/2 x ||w - w0||^2 "
+             "pulling the unfrozen base weights w toward their pretrained "
+             "values w0 (Li et al. 2018); 0 = off.")
     feature_cache: bool = field(
         True,
         "Train the head of a frozen base on pooled features computed once "
@@ -192,10 +197,14 @@ class TrainingConfig:
         check_fraction("label_smoothing", self.label_smoothing, 0.0, 1.0,
                        open_high=True)
         check_fraction("lr_decay", self.lr_decay, 0.0, 1.0, open_low=True)
-        if self.lr_decay < 1 and self.approach in ("scratch", "transfer"):
-            fail("lr_decay", "1 unless --approach=finetune or auto (it "
-                 "scales the fine-tune stage's blocks)",
-                 f"{self.lr_decay} with approach={self.approach}")
+        check_fraction("l2sp", self.l2sp, 0.0, 10.0)
+        for name, off, what in (("lr_decay", 1.0, "scales"),
+                                ("l2sp", 0.0, "regularises")):
+            value = getattr(self, name)
+            if value != off and self.approach in ("scratch", "transfer"):
+                fail(name, f"{off:g} unless --approach=finetune or auto (it "
+                     f"{what} the fine-tune stage's blocks)",
+                     f"{value} with approach={self.approach}")
         shortest = min(self.epochs, self.finetune_epochs
                        if self.approach in ("finetune", "auto")
                        else self.epochs)

@@ -18,6 +18,13 @@ def build_augmenter(names, seed):
         layers.append(keras.layers.RandomRotation(0.1, seed=seed))
     if "zoom" in names:
         layers.append(keras.layers.RandomZoom(0.1, seed=seed))
+    if "randaugment" in names:
+        # Keras 3's core RandAugment (Cubuk et al. 2020: 2 of 14 ops per
+        # image at magnitude 0.5, its defaults) on the 0-255 pixels of the
+        # pipeline. keras-cv's augmentation layers, archived upstream, were
+        # superseded by these core layers; tl_keras uses none of keras-cv.
+        layers.append(keras.layers.RandAugment(value_range=(0, 255),
+                                               seed=seed))
     return keras.Sequential(layers, name="augment") if layers else None
 
 

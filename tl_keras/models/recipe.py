@@ -1,6 +1,6 @@
 """A stage's optimizer, learning-rate schedule and loss: the recipe
 options (--optimizer, --weight_decay, --lr_schedule, --warmup_epochs,
---lr_decay, --label_smoothing). Their defaults are the Keras guide's
+--lr_decay, --label_smoothing, --l2sp). Their defaults are the Keras guide's
 recipe exactly: plain Adam at one constant learning rate, sparse
 cross-entropy."""
 
@@ -81,4 +81,43 @@ def describe(training, stage_name):
             "warmup_epochs": training.warmup_epochs,
             "lr_decay": training.lr_decay if stage_name == "finetune"
             else 1.0,
-            "label_smoothing": training.label_smoothing}
+            "label_smoothing": training.label_smoothing,
+            "l2sp": training.l2sp if stage_name == "finetune" else 0.0}
+
+
+class L2SP:
+    """L2-SP (Li, Grandvalet and Davoine, ICML 2018) on one variable:
+    `strength` / 2 x ||w - w0||^2, where w0 is its pretrained value. Its
+    gradient, strength x (w - w0), pulls the weight back toward w0, which
+    on small data keeps a fine-tune from forgetting what the base knew
+    (plain weight decay pulls toward 0 instead)."""
+
+    def __init__(self, anchor, strength):
+        self.anchor = anchor
+        self.strength = float(strength)
+
+    def __call__(self, weight):
+        return 0.5 * self.strength * keras.ops.sum(
+            keras.ops.square(weight - self.anchor))
+
+
+def anchor_to_pretrained(variables, strength):
+    """Puts an `L2SP` penalty on each of `variables` (the unfrozen base
+    weights at the start of the fine-tune stage: their pretrained values,
+    as the head stage leaves the base untouched). Keras adds each
+    variable's regularizer to the training loss (so val_loss includes
+    it, as with any Keras regularizer).
+
+    Returns:
+      A function that takes the penalties off again.
+    """
+    for variable in variables:
+        anchor = keras.Variable(keras.ops.convert_to_tensor(variable),
+                                trainable=False,
+                                name=variable.name + "_pretrained")
+        variable.regularizer = L2SP(anchor, strength)
+
+    def release():
+        for variable in variables:
+            variable.regularizer = None
+    return release

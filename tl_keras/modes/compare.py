@@ -100,12 +100,17 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     return summary
 
 
+# The fine-tune stage's options, off for the rows without one.
+_FINETUNE_OFF = dict(lr_decay=1.0, l2sp=0.0)
+
+
 def _fixed_runs(budget):
     """The three rows: each approach with the same epoch budget (the
-    fine-tune stage's layer-wise decay does not apply to the other two)."""
+    fine-tune stage's options do not apply to the other two)."""
     return {
-        "scratch": dict(approach="scratch", epochs=budget, lr_decay=1.0),
-        "transfer": dict(approach="transfer", epochs=budget, lr_decay=1.0),
+        "scratch": dict(approach="scratch", epochs=budget, **_FINETUNE_OFF),
+        "transfer": dict(approach="transfer", epochs=budget,
+                         **_FINETUNE_OFF),
         "finetune": dict(approach="finetune"),
     }
 

@@ -82,10 +82,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     # In a multi-worker run the chief's folder says whether the stage is
     # done, for every worker (`distribute.Placement.from_chief`).
     if place.from_chief([os.path.isfile(done_path)])[0]:
-        summary = _skip_done_stage(model, stage, checkpoint, done_path,
-                                   place)
-        place.sync_from_chief(model.weights)
-        return summary
+        return _skip_done_stage(model, stage, checkpoint, done_path, place)
     if to_beat is not None:
         checkpoint.start_from(to_beat)
     trainable, total = _log_start(model, stage)
@@ -95,14 +92,9 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
                                     data, model)
     fit_model, train_ds, val_ds, extract_seconds = _fit_inputs(
         model, stage, data, config, place, plan)
-    fit_model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs,
-                  shuffle=False,  # tf.data already shuffles the train set
-                  callbacks=_stage_callbacks(
-                      stage, index, data, checkpoint, stage_dir, csv_path,
-                      place, workdir) + list(callbacks),
-                  verbose=1 if sys.stdout.isatty() else 2)
-    # Each worker restored its own best epoch; the chief's is the run's.
-    place.sync_from_chief(model.weights)
+    _fit(model, fit_model, train_ds, val_ds, stage, config, place,
+         _stage_callbacks(stage, index, data, checkpoint, stage_dir,
+                          csv_path, place, workdir) + list(callbacks))
     summary = {
         "epochs": stage.epochs,
         "learning_rate": stage.learning_rate,
@@ -119,6 +111,34 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     if plan and plan["spill"]:
         feature_cache.remove_spilled(workdir)
     return summary
+
+
+def _fit(model, fit_model, train_ds, val_ds, stage, config, place,
+         callbacks):
+    """fit() of the stage (with --l2sp's penalty on during a fine-tune),
+    then every worker takes the chief's weights."""
+    release = _anchor(model, stage, config.training)
+    try:
+        fit_model.fit(
+            train_ds, validation_data=val_ds, epochs=stage.epochs,
+            shuffle=False,  # tf.data already shuffles the train set
+            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    finally:
+        release()
+    # Each worker restored its own best epoch; the chief's is the run's.
+    place.sync_from_chief(model.weights)
+
+
+def _anchor(model, stage, training):
+    """--l2sp: the fine-tune stage's unfrozen base weights penalised
+    toward their values now, the pretrained ones (`recipe.L2SP`); returns
+    the function that removes the penalty."""
+    if stage.name != "finetune" or not training.l2sp:
+        return lambda: None
+    variables = model.get_layer("backbone").trainable_weights
+    log.info("L2-SP: %d base variables penalised toward their pretrained "
+             "values (strength %g)", len(variables), training.l2sp)
+    return recipe.anchor_to_pretrained(variables, training.l2sp)
 
 
 def _check_outcome(stage, checkpoint, to_beat, summary):
@@ -187,15 +207,17 @@ def _fit_summary(plan, extract_seconds, checkpoint, csv_path):
 
 
 def _skip_done_stage(model, stage, checkpoint, done_path, place):
-    """A finished stage (resumed run): its best weights and summary (a
-    worker of a multi-worker run takes the chief's weights, next)."""
-    if not place.task.is_chief:  # its weights come from the chief next
+    """A finished stage (resumed run): its best weights and summary (the
+    workers of a multi-worker run take the chief's weights)."""
+    if not place.task.is_chief:
         log.info("Stage %s is done on the chief; skipping it.", stage.name)
+        place.sync_from_chief(model.weights)
         # Scores any epoch of a next stage beats: this worker keeps its
         # own best, and then takes the chief's weights anyway.
         return {"skipped": "done on the chief", "best_epoch": 0,
                 "best_val_loss": 1e30, "best_val_accuracy": -1.0}
     checkpoint.restore_best(model)
+    place.sync_from_chief(model.weights)
     summary = io.read_json(done_path)
     log.info("Stage %s already done (best val_loss %.4f at epoch %d); "
              "skipping it.", stage.name, summary["best_val_loss"],
