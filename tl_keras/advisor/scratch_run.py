@@ -45,10 +45,9 @@ def scratch_run(model, data, config, epochs, stop=None):
     the validation set after each epoch.
 
     Its best validation accuracy is an early point on scratch's learning
-    curve: a lower bound of what scratch reaches with the full budget.
-    Frozen features, pretrained or random, cannot show how far training
-    every layer goes; a small CNN can beat a weak base's features after a
-    few epochs on simple images. `model` itself is not touched.
+    curve: a lower bound of what scratch reaches with the full budget
+    (frozen features cannot show how far training every layer goes).
+    `model` itself is not touched.
 
     `stop(curve) -> str or None`, if given, is asked after each epoch
     with the validation accuracies so far; a sentence stops the run there
