@@ -126,6 +126,13 @@ def _choose_approach(config, backbone, data, place):
     cut = block != config.model.feature_block
     config = config.replace(approach=decision["approach"],
                             unfreeze=decision["unfreeze"], feature_block=block)
+    unused = [f"--{name}={value:g}" for name, value, off in (
+        ("lr_decay", config.training.lr_decay, 1.0),
+        ("l2sp", config.training.l2sp, 0.0)) if value != off]
+    if unused and config.training.approach != "finetune":
+        log.warning("The advisor picked %s, which has no fine-tune stage: "
+                    "%s not used", config.training.approach,
+                    ", ".join(unused))
     # The scratch run re-seeds; a resumed run skips it, so seed again for
     # both to continue alike.
     keras.utils.set_random_seed(config.data.seed)
