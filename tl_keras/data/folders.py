@@ -127,8 +127,9 @@ def _subfolders(path):
     bad = [name for name in names if not _is_utf8(name)]
     if bad:
         raise InputError(
-            f"Invalid data_dir: the folder name(s) {', '.join(map(repr, bad))}"
-            f" in {path!r} are not valid UTF-8 (class names go into the "
+            f"Invalid data_dir: the folder name(s) "
+            f"{', '.join(printable(name) for name in bad)} in "
+            f"{printable(path)} are not valid UTF-8 (class names go into the "
             f"export's label map). Allowed: UTF-8 folder names. Received: "
             f"{len(bad)} such folder(s)")
     return names
