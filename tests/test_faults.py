@@ -4,7 +4,7 @@ run that was never killed.
 
 Each kill is real (tests/fault_task.py: `os.kill(pid, SIGKILL)` inside the
 process, no exception, no cleanup) and lands at a known point. One workdir
-is killed nine times in a row, each rerun dying at the next point, then
+is killed ten times in a row, each rerun dying at the next point, then
 finishes; its model, history and export are compared with an uninterrupted
 run of the same flags in the same way (a subprocess). Default augmentation
 (flip, rotation, zoom) and head dropout are on, so the comparison also
@@ -22,8 +22,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-from tests.conftest import REPO, write_image_folder
+from conftest import REPO, write_image_folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,6 +55,10 @@ FAULTS = [
     ("writing an epoch backup (fine-tune), before the rename",
      "write:finetune/backup/epoch-000003:before",
      ["checkpoints/finetune/backup/epoch-000002.weights.h5"],
+     ["checkpoints/finetune/done.json"]),
+    ("between the fine-tune stage's end and its done.json",
+     "write:finetune/done.json:before",
+     ["checkpoints/finetune/backup/epoch-000003.weights.h5"],
      ["checkpoints/finetune/done.json"]),
     ("writing model.keras, before the rename", "write:run/model.keras:before",
      ["checkpoints/finetune/done.json"], ["model.keras"]),

@@ -235,6 +235,11 @@ class EpochBackup(keras.callbacks.Callback):
                 os.remove(old_path)
 
     def on_train_end(self, logs=None):
-        # The stage finished (on_train_end is not reached when killed).
+        # The stage's fit finished. The backups stay until the stage is
+        # marked done (`remove`): killed in between, the rerun resumes
+        # after the last epoch instead of training the stage again.
         self.model._initial_epoch = None
+
+    def remove(self):
+        """Deletes the backups (once the stage's done.json is written)."""
         shutil.rmtree(self.backup_dir, ignore_errors=True)

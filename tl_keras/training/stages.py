@@ -106,8 +106,9 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         "seconds_this_process": round(time.time() - start, 1),
         **_fit_summary(plan, extract_seconds, checkpoint, csv_path),
     }
-    _check_outcome(stage, checkpoint, to_beat, summary)
+    _check_outcome(stage, checkpoint, to_beat, summary, place)
     io.write_json(done_path, summary)
+    EpochBackup(os.path.join(stage_dir, "backup")).remove()
     if plan and plan["spill"]:
         feature_cache.remove_spilled(workdir)
     return summary
@@ -141,11 +142,12 @@ def _anchor(model, stage, training):
     return recipe.anchor_to_pretrained(variables, training.l2sp)
 
 
-def _check_outcome(stage, checkpoint, to_beat, summary):
+def _check_outcome(stage, checkpoint, to_beat, summary, place):
     """Says when a stage kept the previous stage's weights; after a stage
     that stopped on a NaN / Inf loss, keeps its best epoch before that (or
     the previous stage's weights) and says so, or fails when there is
-    none."""
+    none (as the chief's checkpoint says, on every worker: one failing
+    alone would leave the others in a collective)."""
     if to_beat is not None and checkpoint.best_epoch == 0:
         log.info("No %s epoch beat the previous stage on the validation set "
                  "(val_accuracy %.4f); keeping its weights.", stage.name,
@@ -156,7 +158,9 @@ def _check_outcome(stage, checkpoint, to_beat, summary):
     summary["diverged"] = {"epoch": epoch, "batch": batch}
     rate = ("finetune_learning_rate" if stage.name == "finetune"
             else "learning_rate")
-    if checkpoint.best_epoch == 0 and to_beat is None:
+    nothing = place.from_chief([checkpoint.best_epoch == 0
+                                and to_beat is None])[0]
+    if nothing:
         raise InputError(
             f"Invalid {rate}: the {stage.name} stage diverged (loss NaN or "
             f"Inf at epoch {epoch}, batch {batch}) before any epoch "
@@ -218,6 +222,8 @@ def _skip_done_stage(model, stage, checkpoint, done_path, place):
                 "best_val_loss": 1e30, "best_val_accuracy": -1.0}
     checkpoint.restore_best(model)
     place.sync_from_chief(model.weights)
+    # Backups a kill left between done.json and their removal.
+    EpochBackup(os.path.join(os.path.dirname(done_path), "backup")).remove()
     summary = io.read_json(done_path)
     log.info("Stage %s already done (best val_loss %.4f at epoch %d); "
              "skipping it.", stage.name, summary["best_val_loss"],

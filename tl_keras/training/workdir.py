@@ -114,12 +114,12 @@ def join_run(config, place):
     if task.num_workers <= 1 or task.is_chief:
         try:
             conflict = check_workdir(config)
-        except InputError:
-            place.from_chief([0, 0])  # 0: the workers stop too
+            complete = not conflict and is_complete(workdir)
+            run_id = (not conflict and _stored_run_id(workdir)) or (
+                random.SystemRandom().randrange(1, 2**31))
+        except Exception:  # any failure here: the workers stop too
+            place.from_chief([0, 0])  # 0: a refusal
             raise
-        complete = not conflict and is_complete(workdir)
-        run_id = (not conflict and _stored_run_id(workdir)) or (
-            random.SystemRandom().randrange(1, 2**31))
         place.from_chief([run_id, complete])
         return conflict, complete, run_id
     run_id, complete = place.from_chief([0, 0])
