@@ -11,6 +11,7 @@ from tl_keras.config.config import (
 from tl_keras.config.fields import (
     APPROACHES,
     AUGMENTATIONS,
+    FINETUNE_ONLY,
     MODES,
     TRAINED_APPROACHES,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "APPROACHES",
     "AUGMENTATIONS",
     "FIELD_SECTIONS",
+    "FINETUNE_ONLY",
     "MODES",
     "RESUMABLE_FIELDS",
     "SECTIONS",

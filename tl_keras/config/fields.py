@@ -15,6 +15,9 @@ APPROACHES = TRAINED_APPROACHES + ("auto",)
 MODES = ("train", "demo", "export", "predict", "evaluate", "advise", "rank",
          "compare")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "randaugment")
+# Options of the fine-tune stage, each with the value that leaves it off:
+# the only value --approach=scratch or transfer allows.
+FINETUNE_ONLY = {"lr_decay": 1.0, "l2sp": 0.0}
 JIT_CHOICES = ("auto", "true", "false")
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

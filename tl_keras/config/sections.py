@@ -13,6 +13,7 @@ from tl_keras.config.fields import (
     APPROACHES,
     AUGMENTATIONS,
     DISTRIBUTIONS,
+    FINETUNE_ONLY,
     JIT_CHOICES,
     MODES,
     PRECISIONS,
@@ -198,12 +199,11 @@ class TrainingConfig:
                        open_high=True)
         check_fraction("lr_decay", self.lr_decay, 0.0, 1.0, open_low=True)
         check_fraction("l2sp", self.l2sp, 0.0, 10.0)
-        for name, off, what in (("lr_decay", 1.0, "scales"),
-                                ("l2sp", 0.0, "regularises")):
+        for name, off in FINETUNE_ONLY.items():
             value = getattr(self, name)
             if value != off and self.approach in ("scratch", "transfer"):
                 fail(name, f"{off:g} unless --approach=finetune or auto (it "
-                     f"{what} the fine-tune stage's blocks)",
+                     f"applies to the fine-tune stage's blocks)",
                      f"{value} with approach={self.approach}")
         shortest = min(self.epochs, self.finetune_epochs
                        if self.approach in ("finetune", "auto")

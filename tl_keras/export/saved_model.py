@@ -37,6 +37,9 @@ log = logging.getLogger("tl_keras")
 
 SIGNATURES = ("serving_default", "serve_bytes", "serve_float")
 MANIFEST_FORMAT = "tl_keras SavedModel"
+# The name prefix of the folder an export is written to before it is
+# renamed into place (a killed writer can leave one behind).
+TEMP_PREFIX = ".export-"
 
 
 def export_saved_model(model, export_dir, class_names, manifest=None,
@@ -69,7 +72,7 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
     archive = _build_archive(model, class_names)
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent)
     try:
         archive.write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)

@@ -26,6 +26,7 @@ import numpy as np
 
 from tl_keras import io
 from tl_keras.advisor.advise import advise_run, classifier_and_data
+from tl_keras.config import FINETUNE_ONLY
 from tl_keras.errors import InputError
 from tl_keras.export.saved_model import is_export
 from tl_keras.modes.compare_report import (
@@ -100,17 +101,13 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     return summary
 
 
-# The fine-tune stage's options, off for the rows without one.
-_FINETUNE_OFF = dict(lr_decay=1.0, l2sp=0.0)
-
-
 def _fixed_runs(budget):
     """The three rows: each approach with the same epoch budget (the
     fine-tune stage's options do not apply to the other two)."""
     return {
-        "scratch": dict(approach="scratch", epochs=budget, **_FINETUNE_OFF),
+        "scratch": dict(approach="scratch", epochs=budget, **FINETUNE_ONLY),
         "transfer": dict(approach="transfer", epochs=budget,
-                         **_FINETUNE_OFF),
+                         **FINETUNE_ONLY),
         "finetune": dict(approach="finetune"),
     }
 

@@ -236,10 +236,16 @@ class EpochBackup(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         # The stage's fit finished. The backups stay until the stage is
-        # marked done (`remove`): killed in between, the rerun resumes
-        # after the last epoch instead of training the stage again.
+        # marked done (`remove_backups`): killed in between, the rerun
+        # resumes after the last epoch instead of training the stage again.
         self.model._initial_epoch = None
 
-    def remove(self):
-        """Deletes the backups (once the stage's done.json is written)."""
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+def backup_dir(stage_dir):
+    """Where a stage's `EpochBackup` files are."""
+    return os.path.join(stage_dir, "backup")
+
+
+def remove_backups(stage_dir):
+    """Deletes a stage's backups (once its done.json is written)."""
+    shutil.rmtree(backup_dir(stage_dir), ignore_errors=True)

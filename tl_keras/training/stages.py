@@ -27,7 +27,12 @@ from tl_keras.models.classifier import (
     standardize_head,
 )
 from tl_keras.training import feature_cache
-from tl_keras.training.checkpoints import EpochBackup, StageCheckpoint
+from tl_keras.training.checkpoints import (
+    EpochBackup,
+    StageCheckpoint,
+    backup_dir,
+    remove_backups,
+)
 from tl_keras.training.metrics import read_history, repair_csv
 
 log = logging.getLogger("tl_keras")
@@ -108,7 +113,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     }
     _check_outcome(stage, checkpoint, to_beat, summary, place)
     io.write_json(done_path, summary)
-    EpochBackup(os.path.join(stage_dir, "backup")).remove()
+    remove_backups(stage_dir)
     if plan and plan["spill"]:
         feature_cache.remove_spilled(workdir)
     return summary
@@ -223,7 +228,7 @@ def _skip_done_stage(model, stage, checkpoint, done_path, place):
     checkpoint.restore_best(model)
     place.sync_from_chief(model.weights)
     # Backups a kill left between done.json and their removal.
-    EpochBackup(os.path.join(os.path.dirname(done_path), "backup")).remove()
+    remove_backups(os.path.dirname(done_path))
     summary = io.read_json(done_path)
     log.info("Stage %s already done (best val_loss %.4f at epoch %d); "
              "skipping it.", stage.name, summary["best_val_loss"],
@@ -241,7 +246,7 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
         # Before the backup, so that the best weights are restored before
         # the backup is deleted at the end of training.
         checkpoint,
-        EpochBackup(os.path.join(stage_dir, "backup"), place),
+        EpochBackup(backup_dir(stage_dir), place),
         keras.callbacks.CSVLogger(csv_path, append=True),
     ]
     if place.task.is_chief:

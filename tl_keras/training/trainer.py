@@ -14,11 +14,15 @@ import keras
 
 from tl_keras import advisor, io
 from tl_keras.advisor.report import choice_text
-from tl_keras.config import RESUMABLE_FIELDS, TRAINED_APPROACHES
+from tl_keras.config import (
+    FINETUNE_ONLY,
+    RESUMABLE_FIELDS,
+    TRAINED_APPROACHES,
+)
 from tl_keras.config.config import config_differences
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.distribute.strategy import placement
-from tl_keras.export.saved_model import export_saved_model
+from tl_keras.export.saved_model import TEMP_PREFIX, export_saved_model
 from tl_keras.models.backbones import build_backbone, reinitialized
 from tl_keras.models.classifier import build_classifier, check_unfreeze
 from tl_keras.training.checkpoints import save_model
@@ -126,9 +130,9 @@ def _choose_approach(config, backbone, data, place):
     cut = block != config.model.feature_block
     config = config.replace(approach=decision["approach"],
                             unfreeze=decision["unfreeze"], feature_block=block)
-    unused = [f"--{name}={value:g}" for name, value, off in (
-        ("lr_decay", config.training.lr_decay, 1.0),
-        ("l2sp", config.training.l2sp, 0.0)) if value != off]
+    unused = [f"--{name}={getattr(config.training, name):g}"
+              for name, off in FINETUNE_ONLY.items()
+              if getattr(config.training, name) != off]
     if unused and config.training.approach != "finetune":
         log.warning("The advisor picked %s, which has no fine-tune stage: "
                     "%s not used", config.training.approach,
@@ -189,12 +193,12 @@ def _finish(config, model, backbone, data, place, stages, decision):
 
 
 def _remove_stale_exports(workdir):
-    """Removes the temporary folders (`.export-*`) of exports that a killed
+    """Removes the temporary folders (`TEMP_PREFIX*`) of exports a killed
     run of this workdir left half-written: the run holds the workdir's
     lock, so no other writer can be filling them."""
     for name in sorted(os.listdir(workdir)):
         path = os.path.join(workdir, name)
-        if name.startswith(".export-") and os.path.isdir(path):
+        if name.startswith(TEMP_PREFIX) and os.path.isdir(path):
             log.info("Removing %s, an export a killed run left unfinished",
                      path)
             shutil.rmtree(path)
