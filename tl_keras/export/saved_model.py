@@ -30,6 +30,7 @@ from tl_keras.data.images import (
     resize_images,
 )
 from tl_keras.errors import InputError
+from tl_keras.export.logs import quiet_absl
 from tl_keras.export.tflite import convert_to_tflite
 from tl_keras.version import __version__
 
@@ -158,26 +159,8 @@ class _Archive:
 
     def write_out(self, path, verbose=False):
         del verbose  # the same call as ExportArchive's
-        # TensorFlow logs at INFO, through absl, the internal names of
-        # every captured variable (hundreds of numbers per signature), each
-        # checkpoint shard's timing and the fingerprint's path. A filter,
-        # not the logger's level: while saving, TensorFlow sets absl's
-        # verbosity and back, which resets that level (the CLI printed the
-        # lines although the level had been raised).
-        logger = logging.getLogger("absl")
-        quiet = _BelowWarning()
-        logger.addFilter(quiet)
-        try:
+        with quiet_absl():
             tf.saved_model.save(self.root, path, signatures=self.signatures)
-        finally:
-            logger.removeFilter(quiet)
-
-
-class _BelowWarning(logging.Filter):
-    """Drops records below WARNING."""
-
-    def filter(self, record):
-        return record.levelno >= logging.WARNING
 
 
 def _decode_within_limit(encoded, size):

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from tl_keras import inference
+from tl_keras.export.logs import quiet_absl
 
 
 def convert_to_tflite(model):
@@ -26,7 +27,8 @@ def convert_to_tflite(model):
 
     archive.add_endpoint("serving_default",
                          inference.traced(scores, model, name="images"))
-    with tempfile.TemporaryDirectory(prefix="tl_keras-tflite-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="tl_keras-tflite-") as tmp,
+          quiet_absl()):
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.target_spec.supported_ops = [
