@@ -12,8 +12,12 @@ prints each round's times and ratios and their medians.
 
     python bench/transfer_cached.py                 # 2,048 images, 160 px
     python bench/transfer_cached.py --images=256 --rounds=1  # a quick look
+    python bench/transfer_cached.py --backbone=hub_vit_tiny --size=112
 
 weights=None (no network here): speed does not depend on the weights.
+`hub_vit_tiny` is a KerasHub ViT shaped as ViT-Tiny (patch 16, 12 encoder
+layers, width 192, 3 heads), saved as a local preset and run as
+`--backbone=hub:FOLDER` (KerasHub's named presets download).
 """
 
 import argparse
@@ -61,6 +65,21 @@ def keras_guide_loop(x, y, size, epochs):
     return time.perf_counter() - start
 
 
+def vit_tiny_preset(root, size):
+    """A ViT-Tiny-shaped KerasHub preset (random weights) at `size` px in
+    root; returns its --backbone value."""
+    import keras_hub
+
+    folder = os.path.join(root, "vit_tiny")
+    keras_hub.models.ViTBackbone(
+        image_shape=(size, size, 3), patch_size=16, num_layers=12,
+        num_heads=3, hidden_dim=192, mlp_dim=768).save_to_preset(folder)
+    keras_hub.layers.ViTImageConverter(
+        image_size=(size, size), scale=1 / 127.5,
+        offset=-1).save_to_preset(folder)
+    return f"hub:{folder}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2048)
@@ -78,6 +97,8 @@ def main():
         runs.append(("keras fit", None))
     rows = []  # per round: {name: (end to end, head stage, extraction)}
     with tempfile.TemporaryDirectory() as root:
+        if args.backbone == "hub_vit_tiny":
+            args.backbone = vit_tiny_preset(root, args.size)
         for r in range(args.rounds):
             row = {}
             for name, cache in runs if r % 2 == 0 else runs[::-1]:

@@ -19,7 +19,7 @@ from tl_keras import inference
 from tl_keras.advisor.scores import score_features
 from tl_keras.data.pipelines import sample_training_set
 from tl_keras.errors import InputError
-from tl_keras.models.backbones import block_output, list_blocks
+from tl_keras.models.backbones import block_map, list_blocks
 
 log = logging.getLogger("tl_keras")
 
@@ -64,7 +64,7 @@ def measure(model, data, config, blocks=None, layers=True):
     }
     base = model.get_layer("backbone").base
     blocks = blocks if blocks is not None else list_blocks(base)
-    earlier = candidate_blocks(blocks) if layers else []
+    earlier = candidate_blocks(blocks, base) if layers else []
     extractor = _extractor(model, base, blocks, earlier)
     seed = config.data.seed
     sample_ds, sampled = sample_training_set(
@@ -83,22 +83,22 @@ def measure(model, data, config, blocks=None, layers=True):
     return out
 
 
-def candidate_blocks(blocks):
+def candidate_blocks(blocks, base=None):
     """The earlier blocks transfer is estimated from, besides the last
     layer: the body blocks (not 'stem' or 'top') half and three quarters
     up the base (rounded up), e.g. block3 and block4 of VGG16's five. Two
     depths span the small + very different case (generic features from
     the middle) without a probe per block; none when the base has fewer
-    than 3 body blocks. Blocks that do not end in a spatial map are
-    skipped."""
+    than 3 body blocks. With `base`, blocks that give neither a spatial
+    map nor tokens (`block_map`) are skipped."""
     body = [name for name, _ in blocks if name not in ("stem", "top")]
     if len(body) < 3:
         return []
     picks = []
     for share in (0.5, 0.75):
         name = body[math.ceil(share * len(body)) - 1]
-        if (name != body[-1] and name not in picks
-                and len(block_output(blocks, name).shape) == 4):
+        if name != body[-1] and name not in picks and (
+                base is None or block_map(base, blocks, name) is not None):
             picks.append(name)
     return picks
 
@@ -107,7 +107,7 @@ def _extractor(model, base, blocks, earlier):
     """Pooled features of `base`'s output and of what it passes on after
     each of the `earlier` blocks, on images preprocessed by `model`'s
     preprocessing layer."""
-    outputs = [base.output] + [block_output(blocks, b) for b in earlier]
+    outputs = [base.output] + [block_map(base, blocks, b) for b in earlier]
     multi = keras.Model(base.inputs, outputs)
     preprocess = model.get_layer("preprocess")
     pool = keras.layers.GlobalAveragePooling2D()

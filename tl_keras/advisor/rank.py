@@ -10,6 +10,7 @@ from tl_keras.advisor.measurement import measure
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
+from tl_keras.models.hub import is_hub
 from tl_keras.models.registry import get_backbone_spec
 
 log = logging.getLogger("tl_keras")
@@ -29,7 +30,7 @@ def rank(config, data=None):
     names = [b.strip() for b in config.advisor.backbones.split(",")
              if b.strip()]
     for name in names:  # every name checked before any work
-        if not name.endswith(".keras"):
+        if not (name.endswith(".keras") or is_hub(name)):
             get_backbone_spec(name)
     rows, data_by_size = [], {}
     for name in names:

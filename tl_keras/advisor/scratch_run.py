@@ -106,7 +106,8 @@ def _fresh_classifier(model, config):
     fresh = BuiltBackbone(
         base=keras.models.clone_model(model.get_layer("backbone").base,
                                       recursive=True),
-        preprocessing=preprocess.mode, image_size=int(model.input.shape[1]),
+        preprocessing=preprocess.settings(),
+        image_size=int(model.input.shape[1]),
         spec=None, source="advisor scratch run")
     # Fresh BatchNorm statistics for validation: a short run at the full
     # learning rate moves the weights faster than the architecture's slow

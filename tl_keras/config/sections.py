@@ -86,13 +86,14 @@ class ModelConfig:
     backbone: str = field(
         "efficientnet_b0",
         "A registered backbone name (e.g. mobilenet_v3_large, "
-        "efficientnet_v2_b0, resnet50) or a path to a saved .keras model.",
+        "efficientnet_v2_b0, resnet50), hub:PRESET (a KerasHub preset name "
+        "or local preset folder) or a path to a saved .keras model.",
     )
     weights: str = field(
         "imagenet",
         "imagenet | none | path to a .weights.h5 or .keras file for the "
         "backbone. A .keras backbone keeps its own weights unless a file is "
-        "given.",
+        "given; imagenet on a hub: backbone means the preset's weights.",
     )
     image_size: int = field(
         0, "Square input size in pixels; 0 = the backbone's default."
@@ -106,8 +107,9 @@ class ModelConfig:
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
-        if not self.backbone:
-            fail("backbone", "a backbone name or a .keras path", "")
+        if self.backbone.strip() in ("", "hub:"):
+            fail("backbone", "a backbone name, hub:PRESET or a .keras path",
+                 self.backbone)
         check_weights(self.weights)
         check_range("image_size", self.image_size, 0, 4096)
         check_fraction("dropout", self.dropout, open_high=True)

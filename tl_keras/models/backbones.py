@@ -14,7 +14,8 @@ import warnings
 import keras
 
 from tl_keras.errors import InputError
-from tl_keras.models.layers import Backbone
+from tl_keras.models import hub
+from tl_keras.models.layers import Backbone, TokenPooling
 from tl_keras.models.registry import (
     BackboneSpec,
     get_backbone_spec,
@@ -27,7 +28,7 @@ class BuiltBackbone:
     """A base ready to go into a classifier, with its contract."""
 
     base: keras.Model
-    preprocessing: str
+    preprocessing: str | dict  # an ImageNormalization mode or settings
     image_size: int
     spec: BackboneSpec | None
     source: str
@@ -50,12 +51,14 @@ def build_backbone(name, weights="imagenet", image_size=0, feature_block=""):
     """Builds a base by registry name or from a saved .keras model path.
 
     Args:
-      name: a registry name, or a path to a `.keras` file. A tl_keras
-        classifier's file gives its base and preprocessing; any other Keras
-        model is cut at its last rank-4 (spatial feature map) output.
+      name: a registry name, 'hub:' + a KerasHub preset (`models.hub`),
+        or a path to a `.keras` file. A tl_keras classifier's file gives
+        its base and preprocessing; any other Keras model is cut at its
+        last rank-4 (spatial feature map) output.
       weights: 'imagenet', 'none', or a path to a `.weights.h5` / `.keras`
         file holding weights for this base. A `.keras` backbone keeps its
-        own weights unless a file is given.
+        own weights unless a file is given; a hub preset keeps its own
+        for 'imagenet'.
       image_size: square input size; 0 means the spec's default.
       feature_block: optional block name (`list_blocks`): the base ends
         after that block, so the head sees earlier, more generic features.
@@ -70,6 +73,8 @@ def build_backbone(name, weights="imagenet", image_size=0, feature_block=""):
     """
     if name.endswith(".keras"):
         built = _backbone_from_model_file(name, image_size, weights)
+    elif hub.is_hub(name):
+        built = _build_hub(name, weights, image_size)
     else:
         built = _build_registered(name, weights, image_size)
     return cut_at_block(built, feature_block) if feature_block else built
@@ -91,15 +96,31 @@ def cut_at_block(built, block):
             f"block {block!r}. Allowed: one of "
             f"{', '.join(name for name, _ in blocks)}. "
             f"Received: feature_block={block!r}")
-    output = block_output(blocks, block)
-    if len(output.shape) != 4:
+    output = block_map(built.base, blocks, block)
+    if output is None:
         raise InputError(
             f"Invalid feature_block {block!r}: it gives no (batch, height, "
             f"width, channels) map. Allowed: a block of convolutional "
-            f"layers. Received: feature_block={block!r}")
+            f"layers or a transformer's encoder layer. Received: "
+            f"feature_block={block!r}")
     base = keras.Model(built.base.inputs, output, name=built.base.name)
     return dataclasses.replace(built, base=base,
                                source=f"{built.source}, cut after {block}")
+
+
+def block_map(base, blocks, block):
+    """What the base passes on after `block` as a (batch, height, width,
+    channels) map: a transformer's tokens are pooled as the base pools its
+    last layer's (its `TokenPooling`, a new layer of the same mode); None
+    when the block gives neither a map nor tokens."""
+    output = block_output(blocks, block)
+    if len(output.shape) == 3:
+        pooling = [layer for layer in base.layers
+                   if isinstance(layer, TokenPooling)]
+        if pooling:
+            return TokenPooling(pooling[0].mode,
+                                name=f"{block}_token_pool")(output)
+    return output if len(output.shape) == 4 else None
 
 
 def block_output(blocks, block):
@@ -140,6 +161,28 @@ def _build_registered(name, weights, image_size):
                          source=f"{spec.name} (weights={weights})")
 
 
+def _build_hub(name, weights, image_size):
+    base, preprocessing, size, pattern, kind = hub.load_preset(
+        name, weights, image_size)
+    spec = BackboneSpec(
+        name=name, application="", default_size=size, min_size=32,
+        preprocessing="affine", block_pattern=pattern or "",
+        module=kind) if pattern else None
+    if weights not in ("imagenet", "none"):
+        _load_weights_file(base, weights, name)
+    origin = {"imagenet": "the preset's weights",
+              "none": "random init"}.get(weights, f"weights={weights}")
+    return BuiltBackbone(base, preprocessing, size, spec,
+                         source=f"{name} ({kind}, {origin})")
+
+
+def load_model_file(path, **kwargs):
+    """keras.saving.load_model, with keras_hub imported first when the
+    file holds KerasHub layers (a classifier on a hub backbone)."""
+    hub.import_if_saved_with_hub(path)
+    return keras.saving.load_model(path, **kwargs)
+
+
 def _build_with_imagenet_weights(spec, size):
     try:
         return spec.build(size, "imagenet")
@@ -162,7 +205,7 @@ def _load_weights_file(base, path, name):
             # ...") and leaves those weights as initialised: an error here.
             warnings.filterwarnings("error", message=".*[Ss]kipping.*")
             if path.endswith(".keras"):
-                model = keras.saving.load_model(path, compile=False)
+                model = load_model_file(path, compile=False)
                 source = _find_base(model) or model
                 base.set_weights(source.get_weights())
             else:
@@ -187,10 +230,10 @@ def _backbone_from_model_file(path, image_size, weights="none"):
         raise InputError(
             f"Invalid backbone: no such file. Allowed: a registered name or "
             f"an existing .keras path. Received: backbone={path!r}")
-    model = keras.saving.load_model(path, compile=False)
+    model = load_model_file(path, compile=False)
     base = _find_base(model)
     if base is not None:
-        preprocessing = model.get_layer("preprocess").mode
+        preprocessing = model.get_layer("preprocess").settings()
         spec = lookup_spec(base.name)
     else:
         base, preprocessing, spec = _cut_at_features(model, path), "none", None

@@ -17,7 +17,7 @@ from tl_keras.errors import InputError
 from tl_keras.models.layers import (
     Backbone,
     FeatureStandardization,
-    ImageNormalization,
+    normalization_layer,
 )
 
 STAGES = ("scratch", "head", "finetune")
@@ -39,8 +39,7 @@ def build_classifier(backbone, num_classes, dropout=0.2):
     """
     size = backbone.image_size
     inputs = keras.Input((size, size, 3), name="image")
-    x = ImageNormalization(backbone.preprocessing,
-                                     name="preprocess")(inputs)
+    x = normalization_layer(backbone.preprocessing)(inputs)
     x = Backbone(backbone.base, name="backbone")(x)
     logits = build_head(x, num_classes, dropout)
     return keras.Model(inputs, logits, name="tl_keras_classifier")

@@ -1,9 +1,10 @@
-"""The three tl_keras layers saved inside every classifier.
+"""The tl_keras layers saved inside classifiers.
 
 `ImageNormalization` maps [0, 255] RGB to the range the base expects;
 `Backbone` holds the base and keeps a frozen base in inference mode;
-`FeatureStandardization` standardises the pooled features for the head.
-All are registered as Keras serializables ("tl_keras>..."), so a saved
+`FeatureStandardization` standardises the pooled features for the head;
+`TokenPooling` turns a transformer's tokens into a 1 x 1 map. All are
+registered as Keras serializables ("tl_keras>..."), so a saved
 `model.keras` loads once this module was imported (see tl_keras/__init__).
 """
 
@@ -18,20 +19,37 @@ from tl_keras.errors import InputError
 #   caffe  RGB->BGR and ImageNet mean subtraction (ResNet v1)
 #   torch  scale to [0, 1], ImageNet mean / std (DenseNet)
 #   unit   scale to [0, 1] (tl_keras's own compact_cnn)
-PREPROCESSING_MODES = ("none", "tf", "caffe", "torch", "unit")
+#   affine x * scale + offset per channel (a KerasHub preset's image
+#          converter; `scale` and `offset` are given)
+PREPROCESSING_MODES = ("none", "tf", "caffe", "torch", "unit", "affine")
 
 
 @keras.saving.register_keras_serializable("tl_keras")
 class ImageNormalization(keras.layers.Layer):
     """Maps [0, 255] RGB floats to the range a backbone expects."""
 
-    def __init__(self, mode="none", **kwargs):
+    def __init__(self, mode="none", scale=None, offset=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES:
             raise InputError(
                 f"Unknown preprocessing mode. Allowed: "
                 f"{', '.join(PREPROCESSING_MODES)}. Received: mode={mode!r}")
+        if (mode == "affine") != (scale is not None and offset is not None):
+            raise InputError(
+                f"Invalid preprocessing: scale and offset go with mode "
+                f"'affine' only. Allowed: mode='affine' with both, any "
+                f"other mode with neither. Received: mode={mode!r}, "
+                f"scale={scale!r}, offset={offset!r}")
         self.mode = mode
+        self.scale, self.offset = scale, offset
+
+    def settings(self):
+        """The preprocessing as `BuiltBackbone.preprocessing` holds it:
+        the mode, or for 'affine' a dict with its scale and offset."""
+        if self.mode != "affine":
+            return self.mode
+        return {"mode": self.mode, "scale": self.scale,
+                "offset": self.offset}
 
     def call(self, x):
         x = keras.ops.cast(x, self.compute_dtype)
@@ -49,10 +67,55 @@ class ImageNormalization(keras.layers.Layer):
             std = keras.ops.convert_to_tensor([0.229, 0.224, 0.225],
                                               self.compute_dtype)
             return (x / 255.0 - mean) / std
+        if self.mode == "affine":
+            scale = keras.ops.convert_to_tensor(self.scale,
+                                                self.compute_dtype)
+            offset = keras.ops.convert_to_tensor(self.offset,
+                                                 self.compute_dtype)
+            return x * scale + offset
         return x
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def get_config(self):
+        extra = ({"scale": self.scale, "offset": self.offset}
+                 if self.mode == "affine" else {})
+        return {**super().get_config(), "mode": self.mode, **extra}
+
+
+def normalization_layer(preprocessing, name="preprocess"):
+    """The ImageNormalization for `BuiltBackbone.preprocessing`: a mode
+    name, or a dict of settings (`ImageNormalization.settings`)."""
+    settings = (preprocessing if isinstance(preprocessing, dict)
+                else {"mode": preprocessing})
+    return ImageNormalization(**settings, name=name)
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class TokenPooling(keras.layers.Layer):
+    """Pools a transformer's token sequence (batch, tokens, hidden) into a
+    (batch, 1, 1, hidden) map, so the head and the feature cache treat it
+    as a CNN's spatial map: 'class_token' takes the first token (the one
+    a ViT's pretraining classifies from), 'mean' averages all tokens."""
+
+    MODES = ("class_token", "mean")
+
+    def __init__(self, mode="class_token", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise InputError(
+                f"Unknown token pooling. Allowed: {', '.join(self.MODES)}. "
+                f"Received: mode={mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        pooled = (x[:, 0] if self.mode == "class_token"
+                  else keras.ops.mean(x, axis=1))
+        return pooled[:, None, None, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, 1, input_shape[-1])
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}

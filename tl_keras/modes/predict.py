@@ -11,7 +11,6 @@ import io as text_io
 import logging
 import os
 
-import keras
 import numpy as np
 
 from tl_keras import io
@@ -20,6 +19,7 @@ from tl_keras.data.images import find_unreadable
 from tl_keras.errors import InputError
 from tl_keras.export.predictor import load_exported
 from tl_keras.export.saved_model import export_saved_model
+from tl_keras.models.backbones import load_model_file
 from tl_keras.training.metrics import classification_metrics, export_manifest
 
 log = logging.getLogger("tl_keras")
@@ -42,7 +42,7 @@ def export_run(config):
             f"Received: workdir={workdir!r}")
     metrics = io.read_json(metrics_path)
     approach = io.read_json(os.path.join(workdir, "config.json"))["approach"]
-    model = keras.saving.load_model(model_path, compile=False)
+    model = load_model_file(model_path, compile=False)
     target = config.export.export_dir or os.path.join(workdir, "export")
     return export_saved_model(
         model, target, metrics["class_names"],

@@ -23,8 +23,13 @@ from tl_keras.config.config import config_differences
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.distribute.strategy import placement
 from tl_keras.export.saved_model import TEMP_PREFIX, export_saved_model
-from tl_keras.models.backbones import build_backbone, reinitialized
+from tl_keras.models.backbones import (
+    build_backbone,
+    load_model_file,
+    reinitialized,
+)
 from tl_keras.models.classifier import build_classifier, check_unfreeze
+from tl_keras.models.hub import is_hub
 from tl_keras.training.checkpoints import save_model
 from tl_keras.training.metrics import evaluate, export_manifest
 from tl_keras.training.stages import plan_stages, run_stage
@@ -176,7 +181,7 @@ def _finish(config, model, backbone, data, place, stages, decision):
     if place.kind == "multi_worker":
         # Evaluate and export a process-local copy: the chief alone runs
         # them, so nothing may depend on the other workers' variables.
-        model = keras.models.load_model(model_path)
+        model = load_model_file(model_path)
     metrics.update(evaluate(model, data))
     log.info("Writing the SavedModel export")
     _remove_stale_exports(workdir)
@@ -267,9 +272,13 @@ def _build_backbone(config):
             log.info("approach=scratch trains from random init; ignoring "
                      "weights=%s", weights)
         weights = "none"
-    source = (f"weights={weights}" if not from_file
-              else "its own weights" if weights in ("imagenet", "none")
-              else f"its architecture, weights from {weights}")
+    hub = is_hub(model.backbone)
+    if (from_file or hub) and weights not in ("imagenet", "none"):
+        source = f"its architecture, weights from {weights}"
+    elif from_file or (hub and weights == "imagenet"):
+        source = "its own weights"
+    else:
+        source = f"weights={weights}"
     log.info("Building backbone %s (%s%s)", model.backbone, source,
              f"; cut after block {model.feature_block}"
              if model.feature_block else "")

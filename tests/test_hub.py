@@ -1,0 +1,374 @@
+"""KerasHub backbones (`--backbone=hub:PRESET`), offline.
+
+Named presets download from Kaggle, which these machines cannot reach, so
+every backbone here is built from an explicit config with random weights
+and saved as a local preset (`save_to_preset`: config.json, the weights,
+image_converter.json), which is the same loading path a downloaded preset
+takes once it is on disk. The download itself is tested as the failure it
+is here.
+"""
+
+import json
+import os
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import class_image, run_cli
+
+import tl_keras
+from tl_keras import data as data_lib
+from tl_keras.errors import InputError
+from tl_keras.models import (
+    build_backbone,
+    build_classifier,
+    configure_stage,
+    recipe,
+)
+
+SIZE = 32
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+def _vit(class_token=True):
+    return keras_hub.models.ViTBackbone(
+        image_shape=(SIZE, SIZE, 3), patch_size=8, num_layers=3,
+        num_heads=2, hidden_dim=16, mlp_dim=32, use_class_token=class_token)
+
+
+def _resnet():
+    # The smallest ResNet KerasHub builds (its first stage needs 64).
+    return keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 32], stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2], block_type="basic_block",
+        use_pre_activation=False, image_shape=(None, None, 3))
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    """Local presets: a ViT with a class token ([-1, 1] converter), one
+    without (mean pooling), and a ResNet with ImageNet mean / std."""
+    root = tmp_path_factory.mktemp("presets")
+    keras.utils.set_random_seed(0)
+    made = {}
+    vit_converter = keras_hub.layers.ViTImageConverter(
+        image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1)
+    resnet_converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(SIZE, SIZE), scale=list(1 / (255 * IMAGENET_STD)),
+        offset=list(-IMAGENET_MEAN / IMAGENET_STD))
+    for name, backbone, converter in (
+            ("vit", _vit(), vit_converter),
+            ("vit_mean", _vit(class_token=False), vit_converter),
+            ("resnet", _resnet(), resnet_converter)):
+        folder = str(root / name)
+        backbone.save_to_preset(folder)
+        converter.save_to_preset(folder)
+        made[name] = folder
+    return made
+
+
+def images(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(class_image(i % 3, rng, SIZE))
+                     for i in range(n)]).astype("float32")
+
+
+def pooled(model, x):
+    return keras.Model(model.input, model.get_layer("pool").output)(x)
+
+
+@pytest.mark.parametrize("name, pool", [("vit", "class token"),
+                                        ("vit_mean", "mean of tokens")])
+def test_vit_features_are_keras_hubs_pooled_once_preprocessed(presets,
+                                                              name, pool):
+    # The classifier's pooled features equal KerasHub's own backbone on
+    # its own converter's output: the converter's scale / offset are in
+    # the model exactly once, and the rebuilt graph (each encoder layer a
+    # node) computes what ViTEncoder does.
+    built = build_backbone(f"hub:{presets[name]}")
+    assert built.image_size == SIZE
+    model = build_classifier(built, 3)
+    x = images()
+    reference = keras_hub.models.Backbone.from_preset(presets[name])
+    converter = keras_hub.layers.ImageConverter.from_preset(presets[name])
+    tokens = np.asarray(reference(converter(x)))
+    expected = tokens[:, 0] if pool == "class token" else tokens.mean(1)
+    got = np.asarray(pooled(model, x))
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [n for n, _ in built.blocks()] == [
+        "stem", "transformer_block_1", "transformer_block_2",
+        "transformer_block_3", "top"]
+
+
+def test_resnet_features_and_stages_as_blocks(presets):
+    built = build_backbone(f"hub:{presets['resnet']}")
+    model = build_classifier(built, 3)
+    x = images()
+    reference = keras_hub.models.Backbone.from_preset(presets["resnet"])
+    converter = keras_hub.layers.ImageConverter.from_preset(
+        presets["resnet"])
+    expected = np.asarray(reference(converter(x))).mean(axis=(1, 2))
+    np.testing.assert_allclose(pooled(model, x), expected, atol=1e-4)
+    assert [n for n, _ in built.blocks()] == ["stem", "stack0", "stack1"]
+
+
+def test_finetune_trains_layernorm_and_freezes_batchnorm(presets):
+    vit = build_backbone(f"hub:{presets['vit']}")
+    model = build_classifier(vit, 3)
+    configure_stage(model, "finetune", vit.blocks(), unfreeze=2)
+    training = {id(w) for w in model.trainable_weights}
+    base = model.get_layer("backbone").base
+
+    def trains(layer_name):
+        weights = base.get_layer(layer_name).weights
+        assert weights
+        return {id(w) in training for w in weights}
+
+    # The top two blocks: the last encoder layer and the final LayerNorm
+    # (a LayerNorm trains; only BatchNorm is frozen).
+    assert trains("transformer_block_3") == {True}
+    assert trains("ln") == {True}
+    assert trains("transformer_block_2") == {False}
+    assert trains("vit_patching_and_embedding") == {False}
+    resnet = build_backbone(f"hub:{presets['resnet']}")
+    model = build_classifier(resnet, 3)
+    configure_stage(model, "finetune", resnet.blocks())
+    bn = [layer for layer in model.get_layer("backbone").base.layers
+          if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and not any(layer.trainable for layer in bn)
+
+
+def test_layerwise_rates_count_encoder_layers(presets):
+    vit = build_backbone(f"hub:{presets['vit']}")
+    model = build_classifier(vit, 3)
+    configure_stage(model, "finetune", vit.blocks())
+    multipliers = recipe.layer_multipliers(model, vit.blocks(), 0.5)
+    by_block = {name: {multipliers[w.path] for layer in layers
+                       for w in layer.trainable_weights}
+                for name, layers in vit.blocks()}
+    # top (LayerNorm) at 1, then 0.5 per encoder layer down, stem last.
+    assert by_block["top"] == {1.0}
+    assert by_block["transformer_block_3"] == {0.5}
+    assert by_block["transformer_block_1"] == {0.125}
+    assert by_block["stem"] == {0.0625}
+
+
+def test_cut_at_an_encoder_layer_pools_its_tokens(presets, tmp_path):
+    built = build_backbone(f"hub:{presets['vit']}",
+                           feature_block="transformer_block_2")
+    model = build_classifier(built, 3)
+    x = images()
+    reference = build_backbone(f"hub:{presets['vit']}").base
+    after_two = keras.Model(
+        reference.input,
+        reference.get_layer("transformer_block_2").output)(
+        x / 127.5 - 1)
+    np.testing.assert_allclose(pooled(model, x),
+                               np.asarray(after_two)[:, 0], atol=1e-5)
+    path = str(tmp_path / "cut.keras")
+    model.save(path)
+    loaded = tl_keras.models.backbones.load_model_file(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+
+
+def _endpoint_scores(served, x):
+    got = served.signatures["serve_float"](images=tf.constant(x))
+    return got["scores"].numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit", "resnet"])
+def test_transfer_and_finetune_through_the_cli(presets, tmp_path, name,
+                                               image_folder):
+    # compare runs scratch, transfer and finetune on the hub base; every
+    # run's export (three endpoints, and TFLite: both families convert
+    # with built-in ops) matches its model.keras.
+    workdir = str(tmp_path / "cmp")
+    result = run_cli(
+        f"--data_dir={image_folder}", f"--workdir={workdir}",
+        f"--backbone=hub:{presets[name]}", "--mode=compare",
+        "--epochs=2", "--finetune_epochs=1", "--batch_size=8",
+        "--validation_split=0.2", "--test_split=0.2", "--unfreeze=2",
+        "--export_tflite")
+    assert result.returncode == 0, result.stderr[-3000:]
+    x = images(5, seed=3)
+    for approach in ("transfer", "finetune"):
+        run = os.path.join(workdir, approach)
+        metrics = json.load(open(os.path.join(run, "metrics.json")))
+        stages = list(metrics["stages"])
+        assert stages == (["head"] if approach == "transfer"
+                          else ["head", "finetune"])
+        model = tl_keras.models.backbones.load_model_file(
+            os.path.join(run, "model.keras"), compile=False)
+        expected = tf.nn.softmax(model.predict(x, verbose=0)).numpy()
+        assert expected.std(axis=0).max() > 1e-4  # not degenerate
+        served = tf.saved_model.load(os.path.join(run, "export"))
+        np.testing.assert_allclose(_endpoint_scores(served, x), expected,
+                                   atol=1e-5)
+        raw = x.astype(np.uint8)
+        got = served.signatures["serving_default"](images=tf.constant(raw))
+        resized = data_lib.resize_images(raw, SIZE).numpy().astype(
+            "float32")
+        np.testing.assert_allclose(
+            got["scores"], tf.nn.softmax(model.predict(resized, verbose=0)),
+            atol=1e-5)
+        np.testing.assert_allclose(
+            _tflite_scores(os.path.join(run, "export", "model.tflite"), x),
+            expected, atol=1e-4)
+
+
+def _tflite_scores(path, x):
+    interpreter = tf.lite.Interpreter(model_path=path)
+    entry = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(entry["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(
+        interpreter.get_output_details()[0]["index"])
+
+
+def test_rank_puts_hub_and_registered_bases_side_by_side(presets, tmp_path,
+                                                        image_folder):
+    rows = tl_keras.rank(tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "rank"),
+        mode="rank", weights="none", image_size=0, batch_size=8,
+        validation_split=0.2, test_split=0.2,
+        backbones=f"hub:{presets['vit']},compact_cnn"))
+    assert {r["backbone"] for r in rows} == {f"hub:{presets['vit']}",
+                                             "compact_cnn"}
+    assert all("probe_accuracy" in r for r in rows)
+
+
+# Small models of KerasHub's other vision families, from explicit configs
+# (the smallest each builds at 32 px), with the blocks tl_keras gives them:
+# stages for CNNs, one block for transformers nested whole.
+FAMILIES = {
+    "DenseNet": (dict(stackwise_num_repeats=[1, 1], growth_rate=8),
+                 ["stem", "stack1", "stack2", "top"]),
+    "EfficientNet": (dict(
+        stackwise_width_coefficients=[0.25] * 2,
+        stackwise_depth_coefficients=[1.0] * 2,
+        stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 1],
+        stackwise_input_filters=[32, 16], stackwise_output_filters=[16, 24],
+        stackwise_expansion_ratios=[1, 6],
+        stackwise_squeeze_and_excite_ratios=[0.25, 0.25],
+        stackwise_strides=[1, 2], stackwise_block_types=["v1", "v1"]),
+        ["stem", "block1", "block2", "top"]),
+    "MobileNet": (dict(
+        stackwise_expansion=[[16, 24], [32]], stackwise_num_blocks=[2, 1],
+        stackwise_num_filters=[[8, 8], [16]],
+        stackwise_kernel_size=[[3, 3], [3]],
+        stackwise_num_strides=[[2, 1], [2]],
+        stackwise_se_ratio=[[None, None], [0.25]],
+        stackwise_activation=[["relu", "relu"], ["hard_swish"]],
+        stackwise_padding=[[1, 1], [1]], output_num_filters=32,
+        depthwise_filters=8, depthwise_stride=1, depthwise_residual=False,
+        last_layer_filter=32, squeeze_and_excite=None, input_num_filters=8),
+        ["stem", "block_0", "block_1", "block_2", "block_3"]),
+    "CSPNet": (dict(
+        stem_filters=8, stem_kernel_size=3, stem_strides=1,
+        stackwise_depth=[1, 1], stackwise_strides=[2, 2],
+        stackwise_num_filters=[8, 16], block_type="dark_block",
+        stage_type="csp", expand_ratio=[2.0], block_ratio=[1.0],
+        bottle_ratio=[0.5]), ["stem", "stage_0", "stage_1"]),
+    "VGG": (dict(stackwise_num_repeats=[1, 1], stackwise_num_filters=[8, 16]),
+            ["block1", "block2"]),
+    "DeiT": (dict(patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                  intermediate_dim=32), ["all"]),
+    "DINOV2": (dict(patch_size=8, num_layers=2, hidden_dim=16, num_heads=2,
+                    intermediate_dim=32,
+                    position_embedding_shape=(SIZE, SIZE, 3)), ["all"]),
+    "SwinTransformer": (dict(embed_dim=8, depths=(1, 1), num_heads=(1, 2),
+                             window_size=4, patch_size=4), ["all"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_other_families_build_train_and_reload(family, tmp_path):
+    kwargs, blocks = FAMILIES[family]
+    shape = {"input_shape" if family == "EfficientNet" else "image_shape":
+             (SIZE, SIZE, 3)}
+    folder = str(tmp_path / family)
+    getattr(keras_hub.models, f"{family}Backbone")(
+        **kwargs, **shape).save_to_preset(folder)
+    getattr(keras_hub.layers, f"{family}ImageConverter")(
+        image_size=(SIZE, SIZE), scale=1 / 127.5,
+        offset=-1).save_to_preset(folder)
+    built = build_backbone(f"hub:{folder}")
+    assert [name for name, _ in built.blocks()] == blocks
+    model = build_classifier(built, 3)
+    configure_stage(model, "finetune", built.blocks())
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    x = images()
+    model.fit(x, np.arange(len(x)) % 3, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = tl_keras.models.backbones.load_model_file(path, compile=False)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+
+
+def _write_json(folder, name, content):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "w") as f:
+        json.dump(content, f)
+
+
+def test_bad_presets_are_clear_errors(presets, tmp_path):
+    def error(name, **kwargs):
+        with pytest.raises(InputError) as e:
+            build_backbone(name, **kwargs)
+        return str(e.value)
+
+    # No network here: a named preset fails at its download.
+    message = error("hub:vit_base_patch16_224_imagenet")
+    assert "Could not download KerasHub preset" in message
+    assert "local preset folder" in message
+    message = error("hub:vit_base_patch16_224_imagnet")
+    assert "Unknown KerasHub preset" in message
+    assert "vit_base_patch16_224_imagenet" in message  # the suggestion
+    assert "no such preset folder" in error(f"hub:{tmp_path}/missing")
+    empty = str(tmp_path / "empty")
+    os.makedirs(empty)
+    assert "not a KerasHub preset (no config.json)" in error(f"hub:{empty}")
+    task = str(tmp_path / "task")
+    _write_json(task, "config.json",
+                {"registered_name": "keras_hub>ImageClassifier"})
+    assert "keras_hub>ImageClassifier, not a backbone" in error(
+        f"hub:{task}")
+    text = str(tmp_path / "text")
+    keras_hub.models.BertBackbone(
+        vocabulary_size=20, num_layers=1, num_heads=1, hidden_dim=4,
+        intermediate_dim=8, max_sequence_length=8).save_to_preset(text)
+    assert "BertBackbone is not an image backbone" in error(f"hub:{text}")
+    bare = str(tmp_path / "bare")
+    _vit().save_to_preset(bare)
+    assert "no image converter" in error(f"hub:{bare}")
+    message = error(f"hub:{presets['vit']}", image_size=64)
+    assert "built for 32 px inputs only" in message
+    assert "image_size=64" in message
+
+
+def test_bad_preset_stops_before_anything_is_written(tmp_path,
+                                                     image_folder):
+    workdir = str(tmp_path / "run")
+    with pytest.raises(InputError, match="no such preset folder"):
+        tl_keras.train(tl_keras.Config(
+            data_dir=image_folder, workdir=workdir,
+            backbone=f"hub:{tmp_path}/missing", epochs=1))
+    assert not os.path.exists(workdir)
+
+
+def test_without_keras_hub_the_error_names_the_extra(monkeypatch, presets):
+    monkeypatch.setitem(__import__("sys").modules, "keras_hub", None)
+    with pytest.raises(InputError, match=r"tl_keras\[hub\]"):
+        build_backbone(f"hub:{presets['vit']}")

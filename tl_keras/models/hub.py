@@ -1,0 +1,289 @@
+"""KerasHub backbones: `--backbone=hub:PRESET`.
+
+PRESET is a KerasHub preset name (downloaded by KerasHub, which needs the
+network) or a local preset folder as `save_to_preset` writes it
+(config.json for the backbone, image_converter.json for its
+preprocessing). What tl_keras takes from a preset:
+
+* the backbone, without any task head (`_base`). A CNN's KerasHub model
+  is the base as it is: its stages are the blocks, it can be cut after
+  one. A ViT is rebuilt from its own layers with each encoder layer a
+  node of the graph (KerasHub nests them all in one `ViTEncoder` layer),
+  so encoder layers are blocks to unfreeze or cut after; it is pooled by
+  its class token (the token ViT pretraining classifies from), or by the
+  mean of its tokens when it has none. Other transformers (DeiT, DINOv2,
+  Swin) are nested whole, one block, pooled per `TOKEN_POOLING`;
+* the image converter's scale and offset, inside the model exactly once
+  (`ImageNormalization` mode 'affine'); its resizing is the data
+  pipeline's, at the preset's image size;
+* the default image size: the backbone's fixed input, else the
+  converter's size.
+
+keras_hub is imported only when a hub backbone is used (the `hub` extra).
+"""
+
+import difflib
+import json
+import os
+import zipfile
+
+import keras
+
+from tl_keras.errors import InputError
+from tl_keras.models.layers import TokenPooling
+
+PREFIX = "hub:"
+
+# The blocks --unfreeze and --lr_decay count, by backbone class: encoder
+# layers for a ViT, stages for CNNs (layer names checked on small models
+# of each family built from configs; the layers before the first block
+# are 'stem': a ViT's patch embedding). A transformer other than ViT is
+# one block ('all'); a CNN not listed gets one block per layer with a
+# kernel (`list_blocks` without a pattern).
+BLOCK_PATTERNS = {
+    "ViTBackbone": r"^(transformer_block_\d+)$",
+    "ResNetBackbone": r"^(stack\d+)_",
+    "DenseNetBackbone": r"^(stack\d+)_",  # transition k joins stack k
+    "EfficientNetBackbone": r"^(block\d+)[a-z]_",
+    "MobileNetBackbone": r"^(block_\d+)_\d+$",
+    "CSPNetBackbone": r"^(stage_\d+)_",
+    "VGGBackbone": r"^(block\d+)_",
+}
+
+# How a transformer's tokens become one feature vector, by class: the
+# class token where pretraining put its classifier on it (ViT with one,
+# DeiT, DINOv2's linear probes), else the mean of the tokens (Swin has no
+# class token; also any transformer not listed).
+TOKEN_POOLING = {"DeiTBackbone": "class_token",
+                 "DINOV2Backbone": "class_token",
+                 "SwinTransformerBackbone": "mean"}
+
+
+def is_hub(name):
+    """Whether a --backbone value names a KerasHub preset."""
+    return name.startswith(PREFIX)
+
+
+def import_keras_hub():
+    """keras_hub, or a clear error naming the extra that installs it."""
+    try:
+        import keras_hub
+    except ImportError:
+        raise InputError(
+            "Invalid backbone: hub: backbones need the keras-hub package. "
+            "Allowed: install it with pip install 'tl_keras[hub]'. "
+            "Received: keras_hub not installed") from None
+    return keras_hub
+
+
+def import_if_saved_with_hub(path):
+    """Imports keras_hub when the .keras file at `path` holds KerasHub
+    layers, so Keras can deserialize them (a no-op otherwise)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            saved = archive.read("config.json").decode("utf-8", "replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return  # Keras's own loading reports what is wrong with the file
+    if "keras_hub" in saved or '"tl_keras>HubViT' in saved:
+        import_keras_hub()
+        from tl_keras.models import hub_layers  # noqa: F401 - registers
+
+
+def load_preset(name, weights, image_size):
+    """Loads the backbone and preprocessing of `hub:PRESET`.
+
+    Args:
+      name: 'hub:' + a preset name or a local preset folder.
+      weights: 'imagenet' (the preset's own weights; the name is the
+        flag's default for every base), 'none' (the architecture, random
+        init), or a weights file (loaded by the caller).
+      image_size: square input size; 0 = the preset's.
+
+    Returns:
+      (base, preprocessing config for ImageNormalization, image size,
+      block pattern or None, architecture class name).
+
+    Raises:
+      InputError: unknown preset, no network for a named one, a folder
+        that is not a preset, a preset of a non-vision model, or an image
+        size the backbone cannot take.
+    """
+    preset = name[len(PREFIX):]
+    hub = import_keras_hub()
+    if os.path.isdir(preset):
+        _check_preset_folder(preset, name)
+    elif os.sep in preset or preset.startswith("."):
+        raise InputError(
+            f"Invalid backbone: no such preset folder. Allowed: hub: + a "
+            f"KerasHub preset name or a folder written by save_to_preset. "
+            f"Received: backbone={name!r}")
+    backbone = _from_preset(hub, preset, name, weights == "imagenet")
+    kind = type(backbone).__name__
+    if not _is_image_model(backbone):
+        raise InputError(
+            f"Invalid backbone {name!r}: {kind} is not an image backbone. "
+            f"Allowed: a KerasHub vision backbone preset (ViT, ResNet, "
+            f"EfficientNet, MobileNet, ...). Received: backbone={name!r}")
+    converter = _image_converter(hub, preset, name)
+    size = _image_size(backbone, converter, image_size, name)
+    return (_base(backbone, name), affine_preprocessing(converter), size,
+            BLOCK_PATTERNS.get(kind), kind)
+
+
+def _base(backbone, name):
+    """The base tl_keras trains: a ViT rebuilt with its encoder layers as
+    graph nodes (`_vit_base`); a CNN's KerasHub model itself (saved and
+    loaded through KerasHub's own config); any other transformer nested
+    whole, its tokens pooled (`TOKEN_POOLING`)."""
+    kind = type(backbone).__name__
+    output = backbone.output
+    if kind == "ViTBackbone":
+        return _vit_base(backbone)
+    if not isinstance(output, dict) and len(output.shape) == 4:
+        return backbone
+    if isinstance(output, dict) or len(output.shape) != 3:
+        raise InputError(
+            f"Invalid backbone {name!r}: {kind} gives neither one (batch, "
+            f"height, width, channels) map nor a token sequence. Allowed: "
+            f"a ViT, another transformer or a convolutional KerasHub "
+            f"backbone with one output. Received: backbone={name!r}")
+    images = keras.Input(backbone.inputs[0].shape[1:], name="images")
+    named = backbone.input  # DINOv2 takes {'images': ...}
+    tokens = backbone({next(iter(named)): images} if isinstance(
+        named, dict) else images)
+    pooled = TokenPooling(TOKEN_POOLING.get(kind, "mean"),
+                          name="token_pool")(tokens)
+    return keras.Model(images, pooled, name=f"{backbone.name}_pooled")
+
+
+def affine_preprocessing(converter):
+    """ImageNormalization's settings for an image converter: x * scale +
+    offset per channel (a scalar or None in the converter means the same
+    for every channel; None is 1 for the scale, 0 for the offset)."""
+    def per_channel(value, default):
+        if value is None:
+            value = default
+        values = value if isinstance(value, (list, tuple)) else [value] * 3
+        return [float(v) for v in values]
+
+    return {"mode": "affine",
+            "scale": per_channel(getattr(converter, "scale", None), 1.0),
+            "offset": per_channel(getattr(converter, "offset", None), 0.0)}
+
+
+def _check_preset_folder(folder, name):
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise InputError(
+            f"Invalid backbone {name!r}: the folder is not a KerasHub preset"
+            f" (no config.json). Allowed: a folder written by "
+            f"Backbone.save_to_preset. Received: backbone={name!r}")
+    with open(config_path, encoding="utf-8") as f:
+        try:
+            registered = json.load(f).get("registered_name", "")
+        except (json.JSONDecodeError, AttributeError):
+            registered = ""
+    if not registered.endswith("Backbone"):
+        raise InputError(
+            f"Invalid backbone {name!r}: its config.json holds "
+            f"{registered or 'no registered KerasHub class'}, not a "
+            f"backbone. Allowed: a backbone preset (a task preset's folder "
+            f"holds its backbone's config.json). Received: "
+            f"backbone={name!r}")
+
+
+def _from_preset(hub, preset, name, load_weights):
+    try:
+        return hub.models.Backbone.from_preset(preset,
+                                               load_weights=load_weights)
+    except ValueError as e:
+        if "Unknown preset identifier" not in str(e):
+            raise _unloadable(preset, name, e) from None
+        known = sorted(hub.models.Backbone.presets)
+        close = difflib.get_close_matches(preset, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise InputError(
+            f"Unknown KerasHub preset {preset!r}.{hint} Allowed: a preset "
+            f"name (keras_hub.models.Backbone.presets) or a local preset "
+            f"folder. Received: backbone={name!r}") from None
+    except (OSError, ConnectionError) as e:
+        if os.path.isdir(preset):
+            raise _unloadable(preset, name, e) from None
+        raise InputError(
+            f"Could not download KerasHub preset {preset!r} "
+            f"({_first_line(e)}). Without network access use a local "
+            f"preset folder (written by save_to_preset). Received: "
+            f"backbone={name!r}") from None
+    except (TypeError, KeyError) as e:
+        raise _unloadable(preset, name, e) from None
+
+
+def _unloadable(preset, name, error):
+    return InputError(
+        f"Invalid backbone {name!r}: KerasHub could not load preset "
+        f"{preset!r} ({_first_line(error)}). Allowed: a preset whose "
+        f"config.json and weights match (as save_to_preset writes them). "
+        f"Received: backbone={name!r}")
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _is_image_model(backbone):
+    inputs = backbone.inputs
+    return len(inputs) == 1 and len(inputs[0].shape) == 4
+
+
+def _image_converter(hub, preset, name):
+    if os.path.isdir(preset) and not os.path.isfile(
+            os.path.join(preset, "image_converter.json")):
+        raise InputError(
+            f"Invalid backbone {name!r}: the preset has no image converter "
+            f"(image_converter.json), so its preprocessing is unknown. "
+            f"Allowed: a preset saved with its ImageConverter "
+            f"(converter.save_to_preset). Received: backbone={name!r}")
+    return hub.layers.ImageConverter.from_preset(preset)
+
+
+def _image_size(backbone, converter, image_size, name):
+    """The square size the base runs at: --image_size, else the
+    backbone's fixed input, else the converter's."""
+    fixed = [d for d in backbone.inputs[0].shape[1:3] if d]
+    preset_size = getattr(converter, "image_size", None)
+    default = (fixed[0] if fixed else preset_size[0] if preset_size
+               else 224)
+    size = image_size or default
+    if fixed and any(d != size for d in fixed):
+        raise InputError(
+            f"Invalid image_size for backbone {name!r}: the preset's "
+            f"backbone was built for {fixed[0]} px inputs only. Allowed: 0 "
+            f"or {fixed[0]}. Received: image_size={image_size}")
+    if size < 32:
+        raise InputError(
+            f"Invalid image_size for backbone {name!r}. Allowed: >= 32 "
+            f"(default {default}). Received: image_size={image_size}")
+    return size
+
+
+def _vit_base(backbone):
+    """A KerasHub ViT with each encoder layer a node of the graph (the
+    same weights, in loadable copies of its layers, `hub_layers`;
+    `ViTEncoder.call`'s order: dropout, the encoder layers, the final
+    LayerNorm), pooled to a (batch, 1, 1, hidden) map."""
+    from tl_keras.models import hub_layers  # imports keras_hub
+
+    encoder = backbone.get_layer("vit_encoder")
+    embedding = backbone.get_layer("vit_patching_and_embedding")
+    originals = [embedding, encoder.dropout, *encoder.encoder_layers,
+                 encoder.layer_norm]
+    copies = [hub_layers.loadable(layer) for layer in originals]
+    images = keras.Input(backbone.inputs[0].shape[1:], name="images")
+    x = images
+    for layer in copies:
+        x = layer(x)
+    hub_layers.copy_weights(zip(copies, originals, strict=True))
+    pooling = "class_token" if embedding.use_class_token else "mean"
+    x = TokenPooling(pooling, name="token_pool")(x)
+    return keras.Model(images, x, name=backbone.name)
