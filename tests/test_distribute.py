@@ -102,10 +102,11 @@ def test_single_process_records_its_placement(tiny_config):
 # --- MirroredStrategy over 2 logical CPU devices ---------------------------
 
 @MULTI_PROCESS
-def test_mirrored_two_cpus_matches_one_replica(tmp_path):
+@pytest.mark.parametrize("base", ["compact_cnn", "hub_vit"])
+def test_mirrored_two_cpus_matches_one_replica(tmp_path, base):
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "mirrored_task.py"),
-         str(tmp_path)], capture_output=True, text=True, timeout=600)
+         str(tmp_path), base], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     # Bad inputs: clear errors, nothing written.
