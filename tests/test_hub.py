@@ -21,6 +21,7 @@ from conftest import class_image, run_cli
 import tl_keras
 from tl_keras import data as data_lib
 from tl_keras.errors import InputError
+from tl_keras.export import convert_to_tflite
 from tl_keras.models import (
     build_backbone,
     build_classifier,
@@ -292,7 +293,7 @@ FAMILIES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_other_families_build_train_and_reload(family, tmp_path):
+def test_other_families_train_reload_and_convert(family, tmp_path):
     kwargs, blocks = FAMILIES[family]
     shape = {"input_shape" if family == "EfficientNet" else "image_shape":
              (SIZE, SIZE, 3)}
@@ -315,6 +316,12 @@ def test_other_families_build_train_and_reload(family, tmp_path):
     loaded = tl_keras.models.backbones.load_model_file(path, compile=False)
     np.testing.assert_allclose(loaded.predict(x, verbose=0),
                                model.predict(x, verbose=0), atol=1e-5)
+    tflite = str(tmp_path / "model.tflite")
+    with open(tflite, "wb") as f:
+        f.write(convert_to_tflite(model))
+    np.testing.assert_allclose(
+        _tflite_scores(tflite, x),
+        tf.nn.softmax(model.predict(x, verbose=0)), atol=1e-5)
 
 
 def _write_json(folder, name, content):
