@@ -7,6 +7,7 @@ fine-tuning unfreezes from the top.
 """
 
 import dataclasses
+import logging
 import os
 import re
 import warnings
@@ -21,6 +22,8 @@ from tl_keras.models.registry import (
     get_backbone_spec,
     lookup_spec,
 )
+
+log = logging.getLogger("tl_keras")
 
 
 @dataclasses.dataclass
@@ -172,8 +175,21 @@ def _build_hub(name, weights, image_size):
         _load_weights_file(base, weights, name)
     origin = {"imagenet": "the preset's weights",
               "none": "random init"}.get(weights, f"weights={weights}")
-    return BuiltBackbone(base, preprocessing, size, spec,
-                         source=f"{name} ({kind}, {origin})")
+    built = BuiltBackbone(base, preprocessing, size, spec,
+                          source=f"{name} ({kind}, {origin})")
+    log.info("KerasHub %s at %d px, %d blocks (%s ... %s); preprocessing "
+             "from its converter: x * %s + %s", kind, size,
+             len(built.blocks()), built.blocks()[0][0],
+             built.blocks()[-1][0], _rounded(preprocessing["scale"]),
+             _rounded(preprocessing["offset"]))
+    return built
+
+
+def _rounded(values):
+    """One number if every channel has it, else the list; 4 significant
+    digits."""
+    values = [float(f"{v:.4g}") for v in values]
+    return values[0] if len(set(values)) == 1 else values
 
 
 def load_model_file(path, **kwargs):
