@@ -96,6 +96,7 @@ def main():
     if args.backbone == "mobilenet_v2":
         runs.append(("keras fit", None))
     rows = []  # per round: {name: (end to end, head stage, extraction)}
+    label = args.backbone
     with tempfile.TemporaryDirectory() as root:
         if args.backbone == "hub_vit_tiny":
             args.backbone = vit_tiny_preset(root, args.size)
@@ -120,7 +121,7 @@ def main():
                              head["seconds_this_process"],
                              head["feature_extraction_seconds"] or 0.0)
             rows.append(row)
-    print(f"\n{args.backbone}, {args.images} images at {args.size} px, "
+    print(f"\n{label}, {args.images} images at {args.size} px, "
           f"{args.epochs} epochs of transfer, end to end (incl. model "
           f"building, evaluation and export), {args.rounds} rounds:")
     print(f"  {'round':<6} {'guide loop':>11} {'head stage':>11} "
