@@ -541,6 +541,26 @@ def test_scratch_run_trains_a_copy_and_leaves_the_model_alone(
         advisor_scratch_fraction=0.0)) == 0
 
 
+def test_scratch_run_is_capped_at_its_share_of_a_compare():
+    # A compare trains the whole network for (E + 2F) x N image-epochs;
+    # the run's r x S stays within 9% of that.
+    vgg_bench = tl_keras.Config(epochs=15, finetune_epochs=5)
+    assert advisor.scratch_epochs(vgg_bench) == 3  # 0.2 x 15, no sizes
+    assert advisor.scratch_epochs(vgg_bench, 150, 150) == 2  # 0.09 x 25
+    # A sample of a fifth of the images: the fraction binds, not the cap.
+    assert advisor.scratch_epochs(vgg_bench, 750, 150) == 3
+    defaults = tl_keras.Config()  # E = F = 10: 0.09 x 30 = 2.7
+    assert advisor.scratch_epochs(defaults, 500, 500) == 2
+    short = tl_keras.Config(epochs=5, finetune_epochs=0)
+    assert advisor.scratch_epochs(short, 100, 100) == 1  # at least one
+    for epochs, finetune, n, sampled in [(15, 5, 150, 150), (40, 15, 300,
+                                         300), (10, 0, 80, 80)]:
+        config = tl_keras.Config(epochs=epochs, finetune_epochs=finetune)
+        r = advisor.scratch_epochs(config, n, sampled)
+        assert r * sampled <= max(sampled, 0.09 * (epochs + 2 * finetune)
+                                  * n)
+
+
 def test_scratch_run_only_when_it_can_change_the_decision(
         pretrained_base, image_folder, tmp_path, monkeypatch):
     config = tl_keras.Config(

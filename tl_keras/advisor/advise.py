@@ -31,7 +31,8 @@ def advise_run(model, data, config, blocks):
     pretrained = has_pretrained_weights(config.model)
     unfreeze = config.training.unfreeze
     decision = decide(measurements, unfreeze, pretrained)
-    epochs = scratch_epochs(config)
+    epochs = scratch_epochs(config, measurements["num_train"],
+                            measurements["sample"])
     needed = _scratch_needed(decision, measurements)
     if not pretrained or not epochs or needed is None:
         measurements["scratch"] = {"skipped": (

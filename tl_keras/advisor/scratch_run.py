@@ -29,12 +29,34 @@ log = logging.getLogger("tl_keras")
 SCRATCH_RUN_BN_MOMENTUM = 0.5
 
 
-def scratch_epochs(config):
+# The share of a compare's whole-network training the scratch run may
+# take: advising must cost under 10% of a compare (the issue's target),
+# and the rest of advising, one forward pass for the probes, took 0.4-0.8%
+# of a compare on the bench (bench/RESULTS.md).
+SCRATCH_RUN_SHARE = 0.09
+
+
+def scratch_epochs(config, num_train=None, sampled=None):
     """Epochs of the advisor's short scratch run: --advisor_scratch_fraction
     of --epochs (the epochs --approach=scratch trains), rounded up; 0 when
-    the fraction is 0."""
-    return math.ceil(config.advisor.advisor_scratch_fraction
-                     * config.training.epochs)
+    the fraction is 0.
+
+    With the training set's size and the run's sample, at most what keeps
+    its cost under SCRATCH_RUN_SHARE of a compare (at least 1 epoch): a
+    compare trains the whole network on the num_train images for scratch's
+    epochs + finetune_epochs, then finetune_epochs more in its fine-tune
+    stage, and the run trains `sampled` images per epoch. Without the cap
+    the share was 0.2 E / (E + 2F): 12.6% of the bench's VGG16 compare
+    (E = 15, F = 5), 6.7% at the defaults (E = F = 10, unchanged by it).
+    """
+    training = config.training
+    epochs = math.ceil(config.advisor.advisor_scratch_fraction
+                       * training.epochs)
+    if not epochs or not num_train or not sampled:
+        return epochs
+    compare = (training.epochs + 2 * training.finetune_epochs) * num_train
+    return min(epochs, max(1, math.floor(
+        SCRATCH_RUN_SHARE * compare / sampled)))
 
 
 def scratch_run(model, data, config, epochs, stop=None):

@@ -330,9 +330,10 @@ class AdvisorConfig:
     advisor_scratch_fraction: float = field(
         0.2,
         "auto / advise / compare: a short from-scratch run on the sampled "
-        "images, this fraction of --epochs long (rounded up; 0 skips it "
-        "and scratch is never chosen): scratch is chosen only when it "
-        "beats the pretrained features' estimate by a standard error.")
+        "images, this fraction of --epochs long (rounded up; at most 9% "
+        "of a compare's training; 0 skips it and scratch is never "
+        "chosen): scratch is chosen only when it beats the pretrained "
+        "features' estimate by a standard error.")
     backbones: str = field(
         "", "rank: comma-separated candidate backbones (names or .keras).")
 
