@@ -8,6 +8,7 @@ takes once it is on disk. The download itself is tested as the failure it
 is here.
 """
 
+import importlib
 import json
 import os
 
@@ -235,6 +236,32 @@ def _tflite_scores(path, x):
         interpreter.get_output_details()[0]["index"])
 
 
+@pytest.mark.parametrize("name", ["vit", "resnet"])
+def test_a_saved_hub_classifier_is_a_backbone_with_the_same_blocks(
+        presets, tmp_path, name):
+    built = build_backbone(f"hub:{presets[name]}")
+    path = str(tmp_path / "model.keras")
+    build_classifier(built, 3).save(path)
+    again = build_backbone(path)
+    assert [n for n, _ in again.blocks()] == [n for n, _ in built.blocks()]
+    assert again.image_size == SIZE and again.preprocessing == (
+        built.preprocessing)
+
+
+def test_rank_checks_every_hub_name_before_measuring(presets, tmp_path,
+                                                     image_folder,
+                                                     monkeypatch):
+    measured = []
+    module = importlib.import_module("tl_keras.advisor.rank")
+    monkeypatch.setattr(module, "measure",
+                        lambda *a, **k: measured.append(1))
+    with pytest.raises(InputError, match="no such preset folder"):
+        tl_keras.rank(tl_keras.Config(
+            data_dir=image_folder, workdir=str(tmp_path / "rank"),
+            mode="rank", backbones=f"compact_cnn,hub:{tmp_path}/missing"))
+    assert not measured
+
+
 def test_rank_puts_hub_and_registered_bases_side_by_side(presets, tmp_path,
                                                         image_folder):
     rows = tl_keras.rank(tl_keras.Config(
@@ -330,13 +357,19 @@ def _write_json(folder, name, content):
         json.dump(content, f)
 
 
-def test_bad_presets_are_clear_errors(presets, tmp_path):
+def test_bad_presets_are_clear_errors(presets, tmp_path, monkeypatch):
     def error(name, **kwargs):
         with pytest.raises(InputError) as e:
             build_backbone(name, **kwargs)
         return str(e.value)
 
-    # No network here: a named preset fails at its download.
+    # A named preset downloads from Kaggle; without network (as here, and
+    # made sure of on a machine with network) it fails at the download.
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    import kagglehub
+    monkeypatch.setattr(kagglehub, "model_download", no_network)
     message = error("hub:vit_base_patch16_224_imagenet")
     assert "Could not download KerasHub preset" in message
     assert "local preset folder" in message
@@ -360,6 +393,17 @@ def test_bad_presets_are_clear_errors(presets, tmp_path):
     bare = str(tmp_path / "bare")
     _vit().save_to_preset(bare)
     assert "no image converter" in error(f"hub:{bare}")
+    null = str(tmp_path / "null")
+    _write_json(null, "config.json", {"registered_name": None})
+    assert "no registered KerasHub class, not a backbone" in error(
+        f"hub:{null}")
+    # A KerasHub backbone saved on its own: no converter, so no
+    # preprocessing to take.
+    bare_file = str(tmp_path / "bare.keras")
+    _vit().save(bare_file)
+    assert "saved without its image converter" in error(bare_file)
+    assert "before the first encoder layer" in error(
+        f"hub:{presets['vit']}", feature_block="stem")
     message = error(f"hub:{presets['vit']}", image_size=64)
     assert "built for 32 px inputs only" in message
     assert "image_size=64" in message

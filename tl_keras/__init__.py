@@ -17,7 +17,9 @@ A saved `model.keras` holds tl_keras's layers (and, with some recipe
 options, its optimizer and loss); Keras finds them once `tl_keras.models`
 is imported, which happens on first use of any name below, and at once
 when Keras was imported before tl_keras (as in `import keras` then
-`import tl_keras`).
+`import tl_keras`). A classifier on a KerasHub backbone also needs
+keras_hub's layers: `tl_keras.load_model(path)` imports what the file
+holds, then loads it with keras.saving.load_model.
 """
 
 import importlib
@@ -51,6 +53,7 @@ _EXPORTS = {
     "list_backbones": "tl_keras.models",
     "list_blocks": "tl_keras.models",
     "load_exported": "tl_keras.export",
+    "load_model": "tl_keras.models",
     "make_datasets": "tl_keras.data",
     "rank": "tl_keras.advisor",
     "register_backbone": "tl_keras.models",

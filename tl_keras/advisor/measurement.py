@@ -19,7 +19,7 @@ from tl_keras import inference
 from tl_keras.advisor.scores import score_features
 from tl_keras.data.pipelines import sample_training_set
 from tl_keras.errors import InputError
-from tl_keras.models.backbones import block_map, list_blocks
+from tl_keras.models.backbones import block_map, block_output, list_blocks
 
 log = logging.getLogger("tl_keras")
 
@@ -89,8 +89,8 @@ def candidate_blocks(blocks, base=None):
     up the base (rounded up), e.g. block3 and block4 of VGG16's five. Two
     depths span the small + very different case (generic features from
     the middle) without a probe per block; none when the base has fewer
-    than 3 body blocks. With `base`, blocks that give neither a spatial
-    map nor tokens (`block_map`) are skipped."""
+    than 3 body blocks. Blocks that give no spatial map are skipped (with
+    `base`, tokens pooled by its `TokenPooling` count as one, `block_map`)."""
     body = [name for name, _ in blocks if name not in ("stem", "top")]
     if len(body) < 3:
         return []
@@ -98,7 +98,8 @@ def candidate_blocks(blocks, base=None):
     for share in (0.5, 0.75):
         name = body[math.ceil(share * len(body)) - 1]
         if name != body[-1] and name not in picks and (
-                base is None or block_map(base, blocks, name) is not None):
+                len(block_output(blocks, name).shape) == 4 if base is None
+                else block_map(base, blocks, name) is not None):
             picks.append(name)
     return picks
 

@@ -10,7 +10,7 @@ from tl_keras.advisor.measurement import measure
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
-from tl_keras.models.hub import is_hub
+from tl_keras.models.hub import check_preset_name, is_hub
 from tl_keras.models.registry import get_backbone_spec
 
 log = logging.getLogger("tl_keras")
@@ -30,7 +30,9 @@ def rank(config, data=None):
     names = [b.strip() for b in config.advisor.backbones.split(",")
              if b.strip()]
     for name in names:  # every name checked before any work
-        if not (name.endswith(".keras") or is_hub(name)):
+        if is_hub(name):
+            check_preset_name(name)
+        elif not name.endswith(".keras"):
             get_backbone_spec(name)
     rows, data_by_size = [], {}
     for name in names:

@@ -335,7 +335,8 @@ class AdvisorConfig:
         "chosen): scratch is chosen only when it beats the pretrained "
         "features' estimate by a standard error.")
     backbones: str = field(
-        "", "rank: comma-separated candidate backbones (names or .keras).")
+        "", "rank: comma-separated candidate backbones (names, hub:PRESET "
+        "or .keras).")
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""

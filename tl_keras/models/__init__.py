@@ -6,8 +6,10 @@ from tl_keras.models.backbones import (
     build_backbone,
     cut_at_block,
     list_blocks,
+    load_model_file,
     reinitialized,
 )
+from tl_keras.models.backbones import load_model_file as load_model
 from tl_keras.models.classifier import (
     all_layers,
     build_classifier,
@@ -23,6 +25,7 @@ from tl_keras.models.layers import (
     Backbone,
     FeatureStandardization,
     ImageNormalization,
+    TokenPooling,
 )
 from tl_keras.models.optimizers import (
     ScaledAdam,
@@ -44,6 +47,7 @@ __all__ = [
     "BuiltBackbone",
     "FeatureStandardization",
     "ImageNormalization",
+    "TokenPooling",
     "all_layers",
     "build_backbone",
     "build_classifier",
@@ -57,6 +61,8 @@ __all__ = [
     "get_base",
     "list_backbones",
     "list_blocks",
+    "load_model",
+    "load_model_file",
     "register_backbone",
     "reinitialized",
 ]

@@ -99,6 +99,7 @@ def cut_at_block(built, block):
             f"block {block!r}. Allowed: one of "
             f"{', '.join(name for name, _ in blocks)}. "
             f"Received: feature_block={block!r}")
+    hub.check_token_cut(built.base, blocks, block)
     output = block_map(built.base, blocks, block)
     if output is None:
         raise InputError(
@@ -167,10 +168,7 @@ def _build_registered(name, weights, image_size):
 def _build_hub(name, weights, image_size):
     base, preprocessing, size, pattern, kind = hub.load_preset(
         name, weights, image_size)
-    spec = BackboneSpec(
-        name=name, application="", default_size=size, min_size=32,
-        preprocessing="affine", block_pattern=pattern or "",
-        module=kind) if pattern else None
+    spec = _hub_spec(name, kind, pattern) if pattern else None
     if weights not in ("imagenet", "none"):
         _load_weights_file(base, weights, name)
     origin = {"imagenet": "the preset's weights",
@@ -183,6 +181,14 @@ def _build_hub(name, weights, image_size):
              built.blocks()[-1][0], _rounded(preprocessing["scale"]),
              _rounded(preprocessing["offset"]))
     return built
+
+
+def _hub_spec(name, kind, pattern):
+    """The block grouping of a KerasHub architecture (`hub.BLOCK_PATTERNS`)
+    as a spec; only its pattern is used."""
+    return BackboneSpec(name=name, application="", default_size=0,
+                        min_size=32, preprocessing="affine",
+                        block_pattern=pattern, module=kind)
 
 
 def _rounded(values):
@@ -244,16 +250,21 @@ def _find_base(model):
 def _backbone_from_model_file(path, image_size, weights="none"):
     if not os.path.isfile(path):
         raise InputError(
-            f"Invalid backbone: no such file. Allowed: a registered name or "
-            f"an existing .keras path. Received: backbone={path!r}")
+            f"Invalid backbone: no such file. Allowed: a registered name, "
+            f"hub:PRESET or an existing .keras path. Received: "
+            f"backbone={path!r}")
     model = load_model_file(path, compile=False)
     base = _find_base(model)
     if base is not None:
         preprocessing = model.get_layer("preprocess").settings()
-        spec = lookup_spec(base.name)
+        kind, pattern = hub.saved_block_pattern(base)
+        spec = lookup_spec(base.name) or (
+            _hub_spec(path, kind, pattern) if pattern else None)
     else:
+        hub.refuse_bare_hub_model(model, path)
         base, preprocessing, spec = _cut_at_features(model, path), "none", None
-    size = base.input_shape[1] or image_size or 224
+    # A hub CNN's base takes any size: the classifier's input says which.
+    size = base.input_shape[1] or model.input_shape[1] or image_size or 224
     if image_size and image_size != size:
         raise InputError(
             f"Invalid image_size for backbone {path!r}: the saved model "
@@ -268,6 +279,8 @@ def _backbone_from_model_file(path, image_size, weights="none"):
 
 def _cut_at_features(model, path):
     for layer in reversed(model.layers):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue  # a cut there would be the raw pixels
         output = layer.output
         if len(getattr(output, "shape", ())) == 4:
             return keras.Model(model.inputs, output, name=model.name)

@@ -89,6 +89,62 @@ def import_if_saved_with_hub(path):
         from tl_keras.models import hub_layers  # noqa: F401 - registers
 
 
+def saved_block_pattern(base):
+    """(architecture, block pattern) of a hub base inside a saved
+    tl_keras classifier: a CNN's KerasHub model by its class, a rebuilt
+    ViT by its encoder layers; (None, None) for any other base."""
+    kind = type(base).__name__
+    if any(type(layer).__name__ == "HubViTEncoderBlock"
+           for layer in base.layers):
+        kind = "ViTBackbone"
+    return kind, BLOCK_PATTERNS.get(kind)
+
+
+def refuse_bare_hub_model(model, path):
+    """A KerasHub backbone saved on its own as .keras lacks its image
+    converter, so its preprocessing would be lost: an error pointing to a
+    preset folder instead."""
+    if type(model).__module__.startswith("keras_hub"):
+        raise InputError(
+            f"Invalid backbone {path!r}: a KerasHub {type(model).__name__} "
+            f"saved without its image converter, so its preprocessing is "
+            f"unknown. Allowed: hub: + a preset folder (save_to_preset of "
+            f"the backbone and its converter). Received: backbone={path!r}")
+
+
+def check_token_cut(base, blocks, block):
+    """Before the first encoder layer a ViT's class token is the same for
+    every image (the learned token plus its position embedding): a cut
+    there pooled by it would train the head on a constant."""
+    pooling = [layer.mode for layer in base.layers
+               if isinstance(layer, TokenPooling)]
+    names = [name for name, _ in blocks]
+    if (pooling == ["class_token"] and block in names
+            and names.index(block) == 0 and names[0] == "stem"):
+        raise InputError(
+            f"Invalid feature_block {block!r}: before the first encoder "
+            f"layer the class token this base is pooled by carries no "
+            f"image information. Allowed: one of {', '.join(names[1:])}. "
+            f"Received: feature_block={block!r}")
+
+
+def check_preset_name(name):
+    """The checks of `load_preset` that need no loading (keras-hub
+    installed; a folder is a backbone preset): for a list of candidates
+    checked before any of them is measured."""
+    import_keras_hub()
+    preset = name[len(PREFIX):]
+    if os.path.isdir(preset):
+        _check_preset_folder(preset, name)
+    elif "://" not in preset and (os.sep in preset
+                                   or preset.startswith(".")):
+        raise InputError(
+            f"Invalid backbone: no such preset folder. Allowed: hub: + a "
+            f"KerasHub preset name or handle, or a folder written by "
+            f"save_to_preset. Received: backbone={name!r}")
+    return preset
+
+
 def load_preset(name, weights, image_size):
     """Loads the backbone and preprocessing of `hub:PRESET`.
 
@@ -108,15 +164,8 @@ def load_preset(name, weights, image_size):
         that is not a preset, a preset of a non-vision model, or an image
         size the backbone cannot take.
     """
-    preset = name[len(PREFIX):]
+    preset = check_preset_name(name)
     hub = import_keras_hub()
-    if os.path.isdir(preset):
-        _check_preset_folder(preset, name)
-    elif os.sep in preset or preset.startswith("."):
-        raise InputError(
-            f"Invalid backbone: no such preset folder. Allowed: hub: + a "
-            f"KerasHub preset name or a folder written by save_to_preset. "
-            f"Received: backbone={name!r}")
     backbone = _from_preset(hub, preset, name, weights == "imagenet")
     kind = type(backbone).__name__
     if not _is_image_model(backbone):
@@ -178,11 +227,11 @@ def _check_preset_folder(folder, name):
             f"Invalid backbone {name!r}: the folder is not a KerasHub preset"
             f" (no config.json). Allowed: a folder written by "
             f"Backbone.save_to_preset. Received: backbone={name!r}")
-    with open(config_path, encoding="utf-8") as f:
-        try:
-            registered = json.load(f).get("registered_name", "")
-        except (json.JSONDecodeError, AttributeError):
-            registered = ""
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            registered = str(json.load(f).get("registered_name") or "")
+    except (ValueError, AttributeError):  # not JSON, not UTF-8, no dict
+        registered = ""
     if not registered.endswith("Backbone"):
         raise InputError(
             f"Invalid backbone {name!r}: its config.json holds "
@@ -244,26 +293,40 @@ def _image_converter(hub, preset, name):
             f"(image_converter.json), so its preprocessing is unknown. "
             f"Allowed: a preset saved with its ImageConverter "
             f"(converter.save_to_preset). Received: backbone={name!r}")
-    return hub.layers.ImageConverter.from_preset(preset)
+    try:
+        return hub.layers.ImageConverter.from_preset(preset)
+    except (ValueError, TypeError, KeyError) as e:
+        raise InputError(
+            f"Invalid backbone {name!r}: its image converter could not be "
+            f"loaded ({_first_line(e)}), so its preprocessing is unknown. "
+            f"Allowed: a preset with an ImageConverter. Received: "
+            f"backbone={name!r}") from None
 
 
 def _image_size(backbone, converter, image_size, name):
     """The square size the base runs at: --image_size, else the
     backbone's fixed input, else the converter's."""
     fixed = [d for d in backbone.inputs[0].shape[1:3] if d]
+    if len(set(fixed)) > 1:
+        raise InputError(
+            f"Invalid backbone {name!r}: it was built for {fixed[0]} x "
+            f"{fixed[1]} px inputs; tl_keras trains on square images. "
+            f"Allowed: a backbone with a square or free input size. "
+            f"Received: backbone={name!r}")
     preset_size = getattr(converter, "image_size", None)
     default = (fixed[0] if fixed else preset_size[0] if preset_size
                else 224)
     size = image_size or default
-    if fixed and any(d != size for d in fixed):
+    if fixed and size != fixed[0]:
         raise InputError(
             f"Invalid image_size for backbone {name!r}: the preset's "
             f"backbone was built for {fixed[0]} px inputs only. Allowed: 0 "
             f"or {fixed[0]}. Received: image_size={image_size}")
     if size < 32:
         raise InputError(
-            f"Invalid image_size for backbone {name!r}. Allowed: >= 32 "
-            f"(default {default}). Received: image_size={image_size}")
+            f"Invalid image_size for backbone {name!r}. Allowed: >= 32. "
+            f"Received: image_size={image_size} (the preset's size "
+            f"{default})")
     return size
 
 

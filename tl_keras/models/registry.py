@@ -85,8 +85,9 @@ def get_backbone_spec(name):
         hint = f"Did you mean {', '.join(close)}? " if close else ""
         raise InputError(
             f"Unknown backbone {name!r}. {hint}Known: "
-            f"{', '.join(list_backbones())}, or a path to a saved .keras "
-            f"model. Received: backbone={name!r}"
+            f"{', '.join(list_backbones())}, hub:PRESET (a KerasHub "
+            f"preset), or a path to a saved .keras model. Received: "
+            f"backbone={name!r}"
         )
     return spec
 
