@@ -11,13 +11,16 @@ is here.
 import importlib
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import keras
 import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import class_image, run_cli
+from conftest import REPO, class_image, run_cli
 
 import tl_keras
 from tl_keras import data as data_lib
@@ -185,19 +188,21 @@ def _endpoint_scores(served, x):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vit", "resnet"])
+@pytest.mark.parametrize("name, augment", [("vit", "none"),
+                                           ("resnet", "flip,zoom")])
 def test_transfer_and_finetune_through_the_cli(presets, tmp_path, name,
-                                               image_folder):
-    # compare runs scratch, transfer and finetune on the hub base; every
-    # run's export (three endpoints, and TFLite: both families convert
-    # with built-in ops) matches its model.keras.
+                                               augment, image_folder):
+    # compare runs scratch, transfer and finetune on the hub base (without
+    # augmentation the frozen stages train on cached features, with it
+    # through the base); every run's export (three endpoints, and TFLite:
+    # both families convert with built-in ops) matches its model.keras.
     workdir = str(tmp_path / "cmp")
     result = run_cli(
         f"--data_dir={image_folder}", f"--workdir={workdir}",
         f"--backbone=hub:{presets[name]}", "--mode=compare",
         "--epochs=2", "--finetune_epochs=1", "--batch_size=8",
         "--validation_split=0.2", "--test_split=0.2", "--unfreeze=2",
-        "--export_tflite")
+        f"--augment={augment}", "--export_tflite")
     assert result.returncode == 0, result.stderr[-3000:]
     x = images(5, seed=3)
     for approach in ("transfer", "finetune"):
@@ -206,6 +211,8 @@ def test_transfer_and_finetune_through_the_cli(presets, tmp_path, name,
         stages = list(metrics["stages"])
         assert stages == (["head"] if approach == "transfer"
                           else ["head", "finetune"])
+        extraction = metrics["stages"]["head"]["feature_extraction_seconds"]
+        assert bool(extraction) == (augment == "none"), extraction
         model = tl_keras.models.backbones.load_model_file(
             os.path.join(run, "model.keras"), compile=False)
         expected = tf.nn.softmax(model.predict(x, verbose=0)).numpy()
@@ -260,6 +267,42 @@ def test_rank_checks_every_hub_name_before_measuring(presets, tmp_path,
             data_dir=image_folder, workdir=str(tmp_path / "rank"),
             mode="rank", backbones=f"compact_cnn,hub:{tmp_path}/missing"))
     assert not measured
+
+
+@pytest.mark.slow
+def test_a_killed_hub_run_resumes_to_the_uninterrupted_weights(
+        presets, tmp_path, image_folder):
+    # tests/fault_task.py kills the process (SIGKILL) after the 2nd batch
+    # of the fine-tune stage's 2nd epoch; the rerun resumes from the epoch
+    # backup and ends where an uninterrupted run does.
+    flags = [f"--data_dir={image_folder}", f"--backbone=hub:{presets['vit']}",
+             "--approach=finetune", "--epochs=2", "--finetune_epochs=3",
+             "--batch_size=8", "--validation_split=0.2", "--test_split=0.2",
+             "--unfreeze=2"]
+
+    def run(workdir, fault=None):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("TL_KERAS_TEST_FAULT", None)
+        if fault:
+            env["TL_KERAS_TEST_FAULT"] = fault
+        return subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__),
+                                          "fault_task.py"),
+             f"--workdir={workdir}", *flags], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=600)
+
+    whole, workdir = str(tmp_path / "whole"), str(tmp_path / "run")
+    assert run(whole).returncode == 0
+    killed = run(workdir, "batch:finetune:2:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run(workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming the stage after epoch 1" in (resumed.stdout
+                                                  + resumed.stderr)
+    want, got = (tl_keras.load_model(os.path.join(w, "model.keras"),
+                                     compile=False) for w in (whole, workdir))
+    for a, b in zip(want.weights, got.weights, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5)
 
 
 def test_rank_puts_hub_and_registered_bases_side_by_side(presets, tmp_path,
