@@ -7,12 +7,12 @@ preprocessing). What tl_keras takes from a preset:
 
 * the backbone, without any task head (`_base`). A CNN's KerasHub model
   is the base as it is: its stages are the blocks, it can be cut after
-  one. A ViT is rebuilt from its own layers with each encoder layer a
-  node of the graph (KerasHub nests them all in one `ViTEncoder` layer),
-  so encoder layers are blocks to unfreeze or cut after; it is pooled by
-  its class token (the token ViT pretraining classifies from), or by the
-  mean of its tokens when it has none. Other transformers (DeiT, DINOv2,
-  Swin) are nested whole, one block, pooled per `TOKEN_POOLING`;
+  one. A ViT, DeiT or DINOv2 is rebuilt from its own layers with each
+  encoder layer a node of the graph (KerasHub nests them all in one
+  encoder layer), so encoder layers are blocks to unfreeze or cut after;
+  it is pooled by its class token (the token their pretraining
+  classifies from), or by the mean of its tokens when a ViT has none.
+  Swin is nested whole, one block, pooled by the mean of its tokens;
 * the image converter's scale and offset, inside the model exactly once
   (`ImageNormalization` mode 'affine'); its resizing is the data
   pipeline's, at the preset's image size;
@@ -35,13 +35,15 @@ from tl_keras.models.layers import TokenPooling
 PREFIX = "hub:"
 
 # The blocks --unfreeze and --lr_decay count, by backbone class: encoder
-# layers for a ViT, stages for CNNs (layer names checked on small models
-# of each family built from configs; the layers before the first block
-# are 'stem': a ViT's patch embedding). A transformer other than ViT is
+# layers for a rebuilt transformer, stages for CNNs (layer names checked
+# on small models of each family built from configs; the layers before
+# the first block are 'stem': a transformer's patch embedding). Swin is
 # one block ('all'); a CNN not listed gets one block per layer with a
 # kernel (`list_blocks` without a pattern).
 BLOCK_PATTERNS = {
     "ViTBackbone": r"^(transformer_block_\d+)$",
+    "DeiTBackbone": r"^(transformer_block_\d+)$",
+    "DINOV2Backbone": r"^(layers_\d+)$",
     "ResNetBackbone": r"^(stack\d+)_",
     "DenseNetBackbone": r"^(stack\d+)_",  # transition k joins stack k
     "EfficientNetBackbone": r"^(block\d+)[a-z]_",
@@ -50,13 +52,10 @@ BLOCK_PATTERNS = {
     "VGGBackbone": r"^(block\d+)_",
 }
 
-# How a transformer's tokens become one feature vector, by class: the
-# class token where pretraining put its classifier on it (ViT with one,
-# DeiT, DINOv2's linear probes), else the mean of the tokens (Swin has no
-# class token; also any transformer not listed).
-TOKEN_POOLING = {"DeiTBackbone": "class_token",
-                 "DINOV2Backbone": "class_token",
-                 "SwinTransformerBackbone": "mean"}
+# A rebuilt transformer inside a saved classifier, by its encoder layers.
+SAVED_ENCODER_LAYERS = {"HubViTEncoderBlock": "ViTBackbone",
+                        "HubDeiTEncoderBlock": "DeiTBackbone",
+                        "DINOV2Layer": "DINOV2Backbone"}
 
 
 def is_hub(name):
@@ -84,7 +83,7 @@ def import_if_saved_with_hub(path):
             saved = archive.read("config.json").decode("utf-8", "replace")
     except (OSError, KeyError, zipfile.BadZipFile):
         return  # Keras's own loading reports what is wrong with the file
-    if "keras_hub" in saved or '"tl_keras>HubViT' in saved:
+    if "keras_hub" in saved or '"tl_keras>Hub' in saved:
         import_keras_hub()
         from tl_keras.models import hub_layers  # noqa: F401 - registers
 
@@ -92,11 +91,11 @@ def import_if_saved_with_hub(path):
 def saved_block_pattern(base):
     """(architecture, block pattern) of a hub base inside a saved
     tl_keras classifier: a CNN's KerasHub model by its class, a rebuilt
-    ViT by its encoder layers; (None, None) for any other base."""
+    transformer by its encoder layers; (None, None) for any other
+    base."""
     kind = type(base).__name__
-    if any(type(layer).__name__ == "HubViTEncoderBlock"
-           for layer in base.layers):
-        kind = "ViTBackbone"
+    for layer in base.layers:
+        kind = SAVED_ENCODER_LAYERS.get(type(layer).__name__, kind)
     return kind, BLOCK_PATTERNS.get(kind)
 
 
@@ -180,14 +179,18 @@ def load_preset(name, weights, image_size):
 
 
 def _base(backbone, name):
-    """The base tl_keras trains: a ViT rebuilt with its encoder layers as
-    graph nodes (`_vit_base`); a CNN's KerasHub model itself (saved and
-    loaded through KerasHub's own config); any other transformer nested
-    whole, its tokens pooled (`TOKEN_POOLING`)."""
+    """The base tl_keras trains: a ViT, DeiT or DINOv2 rebuilt with its
+    encoder layers as graph nodes (`hub_layers.rebuilt`); a CNN's KerasHub
+    model itself (saved and loaded through KerasHub's own config); any
+    other transformer (Swin) nested whole, pooled by the mean of its
+    tokens (Swin has no class token)."""
     kind = type(backbone).__name__
     output = backbone.output
-    if kind == "ViTBackbone":
-        return _vit_base(backbone)
+    from tl_keras.models import hub_layers  # keras_hub is imported
+
+    rebuilt = hub_layers.rebuilt(backbone)
+    if rebuilt:
+        return rebuilt
     if not isinstance(output, dict) and len(output.shape) == 4:
         return backbone
     if isinstance(output, dict) or len(output.shape) != 3:
@@ -200,8 +203,7 @@ def _base(backbone, name):
     named = backbone.input  # DINOv2 takes {'images': ...}
     tokens = backbone({next(iter(named)): images} if isinstance(
         named, dict) else images)
-    pooled = TokenPooling(TOKEN_POOLING.get(kind, "mean"),
-                          name="token_pool")(tokens)
+    pooled = TokenPooling("mean", name="token_pool")(tokens)
     return keras.Model(images, pooled, name=f"{backbone.name}_pooled")
 
 
@@ -328,25 +330,3 @@ def _image_size(backbone, converter, image_size, name):
             f"Received: image_size={image_size} (the preset's size "
             f"{default})")
     return size
-
-
-def _vit_base(backbone):
-    """A KerasHub ViT with each encoder layer a node of the graph (the
-    same weights, in loadable copies of its layers, `hub_layers`;
-    `ViTEncoder.call`'s order: dropout, the encoder layers, the final
-    LayerNorm), pooled to a (batch, 1, 1, hidden) map."""
-    from tl_keras.models import hub_layers  # imports keras_hub
-
-    encoder = backbone.get_layer("vit_encoder")
-    embedding = backbone.get_layer("vit_patching_and_embedding")
-    originals = [embedding, encoder.dropout, *encoder.encoder_layers,
-                 encoder.layer_norm]
-    copies = [hub_layers.loadable(layer) for layer in originals]
-    images = keras.Input(backbone.inputs[0].shape[1:], name="images")
-    x = images
-    for layer in copies:
-        x = layer(x)
-    hub_layers.copy_weights(zip(copies, originals, strict=True))
-    pooling = "class_token" if embedding.use_class_token else "mean"
-    x = TokenPooling(pooling, name="token_pool")(x)
-    return keras.Model(images, x, name=backbone.name)

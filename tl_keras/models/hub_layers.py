@@ -1,27 +1,47 @@
-"""KerasHub's ViT layers, loadable on their own (imports keras_hub).
+"""KerasHub's ViT, DeiT and DINOv2 rebuilt with each encoder layer a
+graph node (`rebuilt`), from layers that load on their own (imports
+keras_hub).
 
-KerasHub 0.32 saves a ViT as one `ViTBackbone` and rebuilds it from the
-backbone's arguments, so two of its layers never had to load from their
-own configs, and cannot: `ViTPatchingAndEmbedding.get_config` adds
-`num_patches` and `num_positions`, `ViTEncoderBlock.get_config` adds
-`key_dim`, and neither constructor accepts them ("Unrecognized keyword
-arguments"). All three follow from the other arguments (the grid from
-image and patch size; hidden_dim // num_heads). tl_keras puts these
-layers in its own graph (`hub.load_preset`), so a saved classifier needs
-them to load: these subclasses drop the derived keys and are otherwise
-KerasHub's classes, except where said.
+KerasHub 0.32 saves a ViT (or DeiT) as one backbone and rebuilds it from
+the backbone's arguments, so some of its layers never had to load from
+their own configs, and cannot: `ViTPatchingAndEmbedding.get_config` and
+`DeiTEmbeddings.get_config` add `num_patches` and `num_positions`, the
+encoder blocks' add `key_dim`, and no constructor accepts them
+("Unrecognized keyword arguments"). All follow from the other arguments
+(the grid from image and patch size; hidden_dim // num_heads). tl_keras
+puts these layers in its own graph (`hub._transformer_base`), so a saved
+classifier needs them to load: these subclasses drop the derived keys and
+are otherwise KerasHub's classes, except where said.
 """
 
 import keras
 from keras import ops
+from keras_hub.src.models.deit.deit_layers import (
+    DeiTEmbeddings,
+    DeiTEncoderBlock,
+)
+from keras_hub.src.models.dinov2.dinov2_layers import DINOV2Embedding
 from keras_hub.src.models.vit.vit_layers import (
     ViTEncoderBlock,
     ViTPatchingAndEmbedding,
 )
 
+from tl_keras.models.layers import TokenPooling
+
+
+class _DropsDerivedKeys:
+    """Loads from a config that holds keys the constructor derives."""
+
+    DERIVED = ()
+
+    @classmethod
+    def from_config(cls, config):
+        config = {k: v for k, v in config.items() if k not in cls.DERIVED}
+        return super().from_config(config)
+
 
 @keras.saving.register_keras_serializable("tl_keras")
-class HubViTPatchingAndEmbedding(ViTPatchingAndEmbedding):
+class HubViTPatchingAndEmbedding(_DropsDerivedKeys, ViTPatchingAndEmbedding):
     """ViTPatchingAndEmbedding that loads from its own config, and whose
     position embeddings train the same on one device and on several.
 
@@ -50,28 +70,77 @@ class HubViTPatchingAndEmbedding(ViTPatchingAndEmbedding):
         table = ops.convert_to_tensor(self.position_embedding.embeddings)
         return ops.add(patches, ops.cast(table, patches.dtype)[None])
 
-    @classmethod
-    def from_config(cls, config):
-        config = {k: v for k, v in config.items()
-                  if k not in ("num_patches", "num_positions")}
-        return super().from_config(config)
+    DERIVED = ("num_patches", "num_positions")
 
 
 @keras.saving.register_keras_serializable("tl_keras")
-class HubViTEncoderBlock(ViTEncoderBlock):
+class HubViTEncoderBlock(_DropsDerivedKeys, ViTEncoderBlock):
     """ViTEncoderBlock that loads from its own config."""
 
-    @classmethod
-    def from_config(cls, config):
-        config = {k: v for k, v in config.items() if k != "key_dim"}
-        return super().from_config(config)
+    DERIVED = ("key_dim",)
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class HubDeiTEmbeddings(_DropsDerivedKeys, DeiTEmbeddings):
+    """DeiTEmbeddings that loads from its own config."""
+
+    DERIVED = ("num_patches", "num_positions")
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class HubDeiTEncoderBlock(_DropsDerivedKeys, DeiTEncoderBlock):
+    """DeiTEncoderBlock that loads from its own config and gives its
+    output alone (KerasHub's also returns attention scores, None unless
+    asked for, which a graph node cannot output)."""
+
+    DERIVED = ("key_dim",)
+
+    def call(self, hidden_states):
+        return super().call(hidden_states)[0]
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class HubDINOV2Embedding(DINOV2Embedding):
+    """DINOV2Embedding whose trained position embeddings survive saving.
+
+    KerasHub trains `interpolated_position_embeddings` (the table for the
+    input size) and saves `position_embeddings` (the pretraining size's),
+    writing the trained table back into it only when the *signed sum* of
+    the change exceeds epsilon, and re-interpolating on every load. So a
+    fine-tuned DINOv2 saved with `model.save` or `save_weights` reloaded
+    with its pretrained position embeddings about half the time
+    (whichever sign training's change summed to; a trained test
+    classifier reloaded with predictions up to 0.44 apart), and resuming
+    from an epoch backup restored other weights than were trained.
+    Re-interpolating also loses detail when the sizes differ. This layer
+    saves and loads every variable as it is, like any Keras layer.
+
+    Its mask token (masked-image pretraining only; never used without
+    masks) is not trainable, so fine-tuning gives no "no gradient"
+    warning for it.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.use_mask_token:
+            self.mask_token.trainable = False
+
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
 
 
 def loadable(layer):
-    """A copy of a KerasHub ViT layer as its loadable subclass (same
-    config; its weights are copied once it is built, `copy_weights`)."""
+    """A copy of a KerasHub transformer layer as its loadable subclass
+    (same config; its weights are copied once it is built,
+    `copy_weights`); any other layer as it is."""
     cls = {ViTPatchingAndEmbedding: HubViTPatchingAndEmbedding,
-           ViTEncoderBlock: HubViTEncoderBlock}.get(type(layer))
+           ViTEncoderBlock: HubViTEncoderBlock,
+           DeiTEmbeddings: HubDeiTEmbeddings,
+           DeiTEncoderBlock: HubDeiTEncoderBlock,
+           DINOV2Embedding: HubDINOV2Embedding}.get(type(layer))
     return cls.from_config(layer.get_config()) if cls else layer
 
 
@@ -80,3 +149,47 @@ def copy_weights(pairs):
     for copy, original in pairs:
         if copy is not original:
             copy.set_weights(original.get_weights())
+
+
+def _encoder_sequence(backbone):
+    """(its layers in call order, token pooling) for a transformer
+    tl_keras rebuilds, following each encoder's `call` in KerasHub 0.32
+    (ViT: embedding, dropout, encoder layers, LayerNorm; DeiT and DINOv2:
+    embedding, encoder layers, LayerNorm); None for any other backbone.
+    Pooling by the class token, which their pretraining classifies from
+    (DeiT's classifier takes token 0, DINOv2's linear probes the class
+    token), else the mean for a ViT without one."""
+    kind = type(backbone).__name__
+    if kind == "ViTBackbone":
+        encoder = backbone.get_layer("vit_encoder")
+        embedding = backbone.get_layer("vit_patching_and_embedding")
+        return ([embedding, encoder.dropout, *encoder.encoder_layers,
+                 encoder.layer_norm],
+                "class_token" if embedding.use_class_token else "mean")
+    if kind == "DeiTBackbone":
+        encoder = backbone.get_layer("deit_encoder")
+        return ([backbone.get_layer("deit_patching_and_embedding"),
+                 *encoder.encoder_layers, encoder.layer_norm],
+                "class_token")
+    if kind == "DINOV2Backbone":
+        return ([backbone.embeddings, *backbone.encoder.layers,
+                 backbone.layernorm], "class_token")
+    return None
+
+
+def rebuilt(backbone):
+    """A ViT, DeiT or DINOv2 `backbone` with each encoder layer a node of
+    the graph (the same weights, in loadable copies of its layers),
+    pooled to a (batch, 1, 1, hidden) map; None for any other backbone."""
+    sequence = _encoder_sequence(backbone)
+    if not sequence:
+        return None
+    originals, pooling = sequence
+    copies = [loadable(layer) for layer in originals]
+    images = keras.Input(originals[0].input.shape[1:], name="images")
+    x = images
+    for layer in copies:
+        x = layer(x)
+    copy_weights(zip(copies, originals, strict=True))
+    x = TokenPooling(pooling, name="token_pool")(x)
+    return keras.Model(images, x, name=backbone.name)
