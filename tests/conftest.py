@@ -25,6 +25,30 @@ ON_GPU_HOST = bool(tf.config.list_physical_devices("GPU"))
 cpu_only = pytest.mark.skipif(
     ON_GPU_HOST, reason="checks the CPU-only defaults; this host has GPUs")
 
+def small_hub_preset(folder, family="ViT"):
+    """A small KerasHub backbone (random weights, seed 0) with a [-1, 1]
+    image converter, saved as a local preset in `folder` (32 px, 2 encoder
+    layers); returns its --backbone value. ViT (class token) or DINOV2
+    (its position table made for 48 px, interpolated to 32 as DINOv2's
+    presets are from 518). keras_hub is imported only here."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    kwargs = dict(image_shape=(32, 32, 3), patch_size=8, num_layers=2,
+                  num_heads=2, hidden_dim=16)
+    if family == "ViT":
+        kwargs.update(mlp_dim=32)
+    else:
+        kwargs.update(intermediate_dim=32, position_embedding_shape=(48, 48, 3))
+    getattr(keras_hub.models, f"{family}Backbone")(**kwargs).save_to_preset(
+        folder)
+    getattr(keras_hub.layers, f"{family}ImageConverter")(
+        image_size=(32, 32), scale=1 / 127.5, offset=-1).save_to_preset(
+        folder)
+    return f"hub:{folder}"
+
+
 def run_cli(*args, timeout=600):
     """Runs `python run.py ARGS` from the repository root (a new process:
     TensorFlow's start-up included); returns the CompletedProcess."""

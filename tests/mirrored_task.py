@@ -24,7 +24,6 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tl_keras  # noqa: E402
@@ -32,23 +31,7 @@ from tl_keras import data as data_lib  # noqa: E402
 from tl_keras.models.backbones import load_model_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import class_image  # noqa: E402
-
-
-def hub_vit_preset(workdir):
-    """A small KerasHub ViT (random weights) as a local preset; returns
-    its --backbone value."""
-    import keras_hub
-
-    keras.utils.set_random_seed(0)
-    folder = os.path.join(workdir, "vit_preset")
-    keras_hub.models.ViTBackbone(
-        image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
-        hidden_dim=16, mlp_dim=32).save_to_preset(folder)
-    keras_hub.layers.ViTImageConverter(
-        image_size=(32, 32), scale=1 / 127.5, offset=-1).save_to_preset(
-        folder)
-    return f"hub:{folder}"
+from conftest import class_image, small_hub_preset  # noqa: E402
 
 
 def main(workdir, base="compact_cnn"):
@@ -56,7 +39,8 @@ def main(workdir, base="compact_cnn"):
     labels = np.repeat(np.arange(3), 12).astype(np.int32)
     images = np.stack([np.asarray(class_image(int(y), rng, 32))
                        for y in labels])
-    backbone = hub_vit_preset(workdir) if base == "hub_vit" else base
+    backbone = (small_hub_preset(os.path.join(workdir, "vit_preset"))
+                if base == "hub_vit" else base)
     config = tl_keras.Config(
         workdir="", backbone=backbone,
         weights="imagenet" if base == "hub_vit" else "none", image_size=32,

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, cpu_only, write_image_folder
+from conftest import REPO, cpu_only, small_hub_preset, write_image_folder
 
 import tl_keras
 from tl_keras import cli, distribute
@@ -188,7 +188,7 @@ def wait_all(procs, timeout=400):
 
 
 def weights_of(workdir):
-    return keras.models.load_model(
+    return tl_keras.load_model(
         os.path.join(workdir, "model.keras")).get_weights()
 
 
@@ -211,25 +211,59 @@ def two_worker_run(cluster_data, tmp_path_factory):
     return workdir
 
 
-@MULTI_PROCESS
-def test_two_workers_match_one_process(two_worker_run, cluster_data,
-                                       tmp_path):
+def assert_matches_one_process(run, data_dir, tmp_path, flags):
+    """The two-worker `run` trained as one process would: the same losses
+    per epoch and final weights (a global batch of 6 split 3 + 3)."""
     config = cli.config_from_args(
-        [f"--data_dir={cluster_data}", f"--workdir={tmp_path / 'single'}",
-         *FLAGS])
+        [f"--data_dir={data_dir}", f"--workdir={tmp_path / 'single'}",
+         *flags])
     single = tl_keras.train(config)
     assert single["hardware"]["replicas"] == 1
-    metrics = json.load(open(os.path.join(two_worker_run, "metrics.json")))
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
     assert metrics["hardware"]["distribution"] == "multi_worker"
     assert metrics["hardware"]["replicas"] == 2
     assert metrics["hardware"]["workers"] == 2
     assert metrics["hardware"]["per_replica_batch_size"] == 3
-    for stage in ("head", "finetune"):
+    for stage in ("head", "finetune"):  # metrics.json keeps 6 decimals
         np.testing.assert_allclose(
             metrics["stages"][stage]["history"]["loss"],
-            single["stages"][stage]["history"]["loss"], rtol=1e-5)
-    initial = weights_of(two_worker_run)
-    assert max_diff(initial, weights_of(config.runtime.workdir)) < 1e-5
+            single["stages"][stage]["history"]["loss"], rtol=1e-5,
+            atol=2e-6)
+    # Except attention key biases: their gradient is zero in exact
+    # arithmetic (a key bias adds the same logit to every key of a query,
+    # which softmax ignores), and Adam scales the round-off, which differs
+    # with the summation order, to steps of the learning rate's size.
+    run_model, single_model = (tl_keras.load_model(
+        os.path.join(workdir, "model.keras"))
+        for workdir in (run, config.runtime.workdir))
+    diffs = [float(np.abs(a.numpy() - b.numpy()).max())
+             for a, b in zip(run_model.weights, single_model.weights,
+                             strict=True)
+             if not a.path.endswith("key/bias")]
+    assert max(diffs) < 1e-5
+
+
+@MULTI_PROCESS
+def test_two_workers_on_a_hub_base_match_one_process(cluster_data,
+                                                     tmp_path):
+    # A KerasHub DINOv2 (local preset, random weights) rebuilt with its
+    # encoder layers as graph nodes, fine-tuned whole (its LayerNorms and
+    # position table train): the chief's sync and the epoch backups go
+    # through KerasHub's layers and tl_keras's own position-table saving.
+    preset = small_hub_preset(str(tmp_path / "dinov2"), "DINOV2")
+    flags = [f"--backbone={preset}", "--weights=imagenet", "--unfreeze=all",
+             *FLAGS[2:]]
+    workdir = str(tmp_path / "run")
+    codes = wait_all(start_workers(cluster_data, workdir, flags=flags))
+    assert codes == [0, 0], open(f"{workdir}.log0").read()[-3000:]
+    assert_matches_one_process(workdir, cluster_data, tmp_path, flags)
+
+
+@MULTI_PROCESS
+def test_two_workers_match_one_process(two_worker_run, cluster_data,
+                                       tmp_path):
+    assert_matches_one_process(two_worker_run, cluster_data, tmp_path,
+                               FLAGS)
     # Only the chief wrote the run's outputs; the other worker kept its
     # stage markers and backups in a folder of its own.
     other = two_worker_run + ".worker-1"

@@ -122,7 +122,20 @@ class HubDINOV2Embedding(DINOV2Embedding):
 
     def build(self, input_shape):
         super().build(input_shape)
-        if self.use_mask_token:
+        self._freeze_mask_token()
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # Unfreezing a layer sets each of its variables trainable again.
+        keras.layers.Layer.trainable.fset(self, value)
+        self._freeze_mask_token()
+
+    def _freeze_mask_token(self):
+        if getattr(self, "mask_token", None) is not None:
             self.mask_token.trainable = False
 
     def save_own_variables(self, store):
