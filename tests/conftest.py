@@ -49,6 +49,18 @@ def small_hub_preset(folder, family="ViT"):
     return f"hub:{folder}"
 
 
+def tflite_scores(path, x):
+    """The scores a .tflite model at `path` gives for the batch `x`."""
+    interpreter = tf.lite.Interpreter(model_path=path)
+    entry = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(entry["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(
+        interpreter.get_output_details()[0]["index"])
+
+
 def run_cli(*args, timeout=600):
     """Runs `python run.py ARGS` from the repository root (a new process:
     TensorFlow's start-up included); returns the CompletedProcess."""

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import logging as absl_logging
-from conftest import class_image, run_cli, write_image_folder
+from conftest import class_image, run_cli, tflite_scores, write_image_folder
 from PIL import Image
 
 import tl_keras
@@ -336,17 +336,9 @@ def test_tflite_matches_the_saved_model(run, tmp_path):
     target = str(tmp_path / "with_tflite")
     predict.export_run(config.replace(mode="export", export_dir=target,
                                       export_tflite=True))
-    interpreter = tf.lite.Interpreter(
-        model_path=os.path.join(target, "model.tflite"))
     x = data_lib.resize_images(images(4, seed=2), 32).numpy().astype(
         "float32")
-    entry = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(entry["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(entry["index"], x)
-    interpreter.invoke()
-    lite = interpreter.get_tensor(interpreter.get_output_details()[0][
-        "index"])
+    lite = tflite_scores(os.path.join(target, "model.tflite"), x)
     expected = served.signatures["serve_float"](images=tf.constant(x))
     np.testing.assert_allclose(lite, expected["scores"], atol=1e-4)
 

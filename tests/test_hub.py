@@ -20,7 +20,13 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, class_image, run_cli, small_hub_preset
+from conftest import (
+    REPO,
+    class_image,
+    run_cli,
+    small_hub_preset,
+    tflite_scores,
+)
 
 import tl_keras
 from tl_keras import data as data_lib
@@ -280,19 +286,8 @@ def test_transfer_and_finetune_through_the_cli(presets, tmp_path, name,
             got["scores"], tf.nn.softmax(model.predict(resized, verbose=0)),
             atol=1e-5)
         np.testing.assert_allclose(
-            _tflite_scores(os.path.join(run, "export", "model.tflite"), x),
+            tflite_scores(os.path.join(run, "export", "model.tflite"), x),
             expected, atol=1e-4)
-
-
-def _tflite_scores(path, x):
-    interpreter = tf.lite.Interpreter(model_path=path)
-    entry = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(entry["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(entry["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(
-        interpreter.get_output_details()[0]["index"])
 
 
 @pytest.mark.parametrize("name", ["vit", "resnet"])
@@ -444,7 +439,7 @@ def test_other_families_train_reload_and_convert(family, tmp_path):
     with open(tflite, "wb") as f:
         f.write(convert_to_tflite(model))
     np.testing.assert_allclose(
-        _tflite_scores(tflite, x),
+        tflite_scores(tflite, x),
         tf.nn.softmax(model.predict(x, verbose=0)), atol=1e-5)
 
 

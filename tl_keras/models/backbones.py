@@ -16,7 +16,11 @@ import keras
 
 from tl_keras.errors import InputError
 from tl_keras.models import hub
-from tl_keras.models.layers import Backbone, TokenPooling
+from tl_keras.models.layers import (
+    Backbone,
+    TokenPooling,
+    token_pooling_mode,
+)
 from tl_keras.models.registry import (
     BackboneSpec,
     get_backbone_spec,
@@ -118,12 +122,9 @@ def block_map(base, blocks, block):
     last layer's (its `TokenPooling`, a new layer of the same mode); None
     when the block gives neither a map nor tokens."""
     output = block_output(blocks, block)
-    if len(output.shape) == 3:
-        pooling = [layer for layer in base.layers
-                   if isinstance(layer, TokenPooling)]
-        if pooling:
-            return TokenPooling(pooling[0].mode,
-                                name=f"{block}_token_pool")(output)
+    mode = token_pooling_mode(base)
+    if len(output.shape) == 3 and mode:
+        return TokenPooling(mode, name=f"{block}_token_pool")(output)
     return output if len(output.shape) == 4 else None
 
 

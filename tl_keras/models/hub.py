@@ -30,7 +30,7 @@ import zipfile
 import keras
 
 from tl_keras.errors import InputError
-from tl_keras.models.layers import TokenPooling
+from tl_keras.models.layers import TokenPooling, token_pooling_mode
 
 PREFIX = "hub:"
 
@@ -115,10 +115,8 @@ def check_token_cut(base, blocks, block):
     """Before the first encoder layer a ViT's class token is the same for
     every image (the learned token plus its position embedding): a cut
     there pooled by it would train the head on a constant."""
-    pooling = [layer.mode for layer in base.layers
-               if isinstance(layer, TokenPooling)]
     names = [name for name, _ in blocks]
-    if (pooling == ["class_token"] and block in names
+    if (token_pooling_mode(base) == "class_token" and block in names
             and names.index(block) == 0 and names[0] == "stem"):
         raise InputError(
             f"Invalid feature_block {block!r}: before the first encoder "

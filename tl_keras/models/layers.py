@@ -121,6 +121,14 @@ class TokenPooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def token_pooling_mode(base):
+    """How `base` pools its tokens (a `TokenPooling` mode); None for a
+    base without one (a CNN)."""
+    modes = [layer.mode for layer in base.layers
+             if isinstance(layer, TokenPooling)]
+    return modes[0] if modes else None
+
+
 @keras.saving.register_keras_serializable("tl_keras")
 class Backbone(keras.layers.Layer):
     """Wraps a base model so a frozen base always runs in inference mode.
