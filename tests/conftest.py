@@ -61,6 +61,19 @@ def tflite_scores(path, x):
         interpreter.get_output_details()[0]["index"])
 
 
+def run_fault_task(data_dir, workdir, flags, fault=None):
+    """Runs tests/fault_task.py (the command line, which SIGKILLs itself
+    at `fault`, e.g. 'batch:finetune:2:2'; None runs to the end)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TL_KERAS_TEST_FAULT", None)
+    if fault:
+        env["TL_KERAS_TEST_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "fault_task.py"),
+         f"--data_dir={data_dir}", f"--workdir={workdir}", *flags],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
 def run_cli(*args, timeout=600):
     """Runs `python run.py ARGS` from the repository root (a new process:
     TensorFlow's start-up included); returns the CompletedProcess."""

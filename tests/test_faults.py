@@ -16,15 +16,11 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, write_image_folder
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from conftest import run_fault_task, write_image_folder
 
 FLAGS = ["--backbone=compact_cnn", "--weights=none", "--image_size=32",
          "--approach=finetune", "--epochs=2", "--finetune_epochs=3",
@@ -70,17 +66,6 @@ FAULTS = [
 ]
 
 
-def run_task(data_dir, workdir, fault=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TL_KERAS_TEST_FAULT", None)
-    if fault:
-        env["TL_KERAS_TEST_FAULT"] = fault
-    return subprocess.run(
-        [sys.executable, os.path.join(HERE, "fault_task.py"),
-         f"--data_dir={data_dir}", f"--workdir={workdir}", *FLAGS],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-
 def epochs_logged(workdir, stage):
     with open(os.path.join(workdir, "logs", f"{stage}.csv")) as f:
         return [row["epoch"] for row in csv.DictReader(f)]
@@ -91,11 +76,11 @@ def test_killed_anywhere_then_rerun_ends_as_the_uninterrupted_run(tmp_path):
     data_dir = write_image_folder(str(tmp_path / "images"), per_class=16,
                                   formats=("png",))
     whole = str(tmp_path / "whole")
-    done = run_task(data_dir, whole)
+    done = run_fault_task(data_dir, whole, FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
     workdir = str(tmp_path / "run")
     for where, fault, present, absent in FAULTS:
-        killed = run_task(data_dir, workdir, fault)
+        killed = run_fault_task(data_dir, workdir, FLAGS, fault)
         assert killed.returncode == -signal.SIGKILL, (
             f"{where}: not killed (exit {killed.returncode})\n"
             + killed.stderr[-3000:])
@@ -105,7 +90,7 @@ def test_killed_anywhere_then_rerun_ends_as_the_uninterrupted_run(tmp_path):
             assert not os.path.exists(os.path.join(workdir, path)), (
                 where, path)
         assert os.path.exists(workdir + ".lock")  # a dead holder's lock
-    final = run_task(data_dir, workdir)
+    final = run_fault_task(data_dir, workdir, FLAGS)
     assert final.returncode == 0, final.stderr[-3000:]
     assert not os.path.exists(workdir + ".lock")
 

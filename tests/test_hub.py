@@ -12,8 +12,6 @@ import importlib
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import keras
 import keras_hub
@@ -21,9 +19,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import (
-    REPO,
     class_image,
     run_cli,
+    run_fault_task,
     small_hub_preset,
     tflite_scores,
 )
@@ -322,21 +320,12 @@ def test_a_killed_hub_run_resumes_to_the_uninterrupted_weights(
     # tests/fault_task.py kills the process (SIGKILL) after the 2nd batch
     # of the fine-tune stage's 2nd epoch; the rerun resumes from the epoch
     # backup and ends where an uninterrupted run does.
-    flags = [f"--data_dir={image_folder}", f"--backbone=hub:{presets['vit']}",
-             "--approach=finetune", "--epochs=2", "--finetune_epochs=3",
-             "--batch_size=8", "--validation_split=0.2", "--test_split=0.2",
-             "--unfreeze=2"]
+    flags = [f"--backbone=hub:{presets['vit']}", "--approach=finetune",
+             "--epochs=2", "--finetune_epochs=3", "--batch_size=8",
+             "--validation_split=0.2", "--test_split=0.2", "--unfreeze=2"]
 
     def run(workdir, fault=None):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        env.pop("TL_KERAS_TEST_FAULT", None)
-        if fault:
-            env["TL_KERAS_TEST_FAULT"] = fault
-        return subprocess.run(
-            [sys.executable, os.path.join(os.path.dirname(__file__),
-                                          "fault_task.py"),
-             f"--workdir={workdir}", *flags], cwd=REPO, env=env,
-            capture_output=True, text=True, timeout=600)
+        return run_fault_task(image_folder, workdir, flags, fault)
 
     whole, workdir = str(tmp_path / "whole"), str(tmp_path / "run")
     assert run(whole).returncode == 0
