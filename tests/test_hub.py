@@ -54,6 +54,12 @@ def _deit():
         num_heads=2, hidden_dim=16, intermediate_dim=32)
 
 
+def _swin():
+    return keras_hub.models.SwinTransformerBackbone(
+        image_shape=(SIZE, SIZE, 3), embed_dim=8, depths=(1, 1),
+        num_heads=(1, 2), window_size=4, patch_size=4)
+
+
 def _resnet():
     # The smallest ResNet KerasHub builds (its first stage needs 64).
     return keras_hub.models.ResNetBackbone(
@@ -66,8 +72,8 @@ def _resnet():
 @pytest.fixture(scope="module")
 def presets(tmp_path_factory):
     """Local presets: a ViT with a class token ([-1, 1] converter), one
-    without (mean pooling), a DeiT and a DINOv2 (class token), and a
-    ResNet with ImageNet mean / std."""
+    without (mean pooling), a DeiT and a DINOv2 (class token), a Swin
+    (mean), and a ResNet with ImageNet mean / std."""
     root = tmp_path_factory.mktemp("presets")
     keras.utils.set_random_seed(0)
     made = {}
@@ -80,6 +86,7 @@ def presets(tmp_path_factory):
             ("vit", _vit(), vit_converter),
             ("vit_mean", _vit(class_token=False), vit_converter),
             ("deit", _deit(), vit_converter),
+            ("swin", _swin(), vit_converter),
             ("resnet", _resnet(), resnet_converter)):
         folder = str(root / name)
         backbone.save_to_preset(folder)
@@ -108,7 +115,8 @@ VIT_BLOCKS = ["transformer_block_1", "transformer_block_2",
     ("vit", "class token", VIT_BLOCKS),
     ("vit_mean", "mean of tokens", VIT_BLOCKS),
     ("deit", "class token", VIT_BLOCKS[:2]),
-    ("dinov2", "class token", ["layers_0", "layers_1"])])
+    ("dinov2", "class token", ["layers_0", "layers_1"]),
+    ("swin", "mean of tokens", ["stage_0", "stage_1"])])
 def test_transformer_features_are_keras_hubs_pooled_once_preprocessed(
         presets, name, pool, blocks):
     # The classifier's pooled features equal KerasHub's own backbone on
@@ -395,7 +403,8 @@ FAMILIES = {
                     position_embedding_shape=(SIZE, SIZE, 3)),
                ["stem", "layers_0", "layers_1", "top"]),
     "SwinTransformer": (dict(embed_dim=8, depths=(1, 1), num_heads=(1, 2),
-                             window_size=4, patch_size=4), ["all"]),
+                             window_size=4, patch_size=4),
+                        ["stem", "stage_0", "stage_1", "top"]),
 }
 
 

@@ -7,12 +7,12 @@ preprocessing). What tl_keras takes from a preset:
 
 * the backbone, without any task head (`_base`). A CNN's KerasHub model
   is the base as it is: its stages are the blocks, it can be cut after
-  one. A ViT, DeiT or DINOv2 is rebuilt from its own layers with each
-  encoder layer a node of the graph (KerasHub nests them all in one
-  encoder layer), so encoder layers are blocks to unfreeze or cut after;
-  it is pooled by its class token (the token their pretraining
-  classifies from), or by the mean of its tokens when a ViT has none.
-  Swin is nested whole, one block, pooled by the mean of its tokens;
+  one. A ViT, DeiT, DINOv2 or Swin is rebuilt from its own layers with
+  each encoder layer (Swin: stage) a node of the graph, in copies that
+  can be saved and loaded on their own, so encoder layers are blocks to
+  unfreeze or cut after; it is pooled by its class token (the token
+  their pretraining classifies from), or by the mean of its tokens when
+  it has none (Swin; a ViT without one);
 * the image converter's scale and offset, inside the model exactly once
   (`ImageNormalization` mode 'affine'); its resizing is the data
   pipeline's, at the preset's image size;
@@ -37,13 +37,14 @@ PREFIX = "hub:"
 # The blocks --unfreeze and --lr_decay count, by backbone class: encoder
 # layers for a rebuilt transformer, stages for CNNs (layer names checked
 # on small models of each family built from configs; the layers before
-# the first block are 'stem': a transformer's patch embedding). Swin is
-# one block ('all'); a CNN not listed gets one block per layer with a
-# kernel (`list_blocks` without a pattern).
+# the first block are 'stem': a transformer's patch embedding). A
+# transformer not listed is one block ('all'); a CNN not listed gets one
+# block per layer with a kernel (`list_blocks` without a pattern).
 BLOCK_PATTERNS = {
     "ViTBackbone": r"^(transformer_block_\d+)$",
     "DeiTBackbone": r"^(transformer_block_\d+)$",
     "DINOV2Backbone": r"^(layers_\d+)$",
+    "SwinTransformerBackbone": r"^(stage_\d+)$",
     "ResNetBackbone": r"^(stack\d+)_",
     "DenseNetBackbone": r"^(stack\d+)_",  # transition k joins stack k
     "EfficientNetBackbone": r"^(block\d+)[a-z]_",
@@ -55,7 +56,8 @@ BLOCK_PATTERNS = {
 # A rebuilt transformer inside a saved classifier, by its encoder layers.
 SAVED_ENCODER_LAYERS = {"HubViTEncoderBlock": "ViTBackbone",
                         "HubDeiTEncoderBlock": "DeiTBackbone",
-                        "DINOV2Layer": "DINOV2Backbone"}
+                        "DINOV2Layer": "DINOV2Backbone",
+                        "HubSwinTransformerStage": "SwinTransformerBackbone"}
 
 
 def is_hub(name):
@@ -177,11 +179,11 @@ def load_preset(name, weights, image_size):
 
 
 def _base(backbone, name):
-    """The base tl_keras trains: a ViT, DeiT or DINOv2 rebuilt with its
-    encoder layers as graph nodes (`hub_layers.rebuilt`); a CNN's KerasHub
-    model itself (saved and loaded through KerasHub's own config); any
-    other transformer (Swin) nested whole, pooled by the mean of its
-    tokens (Swin has no class token)."""
+    """The base tl_keras trains: a ViT, DeiT, DINOv2 or Swin rebuilt with
+    its encoder layers as graph nodes (`hub_layers.rebuilt`); a CNN's
+    KerasHub model itself (saved and loaded through KerasHub's own
+    config); any other transformer nested whole, pooled by the mean of
+    its tokens."""
     kind = type(backbone).__name__
     output = backbone.output
     from tl_keras.models import hub_layers  # keras_hub is imported

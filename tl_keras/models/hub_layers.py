@@ -1,6 +1,6 @@
-"""KerasHub's ViT, DeiT and DINOv2 rebuilt with each encoder layer a
-graph node (`rebuilt`), from layers that load on their own (imports
-keras_hub).
+"""KerasHub's ViT, DeiT, DINOv2 and Swin rebuilt with each encoder layer
+(Swin: stage) a graph node (`rebuilt`), from layers that load on their
+own (imports keras_hub).
 
 KerasHub 0.32 saves a ViT (or DeiT) as one backbone and rebuilds it from
 the backbone's arguments, so some of its layers never had to load from
@@ -21,6 +21,11 @@ from keras_hub.src.models.deit.deit_layers import (
     DeiTEncoderBlock,
 )
 from keras_hub.src.models.dinov2.dinov2_layers import DINOV2Embedding
+from keras_hub.src.models.swin_transformer.swin_transformer_layers import (
+    PatchEmbedding,
+    PatchMerging,
+    SwinTransformerStage,
+)
 from keras_hub.src.models.vit.vit_layers import (
     ViTEncoderBlock,
     ViTPatchingAndEmbedding,
@@ -145,6 +150,56 @@ class HubDINOV2Embedding(DINOV2Embedding):
         keras.layers.Layer.load_own_variables(self, store)
 
 
+class _ClassArgumentAsFlag:
+    """Saves a constructor argument that holds a layer class (or None) as
+    a flag. KerasHub 0.32's Swin layers serialise the class itself, which
+    fails ("LayerNormalization.get_config() missing 1 required positional
+    argument: 'self'"). `config_of` also reads an instance of the KerasHub
+    class (`loadable` copies one through it). Builds its sublayers from
+    the input shape, which loading needs (KerasHub's build them on the
+    first call)."""
+
+    ARGUMENT, ATTRIBUTE, CLASS, BASE = "", "", None, None
+
+    def get_config(self):
+        return self.config_of(self)
+
+    def build(self, input_shape):
+        self.call(keras.KerasTensor(input_shape, dtype=self.compute_dtype))
+
+    @classmethod
+    def config_of(cls, layer):
+        held = getattr(layer, cls.ATTRIBUTE)
+        setattr(layer, cls.ATTRIBUTE, None)
+        try:
+            config = cls.BASE.get_config(layer)
+        finally:
+            setattr(layer, cls.ATTRIBUTE, held)
+        return {**config, cls.ARGUMENT: held is not None}
+
+    @classmethod
+    def from_config(cls, config):
+        config = {**config,
+                  cls.ARGUMENT: cls.CLASS if config[cls.ARGUMENT] else None}
+        return keras.layers.Layer.from_config.__func__(cls, config)
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class HubSwinPatchEmbedding(_ClassArgumentAsFlag, PatchEmbedding):
+    """Swin's PatchEmbedding, its LayerNormalization saved as a flag."""
+
+    ARGUMENT = ATTRIBUTE = "norm_layer"
+    CLASS, BASE = keras.layers.LayerNormalization, PatchEmbedding
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class HubSwinTransformerStage(_ClassArgumentAsFlag, SwinTransformerStage):
+    """A Swin stage, its PatchMerging saved as a flag."""
+
+    ARGUMENT, ATTRIBUTE = "downsample", "_downsample_cls"
+    CLASS, BASE = PatchMerging, SwinTransformerStage
+
+
 def loadable(layer):
     """A copy of a KerasHub transformer layer as its loadable subclass
     (same config; its weights are copied once it is built,
@@ -153,8 +208,13 @@ def loadable(layer):
            ViTEncoderBlock: HubViTEncoderBlock,
            DeiTEmbeddings: HubDeiTEmbeddings,
            DeiTEncoderBlock: HubDeiTEncoderBlock,
-           DINOV2Embedding: HubDINOV2Embedding}.get(type(layer))
-    return cls.from_config(layer.get_config()) if cls else layer
+           DINOV2Embedding: HubDINOV2Embedding,
+           PatchEmbedding: HubSwinPatchEmbedding,
+           SwinTransformerStage: HubSwinTransformerStage}.get(type(layer))
+    if cls is None:
+        return layer
+    config_of = getattr(cls, "config_of", type(layer).get_config)
+    return cls.from_config(config_of(layer))
 
 
 def copy_weights(pairs):
@@ -168,10 +228,11 @@ def _encoder_sequence(backbone):
     """(its layers in call order, token pooling) for a transformer
     tl_keras rebuilds, following each encoder's `call` in KerasHub 0.32
     (ViT: embedding, dropout, encoder layers, LayerNorm; DeiT and DINOv2:
-    embedding, encoder layers, LayerNorm); None for any other backbone.
+    embedding, encoder layers, LayerNorm; Swin's graph is already that
+    chain, its stages the encoder layers); None for any other backbone.
     Pooling by the class token, which their pretraining classifies from
     (DeiT's classifier takes token 0, DINOv2's linear probes the class
-    token), else the mean for a ViT without one."""
+    token), else the mean (Swin, a ViT without one)."""
     kind = type(backbone).__name__
     if kind == "ViTBackbone":
         encoder = backbone.get_layer("vit_encoder")
@@ -187,12 +248,15 @@ def _encoder_sequence(backbone):
     if kind == "DINOV2Backbone":
         return ([backbone.embeddings, *backbone.encoder.layers,
                  backbone.layernorm], "class_token")
+    if kind == "SwinTransformerBackbone":  # no class token
+        return ([layer for layer in backbone.layers
+                 if not isinstance(layer, keras.layers.InputLayer)], "mean")
     return None
 
 
 def rebuilt(backbone):
-    """A ViT, DeiT or DINOv2 `backbone` with each encoder layer a node of
-    the graph (the same weights, in loadable copies of its layers),
+    """A ViT, DeiT, DINOv2 or Swin `backbone` with each encoder layer a
+    node of the graph (the same weights, in loadable copies of its layers),
     pooled to a (batch, 1, 1, hidden) map; None for any other backbone."""
     sequence = _encoder_sequence(backbone)
     if not sequence:
