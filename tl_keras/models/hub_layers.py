@@ -9,9 +9,10 @@ their own configs, and cannot: `ViTPatchingAndEmbedding.get_config` and
 encoder blocks' add `key_dim`, and no constructor accepts them
 ("Unrecognized keyword arguments"). All follow from the other arguments
 (the grid from image and patch size; hidden_dim // num_heads). tl_keras
-puts these layers in its own graph (`hub._transformer_base`), so a saved
-classifier needs them to load: these subclasses drop the derived keys and
-are otherwise KerasHub's classes, except where said.
+puts these layers in its own graph (`rebuilt`), so a saved classifier
+needs them to load: these subclasses drop the derived keys (Swin's: see
+`_ClassArgumentAsFlag`) and are otherwise KerasHub's classes, except
+where said.
 """
 
 import keras
