@@ -200,7 +200,7 @@ def _base(backbone, name):
             f"a ViT, another transformer or a convolutional KerasHub "
             f"backbone with one output. Received: backbone={name!r}")
     images = keras.Input(backbone.inputs[0].shape[1:], name="images")
-    named = backbone.input  # DINOv2 takes {'images': ...}
+    named = backbone.input  # some backbones take {'images': ...}
     tokens = backbone({next(iter(named)): images} if isinstance(
         named, dict) else images)
     pooled = TokenPooling("mean", name="token_pool")(tokens)
