@@ -148,6 +148,34 @@ def test_a_tie_between_layers_goes_to_the_deeper_one():
 
 
 @pytest.mark.parametrize("num_val", [25, 100, 300])
+def test_an_earlier_block_must_beat_the_last_layer_by_a_standard_error(
+        num_val):
+    last = 0.8
+    margin = advisor.decision.EARLIER_MARGIN_SE * advisor.difference_se(
+        0.9, last, num_val)
+    for block3, chosen in ((last + margin + 0.005, "block3"),
+                           (last + margin - 0.005, ""), (last + 0.01, "")):
+        decision = advisor.decide(measurements(
+            last, {"block3": round(block3, 4)}, num_val=num_val))
+        assert decision["feature_block"] == chosen, (block3, decision)
+        rows = decision["estimates"]
+        # The best transfer estimate stays first; the finetune row (second)
+        # is the chosen layer's.
+        assert rows[0]["candidate"] == "transfer (block3)"
+        assert rows[1]["candidate"] == (
+            f"finetune ({chosen or 'last layer'})")
+        if not chosen:
+            assert "similar domain" in decision["situation"]
+            assert "a lead within the noise keeps the deeper" in \
+                decision["reason"]
+    # The seed-7 miss that motivated the rule: 0.84 against 0.80 on 25
+    # images is half a standard error.
+    decision = advisor.decide(measurements(0.8, {"block3": 0.84}))
+    assert decision["feature_block"] == ""
+    assert "(needed 0.909)" in decision["reason"]
+
+
+@pytest.mark.parametrize("num_val", [25, 100, 300])
 def test_scratch_must_beat_the_best_estimate_by_a_standard_error(num_val):
     probe = 0.8
     needed = advisor.decision.scratch_needed(probe, num_val)
@@ -276,9 +304,13 @@ def test_decisions_on_random_measurements_keep_their_promises():
                 decision["estimates"][-1], top)
             assert projected > needed >= best
         else:
-            chosen = m["layers"][decision["feature_block"]]["probe_accuracy"] \
-                if decision["feature_block"] else m["last"]["probe_accuracy"]
-            assert chosen == best
+            last = m["last"]["probe_accuracy"]
+            needed = last + advisor.difference_se(best, last, num_val)
+            block = decision["feature_block"]
+            if block:
+                assert m["layers"][block]["probe_accuracy"] == best > needed
+            else:
+                assert best == last or best <= needed + 1e-4
 
 
 def test_candidate_blocks_half_and_three_quarters_up():
