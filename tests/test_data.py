@@ -1,13 +1,15 @@
 """Image folders and arrays -> tf.data pipelines: formats, splits,
 augmentation in tf.data, and clear errors for bad data."""
 
+import json
 import logging
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FORMATS, class_image, write_image_folder
+from conftest import FORMATS, class_image, fake_probes, write_image_folder
 from PIL import Image
 
 import tl_keras
@@ -170,15 +172,107 @@ def test_randaugment_runs_in_tf_data_and_replays_per_epoch(tiny_config):
     data = tl_keras.make_datasets(config, SIZE)
     plain = tl_keras.make_datasets(config.replace(augment="none"), SIZE)
 
-    def epoch(d, number):
-        d.shuffle.set_epoch(1, number)
-        return next(iter(d.train))[0].numpy()
-
-    first = epoch(data, 0)
+    first = epoch_batch(data, 0)[0]
     assert 0 <= first.min() and first.max() <= 255
-    assert not np.array_equal(first, epoch(plain, 0))  # same order, changed
-    np.testing.assert_array_equal(first, epoch(data, 0))  # replayed
-    assert not np.array_equal(first, epoch(data, 1))
+    assert not np.array_equal(first, epoch_batch(plain, 0)[0])  # changed
+    np.testing.assert_array_equal(first, epoch_batch(data, 0)[0])  # replay
+    assert not np.array_equal(first, epoch_batch(data, 1)[0])
+
+
+def epoch_batch(data, number):
+    """The first training batch of epoch `number` of the first stage."""
+    data.shuffle.set_epoch(1, number)
+    images, labels = next(iter(data.train))
+    return images.numpy(), labels.numpy()
+
+
+def best_partner(mixed, own, plain, explain):
+    """The image of `plain` (index j) and the share w for which
+    explain(own, plain[j], w) comes closest to `mixed`."""
+    fits = [explain(own, other, mixed) for other in plain]
+    j = int(np.argmin([f[1] for f in fits]))
+    return j, fits[j][0]
+
+
+def mixup_fit(own, other, mixed):
+    """w and residual of mixed = w own + (1 - w) other (least squares)."""
+    d = (own - other).ravel()
+    w = float(d @ (mixed - other).ravel() / max(d @ d, 1e-9))
+    return w, float(np.abs(w * own + (1 - w) * other - mixed).max())
+
+
+def cutmix_fit(own, other, mixed):
+    """w = the share of pixels kept from own (the rest pasted from other),
+    and how many pixels are neither."""
+    kept = np.all(mixed == own, axis=-1)
+    pasted = np.all(mixed == other, axis=-1) & ~kept
+    return float(kept.mean()), float((~kept & ~pasted).mean())
+
+
+@pytest.mark.parametrize("mix, explain", [("mixup", mixup_fit),
+                                          ("cutmix", cutmix_fit)])
+def test_mixed_images_carry_mixed_labels_that_sum_to_one(tiny_config, mix,
+                                                         explain):
+    # Each mixed image is explained as two images of the same batch
+    # without mixing (same order: the mixing comes after the shuffle),
+    # and its label weights are the two labels mixed in that proportion.
+    config = tiny_config.replace(batch_size=24, augment=mix)
+    data = tl_keras.make_datasets(config, SIZE)
+    plain = tl_keras.make_datasets(config.replace(augment="none"), SIZE)
+    images, labels = epoch_batch(data, 0)
+    originals, classes = epoch_batch(plain, 0)
+    eye = np.eye(len(data.class_names))
+    assert labels.shape == (24, len(data.class_names))
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-6)
+    mixed = 0
+    for i in range(24):
+        j, w = best_partner(images[i], originals[i], originals, explain)
+        if j == i:  # paired with itself: unchanged, its own label
+            np.testing.assert_allclose(images[i], originals[i], atol=1e-3)
+            np.testing.assert_allclose(labels[i], eye[classes[i]])
+            continue
+        mixed += 1
+        np.testing.assert_allclose(
+            labels[i], w * eye[classes[i]] + (1 - w) * eye[classes[j]],
+            atol=1e-3)
+    assert mixed >= 12
+    np.testing.assert_array_equal(images, epoch_batch(data, 0)[0])  # replay
+    assert data.val.element_spec[1].shape.rank == 1  # integer labels
+
+
+def test_mixed_labels_train_with_their_loss_and_accuracy(
+        tiny_config, pretrained_base, monkeypatch):
+    # Through train(): the mixed training labels and the integer
+    # validation labels both go through the loss and the accuracy, in the
+    # advisor's scratch run too (auto on a pretrained base whose probe is
+    # made low enough for the scratch run to matter).
+    fake_probes(monkeypatch, 0.34, {})
+    config = tiny_config.replace(
+        augment="flip,cutmix", epochs=1, finetune_epochs=1,
+        label_smoothing=0.1, approach="auto", backbone=pretrained_base)
+    metrics = tl_keras.train(config)
+    record = json.load(open(os.path.join(config.runtime.workdir,
+                                         "decision.json")))
+    assert "epochs" in record["measurements"]["scratch"], record[
+        "measurements"]["scratch"]
+    for stage in metrics["stages"]:
+        history = metrics["stages"][stage]["history"]
+        assert 0 <= history["accuracy"][-1] <= 1
+        assert np.isfinite(history["loss"][-1])
+    loaded = keras.models.load_model(
+        os.path.join(config.runtime.workdir, "model.keras"))
+    assert type(loaded.loss).__name__ == "SmoothedSparseCrossentropy"
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(augment="mixup,cutmix"), "augment"),
+    (dict(augment="flip,mixup", feature_cache_views=2),
+     "feature_cache_views"),
+])
+def test_bad_label_mixes_name_the_flag(changes, field):
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.Config(data_dir="d", workdir="w", **changes).validate()
+    assert field in str(e.value) and "Received" in str(e.value)
 
 
 def test_resize_is_the_same_eagerly_and_in_tf_data():

@@ -68,7 +68,7 @@ def scratch_run(model, data, config, epochs, stop=None):
 
     Its best validation accuracy is an early point on scratch's learning
     curve: a lower bound of what scratch reaches with the full budget
-    (frozen features cannot show how far training every layer goes).
+    (frozen features cannot show how far training every layer goes);
     `model` itself is not touched.
 
     `stop(curve) -> str or None`, if given, is asked after each epoch
@@ -76,9 +76,8 @@ def scratch_run(model, data, config, epochs, stop=None):
     (it has already won, or cannot win: more epochs cannot change the
     decision) and is kept as 'stopped'.
 
-    Returns:
-      {'epochs' (run), 'planned_epochs', 'images', 'val_accuracy' (best),
-      'val_accuracy_curve', 'seconds', 'stopped' (only if stopped)}.
+    Returns {'epochs' (run), 'planned_epochs', 'images', 'val_accuracy'
+    (best), 'val_accuracy_curve', 'seconds', 'stopped' (only if stopped)}.
     """
     start = time.time()
     data_config = config.data
@@ -94,7 +93,7 @@ def scratch_run(model, data, config, epochs, stop=None):
         optimizer=recipe.make_optimizer(
             training, training.learning_rate, training.epochs,
             recipe.steps_per_epoch(sampled, data_config.batch_size)),
-        loss=recipe.make_loss(training))
+        **recipe.loss_and_metric(config))
 
     curve, stopped = [], []
 
@@ -109,7 +108,8 @@ def scratch_run(model, data, config, epochs, stop=None):
             scratch.stop_training = True
 
     scratch.fit(
-        _endless_batches(sample_ds, sampled, data_config),
+        _endless_batches(sample_ds, sampled, data_config,
+                         len(data.class_names)),
         validation_data=data.val, epochs=epochs,
         steps_per_epoch=math.ceil(sampled / data_config.batch_size),
         verbose=0, shuffle=False,  # shuffled in _endless_batches
@@ -145,7 +145,7 @@ def _fresh_classifier(model, config):
                             config.model.dropout)
 
 
-def _endless_batches(sample_ds, sampled, data_config):
+def _endless_batches(sample_ds, sampled, data_config, num_classes):
     """The sample reshuffled every epoch, augmented, in full batches.
 
     Every batch full (an epoch's last one wraps into the next epoch's
@@ -159,4 +159,5 @@ def _endless_batches(sample_ds, sampled, data_config):
         sampled, seed=data_config.seed, reshuffle_each_iteration=True
     ).repeat().batch(data_config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
-    return augment(train, data_config).prefetch(tf.data.AUTOTUNE)
+    return augment(train, data_config, num_classes=num_classes).prefetch(
+        tf.data.AUTOTUNE)

@@ -14,7 +14,11 @@ TRAINED_APPROACHES = ("scratch", "transfer", "finetune")  # what auto picks
 APPROACHES = TRAINED_APPROACHES + ("auto",)
 MODES = ("train", "demo", "export", "predict", "evaluate", "advise", "rank",
          "compare")
-AUGMENTATIONS = ("flip", "rotation", "zoom", "randaugment")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "randaugment", "mixup",
+                 "cutmix")
+# Augmentations that mix two images of a batch, and so their labels: the
+# training labels become per-class weights summing to 1.
+LABEL_MIXES = ("mixup", "cutmix")
 # Options of the fine-tune stage, each with the value that leaves it off:
 # the only value --approach=scratch or transfer allows.
 FINETUNE_ONLY = {"lr_decay": 1.0, "l2sp": 0.0}

@@ -15,6 +15,7 @@ from tl_keras.config.fields import (
     DISTRIBUTIONS,
     FINETUNE_ONLY,
     JIT_CHOICES,
+    LABEL_MIXES,
     MODES,
     PRECISIONS,
     check_choices,
@@ -45,7 +46,8 @@ class DataConfig:
         "flip,rotation,zoom",
         "Comma-separated training augmentations run in tf.data "
         "(flip, rotation, zoom, randaugment: Keras's RandAugment, 2 ops "
-        "at magnitude 0.5), or 'none'.",
+        "at magnitude 0.5; mixup: Keras's MixUp, alpha 0.2; cutmix: "
+        "Keras's CutMix, at most one of the two), or 'none'.",
     )
     cache_budget_mb: int = field(
         1024,
@@ -76,7 +78,15 @@ class DataConfig:
             if name not in AUGMENTATIONS:
                 fail("augment", "'none' or a comma-separated subset of "
                      + ", ".join(AUGMENTATIONS), self.augment)
+        if len(self.label_mixes(names)) > 1:
+            fail("augment", "at most one of " + ", ".join(LABEL_MIXES),
+                 self.augment)
         return names
+
+    def label_mixes(self, names=None):
+        """The augmentations that mix labels (mixup or cutmix), a tuple."""
+        names = self.augmentations() if names is None else names
+        return tuple(n for n in names if n in LABEL_MIXES)
 
 
 @dataclasses.dataclass(frozen=True)

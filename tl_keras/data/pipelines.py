@@ -188,7 +188,7 @@ def make_datasets(config, image_size):
     datasets = {
         split: _pipeline(source, len(files[split]), config,
                          training=split == "train", cache=cache,
-                         shuffle=shuffle)
+                         shuffle=shuffle, num_classes=len(class_names))
         if source is not None else None
         for split, source in sources.items()
     }
@@ -249,7 +249,8 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
             lambda im, lab: (resize_images(im, image_size), lab),
             num_parallel_calls=AUTOTUNE)
         datasets[k] = (_pipeline(sources[k], len(labels), config,
-                                 k == "train", cache=True, shuffle=shuffle)
+                                 k == "train", cache=True, shuffle=shuffle,
+                                 num_classes=len(class_names))
                        if len(labels) else None)
     return ImageData(
         train=datasets["train"], val=datasets["val"],
@@ -316,14 +317,15 @@ def full_batches(ds, batch_size, n):
         tf.data.experimental.assert_cardinality(n // batch_size))
 
 
-def _pipeline(source, n, config, training, cache, shuffle=None):
+def _pipeline(source, n, config, training, cache, shuffle=None,
+              num_classes=None):
     ds = source.cache() if cache else source
     if training:
         ds = shuffle.apply(ds, n)
     ds = ds.batch(config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     if training:
-        ds = augment(ds, config, shuffle)
+        ds = augment(ds, config, shuffle, num_classes)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -28,6 +28,7 @@ from tl_keras.models.layers import (
     TokenPooling,
 )
 from tl_keras.models.optimizers import (
+    LabelAccuracy,
     ScaledAdam,
     SmoothedSparseCrossentropy,
 )
@@ -40,6 +41,7 @@ from tl_keras.models.registry import (
 
 __all__ = [
     "PREPROCESSING_MODES",
+    "LabelAccuracy",
     "ScaledAdam",
     "SmoothedSparseCrossentropy",
     "Backbone",

@@ -141,10 +141,11 @@ def check_unfreeze(unfreeze, blocks):
 
 
 def compile_for_stage(model, learning_rate, jit_compile=False,
-                      optimizer=None, loss=None):
+                      optimizer=None, loss=None, metric=None):
     """Compiles with a fresh Adam at `learning_rate` (or the fresh
-    `optimizer` given) and sparse cross-entropy (or `loss`); needed after
-    every change of trainable.
+    `optimizer` given), sparse cross-entropy (or `loss`) and sparse
+    accuracy (or `metric`, named 'accuracy'); needed after every change
+    of trainable.
 
     The optimizer's slots and the metric's variables are made here, not in
     the first train step: a `tf.function` whose first trace creates
@@ -159,7 +160,8 @@ def compile_for_stage(model, learning_rate, jit_compile=False,
             from_logits=True),
         # An instance (its variables exist now) named as "accuracy" would
         # be: same history keys (accuracy, val_accuracy).
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        metrics=[metric or keras.metrics.SparseCategoricalAccuracy(
+            name="accuracy")],
         jit_compile=jit_compile,
     )
     model.optimizer.build(model.trainable_variables)

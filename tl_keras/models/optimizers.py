@@ -6,8 +6,10 @@ learning-rate decay. Adam divides each gradient by its own running RMS, so
 scaling a variable's *gradient* leaves its update unchanged; the factor
 has to scale the learning rate of that variable's update, which is what
 `update_step` does here. `SmoothedSparseCrossentropy` is the sparse
-cross-entropy with label smoothing (Keras's sparse loss has none). Both
-are registered, so a saved model.keras that holds them loads.
+cross-entropy with label smoothing (Keras's sparse loss has none);
+it and `LabelAccuracy` also take per-class label weights (MixUp / CutMix
+mix the training labels; validation keeps integer labels). All are
+registered, so a saved model.keras that holds them loads.
 """
 
 import keras
@@ -71,9 +73,7 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         classes = keras.ops.shape(y_pred)[-1]
-        labels = keras.ops.one_hot(
-            keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)),
-            classes, dtype=y_pred.dtype)
+        labels = label_weights(y_true, y_pred)
         labels = labels * (1.0 - self.smoothing) + self.smoothing / (
             keras.ops.cast(classes, y_pred.dtype))
         return keras.losses.categorical_crossentropy(labels, y_pred,
@@ -81,3 +81,35 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "smoothing": self.smoothing}
+
+
+@keras.saving.register_keras_serializable("tl_keras")
+class LabelAccuracy(keras.metrics.MeanMetricWrapper):
+    """Accuracy against integer labels or per-class label weights (mixed
+    labels: the heaviest class counts as the label)."""
+
+    def __init__(self, name="accuracy", dtype=None):
+        super().__init__(fn=label_accuracy, name=name, dtype=dtype)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def label_accuracy(y_true, y_pred):
+    """1 where the top logit is the (heaviest) label, else 0."""
+    target = keras.ops.argmax(label_weights(y_true, y_pred), axis=-1)
+    return keras.ops.cast(keras.ops.equal(
+        target, keras.ops.argmax(y_pred, axis=-1)), "float32")
+
+
+def label_weights(y_true, y_pred):
+    """The labels as per-class weights: as they are when they already
+    have the logits' shape (mixed labels), else integer labels one-hot.
+    (Integer labels are (batch,) or (batch, 1), and there are at least 2
+    classes, so the two cannot be confused.)"""
+    if (len(y_true.shape) == len(y_pred.shape)
+            and y_true.shape[-1] == y_pred.shape[-1] != 1):
+        return keras.ops.cast(y_true, y_pred.dtype)
+    return keras.ops.one_hot(
+        keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)),
+        keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype)

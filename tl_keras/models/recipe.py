@@ -1,14 +1,18 @@
 """A stage's optimizer, learning-rate schedule and loss: the recipe
 options (--optimizer, --weight_decay, --lr_schedule, --warmup_epochs,
---lr_decay, --label_smoothing, --l2sp). Their defaults are the Keras guide's
-recipe exactly: plain Adam at one constant learning rate, sparse
-cross-entropy."""
+--lr_decay, --label_smoothing, --l2sp; the loss and metric of mixed labels
+for --augment=mixup or cutmix). Their defaults are the Keras guide's recipe
+exactly: plain Adam at one constant learning rate, sparse cross-entropy."""
 
 import math
 
 import keras
 
-from tl_keras.models.optimizers import ScaledAdam, SmoothedSparseCrossentropy
+from tl_keras.models.optimizers import (
+    LabelAccuracy,
+    ScaledAdam,
+    SmoothedSparseCrossentropy,
+)
 
 # Variables that --weight_decay leaves alone, by name: biases and the
 # scales and offsets of BatchNorm / LayerNorm (decaying them shrinks a
@@ -66,11 +70,29 @@ def layer_multipliers(model, blocks, decay):
     return out
 
 
-def make_loss(training):
-    """Sparse cross-entropy from logits, smoothed by --label_smoothing."""
-    if training.label_smoothing:
+def make_loss(training, label_mixes=()):
+    """Sparse cross-entropy from logits, smoothed by --label_smoothing;
+    with `label_mixes` (mixup or cutmix in --augment) one that also takes
+    the training batches' per-class label weights."""
+    if training.label_smoothing or label_mixes:
         return SmoothedSparseCrossentropy(training.label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def loss_and_metric(config):
+    """{'loss', 'metric'} of a run's `Config` for `compile_for_stage`."""
+    mixes = config.data.label_mixes()
+    return {"loss": make_loss(config.training, mixes),
+            "metric": make_metric(mixes)}
+
+
+def make_metric(label_mixes=()):
+    """The 'accuracy' metric: sparse accuracy, or with `label_mixes` one
+    that also takes per-class label weights (the heaviest class counts as
+    the label)."""
+    if label_mixes:
+        return LabelAccuracy(name="accuracy")
+    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
 def describe(training, stage_name):

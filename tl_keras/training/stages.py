@@ -267,7 +267,7 @@ def _compile(model, stage, data, config, place, blocks=None):
         recipe.steps_per_epoch(data.counts["train"],
                                config.data.batch_size), multipliers)
     compile_for_stage(model, stage.learning_rate, place.jit_compile,
-                      optimizer=optimizer, loss=recipe.make_loss(training))
+                      optimizer=optimizer, **recipe.loss_and_metric(config))
 
 
 def _standardize_from_sample(model, data, data_config, sample=2000):
