@@ -12,9 +12,13 @@ difference to the guide's.
     python bench/recipes.py --seeds=5,6            # ~2.5 h on 2 CPU cores
     python bench/recipes.py --seeds=5 --suite=toy  # the toy base only
     python bench/recipes.py --seeds=7,8 --recipes=lr_decay_0.85
+    python bench/recipes.py --seeds=9,10 --approach=transfer \
+        --recipes=views_2,views_4   # cached augmented views vs the loop
 
-A run whose workdir already holds a finished run (same --root) reads its
-result back instead of training again.
+Also printed: each recipe's wall time over the guide's, whole runs
+(start-up, data, training, evaluation, export). A run whose workdir
+already holds a finished run (same --root) reads its result back instead
+of training again.
 """
 
 import argparse
@@ -22,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,6 +55,11 @@ RECIPES["all"] = {k: v for r in RECIPES.values() for k, v in r.items()}
 # VGG16 few + similar (-2.7).
 RECIPES["lr_decay+smoothing"] = dict(lr_decay=0.7, label_smoothing=0.1)
 RECIPES["lr_decay_0.85"] = dict(lr_decay=0.85)
+# The frozen stage on K cached augmented views instead of a pass through
+# the base every epoch (epoch e trains on view e mod K): "guide" is the
+# full loop with the same augmentation.
+RECIPES["views_2"] = dict(feature_cache_views=2)
+RECIPES["views_4"] = dict(feature_cache_views=4)
 
 # Which situations of the advisor bench each suite uses.
 SITUATIONS = {"vgg": ("vgg few + different", "vgg few + similar"),
@@ -57,20 +67,33 @@ SITUATIONS = {"vgg": ("vgg few + different", "vgg few + similar"),
 
 
 def run(name, folder, augment, backbone, weights, recipe, seed, root, args):
+    """(test accuracy, wall seconds) of one run; read back if done."""
     toy = backbone.endswith(".keras")
     options = {"augment": augment, **RECIPES[recipe]}
     if options["augment"].startswith("+"):
         options["augment"] = ",".join(
             a for a in (augment, options["augment"][1:]) if a != "none")
+    prefix = "" if args.approach == "finetune" else f"{args.approach}_"
+    workdir = os.path.join(
+        root, f"{prefix}{name}_{recipe}_{seed}".replace(" ", "_"))
+    result_path = os.path.join(workdir, "bench_result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            result = json.load(f)
+        return result["accuracy"], result["seconds"]
     config = tl_keras.Config(
-        data_dir=folder, workdir=os.path.join(
-            root, f"{name}_{recipe}_{seed}".replace(" ", "_")),
+        data_dir=folder, workdir=workdir,
         backbone=backbone, weights=weights, image_size=32,
-        approach="finetune", epochs=args.epochs,
+        approach=args.approach, epochs=args.epochs,
         finetune_epochs=args.finetune_epochs,
         learning_rate=0.003 if toy else 1e-3, finetune_learning_rate=1e-4,
         batch_size=16, seed=42 + seed, **options)
-    return tl_keras.train(config)["test_accuracy"]
+    start = time.time()
+    accuracy = tl_keras.train(config)["test_accuracy"]
+    seconds = time.time() - start
+    with open(result_path, "w") as f:
+        json.dump({"accuracy": accuracy, "seconds": seconds}, f)
+    return accuracy, seconds
 
 
 def main():
@@ -80,6 +103,8 @@ def main():
                         default="all")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune_epochs", type=int, default=10)
+    parser.add_argument("--approach", choices=("finetune", "transfer"),
+                        default="finetune")
     parser.add_argument("--root", default="")
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help="comma-separated names of RECIPES; the guide "
@@ -95,7 +120,8 @@ def main():
         parser.error(f"--recipes: unknown {unknown}; allowed: "
                      f"{', '.join(RECIPES)}")
     suites = ("vgg", "toy") if args.suite == "all" else (args.suite,)
-    scores = {}  # (situation, recipe) -> [accuracy per seed]
+    scores = {}  # "situation | recipe" -> [accuracy per seed]
+    times = {}  # the same -> [seconds per seed]
     for seed in seeds:
         data_root = os.path.join(root, f"data{seed}")
         situations = {}
@@ -106,15 +132,17 @@ def main():
         for suite in suites:
             for name in SITUATIONS[suite]:
                 for recipe in recipes:
-                    accuracy = run(name, *situations[name], recipe, seed,
-                                   root, args)
-                    scores.setdefault(f"{name} | {recipe}", []).append(
-                        accuracy)
+                    accuracy, seconds = run(name, *situations[name],
+                                            recipe, seed, root, args)
+                    key = f"{name} | {recipe}"
+                    scores.setdefault(key, []).append(accuracy)
+                    times.setdefault(key, []).append(seconds)
                     print(f"{name:<22} {recipe:<16} seed {seed}: "
-                          f"{accuracy:.3f}", flush=True)
+                          f"{accuracy:.3f} in {seconds:.0f} s", flush=True)
         with open(os.path.join(root, "recipes.json"), "w") as f:
-            json.dump(scores, f, indent=2)
+            json.dump({"accuracy": scores, "seconds": times}, f, indent=2)
     print_table(scores, seeds, recipes)
+    print_times(times, recipes)
 
 
 def print_table(scores, seeds, recipes):
@@ -135,6 +163,19 @@ def print_table(scores, seeds, recipes):
             diffs.append(np.mean(values) - np.mean(guide))
         print(f"{recipe:<16}" + "".join(cells)
               + f"{100 * np.mean(diffs):>+12.1f} pts")
+
+
+def print_times(times, recipes):
+    """Each recipe's wall time over the guide's, per run: the median and
+    the range over every (situation, seed)."""
+    print("\nWall time of a whole run over the guide's, median (min-max):")
+    for recipe in recipes[1:]:
+        ratios = [s / g for key, values in times.items()
+                  if key.endswith(f" | {recipe}")
+                  for s, g in zip(values, times[key.replace(
+                      f" | {recipe}", " | guide")], strict=True)]
+        print(f"{recipe:<16} {np.median(ratios):.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f}x)")
 
 
 if __name__ == "__main__":

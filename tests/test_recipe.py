@@ -123,6 +123,89 @@ def test_layerwise_rate_scales_the_weight_decay_too():
         0.1, ("bias",), {b.path: 0.25})
 
 
+def test_ema_follows_the_warmed_up_average_of_the_weights():
+    # tf.train.ExponentialMovingAverage's warmup: decay min(d, (1 + t) /
+    # (10 + t)) after step t, the average starting at the weights.
+    w = keras.Variable(np.zeros(2, "float32"), name="w")
+    optimizer = models.ScaledAdam(learning_rate=0.1, use_ema=True,
+                                  ema_momentum=0.5)
+    optimizer.build([w])
+    expected = None
+    for t in range(6):
+        optimizer.apply([np.array([1.0, -1.0], "float32")], [w])
+        value = np.asarray(w)
+        decay = 0.0 if t == 0 else min(0.5, (1 + t) / (10 + t))
+        expected = value if expected is None else (
+            decay * expected + (1 - decay) * value)
+        np.testing.assert_allclose(
+            np.asarray(optimizer._model_variables_moving_average[0]),
+            expected, rtol=1e-6)
+    # The average trails the weights (they moved every step).
+    assert abs(expected[0]) < abs(np.asarray(w)[0])
+    # Keras's own fixed decay from step 1 (the test can fail): another
+    # average.
+    plain = keras.optimizers.Adam(learning_rate=0.1, use_ema=True,
+                                  ema_momentum=0.5)
+    v = keras.Variable(np.zeros(2, "float32"), name="v")
+    for _ in range(6):
+        plain.apply([np.array([1.0, -1.0], "float32")], [v])
+    assert not np.allclose(np.asarray(plain._model_variables_moving_average[
+        0]), expected, rtol=1e-3)
+
+
+def test_ema_weights_are_validated_checkpointed_and_saved(tiny_config,
+                                                          monkeypatch):
+    # Records what the best-epoch checkpoint saves and what the epoch
+    # backup saves: the checkpoint gets the average (in the model) while
+    # the backup gets the trained weights (the average in the optimizer).
+    from tl_keras.training import checkpoints
+    saved, backed_up = {}, {}
+    save, backup = (checkpoints.StageCheckpoint._save,
+                    checkpoints.EpochBackup.on_epoch_end)
+
+    def record_save(self, value, accuracy, epoch, model):
+        if epoch:  # (epoch 0: the head's weights the fine-tune starts from)
+            fit = self.model
+            saved[self.stage_name, epoch] = (
+                [np.asarray(v) for v in fit.trainable_variables],
+                [np.asarray(a) for a in
+                 fit.optimizer._model_variables_moving_average])
+        save(self, value, accuracy, epoch, model)
+
+    def record_backup(self, epoch, logs=None):
+        backed_up[epoch + 1] = (
+            [np.asarray(v) for v in self.model.trainable_variables],
+            [np.asarray(a) for a in
+             self.model.optimizer._model_variables_moving_average])
+        backup(self, epoch, logs)
+
+    monkeypatch.setattr(checkpoints.StageCheckpoint, "_save", record_save)
+    monkeypatch.setattr(checkpoints.EpochBackup, "on_epoch_end",
+                        record_backup)
+    config = tiny_config.replace(approach="finetune", epochs=1,
+                                 finetune_epochs=3, ema=0.9,
+                                 finetune_learning_rate=1e-2, augment="flip")
+    metrics = tl_keras.train(config)
+    assert metrics["stages"]["finetune"]["recipe"]["ema"] == 0.9
+    finetune = {e: v for (stage, e), v in saved.items()
+                if stage == "finetune"}
+    assert finetune, "no fine-tune epoch beat the head"
+    for epoch, (model_weights, slots) in finetune.items():
+        trained, average = backed_up[epoch]
+        for a, b in zip(model_weights + slots, average + trained,
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert any(not np.allclose(a, b) for a, b in zip(
+            average, trained, strict=True))
+    best = metrics["stages"]["finetune"]["best_epoch"]
+    if best:
+        model = keras.models.load_model(
+            os.path.join(config.runtime.workdir, "model.keras"))
+        for weight, value in zip(model.trainable_variables,
+                                 finetune[best][0], strict=True):
+            np.testing.assert_allclose(np.asarray(weight), value, atol=1e-7)
+
+
 def test_layer_multipliers_go_down_the_blocks():
     built = tl_keras.build_backbone("compact_cnn", "none", 32)
     model = models.build_classifier(built, 3)
@@ -208,6 +291,8 @@ def test_l2sp_in_fit_keeps_the_weights_near_their_start():
     (dict(l2sp=-0.1), "l2sp"),
     (dict(l2sp=0.1, approach="scratch"), "l2sp"),
     (dict(l2sp=0.1, approach="transfer"), "l2sp"),
+    (dict(ema=1.0), "ema"),
+    (dict(ema=-0.5), "ema"),
 ])
 def test_bad_recipe_values_name_the_flag(changes, field):
     config = tl_keras.Config(data_dir="d", workdir="w", **changes)
@@ -224,7 +309,7 @@ def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
         epochs=2, finetune_epochs=2, optimizer="adamw", weight_decay=0.05,
         lr_schedule="cosine", warmup_epochs=1, lr_decay=0.7,
         label_smoothing=0.1, l2sp=0.01, finetune_learning_rate=1e-3,
-        augment="none")
+        ema=0.99, augment="none")
     built = tl_keras.build_backbone("mobilenet_v2", "none", 32)
     stats = {layer.name: [np.asarray(w) for w in (layer.moving_mean,
                                                   layer.moving_variance)]
@@ -235,7 +320,7 @@ def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
     assert finetune["recipe"] == {
         "optimizer": "adamw", "weight_decay": 0.05, "lr_schedule": "cosine",
         "warmup_epochs": 1, "lr_decay": 0.7, "label_smoothing": 0.1,
-        "l2sp": 0.01}
+        "l2sp": 0.01, "ema": 0.99}
     assert metrics["stages"]["head"]["recipe"]["lr_decay"] == 1.0
     assert metrics["stages"]["head"]["recipe"]["l2sp"] == 0.0
     model = keras.models.load_model(

@@ -175,6 +175,11 @@ class TrainingConfig:
         0.0, "Fine-tune stage: L2-SP, a penalty l2sp/2 x ||w - w0||^2 "
              "pulling the unfrozen base weights w toward their pretrained "
              "values w0 (Li et al. 2018); 0 = off.")
+    ema: float = field(
+        0.0, "Exponential moving average of the trained weights, decay per "
+        "step (e.g. 0.999, warmed up as tf.train.ExponentialMovingAverage "
+        "does); validation, the best-epoch checkpoint, model.keras and the "
+        "export use the averaged weights; 0 = off.")
     feature_cache: bool = field(
         True,
         "Train the head of a frozen base on pooled features computed once "
@@ -211,6 +216,7 @@ class TrainingConfig:
                        open_high=True)
         check_fraction("lr_decay", self.lr_decay, 0.0, 1.0, open_low=True)
         check_fraction("l2sp", self.l2sp, 0.0, 10.0)
+        check_fraction("ema", self.ema, 0.0, 1.0, open_high=True)
         for name, off in FINETUNE_ONLY.items():
             value = getattr(self, name)
             if value != off and self.approach in ("scratch", "transfer"):
@@ -306,21 +312,15 @@ class ExportConfig:
     """The SavedModel export; the predict / evaluate modes' files."""
 
     export_dir: str = field(
-        "",
-        "export / predict: the SavedModel folder; default <workdir>/export.",
-    )
+        "", "export / predict: the SavedModel folder; default "
+        "<workdir>/export.")
     export_tflite: bool = field(
-        False,
-        "Also write <export>/model.tflite (float32 input at the model's "
-        "size, built-in ops only).",
-    )
+        False, "Also write <export>/model.tflite (float32 input at the "
+        "model's size, built-in ops only).")
     inputs: str = field(
-        "",
-        "predict: comma-separated image files, folders or glob patterns.",
-    )
+        "", "predict: comma-separated image files, folders or glob patterns.")
     output: str = field(
-        "", "predict: also write the predictions to this .csv or .json."
-    )
+        "", "predict: also write the predictions to this .csv or .json.")
     top_k: int = field(3, "predict: how many classes to report per image.")
 
     def validate(self):

@@ -47,13 +47,16 @@ def make_optimizer(training, lr, epochs, steps, multipliers=None):
     at `lr`: Adam, or with --optimizer=adamw Adam with decoupled weight
     decay (not on NO_DECAY variables), at `learning_rate`; `multipliers`
     {variable path: factor} scale single variables' learning rates
-    (`layer_multipliers`)."""
+    (`layer_multipliers`); with --ema it keeps the moving average
+    (`ScaledAdam`)."""
     rate = learning_rate(training, lr, epochs, steps)
     decay = training.weight_decay if training.optimizer == "adamw" else 0.0
-    if not multipliers and not decay:
+    if not multipliers and not decay and not training.ema:
         return keras.optimizers.Adam(rate)
+    ema = {"use_ema": True, "ema_momentum": training.ema} if (
+        training.ema) else {}
     return ScaledAdam(lr_multipliers=multipliers, decoupled_decay=decay,
-                      no_decay=NO_DECAY, learning_rate=rate)
+                      no_decay=NO_DECAY, learning_rate=rate, **ema)
 
 
 def layer_multipliers(model, blocks, decay):
@@ -104,7 +107,8 @@ def describe(training, stage_name):
             "lr_decay": training.lr_decay if stage_name == "finetune"
             else 1.0,
             "label_smoothing": training.label_smoothing,
-            "l2sp": training.l2sp if stage_name == "finetune" else 0.0}
+            "l2sp": training.l2sp if stage_name == "finetune" else 0.0,
+            "ema": training.ema}
 
 
 class L2SP:

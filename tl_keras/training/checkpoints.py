@@ -241,6 +241,33 @@ class EpochBackup(keras.callbacks.Callback):
         self.model._initial_epoch = None
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """--ema: the optimizer's moving average of the trained weights is
+    what each validation scores (Keras's `SwapEMAWeights` swaps it in for
+    every evaluation) and what the best-epoch checkpoint keeps: it swaps
+    the average in at the end of each epoch, before the checkpoint, and
+    `swap_back` (a callback placed after the checkpoint) swaps the trained
+    weights back before the epoch's backup. So a backup holds the trained
+    weights and the average in the optimizer, as during training, and a
+    resumed stage goes on from the same state. At the end of the fit Keras
+    assigns the average to the weights, then the checkpoint restores the
+    best epoch's average: model.keras and the export hold averaged
+    weights."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+    def swap_back(self):
+        """The callback that swaps the trained weights back in."""
+        def back(epoch, logs=None):
+            if self._ema_weights_in_model:
+                self._swap_variables()
+                self._ema_weights_in_model = False
+        return keras.callbacks.LambdaCallback(on_epoch_end=back)
+
+
 def backup_dir(stage_dir):
     """Where a stage's `EpochBackup` files are."""
     return os.path.join(stage_dir, "backup")

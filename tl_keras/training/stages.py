@@ -28,6 +28,7 @@ from tl_keras.models.classifier import (
 )
 from tl_keras.training import feature_cache
 from tl_keras.training.checkpoints import (
+    AveragedWeights,
     EpochBackup,
     StageCheckpoint,
     backup_dir,
@@ -99,7 +100,8 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         model, stage, data, config, place, plan)
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
          _stage_callbacks(stage, index, data, checkpoint, stage_dir,
-                          csv_path, place, workdir) + list(callbacks))
+                          csv_path, place, workdir, config.training.ema)
+         + list(callbacks))
     summary = {
         "epochs": stage.epochs,
         "learning_rate": stage.learning_rate,
@@ -237,15 +239,20 @@ def _skip_done_stage(model, stage, checkpoint, done_path, place):
 
 
 def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
-                     place, workdir):
-    """The callbacks every stage fits with, in the order they must run."""
+                     place, workdir, ema=0.0):
+    """The callbacks every stage fits with, in the order they must run
+    (with --ema, the average is in the model for the checkpoint only:
+    `AveragedWeights`)."""
     os.makedirs(os.path.dirname(csv_path), exist_ok=True)
     repair_csv(csv_path)  # a row torn by a crash would merge with the next
+    averaged = AveragedWeights() if ema else None
     callbacks = [
         data.shuffle.callback(index),
+        *([averaged] if ema else []),
         # Before the backup, so that the best weights are restored before
         # the backup is deleted at the end of training.
         checkpoint,
+        *([averaged.swap_back()] if ema else []),
         EpochBackup(backup_dir(stage_dir), place),
         keras.callbacks.CSVLogger(csv_path, append=True),
     ]
