@@ -165,6 +165,10 @@ def test_an_earlier_block_must_beat_the_last_layer_by_a_standard_error(
         assert rows[1]["candidate"] == (
             f"finetune ({chosen or 'last layer'})")
         if not chosen:
+            assert decision["rule"] == ("finetune from the last layer: "
+                                        "block3 leads within 1 standard "
+                                        "error")
+            assert rows[1]["estimate"] == last
             assert "similar domain" in decision["situation"]
             assert "a lead within the noise keeps the deeper" in \
                 decision["reason"]

@@ -100,7 +100,7 @@ def decide(m, unfreeze="all", pretrained=True):
     best = max(layers, key=rank)
     chosen, layer_text = chosen_layer(layers, best)
     record["estimates"] = sorted(layers, key=rank, reverse=True)
-    pretrained_pick = _pretrained_pick(chosen)
+    pretrained_pick = _pretrained_pick(chosen, best)
     record["estimates"].insert(1, pretrained_pick["estimate_row"])
     scratch = scratch_estimate(m)
     domain = "different" if chosen["feature_block"] else "similar"
@@ -213,16 +213,19 @@ def needed_to_win(scratch, best):
         scratch["se"] ** 2 + best["se"] ** 2), 4)
 
 
-def _pretrained_pick(best):
-    """Finetune from the best layer, with its row of estimates."""
-    name = best["feature_block"] or "the last layer"
-    row = {**best,
-           "candidate": f"finetune ({best['feature_block'] or 'last layer'})",
+def _pretrained_pick(chosen, best):
+    """Finetune from the chosen layer, with its row of estimates."""
+    name = chosen["feature_block"] or "the last layer"
+    rule = (f"best estimate: finetune from {name}" if chosen is best else
+            f"finetune from {name}: {best['feature_block']} leads within "
+            f"{EARLIER_MARGIN_SE:g} standard error")
+    row = {**chosen,
+           "candidate": f"finetune ({chosen['feature_block'] or 'last layer'})",
            "approach": "finetune",
            "basis": "at least transfer's: the stage is kept only if it "
                     "beats the head on the validation set"}
     return {"approach": "finetune", "estimate_row": row,
-            "rule": f"best estimate: finetune from {name}",
+            "rule": rule,
             "why": f"finetune from {name} (the head first, then the "
                    f"unfrozen blocks at the fine-tune learning rate; its "
                    f"weights are kept only if they beat the head on the "

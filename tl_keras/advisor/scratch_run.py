@@ -108,14 +108,14 @@ def scratch_run(model, data, config, epochs, stop=None):
             scratch.stop_training = True
 
     scratch.fit(
-        _endless_batches(sample_ds, sampled, data_config,
-                         len(data.class_names)),
+        _endless_batches(sample_ds, sampled, data_config, data),
         validation_data=data.val, epochs=epochs,
         steps_per_epoch=math.ceil(sampled / data_config.batch_size),
         verbose=0, shuffle=False,  # shuffled in _endless_batches
-        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=progress)])
-    return {"epochs": len(curve), "planned_epochs": epochs,
-            "images": sampled,
+        # With --ema, validated on the average, as the scratch run would be.
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=progress)]
+        + ([keras.callbacks.SwapEMAWeights()] if training.ema else []))
+    return {"epochs": len(curve), "planned_epochs": epochs, "images": sampled,
             "val_accuracy": max(curve), "val_accuracy_curve": curve,
             "seconds": round(time.time() - start, 1),
             **({"stopped": stopped[0]} if stopped else {})}
@@ -145,7 +145,7 @@ def _fresh_classifier(model, config):
                             config.model.dropout)
 
 
-def _endless_batches(sample_ds, sampled, data_config, num_classes):
+def _endless_batches(sample_ds, sampled, data_config, data):
     """The sample reshuffled every epoch, augmented, in full batches.
 
     Every batch full (an epoch's last one wraps into the next epoch's
@@ -159,5 +159,6 @@ def _endless_batches(sample_ds, sampled, data_config, num_classes):
         sampled, seed=data_config.seed, reshuffle_each_iteration=True
     ).repeat().batch(data_config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
-    return augment(train, data_config, num_classes=num_classes).prefetch(
+    return augment(train, data_config,
+                   num_classes=len(data.class_names)).prefetch(
         tf.data.AUTOTUNE)

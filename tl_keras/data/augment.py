@@ -34,14 +34,16 @@ def build_augmenter(names, seed):
 
 def build_mixer(names, seed):
     """Returns Keras 3's core MixUp (Zhang et al. 2018, alpha 0.2: its
-    default, for ImageNet) or CutMix (Yun et al. 2019, Beta(1, 1)) layer
-    if named, or None. Each takes {'images', 'labels'} with one-hot labels
-    and mixes both with the same weights (CutMix: the pasted box's share
-    of the pixels)."""
+    default, for ImageNet) or CutMix (Yun et al. 2019: the pasted share
+    uniform, Beta(1, 1); Keras's default factor 1.0 would draw the Beta's
+    parameter from U(0, 1) instead, which favours near-empty and
+    near-full boxes) layer if named, or None. Each takes {'images',
+    'labels'} with one-hot labels and mixes both with the same weights
+    (CutMix: the share of pixels pasted, `PixelCutMix`)."""
     if "mixup" in names:
         return keras.layers.MixUp(alpha=0.2, seed=seed, name="mixup")
     if "cutmix" in names:
-        return PixelCutMix(factor=1.0, seed=seed, name="cutmix")
+        return PixelCutMix(factor=(1.0, 1.0), seed=seed, name="cutmix")
     return None
 
 
@@ -80,7 +82,9 @@ def augment(ds, config, shuffle=None, num_classes=None):
     if augmenter is None and mixer is None:
         return ds
     if mixer is not None and not num_classes:
-        raise ValueError(f"{mixer.name} needs the number of classes")
+        raise ValueError(f"Invalid num_classes for {mixer.name}: it one-hots "
+                         f"the labels. Allowed: the number of classes. "
+                         f"Received: {num_classes}")
     if shuffle is not None:
         shuffle.track("augment", [state for layer in (augmenter, mixer)
                                   if layer is not None

@@ -42,7 +42,8 @@ class ImageData:
 
     Attributes:
       train, val: batched datasets of (float32 images in [0, 255], int32
-        labels); train is shuffled and augmented.
+        labels); train is shuffled and augmented (with mixup or cutmix its
+        labels are float32 per-class weights, (batch, classes)).
       test: as val, or None when no test images were held out.
       class_names: class names in label order.
       counts: images per split, e.g. {'train': 120, 'val': 20, 'test': 20}.
