@@ -206,6 +206,71 @@ def test_ema_weights_are_validated_checkpointed_and_saved(tiny_config,
             np.testing.assert_allclose(np.asarray(weight), value, atol=1e-7)
 
 
+def test_gates_hold_a_variable_still_until_its_epoch():
+    top = keras.Variable(np.zeros(3, "float32"), name="top")
+    low = keras.Variable(np.zeros(3, "float32"), name="low")
+    optimizer = models.ScaledAdam(unfreeze_epochs={low.path: 2},
+                                  decoupled_decay=0.1, learning_rate=0.01)
+    optimizer.build([top, low])
+    gradient = np.ones(3, "float32")
+    for epoch, low_moves in ((0, False), (1, False), (2, True)):
+        optimizer.set_epoch(epoch)
+        before = np.asarray(low).copy(), np.asarray(top).copy()
+        optimizer.apply([gradient, gradient], [top, low])
+        assert not np.array_equal(np.asarray(top), before[1])
+        assert (not np.array_equal(np.asarray(low), before[0])) == low_moves
+    again = models.ScaledAdam.from_config(optimizer.get_config())
+    assert again.unfreeze_epochs == {low.path: 2}
+
+
+def test_gradual_unfreezing_adds_a_block_every_e_epochs(tiny_config):
+    # compact_cnn has blocks block1..block4; --unfreeze=3 every epoch:
+    # block4 trains from epoch 1, block3 from 2, block2 from 3, block1 never.
+    snapshots = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            snapshots.append([self.weights()])  # one list per stage's fit
+
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots[-1].append(self.weights())
+
+        def weights(self):  # {} for the head stage's cached-feature model
+            names = [layer.name for layer in self.model.layers]
+            if "backbone" not in names:
+                return {}
+            base = models.get_base(self.model)
+            return {k: np.asarray(base.get_layer(f"{k}_conv1").kernel)
+                    for k in ("block1", "block2", "block3", "block4")}
+
+    config = tiny_config.replace(epochs=1, finetune_epochs=3, unfreeze="3",
+                                 gradual_unfreeze=1, augment="none",
+                                 finetune_learning_rate=1e-2)
+    metrics = tl_keras.train(config, callbacks=[Record()])
+    assert metrics["stages"]["finetune"]["recipe"]["gradual_unfreeze"] == 1
+    finetune = snapshots[-1]
+    moved = [{k for k in after if not np.array_equal(after[k], before[k])}
+             for before, after in zip(finetune, finetune[1:], strict=False)]
+    assert moved == [{"block4"}, {"block4", "block3"},
+                     {"block4", "block3", "block2"}]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(unfreeze="all", finetune_epochs=3), "at most 0"),  # 4 blocks
+    (dict(unfreeze="2", finetune_epochs=2, gradual_unfreeze=2), None),
+])
+def test_gradual_unfreezing_that_cannot_finish_stops_before_training(
+        tiny_config, changes, message):
+    config = tiny_config.replace(**{"gradual_unfreeze": 1, **changes})
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.train(config)
+    assert "gradual_unfreeze" in str(e.value)
+    if message:
+        assert message in str(e.value)
+    assert not os.path.exists(os.path.join(config.runtime.workdir,
+                                           "checkpoints"))
+
+
 def test_layer_multipliers_go_down_the_blocks():
     built = tl_keras.build_backbone("compact_cnn", "none", 32)
     model = models.build_classifier(built, 3)
@@ -292,6 +357,9 @@ def test_l2sp_in_fit_keeps_the_weights_near_their_start():
     (dict(l2sp=0.1, approach="scratch"), "l2sp"),
     (dict(l2sp=0.1, approach="transfer"), "l2sp"),
     (dict(ema=1.0), "ema"),
+    (dict(gradual_unfreeze=10), "gradual_unfreeze"),  # the stage has 10
+    (dict(gradual_unfreeze=1, unfreeze="1"), "gradual_unfreeze"),
+    (dict(gradual_unfreeze=1, approach="transfer"), "gradual_unfreeze"),
     (dict(ema=-0.5), "ema"),
 ])
 def test_bad_recipe_values_name_the_flag(changes, field):
@@ -320,7 +388,7 @@ def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
     assert finetune["recipe"] == {
         "optimizer": "adamw", "weight_decay": 0.05, "lr_schedule": "cosine",
         "warmup_epochs": 1, "lr_decay": 0.7, "label_smoothing": 0.1,
-        "l2sp": 0.01, "ema": 0.99}
+        "l2sp": 0.01, "ema": 0.99, "gradual_unfreeze": 0}
     assert metrics["stages"]["head"]["recipe"]["lr_decay"] == 1.0
     assert metrics["stages"]["head"]["recipe"]["l2sp"] == 0.0
     model = keras.models.load_model(

@@ -21,7 +21,7 @@ AUGMENTATIONS = ("flip", "rotation", "zoom", "randaugment", "mixup",
 LABEL_MIXES = ("mixup", "cutmix")
 # Options of the fine-tune stage, each with the value that leaves it off:
 # the only value --approach=scratch or transfer allows.
-FINETUNE_ONLY = {"lr_decay": 1.0, "l2sp": 0.0}
+FINETUNE_ONLY = {"lr_decay": 1.0, "l2sp": 0.0, "gradual_unfreeze": 0}
 JIT_CHOICES = ("auto", "true", "false")
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

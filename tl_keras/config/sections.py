@@ -141,16 +141,16 @@ class TrainingConfig:
     epochs: int = field(10, "Epochs of the head stage (or of scratch).")
     finetune_epochs: int = field(10, "Epochs of the fine-tune stage.")
     learning_rate: float = field(
-        1e-3, "Adam learning rate of the head / scratch stage."
-    )
+        1e-3, "Adam learning rate of the head / scratch stage.")
     finetune_learning_rate: float = field(
-        1e-5, "Adam learning rate of the fine-tune stage (keep it tiny)."
-    )
+        1e-5, "Adam learning rate of the fine-tune stage (keep it tiny).")
     unfreeze: str = field(
         "all",
         "How much of the base the fine-tune stage trains, in whole blocks: "
-        "'all' or a number N of top blocks. BatchNorm stays frozen.",
-    )
+        "'all' or a number N of top blocks. BatchNorm stays frozen.")
+    gradual_unfreeze: int = field(
+        0, "Fine-tune stage: the top block trains first, one more block "
+           "of --unfreeze's every this many epochs (ULMFiT); 0 = all at once.")
     optimizer: str = field(
         "adam",
         "adam, or adamw: Adam with decoupled --weight_decay (not on biases, "
@@ -181,17 +181,13 @@ class TrainingConfig:
         "does); validation, the best-epoch checkpoint, model.keras and the "
         "export use the averaged weights; 0 = off.")
     feature_cache: bool = field(
-        True,
-        "Train the head of a frozen base on pooled features computed once "
-        "(much faster), when augmentation is off; the result is the same "
-        "model as the full loop's.",
-    )
+        True, "Train the head of a frozen base on pooled features computed "
+        "once (much faster), when augmentation is off; the result is the "
+        "same model as the full loop's.")
     feature_cache_views: int = field(
-        0,
-        "With augmentation on: cache this many augmented views of the "
+        0, "With augmentation on: cache this many augmented views of the "
         "training set for the head stage (epoch e trains on view e mod K); "
-        "0 trains through the frozen base every epoch instead.",
-    )
+        "0 trains through the frozen base every epoch instead.")
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
@@ -217,6 +213,11 @@ class TrainingConfig:
         check_fraction("lr_decay", self.lr_decay, 0.0, 1.0, open_low=True)
         check_fraction("l2sp", self.l2sp, 0.0, 10.0)
         check_fraction("ema", self.ema, 0.0, 1.0, open_high=True)
+        check_range("gradual_unfreeze", self.gradual_unfreeze, 0,
+                    max(0, self.finetune_epochs - 1))
+        if self.gradual_unfreeze and self.unfreeze == "1":
+            fail("gradual_unfreeze", "0 with --unfreeze=1 (one block: "
+                 "nothing to unfreeze gradually)", self.gradual_unfreeze)
         for name, off in FINETUNE_ONLY.items():
             value = getattr(self, name)
             if value != off and self.approach in ("scratch", "transfer"):

@@ -27,14 +27,21 @@ class ScaledAdam(keras.optimizers.Adam):
     uses the unscaled learning rate: a bottom block updated at 1 % of the
     rate would still be decayed at the full one, shrinking its pretrained
     weights toward zero.
+
+    `unfreeze_epochs` {variable path: epoch} (--gradual_unfreeze): a
+    listed variable is not updated (rate 0, so no decay either) before
+    that epoch; `set_epoch` opens the gates. The trainable set and the
+    traced step stay the same all stage (no recompile); Adam's moments of
+    a gated variable accumulate from the start.
     """
 
     def __init__(self, lr_multipliers=None, decoupled_decay=0.0,
-                 no_decay=(), **kwargs):
+                 no_decay=(), unfreeze_epochs=None, **kwargs):
         super().__init__(**kwargs)
         self.lr_multipliers = dict(lr_multipliers or {})
         self.decoupled_decay = float(decoupled_decay)
         self.no_decay = tuple(no_decay)
+        self.unfreeze_epochs = dict(unfreeze_epochs or {})
 
     def build(self, var_list):
         super().build(var_list)
@@ -42,6 +49,18 @@ class ScaledAdam(keras.optimizers.Adam):
             float(self.lr_multipliers.get(v.path, 1.0)) for v in var_list]
         self._decays = [not any(part in v.name for part in self.no_decay)
                         for v in var_list]
+        if self.unfreeze_epochs:
+            self._gate_epochs = [int(self.unfreeze_epochs.get(v.path, 0))
+                                 for v in var_list]
+            self._gates = self.add_variable(
+                (len(var_list),), initializer="ones", dtype="float32",
+                name="unfrozen")
+            self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        """Gates the updates for `epoch` (0-based): 1 for a variable whose
+        block is unfrozen by then, else 0."""
+        self._gates.assign([float(epoch >= e) for e in self._gate_epochs])
 
     def _update_model_variables_moving_average(self, trainable_variables):
         """--ema: the average moves toward the weights at decay
@@ -70,6 +89,9 @@ class ScaledAdam(keras.optimizers.Adam):
         factor = self._multiplier_by_index[index]
         if factor != 1.0:
             learning_rate = learning_rate * factor
+        if self.unfreeze_epochs:
+            learning_rate = learning_rate * keras.ops.cast(
+                self._gates[index], variable.dtype)
         if self.decoupled_decay and self._decays[index]:
             rate = keras.ops.cast(learning_rate, variable.dtype)
             variable.assign(variable - variable * rate * keras.ops.cast(
@@ -80,7 +102,8 @@ class ScaledAdam(keras.optimizers.Adam):
         return {**super().get_config(),
                 "lr_multipliers": self.lr_multipliers,
                 "decoupled_decay": self.decoupled_decay,
-                "no_decay": list(self.no_decay)}
+                "no_decay": list(self.no_decay),
+                "unfreeze_epochs": self.unfreeze_epochs}
 
 
 @keras.saving.register_keras_serializable("tl_keras")

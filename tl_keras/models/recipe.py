@@ -4,15 +4,20 @@ options (--optimizer, --weight_decay, --lr_schedule, --warmup_epochs,
 for --augment=mixup or cutmix). Their defaults are the Keras guide's recipe
 exactly: plain Adam at one constant learning rate, sparse cross-entropy."""
 
+import logging
 import math
 
 import keras
 
+from tl_keras.errors import fail
+from tl_keras.models.classifier import configure_stage
 from tl_keras.models.optimizers import (
     LabelAccuracy,
     ScaledAdam,
     SmoothedSparseCrossentropy,
 )
+
+log = logging.getLogger("tl_keras")
 
 # Variables that --weight_decay leaves alone, by name: biases and the
 # scales and offsets of BatchNorm / LayerNorm (decaying them shrinks a
@@ -42,21 +47,24 @@ def learning_rate(training, lr, epochs, steps):
         warmup_steps=warmup)
 
 
-def make_optimizer(training, lr, epochs, steps, multipliers=None):
+def make_optimizer(training, lr, epochs, steps, multipliers=None,
+                   gates=None):
     """A fresh optimizer for a stage of `epochs` epochs of `steps` steps
     at `lr`: Adam, or with --optimizer=adamw Adam with decoupled weight
     decay (not on NO_DECAY variables), at `learning_rate`; `multipliers`
     {variable path: factor} scale single variables' learning rates
-    (`layer_multipliers`); with --ema it keeps the moving average
-    (`ScaledAdam`)."""
+    (`layer_multipliers`), `gates` {variable path: epoch} hold them still
+    until then (`unfreeze_epochs`); with --ema it keeps the moving
+    average (`ScaledAdam`)."""
     rate = learning_rate(training, lr, epochs, steps)
     decay = training.weight_decay if training.optimizer == "adamw" else 0.0
-    if not multipliers and not decay and not training.ema:
+    if not multipliers and not decay and not training.ema and not gates:
         return keras.optimizers.Adam(rate)
     ema = {"use_ema": True, "ema_momentum": training.ema} if (
         training.ema) else {}
     return ScaledAdam(lr_multipliers=multipliers, decoupled_decay=decay,
-                      no_decay=NO_DECAY, learning_rate=rate, **ema)
+                      no_decay=NO_DECAY, unfreeze_epochs=gates,
+                      learning_rate=rate, **ema)
 
 
 def layer_multipliers(model, blocks, decay):
@@ -71,6 +79,59 @@ def layer_multipliers(model, blocks, decay):
             for variable in layer.trainable_weights:
                 out[variable.path] = decay ** k
     return out
+
+
+def unfreeze_epochs(blocks, every, epochs):
+    """--gradual_unfreeze: {variable path: the epoch its block starts
+    training}, block k from the top of those the stage trains (k = 0, the
+    top block, from the start) at epoch k x every; and the blocks' names
+    top first. Empty when every is 0.
+
+    Raises:
+      InputError: fewer than 2 blocks train, or the last would start
+        after the stage's `epochs`.
+    """
+    if not every:
+        return {}, []
+    training = [(name, [v for layer in layers for v in layer.trainable_weights])
+                for name, layers in reversed(blocks)]
+    training = [(name, variables) for name, variables in training if variables]
+    last = (len(training) - 1) * every
+    if len(training) < 2 or last >= epochs:
+        fail("gradual_unfreeze", "0 when the fine-tune stage trains fewer "
+             "than 2 blocks" if len(training) < 2 else
+             f"at most {(epochs - 1) // max(1, len(training) - 1)} (the "
+             f"stage trains {len(training)} blocks in {epochs} epochs)",
+             every)
+    return ({v.path: k * every for k, (_, variables) in enumerate(training)
+             for v in variables}, [name for name, _ in training])
+
+
+def check_gradual_unfreeze(model, blocks, training):
+    """Raises `unfreeze_epochs`'s errors before any stage trains (the
+    fine-tune stage's blocks are set trainable for the check; every stage
+    sets its own)."""
+    if training.gradual_unfreeze:
+        configure_stage(model, "finetune", blocks, training.unfreeze_blocks())
+        unfreeze_epochs(blocks, training.gradual_unfreeze,
+                        training.finetune_epochs)
+
+
+class GradualUnfreeze(keras.callbacks.Callback):
+    """--gradual_unfreeze: before each epoch, opens the optimizer's gates
+    (`ScaledAdam.set_epoch`) and logs when a block starts training."""
+
+    def __init__(self, names, every):
+        super().__init__()
+        self.names, self.every = names, every
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.set_epoch(epoch)
+        count = min(len(self.names), epoch // self.every + 1)
+        if epoch % self.every == 0 and epoch // self.every < len(self.names):
+            log.info("Gradual unfreezing: epoch %d trains the top %d of %d "
+                     "blocks (down to %s)", epoch + 1, count,
+                     len(self.names), self.names[count - 1])
 
 
 def make_loss(training, label_mixes=()):
@@ -108,7 +169,9 @@ def describe(training, stage_name):
             else 1.0,
             "label_smoothing": training.label_smoothing,
             "l2sp": training.l2sp if stage_name == "finetune" else 0.0,
-            "ema": training.ema}
+            "ema": training.ema,
+            "gradual_unfreeze": training.gradual_unfreeze
+            if stage_name == "finetune" else 0}
 
 
 class L2SP:

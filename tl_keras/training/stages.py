@@ -81,7 +81,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     workdir = config.runtime.workdir
     configure_stage(model, stage.name, blocks,
                     config.training.unfreeze_blocks())
-    _compile(model, stage, data, config, place, blocks)
+    recipe_callbacks = _compile(model, stage, data, config, place, blocks)
     data.shuffle.track("model", seed_states(model))  # dropout, per epoch
     stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir)
     done_path = os.path.join(stage_dir, "done.json")
@@ -101,7 +101,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
          _stage_callbacks(stage, index, data, checkpoint, stage_dir,
                           csv_path, place, workdir, config.training.ema)
-         + list(callbacks))
+         + recipe_callbacks + list(callbacks))
     summary = {
         "epochs": stage.epochs,
         "learning_rate": stage.learning_rate,
@@ -264,17 +264,24 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
 
 def _compile(model, stage, data, config, place, blocks=None):
     """Compiles `model` for `stage` with the run's recipe (a fresh
-    optimizer, its schedule over the stage; layer-wise rates for a
-    fine-tune stage given the blocks)."""
+    optimizer, its schedule over the stage; layer-wise rates and gradual
+    unfreezing for a fine-tune stage given the blocks); returns the
+    callbacks the recipe needs in the fit."""
     training = config.training
+    finetune = stage.name == "finetune" and blocks
     multipliers = (recipe.layer_multipliers(model, blocks, training.lr_decay)
-                   if stage.name == "finetune" and blocks else None)
+                   if finetune else None)
+    gates, names = recipe.unfreeze_epochs(
+        blocks if finetune else [], training.gradual_unfreeze * bool(
+            finetune), stage.epochs)
     optimizer = recipe.make_optimizer(
         training, stage.learning_rate, stage.epochs,
         recipe.steps_per_epoch(data.counts["train"],
-                               config.data.batch_size), multipliers)
+                               config.data.batch_size), multipliers, gates)
     compile_for_stage(model, stage.learning_rate, place.jit_compile,
                       optimizer=optimizer, **recipe.loss_and_metric(config))
+    return ([recipe.GradualUnfreeze(names, training.gradual_unfreeze)]
+            if gates else [])
 
 
 def _standardize_from_sample(model, data, data_config, sample=2000):

@@ -23,6 +23,7 @@ from tl_keras.config.config import config_differences
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.distribute.strategy import placement
 from tl_keras.export.saved_model import TEMP_PREFIX, export_saved_model
+from tl_keras.models import recipe
 from tl_keras.models.backbones import (
     build_backbone,
     load_model_file,
@@ -98,6 +99,7 @@ def _train(config, data, place, callbacks):
     blocks = backbone.blocks()
     if config.training.approach == "finetune":
         check_unfreeze(config.training.unfreeze_blocks(), blocks)
+        recipe.check_gradual_unfreeze(model, blocks, config.training)
     stages = {}
     for i, stage in enumerate(plan_stages(config.training), start=1):
         log.info("Stage %d: %s", i, stage.name)
