@@ -377,7 +377,10 @@ def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
         epochs=2, finetune_epochs=2, optimizer="adamw", weight_decay=0.05,
         lr_schedule="cosine", warmup_epochs=1, lr_decay=0.7,
         label_smoothing=0.1, l2sp=0.01, finetune_learning_rate=1e-3,
-        ema=0.99, unfreeze="2", gradual_unfreeze=1, augment="mixup")
+        ema=0.99, unfreeze="2", gradual_unfreeze=1,
+        # MixUp / CutMix act on the data only; without augmentation the
+        # head trains on cached features (61 s instead of ~15 s with it).
+        augment="none")
     built = tl_keras.build_backbone("mobilenet_v2", "none", 32)
     stats = {layer.name: [np.asarray(w) for w in (layer.moving_mean,
                                                   layer.moving_variance)]
