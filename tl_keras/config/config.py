@@ -123,9 +123,10 @@ class Config:
                  f"base a run trains; rank's candidates differ in blocks, "
                  f"and an export keeps the base it was trained with)",
                  self.model.feature_block)
-        if self.training.feature_cache_views and self.data.label_mixes():
+        mixes = self.data.label_mixes()
+        if self.training.feature_cache_views and mixes:
             fail("feature_cache_views", "0 with --augment="
-                 f"{self.data.label_mixes()[0]} (a cached view holds each "
+                 f"{mixes[0]} (a cached view holds each "
                  f"image's features with its own label; mixed pairs are "
                  f"drawn again every epoch)",
                  self.training.feature_cache_views)

@@ -271,9 +271,9 @@ def _compile(model, stage, data, config, place, blocks=None):
     finetune = stage.name == "finetune" and blocks
     multipliers = (recipe.layer_multipliers(model, blocks, training.lr_decay)
                    if finetune else None)
-    gates, names = recipe.unfreeze_epochs(
-        blocks if finetune else [], training.gradual_unfreeze * bool(
-            finetune), stage.epochs)
+    gates, names = (recipe.unfreeze_epochs(
+        blocks, training.gradual_unfreeze, stage.epochs) if finetune
+        else ({}, []))
     optimizer = recipe.make_optimizer(
         training, stage.learning_rate, stage.epochs,
         recipe.steps_per_epoch(data.counts["train"],
