@@ -151,7 +151,7 @@ def pretrained_base(tmp_path_factory, image_folder):
 
 
 def fake_probes(monkeypatch, last, layers):
-    """Makes the advisor's real measurements report these probe
+    """Makes the advisor's real measurements report these probe and head
     accuracies (the last layer's, and {block: accuracy} for the earlier
     blocks), to test what follows a decision on them."""
     import importlib
@@ -161,8 +161,10 @@ def fake_probes(monkeypatch, last, layers):
 
     def measure(*args, **kwargs):
         m = real(*args, **kwargs)
-        m["last"]["probe_accuracy"] = last
-        m["layers"] = {block: {"probe_accuracy": accuracy}
+        # The run's head (what the decision reads) and the probe alike.
+        m["last"].update(probe_accuracy=last, head_accuracy=last)
+        m["layers"] = {block: {"probe_accuracy": accuracy,
+                               "head_accuracy": accuracy}
                        for block, accuracy in layers.items()}
         return m
 

@@ -14,7 +14,8 @@ from conftest import fake_probes
 import tl_keras
 from tl_keras import advisor, models
 from tl_keras import data as data_lib
-from tl_keras.advisor.scores import score_features
+from tl_keras.advisor.head_run import head_accuracy
+from tl_keras.advisor.scores import linear_probe, score_features
 
 
 def logme_direct(features, labels):
@@ -177,6 +178,57 @@ def test_an_earlier_block_must_beat_the_last_layer_by_a_standard_error(
     decision = advisor.decide(measurements(0.8, {"block3": 0.84}))
     assert decision["feature_block"] == ""
     assert "(needed 0.909)" in decision["reason"]
+
+
+def test_the_runs_head_not_the_probe_is_the_estimate():
+    # Advisor bench, toy base, few + similar, seed 8 (25 validation
+    # images): block2 probed 0.84 against the last layer's 0.72, and the
+    # run from block2 ended 41.7 points below the best; heads trained as
+    # the run trains them reached 0.40 on block2 and 0.84 on the last
+    # layer. With the heads measured, the decision reads them.
+    m = measurements(0.72, {"block2": 0.84, "block3": 0.6})
+    assert advisor.decide(m)["feature_block"] == "block2"  # the probe's
+    m["last"]["head_accuracy"] = 0.84
+    m["layers"]["block2"]["head_accuracy"] = 0.40
+    m["layers"]["block3"]["head_accuracy"] = 0.64
+    decision = advisor.decide(m)
+    assert decision["feature_block"] == ""
+    rows = {e["candidate"]: e for e in decision["estimates"]}
+    assert rows["transfer (block2)"]["estimate"] == 0.40
+    assert rows["transfer (last layer)"]["basis"] == (
+        "the run's head on last layer")
+    assert "transfer estimates (the run's head, 25 images" in \
+        decision["reason"]
+
+
+def separable_features(seed, n, centers, noise=0.8):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(centers)
+    return centers[labels] + rng.normal(scale=noise, size=(n, 32)), labels
+
+
+def test_the_head_estimate_trains_in_the_runs_budget():
+    # Features a logistic probe separates; the run's head reaches as much
+    # only with the run's budget to do it in.
+    centers = np.random.default_rng(0).normal(size=(5, 32))
+    train_f, train_y = separable_features(1, 40, centers)
+    val_f, val_y = separable_features(2, 25, centers)
+    probe = linear_probe(train_f, train_y, val_f, val_y)
+    assert probe >= 0.9
+    config = tl_keras.Config(epochs=10, learning_rate=0.01, batch_size=8,
+                             seed=3)
+    head = head_accuracy(train_f, train_y, val_f, val_y, config, 40, 5)
+    assert head >= probe - 0.08
+    assert head_accuracy(train_f, train_y, val_f, val_y, config, 40,
+                         5) == head  # seeded
+    # One epoch at a small rate: underfit, far below what the probe says.
+    slow = config.replace(epochs=1, learning_rate=1e-3)
+    starved = head_accuracy(train_f, train_y, val_f, val_y, slow, 40, 5)
+    assert starved <= probe - 0.4
+    # The same epoch over a training set 50 times the sample (the sample
+    # cycled through the run's 250 steps) fits.
+    assert head_accuracy(train_f, train_y, val_f, val_y, slow, 2000,
+                         5) >= starved + 0.4
 
 
 @pytest.mark.parametrize("num_val", [25, 100, 300])

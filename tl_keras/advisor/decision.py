@@ -3,9 +3,11 @@
 Every candidate is estimated on the same validation images, with a
 standard error (`statistics`):
 
-  transfer, from the last layer or from an earlier block: the linear
-    probe's validation accuracy on that layer's pooled features (a
-    logistic regression is what the transfer head is);
+  transfer, from the last layer or from an earlier block: the best
+    validation accuracy of the run's own head trained on that layer's
+    pooled features of the sample, with the run's optimizer, rate, batch
+    and epochs (`head_run`; a logistic probe fit to convergence says what
+    a linear head can reach, not what the run's reaches in its budget);
   finetune from a layer: at least transfer's estimate there, since the
     fine-tune stage keeps its weights only when an epoch beats the head
     on the validation set;
@@ -144,14 +146,26 @@ def chosen_layer(layers, best):
                   f"layers, which fine-tuning adapts")
 
 
+# How each score estimates transfer from a layer, the first one that every
+# scored layer has: the run's own head (`head_run`), the linear probe
+# (measurements made before the head was trained, or by hand), kNN on the
+# sample where no validation image could score a probe.
+BASIS = {"head_accuracy": "the run's head on {}",
+         "probe_accuracy": "linear probe on {}",
+         "knn_accuracy": "kNN on {} (no probe)"}
+
+
 def layer_estimates(m):
-    """Transfer's estimate from each scored layer: the probe's validation
-    accuracy (kNN's on the sample where no probe could be computed), the
-    last layer first, then the earlier blocks bottom to top."""
+    """Transfer's estimate from each scored layer: the validation accuracy
+    of the run's head trained on its features (`head_run`; the probe's
+    where no head was trained, kNN's on the sample where no probe could
+    be computed), the last layer first, then the earlier blocks bottom to
+    top."""
     scored = {"": m.get("last") or {}, **(m.get("layers") or {})}
-    key, n = (("probe_accuracy", m.get("num_val", 0))
-              if all("probe_accuracy" in s for s in scored.values() if s)
-              else ("knn_accuracy", m.get("sample", 0)))
+    key = next((k for k in ("head_accuracy", "probe_accuracy")
+                if all(k in s for s in scored.values() if s)),
+               "knn_accuracy")
+    n = m.get("sample", 0) if key == "knn_accuracy" else m.get("num_val", 0)
     out = []
     for block, scores in scored.items():
         if key in scores:
@@ -160,8 +174,7 @@ def layer_estimates(m):
                         "approach": "transfer", "feature_block": block,
                         "estimate": scores[key],
                         "se": standard_error(scores[key], n),
-                        "basis": f"linear probe on {name}" if key ==
-                        "probe_accuracy" else f"kNN on {name} (no probe)",
+                        "basis": BASIS[key].format(name),
                         "images": n})
     return out
 

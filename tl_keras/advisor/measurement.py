@@ -3,9 +3,9 @@
 One pass of the frozen base over a bounded sample of the training images
 (and the validation images) gives pooled features from the last layer and
 from two earlier blocks (`candidate_blocks`). `measure` scores each
-(`scores.score_features`) next to chance level; `decision.decide` turns
-the probes' validation accuracies into estimates of transfer from each
-layer.
+(`scores.score_features`) next to chance level and trains the run's own
+head on each (`head_run.head_accuracy`); `decision.decide` turns the
+heads' validation accuracies into estimates of transfer from each layer.
 """
 
 import logging
@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from tl_keras import inference
+from tl_keras.advisor.head_run import head_accuracy
 from tl_keras.advisor.scores import score_features
 from tl_keras.data.pipelines import sample_training_set
 from tl_keras.errors import InputError
@@ -35,7 +36,8 @@ def measure(model, data, config, blocks=None, layers=True):
       blocks: the base's blocks (`models.list_blocks`), for the earlier
         layers; default computed.
       layers: also score the earlier blocks (`candidate_blocks`) under
-        'layers' (rank needs the last layer only).
+        'layers', and train the run's head on each layer (rank needs the
+        last layer's scores only).
 
     Returns:
       A dict of measurements (see `decide`), with 'problems' listing any
@@ -75,6 +77,14 @@ def measure(model, data, config, blocks=None, layers=True):
     for i, key in enumerate(["last"] + earlier):
         scores = score_features(train_f[i], train_y, val_f[i], val_y, seed,
                                 key, out["problems"])
+        if layers and "probe_accuracy" in scores:
+            scores["head_accuracy"] = head_accuracy(
+                train_f[i], train_y, val_f[i], val_y, config,
+                data.counts["train"], len(names))
+            log.info("Advisor: the run's head on %s reaches %.3f on "
+                     "validation (linear probe %.3f)",
+                     "the last layer" if key == "last" else key,
+                     scores["head_accuracy"], scores["probe_accuracy"])
         if i == 0:
             out["last"] = scores
         else:

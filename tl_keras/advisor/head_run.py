@@ -1,0 +1,64 @@
+"""The run's own head, trained on a layer's cached features: what transfer
+from that layer reaches in the run's budget.
+
+A logistic regression fit to convergence says what a linear classifier
+can reach on a layer's features; the run's head gets its optimizer, its
+learning rate and its epochs, no more. On a layer whose features need
+many more steps (few channels, weak signal) the two part: the advisor
+bench's toy base, few + similar, seed 8: block2's probe 0.84 against the
+last layer's 0.72 on 25 validation images, while a head trained as the
+run trains it reached 0.40 on block2 and 0.84 on the last layer; the run
+from block2 ended 41.7 points below the best (bench/RESULTS.md).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tl_keras.models import recipe
+from tl_keras.models.classifier import build_head, standardize_head
+
+
+def head_accuracy(train_f, train_y, val_f, val_y, config, num_train,
+                  num_classes):
+    """The best validation accuracy over the epochs of the run's head
+    (`build_head`: standardised features, --dropout, a Dense layer)
+    trained on pooled features as the run's head stage trains it: the
+    recipe's optimizer and schedule (`recipe.make_optimizer`) at
+    --learning_rate, --batch_size, --label_smoothing, --ema, --epochs
+    epochs of as many steps as the full training set of `num_train`
+    images takes (the sample is cycled when it is smaller), validated
+    after each epoch. The head stage keeps its best epoch on the same
+    validation images, so its best is what it keeps.
+
+    What it leaves out: augmentation (the features are of the images as
+    they are) and MixUp / CutMix (the labels are the plain ones). Seeded
+    by --seed, so a resumed or repeated decision is the same.
+    """
+    data_config, training = config.data, config.training
+    keras.utils.set_random_seed(data_config.seed)
+    inputs = keras.Input((1, 1, train_f.shape[1]), name="features")
+    head = keras.Model(inputs, build_head(inputs, num_classes,
+                                          config.model.dropout))
+    standardize_head(head, train_f)
+    steps = recipe.steps_per_epoch(num_train, data_config.batch_size)
+    head.compile(
+        optimizer=recipe.make_optimizer(training, training.learning_rate,
+                                        training.epochs, steps),
+        loss=recipe.make_loss(training),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+    def as_maps(f):
+        return np.asarray(f, np.float32)[:, None, None, :]
+
+    train = tf.data.Dataset.from_tensor_slices(
+        (as_maps(train_f), np.asarray(train_y, np.int32))).shuffle(
+        len(train_y), seed=data_config.seed, reshuffle_each_iteration=True
+    ).repeat().batch(data_config.batch_size)
+    history = head.fit(
+        train, epochs=training.epochs, steps_per_epoch=steps, verbose=0,
+        shuffle=False,  # shuffled above
+        validation_data=(as_maps(val_f), np.asarray(val_y, np.int32)),
+        validation_batch_size=256,
+        callbacks=[keras.callbacks.SwapEMAWeights()] if training.ema else [])
+    return round(float(max(history.history["val_accuracy"])), 4)
