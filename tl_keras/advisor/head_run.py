@@ -36,16 +36,9 @@ def head_accuracy(train_f, train_y, val_f, val_y, config, num_train,
     by --seed, so a resumed or repeated decision is the same.
     """
     data_config, training = config.data, config.training
-    keras.utils.set_random_seed(data_config.seed)
-    inputs = keras.Input((1, 1, train_f.shape[1]), name="features")
-    head = keras.Model(inputs, build_head(inputs, num_classes,
-                                          config.model.dropout))
-    standardize_head(head, train_f)
     steps = recipe.steps_per_epoch(num_train, data_config.batch_size)
-    optimizer = recipe.make_optimizer(training, training.learning_rate,
-                                      training.epochs, steps)
-    head.compile(optimizer=optimizer, loss=recipe.make_loss(training))
-    optimizer.build(head.trainable_variables)
+    head = _fresh_head(train_f, num_classes, config, steps)
+    optimizer = head.optimizer
     batches = iter(tf.data.Dataset.from_tensor_slices(
         (_as_maps(train_f), np.asarray(train_y, np.int32))).shuffle(
         len(train_y), seed=data_config.seed, reshuffle_each_iteration=True
@@ -82,6 +75,23 @@ def head_accuracy(train_f, train_y, val_f, val_y, config, num_train,
         if training.ema:
             swap.on_test_end()
     return round(best, 4)
+
+
+def _fresh_head(train_f, num_classes, config, steps):
+    """The run's head on 1 x 1 maps of `train_f`'s channels, its features
+    standardised with `train_f`'s statistics, compiled with the head
+    stage's optimizer (`steps` an epoch) and loss; seeded by --seed."""
+    training = config.training
+    keras.utils.set_random_seed(config.data.seed)
+    inputs = keras.Input((1, 1, train_f.shape[1]), name="features")
+    head = keras.Model(inputs, build_head(inputs, num_classes,
+                                          config.model.dropout))
+    standardize_head(head, train_f)
+    head.compile(optimizer=recipe.make_optimizer(
+        training, training.learning_rate, training.epochs, steps),
+        loss=recipe.make_loss(training))
+    head.optimizer.build(head.trainable_variables)
+    return head
 
 
 def _as_maps(features):

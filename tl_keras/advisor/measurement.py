@@ -75,22 +75,31 @@ def measure(model, data, config, blocks=None, layers=True):
     train_f, train_y = _features(extractor, sample_ds, sampled)
     val_f, val_y = _features(extractor, data.val, data.counts["val"])
     for i, key in enumerate(["last"] + earlier):
-        scores = score_features(train_f[i], train_y, val_f[i], val_y, seed,
-                                key, out["problems"])
-        if layers and "probe_accuracy" in scores:
-            scores["head_accuracy"] = head_accuracy(
-                train_f[i], train_y, val_f[i], val_y, config,
-                data.counts["train"], len(names))
-            log.info("Advisor: the run's head on %s reaches %.3f on "
-                     "validation (linear probe %.3f)",
-                     "the last layer" if key == "last" else key,
-                     scores["head_accuracy"], scores["probe_accuracy"])
+        scores = _layer_scores(train_f[i], train_y, val_f[i], val_y, config,
+                               key, out, heads=layers)
         if i == 0:
             out["last"] = scores
         else:
             out.setdefault("layers", {})[key] = scores
     out["seconds"] = round(time.time() - start, 1)
     return out
+
+
+def _layer_scores(train_f, train_y, val_f, val_y, config, key, out, heads):
+    """One layer's scores (`score_features`), with `heads` the run's head
+    trained on its features (`head_accuracy`) wherever a probe could be
+    scored (the same images suffice)."""
+    scores = score_features(train_f, train_y, val_f, val_y,
+                            config.data.seed, key, out["problems"])
+    if heads and "probe_accuracy" in scores:
+        scores["head_accuracy"] = head_accuracy(
+            train_f, train_y, val_f, val_y, config, out["num_train"],
+            out["num_classes"])
+        log.info("Advisor: the run's head on %s reaches %.3f on validation "
+                 "(linear probe %.3f)",
+                 "the last layer" if key == "last" else key,
+                 scores["head_accuracy"], scores["probe_accuracy"])
+    return scores
 
 
 def candidate_blocks(blocks, base=None):
