@@ -168,3 +168,40 @@ def test_matching_spilled_features_are_reused(pretrained_base,
         tl_keras.train(config)
     assert "Reusing the cached features" in caplog.text
     assert not calls  # nothing was extracted again
+
+
+@pytest.mark.parametrize("seconds_per_call, fastest", [
+    (lambda size: 0.02 + 0.001 * size, 16),  # overhead per call: large
+    (lambda size: 0.0005 * size ** 2, 4),  # cost grows per image: small
+])
+def test_the_forward_batch_is_measured_in_the_pass(monkeypatch,
+                                                   seconds_per_call,
+                                                   fastest):
+    # On CPU a pass tries 1, 2 and 4 units of the per-core batch (here 4)
+    # twice each after a tracing call, then runs the rest at the size with
+    # the fewest seconds per image; every image is computed once, in order.
+    # A fake forward pass that sleeps as a base of either shape would.
+    import time
+
+    import tensorflow as tf
+
+    from tl_keras import inference
+
+    monkeypatch.setattr(inference, "inference_batch_size", lambda: 4)
+    sizes = []
+
+    def fn(x):
+        sizes.append(int(x.shape[0]))
+        time.sleep(seconds_per_call(int(x.shape[0])))
+        return x[:, 0] * 2.0
+
+    n = 150
+    images = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (images, np.arange(n))).batch(10)
+    outputs, labels = inference.run_batched(fn, ds, n, progress=True)
+    np.testing.assert_array_equal(outputs, images[:, 0] * 2)
+    np.testing.assert_array_equal(labels, np.arange(n))
+    assert sizes[:7] == [4, 4, 4, 8, 8, 16, 16]
+    assert set(sizes[7:-1]) == {fastest}  # the last batch: what is left
+    assert sum(sizes) == n

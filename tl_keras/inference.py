@@ -5,10 +5,12 @@ endpoint run a model (or part of one) forward in inference mode. Each goes
 through `traced`, a `tf.function` with an input signature, so it is traced
 once for every batch size (eager calls dispatch the model op by op, 2-3x
 slower for a MobileNetV2 on CPU), and `run_batched` feeds it a dataset
-re-batched for inference (`inference_batch_size`).
+re-batched for inference (`inference_batch_size`, and on CPU the batch
+size that the pass measures fastest).
 """
 
 import os
+import time
 
 import keras
 import numpy as np
@@ -36,7 +38,8 @@ def forward(model):
 
 
 def run_batched(fn, ds, n, out=None, progress=False):
-    """Runs a traced `fn` over the n (images, labels) of the batched `ds`.
+    """Runs a traced `fn` over the n (images, labels) of the batched `ds`,
+    in batches whose size the pass itself measures (`_measured_calls`).
 
     Args:
       fn: from `traced`; returns a tensor or a list of tensors.
@@ -54,10 +57,9 @@ def run_batched(fn, ds, n, out=None, progress=False):
     steps = int(ds.cardinality())
     bar = keras.utils.Progbar(steps if steps > 0 else None,
                               unit_name="batch") if progress else None
-    chunks, labels, start = [], [], 0
+    chunks, labels, start, done = [], [], 0, 0
     single = True
-    for i, (x, y) in enumerate(ds, start=1):
-        result = fn(x)
+    for result, y, units in _measured_calls(fn, ds, inference_batch_size()):
         single = not isinstance(result, (list, tuple))
         parts = [np.asarray(r) for r in ([result] if single else result)]
         if out is None:
@@ -66,8 +68,9 @@ def run_batched(fn, ds, n, out=None, progress=False):
             out[start:start + len(parts[0])] = parts[0]
         start += len(parts[0])
         labels.append(np.asarray(y))
+        done += units
         if bar is not None:
-            bar.update(i)
+            bar.update(done)
     if out is not None:
         outputs = [out]
     else:
@@ -76,10 +79,65 @@ def run_batched(fn, ds, n, out=None, progress=False):
     return (outputs[0] if single else outputs), np.concatenate(labels)
 
 
+# The batch sizes a pass on CPU tries, in units of `inference_batch_size`
+# (8, 16 and 32 images with 2 cores; 32 is the Keras guide's batch), each
+# on TRIAL_CALLS calls after one call that traces; the rest of the pass
+# runs at the fastest. Measured on the running machine, in the pass itself
+# (every image is computed once, at whatever size), because the best size
+# depends on the machine and the base: 8 ran MobileNetV2 1.3x faster than
+# 32 on these 2 cores, and a machine with larger caches may differ.
+CANDIDATE_UNITS = (1, 2, 4)
+TRIAL_CALLS = 2
+
+
+def _measured_calls(fn, ds, unit):
+    """Yields (fn's result, labels, units of `ds` used) for calls over
+    `ds`'s batches of `unit` images: each call on 1 batch (the first,
+    which traces), then TRIAL_CALLS calls for each of CANDIDATE_UNITS
+    batches concatenated, timed (until the result is in host memory),
+    then the rest at the size with the fewest seconds per image (its
+    fastest call). `unit` None (GPU / TPU): one call per batch."""
+    if unit is None:
+        for x, y in ds:
+            yield fn(x), y, 1
+        return
+    trials = [(1, False)] + [(k, True) for k in CANDIDATE_UNITS
+                             for _ in range(TRIAL_CALLS)]
+    per_image, chosen = {}, None
+    xs, ys = [], []
+    for x, y in ds:
+        xs.append(x)
+        ys.append(y)
+        units, timed = trials[0] if trials else (chosen, False)
+        if len(xs) < units:
+            continue
+        batch = xs[0] if len(xs) == 1 else tf.concat(xs, 0)
+        start = time.perf_counter()
+        result = _to_host(fn(batch))
+        if timed:
+            seconds = (time.perf_counter() - start) / int(batch.shape[0])
+            per_image[units] = min(seconds, per_image.get(units, seconds))
+        if trials:
+            trials.pop(0)
+            if not trials:
+                chosen = min(per_image, key=per_image.get)
+        yield result, tf.concat(ys, 0), len(xs)
+        xs, ys = [], []
+    if xs:
+        yield _to_host(fn(tf.concat(xs, 0))), tf.concat(ys, 0), len(xs)
+
+
+def _to_host(result):
+    """`result` (a tensor or a list of them) as numpy arrays."""
+    if isinstance(result, (list, tuple)):
+        return [np.asarray(r) for r in result]
+    return np.asarray(result)
+
+
 def inference_batch_size():
     """The batch for forward passes only (feature extraction, evaluation):
     None (keep the training batch) on GPU / TPU, 4 images per usable core
-    on CPU.
+    on CPU (the unit `run_batched` measures 1, 2 and 4 of).
 
     On CPU the base runs faster on small batches (its activations stay in
     cache): with 2 cores, batches of 8 ran MobileNetV2 at 160 px 1.3x
