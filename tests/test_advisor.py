@@ -14,6 +14,7 @@ from conftest import fake_probes
 import tl_keras
 from tl_keras import advisor, models
 from tl_keras import data as data_lib
+from tl_keras.advisor import head_run
 from tl_keras.advisor.head_run import head_accuracy
 from tl_keras.advisor.scores import linear_probe, score_features
 
@@ -221,6 +222,18 @@ def test_the_head_estimate_trains_in_the_runs_budget():
     assert head >= probe - 0.08
     assert head_accuracy(train_f, train_y, val_f, val_y, config, 40,
                          5) == head  # seeded
+    # Under mixed precision (the advisor runs in the run's policy) the
+    # loop's plain gradients are not divided by a loss scale it never
+    # applied (compile's LossScaleOptimizer would: 2^15).
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        mixed = head_accuracy(train_f, train_y, val_f, val_y, config, 40, 5)
+        head = head_run._fresh_head(train_f, 5, config, 5)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert mixed >= probe - 0.08
+    assert not isinstance(head.optimizer,
+                          keras.optimizers.LossScaleOptimizer)
     # One epoch at a small rate: underfit, far below what the probe says.
     slow = config.replace(epochs=1, learning_rate=1e-3)
     starved = head_accuracy(train_f, train_y, val_f, val_y, slow, 40, 5)

@@ -205,3 +205,9 @@ def test_the_forward_batch_is_measured_in_the_pass(monkeypatch,
     assert sizes[:7] == [4, 4, 4, 8, 8, 16, 16]
     assert set(sizes[7:-1]) == {fastest}  # the last batch: what is left
     assert sum(sizes) == n
+    # An augmenting pass draws per call: it keeps the fixed batch, so the
+    # same seed gives the same views.
+    sizes.clear()
+    outputs, _ = inference.run_batched(fn, ds, n, measure=False)
+    np.testing.assert_array_equal(outputs, images[:, 0] * 2)
+    assert set(sizes[:-1]) == {4} and sum(sizes) == n

@@ -37,7 +37,7 @@ def forward(model):
                   model)
 
 
-def run_batched(fn, ds, n, out=None, progress=False):
+def run_batched(fn, ds, n, out=None, progress=False, measure=True):
     """Runs a traced `fn` over the n (images, labels) of the batched `ds`,
     in batches whose size the pass itself measures (`_measured_calls`).
 
@@ -48,6 +48,9 @@ def run_batched(fn, ds, n, out=None, progress=False):
       out: optional array to fill with the (single) output, e.g. a
         memory-mapped file; default new arrays.
       progress: show a progress bar.
+      measure: measure the batch size; False: batches of
+        `inference_batch_size` (for a `fn` whose results depend on how
+        the images are batched, e.g. one with random augmentation).
 
     Returns:
       (outputs, labels): each output concatenated over the batches (a list
@@ -59,7 +62,8 @@ def run_batched(fn, ds, n, out=None, progress=False):
                               unit_name="batch") if progress else None
     chunks, labels, start, done = [], [], 0, 0
     single = True
-    for result, y, units in _measured_calls(fn, ds, inference_batch_size()):
+    for result, y, units in _measured_calls(fn, ds, inference_batch_size(),
+                                            measure):
         single = not isinstance(result, (list, tuple))
         parts = [np.asarray(r) for r in ([result] if single else result)]
         if out is None:
@@ -86,22 +90,28 @@ def run_batched(fn, ds, n, out=None, progress=False):
 # (every image is computed once, at whatever size), because the best size
 # depends on the machine and the base: 8 ran MobileNetV2 1.3x faster than
 # 32 on these 2 cores, and a machine with larger caches may differ.
+# Candidates above MAX_TRIAL_BATCH images are not tried: with many cores
+# the unit alone is large (64 cores: 256 images), and 4 units of a big base
+# at 224 px could run out of memory.
 CANDIDATE_UNITS = (1, 2, 4)
 TRIAL_CALLS = 2
+MAX_TRIAL_BATCH = 64
 
 
-def _measured_calls(fn, ds, unit):
+def _measured_calls(fn, ds, unit, measure=True):
     """Yields (fn's result, labels, units of `ds` used) for calls over
     `ds`'s batches of `unit` images: each call on 1 batch (the first,
     which traces), then TRIAL_CALLS calls for each of CANDIDATE_UNITS
     batches concatenated, timed (until the result is in host memory),
     then the rest at the size with the fewest seconds per image (its
-    fastest call). `unit` None (GPU / TPU): one call per batch."""
-    if unit is None:
+    fastest call). `unit` None (GPU / TPU) or `measure` False: one call
+    per batch."""
+    if unit is None or not measure:
         for x, y in ds:
             yield fn(x), y, 1
         return
     trials = [(1, False)] + [(k, True) for k in CANDIDATE_UNITS
+                             if k == 1 or k * unit <= MAX_TRIAL_BATCH
                              for _ in range(TRIAL_CALLS)]
     per_image, chosen = {}, None
     xs, ys = [], []

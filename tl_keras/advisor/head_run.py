@@ -43,7 +43,8 @@ def head_accuracy(train_f, train_y, val_f, val_y, config, num_train,
         (_as_maps(train_f), np.asarray(train_y, np.int32))).shuffle(
         len(train_y), seed=data_config.seed, reshuffle_each_iteration=True
     ).repeat().batch(data_config.batch_size))
-    val_x, val_y = _as_maps(val_f), np.asarray(val_y, np.int32)
+    val_x = tf.constant(_as_maps(val_f))
+    val_y = tf.constant(np.asarray(val_y, np.int32))
 
     # A loop of its own, one traced call per epoch: Keras's fit() spends
     # ~0.1 s an epoch on its machinery, 14 s for the demo's 130 epochs of
@@ -57,11 +58,11 @@ def head_accuracy(train_f, train_y, val_f, val_y, config, num_train,
             variables = head.trainable_variables
             optimizer.apply(tape.gradient(loss, variables), variables)
 
-    @tf.function
-    def val_accuracy():
-        predicted = tf.argmax(head(val_x, training=False), -1,
+    @tf.function  # the images as an argument, not a graph constant
+    def val_accuracy(x, y):
+        predicted = tf.argmax(head(x, training=False), -1,
                               output_type=tf.int32)
-        return tf.reduce_mean(tf.cast(predicted == val_y, tf.float32))
+        return tf.reduce_mean(tf.cast(predicted == y, tf.float32))
 
     # With --ema, validated on the average, as the head stage is.
     swap = keras.callbacks.SwapEMAWeights()
@@ -71,7 +72,7 @@ def head_accuracy(train_f, train_y, val_f, val_y, config, num_train,
         train_epoch()
         if training.ema:
             swap.on_test_begin()
-        best = max(best, float(val_accuracy()))
+        best = max(best, float(val_accuracy(val_x, val_y)))
         if training.ema:
             swap.on_test_end()
     return round(best, 4)
@@ -87,9 +88,12 @@ def _fresh_head(train_f, num_classes, config, steps):
     head = keras.Model(inputs, build_head(inputs, num_classes,
                                           config.model.dropout))
     standardize_head(head, train_f)
+    # No loss scaling: the loop takes plain gradients, and under a
+    # mixed-precision policy compile() would wrap the optimizer in a
+    # LossScaleOptimizer that divides them by the scale (2^15).
     head.compile(optimizer=recipe.make_optimizer(
         training, training.learning_rate, training.epochs, steps),
-        loss=recipe.make_loss(training))
+        loss=recipe.make_loss(training), auto_scale_loss=False)
     head.optimizer.build(head.trainable_variables)
     return head
 

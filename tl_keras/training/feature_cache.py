@@ -89,7 +89,8 @@ def feature_extractor(model, augmenter=None):
     return inference.traced(features_of, model)
 
 
-def extract_features(extractor, ds, n, description, out=None):
+def extract_features(extractor, ds, n, description, out=None,
+                     measure=True):
     """Runs `extractor` (from `feature_extractor`) over `ds`, a batched
     dataset of n (images, labels), in batches sized for inference
     (`inference.run_batched`), with a progress bar.
@@ -97,13 +98,16 @@ def extract_features(extractor, ds, n, description, out=None):
     Args:
       out: optional array [n, channels] to fill (e.g. a memory-mapped
         file); default a new array.
+      measure: let the pass measure its batch size; False for an
+        extractor that augments (its random layers draw per call, so the
+        same seed gives the same views only in the same batches).
 
     Returns:
       (features float32 [n, channels], labels int32 [n]).
     """
     log.info("Extracting %s features with the frozen base", description)
     features, labels = inference.run_batched(extractor, ds, n, out=out,
-                                             progress=True)
+                                             progress=True, measure=measure)
     return features, labels.astype(np.int32)
 
 
@@ -208,7 +212,8 @@ def _extract_splits(model, data, config, views, train_out=None,
         x, train_y = extract_features(
             feature_extractor(model, augmenter) if augmenter else plain,
             data.train_ordered, data.counts["train"], _describe(view, views),
-            out=None if train_out is None else train_out[view])
+            out=None if train_out is None else train_out[view],
+            measure=augmenter is None)
         train.append(x)
     val_x, val_y = extract_features(plain, data.val, data.counts["val"],
                                     "validation", out=val_out)
