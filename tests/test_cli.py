@@ -376,6 +376,26 @@ def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
     assert tl_keras.train(config)["complete"]
 
 
+def _killed_and_resumed(config, tmp_path, monkeypatch):
+    """Trains `config` whole (in tmp_path/whole), then again killed after
+    fine-tune epoch 1 and resumed; asserts the two end with the same
+    weights and returns (whole, resumed) metrics."""
+    whole = tl_keras.train(config.replace(
+        workdir=str(tmp_path / "whole")))
+    original = _crash_in_finetune_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    resumed = tl_keras.train(config)
+    a = keras.models.load_model(os.path.join(config.runtime.workdir,
+                                             "model.keras"))
+    b = keras.models.load_model(str(tmp_path / "whole" / "model.keras"))
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    return whole, resumed
+
+
 def test_a_resumed_run_is_the_same_run_with_augmentation_and_dropout(
         tiny_config, tmp_path, monkeypatch):
     # Augmentation (flip, rotation, zoom) and head dropout on; the feature
@@ -385,21 +405,33 @@ def test_a_resumed_run_is_the_same_run_with_augmentation_and_dropout(
     # stage, epoch), not from where a process happened to start.
     config = tiny_config.replace(epochs=2, finetune_epochs=3, dropout=0.5,
                                  feature_cache=False)
-    whole = tl_keras.train(config.replace(
-        workdir=str(tmp_path / "whole")))
-    original = _crash_in_finetune_after(monkeypatch, 1)
-    with pytest.raises(Crash):
-        tl_keras.train(config)
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
-                        original)
-    resumed = tl_keras.train(config)
+    whole, resumed = _killed_and_resumed(config, tmp_path, monkeypatch)
     assert resumed["stages"]["finetune"]["history"] == whole["stages"][
         "finetune"]["history"]
-    a = keras.models.load_model(os.path.join(config.runtime.workdir,
-                                             "model.keras"))
-    b = keras.models.load_model(str(tmp_path / "whole" / "model.keras"))
-    for x, y in zip(a.weights, b.weights, strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_resumed_ema_and_gradual_stage_is_the_same_run(tiny_config,
+                                                         tmp_path,
+                                                         monkeypatch):
+    # Every fine-tune recipe option that keeps state across epochs: the
+    # EMA average (an optimizer variable), gradual unfreezing (its gates
+    # open by epoch), layer-wise rates, warmup then cosine (by the
+    # optimizer's step count), AdamW, L2-SP. Killed after fine-tune epoch
+    # 1 of 3 (the average swapped in for that epoch's checkpoint and back
+    # out before its backup) and resumed, the run ends with the weights
+    # and losses of a run never interrupted. Slow: two whole runs.
+    config = tiny_config.replace(
+        epochs=2, finetune_epochs=3, unfreeze="3", ema=0.9,
+        gradual_unfreeze=1, lr_decay=0.5, lr_schedule="cosine",
+        warmup_epochs=1, optimizer="adamw", weight_decay=0.01, l2sp=0.01,
+        finetune_learning_rate=1e-3)
+    whole, resumed = _killed_and_resumed(config, tmp_path, monkeypatch)
+    history = resumed["stages"]["finetune"]["history"]
+    assert len(history["loss"]) == 3
+    for key, values in whole["stages"]["finetune"]["history"].items():
+        np.testing.assert_allclose(history[key], values, rtol=1e-5,
+                                   atol=1e-6, err_msg=key)
 
 
 def test_a_stage_after_a_resumed_one_trains_all_its_epochs(tiny_config,

@@ -275,14 +275,14 @@ def test_two_workers_match_one_process(two_worker_run, cluster_data,
                                        "done.json"))
 
 
-@MULTI_PROCESS
-def test_killed_worker_restart_resumes_to_the_same_weights(
-        two_worker_run, cluster_data, tmp_path):
-    workdir = str(tmp_path / "run")
-    procs = start_workers(cluster_data, workdir, kill=(1, "finetune:1"))
+def kill_during_finetune(data_dir, workdir, flags=FLAGS):
+    """Starts 2 workers and SIGKILLs worker 1 right after its backup of
+    fine-tune epoch 1; the chief, which cannot go on without its peer, is
+    killed too, as a cluster manager would, once it has backed up the
+    epoch both completed."""
+    procs = start_workers(data_dir, workdir, kill=(1, "finetune:1"),
+                          flags=flags)
     assert procs[1].wait(timeout=400) == -signal.SIGKILL
-    # The chief cannot go on without its peer; stop it too, as a cluster
-    # manager would, after it has finished the epoch both completed.
     backup = os.path.join(workdir, "checkpoints", "finetune", "backup")
     deadline = time.time() + 60
     while procs[0].poll() is None and time.time() < deadline and not (
@@ -293,6 +293,13 @@ def test_killed_worker_restart_resumes_to_the_same_weights(
     procs[0].wait()
     assert not os.path.exists(os.path.join(workdir, "export"))
     assert os.listdir(backup)
+
+
+@MULTI_PROCESS
+def test_killed_worker_restart_resumes_to_the_same_weights(
+        two_worker_run, cluster_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    kill_during_finetune(cluster_data, workdir)
     # Worker 1's resume state is lost (or, as after an uneven kill, behind
     # the chief's): it goes on from the chief's epoch and weights, not
     # from its own stage start.
@@ -309,6 +316,26 @@ def test_killed_worker_restart_resumes_to_the_same_weights(
         epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
     assert sorted(set(epochs)) == ["0", "1", "2"]
     assert max_diff(weights_of(workdir), weights_of(two_worker_run)) < 1e-5
+
+
+@MULTI_PROCESS
+def test_killed_workers_with_every_recipe_option_match_one_process(
+        cluster_data, tmp_path):
+    # The fine-tune options that keep state across epochs (the EMA
+    # average, gradual unfreezing's gates, layer-wise rates, warmup and
+    # cosine by step count, AdamW, L2-SP's anchors): two workers, worker 1
+    # killed after fine-tune epoch 1, both restarted; the run's losses and
+    # weights are those of one uninterrupted process.
+    flags = [*FLAGS, "--unfreeze=3", "--ema=0.9", "--gradual_unfreeze=1",
+             "--lr_decay=0.5", "--lr_schedule=cosine", "--warmup_epochs=1",
+             "--optimizer=adamw", "--weight_decay=0.01", "--l2sp=0.01"]
+    workdir = str(tmp_path / "run")
+    kill_during_finetune(cluster_data, workdir, flags)
+    assert wait_all(start_workers(cluster_data, workdir, flags=flags)) == [
+        0, 0], open(f"{workdir}.log0").read()[-3000:]
+    assert "Resuming the stage after epoch 1" in open(
+        f"{workdir}.log0").read()
+    assert_matches_one_process(workdir, cluster_data, tmp_path, flags)
 
 
 def test_loading_weights_creates_no_variables_once_primed(tmp_path):

@@ -256,7 +256,10 @@ def test_gradual_unfreezing_adds_a_block_every_e_epochs(tiny_config):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(unfreeze="all", finetune_epochs=3), "at most 0"),  # 4 blocks
+    (dict(unfreeze="all", finetune_epochs=3),  # 4 blocks
+     "needs --finetune_epochs >= 4 (it is 3)"),
+    (dict(unfreeze="all", finetune_epochs=6, gradual_unfreeze=2),
+     "at most 1 (the stage trains 4 blocks in 6 epochs)"),
     (dict(unfreeze="2", finetune_epochs=2, gradual_unfreeze=2), None),
 ])
 def test_gradual_unfreezing_that_cannot_finish_stops_before_training(

@@ -98,13 +98,24 @@ def unfreeze_epochs(blocks, every, epochs):
     training = [(name, variables) for name, variables in training if variables]
     last = (len(training) - 1) * every
     if len(training) < 2 or last >= epochs:
-        fail("gradual_unfreeze", "0 when the fine-tune stage trains fewer "
-             "than 2 blocks" if len(training) < 2 else
-             f"at most {(epochs - 1) // max(1, len(training) - 1)} (the "
-             f"stage trains {len(training)} blocks in {epochs} epochs)",
+        fail("gradual_unfreeze", _gradual_allowed(len(training), epochs),
              every)
     return ({v.path: k * every for k, (_, variables) in enumerate(training)
              for v in variables}, [name for name, _ in training])
+
+
+def _gradual_allowed(blocks, epochs):
+    """What --gradual_unfreeze may be for a stage of `epochs` epochs that
+    trains `blocks` blocks (the last must open within the stage)."""
+    if blocks < 2:
+        return "0 when the fine-tune stage trains fewer than 2 blocks"
+    most = (epochs - 1) // (blocks - 1)
+    if most:
+        return (f"at most {most} (the stage trains {blocks} blocks in "
+                f"{epochs} epochs)")
+    return (f"0 (off) here: opening {blocks} blocks one epoch apart needs "
+            f"--finetune_epochs >= {blocks} (it is {epochs}), or fewer "
+            "blocks with --unfreeze")
 
 
 def check_gradual_unfreeze(model, blocks, training):
