@@ -201,6 +201,33 @@ def test_arrays_run_through_the_api(tmp_path, tiny_config):
                                        "saved_model.pb"))
 
 
+@pytest.mark.parametrize("built_with, trained_with, field", [
+    (dict(augment="flip,mixup"), dict(augment="flip"), "augment"),
+    (dict(augment="flip"), dict(augment="flip,cutmix"), "augment"),
+    (dict(batch_size=4), dict(batch_size=8), "batch_size"),
+    (dict(image_size=24), dict(), "image_size"),
+])
+def test_data_built_for_another_config_is_refused(tmp_path, tiny_config,
+                                                  built_with, trained_with,
+                                                  field):
+    # `train(config, data=...)` with data built under other settings: mixed
+    # labels sent to a sparse loss, or images of another size, would fail
+    # deep inside Keras or train wrongly. A clear error, nothing written.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 20, 20, 3), dtype=np.uint8)
+    y = np.arange(30) % 2
+    config = tiny_config.replace(data_dir="", mode="train",
+                                 approach="transfer", epochs=1,
+                                 workdir=str(tmp_path / "arrays"))
+    built = config.replace(**built_with)
+    data = tl_keras.from_arrays(x, y, built, built.model.image_size)
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.train(config.replace(**trained_with), data=data)
+    assert f"Invalid {field}." in str(e.value)
+    assert "Received" in str(e.value)
+    assert not os.path.exists(config.runtime.workdir)
+
+
 # Bad input through the CLI: exit code != 0, one clear line, no traceback.
 BAD = [
     (["--data_dir=/nonexistent"], "no such folder"),

@@ -264,15 +264,22 @@ def test_mixed_labels_train_with_their_loss_and_accuracy(
     assert type(loaded.loss).__name__ == "SmoothedSparseCrossentropy"
 
 
-@pytest.mark.parametrize("changes, field", [
-    (dict(augment="mixup,cutmix"), "augment"),
+@pytest.mark.parametrize("changes, field, why", [
+    (dict(augment="mixup,cutmix"), "augment", "at most one"),
     (dict(augment="flip,mixup", feature_cache_views=2),
-     "feature_cache_views"),
+     "feature_cache_views", "--augment=mixup"),
+    # Views the run would not use are refused, not silently dropped.
+    (dict(augment="flip", feature_cache_views=2, feature_cache=False),
+     "feature_cache_views", "--feature_cache=false"),
+    (dict(augment="none", feature_cache_views=2), "feature_cache_views",
+     "--augment=none"),
 ])
-def test_bad_label_mixes_name_the_flag(changes, field):
+def test_bad_label_mixes_and_views_name_the_flag(changes, field, why):
     with pytest.raises(tl_keras.InputError) as e:
         tl_keras.Config(data_dir="d", workdir="w", **changes).validate()
-    assert field in str(e.value) and "Received" in str(e.value)
+    message = str(e.value)
+    assert f"Invalid {field}." in message and why in message
+    assert f"Received: {field}=" in message
 
 
 def test_resize_is_the_same_eagerly_and_in_tf_data():

@@ -123,16 +123,31 @@ class Config:
                  f"base a run trains; rank's candidates differ in blocks, "
                  f"and an export keeps the base it was trained with)",
                  self.model.feature_block)
-        mixes = self.data.label_mixes()
-        if self.training.feature_cache_views and mixes:
-            fail("feature_cache_views", "0 with --augment="
-                 f"{mixes[0]} (a cached view holds each "
-                 f"image's features with its own label; mixed pairs are "
-                 f"drawn again every epoch)",
-                 self.training.feature_cache_views)
+        self._check_views()
         if needs_data:  # last: the one check that reads the disk
             check_data_dir(self.data.data_dir)
         return self
+
+    def _check_views(self):
+        """--feature_cache_views is refused where it would be ignored or
+        wrong, rather than silently dropped."""
+        views, mixes = (self.training.feature_cache_views,
+                        self.data.label_mixes())
+        if not views:
+            return
+        if not self.training.feature_cache:
+            why = ("--feature_cache=false (the views are cached features; "
+                   "with the cache off every epoch goes through the base)")
+        elif not self.data.augmentations():
+            why = ("--augment=none (without augmentation every view is the "
+                   "same: the head trains on one cached pass)")
+        elif mixes:
+            why = (f"--augment={mixes[0]} (a cached view holds each image's "
+                   "features with its own label; mixed pairs are drawn "
+                   "again every epoch)")
+        else:
+            return
+        fail("feature_cache_views", f"0 with {why}", views)
 
     def replace(self, **fields):
         """Returns a copy with the named fields (flat names, or whole

@@ -61,3 +61,32 @@ def check_arrays(x, y, x_name, y_name):
     elif x.shape[-1] == 4:
         x = x[..., :3]
     return x, y.astype(np.int32)
+
+
+def check_given_data(data, config, image_size):
+    """Checks that an `ImageData` passed to `train(config, data=...)` was
+    built for this config: its images at the backbone's size, its batch
+    size, and its training labels in the form the loss is chosen for
+    (class indices, or per-class weights with mixup / cutmix). Raises
+    InputError naming the config field that disagrees."""
+    data_config = config.data
+    images, labels = data.train.element_spec
+    built = images.shape[1]
+    if built is not None and built != image_size:
+        raise InputError(
+            f"Invalid image_size. Allowed: {built}, the size the data was "
+            f"built at (or build it again at {image_size}). Received: "
+            f"image_size={config.model.image_size!r} (the backbone takes "
+            f"{image_size})")
+    if data.batch_size != data_config.batch_size:
+        raise InputError(
+            f"Invalid batch_size. Allowed: {data.batch_size}, the batch size "
+            f"the data was built with. Received: batch_size="
+            f"{data_config.batch_size}")
+    mixed = labels.shape.rank == 2
+    if mixed != bool(data_config.label_mixes()):
+        raise InputError(
+            "Invalid augment. Allowed: the label mixing the data was built "
+            f"with ({'mixup or cutmix' if mixed else 'none'}: its training "
+            f"labels are {'per-class weights' if mixed else 'class indices'}"
+            f"). Received: augment={data_config.augment!r}")
