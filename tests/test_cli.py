@@ -221,11 +221,13 @@ def test_data_built_for_another_config_is_refused(tmp_path, tiny_config,
                                  workdir=str(tmp_path / "arrays"))
     built = config.replace(**built_with)
     data = tl_keras.from_arrays(x, y, built, built.model.image_size)
-    with pytest.raises(tl_keras.InputError) as e:
-        tl_keras.train(config.replace(**trained_with), data=data)
-    assert f"Invalid {field}." in str(e.value)
-    assert "Received" in str(e.value)
-    assert not os.path.exists(config.runtime.workdir)
+    # compare and advise check before the advisor measures or writes.
+    for entry in (tl_keras.train, tl_keras.compare, tl_keras.advise):
+        with pytest.raises(tl_keras.InputError) as e:
+            entry(config.replace(**trained_with), data=data)
+        assert f"Invalid {field}." in str(e.value), entry.__name__
+        assert "Received" in str(e.value)
+        assert not os.path.exists(config.runtime.workdir), entry.__name__
 
 
 # Bad input through the CLI: exit code != 0, one clear line, no traceback.

@@ -16,6 +16,7 @@ from tl_keras.advisor.decision import (
 from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
+from tl_keras.data.arrays import check_given_data
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
@@ -133,6 +134,8 @@ def classifier_and_data(config, data=None):
                            model_config.feature_block)
     if data is None:
         data = make_datasets(config.data, built.image_size)
+    else:
+        check_given_data(data, config, built.image_size)
     model = build_classifier(built, len(data.class_names), 0.0)
     return model, data, built.blocks()
 

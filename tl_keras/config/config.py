@@ -129,8 +129,10 @@ class Config:
         return self
 
     def _check_views(self):
-        """--feature_cache_views is refused where it would be ignored or
-        wrong, rather than silently dropped."""
+        """--feature_cache_views is refused where no cached view could be
+        used (the cache off, no augmentation) or hold the labels (mixed
+        pairs). (A scratch run has no frozen stage either, but compare and
+        auto train scratch beside the others under one config.)"""
         views, mixes = (self.training.feature_cache_views,
                         self.data.label_mixes())
         if not views:

@@ -64,26 +64,26 @@ def check_arrays(x, y, x_name, y_name):
 
 
 def check_given_data(data, config, image_size):
-    """Checks that an `ImageData` passed to `train(config, data=...)` was
-    built for this config: its images at the backbone's size, its batch
-    size, and its training labels in the form the loss is chosen for
-    (class indices, or per-class weights with mixup / cutmix). Raises
-    InputError naming the config field that disagrees."""
+    """Checks that an `ImageData` passed to `train(config, data=...)` (or
+    the advisor's, compare's) was built for this config: its images at the
+    backbone's input size, its batch size, and its training labels in the
+    form the loss is chosen for (class indices, or per-class weights with
+    mixup / cutmix). Raises InputError naming the config field that
+    disagrees; sizes an `ImageData` built by hand does not record are not
+    checked."""
     data_config = config.data
-    images, labels = data.train.element_spec
-    built = images.shape[1]
+    built = data.image_size or data.val.element_spec[0].shape[1]
     if built is not None and built != image_size:
         raise InputError(
-            f"Invalid image_size. Allowed: {built}, the size the data was "
-            f"built at (or build it again at {image_size}). Received: "
-            f"image_size={config.model.image_size!r} (the backbone takes "
-            f"{image_size})")
-    if data.batch_size != data_config.batch_size:
+            f"Invalid image_size. Allowed: {image_size}, the backbone's "
+            f"input (build the data at it). Received: image_size="
+            f"{config.model.image_size!r}, with data built at {built}")
+    if data.batch_size and data.batch_size != data_config.batch_size:
         raise InputError(
             f"Invalid batch_size. Allowed: {data.batch_size}, the batch size "
             f"the data was built with. Received: batch_size="
             f"{data_config.batch_size}")
-    mixed = labels.shape.rank == 2
+    mixed = data.train.element_spec[1].dtype.is_floating
     if mixed != bool(data_config.label_mixes()):
         raise InputError(
             "Invalid augment. Allowed: the label mixing the data was built "

@@ -58,6 +58,9 @@ class ImageData:
         its `callback()` so each epoch's order depends only on
         (seed, stage, epoch), and a resumed run sees the same order as an
         uninterrupted one.
+      image_size, batch_size: what the pipelines were built at (None for
+        an `ImageData` built by hand); `train` checks them against its
+        config.
     """
 
     train: tf.data.Dataset
@@ -72,8 +75,8 @@ class ImageData:
     cached: bool = False
     train_ordered: tf.data.Dataset | None = None
     shuffle: "EpochShuffle | None" = None
-    image_size: int = 0
-    batch_size: int = 32
+    image_size: int | None = None
+    batch_size: int | None = None
 
 
 class EpochShuffle:
@@ -301,7 +304,7 @@ def sample_training_set(data, n, seed):
         table = tf.constant(mask)
         ds = data.train_ordered.unbatch().enumerate().filter(
             lambda i, xy: table[i]).map(lambda i, xy: xy)
-    ds = ds.batch(data.batch_size).map(
+    ds = ds.batch(data.batch_size or 32).map(
         lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE), len(keep)
 
