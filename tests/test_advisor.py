@@ -265,6 +265,27 @@ def test_scratch_must_beat_the_best_estimate_by_a_standard_error(num_val):
         needed - probe, abs=0.012)
 
 
+def test_an_open_tie_with_a_climbing_scratch_run_is_said():
+    # Bench seed 10, toy many + similar (300 validation images): the head
+    # on block3 0.907; the scratch run still climbing, projected 0.889. The
+    # tie keeps the pretrained start (scratch's full budget went on to
+    # 0.966), and the reason says the tie is open and how to settle it.
+    curve = [0.3167, 0.5433, 0.79, 0.8333, 0.7967, 0.85]
+    m = measurements(0.89, {"block2": 0.73, "block3": 0.9067},
+                     scratch_curve=curve, num_val=300, median=60)
+    decision = advisor.decide(m)
+    assert decision["approach"] == "finetune"
+    assert "a tie keeps the pretrained start" in decision["reason"]
+    assert "still climbing" in decision["reason"]
+    assert "--mode=compare" in decision["reason"]
+    # A run that stopped climbing, or one far below: no such sentence.
+    for flat in ([0.85] * 6, [0.2, 0.3, 0.4, 0.5, 0.55, 0.6]):
+        decision = advisor.decide(measurements(
+            0.89, {"block2": 0.73, "block3": 0.9067}, scratch_curve=flat,
+            num_val=300, median=60))
+        assert "still climbing" not in decision["reason"], flat
+
+
 # The demo's scratch run (seed 42; 25 validation images), measured with
 # this advisor: flat near chance for 16 epochs, then 0.52-0.56.
 DEMO_CURVE = [0.2, 0.2, 0.2, 0.28, 0.28, 0.2, 0.12, 0.16, 0.12, 0.2, 0.32,
