@@ -16,8 +16,7 @@ from tl_keras.advisor.decision import (
 from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
-from tl_keras.data.arrays import check_given_data
-from tl_keras.data.pipelines import make_datasets
+from tl_keras.data.pipelines import data_for_run
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 
@@ -132,10 +131,7 @@ def classifier_and_data(config, data=None):
     built = build_backbone(model_config.backbone, model_config.weights,
                            model_config.image_size,
                            model_config.feature_block)
-    if data is None:
-        data = make_datasets(config.data, built.image_size)
-    else:
-        check_given_data(data, config, built.image_size)
+    data = data_for_run(config, built.image_size, data)
     model = build_classifier(built, len(data.class_names), 0.0)
     return model, data, built.blocks()
 

@@ -222,8 +222,14 @@ def needed_to_win(scratch, best):
     projection's own, wider, error (`statistics.projection_se`)."""
     if not scratch.get("projected"):
         return scratch_needed(best["estimate"], scratch["images"])
-    return round(best["estimate"] + SCRATCH_MARGIN_SE * math.sqrt(
-        scratch["se"] ** 2 + best["se"] ** 2), 4)
+    return round(best["estimate"] + SCRATCH_MARGIN_SE * _projected_gap_se(
+        scratch, best), 4)
+
+
+def _projected_gap_se(scratch, best):
+    """The standard error of the difference between a projected scratch
+    estimate and the pretrained `best`, from their own errors."""
+    return math.sqrt(scratch["se"] ** 2 + best["se"] ** 2)
 
 
 def _pretrained_pick(chosen, best):
@@ -283,9 +289,8 @@ def _still_climbing(scratch, best):
     8 and 10, ties at 0.857-0.889 that scratch's full budget took to
     0.966-0.986), so the decision stays, and the reader is told how to
     settle it."""
-    gap = math.sqrt(scratch["se"] ** 2 + best["se"] ** 2)
-    if not scratch.get("projected") or (
-            scratch["estimate"] < best["estimate"] - gap):
+    if not scratch.get("projected") or (scratch["estimate"] < best[
+            "estimate"] - _projected_gap_se(scratch, best)):
         return ""
     return ("; but the scratch run was still climbing when it stopped, "
             "and a short run only bounds scratch from below: "

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.config import DataConfig
-from tl_keras.data.arrays import carve_arrays, check_arrays
+from tl_keras.data.arrays import carve_arrays, check_arrays, check_given_data
 from tl_keras.data.augment import augment
 from tl_keras.data.folders import (
     carve_missing_splits,
@@ -282,6 +282,16 @@ def _file_source(pairs, image_size):
     # already removed by find_unreadable.
     return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
         load, num_parallel_calls=AUTOTUNE)
+
+
+def data_for_run(config, image_size, data=None):
+    """A run's data: `data` as given (`train(config, data=...)`), checked
+    against `config` (`check_given_data`), or else read from
+    config.data.data_dir at the backbone's `image_size`."""
+    if data is None:
+        return make_datasets(config.data, image_size)
+    check_given_data(data, config, image_size)
+    return data
 
 
 def sample_training_set(data, n, seed):

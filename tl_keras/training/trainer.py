@@ -20,8 +20,7 @@ from tl_keras.config import (
     TRAINED_APPROACHES,
 )
 from tl_keras.config.config import config_differences
-from tl_keras.data.arrays import check_given_data
-from tl_keras.data.pipelines import make_datasets
+from tl_keras.data.pipelines import data_for_run
 from tl_keras.distribute.strategy import placement
 from tl_keras.export.saved_model import TEMP_PREFIX, export_saved_model
 from tl_keras.models import recipe
@@ -87,10 +86,7 @@ def _train(config, data, place, callbacks):
     keras.utils.set_random_seed(config.data.seed)
     with place.strategy.scope():
         backbone = _build_backbone(config)
-    if data is None:
-        data = make_datasets(config.data, backbone.image_size)
-    else:
-        check_given_data(data, config, backbone.image_size)
+    data = data_for_run(config, backbone.image_size, data)
     if not conflict:  # resuming: the same images, or a clear error
         check_same_data(workdir, data, config.data.data_dir)
     # Only now, with the config, backbone and data known to be good, is
