@@ -14,6 +14,8 @@ difference to the guide's.
     python bench/recipes.py --seeds=7,8 --recipes=lr_decay_0.85
     python bench/recipes.py --seeds=9,10 --approach=transfer \
         --recipes=views_2,views_4   # cached augmented views vs the loop
+    python bench/recipes.py --seeds=12,13 --approach=transfer \
+        --suite=large --recipes=views_2,views_4   # the same, large data
 
 Also printed: each recipe's wall time over the guide's, whole runs
 (start-up, data, training, evaluation, export). A run whose workdir
@@ -31,7 +33,11 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from advisor_situations import toy_situations, vgg_situations  # noqa: E402
+from advisor_situations import (  # noqa: E402
+    toy_situations,
+    vgg_situations,
+    write_gratings,
+)
 
 import tl_keras  # noqa: E402
 
@@ -70,9 +76,25 @@ RECIPES["cutmix"] = dict(augment="+cutmix")
 RECIPES["views_2"] = dict(feature_cache_views=2)
 RECIPES["views_4"] = dict(feature_cache_views=4)
 
-# Which situations of the advisor bench each suite uses.
+# Which situations of the advisor bench each suite uses; "large" has
+# situations of its own (`large_situations`).
 SITUATIONS = {"vgg": ("vgg few + different", "vgg few + similar"),
-              "toy": ("toy few + similar", "toy some + different")}
+              "toy": ("toy few + similar", "toy some + different"),
+              "large": ("toy large + different", "vgg large + similar")}
+
+
+def large_situations(root, seed, situations):
+    """Large data: 100 labelled images per class (the size from which the
+    transfer-learning rule of thumb calls data large), 10 classes of
+    gratings (harder than the advisor bench's 5: their angles are half as
+    far apart), on the toy base and on HED's VGG16 (from `situations`,
+    the toy and vgg suites' own)."""
+    gratings = write_gratings(os.path.join(root, "gratings10x100"), 100,
+                              seed=23 + seed, classes=10, test_per_class=30)
+    return {"toy large + different":
+            (gratings, "zoom", *situations["toy few + different"][2:]),
+            "vgg large + similar":
+            (gratings, "zoom", *situations["vgg few + similar"][2:])}
 
 
 def run(name, folder, augment, backbone, weights, recipe, seed, root, args):
@@ -111,7 +133,7 @@ def run(name, folder, augment, backbone, weights, recipe, seed, root, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="5,6")
-    parser.add_argument("--suite", choices=("all", "toy", "vgg"),
+    parser.add_argument("--suite", choices=("all", "toy", "vgg", "large"),
                         default="all")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune_epochs", type=int, default=10)
@@ -144,10 +166,12 @@ def main():
     for seed in seeds:
         data_root = os.path.join(root, f"data{seed}")
         situations = {}
-        if "vgg" in suites:
+        if {"vgg", "large"} & set(suites):
             situations.update(vgg_situations(data_root, seed))
-        if "toy" in suites:
+        if {"toy", "large"} & set(suites):
             situations.update(toy_situations(data_root, seed))
+        if "large" in suites:
+            situations.update(large_situations(data_root, seed, situations))
         for suite in suites:
             for name in SITUATIONS[suite]:
                 for recipe in recipes:
