@@ -1,0 +1,201 @@
+"""Resume: a run killed in the middle of a stage and started again
+continues where it stopped, survives torn resume state, refuses images
+that changed in between, and ends as the run that was never interrupted
+(augmentation, dropout and every stateful fine-tune option included).
+
+In a file of its own, beside tests/test_cli.py, so that pytest-xdist's
+per-file scheduling (--dist loadfile) spreads these whole runs over both
+workers."""
+
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tl_keras
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_in_finetune_after(monkeypatch, epoch, stage="finetune"):
+    """Makes the run crash at the end of `stage`'s epoch `epoch` (0-based,
+    after its logs and backup); returns the original TensorBoard hook."""
+    original = keras.callbacks.TensorBoard.on_epoch_end
+
+    def crash_in_finetune(self, current, logs=None):
+        original(self, current, logs)
+        if self.log_dir.endswith(stage) and current == epoch:
+            raise Crash()
+
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        crash_in_finetune)
+    return original
+
+
+def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
+    """A crash in the middle of the fine-tune stage; the rerun skips the
+    head stage and continues fine-tuning from the last finished epoch."""
+    config = tiny_config.replace(epochs=2, finetune_epochs=3)
+    original = _crash_in_finetune_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    logs = os.path.join(config.runtime.workdir, "logs")
+    assert os.path.isdir(os.path.join(config.runtime.workdir, "checkpoints",
+                                      "finetune", "backup"))
+    head_rows = list(csv.DictReader(open(os.path.join(logs, "head.csv"))))
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    metrics = tl_keras.train(config)
+    # The head stage did not run again; fine-tuning ran only epoch 3.
+    assert list(csv.DictReader(open(os.path.join(logs, "head.csv")))) == (
+        head_rows)
+    rows = list(csv.DictReader(open(os.path.join(logs, "finetune.csv"))))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 3
+    assert metrics["complete"]
+
+
+def test_torn_resume_state_is_survived(tiny_config, monkeypatch):
+    """Resume state torn by a crash or a full disk: the newest backup is
+    unreadable and the stage's CSV log ends in half a row. The rerun
+    skips the bad backup (going on from the one before it, or the stage's
+    start), cuts the torn row, and completes."""
+    config = tiny_config.replace(epochs=2, finetune_epochs=3)
+    original = _crash_in_finetune_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    backup = os.path.join(config.runtime.workdir, "checkpoints", "finetune",
+                          "backup")
+    assert sorted(os.listdir(backup)) == ["epoch-000002.weights.h5"]
+    with open(os.path.join(backup, "epoch-000003.weights.h5"), "wb") as f:
+        f.write(b"")  # an empty newer file, as a full disk leaves
+    csv_path = os.path.join(config.runtime.workdir, "logs", "finetune.csv")
+    with open(csv_path, "a") as f:
+        f.write("2,0.5")  # half a row
+    metrics = tl_keras.train(config)
+    assert metrics["complete"]
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # epoch 3 only
+    assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 3
+    assert not os.path.exists(backup)  # removed once the stage finished
+
+
+def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
+    from tl_keras.training import stages
+
+    # An interrupted run (killed in its first stage) ...
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    config = tiny_config.replace(epochs=1, finetune_epochs=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(stages, "run_stage", crash)
+        from tl_keras.training import trainer
+
+        patch.setattr(trainer, "run_stage", crash)
+        with pytest.raises(KeyboardInterrupt):
+            tl_keras.train(config)
+    workdir = config.runtime.workdir
+    assert os.path.isfile(os.path.join(workdir, "data.json"))
+    # ... whose images then change: one modified, one added.
+    data_dir = config.data.data_dir
+    first = sorted(os.listdir(os.path.join(data_dir, "class_0")))[0]
+    path = os.path.join(data_dir, "class_0", first)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(tl_keras.InputError,
+                       match=r"its images changed since the run .*1 "
+                             r"modified \(e.g. .*" + first):
+        tl_keras.train(config)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with open(os.path.join(data_dir, "class_0", "zz_new.png"), "wb") as f:
+        f.write(open(path, "rb").read())
+    try:
+        with pytest.raises(tl_keras.InputError, match="1 added"):
+            tl_keras.train(config)
+    finally:
+        os.remove(os.path.join(data_dir, "class_0", "zz_new.png"))
+    # The same images again: it resumes and completes.
+    assert tl_keras.train(config)["complete"]
+
+
+def _killed_and_resumed(config, tmp_path, monkeypatch):
+    """Trains `config` whole (in tmp_path/whole), then again killed after
+    fine-tune epoch 1 and resumed; asserts the two end with the same
+    weights and returns (whole, resumed) metrics."""
+    whole = tl_keras.train(config.replace(
+        workdir=str(tmp_path / "whole")))
+    original = _crash_in_finetune_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    resumed = tl_keras.train(config)
+    a = keras.models.load_model(os.path.join(config.runtime.workdir,
+                                             "model.keras"))
+    b = keras.models.load_model(str(tmp_path / "whole" / "model.keras"))
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    return whole, resumed
+
+
+def test_a_resumed_run_is_the_same_run_with_augmentation_and_dropout(
+        tiny_config, tmp_path, monkeypatch):
+    # Augmentation (flip, rotation, zoom) and head dropout on; the feature
+    # cache off so every epoch draws augmentations. Killed after fine-tune
+    # epoch 1 and resumed, the run ends with the weights of a run that was
+    # never interrupted: each epoch's random state comes from (seed,
+    # stage, epoch), not from where a process happened to start.
+    config = tiny_config.replace(epochs=2, finetune_epochs=3, dropout=0.5,
+                                 feature_cache=False)
+    whole, resumed = _killed_and_resumed(config, tmp_path, monkeypatch)
+    assert resumed["stages"]["finetune"]["history"] == whole["stages"][
+        "finetune"]["history"]
+
+
+@pytest.mark.slow
+def test_a_resumed_ema_and_gradual_stage_is_the_same_run(tiny_config,
+                                                         tmp_path,
+                                                         monkeypatch):
+    # Every fine-tune recipe option that keeps state across epochs: the
+    # EMA average (an optimizer variable), gradual unfreezing (its gates
+    # open by epoch), layer-wise rates, warmup then cosine (by the
+    # optimizer's step count), AdamW, L2-SP. Killed after fine-tune epoch
+    # 1 of 3 (the average swapped in for that epoch's checkpoint and back
+    # out before its backup) and resumed, the run ends with the weights
+    # and losses of a run never interrupted. Slow: two whole runs.
+    config = tiny_config.replace(
+        epochs=2, finetune_epochs=3, unfreeze="3", ema=0.9,
+        gradual_unfreeze=1, lr_decay=0.5, lr_schedule="cosine",
+        warmup_epochs=1, optimizer="adamw", weight_decay=0.01, l2sp=0.01,
+        finetune_learning_rate=1e-3)
+    whole, resumed = _killed_and_resumed(config, tmp_path, monkeypatch)
+    history = resumed["stages"]["finetune"]["history"]
+    assert len(history["loss"]) == 3
+    for key, values in whole["stages"]["finetune"]["history"].items():
+        np.testing.assert_allclose(history[key], values, rtol=1e-5,
+                                   atol=1e-6, err_msg=key)
+
+
+def test_a_stage_after_a_resumed_one_trains_all_its_epochs(tiny_config,
+                                                           monkeypatch):
+    # Killed after head epoch 2 of 3 (on images: the cache is off), the
+    # head stage resumes at epoch 3; the fine-tune stage after it must
+    # still train its 2 epochs from the first (Keras keeps the resumed
+    # start epoch on the model).
+    config = tiny_config.replace(epochs=3, finetune_epochs=2,
+                                 feature_cache=False)
+    original = _crash_in_finetune_after(monkeypatch, 1, stage="head")
+    with pytest.raises(Crash):
+        tl_keras.train(config)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
+                        original)
+    metrics = tl_keras.train(config)
+    assert len(metrics["stages"]["head"]["history"]["loss"]) == 3
+    assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 2
