@@ -47,7 +47,8 @@ def cache_plan(training, data_config, stage_name, data, model):
       data_config: its `DataConfig` (augmentation, cache budget).
 
     Returns:
-      None, or {'views': K, 'spill': bool, 'mib': size of the features}.
+      None, or {'views': K, 'spill': bool, 'mib': size of the features,
+      'clean': the views are of the images as they are (no augmentation)}.
     """
     if not (training.feature_cache and stage_name == "head"
             and data.train_ordered is not None and data.shuffle is not None):
@@ -66,7 +67,8 @@ def cache_plan(training, data_config, stage_name, data, model):
         log.info("Features (%.0f MiB) exceed --cache_budget_mb=%d; they go "
                  "to a file in the workdir.", size / 2**20,
                  data_config.cache_budget_mb)
-    return {"views": views, "spill": spill, "mib": round(size / 2**20, 1)}
+    return {"views": views, "spill": spill, "mib": round(size / 2**20, 1),
+            "clean": not data_config.augmentations()}
 
 
 def feature_extractor(model, augmenter=None):
@@ -142,11 +144,13 @@ def make_feature_datasets(model, data, config, plan, workdir):
         train_x, train_y, val_x, val_y = _features_in_memory(
             model, data, config, plan["views"])
     seconds = time.time() - start
-    # The head's feature statistics, from the first view (what the head
-    # trains on in its first epoch); a strided subset (the training set is
-    # in class order) bounds the work for a large, memory-mapped one.
-    stride = max(1, len(train_y) // 10000)
-    standardize_head(model, np.asarray(train_x[0][::stride]))
+    if plan["clean"]:
+        # The head's feature statistics, from the one view of the images
+        # as they are (with augmentation the caller sets them from a
+        # clean sample); a strided subset (the training set is in class
+        # order) bounds the work for a large, memory-mapped one.
+        stride = max(1, len(train_y) // 10000)
+        standardize_head(model, np.asarray(train_x[0][::stride]))
     batch_size = config.batch_size
     views = plan["views"]
     epoch = data.shuffle.epoch
