@@ -75,6 +75,8 @@ RECIPES["cutmix"] = dict(augment="+cutmix")
 # full loop with the same augmentation.
 RECIPES["views_2"] = dict(feature_cache_views=2)
 RECIPES["views_4"] = dict(feature_cache_views=4)
+# The default: 2 views on large data (100 images per class), else the loop.
+RECIPES["views_auto"] = dict(feature_cache_views="auto")
 
 # Which situations of the advisor bench each suite uses; "large" has
 # situations of its own (`large_situations`).
@@ -100,7 +102,10 @@ def large_situations(root, seed, situations):
 def run(name, folder, augment, backbone, weights, recipe, seed, root, args):
     """(test accuracy, wall seconds) of one run; read back if done."""
     toy = backbone.endswith(".keras")
-    options = {"augment": augment, **RECIPES[recipe]}
+    # The head stage's full loop unless the recipe caches views (what
+    # every recipe ran before --feature_cache_views=auto was the default).
+    options = {"augment": augment, "feature_cache_views": 0,
+               **RECIPES[recipe]}
     if options["augment"].startswith("+"):
         options["augment"] = ",".join(
             a for a in (augment, options["augment"][1:]) if a != "none")

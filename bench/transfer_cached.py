@@ -13,6 +13,7 @@ prints each round's times and ratios and their medians.
     python bench/transfer_cached.py                 # 2,048 images, 160 px
     python bench/transfer_cached.py --images=256 --rounds=1  # a quick look
     python bench/transfer_cached.py --backbone=hub_vit_tiny --size=112
+    python bench/transfer_cached.py --augment=flip,rotation,zoom  # views
 
 weights=None (no network here): speed does not depend on the weights.
 `hub_vit_tiny` is a KerasHub ViT shaped as ViT-Tiny (patch 16, 12 encoder
@@ -87,13 +88,19 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--augment", default="none",
+                        help="e.g. flip,rotation,zoom: both tl_keras runs "
+                             "augment (the guide loop draws fresh every "
+                             "epoch, the cached run takes "
+                             "--feature_cache_views=auto's views); the "
+                             "plain keras fit, which does not, is left out")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.images, args.size, args.size, 3),
                      dtype=np.uint8)
     y = np.arange(args.images) % 5
     runs = [("guide loop", False), ("cached", True)]
-    if args.backbone == "mobilenet_v2":
+    if args.backbone == "mobilenet_v2" and args.augment == "none":
         runs.append(("keras fit", None))
     rows = []  # per round: {name: (end to end, head stage, extraction)}
     label = args.backbone
@@ -111,7 +118,8 @@ def main():
                     workdir=os.path.join(root, f"{r}_{name[0]}"),
                     backbone=args.backbone, weights="none",
                     image_size=args.size, approach="transfer",
-                    epochs=args.epochs, augment="none", feature_cache=cache,
+                    epochs=args.epochs, augment=args.augment,
+                    feature_cache=cache,
                     validation_split=0.1, test_split=0.1)
                 data = tl_keras.from_arrays(x, y, config, args.size)
                 start = time.perf_counter()
@@ -122,6 +130,7 @@ def main():
                              head["feature_extraction_seconds"] or 0.0)
             rows.append(row)
     print(f"\n{label}, {args.images} images at {args.size} px, "
+          f"augment={args.augment}, "
           f"{args.epochs} epochs of transfer, end to end (incl. model "
           f"building, evaluation and export), {args.rounds} rounds:")
     print(f"  {'round':<6} {'guide loop':>11} {'head stage':>11} "

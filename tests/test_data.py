@@ -273,6 +273,10 @@ def test_mixed_labels_train_with_their_loss_and_accuracy(
      "feature_cache_views", "--feature_cache=false"),
     (dict(augment="none", feature_cache_views=2), "feature_cache_views",
      "--augment=none"),
+    (dict(feature_cache_views="two"), "feature_cache_views",
+     "auto or an integer in [0, 100]"),
+    (dict(feature_cache_views=-1), "feature_cache_views", "auto or an"),
+    (dict(feature_cache_views="101"), "feature_cache_views", "auto or an"),
 ])
 def test_bad_label_mixes_and_views_name_the_flag(changes, field, why):
     with pytest.raises(tl_keras.InputError) as e:
@@ -280,6 +284,41 @@ def test_bad_label_mixes_and_views_name_the_flag(changes, field, why):
     message = str(e.value)
     assert f"Invalid {field}." in message and why in message
     assert f"Received: {field}=" in message
+
+
+@pytest.mark.parametrize("changes, per_class, views", [
+    (dict(augment="flip"), (100, 120, 90), 2),  # auto: two on large data
+    (dict(augment="flip"), (99, 120, 90), None),  # auto: small, the loop
+    (dict(augment="flip", feature_cache_views="3"), (5, 5), 3),  # digits
+    (dict(augment="flip", feature_cache_views=0), (200,), None),  # the loop
+    (dict(augment="flip,mixup"), (200,), None),  # auto: mixed pairs
+    (dict(augment="none"), (5, 5), 1),  # one pass of the images as they are
+])
+def test_auto_views_apply_only_where_they_can(tmp_path, changes, per_class,
+                                              views):
+    # auto caches views on large data only (a median of at least 100
+    # images per class), and is never refused: with no augmentation,
+    # MixUp or the cache off it falls back to what the run can use.
+    from types import SimpleNamespace
+
+    from tl_keras.training.feature_cache import cache_plan
+
+    config = tl_keras.Config(data_dir=str(tmp_path), workdir="w",
+                             **changes).validate()
+    data = SimpleNamespace(
+        train_ordered=(), shuffle=(), counts={"train": sum(per_class),
+                                              "val": 4},
+        class_counts={"train": {f"c{i}": n for i, n in
+                                enumerate(per_class)}})
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Identity(name="pool")])
+    plan = cache_plan(config.training, config.data, "head", data, model)
+    assert (plan and plan["views"]) == views
+    if plan:
+        assert plan["clean"] == (changes["augment"] == "none")
+    if "feature_cache_views" not in changes:
+        tl_keras.Config(data_dir=str(tmp_path), workdir="w",
+                        feature_cache=False, **changes).validate()
 
 
 def test_resize_is_the_same_eagerly_and_in_tf_data():

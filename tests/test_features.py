@@ -53,7 +53,7 @@ def test_full_loop_with_augmentation_and_no_views(pretrained_base,
     config = tl_keras.Config(
         data_dir=image_folder, workdir=str(tmp_path / "run"),
         backbone=pretrained_base, weights="none", approach="transfer",
-        epochs=1, batch_size=8, augment="flip")
+        epochs=1, batch_size=8, augment="flip", feature_cache_views=0)
     metrics = tl_keras.train(config)
     assert metrics["stages"]["head"]["feature_cache"] is False
 

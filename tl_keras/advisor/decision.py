@@ -36,6 +36,7 @@ from tl_keras.advisor.statistics import (
     scratch_projection,
     standard_error,
 )
+from tl_keras.config.fields import LARGE_PER_CLASS  # printed only
 
 # Scratch must beat the pretrained estimate by this many standard errors
 # of the difference (`statistics.difference_se`, which errs wide). One: a
@@ -54,10 +55,6 @@ SCRATCH_MARGIN_SE = 1.0
 # 5.3 points below finetune from the last layer).
 EARLIER_MARGIN_SE = 1.0
 
-# For the printed situation only (the decision does not use it): the
-# transfer-learning rule of thumb calls data large from about 100 images
-# per class.
-LARGE_PER_CLASS = 100
 
 
 def decide(m, unfreeze="all", pretrained=True):

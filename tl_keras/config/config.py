@@ -11,7 +11,7 @@ names are unique across sections, so the command line, `flags.cfg` and
 import dataclasses
 
 from tl_keras.config import sections as _sections
-from tl_keras.config.fields import check_data_dir
+from tl_keras.config.fields import cache_views, check_data_dir
 from tl_keras.errors import InputError, fail
 
 SECTIONS = {"data": _sections.DataConfig, "model": _sections.ModelConfig,
@@ -129,13 +129,14 @@ class Config:
         return self
 
     def _check_views(self):
-        """--feature_cache_views is refused where no cached view could be
-        used (the cache off, no augmentation) or hold the labels (mixed
-        pairs). (A scratch run has no frozen stage either, but compare and
-        auto train scratch beside the others under one config.)"""
-        views, mixes = (self.training.feature_cache_views,
+        """A number of --feature_cache_views is refused where no cached
+        view could be used (the cache off, no augmentation) or hold the
+        labels (mixed pairs). (A scratch run has no frozen stage either,
+        but compare and auto train scratch beside the others under one
+        config.)"""
+        views, mixes = (cache_views(self.training.feature_cache_views),
                         self.data.label_mixes())
-        if not views:
+        if views in ("auto", 0):  # auto: views only where they apply
             return
         if not self.training.feature_cache:
             why = ("--feature_cache=false (the views are cached features; "

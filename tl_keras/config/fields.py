@@ -22,6 +22,18 @@ LABEL_MIXES = ("mixup", "cutmix")
 # Options of the fine-tune stage, each with the value that leaves it off:
 # the only value --approach=scratch or transfer allows.
 FINETUNE_ONLY = {"lr_decay": 1.0, "l2sp": 0.0, "gradual_unfreeze": 0}
+# The transfer-learning rule of thumb calls data large from about 100
+# images per class (median over the classes); the advisor prints it, and
+# --feature_cache_views=auto caches views from it.
+LARGE_PER_CLASS = 100
+# --feature_cache_views: at most MAX_CACHE_VIEWS; 'auto' caches
+# AUTO_CACHE_VIEWS where views apply and the data is large. On the recipe
+# bench (bench/RESULTS.md) two views were within a point of the full loop
+# at 100 images per class, at a third of its time, and four no better;
+# on 5-40 images per class they cost up to 4 points, where the full loop
+# is cheap anyway.
+MAX_CACHE_VIEWS = 100
+AUTO_CACHE_VIEWS = 2
 JIT_CHOICES = ("auto", "true", "false")
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -67,3 +79,19 @@ def check_weights(weights):
             f"existing .weights.h5 or .keras path. Received: "
             f"weights={weights!r}"
         )
+
+
+def cache_views(views):
+    """--feature_cache_views as 'auto' or the number of views (0 = the
+    full loop): an int or its digits (a flag's value) are both taken;
+    anything else raises InputError."""
+    if views == "auto":
+        return views
+    try:
+        n = int(views) if not isinstance(views, bool) else -1
+    except (TypeError, ValueError):
+        n = -1
+    if not 0 <= n <= MAX_CACHE_VIEWS:
+        fail("feature_cache_views",
+             f"auto or an integer in [0, {MAX_CACHE_VIEWS}]", views)
+    return n

@@ -18,6 +18,7 @@ from tl_keras.config.fields import (
     LABEL_MIXES,
     MODES,
     PRECISIONS,
+    cache_views,
     check_choices,
     check_weights,
     field,
@@ -184,10 +185,11 @@ class TrainingConfig:
         True, "Train the head of a frozen base on pooled features computed "
         "once (much faster), when augmentation is off; the result is the "
         "same model as the full loop's.")
-    feature_cache_views: int = field(
-        0, "With augmentation on: cache this many augmented views of the "
-        "training set for the head stage (epoch e trains on view e mod K); "
-        "0 trains through the frozen base every epoch instead.")
+    feature_cache_views: str = field(
+        "auto", "Augmentation on: the head stage of a frozen base trains on "
+        "this many cached augmented views (epoch e on view e mod K); 0 = a "
+        "pass through the base every epoch. auto: 2 on large data (median "
+        "100+ images per class) without mixup / cutmix, else 0.")
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
@@ -197,7 +199,7 @@ class TrainingConfig:
         for name in ("learning_rate", "finetune_learning_rate"):
             check_fraction(name, getattr(self, name), open_low=True,
                            open_high=True)
-        check_range("feature_cache_views", self.feature_cache_views, 0, 100)
+        cache_views(self.feature_cache_views)
         self.unfreeze_blocks()
         self._validate_recipe()
         return self

@@ -32,6 +32,11 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import inference, io
+from tl_keras.config.fields import (
+    AUTO_CACHE_VIEWS,
+    LARGE_PER_CLASS,
+    cache_views,
+)
 from tl_keras.data.augment import build_augmenter
 from tl_keras.errors import InputError
 from tl_keras.models.classifier import standardize_head
@@ -55,11 +60,15 @@ def cache_plan(training, data_config, stage_name, data, model):
         return None
     views = 1
     if data_config.augmentations():
-        views = training.feature_cache_views
+        views, why = _views(training, data_config, data)
         if not views:
-            log.info("Augmentation is on and --feature_cache_views=0: "
-                     "training the head through the frozen base.")
+            log.info("Augmentation is on and %s: training the head "
+                     "through the frozen base every epoch.", why)
             return None
+        log.info("Augmentation is on: the head trains on %d cached "
+                 "augmented views (epoch e on view e mod %d; "
+                 "--feature_cache_views=0 for a pass through the frozen "
+                 "base every epoch).", views, views)
     channels = model.get_layer("pool").output.shape[-1]
     size = (views * data.counts["train"] + data.counts["val"]) * channels * 4
     spill = size > data_config.cache_budget_mb * 2**20
@@ -69,6 +78,25 @@ def cache_plan(training, data_config, stage_name, data, model):
                  data_config.cache_budget_mb)
     return {"views": views, "spill": spill, "mib": round(size / 2**20, 1),
             "clean": not data_config.augmentations()}
+
+
+def _views(training, data_config, data):
+    """(the number of augmented views to cache, why none when 0), for a
+    run with augmentation: --feature_cache_views, or for 'auto'
+    AUTO_CACHE_VIEWS on large data (at least LARGE_PER_CLASS training
+    images per class, median) without mixed pairs."""
+    views = cache_views(training.feature_cache_views)
+    if views != "auto":
+        return views, "--feature_cache_views=0"
+    mixes = data_config.label_mixes()
+    if mixes:
+        return 0, f"--augment={mixes[0]} mixes pairs, which a view cannot hold"
+    per_class = float(np.median(list(data.class_counts["train"].values())))
+    if per_class < LARGE_PER_CLASS:
+        return 0, (f"the data is small ({per_class:g} images per class, "
+                   f"median; --feature_cache_views=auto caches views from "
+                   f"{LARGE_PER_CLASS})")
+    return AUTO_CACHE_VIEWS, ""
 
 
 def feature_extractor(model, augmenter=None):
