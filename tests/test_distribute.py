@@ -211,9 +211,11 @@ def two_worker_run(cluster_data, tmp_path_factory):
     return workdir
 
 
-def assert_matches_one_process(run, data_dir, tmp_path, flags):
+def assert_matches_one_process(run, data_dir, tmp_path, flags,
+                               stages=("head", "finetune")):
     """The two-worker `run` trained as one process would: the same losses
-    per epoch and final weights (a global batch of 6 split 3 + 3)."""
+    per epoch of `stages` and final weights (a global batch of 6 split
+    3 + 3)."""
     config = cli.config_from_args(
         [f"--data_dir={data_dir}", f"--workdir={tmp_path / 'single'}",
          *flags])
@@ -224,7 +226,7 @@ def assert_matches_one_process(run, data_dir, tmp_path, flags):
     assert metrics["hardware"]["replicas"] == 2
     assert metrics["hardware"]["workers"] == 2
     assert metrics["hardware"]["per_replica_batch_size"] == 3
-    for stage in ("head", "finetune"):  # metrics.json keeps 6 decimals
+    for stage in stages:  # metrics.json keeps 6 decimals
         np.testing.assert_allclose(
             metrics["stages"][stage]["history"]["loss"],
             single["stages"][stage]["history"]["loss"], rtol=1e-5,
@@ -273,6 +275,24 @@ def test_two_workers_match_one_process(two_worker_run, cluster_data,
     assert not os.path.exists(os.path.join(other, "logs", "tensorboard"))
     assert os.path.isfile(os.path.join(other, "checkpoints", "finetune",
                                        "done.json"))
+
+
+@MULTI_PROCESS
+def test_two_workers_on_cached_augmented_views_match_one_process(
+        cluster_data, tmp_path):
+    # Transfer with augmentation on 2 cached views (what
+    # --feature_cache_views=auto takes on large data): each worker draws
+    # the same seeded views, so the head trains as one process's does.
+    flags = [*FLAGS[:3], "--approach=transfer", "--epochs=3",
+             "--batch_size=6", "--augment=flip,rotation",
+             "--feature_cache_views=2", *FLAGS[9:]]
+    workdir = str(tmp_path / "run")
+    codes = wait_all(start_workers(cluster_data, workdir, flags=flags))
+    assert codes == [0, 0], open(f"{workdir}.log0").read()[-3000:]
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert metrics["stages"]["head"]["feature_cache_plan"]["views"] == 2
+    assert_matches_one_process(workdir, cluster_data, tmp_path, flags,
+                               stages=("head",))
 
 
 def kill_during_finetune(data_dir, workdir, flags=FLAGS):
