@@ -20,7 +20,7 @@ difference to the guide's.
 Also printed: each recipe's wall time over the guide's, whole runs
 (start-up, data, training, evaluation, export). A run whose workdir
 already holds a finished run (same --root) reads its result back instead
-of training again.
+of training again: after a change to tl_keras, use a new --root.
 """
 
 import argparse

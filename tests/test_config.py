@@ -75,6 +75,24 @@ def test_a_field_an_older_config_lacks_counts_as_its_default():
         feature_block="block3")) == ["feature_block: '' -> 'block3'"]
 
 
+def test_stored_views_compare_by_meaning():
+    # A flag's "2" is the API's 2; a config.json from before the default
+    # became 'auto' (stored 0, or older than the field: the full loop) is
+    # a run with other settings than today's default, and resumes with
+    # --feature_cache_views=0, its own value.
+    current = tl_keras.Config(data_dir="d", workdir="w")
+    stored = current.replace(feature_cache_views=2).to_dict()
+    assert config_differences(stored, current.replace(
+        feature_cache_views="2")) == []
+    older = current.to_dict()
+    del older["feature_cache_views"]
+    for old in (older, {**older, "feature_cache_views": 0}):
+        assert config_differences(old, current) == [
+            "feature_cache_views: 0 -> 'auto'"]
+        assert config_differences(old, current.replace(
+            feature_cache_views="0")) == []
+
+
 @pytest.mark.parametrize("mode", ["rank", "export", "predict", "evaluate"])
 def test_feature_block_is_refused_where_it_cannot_apply(mode, tmp_path):
     config = tl_keras.Config(mode=mode, data_dir=str(tmp_path), workdir="w",

@@ -277,6 +277,8 @@ def test_mixed_labels_train_with_their_loss_and_accuracy(
      "auto or an integer in [0, 100]"),
     (dict(feature_cache_views=-1), "feature_cache_views", "auto or an"),
     (dict(feature_cache_views="101"), "feature_cache_views", "auto or an"),
+    (dict(feature_cache_views=2.5), "feature_cache_views", "auto or an"),
+    (dict(feature_cache_views=True), "feature_cache_views", "auto or an"),
 ])
 def test_bad_label_mixes_and_views_name_the_flag(changes, field, why):
     with pytest.raises(tl_keras.InputError) as e:

@@ -104,7 +104,7 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
     # The head's feature statistics are the full loop's (of the images as
     # they are, which validation sees), not one augmented view's: taken
     # from the first view they left the clean validation features off
-    # centre (5-6 points on HED-VGG16, bench/RESULTS.md).
+    # centre (about 5 points on HED-VGG16, bench/RESULTS.md).
     loop = tl_keras.train(config.replace(workdir=str(tmp_path / "loop"),
                                          feature_cache_views=0, epochs=1))
     assert loop["stages"]["head"]["feature_cache_plan"] is None

@@ -56,7 +56,6 @@ SCRATCH_MARGIN_SE = 1.0
 EARLIER_MARGIN_SE = 1.0
 
 
-
 def decide(m, unfreeze="all", pretrained=True):
     """Estimates each candidate from the measurements and picks the best.
 

@@ -150,7 +150,7 @@ class Config:
                    "again every epoch)")
         else:
             return
-        fail("feature_cache_views", f"0 with {why}", views)
+        fail("feature_cache_views", f"0 or auto with {why}", views)
 
     def replace(self, **fields):
         """Returns a copy with the named fields (flat names, or whole
@@ -185,18 +185,28 @@ def config_fields():
     return [fields[name] for name in FLAT_ORDER]
 
 
+# Fields compared by what they mean, not how they are written (a flag's
+# "2" is the API's 2), and what a config.json older than a field stands
+# for when that is not today's default (before views, the head of an
+# augmented run trained through the base every epoch: 0, not 'auto').
+_NORMALISED = {"feature_cache_views": cache_views}
+_BEFORE_FIELD = {"feature_cache_views": 0}
+
+
 def config_differences(stored, current):
     """Returns 'field: stored -> current' strings for result-changing fields.
 
-    A field that `stored` (an older config.json) lacks counts as its
-    default: the value the run it describes had.
+    A field that `stored` (an older config.json) lacks counts as the
+    value the run it describes had: its default then (`_BEFORE_FIELD`),
+    else today's.
     """
-    stored = with_defaults(without_removed(stored))
+    stored = with_defaults({**_BEFORE_FIELD, **without_removed(stored)})
     diffs = []
     for key, value in current.to_dict().items():
         if key in RESUMABLE_FIELDS:
             continue
-        if stored[key] != value:
+        same = _NORMALISED.get(key, lambda v: v)
+        if same(stored[key]) != same(value):
             diffs.append(f"{key}: {stored[key]!r} -> {value!r}")
     return diffs
 

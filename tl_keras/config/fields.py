@@ -30,7 +30,7 @@ LARGE_PER_CLASS = 100
 # AUTO_CACHE_VIEWS where views apply and the data is large. On the recipe
 # bench (bench/RESULTS.md) two views were within a point of the full loop
 # at 100 images per class, at a third of its time, and four no better;
-# on 5-40 images per class they cost up to 4 points, where the full loop
+# on 5-40 images per class they cost up to 5 points, where the full loop
 # is cheap anyway.
 MAX_CACHE_VIEWS = 100
 AUTO_CACHE_VIEWS = 2
@@ -87,10 +87,11 @@ def cache_views(views):
     anything else raises InputError."""
     if views == "auto":
         return views
-    try:
-        n = int(views) if not isinstance(views, bool) else -1
-    except (TypeError, ValueError):
-        n = -1
+    n = -1  # a bool, a float or other text is refused
+    if isinstance(views, int) and not isinstance(views, bool):
+        n = views
+    elif isinstance(views, str) and views.strip().isdecimal():
+        n = int(views)
     if not 0 <= n <= MAX_CACHE_VIEWS:
         fail("feature_cache_views",
              f"auto or an integer in [0, {MAX_CACHE_VIEWS}]", views)

@@ -183,8 +183,8 @@ class TrainingConfig:
         "export use the averaged weights; 0 = off.")
     feature_cache: bool = field(
         True, "Train the head of a frozen base on pooled features computed "
-        "once (much faster), when augmentation is off; the result is the "
-        "same model as the full loop's.")
+        "once (much faster; the full loop's model), or with augmentation "
+        "on cached views (--feature_cache_views).")
     feature_cache_views: str = field(
         "auto", "Augmentation on: the head stage of a frozen base trains on "
         "this many cached augmented views (epoch e on view e mod K); 0 = a "

@@ -310,7 +310,7 @@ def _fit_inputs(model, stage, data, config, place, plan):
         # The head's feature statistics, of the images as they are (what
         # validation sees), also under cached augmented views: the first
         # view's statistics (one draw of augmentation) put the clean
-        # validation features off centre, 5-6 points on HED-VGG16 at
+        # validation features off centre, about 5 points on HED-VGG16 at
         # 100 images per class (bench/RESULTS.md). A cache of the images
         # as they are sets them from its own pass.
         _standardize_from_sample(model, data, config.data)
