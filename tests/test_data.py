@@ -273,6 +273,8 @@ def test_mixed_labels_train_with_their_loss_and_accuracy(
      "feature_cache_views", "--feature_cache=false"),
     (dict(augment="none", feature_cache_views=2), "feature_cache_views",
      "--augment=none"),
+    (dict(augment="flip", feature_cache_views=1), "feature_cache_views",
+     "at least 2"),  # the one view would be the images as they are
     (dict(feature_cache_views="two"), "feature_cache_views",
      "auto or an integer in [0, 100]"),
     (dict(feature_cache_views=-1), "feature_cache_views", "auto or an"),

@@ -95,6 +95,13 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
     assert x.shape == (2, data.counts["train"], 128)
     assert len(y) == data.counts["train"] and len(val_y) == len(val_x)
     assert np.abs(x[0] - x[1]).max() > 1e-3  # the views differ
+    # The first view is the images as they are (the validation set's
+    # extractor), the second an augmented draw.
+    clean, clean_y = feature_cache.extract_features(
+        feature_cache.feature_extractor(classifier), data.train_ordered,
+        data.counts["train"], "training")
+    np.testing.assert_allclose(x[0], clean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y, clean_y)
     again, *_ = feature_cache._features_in_memory(
         classifier, data, config.data, 2)
     np.testing.assert_array_equal(x, again)  # and are reproducible
@@ -102,9 +109,9 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
     assert metrics["stages"]["head"]["feature_cache_plan"]["views"] == 2
     assert np.all(np.isfinite(metrics["stages"]["head"]["history"]["loss"]))
     # The head's feature statistics are the full loop's (of the images as
-    # they are, which validation sees), not one augmented view's: taken
-    # from the first view they left the clean validation features off
-    # centre (about 5 points on HED-VGG16, bench/RESULTS.md).
+    # they are, which validation sees), not an augmented view's: taken
+    # from one they left the clean validation features off centre (about
+    # 5 points on HED-VGG16, bench/RESULTS.md).
     loop = tl_keras.train(config.replace(workdir=str(tmp_path / "loop"),
                                          feature_cache_views=0, epochs=1))
     assert loop["stages"]["head"]["feature_cache_plan"] is None
@@ -114,11 +121,11 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
         for run in ("run", "loop"))
     for a, b in zip(views_norm, loop_norm, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    first_view = models.build_classifier(
+    augmented = models.build_classifier(
         models.build_backbone(pretrained_base, "none"), 3, 0.0)
-    standardize_head(first_view, x[0])
-    assert not np.allclose(first_view.get_layer("feature_norm").get_weights()[
-        0], views_norm[0], atol=1e-4)  # what the first view would have set
+    standardize_head(augmented, x[1])
+    assert not np.allclose(augmented.get_layer("feature_norm").get_weights()[
+        0], views_norm[0], atol=1e-4)  # what the augmented view would set
 
 
 class Crash(Exception):

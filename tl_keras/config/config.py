@@ -131,9 +131,9 @@ class Config:
     def _check_views(self):
         """A number of --feature_cache_views is refused where no cached
         view could be used (the cache off, no augmentation) or hold the
-        labels (mixed pairs). (A scratch run has no frozen stage either,
-        but compare and auto train scratch beside the others under one
-        config.)"""
+        labels (mixed pairs), and 1 (no augmented view). (A scratch run
+        has no frozen stage either, but compare and auto train scratch
+        beside the others under one config.)"""
         views, mixes = (cache_views(self.training.feature_cache_views),
                         self.data.label_mixes())
         if views in ("auto", 0):  # auto: views only where they apply
@@ -148,6 +148,10 @@ class Config:
             why = (f"--augment={mixes[0]} (a cached view holds each image's "
                    "features with its own label; mixed pairs are drawn "
                    "again every epoch)")
+        elif views == 1:
+            fail("feature_cache_views", "0, auto or at least 2 (the first "
+                 "view is the images as they are: one view would train the "
+                 "head without augmentation)", views)
         else:
             return
         fail("feature_cache_views", f"0 or auto with {why}", views)

@@ -187,9 +187,9 @@ class TrainingConfig:
         "on cached views (--feature_cache_views).")
     feature_cache_views: str = field(
         "auto", "Augmentation on: the head stage of a frozen base trains on "
-        "this many cached augmented views (epoch e on view e mod K); 0 = a "
-        "pass through the base every epoch. auto: 2 on large data (median "
-        "100+ images per class) without mixup / cutmix, else 0.")
+        "K cached views, the images as they are and K-1 augmented (epoch e "
+        "on view e mod K); 0 = a pass through the base every epoch. auto: 2 "
+        "on large data (median 100+ per class) without mixup/cutmix, else 0.")
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""

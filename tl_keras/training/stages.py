@@ -306,13 +306,10 @@ def _fit_inputs(model, stage, data, config, place, plan):
       (fit_model, train_ds, val_ds, seconds spent extracting or None).
     """
     fit_model, train_ds, val_ds, seconds = model, data.train, data.val, None
-    if stage.name == "head" and not (plan and plan["clean"]):
+    if stage.name == "head" and not plan:
         # The head's feature statistics, of the images as they are (what
-        # validation sees), also under cached augmented views: the first
-        # view's statistics (one draw of augmentation) put the clean
-        # validation features off centre, about 5 points on HED-VGG16 at
-        # 100 images per class (bench/RESULTS.md). A cache of the images
-        # as they are sets them from its own pass.
+        # validation sees); cached features set them from their first
+        # view, the images as they are.
         _standardize_from_sample(model, data, config.data)
     if plan:
         fit_model, train_ds, val_ds, seconds = (
