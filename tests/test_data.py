@@ -316,8 +316,10 @@ def test_auto_views_apply_only_where_they_can(tmp_path, changes, per_class,
                                 enumerate(per_class)}})
     model = keras.Sequential([keras.Input((4,)),
                               keras.layers.Identity(name="pool")])
-    plan = cache_plan(config.training, config.data, "head", data, model)
+    plan, why = cache_plan(config.training, config.data, "head", data,
+                           model)
     assert (plan and plan["views"]) == views
+    assert (why is None) == (views is not None)  # the loop says why
     if plan:
         assert plan["clean"] == (changes["augment"] == "none")
     if "feature_cache_views" not in changes:

@@ -56,6 +56,9 @@ def test_full_loop_with_augmentation_and_no_views(pretrained_base,
         epochs=1, batch_size=8, augment="flip", feature_cache_views=0)
     metrics = tl_keras.train(config)
     assert metrics["stages"]["head"]["feature_cache"] is False
+    # metrics.json says why the head went through the base every epoch.
+    assert metrics["stages"]["head"]["full_loop_reason"] == (
+        "augmentation is on and --feature_cache_views=0")
 
 
 def test_spilled_features_equal_in_memory(pretrained_base, image_folder,

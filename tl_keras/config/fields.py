@@ -27,11 +27,13 @@ FINETUNE_ONLY = {"lr_decay": 1.0, "l2sp": 0.0, "gradual_unfreeze": 0}
 # --feature_cache_views=auto caches views from it.
 LARGE_PER_CLASS = 100
 # --feature_cache_views: at most MAX_CACHE_VIEWS; 'auto' caches
-# AUTO_CACHE_VIEWS where views apply and the data is large. On the recipe
-# bench (bench/RESULTS.md) two views were within a point of the full loop
-# at 100 images per class, at a third of its time, and four no better;
-# on 5-40 images per class they cost up to 5 points, where the full loop
-# is cheap anyway.
+# AUTO_CACHE_VIEWS (the images as they are and one augmented draw) where
+# views apply and the data is large: two passes of the base, the fewest
+# that hold an augmented view, and the first also gives the head's
+# statistics. On the recipe bench (bench/RESULTS.md) they were above the
+# full loop at 100 images per class on held-out seeds, at a third of its
+# time; on 5-40 images per class two augmented views cost up to 5 points,
+# where the full loop is cheap anyway.
 MAX_CACHE_VIEWS = 100
 AUTO_CACHE_VIEWS = 2
 JIT_CHOICES = ("auto", "true", "false")

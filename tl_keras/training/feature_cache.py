@@ -9,12 +9,11 @@ trained head: nothing to graft, the result is the same Keras model.
 
 Without augmentation this is exactly the full loop (same order, same
 head weights to float tolerance). With augmentation, `K` views of the
-training set are cached, the first of the images as they are and K - 1
+training set are cached, the first of the images as they are (also the
+source of the head's feature statistics, as in the full loop) and K - 1
 augmented draws, and epoch e trains on view e mod K (an approximation of
 fresh augmentations every epoch); with K = 0 the head stage runs the
-full loop. The first view is also where the head's feature statistics
-come from (the full loop takes them from a pass over the images as they
-are, which validation and test see), so it costs no pass of its own.
+full loop.
 
 Features that fit in `--cache_budget_mb` stay in memory; larger ones are
 written to `<workdir>/features/` (one .npy per split plus `meta.json`
@@ -55,19 +54,24 @@ def cache_plan(training, data_config, stage_name, data, model):
       data_config: its `DataConfig` (augmentation, cache budget).
 
     Returns:
-      None, or {'views': K, 'spill': bool, 'mib': size of the features,
-      'clean': the views are of the images as they are (no augmentation)}.
+      (plan, why): plan None, or {'views': K, 'spill': bool, 'mib': size
+      of the features, 'clean': no augmentation (one view of the images
+      as they are)}; why: for a head stage that runs the full loop, the
+      reason (metrics.json records it), else None.
     """
-    if not (training.feature_cache and stage_name == "head"
-            and data.train_ordered is not None and data.shuffle is not None):
-        return None
+    if stage_name != "head":
+        return None, None
+    if not training.feature_cache:
+        return None, "--feature_cache=false"
+    if data.train_ordered is None or data.shuffle is None:
+        return None, "the data has no fixed-order training pipeline"
     views = 1
     if data_config.augmentations():
         views, why = _views(training, data_config, data)
         if not views:
             log.info("Augmentation is on and %s: training the head "
                      "through the frozen base every epoch.", why)
-            return None
+            return None, f"augmentation is on and {why}"
         log.info("Augmentation is on: the head trains on %d cached "
                  "views, the images as they are and %d augmented (epoch e "
                  "on view e mod %d; --feature_cache_views=0 for a pass "
@@ -81,7 +85,7 @@ def cache_plan(training, data_config, stage_name, data, model):
                  "to a file in the workdir.", size / 2**20,
                  data_config.cache_budget_mb)
     return {"views": views, "spill": spill, "mib": round(size / 2**20, 1),
-            "clean": not data_config.augmentations()}
+            "clean": not data_config.augmentations()}, None
 
 
 def _views(training, data_config, data):
@@ -352,6 +356,5 @@ def _view_augmenter(config, view):
 
 
 def _describe(view, views):
-    if views == 1:
-        return "training"
-    return f"training (view {view + 1}/{views}{', as they are' * (not view)})"
+    return "training" if views == 1 else (
+        f"training (view {view + 1}/{views}{', as they are' * (not view)})")

@@ -94,8 +94,8 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     trainable, total = _log_start(model, stage)
     csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
     start = time.time()
-    plan = feature_cache.cache_plan(config.training, config.data, stage.name,
-                                    data, model)
+    plan, why = feature_cache.cache_plan(config.training, config.data,
+                                         stage.name, data, model)
     fit_model, train_ds, val_ds, extract_seconds = _fit_inputs(
         model, stage, data, config, place, plan)
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
@@ -111,7 +111,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
                      else None),
         "recipe": recipe.describe(config.training, stage.name),
         "seconds_this_process": round(time.time() - start, 1),
-        **_fit_summary(plan, extract_seconds, checkpoint, csv_path),
+        **_fit_summary(plan, why, extract_seconds, checkpoint, csv_path),
     }
     _check_outcome(stage, checkpoint, to_beat, summary, place)
     io.write_json(done_path, summary)
@@ -202,12 +202,14 @@ def _log_start(model, stage):
     return trainable, total
 
 
-def _fit_summary(plan, extract_seconds, checkpoint, csv_path):
-    """The summary's part that the fit measured: the feature cache, the
-    best epoch and the per-epoch history."""
+def _fit_summary(plan, why, extract_seconds, checkpoint, csv_path):
+    """The summary's part that the fit measured: the feature cache (or
+    why a head stage ran the full loop), the best epoch and the per-epoch
+    history."""
     return {
         "feature_cache": plan is not None,
         "feature_cache_plan": plan,
+        "full_loop_reason": why,
         "feature_extraction_seconds": extract_seconds and round(
             extract_seconds, 1),
         "best_epoch": checkpoint.best_epoch,
