@@ -70,9 +70,11 @@ RECIPES["ema"] = dict(ema=0.99)
 RECIPES["gradual_unfreeze"] = dict(gradual_unfreeze=2)
 RECIPES["mixup"] = dict(augment="+mixup")
 RECIPES["cutmix"] = dict(augment="+cutmix")
-# The frozen stage on K cached augmented views instead of a pass through
-# the base every epoch (epoch e trains on view e mod K): "guide" is the
-# full loop with the same augmentation.
+# The frozen stage on K cached views instead of a pass through the base
+# every epoch (epoch e trains on view e mod K): "guide" is the full loop
+# with the same augmentation. Since 7cc258b (2026-11-30) the first view is
+# the images as they are and the other K-1 augmented; the views_2 /
+# views_4 rows in bench/RESULTS.md before that date had K augmented views.
 RECIPES["views_2"] = dict(feature_cache_views=2)
 RECIPES["views_4"] = dict(feature_cache_views=4)
 # The default: 2 views on large data (100 images per class), else the loop.

@@ -9,10 +9,10 @@ does not go through tl_keras's pipeline. A fourth, "floor", is the
 least any transfer run can take: building the base and one forward pass
 over all the images (plain Keras `predict` at the batch tl_keras's
 passes start from, 8 on 2 cores; the issue's target is the whole
-cached run within 1.5x of it). Each round runs all, in
-alternating order (guide first in odd
-rounds, cached first in even ones: this shared machine's speed drifts);
-prints each round's times and ratios and their medians.
+cached run within 1.5x of it). Each round runs all, odd rounds in the
+order guide, cached, keras fit, floor and even rounds in the reverse
+(this shared machine's speed drifts); prints each round's times and
+ratios and their medians.
 
     python bench/transfer_cached.py                 # 2,048 images, 160 px
     python bench/transfer_cached.py --images=256 --rounds=1  # a quick look

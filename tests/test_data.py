@@ -274,7 +274,7 @@ def test_mixed_labels_train_with_their_loss_and_accuracy(
     (dict(augment="none", feature_cache_views=2), "feature_cache_views",
      "--augment=none"),
     (dict(augment="flip", feature_cache_views=1), "feature_cache_views",
-     "at least 2"),  # the one view would be the images as they are
+     "an integer in [2, 100]"),  # the one view would be as they are
     (dict(feature_cache_views="two"), "feature_cache_views",
      "auto or an integer in [0, 100]"),
     (dict(feature_cache_views=-1), "feature_cache_views", "auto or an"),
@@ -290,16 +290,19 @@ def test_bad_label_mixes_and_views_name_the_flag(changes, field, why):
     assert f"Received: {field}=" in message
 
 
-@pytest.mark.parametrize("changes, per_class, views", [
-    (dict(augment="flip"), (100, 120, 90), 2),  # auto: two on large data
-    (dict(augment="flip"), (99, 120, 90), None),  # auto: small, the loop
-    (dict(augment="flip", feature_cache_views="3"), (5, 5), 3),  # digits
-    (dict(augment="flip", feature_cache_views=0), (200,), None),  # the loop
-    (dict(augment="flip,mixup"), (200,), None),  # auto: mixed pairs
-    (dict(augment="none"), (5, 5), 1),  # one pass of the images as they are
+@pytest.mark.parametrize("changes, per_class, views, why", [
+    (dict(augment="flip"), (100, 120, 90), 2, None),  # auto: large data
+    (dict(augment="flip"), (99, 120, 90), None,  # auto: small, the loop
+     "the data is small (99 images per class"),
+    (dict(augment="flip", feature_cache_views="3"), (5, 5), 3, None),
+    (dict(augment="flip", feature_cache_views=0), (200,), None,
+     "--feature_cache_views=0"),  # the loop
+    (dict(augment="flip,mixup"), (200,), None,  # auto: mixed pairs
+     "--augment=mixup mixes pairs"),
+    (dict(augment="none"), (5, 5), 1, None),  # one pass, as they are
 ])
 def test_auto_views_apply_only_where_they_can(tmp_path, changes, per_class,
-                                              views):
+                                              views, why):
     # auto caches views on large data only (a median of at least 100
     # images per class), and is never refused: with no augmentation,
     # MixUp or the cache off it falls back to what the run can use.
@@ -316,10 +319,19 @@ def test_auto_views_apply_only_where_they_can(tmp_path, changes, per_class,
                                 enumerate(per_class)}})
     model = keras.Sequential([keras.Input((4,)),
                               keras.layers.Identity(name="pool")])
-    plan, why = cache_plan(config.training, config.data, "head", data,
-                           model)
+    plan, reason = cache_plan(config.training, config.data, "head", data,
+                              model)
     assert (plan and plan["views"]) == views
-    assert (why is None) == (views is not None)  # the loop says why
+    # The full loop says why (metrics.json's full_loop_reason).
+    if why is None:
+        assert reason is None
+    else:
+        assert reason.startswith("augmentation is on and ") and why in reason
+    off = config.replace(feature_cache=False)
+    assert cache_plan(off.training, off.data, "head", data, model) == (
+        None, "--feature_cache=false")
+    assert cache_plan(config.training, config.data, "finetune", data,
+                      model) == (None, None)
     if plan:
         assert plan["clean"] == (changes["augment"] == "none")
     if "feature_cache_views" not in changes:

@@ -11,7 +11,7 @@ import pytest
 
 import tl_keras
 from tl_keras import data as data_lib
-from tl_keras import models
+from tl_keras import io, models
 from tl_keras.models.classifier import standardize_head
 from tl_keras.training import feature_cache
 
@@ -20,8 +20,8 @@ def head_run(base, image_folder, workdir, cache, **changes):
     config = tl_keras.Config(
         data_dir=image_folder, workdir=workdir, backbone=base,
         weights="none", approach="transfer", epochs=3, batch_size=8,
-        learning_rate=0.01, dropout=0.0, augment="none",
-        feature_cache=cache, **changes)
+        learning_rate=0.01, dropout=0.0, feature_cache=cache,
+        **{"augment": "none", **changes})
     metrics = tl_keras.train(config)
     model = keras.saving.load_model(os.path.join(workdir, "model.keras"))
     return metrics, model
@@ -129,6 +129,44 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
     standardize_head(augmented, x[1])
     assert not np.allclose(augmented.get_layer("feature_norm").get_weights()[
         0], views_norm[0], atol=1e-4)  # what the augmented view would set
+
+
+def test_spilled_views_equal_in_memory_and_older_ones_are_refused(
+        pretrained_base, image_folder, tmp_path):
+    # Augmented views spilled to a file train the head as in memory, the
+    # statistics from the memory-mapped first view included.
+    views = dict(augment="flip", feature_cache_views=2)
+    in_memory, model_a = head_run(pretrained_base, image_folder,
+                                  str(tmp_path / "memory"), True, **views)
+    spilled, model_b = head_run(pretrained_base, image_folder,
+                                str(tmp_path / "spill"), True,
+                                cache_budget_mb=0, **views)
+    assert spilled["stages"]["head"]["feature_cache_plan"]["spill"]
+    np.testing.assert_allclose(
+        spilled["stages"]["head"]["history"]["loss"],
+        in_memory["stages"]["head"]["history"]["loss"], rtol=1e-5)
+    for a, b in zip(model_a.get_layer("feature_norm").weights,
+                    model_b.get_layer("feature_norm").weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    # A cache spilled before the first view was of the images as they
+    # are (its fingerprint has no first_view) is refused, not reused.
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "old"),
+        backbone=pretrained_base, weights="none", approach="transfer",
+        batch_size=8, **views)
+    data = data_lib.make_datasets(config, 32)
+    classifier = models.build_classifier(
+        models.build_backbone(pretrained_base, "none"), 3, 0.0)
+    feature_cache._spilled_features(classifier, data, config.data, 2,
+                                    config.runtime.workdir)
+    meta = os.path.join(config.runtime.workdir, "features", "meta.json")
+    older = io.read_json(meta)
+    del older["fingerprint"]["first_view"]
+    io.write_json(meta, older)
+    with pytest.raises(tl_keras.InputError,
+                       match="differs in: first_view.*first_view = absent"):
+        feature_cache._spilled_features(classifier, data, config.data, 2,
+                                        config.runtime.workdir)
 
 
 class Crash(Exception):

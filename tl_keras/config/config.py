@@ -149,9 +149,9 @@ class Config:
                    "features with its own label; mixed pairs are drawn "
                    "again every epoch)")
         elif views == 1:
-            fail("feature_cache_views", "0, auto or at least 2 (the first "
-                 "view is the images as they are: one view would train the "
-                 "head without augmentation)", views)
+            fail("feature_cache_views", "0, auto or an integer in [2, 100] "
+                 "(the first view is the images as they are: one view would "
+                 "train the head without augmentation)", views)
         else:
             return
         fail("feature_cache_views", f"0 or auto with {why}", views)

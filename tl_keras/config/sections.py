@@ -186,10 +186,10 @@ class TrainingConfig:
         "once (much faster; the full loop's model), or with augmentation "
         "on cached views (--feature_cache_views).")
     feature_cache_views: str = field(
-        "auto", "Augmentation on: the head stage of a frozen base trains on "
-        "K cached views, the images as they are and K-1 augmented (epoch e "
-        "on view e mod K); 0 = a pass through the base every epoch. auto: 2 "
-        "on large data (median 100+ per class) without mixup/cutmix, else 0.")
+        "auto", "Augmentation on: the head of a frozen base trains on this "
+        "many (K >= 2) cached views, the images as they are and K-1 augmented "
+        "(epoch e on view e mod K); 0: the base every epoch. auto: 2 on large "
+        "data (median 100+ per class) without mixup/cutmix, else 0.")
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""

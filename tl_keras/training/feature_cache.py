@@ -40,6 +40,7 @@ from tl_keras.config.fields import (
     cache_views,
 )
 from tl_keras.data.augment import build_augmenter
+from tl_keras.data.pipelines import STATISTICS_SAMPLE, sample_indices
 from tl_keras.errors import InputError
 from tl_keras.models.classifier import standardize_head
 
@@ -47,7 +48,7 @@ log = logging.getLogger("tl_keras")
 
 
 def cache_plan(training, data_config, stage_name, data, model):
-    """How the head stage caches features, or None for the full loop.
+    """How the head stage caches features (plan None: the full loop).
 
     Args:
       training: the config's `TrainingConfig` (feature_cache, views).
@@ -89,8 +90,8 @@ def cache_plan(training, data_config, stage_name, data, model):
 
 
 def _views(training, data_config, data):
-    """(the number of augmented views to cache, why none when 0), for a
-    run with augmentation: --feature_cache_views, or for 'auto'
+    """(views to cache, the first of the images as they are; why none
+    when 0), with augmentation: --feature_cache_views, or for 'auto'
     AUTO_CACHE_VIEWS on large data (at least LARGE_PER_CLASS training
     images per class, median) without mixed pairs."""
     views = cache_views(training.feature_cache_views)
@@ -180,13 +181,12 @@ def make_feature_datasets(model, data, config, plan, workdir):
         train_x, train_y, val_x, val_y = _features_in_memory(
             model, data, config, plan["views"])
     seconds = time.time() - start
-    # The head's feature statistics, from the first view, the images as
-    # they are (what validation sees; an augmented view's put the clean
-    # validation features off centre, about 5 points on HED-VGG16 at 100
-    # images per class, bench/RESULTS.md); a strided subset (the training
-    # set is in class order) bounds the work for a large, memory-mapped one.
-    stride = max(1, len(train_y) // 10000)
-    standardize_head(model, np.asarray(train_x[0][::stride]))
+    # The head's feature statistics, of the images as they are (what
+    # validation sees; an augmented view's put it off centre, about 5
+    # points on HED-VGG16, bench/RESULTS.md): the full loop's sample, from
+    # the first view.
+    standardize_head(model, np.asarray(train_x[0][sample_indices(
+        len(train_y), STATISTICS_SAMPLE, config.seed)]))
     batch_size = config.batch_size
     views = plan["views"]
     epoch = data.shuffle.epoch
@@ -280,7 +280,7 @@ def _spilled_features(model, data, config, views, workdir):
                 f"would train on stale features. Allowed: delete that "
                 f"folder, or --overwrite to start the run over. Received: "
                 f"a cache with {', '.join(diffs)} = "
-                f"{', '.join(str(stored.get(k)) for k in diffs)}")
+                f"{', '.join(str(stored.get(k, 'absent')) for k in diffs)}")
         log.info("Reusing the cached features in %s", folder)
         return _load_spilled(folder)
     tmp = folder + ".tmp"
@@ -323,7 +323,8 @@ def remove_spilled(workdir):
 def _fingerprint(model, data, config, views):
     """What the features depend on: the base's weights, the images (paths,
     labels, sizes, modification times; for arrays only the class counts)
-    and their order, the input size and the augmented views."""
+    and their order, the input size and the views (with augmentation the
+    first is of the images as they are: older caches augmented it)."""
     digest = hashlib.sha1()
     for weight in model.get_layer("backbone").weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(
@@ -340,15 +341,14 @@ def _fingerprint(model, data, config, views):
             data.class_counts, sort_keys=True),
         "image_size": int(model.input.shape[1]),
         "views": views,
-        "first_view": "as they are",  # older caches augmented every view
         "augment": ",".join(config.augmentations()) or "none",
         "seed": config.seed,
+        **({"first_view": "as they are"} if config.augmentations() else {}),
     }
 
 
 def _view_augmenter(config, view):
-    """The augmentation of training view `view`; None for the first, the
-    images as they are (and for every view without augmentation)."""
+    """View `view`'s augmentation; None for the first (as they are)."""
     names = config.augmentations()
     if not names or view == 0:
         return None

@@ -17,7 +17,11 @@ import keras
 
 from tl_keras import inference, io
 from tl_keras.data.augment import seed_states
-from tl_keras.data.pipelines import full_batches, sample_training_set
+from tl_keras.data.pipelines import (
+    STATISTICS_SAMPLE,
+    full_batches,
+    sample_training_set,
+)
 from tl_keras.errors import InputError
 from tl_keras.models import recipe
 from tl_keras.models.classifier import (
@@ -286,11 +290,12 @@ def _compile(model, stage, data, config, place, blocks=None):
             if gates else [])
 
 
-def _standardize_from_sample(model, data, data_config, sample=2000):
+def _standardize_from_sample(model, data, data_config):
     """Sets the head's feature statistics from the pooled features of at
-    most `sample` training images (as they are, seeded: a resumed run
-    gets the same), for a head stage that trains on images."""
-    sample_ds, n = sample_training_set(data, sample, data_config.seed)
+    most STATISTICS_SAMPLE training images (as they are, seeded: a resumed
+    run gets the same), for a head stage that trains on images."""
+    sample_ds, n = sample_training_set(data, STATISTICS_SAMPLE,
+                                       data_config.seed)
     features, _ = inference.run_batched(
         feature_cache.feature_extractor(model), sample_ds, n)
     standardize_head(model, features)
