@@ -27,6 +27,18 @@ def head_run(base, image_folder, workdir, cache, **changes):
     return metrics, model
 
 
+def assert_same_training(run_a, run_b, layers, rtol, atol):
+    """Two (metrics, model) runs: the head stage's losses, and the named
+    layers' weights, equal to tolerance."""
+    np.testing.assert_allclose(run_a[0]["stages"]["head"]["history"]["loss"],
+                               run_b[0]["stages"]["head"]["history"]["loss"],
+                               rtol=rtol)
+    for layer in layers:
+        for a, b in zip(run_a[1].get_layer(layer).weights,
+                        run_b[1].get_layer(layer).weights, strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=atol)
+
+
 def test_cached_head_equals_full_loop(pretrained_base, image_folder,
                                       tmp_path):
     cached, cached_model = head_run(pretrained_base, image_folder,
@@ -35,12 +47,8 @@ def test_cached_head_equals_full_loop(pretrained_base, image_folder,
                                 str(tmp_path / "full"), False)
     assert cached["stages"]["head"]["feature_cache"] is True
     assert full["stages"]["head"]["feature_cache"] is False
-    np.testing.assert_allclose(
-        cached["stages"]["head"]["history"]["loss"],
-        full["stages"]["head"]["history"]["loss"], rtol=1e-4)
-    for a, b in zip(cached_model.get_layer("logits").weights,
-                    full_model.get_layer("logits").weights, strict=True):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    assert_same_training((cached, cached_model), (full, full_model),
+                         ["logits"], rtol=1e-4, atol=1e-5)
     # The result is the whole classifier, base unchanged.
     for a, b in zip(cached_model.get_layer("backbone").weights,
                     full_model.get_layer("backbone").weights, strict=True):
@@ -74,12 +82,8 @@ def test_spilled_features_equal_in_memory(pretrained_base, image_folder,
     plan = spilled["stages"]["head"]["feature_cache_plan"]
     assert plan["spill"] and plan["views"] == 1
     assert not in_memory["stages"]["head"]["feature_cache_plan"]["spill"]
-    np.testing.assert_allclose(
-        spilled["stages"]["head"]["history"]["loss"],
-        in_memory["stages"]["head"]["history"]["loss"], rtol=1e-6)
-    for a, b in zip(model_a.get_layer("logits").weights,
-                    model_b.get_layer("logits").weights, strict=True):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    assert_same_training((spilled, model_b), (in_memory, model_a),
+                         ["logits"], rtol=1e-6, atol=1e-6)
     # The file is removed once the head stage is done.
     assert not os.path.exists(str(tmp_path / "spill" / "features"))
 
@@ -142,12 +146,8 @@ def test_spilled_views_equal_in_memory_and_older_ones_are_refused(
                                 str(tmp_path / "spill"), True,
                                 cache_budget_mb=0, **views)
     assert spilled["stages"]["head"]["feature_cache_plan"]["spill"]
-    np.testing.assert_allclose(
-        spilled["stages"]["head"]["history"]["loss"],
-        in_memory["stages"]["head"]["history"]["loss"], rtol=1e-5)
-    for a, b in zip(model_a.get_layer("feature_norm").weights,
-                    model_b.get_layer("feature_norm").weights, strict=True):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    assert_same_training((spilled, model_b), (in_memory, model_a),
+                         ["feature_norm", "logits"], rtol=1e-5, atol=1e-6)
     # A cache spilled before the first view was of the images as they
     # are (its fingerprint has no first_view) is refused, not reused.
     config = tl_keras.Config(
