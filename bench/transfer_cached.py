@@ -40,6 +40,18 @@ import tl_keras  # noqa: E402
 from tl_keras.inference import inference_batch_size  # noqa: E402
 
 
+def frozen_mobilenet_features(size):
+    """The guide's frozen MobileNetV2 (random weights), called with
+    training=False on rescaled images, then pooled: (inputs, features)."""
+    base = keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), include_top=False, weights=None)
+    base.trainable = False
+    inputs = keras.Input((size, size, 3))
+    h = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    h = base(h, training=False)
+    return inputs, keras.layers.GlobalAveragePooling2D()(h)
+
+
 def keras_guide_loop(x, y, size, epochs):
     """The Keras transfer-learning guide's loop, as written there: frozen
     MobileNetV2 called with training=False, a new head, fit on tf.data
@@ -53,13 +65,7 @@ def keras_guide_loop(x, y, size, epochs):
              "test": slice(n - n_test, n)}
     ds = {k: tf.data.Dataset.from_tensor_slices((x[s], y[s])).batch(
         32).prefetch(tf.data.AUTOTUNE) for k, s in parts.items()}
-    base = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), include_top=False, weights=None)
-    base.trainable = False
-    inputs = keras.Input((size, size, 3))
-    h = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    h = base(h, training=False)
-    h = keras.layers.GlobalAveragePooling2D()(h)
+    inputs, h = frozen_mobilenet_features(size)
     h = keras.layers.Dropout(0.2)(h)
     model = keras.Model(inputs, keras.layers.Dense(5)(h))
     model.compile(keras.optimizers.Adam(1e-3),
@@ -76,12 +82,7 @@ def forward_floor(x, size):
     building included: what any transfer run must at least do. Returns
     seconds."""
     start = time.perf_counter()
-    base = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), include_top=False, weights=None,
-        pooling="avg")
-    inputs = keras.Input((size, size, 3))
-    model = keras.Model(inputs, base(keras.layers.Rescaling(
-        1 / 127.5, offset=-1)(inputs), training=False))
+    model = keras.Model(*frozen_mobilenet_features(size))
     model.predict(x, batch_size=inference_batch_size() or 32, verbose=0)
     return time.perf_counter() - start
 

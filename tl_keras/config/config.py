@@ -11,7 +11,11 @@ names are unique across sections, so the command line, `flags.cfg` and
 import dataclasses
 
 from tl_keras.config import sections as _sections
-from tl_keras.config.fields import cache_views, check_data_dir
+from tl_keras.config.fields import (
+    MAX_CACHE_VIEWS,
+    cache_views,
+    check_data_dir,
+)
 from tl_keras.errors import InputError, fail
 
 SECTIONS = {"data": _sections.DataConfig, "model": _sections.ModelConfig,
@@ -149,9 +153,10 @@ class Config:
                    "features with its own label; mixed pairs are drawn "
                    "again every epoch)")
         elif views == 1:
-            fail("feature_cache_views", "0, auto or an integer in [2, 100] "
-                 "(the first view is the images as they are: one view would "
-                 "train the head without augmentation)", views)
+            fail("feature_cache_views", "0, auto or an integer in [2, "
+                 f"{MAX_CACHE_VIEWS}] (the first view is the images as they "
+                 "are: one view would train the head without augmentation)",
+                 views)
         else:
             return
         fail("feature_cache_views", f"0 or auto with {why}", views)

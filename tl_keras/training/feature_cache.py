@@ -357,4 +357,4 @@ def _view_augmenter(config, view):
 
 def _describe(view, views):
     return "training" if views == 1 else (
-        f"training (view {view + 1}/{views}{', as they are' * (not view)})")
+        f"training (view {view + 1}/{views}{'' if view else ', as they are'})")
