@@ -308,7 +308,7 @@ def test_auto_views_apply_only_where_they_can(tmp_path, changes, per_class,
     # MixUp or the cache off it falls back to what the run can use.
     from types import SimpleNamespace
 
-    from tl_keras.training.feature_cache import cache_plan
+    from tl_keras.training.cache_plan import cache_plan
 
     config = tl_keras.Config(data_dir=str(tmp_path), workdir="w",
                              **changes).validate()

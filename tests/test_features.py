@@ -56,6 +56,55 @@ def test_cached_head_equals_full_loop(pretrained_base, image_folder,
     assert cached["test_accuracy"] == full["test_accuracy"]
 
 
+@pytest.mark.parametrize("test_split", [0.2, 0.0])
+def test_transfer_evaluates_on_cached_features(pretrained_base,
+                                               image_folder, tmp_path,
+                                               monkeypatch, test_split):
+    """A transfer run's base is frozen to the end, so the features of
+    the split it is evaluated on (the test split, or without one the
+    validation set) are cached with the others and only the head runs on
+    them: the same metrics as the whole classifier, without a second pass
+    of the base."""
+    from types import SimpleNamespace
+
+    from tl_keras import inference
+    from tl_keras.training import metrics as metrics_lib
+
+    def no_forward(model):
+        raise AssertionError("the evaluation ran the whole classifier")
+
+    # Only the evaluation's pass is refused (the export traces its own).
+    monkeypatch.setattr(metrics_lib, "inference", SimpleNamespace(
+        forward=no_forward, run_batched=inference.run_batched))
+    run, model = head_run(pretrained_base, image_folder,
+                          str(tmp_path / "run"), True, test_split=test_split)
+    split = "test" if test_split else "val"
+    assert run["stages"]["head"]["feature_cache_plan"]["evaluation"] == split
+    assert run["test_split"] == split
+    monkeypatch.undo()
+    config = tl_keras.Config(data_dir=image_folder, workdir="unused",
+                             test_split=test_split, batch_size=8)
+    whole = metrics_lib.evaluate(model, data_lib.make_datasets(config, 32))
+    assert whole["test_split"] == split
+    assert run["test_accuracy"] == whole["test_accuracy"]
+    assert run["confusion_matrix"] == whole["confusion_matrix"]
+    np.testing.assert_allclose(run["test_loss"], whole["test_loss"],
+                               rtol=1e-5)
+
+
+def test_finetune_evaluates_the_whole_classifier(pretrained_base,
+                                                 image_folder, tmp_path):
+    # A fine-tune changes the base after the head stage, so its cached
+    # features are stale for the final model: none are kept for it.
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="finetune",
+        epochs=1, finetune_epochs=1, batch_size=8, augment="none")
+    metrics = tl_keras.train(config)
+    plan = metrics["stages"]["head"]["feature_cache_plan"]
+    assert plan["views"] == 1 and plan["evaluation"] is None
+
+
 def test_full_loop_with_augmentation_and_no_views(pretrained_base,
                                                   image_folder, tmp_path):
     config = tl_keras.Config(
@@ -82,6 +131,10 @@ def test_spilled_features_equal_in_memory(pretrained_base, image_folder,
     plan = spilled["stages"]["head"]["feature_cache_plan"]
     assert plan["spill"] and plan["views"] == 1
     assert not in_memory["stages"]["head"]["feature_cache_plan"]["spill"]
+    # A spilled cache keeps no test features: the evaluation runs the
+    # whole classifier, and gives the same numbers.
+    assert plan["evaluation"] is None
+    assert spilled["test_accuracy"] == in_memory["test_accuracy"]
     assert_same_training((spilled, model_b), (in_memory, model_a),
                          ["logits"], rtol=1e-6, atol=1e-6)
     # The file is removed once the head stage is done.
@@ -97,8 +150,9 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
     data = data_lib.make_datasets(config, 32)
     classifier = models.build_classifier(
         models.build_backbone(pretrained_base, "none"), 3, 0.0)
-    x, y, val_x, val_y = feature_cache._features_in_memory(
+    x, y, val_x, val_y, test = feature_cache._features_in_memory(
         classifier, data, config.data, 2)
+    assert test is None  # only asked for by a transfer run's plan
     assert x.shape == (2, data.counts["train"], 128)
     assert len(y) == data.counts["train"] and len(val_y) == len(val_x)
     assert np.abs(x[0] - x[1]).max() > 1e-3  # the views differ

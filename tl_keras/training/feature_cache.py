@@ -13,7 +13,8 @@ training set are cached, the first of the images as they are (also the
 source of the head's feature statistics, as in the full loop) and K - 1
 augmented draws, and epoch e trains on view e mod K (an approximation of
 fresh augmentations every epoch); with K = 0 the head stage runs the
-full loop.
+full loop. A transfer run also keeps the features of the split it is
+evaluated on (`cache_plan`), so the base runs over every image once.
 
 Features that fit in `--cache_budget_mb` stay in memory; larger ones are
 written to `<workdir>/features/` (one .npy per split plus `meta.json`
@@ -34,78 +35,12 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import inference, io
-from tl_keras.config.fields import (
-    AUTO_CACHE_VIEWS,
-    LARGE_PER_CLASS,
-    cache_views,
-)
 from tl_keras.data.augment import build_augmenter
 from tl_keras.data.pipelines import STATISTICS_SAMPLE, sample_indices
 from tl_keras.errors import InputError
 from tl_keras.models.classifier import standardize_head
 
 log = logging.getLogger("tl_keras")
-
-
-def cache_plan(training, data_config, stage_name, data, model):
-    """How the head stage caches features (plan None: the full loop).
-
-    Args:
-      training: the config's `TrainingConfig` (feature_cache, views).
-      data_config: its `DataConfig` (augmentation, cache budget).
-
-    Returns:
-      (plan, why): plan None, or {'views': K, 'spill': bool, 'mib': size
-      of the features, 'clean': no augmentation (one view of the images
-      as they are)}; why: for a head stage that runs the full loop, the
-      reason (metrics.json records it), else None.
-    """
-    if stage_name != "head":
-        return None, None
-    if not training.feature_cache:
-        return None, "--feature_cache=false"
-    if data.train_ordered is None or data.shuffle is None:
-        return None, "the data has no fixed-order training pipeline"
-    views = 1
-    if data_config.augmentations():
-        views, why = _views(training, data_config, data)
-        if not views:
-            log.info("Augmentation is on and %s: training the head "
-                     "through the frozen base every epoch.", why)
-            return None, f"augmentation is on and {why}"
-        log.info("Augmentation is on: the head trains on %d cached "
-                 "views, the images as they are and %d augmented (epoch e "
-                 "on view e mod %d; --feature_cache_views=0 for a pass "
-                 "through the frozen base every epoch).", views, views - 1,
-                 views)
-    channels = model.get_layer("pool").output.shape[-1]
-    size = (views * data.counts["train"] + data.counts["val"]) * channels * 4
-    spill = size > data_config.cache_budget_mb * 2**20
-    if spill:
-        log.info("Features (%.0f MiB) exceed --cache_budget_mb=%d; they go "
-                 "to a file in the workdir.", size / 2**20,
-                 data_config.cache_budget_mb)
-    return {"views": views, "spill": spill, "mib": round(size / 2**20, 1),
-            "clean": not data_config.augmentations()}, None
-
-
-def _views(training, data_config, data):
-    """(views to cache, the first of the images as they are; why none
-    when 0), with augmentation: --feature_cache_views, or for 'auto'
-    AUTO_CACHE_VIEWS on large data (at least LARGE_PER_CLASS training
-    images per class, median) without mixed pairs."""
-    views = cache_views(training.feature_cache_views)
-    if views != "auto":
-        return views, "--feature_cache_views=0"
-    mixes = data_config.label_mixes()
-    if mixes:
-        return 0, f"--augment={mixes[0]} mixes pairs, which a view cannot hold"
-    per_class = float(np.median(list(data.class_counts["train"].values())))
-    if per_class < LARGE_PER_CLASS:
-        return 0, (f"the data is small ({per_class:g} images per class, "
-                   f"median; --feature_cache_views=auto caches views from "
-                   f"{LARGE_PER_CLASS})")
-    return AUTO_CACHE_VIEWS, ""
 
 
 def feature_extractor(model, augmenter=None):
@@ -167,20 +102,26 @@ def build_head_model(model):
 
 def make_feature_datasets(model, data, config, plan, workdir):
     """Extracts (or reuses) the features; returns (head_model, train_ds,
-    val_ds, seconds spent extracting).
+    val_ds, seconds spent extracting, the evaluation split's (features,
+    labels) or None).
 
     Args:
       config: the run's `DataConfig` (batch size, augmentation, seed).
-      plan: from `cache_plan`.
+      plan: from `cache_plan.cache_plan`; with 'evaluation' 'test' the
+        test split is extracted too (in memory, never spilled).
     """
     start = time.time()
+    test = None
     if plan["spill"]:
         train_x, train_y, val_x, val_y = _spilled_features(
             model, data, config, plan["views"], workdir)
     else:
-        train_x, train_y, val_x, val_y = _features_in_memory(
-            model, data, config, plan["views"])
+        train_x, train_y, val_x, val_y, test = _features_in_memory(
+            model, data, config, plan["views"],
+            test=plan.get("evaluation") == "test")
     seconds = time.time() - start
+    evaluation = test if test is not None else (
+        (val_x, val_y) if plan.get("evaluation") == "val" else None)
     # The head's feature statistics, of the images as they are (what
     # validation sees; an augmented view's put it off centre, about 5
     # points on HED-VGG16, bench/RESULTS.md): the full loop's sample, from
@@ -205,7 +146,7 @@ def make_feature_datasets(model, data, config, plan, workdir):
         batch_size).map(gather_train).prefetch(tf.data.AUTOTUNE)
     val = tf.data.Dataset.range(len(val_y)).batch(batch_size).map(
         lambda index: (val_rows(index), tf.gather(val_y, index)))
-    return build_head_model(model), train, val, seconds
+    return build_head_model(model), train, val, seconds, evaluation
 
 
 def _row_reader(array):
@@ -243,7 +184,7 @@ def _extract_splits(model, data, config, views, train_out=None,
 
     Returns:
       (list of per-view training features, training labels, validation
-      features, validation labels).
+      features, validation labels, the extractor of images as they are).
     """
     plain = feature_extractor(model)
     train, train_y = [], None
@@ -257,13 +198,18 @@ def _extract_splits(model, data, config, views, train_out=None,
         train.append(x)
     val_x, val_y = extract_features(plain, data.val, data.counts["val"],
                                     "validation", out=val_out)
-    return train, train_y, val_x, val_y
+    return train, train_y, val_x, val_y, plain
 
 
-def _features_in_memory(model, data, config, views):
-    train, train_y, val_x, val_y = _extract_splits(model, data, config,
-                                                   views)
-    return np.stack(train), train_y, val_x, val_y
+def _features_in_memory(model, data, config, views, test=False):
+    """The features of `_extract_splits`, and with `test` the test
+    split's (features, labels) (else None) from the same extractor."""
+    train, train_y, val_x, val_y, plain = _extract_splits(model, data,
+                                                          config, views)
+    test_features = (extract_features(plain, data.test,
+                                      data.counts["test"], "test")
+                     if test else None)
+    return np.stack(train), train_y, val_x, val_y, test_features
 
 
 def _spilled_features(model, data, config, views, workdir):
@@ -293,8 +239,8 @@ def _spilled_features(model, data, config, views, workdir):
         (views, n_train, channels))
     val_x = np.lib.format.open_memmap(
         os.path.join(tmp, "val.npy"), "w+", np.float32, (n_val, channels))
-    _, train_y, _, val_y = _extract_splits(model, data, config, views,
-                                           train_out=train_x, val_out=val_x)
+    _, train_y, _, val_y, _ = _extract_splits(
+        model, data, config, views, train_out=train_x, val_out=val_x)
     train_x.flush()
     val_x.flush()
     del train_x, val_x

@@ -12,22 +12,35 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from tl_keras import inference
+from tl_keras.training.feature_cache import build_head_model
 
 log = logging.getLogger("tl_keras")
 
 
-def evaluate(model, data):
+def evaluate(model, data, features=None):
     """Test accuracy, loss, per-class report and confusion matrix.
 
     Uses the test split, or the validation split (reported as such) when
     no test images were held out.
+
+    Args:
+      features: optional (pooled base features, labels) of that split,
+        cached by a transfer run whose base stayed frozen: only the head
+        runs on them (the same logits as the whole classifier's, to float
+        tolerance, without a second pass of the base).
     """
     ds, split = (data.test, "test") if data.test is not None else (
         data.val, "val")
-    log.info("Evaluating on the %s split (%d images)", split,
-             data.counts.get(split, 0))
-    logits, labels = inference.run_batched(inference.forward(model), ds,
-                                           data.counts[split])
+    log.info("Evaluating on the %s split (%d images%s)", split,
+             data.counts.get(split, 0),
+             "; its cached features" if features is not None else "")
+    if features is not None:
+        head = build_head_model(model)
+        logits, labels = np.asarray(head(features[0], training=False),
+                                    np.float32), features[1]
+    else:
+        logits, labels = inference.run_batched(inference.forward(model), ds,
+                                               data.counts[split])
     return {"test_split": split, **classification_metrics(
         labels, logits, data.class_names)}
 

@@ -31,6 +31,7 @@ from tl_keras.models.classifier import (
     standardize_head,
 )
 from tl_keras.training import feature_cache
+from tl_keras.training.cache_plan import cache_plan
 from tl_keras.training.checkpoints import (
     AveragedWeights,
     EpochBackup,
@@ -65,7 +66,7 @@ def plan_stages(training):
 
 
 def run_stage(model, stage, data, config, blocks, place, index=1,
-              to_beat=None, callbacks=()):
+              to_beat=None, callbacks=(), evaluation=None):
     """Configures, compiles and fits one stage; skips it if already done.
 
     Args:
@@ -78,6 +79,8 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         its weights, now in `model`, are kept unless an epoch of this stage
         beats its best validation score.
       callbacks: more Keras callbacks for this stage's fit.
+      evaluation: an optional dict that a transfer run's head stage on
+        cached features fills (`_fit_inputs`), for `metrics.evaluate`.
 
     Returns:
       The stage's summary for metrics.json (settings, history, best).
@@ -98,19 +101,17 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     trainable, total = _log_start(model, stage)
     csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
     start = time.time()
-    plan, why = feature_cache.cache_plan(config.training, config.data,
-                                         stage.name, data, model)
+    plan, why = cache_plan(config.training, config.data, stage.name, data,
+                           model)
     fit_model, train_ds, val_ds, extract_seconds = _fit_inputs(
-        model, stage, data, config, place, plan)
+        model, stage, data, config, place, plan, evaluation)
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
          _stage_callbacks(stage, index, data, checkpoint, stage_dir,
                           csv_path, place, workdir, config.training.ema)
          + recipe_callbacks + list(callbacks))
     summary = {
-        "epochs": stage.epochs,
-        "learning_rate": stage.learning_rate,
-        "trainable_params": trainable,
-        "total_params": total,
+        "epochs": stage.epochs, "learning_rate": stage.learning_rate,
+        "trainable_params": trainable, "total_params": total,
         "unfreeze": (config.training.unfreeze if stage.name == "finetune"
                      else None),
         "recipe": recipe.describe(config.training, stage.name),
@@ -301,10 +302,11 @@ def _standardize_from_sample(model, data, data_config):
     standardize_head(model, features)
 
 
-def _fit_inputs(model, stage, data, config, place, plan):
+def _fit_inputs(model, stage, data, config, place, plan, evaluation=None):
     """The model and datasets fit() runs on: the classifier on images, or
-    (`plan` from feature_cache.cache_plan) a head model sharing its layers,
-    on features computed once.
+    (`plan` from `cache_plan`) a head model sharing its layers,
+    on features computed once. With a plan whose 'evaluation' names a
+    split, its cached (features, labels) go to `evaluation['features']`.
 
     With several replicas the training set's last partial batch is
     dropped (see `data.pipelines.full_batches`).
@@ -319,9 +321,11 @@ def _fit_inputs(model, stage, data, config, place, plan):
         # view, the images as they are.
         _standardize_from_sample(model, data, config.data)
     if plan:
-        fit_model, train_ds, val_ds, seconds = (
+        fit_model, train_ds, val_ds, seconds, features = (
             feature_cache.make_feature_datasets(
                 model, data, config.data, plan, config.runtime.workdir))
+        if evaluation is not None and features is not None:
+            evaluation["features"] = features
         _compile(fit_model, stage, data, config, place)
         log.info("Training the head on cached features (%.1f s to "
                  "extract)", seconds)

@@ -99,14 +99,14 @@ def _train(config, data, place, callbacks):
     if config.training.approach == "finetune":
         check_unfreeze(config.training.unfreeze_blocks(), blocks)
         recipe.check_gradual_unfreeze(model, blocks, config.training)
-    stages = {}
+    stages, evaluation = {}, {}
     for i, stage in enumerate(plan_stages(config.training), start=1):
         log.info("Stage %d: %s", i, stage.name)
         with place.strategy.scope():
             stages[stage.name] = run_stage(
                 model, stage, data, config, blocks, place, index=i,
                 to_beat=stages.get("head") if stage.name == "finetune"
-                else None, callbacks=callbacks)
+                else None, callbacks=callbacks, evaluation=evaluation)
     if not place.task.is_chief:
         metrics = {"complete": True, "task": place.task.name,
                    "stages": stages}
@@ -114,7 +114,8 @@ def _train(config, data, place, callbacks):
         log.info("Worker %s done; the chief writes the results.",
                  place.task.name)
         return metrics
-    return _finish(config, model, backbone, data, place, stages, decision)
+    return _finish(config, model, backbone, data, place, stages, decision,
+                   evaluation.get("features"))
 
 
 def _choose_approach(config, backbone, data, place):
@@ -153,9 +154,12 @@ def _choose_approach(config, backbone, data, place):
     return config, backbone, model, decision
 
 
-def _finish(config, model, backbone, data, place, stages, decision):
-    """The chief's end of a run: model.keras, evaluation, the export and
-    metrics.json (written last, with complete=True)."""
+def _finish(config, model, backbone, data, place, stages, decision,
+            features=None):
+    """The chief's end of a run: model.keras, evaluation (on `features`,
+    the evaluation split's cached base features, when a transfer run's
+    head stage kept them), the export and metrics.json (written last,
+    with complete=True)."""
     workdir = config.runtime.workdir
     metrics = {
         "approach": config.training.approach,
@@ -183,7 +187,7 @@ def _finish(config, model, backbone, data, place, stages, decision):
         # Evaluate and export a process-local copy: the chief alone runs
         # them, so nothing may depend on the other workers' variables.
         model = load_model_file(model_path)
-    metrics.update(evaluate(model, data))
+    metrics.update(evaluate(model, data, features))
     log.info("Writing the SavedModel export")
     _remove_stale_exports(workdir)
     export_saved_model(
