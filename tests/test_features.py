@@ -20,8 +20,8 @@ def head_run(base, image_folder, workdir, cache, **changes):
     config = tl_keras.Config(
         data_dir=image_folder, workdir=workdir, backbone=base,
         weights="none", approach="transfer", epochs=3, batch_size=8,
-        learning_rate=0.01, dropout=0.0, feature_cache=cache,
-        **{"augment": "none", **changes})
+        learning_rate=0.01, feature_cache=cache,
+        **{"augment": "none", "dropout": 0.0, **changes})
     metrics = tl_keras.train(config)
     model = keras.saving.load_model(os.path.join(workdir, "model.keras"))
     return metrics, model
@@ -56,10 +56,17 @@ def test_cached_head_equals_full_loop(pretrained_base, image_folder,
     assert cached["test_accuracy"] == full["test_accuracy"]
 
 
-@pytest.mark.parametrize("test_split", [0.2, 0.0])
+@pytest.mark.parametrize("test_split, changes", [
+    (0.2, {}),
+    (0.0, {}),
+    # Dropout must be off and the test features of the images as they
+    # are (not an augmented view's) for the numbers to match.
+    (0.2, dict(dropout=0.3, augment="flip,rotation")),
+])
 def test_transfer_evaluates_on_cached_features(pretrained_base,
                                                image_folder, tmp_path,
-                                               monkeypatch, test_split):
+                                               monkeypatch, test_split,
+                                               changes):
     """A transfer run's base is frozen to the end, so the features of
     the split it is evaluated on (the test split, or without one the
     validation set) are cached with the others and only the head runs on
@@ -77,19 +84,44 @@ def test_transfer_evaluates_on_cached_features(pretrained_base,
     monkeypatch.setattr(metrics_lib, "inference", SimpleNamespace(
         forward=no_forward, run_batched=inference.run_batched))
     run, model = head_run(pretrained_base, image_folder,
-                          str(tmp_path / "run"), True, test_split=test_split)
+                          str(tmp_path / "run"), True, test_split=test_split,
+                          **changes)
     split = "test" if test_split else "val"
-    assert run["stages"]["head"]["feature_cache_plan"]["evaluation"] == split
+    plan = run["stages"]["head"]["feature_cache_plan"]
+    assert plan["evaluation"] == split
+    assert plan["views"] == (2 if "augment" in changes else 1)
     assert run["test_split"] == split
+    assert run["evaluated_on"] == "cached base features"
     monkeypatch.undo()
     config = tl_keras.Config(data_dir=image_folder, workdir="unused",
                              test_split=test_split, batch_size=8)
     whole = metrics_lib.evaluate(model, data_lib.make_datasets(config, 32))
+    assert whole["evaluated_on"] == "the whole classifier"
     assert whole["test_split"] == split
     assert run["test_accuracy"] == whole["test_accuracy"]
     assert run["confusion_matrix"] == whole["confusion_matrix"]
     np.testing.assert_allclose(run["test_loss"], whole["test_loss"],
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("approach, budget_rows, test, split", [
+    ("transfer", 1000, 10, "test"),
+    ("transfer", 1000, None, "val"),  # no test split: the val features
+    ("transfer", 95, 10, None),  # train + val fit, with test they do not
+    ("transfer", 89, 10, None),  # spilled: no test features
+    ("finetune", 1000, 10, None),  # the base changes after the head
+])
+def test_evaluation_split_of_the_plan(approach, budget_rows, test, split):
+    from types import SimpleNamespace
+
+    from tl_keras.training.cache_plan import _evaluation_split
+
+    channels = 256  # 1 KiB a row: the budget in rows of train + val (90)
+    data = SimpleNamespace(test=None if test is None else (),
+                           counts={"train": 80, "val": 10, "test": test})
+    training = SimpleNamespace(approach=approach)
+    assert _evaluation_split(training, data, 90 * channels * 4, channels,
+                             budget_rows * channels * 4) == split
 
 
 def test_finetune_evaluates_the_whole_classifier(pretrained_base,

@@ -30,9 +30,10 @@ LARGE_PER_CLASS = 100
 # views apply (augmentation on, no mixed pairs): two passes of the base,
 # the fewest that hold an augmented view, and the first also gives the
 # head's statistics. On the recipe bench (bench/RESULTS.md), on seeds
-# held out for it, two such views were at or above the full loop in every
-# situation's mean: +4.0 points at 100 images per class (seeds 16-17, 0.30x
-# its time), +1.7 and +1.6 at 5-40 (seeds 18-19 and 20-21, 0.6x).
+# held out for it, two such views were within 0.3 points of the full loop
+# or above it in every situation's mean: +4.0 points on the mean at 100
+# images per class (seeds 16-17, 0.30x its time), +1.7 and +1.6 at 5-40
+# (seeds 18-19 and 20-21, 0.6x).
 MAX_CACHE_VIEWS = 100
 AUTO_CACHE_VIEWS = 2
 JIT_CHOICES = ("auto", "true", "false")

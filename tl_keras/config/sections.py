@@ -54,7 +54,8 @@ class DataConfig:
         1024,
         "Decoded, resized images are cached in memory when they fit in "
         "this many MiB; otherwise they are decoded every epoch. Cached "
-        "features beyond it spill to <workdir>/features/.",
+        "features beyond it spill to <workdir>/features/ (and a transfer "
+        "run's test features are not cached).",
     )
 
     def validate(self):

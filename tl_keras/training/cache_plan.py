@@ -77,7 +77,12 @@ def _evaluation_split(training, data, size, channels, budget):
     if data.test is None:
         return "val"
     test_size = data.counts.get("test", 0) * channels * 4
-    return "test" if size + test_size <= budget else None
+    if size + test_size <= budget:
+        return "test"
+    log.info("The test features would take the cached features over "
+             "--cache_budget_mb; the test split goes through the whole "
+             "classifier.")
+    return None
 
 
 def _views(training, data_config):

@@ -14,7 +14,7 @@ source of the head's feature statistics, as in the full loop) and K - 1
 augmented draws, and epoch e trains on view e mod K (an approximation of
 fresh augmentations every epoch); with K = 0 the head stage runs the
 full loop. A transfer run also keeps the features of the split it is
-evaluated on (`cache_plan`), so the base runs over every image once.
+evaluated on (`cache_plan`), so its evaluation runs only the head.
 
 Features that fit in `--cache_budget_mb` stay in memory; larger ones are
 written to `<workdir>/features/` (one .npy per split plus `meta.json`

@@ -35,14 +35,33 @@ def evaluate(model, data, features=None):
              data.counts.get(split, 0),
              "; its cached features" if features is not None else "")
     if features is not None:
-        head = build_head_model(model)
-        logits, labels = np.asarray(head(features[0], training=False),
-                                    np.float32), features[1]
+        logits, labels = _head_logits(model, features[0]), features[1]
+        if len(labels) != data.counts[split]:
+            raise ValueError(f"{len(labels)} cached {split} features for "
+                             f"{data.counts[split]} images")
     else:
         logits, labels = inference.run_batched(inference.forward(model), ds,
                                                data.counts[split])
-    return {"test_split": split, **classification_metrics(
-        labels, logits, data.class_names)}
+    return {"test_split": split, "evaluated_on": (
+        "cached base features" if features is not None
+        else "the whole classifier"), **classification_metrics(
+            labels, logits, data.class_names)}
+
+
+# Rows of cached features per call of the head in `evaluate`: bounded, as
+# the whole classifier's pass is, so a large split never goes to the
+# device at once.
+HEAD_BATCH = 4096
+
+
+def _head_logits(model, features):
+    """The classifier's logits from its pooled base features (its head
+    layers, inference mode), in batches of HEAD_BATCH rows."""
+    head = build_head_model(model)
+    return np.concatenate([
+        np.asarray(head(features[i:i + HEAD_BATCH], training=False),
+                   np.float32)
+        for i in range(0, max(len(features), 1), HEAD_BATCH)])
 
 
 def classification_metrics(y_true, logits, class_names):

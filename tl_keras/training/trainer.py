@@ -115,7 +115,7 @@ def _train(config, data, place, callbacks):
                  place.task.name)
         return metrics
     return _finish(config, model, backbone, data, place, stages, decision,
-                   evaluation.get("features"))
+                   evaluation.pop("features", None))
 
 
 def _choose_approach(config, backbone, data, place):
@@ -188,6 +188,7 @@ def _finish(config, model, backbone, data, place, stages, decision,
         # them, so nothing may depend on the other workers' variables.
         model = load_model_file(model_path)
     metrics.update(evaluate(model, data, features))
+    del features  # not needed by the export
     log.info("Writing the SavedModel export")
     _remove_stale_exports(workdir)
     export_saved_model(
