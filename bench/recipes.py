@@ -77,7 +77,7 @@ RECIPES["cutmix"] = dict(augment="+cutmix")
 # views_4 rows in bench/RESULTS.md before that date had K augmented views.
 RECIPES["views_2"] = dict(feature_cache_views=2)
 RECIPES["views_4"] = dict(feature_cache_views=4)
-# The default: 2 views where views apply (no MixUp / CutMix), else the loop.
+# The default: 2 views on large data (100 images per class), else the loop.
 RECIPES["views_auto"] = dict(feature_cache_views="auto")
 
 # Which situations of the advisor bench each suite uses; "large" has

@@ -292,7 +292,8 @@ def test_bad_label_mixes_and_views_name_the_flag(changes, field, why):
 
 @pytest.mark.parametrize("changes, per_class, views, why", [
     (dict(augment="flip"), (100, 120, 90), 2, None),  # auto: large data
-    (dict(augment="flip"), (5, 3, 8), 2, None),  # auto: small data too
+    (dict(augment="flip"), (99, 120, 90), None,  # auto: small, the loop
+     "the data is small (99 images per class"),
     (dict(augment="flip", feature_cache_views="3"), (5, 5), 3, None),
     (dict(augment="flip", feature_cache_views=0), (200,), None,
      "--feature_cache_views=0"),  # the loop
@@ -302,9 +303,9 @@ def test_bad_label_mixes_and_views_name_the_flag(changes, field, why):
 ])
 def test_auto_views_apply_only_where_they_can(tmp_path, changes, per_class,
                                               views, why):
-    # auto caches 2 views on small and large data alike where views
-    # apply, and is never refused: with no augmentation, MixUp or the
-    # cache off it falls back to what the run can use.
+    # auto caches views on large data only (a median of at least 100
+    # images per class), and is never refused: with no augmentation,
+    # MixUp or the cache off it falls back to what the run can use.
     from types import SimpleNamespace
 
     from tl_keras.training.cache_plan import cache_plan

@@ -281,7 +281,7 @@ def test_two_workers_match_one_process(two_worker_run, cluster_data,
 def test_two_workers_on_cached_augmented_views_match_one_process(
         cluster_data, tmp_path):
     # Transfer with augmentation on 2 cached views (what
-    # --feature_cache_views=auto takes): each worker draws
+    # --feature_cache_views=auto takes on large data): each worker draws
     # the same seeded views, so the head trains as one process's does.
     flags = [*FLAGS[:3], "--approach=transfer", "--epochs=3",
              "--batch_size=6", "--augment=flip,rotation",

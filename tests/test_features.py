@@ -61,7 +61,8 @@ def test_cached_head_equals_full_loop(pretrained_base, image_folder,
     (0.0, {}),
     # Dropout must be off and the test features of the images as they
     # are (not an augmented view's) for the numbers to match.
-    (0.2, dict(dropout=0.3, augment="flip,rotation")),
+    (0.2, dict(dropout=0.3, augment="flip,rotation",
+               feature_cache_views=2)),
 ])
 def test_transfer_evaluates_on_cached_features(pretrained_base,
                                                image_folder, tmp_path,

@@ -23,17 +23,19 @@ LABEL_MIXES = ("mixup", "cutmix")
 # the only value --approach=scratch or transfer allows.
 FINETUNE_ONLY = {"lr_decay": 1.0, "l2sp": 0.0, "gradual_unfreeze": 0}
 # The transfer-learning rule of thumb calls data large from about 100
-# images per class (median over the classes); the advisor prints it.
+# images per class (median over the classes); the advisor prints it, and
+# --feature_cache_views=auto caches views from it.
 LARGE_PER_CLASS = 100
 # --feature_cache_views: at most MAX_CACHE_VIEWS; 'auto' caches
 # AUTO_CACHE_VIEWS (the images as they are and one augmented draw) where
-# views apply (augmentation on, no mixed pairs): two passes of the base,
-# the fewest that hold an augmented view, and the first also gives the
-# head's statistics. On the recipe bench (bench/RESULTS.md), on seeds
-# held out for it, two such views were within 0.3 points of the full loop
-# or above it in every situation's mean: +4.0 points on the mean at 100
-# images per class (seeds 16-17, 0.30x its time), +1.7 and +1.6 at 5-40
-# (seeds 18-19 and 20-21, 0.6x).
+# views apply and the data is large: two passes of the base, the fewest
+# that hold an augmented view, and the first also gives the head's
+# statistics. On the recipe bench (bench/RESULTS.md) they were above the
+# full loop at 100 images per class on held-out seeds (+4.0 points on the
+# mean), at a third of its time. On 5-40 images per class they were +1.7
+# and +1.6 on the mean of two held-out seed pairs, but 3.9 below the loop
+# on the offline demo (5 per class); there the loop costs seconds, so it
+# stays.
 MAX_CACHE_VIEWS = 100
 AUTO_CACHE_VIEWS = 2
 JIT_CHOICES = ("auto", "true", "false")

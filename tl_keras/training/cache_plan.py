@@ -10,7 +10,13 @@ itself is in `feature_cache`.
 
 import logging
 
-from tl_keras.config.fields import AUTO_CACHE_VIEWS, cache_views
+import numpy as np
+
+from tl_keras.config.fields import (
+    AUTO_CACHE_VIEWS,
+    LARGE_PER_CLASS,
+    cache_views,
+)
 
 log = logging.getLogger("tl_keras")
 
@@ -38,7 +44,7 @@ def cache_plan(training, data_config, stage_name, data, model):
         return None, "the data has no fixed-order training pipeline"
     views = 1
     if data_config.augmentations():
-        views, why = _views(training, data_config)
+        views, why = _views(training, data_config, data)
         if not views:
             log.info("Augmentation is on and %s: training the head "
                      "through the frozen base every epoch.", why)
@@ -85,14 +91,20 @@ def _evaluation_split(training, data, size, channels, budget):
     return None
 
 
-def _views(training, data_config):
+def _views(training, data_config, data):
     """(views to cache, the first of the images as they are; why none
     when 0), with augmentation: --feature_cache_views, or for 'auto'
-    AUTO_CACHE_VIEWS unless the augmentation mixes pairs."""
+    AUTO_CACHE_VIEWS on large data (at least LARGE_PER_CLASS training
+    images per class, median) without mixed pairs."""
     views = cache_views(training.feature_cache_views)
     if views != "auto":
         return views, "--feature_cache_views=0"
     mixes = data_config.label_mixes()
     if mixes:
         return 0, f"--augment={mixes[0]} mixes pairs, which a view cannot hold"
+    per_class = float(np.median(list(data.class_counts["train"].values())))
+    if per_class < LARGE_PER_CLASS:
+        return 0, (f"the data is small ({per_class:g} images per class, "
+                   f"median; --feature_cache_views=auto caches views from "
+                   f"{LARGE_PER_CLASS})")
     return AUTO_CACHE_VIEWS, ""
