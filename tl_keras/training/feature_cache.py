@@ -118,10 +118,10 @@ def make_feature_datasets(model, data, config, plan, workdir):
     else:
         train_x, train_y, val_x, val_y, test = _features_in_memory(
             model, data, config, plan["views"],
-            test=plan.get("evaluation") == "test")
+            test=plan["evaluation"] == "test")
     seconds = time.time() - start
-    evaluation = test if test is not None else (
-        (val_x, val_y) if plan.get("evaluation") == "val" else None)
+    evaluation = {"test": test, "val": (val_x, val_y)}.get(
+        plan["evaluation"])
     # The head's feature statistics, of the images as they are (what
     # validation sees; an augmented view's put it off centre, about 5
     # points on HED-VGG16, bench/RESULTS.md): the full loop's sample, from
@@ -176,15 +176,17 @@ def _row_reader(array):
 
 
 def _extract_splits(model, data, config, views, train_out=None,
-                    val_out=None):
-    """Extracts every training view and the validation set, into the
-    given arrays ([views, n, channels] and [n, channels], e.g. memory-
-    mapped files) or new ones. Without augmentation one extractor, traced
-    once, serves every view and the validation set.
+                    val_out=None, test=False):
+    """Extracts every training view, the validation set and with `test`
+    the test set (in memory), into the given arrays ([views, n, channels]
+    and [n, channels], e.g. memory-mapped files) or new ones. One
+    extractor, traced once, serves the validation and test sets and,
+    without augmentation, every view.
 
     Returns:
       (list of per-view training features, training labels, validation
-      features, validation labels, the extractor of images as they are).
+      features, validation labels, the test split's (features, labels)
+      or None).
     """
     plain = feature_extractor(model)
     train, train_y = [], None
@@ -198,17 +200,16 @@ def _extract_splits(model, data, config, views, train_out=None,
         train.append(x)
     val_x, val_y = extract_features(plain, data.val, data.counts["val"],
                                     "validation", out=val_out)
-    return train, train_y, val_x, val_y, plain
-
-
-def _features_in_memory(model, data, config, views, test=False):
-    """The features of `_extract_splits`, and with `test` the test
-    split's (features, labels) (else None) from the same extractor."""
-    train, train_y, val_x, val_y, plain = _extract_splits(model, data,
-                                                          config, views)
     test_features = (extract_features(plain, data.test,
                                       data.counts["test"], "test")
                      if test else None)
+    return train, train_y, val_x, val_y, test_features
+
+
+def _features_in_memory(model, data, config, views, test=False):
+    """`_extract_splits` into new arrays, the views stacked."""
+    train, train_y, val_x, val_y, test_features = _extract_splits(
+        model, data, config, views, test=test)
     return np.stack(train), train_y, val_x, val_y, test_features
 
 
