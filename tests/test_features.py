@@ -105,24 +105,33 @@ def test_transfer_evaluates_on_cached_features(pretrained_base,
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize("approach, budget_rows, test, split", [
-    ("transfer", 1000, 10, "test"),
-    ("transfer", 1000, None, "val"),  # no test split: the val features
-    ("transfer", 95, 10, None),  # train + val fit, with test they do not
-    ("transfer", 89, 10, None),  # spilled: no test features
-    ("finetune", 1000, 10, None),  # the base changes after the head
+@pytest.mark.parametrize("approach, budget_rows, test, split, rows", [
+    ("transfer", 1000, 10, "test", 100),  # the test features held too
+    ("transfer", 1000, None, "val", 90),  # no test split: the val features
+    ("transfer", 95, 10, None, 90),  # train + val fit, with test they do not
+    ("transfer", 89, 10, None, 90),  # spilled: no test features
+    ("finetune", 1000, 10, None, 90),  # the base changes after the head
 ])
-def test_evaluation_split_of_the_plan(approach, budget_rows, test, split):
+def test_evaluation_split_of_the_plan(approach, budget_rows, test, split,
+                                      rows):
     from types import SimpleNamespace
 
-    from tl_keras.training.cache_plan import _evaluation_split
+    from tl_keras.training.cache_plan import cache_plan
 
-    channels = 256  # 1 KiB a row: the budget in rows of train + val (90)
+    channels = 2**18  # 1 MiB a row: the budget in rows of train + val (90)
     data = SimpleNamespace(test=None if test is None else (),
-                           counts={"train": 80, "val": 10, "test": test})
-    training = SimpleNamespace(approach=approach)
-    assert _evaluation_split(training, data, 90 * channels * 4, channels,
-                             budget_rows * channels * 4) == split
+                           counts={"train": 80, "val": 10, "test": test},
+                           train_ordered=(), shuffle=())
+    model = SimpleNamespace(get_layer=lambda name: SimpleNamespace(
+        output=SimpleNamespace(shape=(None, channels))))
+    training = SimpleNamespace(approach=approach, feature_cache=True)
+    data_config = SimpleNamespace(augmentations=lambda: (),
+                                  cache_budget_mb=budget_rows)
+    plan, why = cache_plan(training, data_config, "head", data, model)
+    assert why is None
+    assert plan["evaluation"] == split
+    assert plan["spill"] == (budget_rows < 90)
+    assert plan["mib"] == rows  # what the run holds, test features too
 
 
 def test_finetune_evaluates_the_whole_classifier(pretrained_base,

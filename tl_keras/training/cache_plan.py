@@ -30,9 +30,10 @@ def cache_plan(training, data_config, stage_name, data, model):
 
     Returns:
       (plan, why): plan None, or {'views': K, 'spill': bool, 'mib': size
-      of the features, 'clean': no augmentation (one view of the images
-      as they are), 'evaluation': the split whose features the final
-      evaluation reuses ('test', 'val'; None: it runs the classifier)};
+      of the features held (with the test split's), 'clean': no
+      augmentation (one view of the images as they are), 'evaluation':
+      the split whose features the final evaluation reuses ('test',
+      'val'; None: it runs the classifier)};
       why: for a head stage that runs the full loop, the reason
       (metrics.json records it), else None.
     """
@@ -62,7 +63,10 @@ def cache_plan(training, data_config, stage_name, data, model):
         log.info("Features (%.0f MiB) exceed --cache_budget_mb=%d; they go "
                  "to a file in the workdir.", size / 2**20,
                  data_config.cache_budget_mb)
-    split = _evaluation_split(training, data, size, channels, budget)
+    split = None if spill else _evaluation_split(training, data,
+                                                 size, channels, budget)
+    if split == "test":  # held in memory beside the others
+        size += data.counts["test"] * channels * 4
     return {"views": views, "spill": spill, "mib": round(size / 2**20, 1),
             "clean": not data_config.augmentations(),
             "evaluation": split}, None
@@ -76,9 +80,10 @@ def _evaluation_split(training, data, size, channels, budget):
     fine-tune they are not). Without a test split the run is evaluated on
     the validation set, whose features are cached anyway; test features
     are extracted with the others, in memory, when they fit in the
-    budget with them (a spilled cache keeps the classifier's pass).
+    budget with them. (A spilled cache keeps the classifier's pass: the
+    caller does not ask.)
     """
-    if training.approach != "transfer" or size > budget:
+    if training.approach != "transfer":
         return None
     if data.test is None:
         return "val"
