@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from conftest import run_cli, write_image_folder
 from PIL import Image
 
 import tl_keras
@@ -132,3 +132,130 @@ def test_arrays_with_nan_or_inf_are_an_error():
     with pytest.raises(tl_keras.InputError,
                        match="Invalid x: .*NaN or Inf.*1 value"):
         tl_keras.from_arrays(x, np.arange(10) % 2, None, 32)
+
+
+def _split_folder(tmp_path, val_files):
+    """train/ with two classes of readable images, and val/ holding
+    `val_files` {class: [bytes of each file]}."""
+    root = tmp_path / "split"
+    write_image_folder(str(root / "train"), num_classes=2, per_class=6,
+                       formats=("png",))
+    for name, contents in val_files.items():
+        (root / "val" / name).mkdir(parents=True)
+        for i, content in enumerate(contents):
+            (root / "val" / name / f"{i}.png").write_bytes(content)
+    (root / "val").mkdir(exist_ok=True)
+    return str(root)
+
+
+def test_a_val_folder_without_readable_images_is_an_error(tmp_path):
+    # Unreadable files are skipped; a val/ left with nothing would have
+    # validated on nothing (best_val_accuracy -1) and still "completed".
+    for val_files in ({"class_0": [b"junk"], "class_1": [b"junk"]}, {}):
+        root = _split_folder(tmp_path / str(len(val_files)), val_files)
+        with pytest.raises(tl_keras.InputError,
+                           match="val split's folder holds no readable"):
+            _data(root)
+
+
+def test_a_class_missing_from_val_is_said(tmp_path, caplog):
+    good = open(write_image_folder(str(tmp_path / "one"), num_classes=1,
+                                   per_class=1, formats=("png",))
+                + "/class_0/000.png", "rb").read()
+    root = _split_folder(tmp_path, {"class_0": [good, good]})
+    data = _data(root)
+    assert data.counts["val"] == 2
+    assert "val split has no images of 1 class(es): class_1" in caplog.text
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_keras_cannot_take_is_an_error(seed):
+    with pytest.raises(tl_keras.InputError, match="Invalid seed"):
+        tl_keras.Config(seed=seed).data.validate()
+
+
+@pytest.mark.parametrize("inside", ["", "runs/a"])
+def test_a_workdir_in_the_data_folder_is_refused(folder, inside):
+    # --overwrite would move the images aside; a run's files inside the
+    # data folder would become a class folder of the next scan.
+    workdir = os.path.join(folder, inside) if inside else folder
+    config = tl_keras.Config(data_dir=folder, workdir=workdir,
+                             overwrite=True)
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid workdir. Allowed: a folder outside"):
+        tl_keras.train(config)
+    assert sorted(os.listdir(folder)) == ["class_0", "class_1"]
+
+
+def test_a_workdir_that_is_a_file_is_refused(folder, tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("kept")
+    config = tl_keras.Config(data_dir=folder, workdir=str(path))
+    with pytest.raises(tl_keras.InputError, match="it is a file"):
+        tl_keras.train(config)
+    with pytest.raises(tl_keras.InputError, match="it is a file"):
+        tl_keras.advise(config.replace(mode="advise"))
+    assert path.read_text() == "kept"
+
+
+def test_advise_keeps_a_training_runs_decision(folder, tmp_path):
+    from tl_keras.advisor.advise import check_record_place, write_record
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{}")
+    (workdir / "decision.json").write_text('{"approach": "finetune"}')
+    config = tl_keras.Config(mode="advise", data_dir=folder,
+                             workdir=str(workdir))
+    with pytest.raises(tl_keras.InputError, match="holds a training run"):
+        tl_keras.advise(config)
+    check_record_place(config.replace(overwrite=True))
+    # With --overwrite (or after an earlier advise) the old record is
+    # moved aside, never lost.
+    write_record(str(workdir), "decision.json", {"approach": "scratch"})
+    aside = [n for n in os.listdir(workdir) if ".replaced-" in n]
+    assert len(aside) == 1
+    assert "finetune" in (workdir / aside[0]).read_text()
+
+
+def test_flags_a_mode_does_not_read_are_said(caplog):
+    from tl_keras import cli
+
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    cli._warn_unused(tl_keras.Config(
+        mode="train", approach="transfer", unfreeze="2", top_k=5,
+        export_dir="elsewhere", learning_rate=0.01))
+    assert "--unfreeze=2 is not used by --mode=train --approach=transfer" in (
+        caplog.text)
+    assert "--top_k=5 is not used by --mode=train" in caplog.text
+    assert "--export_dir=elsewhere" in caplog.text
+    assert "learning_rate" not in caplog.text  # every approach reads it
+    caplog.clear()
+    cli._warn_unused(tl_keras.Config(mode="predict", top_k=5))
+    assert caplog.text == ""
+
+
+def test_a_flag_twice_in_one_flagfile_is_refused(tmp_path, image_folder):
+    flagfile = tmp_path / "twice.cfg"
+    flagfile.write_text("--epochs=3\n# a comment\n--epochs=5\n")
+    result = run_cli(f"--flagfile={flagfile}", f"--data_dir={image_folder}",
+                     f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2
+    assert f"--epochs is given twice in {flagfile}" in result.stderr
+    # Overriding a flagfile's value on the command line is the way; a
+    # repeat on the command line (scripts append overrides) is said, and
+    # the last one wins.
+    flagfile.write_text("--epochs=3\n")
+    result = run_cli(f"--flagfile={flagfile}", "--epochs=2", "--epochs=0",
+                     f"--data_dir={image_folder}")
+    assert "Invalid epochs" in result.stderr
+    assert "--epochs is given more than once on the command line" in (
+        result.stdout)
+
+
+def test_files_outside_the_class_folders_are_said(folder, caplog):
+    Image.new("RGB", (8, 8)).save(os.path.join(folder, "stray.png"))
+    files, _, skipped = scan_folder(folder)
+    assert len(files["train"]) == 12
+    assert [os.path.basename(p) for p in skipped] == ["stray.png"]
+    assert "Ignoring 1 file(s) outside the class folders" in caplog.text

@@ -173,6 +173,8 @@ BAD = [
     (["--epochs=many"], "Invalid flag: flag --epochs=many"),
     # One of tl_keras 0.1's advisor thresholds, gone in 0.2: says why.
     (["--advisor_tie_se=1"], "--advisor_tie_se: removed in tl_keras 0.2"),
+    (["--flagfile="], "--flagfile is empty"),
+    (["--seed=-1"], "Invalid seed"),
 ]
 
 

@@ -50,7 +50,8 @@ def test_every_config_parses_and_validates(path, monkeypatch, tmp_path):
         config = config.replace(workdir=str(tmp_path / "w"))
     if config.runtime.mode == "train" and not os.path.isdir(
             config.data.data_dir):
-        config = config.replace(data_dir=str(tmp_path))
+        (tmp_path / "data").mkdir()  # beside the workdir, not around it
+        config = config.replace(data_dir=str(tmp_path / "data"))
     config.validate()
 
 

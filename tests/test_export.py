@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -308,6 +309,85 @@ def test_export_mode_reexports_a_run(run, tmp_path):
     assert os.path.isfile(os.path.join(target, "saved_model.pb"))
     with pytest.raises(tl_keras.InputError, match="already"):
         predict.export_run(config.replace(mode="export", export_dir=target))
+
+
+def test_reexport_names_the_approach_the_run_trained(run, tmp_path):
+    # An --approach=auto run's config.json says 'auto' (it is written
+    # before the advisor decides); the manifest names what was trained.
+    config, _, _ = run
+    workdir = str(tmp_path / "auto_run")
+    os.makedirs(workdir)
+    for name in ("model.keras", "metrics.json", "config.json"):
+        shutil.copy(os.path.join(config.runtime.workdir, name), workdir)
+    stored = json.load(open(os.path.join(workdir, "config.json")))
+    json.dump({**stored, "approach": "auto"},
+              open(os.path.join(workdir, "config.json"), "w"))
+    target = str(tmp_path / "export")
+    predict.export_run(config.replace(mode="export", workdir=workdir,
+                                      export_dir=target))
+    manifest = json.load(open(os.path.join(target, "manifest.json")))
+    assert manifest["approach"] == "scratch"
+
+
+def test_an_output_never_replaces_a_file_unasked(run, image_folder,
+                                                 tmp_path):
+    # Checked before any scoring: the export's own manifest is never an
+    # --output, and an existing file only with --overwrite.
+    config, _, _ = run
+    export_dir = os.path.join(config.runtime.workdir, "export")
+    manifest = os.path.join(export_dir, "manifest.json")
+    before = open(manifest).read()
+    predicting = config.replace(mode="predict", export_dir=export_dir,
+                                inputs=f"{image_folder}/class_0")
+    metrics = os.path.join(config.runtime.workdir, "metrics.json")
+    for output in (manifest, metrics):
+        for overwrite in (False, True):
+            with pytest.raises(tl_keras.InputError,
+                               match="a file of a tl_keras run or export"):
+                predict.predict_files(predicting.replace(
+                    output=output, overwrite=overwrite))
+    assert open(manifest).read() == before
+    earlier = tmp_path / "preds.csv"
+    earlier.write_text("kept")
+    with pytest.raises(tl_keras.InputError, match="the file exists"):
+        predict.predict_files(predicting.replace(output=str(earlier)))
+    assert earlier.read_text() == "kept"
+    rows = predict.predict_files(predicting.replace(output=str(earlier),
+                                                    overwrite=True))
+    assert len(list(csv.DictReader(open(earlier)))) == len(rows)
+    with pytest.raises(tl_keras.InputError, match="extension"):
+        predict.evaluate_export(config.replace(
+            mode="evaluate", data_dir=image_folder,
+            output=str(tmp_path / "eval.csv")))
+
+
+def test_evaluate_on_no_readable_image_is_an_error(run, tmp_path):
+    config, _, _ = run
+    folder = tmp_path / "broken"
+    for name in ("class_0", "class_1"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "x.png").write_bytes(b"junk")
+    with pytest.raises(tl_keras.InputError,
+                       match="none of its 2 image file.*readable"):
+        predict.evaluate_export(config.replace(mode="evaluate",
+                                               data_dir=str(folder)))
+
+
+def test_inputs_a_file_as_named_and_skipped_files_said(run, tmp_path,
+                                                       caplog):
+    # 'shot[1].png' is a file, not a glob that matches 'shot1.png'; a
+    # folder's files without an image extension are skipped and counted.
+    config, _, _ = run
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "shot[1].png")
+    Image.new("RGB", (8, 8)).save(folder / "shot1.png")
+    (folder / "notes.txt").write_text("x")
+    assert predict.expand_inputs(str(folder / "shot[1].png")) == [
+        str(folder / "shot[1].png")]
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    assert len(predict.expand_inputs(str(folder))) == 2
+    assert "Skipping 1 file(s)" in caplog.text
 
 
 def test_predict_through_the_cli(run, image_folder):

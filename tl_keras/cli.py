@@ -8,6 +8,7 @@ on stderr and a non-zero exit code.
 """
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -17,6 +18,17 @@ from tl_keras.config.config import REMOVED_FIELDS
 from tl_keras.errors import InputError
 
 EXIT_USAGE = 2
+
+# Flags that only some modes read: set elsewhere they are reported, not
+# silently dropped.
+MODE_FLAGS = {"inputs": ("predict",), "top_k": ("predict",),
+              "output": ("predict", "evaluate"),
+              "export_dir": ("export", "predict", "evaluate"),
+              "backbones": ("rank",),
+              "demo_labels_per_class": ("demo",),
+              "demo_pretrain_epochs": ("demo",)}
+# The fine-tune stage's flags, unread by a scratch or transfer run.
+FINETUNE_FLAGS = ("finetune_epochs", "finetune_learning_rate", "unfreeze")
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -80,10 +92,29 @@ def main(argv):
         # Checked before the mode is imported: `--help`, flag errors and a
         # bad value answer without loading TensorFlow.
         config = config_from_flags().validate()
+        _warn_unused(config)
         _mode(config.runtime.mode)(config)
     except InputError as e:
         print(f"tl_keras: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def _warn_unused(config):
+    """Logs each flag set away from its default that this mode (or a
+    scratch / transfer run) does not read."""
+    values, defaults = config.to_dict(), Config().to_dict()
+    mode, approach = config.runtime.mode, config.training.approach
+    unused = [name for name, modes in MODE_FLAGS.items() if mode not in modes]
+    if mode == "demo":
+        unused.append("data_dir")  # the demo generates its own images
+    if mode == "train" and approach in ("scratch", "transfer"):
+        unused += FINETUNE_FLAGS
+    for name in unused:
+        if values[name] != defaults[name]:
+            logging.getLogger("tl_keras").warning(
+                "--%s=%s is not used by --mode=%s%s.", name, values[name],
+                mode, f" --approach={approach}" if name in FINETUNE_FLAGS
+                else "")
 
 
 def _mode(name):
@@ -113,8 +144,13 @@ def _mode(name):
 def parse_flags(argv):
     """Parses the command line into flags.FLAGS (absl's `flags_parser`); a
     bad flag exits with EXIT_USAGE (absl's own parser exits with 1) and
-    one line that names the flag, what is allowed and what was received."""
+    one line that names the flag, what is allowed and what was received.
+    absl keeps the last of a repeated flag silently: within one flagfile
+    a repeat is refused (a config states each value once); on the command
+    line, where scripts append overrides, the last wins and the log says
+    so."""
     try:
+        _check_repeats(argv[1:], None)
         return flags.FLAGS(argv)
     except flags.Error as e:
         message = " ".join(str(e).split())
@@ -125,6 +161,36 @@ def parse_flags(argv):
               f"flags `python run.py --help` lists, with their values. "
               f"Received: {' '.join(argv[1:])}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def _check_repeats(args, where):
+    """Raises flags.Error for a flag repeated in one flagfile (`where`:
+    its path; nested flagfiles are read the same way) and for an empty
+    --flagfile; logs one repeated on the command line."""
+    seen = set()
+    for arg in args:
+        if not arg.startswith("--"):
+            continue
+        name, _, value = arg[2:].partition("=")
+        if name.startswith("no") and name[2:] in flags.FLAGS and (
+                name not in flags.FLAGS):
+            name = name[2:]
+        if name == "flagfile":
+            if not value.strip():
+                raise flags.Error("--flagfile is empty (a path to a file of "
+                                  "--name=value lines is needed)")
+            if os.path.isfile(value):
+                with open(value, encoding="utf-8", errors="replace") as f:
+                    _check_repeats([line.strip() for line in f], value)
+        elif name in seen and where is None:
+            logging.getLogger("tl_keras").warning(
+                "--%s is given more than once on the command line: the "
+                "last one is used.", name)
+        elif name in seen:
+            raise flags.Error(f"--{name} is given twice in {where} (each "
+                              f"flag once per flagfile; a command-line "
+                              f"flag overrides a flagfile's)")
+        seen.add(name)
 
 
 def run(argv=None):

@@ -17,6 +17,7 @@ from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
 from tl_keras.data.pipelines import data_for_run
+from tl_keras.errors import InputError
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 
@@ -114,6 +115,7 @@ def advise(config, data=None):
       The decision record (also in <workdir>/decision.json).
     """
     config.validate(require_data_dir=data is None)
+    check_record_place(config)
     model, data, blocks = classifier_and_data(config, data)
     record = advise_run(model, data, config, blocks)
     write_record(config.runtime.workdir, "decision.json", record)
@@ -136,10 +138,31 @@ def classifier_and_data(config, data=None):
     return model, data, built.blocks()
 
 
+def check_record_place(config):
+    """Before any measuring: advise and rank write their record into
+    --workdir, which must be a folder, and one that holds no training run
+    (its decision.json is that run's evidence) unless --overwrite."""
+    workdir = config.runtime.workdir
+    problem = None
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        problem = "it is a file"
+    elif os.path.isfile(os.path.join(workdir, "config.json")) and not (
+            config.runtime.overwrite):
+        problem = ("it holds a training run, whose decision.json would be "
+                   "replaced (--overwrite moves the old record aside)")
+    if problem:
+        raise InputError(
+            f"Invalid workdir for --mode={config.runtime.mode}: {problem}. "
+            f"Allowed: a new or empty folder, or one of an earlier advise / "
+            f"rank. Received: workdir={workdir!r}")
+
+
 def write_record(workdir, name, record):
     """Writes an advisor record (decision.json, ranking.json) into
-    `workdir`, creating it."""
+    `workdir`, creating it; an earlier record is moved aside, not lost."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, name)
+    if os.path.exists(path):
+        log.info("Moved the earlier %s to %s", name, io.move_aside(path))
     io.write_json(path, record)
     log.info("Wrote %s", path)

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from tl_keras.advisor.advise import write_record
+from tl_keras.advisor.advise import check_record_place, write_record
 from tl_keras.advisor.measurement import measure
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.models.backbones import build_backbone
@@ -27,6 +27,7 @@ def rank(config, data=None):
       The rows, best first (also in <workdir>/ranking.json).
     """
     config.validate(require_data_dir=data is None)
+    check_record_place(config)
     names = [b.strip() for b in config.advisor.backbones.split(",")
              if b.strip()]
     for name in names:  # every name checked before any work

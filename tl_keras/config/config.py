@@ -9,6 +9,7 @@ names are unique across sections, so the command line, `flags.cfg` and
 """
 
 import dataclasses
+import os
 
 from tl_keras.config import sections as _sections
 from tl_keras.config.fields import (
@@ -65,6 +66,17 @@ RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile",
 
 # Modes that read a labelled folder (unless the data is passed in).
 _DATA_MODES = ("train", "evaluate", "advise", "rank", "compare")
+
+
+def _check_apart(data_dir, workdir):
+    """Refuses a workdir that is the data folder or inside it: the run's
+    files would become a class folder of the next scan, and --overwrite
+    would move the images aside. (The data inside the workdir is allowed:
+    the demo keeps its generated images there.)"""
+    data, work = os.path.realpath(data_dir), os.path.realpath(workdir)
+    if os.path.commonpath([data, work]) == data:
+        fail("workdir", f"a folder outside --data_dir ({data_dir!r}): not "
+             f"the data folder or inside it", workdir)
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -128,6 +140,8 @@ class Config:
                  f"and an export keeps the base it was trained with)",
                  self.model.feature_block)
         self._check_views()
+        if needs_data and self.runtime.workdir:
+            _check_apart(self.data.data_dir, self.runtime.workdir)
         if needs_data:  # last: the one check that reads the disk
             check_data_dir(self.data.data_dir)
         return self

@@ -61,6 +61,7 @@ class DataConfig:
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
         check_range("batch_size", self.batch_size, 1, 1 << 20)
+        check_range("seed", self.seed, 0, 2**31 - 1)  # Keras: < 2**32
         check_range("cache_budget_mb", self.cache_budget_mb, 0, 1 << 30)
         check_fraction("validation_split", self.validation_split,
                        open_low=True, open_high=True)
@@ -265,8 +266,7 @@ class RuntimeConfig:
         MODES,
     )
     workdir: str = field(
-        "", "Where the run writes everything; the same workdir resumes."
-    )
+        "", "Where the run writes everything; the same workdir resumes.")
     overwrite: bool = field(
         False,
         "Start over in a workdir that holds a different run (the old one "

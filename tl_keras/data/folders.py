@@ -30,7 +30,8 @@ def scan_folder(data_dir):
     Returns:
       (files, class_names, skipped): files maps 'train' (and 'val' /
       'test' when those folders exist) to sorted (path, label) pairs;
-      skipped lists files ignored for their extension.
+      skipped lists files ignored for their extension or for lying
+      outside the class folders.
     """
     check_data_dir(data_dir)
     roots = split_roots(data_dir)
@@ -57,11 +58,21 @@ def scan_folder(data_dir):
             pairs += [(p, label) for p in images]
             skipped += ignored
         files[split] = pairs
+    loose = [os.path.join(folder, e.name)
+             for folder in {os.path.normpath(f)
+                            for f in (data_dir, *roots.values())}
+             for e in os.scandir(folder)
+             if e.is_file() and not e.name.startswith(".")]
+    if loose:
+        log.warning("Ignoring %d file(s) outside the class folders: %s",
+                    len(loose), ", ".join(map(printable, sorted(loose)[:5]))
+                    + (" ..." if len(loose) > 5 else ""))
     if skipped:
         log.warning("Ignoring %d file(s) without an image extension (%s): "
                     "%s", len(skipped), ", ".join(IMAGE_EXTENSIONS),
                     ", ".join(map(printable, skipped[:5]))
                     + (" ..." if len(skipped) > 5 else ""))
+    skipped += sorted(loose)
     check_classes_have_images(files["train"], class_names, data_dir)
     return files, class_names, skipped
 
@@ -200,6 +211,26 @@ def check_classes_have_images(pairs, class_names, data_dir):
             f"{', '.join(empty)}. Allowed: each class folder holds at least "
             f"one {'/'.join(IMAGE_EXTENSIONS)} file. Received: data_dir="
             f"{data_dir!r}")
+
+
+def check_given_splits(files, class_names, data_dir):
+    """After unreadable files are left out: every class still has
+    training images, and a val/ or test/ folder still has images (else
+    the run would validate or test on nothing); a class missing from
+    one of them is logged (its accuracy there leaves the class out)."""
+    check_classes_have_images(files["train"], class_names, data_dir)
+    for split in ("val", "test"):
+        if split in files and not files[split]:
+            raise InputError(
+                f"Invalid data_dir: its {split} split's folder holds no "
+                f"readable image. Allowed: a {split} folder of class folders "
+                f"with images, or none (the split is then carved from the "
+                f"training images). Received: data_dir={data_dir!r}")
+        present = {y for _, y in files.get(split, ())}
+        missing = [n for i, n in enumerate(class_names) if i not in present]
+        if split in files and missing:
+            log.warning("The %s split has no images of %d class(es): %s.",
+                        split, len(missing), ", ".join(missing[:10]))
 
 
 def carve_missing_splits(files, config, class_names):

@@ -20,7 +20,7 @@ from tl_keras.data.arrays import carve_arrays, check_arrays, check_given_data
 from tl_keras.data.augment import augment
 from tl_keras.data.folders import (
     carve_missing_splits,
-    check_classes_have_images,
+    check_given_splits,
     class_counts,
     scan_folder,
 )
@@ -49,7 +49,7 @@ class ImageData:
       counts: images per split, e.g. {'train': 120, 'val': 20, 'test': 20}.
       class_counts: per split, images per class name.
       bad_files: image-named files that could not be decoded (skipped).
-      skipped_files: files without an image extension (ignored).
+      skipped_files: files ignored (extension, outside class folders).
       files: per split, the (path, label) pairs, or None for arrays.
       cached: whether decoded images are cached in memory.
       train_ordered: the training images in a fixed order, not shuffled
@@ -178,8 +178,7 @@ def make_datasets(config, image_size):
         bad_set = set(bad)
         files = {k: [(p, y) for p, y in v if p not in bad_set]
                  for k, v in files.items()}
-        check_classes_have_images(files["train"], class_names,
-                                   config.data_dir)
+    check_given_splits(files, class_names, config.data_dir)
     files = carve_missing_splits(files, config, class_names)
     files["train"] = [files["train"][i]
                       for i in _mixed(len(files["train"]), config.seed)]

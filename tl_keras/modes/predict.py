@@ -41,7 +41,8 @@ def export_run(config):
             f"metrics.json). Allowed: the workdir of a completed run. "
             f"Received: workdir={workdir!r}")
     metrics = io.read_json(metrics_path)
-    approach = io.read_json(os.path.join(workdir, "config.json"))["approach"]
+    # The approach the run trained (an 'auto' run's config.json says auto).
+    approach = metrics["approach"]
     model = load_model_file(model_path, compile=False)
     target = config.export.export_dir or os.path.join(workdir, "export")
     return export_saved_model(
@@ -61,10 +62,10 @@ def expand_inputs(spec):
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
-        if os.path.isdir(item):
-            found = [os.path.join(root, name)
-                     for root, _, names in os.walk(item) for name in names
-                     if name.lower().endswith(IMAGE_EXTENSIONS)]
+        if os.path.isfile(item):  # a file as named ('img[1].png' too)
+            found = [item]
+        elif os.path.isdir(item):
+            found = _images_under(item)
         else:
             found = [p for p in glob.glob(item) if os.path.isfile(p)]
         if not found:
@@ -76,6 +77,19 @@ def expand_inputs(spec):
     return paths
 
 
+def _images_under(folder):
+    """The image files under `folder` (recursively), logging how many
+    other files it skips."""
+    names = [os.path.join(root, name)
+             for root, _, files in os.walk(folder) for name in files]
+    found = [p for p in names if p.lower().endswith(IMAGE_EXTENSIONS)]
+    if len(found) < len(names):
+        log.warning("Skipping %d file(s) in %s without an image extension "
+                    "(%s).", len(names) - len(found), folder,
+                    ", ".join(IMAGE_EXTENSIONS))
+    return found
+
+
 def predict_files(config):
     """Scores `config.inputs` with an export; prints and optionally writes
     one row per file. Unreadable files get an error row; the rest are
@@ -84,7 +98,7 @@ def predict_files(config):
     Returns:
       A list of row dicts: path, label, score, top_k, error.
     """
-    _check_output_folder(config.export.output)
+    _check_output(config, (".csv", ".json"))
     export_dir = _export_dir(config)
     predictor = load_exported(export_dir)
     paths = expand_inputs(config.export.inputs)
@@ -136,7 +150,7 @@ def evaluate_export(config):
     export_dir = _export_dir(config)
     predictor = load_exported(export_dir)
     data_dir, output = config.data.data_dir, config.export.output
-    _check_output_folder(output)
+    _check_output(config, (".json",))
     files, class_names, _ = scan_folder(data_dir)
     if split_roots(data_dir)["train"] == data_dir:
         pairs = files["train"]  # class folders only: all of it is scored
@@ -162,6 +176,11 @@ def evaluate_export(config):
     pairs = [(p, y) for p, y in pairs if p not in bad]
     log.info("Evaluating %s on %d image(s) (%d unreadable skipped)",
              export_dir, len(pairs), len(bad))
+    if not pairs:
+        raise InputError(
+            f"Invalid data_dir for evaluate: none of its {len(bad)} image "
+            f"file(s) is readable. Allowed: a folder with readable JPEG / "
+            f"PNG / GIF / BMP images. Received: data_dir={data_dir!r}")
     index = {name: i for i, name in enumerate(predictor.class_names)}
     y_true = np.array([index[class_names[y]] for _, y in pairs])
     logits = np.concatenate([
@@ -173,10 +192,6 @@ def evaluate_export(config):
     print(f"accuracy {metrics['test_accuracy']:.4f} on "
           f"{metrics['num_test']} images")
     if output:
-        if not output.endswith(".json"):
-            raise InputError(
-                f"Invalid output for evaluate. Allowed: a .json path. "
-                f"Received: output={output!r}")
         io.write_json(output, metrics)
     return metrics
 
@@ -197,14 +212,47 @@ def write_predictions(rows, path):
     log.info("Wrote %d prediction(s) to %s", len(rows), path)
 
 
-def _check_output_folder(output):
-    """Fails before any work when --output's folder does not exist."""
-    folder = os.path.dirname(os.path.abspath(output)) if output else ""
-    if folder and not os.path.isdir(folder):
+def _check_output(config, extensions):
+    """Fails before any work on an --output that cannot be written or
+    would replace a file: its folder must exist, its extension be one of
+    `extensions`; an existing file is replaced only with --overwrite, and
+    never a file of a tl_keras export or a workdir's record (`_is_run_file`:
+    the export or the run would be lost)."""
+    output = config.export.output
+    if not output:
+        return
+    folder = os.path.dirname(os.path.abspath(output))
+    problem = None
+    if not os.path.isdir(folder):
+        problem = f"its folder {folder!r} does not exist"
+    elif not output.lower().endswith(extensions):
+        problem = "its extension is not allowed"
+    elif os.path.isdir(output):
+        problem = "it is a folder"
+    elif os.path.exists(output) and _is_run_file(output):
+        problem = "it is a file of a tl_keras run or export"
+    elif os.path.exists(output) and not config.runtime.overwrite:
+        problem = "the file exists (--overwrite replaces it)"
+    if problem:
+        kinds = " or ".join(extensions)
         raise InputError(
-            f"Invalid output: its folder {folder!r} does not exist. "
-            f"Allowed: a path in an existing folder. Received: "
-            f"output={output!r}")
+            f"Invalid output: {problem}. Allowed: a new {kinds} file in an "
+            f"existing folder. Received: output={output!r}")
+
+
+# A workdir's own records (see training/workdir.py), never an --output.
+_RUN_FILES = ("config.json", "split.json", "data.json", "run.json",
+              "decision.json", "ranking.json", "metrics.json", "demo.json")
+
+
+def _is_run_file(path):
+    """Whether `path` is a file of an export (in its folder or assets/)
+    or one of a workdir's records."""
+    folder = os.path.dirname(os.path.abspath(path))
+    in_export = any(os.path.exists(os.path.join(f, "saved_model.pb"))
+                    for f in (folder, os.path.dirname(folder)))
+    return in_export or (os.path.basename(path) in _RUN_FILES and (
+        os.path.exists(os.path.join(folder, "config.json"))))
 
 
 def _export_dir(config):

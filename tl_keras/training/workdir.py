@@ -60,6 +60,11 @@ def check_workdir(config):
         and `overwrite` is off.
     """
     workdir = config.runtime.workdir
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise InputError(
+            f"Invalid workdir {workdir!r}: it is a file. Allowed: a folder "
+            f"(new, empty, or holding this run). Received: "
+            f"workdir={workdir!r}")
     stored = os.path.join(workdir, "config.json")
     problem = None
     if os.path.isfile(stored):
@@ -68,7 +73,8 @@ def check_workdir(config):
             problem = f"it holds a run with other settings ({'; '.join(diffs)})"
         else:
             log.info("Resuming the run in %s", workdir)
-    elif os.path.isdir(workdir) and set(os.listdir(workdir)) - (
+    elif os.path.isdir(workdir) and {  # earlier records moved aside too
+            name.split(".replaced-")[0] for name in os.listdir(workdir)} - (
             _MEASUREMENT_FILES):
         problem = "it is not empty and holds no tl_keras run (no config.json)"
     if problem and not config.runtime.overwrite:
