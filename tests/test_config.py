@@ -172,3 +172,22 @@ def test_differences_ignore_resumable_fields():
         stored, a.replace(overwrite=True, cache_budget_mb=1)) == []
     diffs = config_differences(stored, a.replace(epochs=3))
     assert diffs == ["epochs: 10 -> 3"]
+
+
+@pytest.mark.parametrize("field, value, kind", [
+    ("learning_rate", "0.1", "a number"),  # was a TypeError in a check
+    ("dropout", None, "a number"),
+    ("epochs", True, "an integer"),  # a bool is an int in Python
+    ("augment", None, "text"),  # was an AttributeError
+    ("unfreeze", 2, "text"),
+    ("overwrite", "yes", "True or False"),  # was taken as true
+    ("feature_cache", "no", "True or False"),
+])
+def test_a_value_of_the_wrong_type_is_an_error(field, value, kind):
+    with pytest.raises(tl_keras.InputError,
+                       match=f"Invalid {field}. Allowed: {kind}"):
+        tl_keras.Config(workdir="w", **{field: value}).validate(
+            require_data_dir=False)
+    # An int where a float goes is taken; so is an int of views.
+    tl_keras.Config(workdir="w", learning_rate=1e-3, dropout=0,
+                    feature_cache_views=2).validate(require_data_dir=False)

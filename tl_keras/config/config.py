@@ -16,6 +16,7 @@ from tl_keras.config.fields import (
     MAX_CACHE_VIEWS,
     cache_views,
     check_data_dir,
+    check_types,
 )
 from tl_keras.errors import InputError, fail
 
@@ -120,6 +121,7 @@ class Config:
           InputError: naming the field, what is allowed and what was given.
         """
         for name in SECTIONS:
+            check_types(getattr(self, name))
             getattr(self, name).validate()
         mode = self.runtime.mode
         needs_data = mode in _DATA_MODES and require_data_dir

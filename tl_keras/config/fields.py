@@ -50,6 +50,28 @@ def field(default, help, choices=None):
     return dataclasses.field(default=default, metadata=metadata)
 
 
+_KINDS = {bool: "True or False", int: "an integer", float: "a number",
+          str: "text (a str)"}
+
+
+def check_types(section):
+    """Raises InputError for a field whose value is not of its default's
+    type: a flag is typed by absl, but `Config(learning_rate="0.1")` from
+    Python would otherwise end in a TypeError deep in a check. An int is
+    taken where a float is (not a bool: True is an int in Python);
+    --feature_cache_views takes 'auto' or an int (`cache_views`)."""
+    for f in dataclasses.fields(section):
+        value, kind = getattr(section, f.name), type(f.default)
+        if f.name == "feature_cache_views":
+            continue
+        if kind is float:
+            ok = isinstance(value, (int, float))
+        else:
+            ok = isinstance(value, kind)
+        if not ok or (kind is not bool and isinstance(value, bool)):
+            fail(f.name, _KINDS.get(kind, kind.__name__), value)
+
+
 def check_choices(section):
     """Raises InputError for a field whose value is not one of its
     metadata's choices."""
