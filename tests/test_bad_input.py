@@ -259,3 +259,20 @@ def test_files_outside_the_class_folders_are_said(folder, caplog):
     assert len(files["train"]) == 12
     assert [os.path.basename(p) for p in skipped] == ["stray.png"]
     assert "Ignoring 1 file(s) outside the class folders" in caplog.text
+
+
+def test_a_symlinked_twin_of_a_class_folder_is_an_error(folder):
+    # A link to a sibling class would put the same images in two classes.
+    os.symlink(os.path.join(folder, "class_0"),
+               os.path.join(folder, "class_2"))
+    with pytest.raises(tl_keras.InputError,
+                       match="class_0 and class_2 .* are the same folder"):
+        scan_folder(folder)
+
+
+def test_a_class_name_with_a_newline_is_an_error(folder):
+    # assets/labels.txt holds one class name per line.
+    os.rename(os.path.join(folder, "class_1"),
+              os.path.join(folder, "class\n1"))
+    with pytest.raises(tl_keras.InputError, match="control characters"):
+        scan_folder(folder)

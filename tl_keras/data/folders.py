@@ -136,6 +136,26 @@ def _subfolders(path):
                    if e.is_dir() and not e.name.startswith(".")
                    and e.name not in _IGNORED_FOLDERS)
     bad = [name for name in names if not _is_utf8(name)]
+    control = [name for name in names
+               if _is_utf8(name) and not name.isprintable()]
+    if control:  # a newline would split assets/labels.txt
+        raise InputError(
+            f"Invalid data_dir: the folder name(s) "
+            f"{', '.join(map(repr, control))} in {printable(path)} hold "
+            f"control characters (tabs, newlines), which the export's label "
+            f"map cannot carry. Allowed: printable folder names. Received: "
+            f"{len(control)} such folder(s)")
+    same = {}
+    for name in names:  # symlinks: two classes of the same images
+        same.setdefault(os.path.realpath(os.path.join(path, name)),
+                        []).append(name)
+    twins = [n for n in same.values() if len(n) > 1]
+    if twins:
+        raise InputError(
+            f"Invalid data_dir: class folders {' and '.join(twins[0])} in "
+            f"{printable(path)} are the same folder (a symlink), so its "
+            f"images would be two classes. Allowed: one folder per class. "
+            f"Received: {len(twins)} such group(s)")
     if bad:
         raise InputError(
             f"Invalid data_dir: the folder name(s) "
