@@ -44,6 +44,7 @@ def test_every_config_parses_and_validates(path, monkeypatch, tmp_path):
     if not path.endswith("_base.cfg"):
         assert "python run.py" in head, head
         assert "# Measured" in head, head
+    cli._check_repeats([f"--flagfile={path}"], None)  # each flag once
     config = parse([f"--flagfile={path}"])
     # Configs for real data or tests leave these to the command line.
     if not config.runtime.workdir:
