@@ -170,6 +170,22 @@ def _png_header(width, height):
             + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
 
 
+def _bmp(bits, width=6, height=4):
+    """A BMP of `bits` per pixel (8: a grey palette), built by hand: PIL
+    writes no 16-bit BMP."""
+    import struct
+
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256)) if (
+        bits == 8) else b""
+    row = bytes(((width * bits + 31) // 32) * 4)
+    pixels = row * height
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, 0,
+                       len(pixels), 2835, 2835, 256 if palette else 0, 0)
+    return (b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset)
+            + info + palette + pixels)
+
+
 @pytest.mark.parametrize("endpoint, feed, fragment", [
     ("serve_bytes", dict(image_bytes=tf.constant([b"not an image"])),
      "Unknown image file format"),
@@ -178,16 +194,43 @@ def _png_header(width, height):
     # 100,000 x 100,000 declared in a 33-byte header: refused undecoded.
     ("serve_bytes", dict(image_bytes=tf.constant(
         [_png_header(100_000, 100_000)])), "decompression bomb"),
-    # Images scaled to [0, 1] would give confident wrong answers.
+    # Images scaled to [0, 1] would give confident wrong answers, one
+    # among others too.
     ("serve_float", dict(images=tf.fill([1, 32, 32, 3], 0.5)),
-     "every value is in \\[0, 1\\]"),
+     "every value of an image lies in \\[0, 1\\]"),
+    ("serve_float", dict(images=tf.concat([tf.fill([1, 32, 32, 3], 0.5),
+                                           tf.fill([1, 32, 32, 3], 200.0)],
+                                          0)),
+     "every value of an image lies in \\[0, 1\\]"),
     ("serve_float", dict(images=tf.fill([1, 32, 32, 3], 300.0)),
      "must lie in \\[0, 255\\]"),
+    # A loaded signature does not check height and width (NaN scores).
+    ("serve_float", dict(images=tf.fill([1, 8, 8, 3], 100.0)),
+     "images must be \\[batch, 32, 32, 3\\]"),
+    # Junk after a PNG signature is not a decompression bomb.
+    ("serve_bytes", dict(image_bytes=tf.constant(
+        [b"\x89PNG" + b"\xff" * 40])), "(?s)^(?!.*decompression).*$"),
+    ("serve_bytes", dict(image_bytes=tf.constant([_bmp(16)])),
+     "a BMP of other than \\(24, 32\\) bits"),
+    ("serve_bytes", dict(image_bytes=tf.constant([_bmp(8)])),
+     "a BMP of other than \\(24, 32\\) bits"),
 ])
 def test_bad_input_at_endpoints_is_an_error(run, endpoint, feed, fragment):
     _, _, served = run
     with pytest.raises(tf.errors.InvalidArgumentError, match=fragment):
         served.signatures[endpoint](**feed)
+
+
+def test_bmps_tensorflow_misreads_are_unreadable(tmp_path):
+    # The files training and --mode=predict check with PIL: 16-bit and
+    # palette BMPs out (TensorFlow fails on one, reads indices of the
+    # other), 24-bit in; serve_bytes refuses the same (above).
+    from tl_keras.data.images import find_unreadable
+
+    for bits in (8, 16, 24):
+        (tmp_path / f"b{bits}.bmp").write_bytes(_bmp(bits))
+    paths = [str(tmp_path / f"b{bits}.bmp") for bits in (8, 16, 24)]
+    assert find_unreadable(paths) == paths[:2]
 
 
 def test_declared_pixels_read_from_each_formats_header(tmp_path):
@@ -204,6 +247,7 @@ def test_declared_pixels_read_from_each_formats_header(tmp_path):
     assert int(declared_pixels(tf.constant(_png_header(70_000, 3)))) == (
         210_000)
     assert int(declared_pixels(tf.constant(b"not an image"))) == 0
+    assert int(declared_pixels(tf.constant(b"\x89PNG" + b"\xff" * 40))) == 0
 
 
 @pytest.mark.parametrize("bad, fragment", [
@@ -474,3 +518,67 @@ def test_evaluate_never_scores_training_images(run, tmp_path):
     metrics = predict.evaluate_export(config.replace(mode="evaluate",
                                                      data_dir=str(root)))
     assert metrics["num_test"] == 9  # test/ only
+
+
+def test_export_folder_follows_the_umask(run, tmp_path):
+    # tempfile.mkdtemp makes 0700: a server run as another user could not
+    # read the export.
+    config, _, _ = run
+    target = str(tmp_path / "shared")
+    predict.export_run(config.replace(mode="export", export_dir=target))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("where", ["workdir", "parent"])
+def test_export_over_the_run_is_refused(run, tmp_path, where):
+    # With --overwrite the run would have been moved aside for the export.
+    config, _, _ = run
+    workdir = tmp_path / "run"
+    shutil.copytree(config.runtime.workdir, workdir,
+                    ignore=shutil.ignore_patterns("export", "checkpoints"))
+    target = workdir if where == "workdir" else tmp_path
+    before = sorted(os.listdir(workdir))
+    with pytest.raises(tl_keras.InputError, match="the workdir or a folder "
+                                                  "around it"):
+        predict.export_run(config.replace(
+            mode="export", workdir=str(workdir), export_dir=str(target),
+            overwrite=True))
+    assert sorted(os.listdir(workdir)) == before
+
+
+def test_load_exported_refuses_or_takes_clearly(run, image_folder,
+                                                tmp_path):
+    config, _, _ = run
+    predictor = export.load_exported(os.path.join(config.runtime.workdir,
+                                                  "export"))
+    arrays = [images(1, seed=i)[0] for i in range(3)]
+    together = predictor.predict(np.stack(arrays))
+    listed = predictor.predict(arrays)  # a list of images: one batch
+    np.testing.assert_allclose(listed["scores"], together["scores"],
+                               atol=1e-6)
+    with pytest.raises(tl_keras.InputError, match="2 shapes"):
+        predictor.predict([arrays[0], arrays[0][:5]])
+    with pytest.raises(tl_keras.InputError, match="Invalid batch_size"):
+        predictor.predict(arrays, batch_size=0)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG" + b"\xff" * 40)
+    good = os.path.join(image_folder, "class_0",
+                        sorted(os.listdir(os.path.join(image_folder,
+                                                       "class_0")))[0])
+    with pytest.raises(tl_keras.InputError,
+                       match="1 of 2 file.*not readable images.*broken"):
+        predictor.predict([good, str(broken)])
+    with pytest.raises(tl_keras.InputError, match="do not exist"):
+        predictor.predict([str(tmp_path / "nowhere.png")])
+
+
+def test_evaluate_scores_a_folder_of_one_of_its_classes(run, image_folder,
+                                                        tmp_path):
+    config, _, _ = run
+    one = tmp_path / "one"
+    shutil.copytree(os.path.join(image_folder, "class_1"), one / "class_1")
+    metrics = predict.evaluate_export(config.replace(mode="evaluate",
+                                                     data_dir=str(one)))
+    assert metrics["num_test"] == 12

@@ -24,8 +24,9 @@ SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"),
               "test": ("test",)}
 
 
-def scan_folder(data_dir):
-    """Lists image files per split and class.
+def scan_folder(data_dir, min_classes=2):
+    """Lists image files per split and class (at least `min_classes`: a
+    classifier trains on 2; an export is evaluated on any of its own).
 
     Returns:
       (files, class_names, skipped): files maps 'train' (and 'val' /
@@ -36,11 +37,11 @@ def scan_folder(data_dir):
     check_data_dir(data_dir)
     roots = split_roots(data_dir)
     class_names = _subfolders(roots["train"])
-    if len(class_names) < 2:
+    if len(class_names) < min_classes:
         found = ", ".join(class_names) or "none"
         raise InputError(
-            f"Invalid data_dir: a classifier needs at least 2 class "
-            f"sub-folders; found {len(class_names)} ({found}) in "
+            f"Invalid data_dir: a classifier needs at least {min_classes} "
+            f"class sub-folder(s); found {len(class_names)} ({found}) in "
             f"{roots['train']!r}. Allowed: one sub-folder of images per "
             f"class. Received: data_dir={data_dir!r}")
     files, skipped = {}, []

@@ -45,28 +45,37 @@ def decode_image(data):
 MAX_PIXELS = 89_478_485
 
 
+def _header_field(data, offset, length, big_endian):
+    """An unsigned integer of `length` bytes at `offset` of encoded bytes
+    (int64 scalar tensor)."""
+    raw = tf.cast(tf.io.decode_raw(
+        tf.strings.substr(data, offset, length), tf.uint8), tf.int64)
+    weights = 256 ** (tf.range(length, dtype=tf.int64) if not big_endian
+                      else tf.range(length - 1, -1, -1, dtype=tf.int64))
+    return tf.reduce_sum(raw * weights)
+
+
 def declared_pixels(data):
     """Width x height that encoded JPEG / PNG / GIF / BMP bytes declare in
     their header, read without decoding the pixels (int64 scalar; 0 for
-    bytes of another format, which decoding then rejects)."""
-    def field(offset, length, big_endian):
-        raw = tf.cast(tf.io.decode_raw(
-            tf.strings.substr(data, offset, length), tf.uint8), tf.int64)
-        weights = 256 ** (tf.range(length, dtype=tf.int64) if not big_endian
-                          else tf.range(length - 1, -1, -1, dtype=tf.int64))
-        return tf.reduce_sum(raw * weights)
-
+    bytes of another format or a PNG without its IHDR header, which
+    decoding then rejects)."""
     def bmp_side(offset):  # signed 32-bit little-endian (top-down: < 0)
-        value = field(offset, 4, False)
+        value = _header_field(data, offset, 4, False)
         return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
 
-    magic = tf.strings.substr(data, 0, 4)
     long_enough = tf.strings.length(data) >= 26
+    png = tf.logical_and(
+        tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"),
+        tf.equal(tf.strings.substr(data, 12, 4), b"IHDR"))
     return tf.case([
-        (tf.logical_and(long_enough, tf.equal(magic, b"\x89PNG")),
-         lambda: field(16, 4, True) * field(20, 4, True)),
-        (tf.logical_and(long_enough, tf.equal(magic, b"GIF8")),
-         lambda: field(6, 2, False) * field(8, 2, False)),
+        (tf.logical_and(long_enough, png),
+         lambda: _header_field(data, 16, 4, True)
+         * _header_field(data, 20, 4, True)),
+        (tf.logical_and(long_enough, tf.equal(
+            tf.strings.substr(data, 0, 4), b"GIF8")),
+         lambda: _header_field(data, 6, 2, False)
+         * _header_field(data, 8, 2, False)),
         (tf.logical_and(long_enough, tf.equal(
             tf.strings.substr(data, 0, 2), b"BM")),
          lambda: bmp_side(18) * bmp_side(22)),
@@ -76,28 +85,43 @@ def declared_pixels(data):
         default=lambda: tf.constant(0, tf.int64))
 
 
+def misread_bmp(data):
+    """Whether encoded bytes are a BMP that TensorFlow's decoder gets
+    wrong (`TF_BMP_BITS`): bool scalar tensor."""
+    bmp = tf.logical_and(tf.strings.length(data) >= 30, tf.equal(
+        tf.strings.substr(data, 0, 2), b"BM"))
+    return tf.cond(bmp, lambda: tf.logical_not(tf.reduce_any(tf.equal(
+        _header_field(data, 28, 2, False), TF_BMP_BITS))),
+        lambda: tf.constant(False))
+
+
 # The formats tf.io.decode_image reads (MPO is a JPEG with extra frames).
 _TF_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF"}
 
 
-# BMP modes TensorFlow's decoder gets wrong: a palette BMP decodes to its
-# palette indices (up to 242 levels off), a 1-bit one fails to decode.
-_BMP_MODES_TF_MISREADS = {"P", "1"}
+# The BMP bit depths TensorFlow's decoder reads right: a palette BMP (1,
+# 4 or 8 bits) decodes to its palette indices (up to 242 levels off) or
+# fails, a 16-bit one fails ("2 channels").
+TF_BMP_BITS = (24, 32)
 
 
 def _is_readable(path):
     """Fully decodes with PIL (JPEG at reduced scale, for speed), so a
     truncated file is caught here, not mid-training inside TensorFlow;
     and refuses what TensorFlow, which decodes the images for training
-    and serving, would read differently from PIL (`_BMP_MODES_TF_MISREADS`;
-    convert such files to PNG)."""
+    and serving, would read differently from PIL (BMPs of other bit depths
+    than `TF_BMP_BITS`; convert such files to PNG)."""
     try:
         with Image.open(path) as image:
             if image.format not in _TF_FORMATS or (
-                    image.format == "BMP"
-                    and image.mode in _BMP_MODES_TF_MISREADS) or (
                     image.width * image.height > MAX_PIXELS):
                 return False
+            if image.format == "BMP":
+                with open(path, "rb") as f:
+                    header = f.read(30)
+                if int.from_bytes(header[28:30], "little") not in (
+                        TF_BMP_BITS):
+                    return False
             image.draft("RGB", (64, 64))
             image.load()
         return True
@@ -107,7 +131,7 @@ def _is_readable(path):
 
 def find_unreadable(paths):
     """Returns the paths that are not decodable images (or that
-    TensorFlow would decode wrongly: palette and 1-bit BMPs; or that
+    TensorFlow would decode wrongly: BMPs of 1 to 16 bits; or that
     declare more than MAX_PIXELS), checked in parallel (PIL's decoders
     release the GIL)."""
     if len(paths) > 2000:

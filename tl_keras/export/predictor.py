@@ -6,6 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tl_keras.data.images import find_unreadable
 from tl_keras.errors import InputError
 
 
@@ -23,20 +24,32 @@ class ExportedClassifier:
         self.class_names = self.manifest["class_names"]
         self.image_size = self.manifest["input"]["size"]
 
-    def predict(self, inputs, batch_size=64):
+    def predict(self, inputs, batch_size=64, check_files=True):
         """Scores a batch of uint8 images or a list of image file paths.
 
         Args:
-          inputs: a uint8 array [batch, height, width, 3], or a list of
-            paths to JPEG / PNG / GIF / BMP files.
+          inputs: a uint8 array [batch, height, width, 3] (or a list of
+            [height, width, 3] arrays of one size), or a list of paths to
+            JPEG / PNG / GIF / BMP files.
           batch_size: how many images go to the model at once.
+          check_files: refuse unreadable paths first (`find_unreadable`);
+            False when the caller has just checked them.
 
         Returns:
           {'scores', 'logits', 'class_ids', 'labels'} as numpy arrays
           (labels as Python strings).
         """
+        if isinstance(batch_size, bool) or not isinstance(
+                batch_size, int) or batch_size < 1:
+            raise InputError(f"Invalid batch_size. Allowed: a positive "
+                             f"integer. Received: batch_size={batch_size!r}")
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
+        if isinstance(inputs, (list, tuple)) and inputs and all(
+                isinstance(x, np.ndarray) for x in inputs):
+            inputs = _stack(inputs)  # a list of images: one batch
+        if isinstance(inputs, (list, tuple)) and check_files:
+            _check_files(inputs)
         if isinstance(inputs, (list, tuple)):
             fn = self._model.signatures["serve_bytes"]
             chunks = [fn(image_bytes=tf.constant(
@@ -76,6 +89,34 @@ def load_exported(path):
             f"or a folder written by --mode=export. Received: export_dir="
             f"{path!r}")
     return ExportedClassifier(path)
+
+
+def _stack(arrays):
+    """A list of same-sized images as one batch."""
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        raise InputError(
+            f"Invalid images: a list of arrays of {len(shapes)} shapes "
+            f"({shapes[0]}, {shapes[1]} ...). Allowed: [height, width, 3] "
+            f"uint8 arrays of one size (or a [batch, height, width, 3] "
+            f"array). Received: {len(arrays)} arrays")
+    return np.stack(arrays)
+
+
+def _check_files(paths):
+    """Refuses paths that are not files TensorFlow decodes as PIL does
+    (`find_unreadable`: truncated, not an image, a palette BMP ...),
+    naming them; --mode=predict gives each an error row instead."""
+    missing = [str(p) for p in paths if not os.path.isfile(p)]
+    bad = missing or find_unreadable([str(p) for p in paths])
+    if bad:
+        shown = ", ".join(repr(p) for p in bad[:5])
+        raise InputError(
+            f"Invalid inputs: {len(bad)} of {len(paths)} file(s) "
+            f"{'do not exist' if missing else 'are not readable images'}: "
+            f"{shown}{' ...' if len(bad) > 5 else ''}. Allowed: JPEG / PNG "
+            f"/ GIF / BMP (24 or 32 bits) files. Received: {len(paths)} "
+            f"path(s)")
 
 
 def _read_bytes(path):

@@ -25,8 +25,10 @@ import tensorflow as tf
 from tl_keras import inference, io
 from tl_keras.data.images import (
     MAX_PIXELS,
+    TF_BMP_BITS,
     declared_pixels,
     decode_image,
+    misread_bmp,
     resize_images,
 )
 from tl_keras.errors import InputError
@@ -66,14 +68,20 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
       InputError: `export_dir` exists and `overwrite` is False.
     """
     if os.path.exists(export_dir) and not overwrite:
+        there = ("an export is" if is_export(export_dir) else
+                 "something other than a tl_keras export is")
         raise InputError(
-            f"Invalid export_dir {export_dir!r}: an export is already "
-            f"there. Allowed: a new path, or --overwrite to replace it. "
-            f"Received: export_dir={export_dir!r}")
+            f"Invalid export_dir {export_dir!r}: {there} already there. "
+            f"Allowed: a new path, or --overwrite to replace it (anything "
+            f"but an export is moved aside). Received: "
+            f"export_dir={export_dir!r}")
     archive = _build_archive(model, class_names)
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent)
+    umask = os.umask(0)  # mkdtemp makes 0700: give the export the usual
+    os.umask(umask)      # mode, readable by a server run as another user
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         archive.write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
@@ -167,29 +175,44 @@ def _decode_within_limit(encoded, size):
     """Decodes and resizes one encoded image, refusing one whose header
     declares more than MAX_PIXELS before anything is decoded."""
     pixels = declared_pixels(encoded)
-    with tf.control_dependencies([tf.debugging.assert_less_equal(
-            pixels, tf.constant(MAX_PIXELS, tf.int64),
-            message=f"serve_bytes: an image declares more than "
-                    f"{MAX_PIXELS:,} pixels (a decompression bomb?); "
-                    f"refused before decoding")]):
+    with tf.control_dependencies([
+            tf.debugging.assert_less_equal(
+                pixels, tf.constant(MAX_PIXELS, tf.int64),
+                message=f"serve_bytes: an image declares more than "
+                        f"{MAX_PIXELS:,} pixels (a decompression bomb?); "
+                        f"refused before decoding"),
+            tf.debugging.Assert(tf.logical_not(misread_bmp(encoded)), [
+                f"serve_bytes: a BMP of other than {TF_BMP_BITS} bits per "
+                f"pixel (TensorFlow decodes palette BMPs to their indices); "
+                f"send it as PNG"])]):
         return resize_images(decode_image(encoded), size)
 
 
-def _in_pixel_range(images):
-    """`images`, once checked to be float pixels in [0, 255]: [0, 1]
-    inputs would give confident wrong answers, so a batch whose largest
-    value is in (0, 1] is refused (all-black images pass), and so is
-    anything outside [0, 255]."""
-    top, bottom = tf.reduce_max(images), tf.reduce_min(images)
+def _in_pixel_range(images, size):
+    """`images`, once checked to be [batch, size, size, 3] float pixels in
+    [0, 255]: [0, 1] inputs would give confident wrong answers, so an
+    image whose largest value is in (0, 1] is refused (all-black images
+    pass; one scaled image in a batch of others is caught too), and so is
+    anything outside [0, 255]. A loaded signature does not check its
+    input's height and width: a smaller image gave NaN scores."""
+    top = tf.reduce_max(images, axis=[1, 2, 3])  # per image
+    bottom = tf.reduce_min(images)
     with tf.control_dependencies([
+            tf.debugging.assert_equal(
+                tf.shape(images)[1:3], [size, size],
+                message=f"serve_float: images must be [batch, {size}, "
+                        f"{size}, 3] (serving_default and serve_bytes "
+                        f"resize; this one does not)"),
             tf.debugging.Assert(
-                tf.logical_and(bottom >= 0.0, top <= 255.0),
+                tf.logical_and(bottom >= 0.0, tf.reduce_all(top <= 255.0)),
                 ["serve_float: pixel values must lie in [0, 255]; "
-                 "received min and max", bottom, top]),
+                 "received min and max", bottom, tf.reduce_max(top)]),
             tf.debugging.Assert(
-                tf.logical_not(tf.logical_and(top > 0.0, top <= 1.0)),
-                ["serve_float: every value is in [0, 1]: scale images to "
-                 "[0, 255] (as uint8 images are); received max", top])]):
+                tf.logical_not(tf.reduce_any(
+                    tf.logical_and(top > 0.0, top <= 1.0))),
+                ["serve_float: every value of an image lies in [0, 1]: scale "
+                 "images to [0, 255] (as uint8 images are); per-image "
+                 "max", top])]):
         return tf.identity(images)
 
 
@@ -236,7 +259,7 @@ def _build_archive(model, class_names):
     @tf.function(input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
     def serve_float(images):
-        return outputs(_in_pixel_range(images), "serve_float")
+        return outputs(_in_pixel_range(images, size), "serve_float")
 
     return _Archive(model, {"serving_default": serve,
                             "serve_bytes": serve_bytes,

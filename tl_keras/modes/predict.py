@@ -40,11 +40,18 @@ def export_run(config):
             f"Invalid workdir {workdir!r}: no finished run (model.keras and "
             f"metrics.json). Allowed: the workdir of a completed run. "
             f"Received: workdir={workdir!r}")
+    target = config.export.export_dir or os.path.join(workdir, "export")
+    run, out = os.path.realpath(workdir), os.path.realpath(target)
+    if os.path.commonpath([run, out]) == out:  # --overwrite moved the run
+        raise InputError(
+            f"Invalid export_dir {target!r}: it is the workdir or a folder "
+            f"around it, which the export would replace. Allowed: a path "
+            f"outside the run, or inside it (default <workdir>/export). "
+            f"Received: export_dir={target!r}")
     metrics = io.read_json(metrics_path)
     # The approach the run trained (an 'auto' run's config.json says auto).
     approach = metrics["approach"]
     model = load_model_file(model_path, compile=False)
-    target = config.export.export_dir or os.path.join(workdir, "export")
     return export_saved_model(
         model, target, metrics["class_names"],
         manifest=export_manifest(approach, metrics),
@@ -113,7 +120,7 @@ def predict_files(config):
     batch = 64
     for start in range(0, len(good), batch):
         chunk = good[start:start + batch]
-        out = predictor.predict(chunk, batch_size=batch)
+        out = predictor.predict(chunk, batch_size=batch, check_files=False)
         for i, path in enumerate(chunk):
             order = out["scores"][i].argsort()[::-1][:k]
             top = [(predictor.class_names[j], float(out["scores"][i][j]))
@@ -151,7 +158,7 @@ def evaluate_export(config):
     predictor = load_exported(export_dir)
     data_dir, output = config.data.data_dir, config.export.output
     _check_output(config, (".json",))
-    files, class_names, _ = scan_folder(data_dir)
+    files, class_names, _ = scan_folder(data_dir, min_classes=1)
     if split_roots(data_dir)["train"] == data_dir:
         pairs = files["train"]  # class folders only: all of it is scored
         log.warning("Scoring every image in %s. If a run carved its splits "
@@ -184,7 +191,8 @@ def evaluate_export(config):
     index = {name: i for i, name in enumerate(predictor.class_names)}
     y_true = np.array([index[class_names[y]] for _, y in pairs])
     logits = np.concatenate([
-        predictor.predict([p for p, _ in pairs[i:i + 64]])["logits"]
+        predictor.predict([p for p, _ in pairs[i:i + 64]],
+                          check_files=False)["logits"]
         for i in range(0, len(pairs), 64)])
     metrics = {"export_dir": export_dir, "data_dir": data_dir,
                "bad_files": len(bad), **classification_metrics(
