@@ -276,3 +276,38 @@ def test_a_class_name_with_a_newline_is_an_error(folder):
               os.path.join(folder, "class\n1"))
     with pytest.raises(tl_keras.InputError, match="control characters"):
         scan_folder(folder)
+
+
+def test_a_png_cut_after_its_pixels_is_unreadable(folder):
+    # PIL decodes it; TensorFlow, which trains on it, does not ("Invalid
+    # PNG data" mid-training): the check uses TensorFlow's decoder.
+    from tl_keras.data.images import find_unreadable
+
+    good = os.path.join(folder, "class_0", "000.png")
+    cut = os.path.join(folder, "class_0", "cut.png")
+    with open(good, "rb") as f, open(cut, "wb") as out:
+        out.write(f.read()[:-20])
+    with Image.open(cut) as image:
+        image.load()  # PIL takes it
+    assert find_unreadable([good, cut]) == [cut]
+
+
+def test_a_test_split_that_rounds_to_nothing_is_an_error(folder):
+    # 6 images a class x 0.04 rounds to 0: the run would have reported
+    # the validation accuracy as its test result. (Validation keeps at
+    # least one image of a class of 3 or more.)
+    config = tl_keras.Config(data_dir=folder, workdir="unused",
+                             augment="none", test_split=0.04)
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid test_split: it leaves no images"):
+        tl_keras.make_datasets(config, 32)
+
+
+def test_a_class_a_carved_split_misses_is_said(tmp_path, caplog):
+    root = write_image_folder(str(tmp_path / "few"), num_classes=2,
+                              per_class=8, formats=("png",))
+    for name in sorted(os.listdir(os.path.join(root, "class_1")))[2:]:
+        os.remove(os.path.join(root, "class_1", name))
+    data = _data(root)
+    assert data.class_counts["test"]["class_1"] == 0
+    assert "test split has no images of 1 class(es): class_1" in caplog.text

@@ -297,3 +297,40 @@ def test_a_live_run_locks_its_workdir(tiny_config):
     metrics = tl_keras.train(tiny_config.replace(epochs=1,
                                                  finetune_epochs=1))
     assert metrics["complete"] and not os.path.exists(lock)
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(unfreeze="10"), "unfreeze"),  # compact_cnn has 4 blocks
+    # 4 blocks one epoch apart: the last would open after the 3rd epoch.
+    (dict(gradual_unfreeze=1, finetune_epochs=3), "gradual_unfreeze"),
+])
+def test_stage_errors_come_before_anything_is_written(tmp_path, tiny_config,
+                                                      changes, field):
+    # These need the base's blocks; they used to be found after the
+    # workdir was claimed (the corrected command was then refused as
+    # "other settings"), and compare found them after training scratch
+    # and transfer.
+    config = tiny_config.replace(approach="finetune",
+                                 workdir=str(tmp_path / "w"), **changes)
+    for entry in (tl_keras.train, tl_keras.compare):
+        with pytest.raises(tl_keras.InputError, match=f"Invalid {field}"):
+            entry(config)
+        assert not os.path.exists(config.runtime.workdir), entry.__name__
+
+
+def test_replica_batch_check():
+    from types import SimpleNamespace
+
+    from tl_keras.training.stages import check_replica_batch
+
+    config = tl_keras.Config(batch_size=16)
+    data = SimpleNamespace(counts={"train": 12})
+    check_replica_batch(config, data, SimpleNamespace(replicas=1))
+    with pytest.raises(tl_keras.InputError, match="Invalid batch_size: with "
+                                                  "2 replicas"):
+        check_replica_batch(config, data, SimpleNamespace(replicas=2))
+    # The schedule counts the steps run: full batches only with replicas.
+    from tl_keras.models.recipe import steps_per_epoch
+
+    assert steps_per_epoch(12, 8) == 2
+    assert steps_per_epoch(12, 8, full_only=True) == 1

@@ -394,7 +394,7 @@ def test_bad_files_are_named_counted_and_skipped(tmp_path, tiny_config,
                                       num_classes=3)),
      "train/ lacks: class_2"),
     (lambda root: write_image_folder(root, num_classes=2, per_class=1),
-     "leaves no validation images"),
+     "Invalid validation_split: it leaves no images"),
 ])
 def test_bad_folders_get_one_clear_error(tmp_path, tiny_config, make,
                                          fragment):

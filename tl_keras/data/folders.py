@@ -237,8 +237,7 @@ def check_classes_have_images(pairs, class_names, data_dir):
 def check_given_splits(files, class_names, data_dir):
     """After unreadable files are left out: every class still has
     training images, and a val/ or test/ folder still has images (else
-    the run would validate or test on nothing); a class missing from
-    one of them is logged (its accuracy there leaves the class out)."""
+    the run would validate or test on nothing)."""
     check_classes_have_images(files["train"], class_names, data_dir)
     for split in ("val", "test"):
         if split in files and not files[split]:
@@ -247,22 +246,30 @@ def check_given_splits(files, class_names, data_dir):
                 f"readable image. Allowed: a {split} folder of class folders "
                 f"with images, or none (the split is then carved from the "
                 f"training images). Received: data_dir={data_dir!r}")
+
+
+def _warn_missing_classes(files, class_names):
+    """Logs each class the val or test split (given or carved) has no
+    image of: its accuracy there leaves the class out."""
+    for split in ("val", "test"):
         present = {y for _, y in files.get(split, ())}
         missing = [n for i, n in enumerate(class_names) if i not in present]
-        if split in files and missing:
+        if files.get(split) and missing:
             log.warning("The %s split has no images of %d class(es): %s.",
                         split, len(missing), ", ".join(missing[:10]))
 
 
 def carve_missing_splits(files, config, class_names):
     """Carves the splits `files` has no entry for from files['train'] (see
-    `split_files`), with `config`'s fractions (a DataConfig)."""
-    if "val" in files and "test" in files:
-        return files
-    return split_files(
-        files, config.validation_split if "val" not in files else 0.0,
-        config.test_split if "test" not in files else 0.0, config.seed,
-        class_names)
+    `split_files`), with `config`'s fractions (a DataConfig); logs each
+    class the val or test split then lacks."""
+    if not ("val" in files and "test" in files):
+        files = split_files(
+            files, config.validation_split if "val" not in files else 0.0,
+            config.test_split if "test" not in files else 0.0, config.seed,
+            class_names)
+    _warn_missing_classes(files, class_names)
+    return files
 
 
 def split_files(files, val_fraction, test_fraction, seed, class_names):
@@ -293,11 +300,15 @@ def split_files(files, val_fraction, test_fraction, seed, class_names):
         out["val"] = val
     if test_fraction or "test" not in out:
         out["test"] = test
-    if val_fraction and not val:
-        raise InputError(
-            "Invalid validation_split: it leaves no validation images. "
-            f"Allowed: a larger fraction or a val/ folder. Received: "
-            f"validation_split={val_fraction}")
+    for name, fraction, held in (("validation_split", val_fraction, val),
+                                 ("test_split", test_fraction, test)):
+        if fraction and not held:  # test: validation would be reported
+            raise InputError(
+                f"Invalid {name}: it leaves no images (it rounds to 0 of "
+                f"every class). Allowed: a larger fraction, a "
+                f"{'val' if name[0] == 'v' else 'test'}/ folder"
+                f"{', or 0' if name[0] == 't' else ''}. Received: "
+                f"{name}={fraction}")
     return out
 
 

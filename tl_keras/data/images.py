@@ -122,6 +122,13 @@ def _is_readable(path):
                 if int.from_bytes(header[28:30], "little") not in (
                         TF_BMP_BITS):
                     return False
+            if image.format == "PNG":
+                # PIL decodes a PNG cut short after its pixels or with a bad
+                # CRC, which TensorFlow then refuses mid-training: check
+                # with the decoder training uses instead.
+                with open(path, "rb") as f:
+                    decode_image(f.read())
+                return True
             image.draft("RGB", (64, 64))
             image.load()
         return True

@@ -10,7 +10,7 @@ import math
 import keras
 
 from tl_keras.errors import fail
-from tl_keras.models.classifier import configure_stage
+from tl_keras.models.classifier import check_unfreeze, configure_stage
 from tl_keras.models.optimizers import (
     LabelAccuracy,
     ScaledAdam,
@@ -25,8 +25,11 @@ log = logging.getLogger("tl_keras")
 NO_DECAY = ("bias", "gamma", "beta")
 
 
-def steps_per_epoch(num_train, batch_size):
-    """Optimizer steps in one epoch over `num_train` images."""
+def steps_per_epoch(num_train, batch_size, full_only=False):
+    """Optimizer steps in one epoch over `num_train` images (`full_only`:
+    the last partial batch is dropped, as with several replicas)."""
+    if full_only:
+        return max(1, num_train // batch_size)
     return max(1, math.ceil(num_train / batch_size))
 
 
@@ -118,14 +121,17 @@ def _gradual_allowed(blocks, epochs):
             "blocks with --unfreeze")
 
 
-def check_gradual_unfreeze(model, blocks, training):
-    """Raises `unfreeze_epochs`'s errors before any stage trains (the
-    fine-tune stage's blocks are set trainable for the check; every stage
-    sets its own)."""
+def check_finetune_blocks(model, blocks, training):
+    """Raises --unfreeze's and --gradual_unfreeze's (`unfreeze_epochs`)
+    errors for the base's blocks before anything trains or is written
+    (the fine-tune stage's blocks are set trainable for the check, then
+    frozen again as the head stage has them; every stage sets its own)."""
+    check_unfreeze(training.unfreeze_blocks(), blocks)
     if training.gradual_unfreeze:
         configure_stage(model, "finetune", blocks, training.unfreeze_blocks())
         unfreeze_epochs(blocks, training.gradual_unfreeze,
                         training.finetune_epochs)
+        configure_stage(model, "head", blocks)
 
 
 class GradualUnfreeze(keras.callbacks.Callback):

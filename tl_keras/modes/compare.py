@@ -29,6 +29,7 @@ from tl_keras.advisor.advise import advise_run, classifier_and_data
 from tl_keras.config import FINETUNE_ONLY
 from tl_keras.errors import InputError
 from tl_keras.export.saved_model import is_export
+from tl_keras.models import recipe
 from tl_keras.modes.compare_report import (
     format_report,
     format_table,
@@ -183,6 +184,8 @@ def _advise_first(config, data, conflict=None):
     runs the advisor, writes decision.json; returns (data, decision,
     seconds it took)."""
     model, data, blocks = classifier_and_data(config, data)
+    # The fine-tune run's --unfreeze / --gradual_unfreeze, before any run.
+    recipe.check_finetune_blocks(model, blocks, config.training)
     workdir = config.runtime.workdir
     if conflict:
         log.warning("Moved the previous contents of %s to %s (%s)",

@@ -283,8 +283,9 @@ def _compile(model, stage, data, config, place, blocks=None):
         else ({}, []))
     optimizer = recipe.make_optimizer(
         training, stage.learning_rate, stage.epochs,
-        recipe.steps_per_epoch(data.counts["train"],
-                               config.data.batch_size), multipliers, gates)
+        recipe.steps_per_epoch(data.counts["train"], config.data.batch_size,
+                               full_only=place.replicas > 1),
+        multipliers, gates)
     compile_for_stage(model, stage.learning_rate, place.jit_compile,
                       optimizer=optimizer, **recipe.loss_and_metric(config))
     return ([recipe.GradualUnfreeze(names, training.gradual_unfreeze)]
@@ -330,12 +331,19 @@ def _fit_inputs(model, stage, data, config, place, plan, evaluation=None):
         log.info("Training the head on cached features (%.1f s to "
                  "extract)", seconds)
     if place.replicas > 1:
-        n = data.counts["train"]
-        if n < config.data.batch_size:
-            raise InputError(
-                f"Invalid batch_size: with {place.replicas} replicas every "
-                f"batch must be full, and the training set has only {n} "
-                f"images. Allowed: at most {n}. Received: "
-                f"batch_size={config.data.batch_size}")
-        train_ds = full_batches(train_ds, config.data.batch_size, n)
+        check_replica_batch(config, data, place)
+        train_ds = full_batches(train_ds, config.data.batch_size,
+                                data.counts["train"])
     return fit_model, train_ds, val_ds, seconds
+
+
+def check_replica_batch(config, data, place):
+    """With several replicas every batch must be full (the last partial
+    one is dropped): the training set must hold at least one."""
+    n = data.counts["train"]
+    if place.replicas > 1 and n < config.data.batch_size:
+        raise InputError(
+            f"Invalid batch_size: with {place.replicas} replicas every "
+            f"batch must be full, and the training set has only {n} "
+            f"images. Allowed: at most {n}. Received: "
+            f"batch_size={config.data.batch_size}")

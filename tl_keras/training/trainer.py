@@ -29,11 +29,15 @@ from tl_keras.models.backbones import (
     load_model_file,
     reinitialized,
 )
-from tl_keras.models.classifier import build_classifier, check_unfreeze
+from tl_keras.models.classifier import build_classifier
 from tl_keras.models.hub import is_hub
 from tl_keras.training.checkpoints import save_model
 from tl_keras.training.metrics import evaluate, export_manifest
-from tl_keras.training.stages import plan_stages, run_stage
+from tl_keras.training.stages import (
+    check_replica_batch,
+    plan_stages,
+    run_stage,
+)
 from tl_keras.training.workdir import (
     check_same_data,
     claim_workdir,
@@ -89,16 +93,20 @@ def _train(config, data, place, callbacks):
     data = data_for_run(config, backbone.image_size, data)
     if not conflict:  # resuming: the same images, or a clear error
         check_same_data(workdir, data, config.data.data_dir)
+    check_replica_batch(config, data, place)
+    auto = config.training.approach == "auto"
+    if not auto:  # the stages' own checks, before anything is written
+        config, backbone, model, decision = _checked_approach(
+            config, backbone, data, place)
     # Only now, with the config, backbone and data known to be good, is
-    # anything written (a failed first try leaves no workdir behind).
+    # anything written (a failed first try leaves no workdir behind; an
+    # auto run's decision is checked once the advisor has written it).
     claim_workdir(config, conflict, run_id)
     record_data(workdir, data)
-    config, backbone, model, decision = _choose_approach(
-        config, backbone, data, place)
+    if auto:
+        config, backbone, model, decision = _checked_approach(
+            config, backbone, data, place)
     blocks = backbone.blocks()
-    if config.training.approach == "finetune":
-        check_unfreeze(config.training.unfreeze_blocks(), blocks)
-        recipe.check_gradual_unfreeze(model, blocks, config.training)
     stages, evaluation = {}, {}
     for i, stage in enumerate(plan_stages(config.training), start=1):
         log.info("Stage %d: %s", i, stage.name)
@@ -116,6 +124,17 @@ def _train(config, data, place, callbacks):
         return metrics
     return _finish(config, model, backbone, data, place, stages, decision,
                    evaluation.pop("features", None))
+
+
+def _checked_approach(config, backbone, data, place):
+    """`_choose_approach`, then a fine-tune's --unfreeze and
+    --gradual_unfreeze checked against the base's blocks."""
+    config, backbone, model, decision = _choose_approach(
+        config, backbone, data, place)
+    if config.training.approach == "finetune":
+        recipe.check_finetune_blocks(model, backbone.blocks(),
+                                     config.training)
+    return config, backbone, model, decision
 
 
 def _choose_approach(config, backbone, data, place):
