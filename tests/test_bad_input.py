@@ -134,6 +134,59 @@ def test_arrays_with_nan_or_inf_are_an_error():
         tl_keras.from_arrays(x, np.arange(10) % 2, None, 32)
 
 
+_X = np.full((10, 8, 8, 3), 100, np.uint8)
+_Y = np.arange(10) % 2
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(x=_X[:0], y=_Y[:0]), "Invalid x. Allowed: a non-empty"),
+    (dict(x=[np.zeros((8, 8, 3)), np.zeros((4, 4, 3))], y=[0, 1]),
+     "ragged"),
+    (dict(y_val=_Y), "Invalid x_val, y_val. Allowed: both or neither"),
+    (dict(x_test=_X), "Invalid x_test, y_test"),
+    (dict(class_names=["cat", "cat"]), "Invalid class_names.*distinct"),
+    (dict(class_names=["cat\ndog", "bird"]), "Invalid class_names"),
+    (dict(class_names="ab"), "Invalid class_names"),
+    (dict(class_names=["a", "b", "c"]),  # no image of c
+     "Invalid y. Allowed: at least one training image of every class"),
+    (dict(y=np.where(_Y == 1, 2**32 + 1, 0)), "labels in \\[0, 2\\*\\*31\\)"),
+    (dict(y=_Y * 10**6), "Invalid y. Allowed: labels below 100,000"),
+    (dict(image_size=0), "Invalid image_size"),
+    (dict(config=tl_keras.DataConfig(validation_split=0.0)),
+     "Invalid validation_split"),
+])
+def test_bad_arrays_get_a_clear_error(kwargs, fragment):
+    args = {"x": _X, "y": _Y, "config": None, "image_size": 16, **kwargs}
+    with pytest.raises(tl_keras.InputError, match=fragment):
+        tl_keras.from_arrays(**args)
+
+
+def test_a_resumed_run_on_other_arrays_is_refused(tmp_path):
+    # Folders are checked by path, size and time; arrays by a digest.
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    config = tl_keras.Config(workdir=str(tmp_path / "run"),
+                             backbone="compact_cnn", weights="none",
+                             image_size=16, approach="scratch", epochs=3,
+                             batch_size=4, augment="none")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 16, 16, 3), np.uint8)
+    y = np.arange(20) % 2
+    with pytest.raises(KeyboardInterrupt):
+        tl_keras.train(config, data=tl_keras.from_arrays(x, y, config, 16),
+                       callbacks=[Interrupt()])
+    other = x.copy()
+    other[0, 0, 0, 0] ^= 1
+    with pytest.raises(tl_keras.InputError,
+                       match="the arrays differ from those the run"):
+        tl_keras.train(config, data=tl_keras.from_arrays(other, y, config,
+                                                         16))
+
+
 def _split_folder(tmp_path, val_files):
     """train/ with two classes of readable images, and val/ holding
     `val_files` {class: [bytes of each file]}."""

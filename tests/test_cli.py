@@ -137,6 +137,10 @@ def test_arrays_run_through_the_api(tmp_path, tiny_config):
     (dict(augment="flip"), dict(augment="flip,cutmix"), "augment"),
     (dict(batch_size=4), dict(batch_size=8), "batch_size"),
     (dict(image_size=24), dict(), "image_size"),
+    # Baked into the data: config.json would record what did not run.
+    (dict(augment="none"), dict(augment="flip"), "augment"),
+    (dict(validation_split=0.3), dict(), "validation_split"),
+    (dict(seed=7), dict(), "seed"),
 ])
 def test_data_built_for_another_config_is_refused(tmp_path, tiny_config,
                                                   built_with, trained_with,

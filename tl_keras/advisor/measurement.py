@@ -18,7 +18,7 @@ import numpy as np
 from tl_keras import inference
 from tl_keras.advisor.head_run import head_accuracy
 from tl_keras.advisor.scores import score_features
-from tl_keras.data.pipelines import sample_training_set
+from tl_keras.data.sampling import sample_training_set
 from tl_keras.errors import InputError
 from tl_keras.models.backbones import block_map, block_output, list_blocks
 

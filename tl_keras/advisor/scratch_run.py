@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from tl_keras.data.augment import augment
-from tl_keras.data.pipelines import sample_training_set
+from tl_keras.data.sampling import sample_training_set
 from tl_keras.models import recipe
 from tl_keras.models.backbones import BuiltBackbone
 from tl_keras.models.classifier import (

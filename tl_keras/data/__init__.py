@@ -10,8 +10,8 @@ from tl_keras.data.pipelines import (
     from_arrays,
     full_batches,
     make_datasets,
-    sample_training_set,
 )
+from tl_keras.data.sampling import sample_training_set
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -1,9 +1,73 @@
 """In-memory arrays as a data source: checked, and split per class."""
 
+import hashlib
+
 import numpy as np
 
 from tl_keras.data.folders import carve_missing_splits
-from tl_keras.errors import InputError
+from tl_keras.errors import InputError, fail
+
+# The most classes a label array may imply (labels go up to this - 1).
+MAX_CLASSES = 100_000
+
+
+def checked_arrays(x, y, splits, class_names):
+    """The arrays `from_arrays` was given, checked: {'train': (x, y), and
+    'val' / 'test' where given (`splits`: {name: (x, y)}, both or
+    neither)}, and the class names (given, or '0', '1', ...).
+
+    Raises:
+      InputError: an image array and its labels not given together, empty
+        or ragged arrays, labels beyond the class names, or class names
+        that are not distinct printable strings.
+    """
+    arrays = {"train": check_arrays(x, y, "x", "y")}
+    for name, (xs, ys) in splits.items():
+        if (xs is None) != (ys is None):
+            fail(f"x_{name}, y_{name}", "both or neither",
+                 "only x_" + name if ys is None else "only y_" + name)
+        if xs is not None:
+            arrays[name] = check_arrays(xs, ys, f"x_{name}", f"y_{name}")
+    top = max(int(a[1].max()) for a in arrays.values() if len(a[1]))
+    if class_names is None:
+        if top >= MAX_CLASSES:
+            fail("y", f"labels below {MAX_CLASSES:,}", top)
+        class_names = [str(i) for i in range(top + 1)]
+    if isinstance(class_names, str) or not all(
+            isinstance(n, str) and n.isprintable() and n
+            for n in class_names) or len(set(class_names)) < len(
+            class_names):
+        fail("class_names", "a list of distinct, non-empty printable "
+             "strings (one line each in the export's labels.txt)",
+             class_names)
+    class_names = list(class_names)
+    if len(class_names) < max(top + 1, 2):
+        fail("class_names", f"at least {max(top + 1, 2)} names (labels go "
+             f"up to {top}; a classifier needs 2 classes)",
+             f"{len(class_names)} names")
+    return arrays, class_names
+
+
+def check_trained_classes(arrays, class_names):
+    """Every class has images in the training arrays (else nothing learns
+    it; checked before carving, which would blame the split fractions)."""
+    counts = np.bincount(arrays["train"][1], minlength=len(class_names))
+    empty = [n for n, c in zip(class_names, counts, strict=True) if not c]
+    if empty:
+        fail("y", "at least one training image of every class",
+             f"none of {', '.join(empty[:10])}")
+
+
+def fingerprint(arrays):
+    """A digest of the arrays' images and labels, split by split: what a
+    resumed run given arrays is checked against (a folder's files are
+    checked by path, size and time instead)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        for array in arrays[name]:
+            digest.update(name.encode() + str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
 
 def carve_arrays(arrays, config, class_names):
@@ -26,8 +90,15 @@ def carve_arrays(arrays, config, class_names):
 
 
 def check_arrays(x, y, x_name, y_name):
-    x = np.asarray(x)
-    y = np.asarray(y)
+    try:
+        x, y = np.asarray(x), np.asarray(y)
+    except (TypeError, ValueError) as e:  # ragged lists
+        raise InputError(f"Invalid {x_name} / {y_name}: {e}. Allowed: "
+                         f"arrays of one shape. Received: ragged input"
+                         ) from None
+    if x.dtype == object or not len(x):
+        fail(x_name, "a non-empty numeric array",
+             f"dtype {x.dtype}, {len(x)} images")
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
         raise InputError(
             f"Invalid {x_name}. Allowed: images shaped (n, height, width, "
@@ -36,9 +107,9 @@ def check_arrays(x, y, x_name, y_name):
         raise InputError(
             f"Invalid {y_name}. Allowed: integer labels shaped ({len(x)},). "
             f"Received: {y_name}.shape={y.shape}, dtype={y.dtype}")
-    if y.min() < 0:
-        raise InputError(f"Invalid {y_name}. Allowed: labels >= 0. "
-                         f"Received: min {y_name}={y.min()}")
+    if y.min() < 0 or y.max() >= 2**31:  # int32 labels: no wrap-around
+        raise InputError(f"Invalid {y_name}. Allowed: labels in [0, 2**31)."
+                         f" Received: [{y.min()}, {y.max()}]")
     if x.dtype != np.uint8:
         finite = np.isfinite(x)
         if not finite.all():
@@ -70,8 +141,11 @@ def check_given_data(data, config, image_size):
     form the loss is chosen for (class indices, or per-class weights with
     mixup / cutmix). Raises InputError naming the config field that
     disagrees; sizes an `ImageData` built by hand does not record are not
-    checked."""
+    checked. The data's own `DataConfig` (when it records one) must agree
+    on the splits, seed and augmentation: they are baked into the data,
+    and config.json would otherwise record settings the run did not use."""
     data_config = config.data
+    _check_built_with(data.data_config, data_config)
     built = data.image_size or data.val.element_spec[0].shape[1]
     if built is not None and built != image_size:
         raise InputError(
@@ -90,3 +164,18 @@ def check_given_data(data, config, image_size):
             f"with ({'mixup or cutmix' if mixed else 'none'}: its training "
             f"labels are {'per-class weights' if mixed else 'class indices'}"
             f"). Received: augment={data_config.augment!r}")
+
+
+def _check_built_with(built_with, data_config):
+    """Raises InputError for the first data field the data was built with
+    that `data_config` gives otherwise (None: nothing recorded)."""
+    if built_with is None:
+        return
+    for name in ("augment", "validation_split", "test_split", "seed"):
+        then, now = getattr(built_with, name), getattr(data_config, name)
+        if name == "augment":
+            then, now = built_with.augmentations(), data_config.augmentations()
+        if then != now:
+            fail(name, f"{getattr(built_with, name)!r}, what the data passed "
+                 f"in was built with (build it with this config)",
+                 getattr(data_config, name))

@@ -16,7 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.config import DataConfig
-from tl_keras.data.arrays import carve_arrays, check_arrays, check_given_data
+from tl_keras.config.fields import check_types
+from tl_keras.data.arrays import (
+    carve_arrays,
+    check_given_data,
+    check_trained_classes,
+    checked_arrays,
+    fingerprint,
+)
 from tl_keras.data.augment import augment
 from tl_keras.data.folders import (
     carve_missing_splits,
@@ -25,7 +32,7 @@ from tl_keras.data.folders import (
     scan_folder,
 )
 from tl_keras.data.images import decode_image, find_unreadable, resize_images
-from tl_keras.errors import InputError
+from tl_keras.errors import check_range
 
 log = logging.getLogger("tl_keras")
 
@@ -58,9 +65,11 @@ class ImageData:
         its `callback()` so each epoch's order depends only on
         (seed, stage, epoch), and a resumed run sees the same order as an
         uninterrupted one.
-      image_size, batch_size: what the pipelines were built at (None for
-        an `ImageData` built by hand); `train` checks them against its
-        config.
+      image_size, batch_size, data_config: what the pipelines were built
+        at and with (None for an `ImageData` built by hand); `train`
+        checks them against its config.
+      fingerprint: for arrays, a digest of the images and labels given
+        (a resumed run is checked against it).
     """
 
     train: tf.data.Dataset
@@ -77,6 +86,8 @@ class ImageData:
     shuffle: "EpochShuffle | None" = None
     image_size: int | None = None
     batch_size: int | None = None
+    data_config: DataConfig | None = None
+    fingerprint: str = ""
 
 
 class EpochShuffle:
@@ -185,7 +196,7 @@ def make_datasets(config, image_size):
     total = sum(len(v) for v in files.values())
     cache = total * image_size * image_size * 3 <= (
         config.cache_budget_mb * 2**20)
-    sources = {split: _file_source(pairs, image_size) if pairs else None
+    sources = {split: file_source(pairs, image_size) if pairs else None
                for split, pairs in files.items()}
     shuffle = EpochShuffle(config.seed)
     datasets = {
@@ -205,7 +216,7 @@ def make_datasets(config, image_size):
         train_ordered=_pipeline(sources["train"], len(files["train"]),
                                 config, training=False, cache=False),
         shuffle=shuffle, image_size=image_size,
-        batch_size=config.batch_size)
+        batch_size=config.batch_size, data_config=config)
     log.info("Data: %d classes; %s images; %s in memory", len(class_names),
              " / ".join(f"{k} {v}" for k, v in data.counts.items()),
              "cached" if cache else "not cached")
@@ -231,17 +242,13 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
       ValueError: bad shapes, labels or value range.
     """
     config = data_section(config)
-    arrays = {"train": check_arrays(x, y, "x", "y")}
-    if x_val is not None:
-        arrays["val"] = check_arrays(x_val, y_val, "x_val", "y_val")
-    if x_test is not None:
-        arrays["test"] = check_arrays(x_test, y_test, "x_test", "y_test")
-    num_classes = int(max(a[1].max() for a in arrays.values())) + 1
-    class_names = list(class_names or [str(i) for i in range(num_classes)])
-    if len(class_names) < max(num_classes, 2):
-        raise InputError(
-            f"Invalid class_names: labels go up to {num_classes - 1} and at "
-            f"least 2 classes are needed. Received: {len(class_names)} names")
+    check_types(config)
+    config.validate()
+    check_range("image_size", image_size, 1, 4096)
+    arrays, class_names = checked_arrays(
+        x, y, {"val": (x_val, y_val), "test": (x_test, y_test)}, class_names)
+    check_trained_classes(arrays, class_names)
+    given = fingerprint(arrays)
     arrays = carve_arrays(arrays, config, class_names)
     order = _mixed(len(arrays["train"][1]), config.seed)
     arrays["train"] = tuple(a[order] for a in arrays["train"])
@@ -261,14 +268,14 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
         counts={k: len(v[1]) for k, v in arrays.items()},
         class_counts={k: {name: int((v[1] == i).sum()) for i, name in
                           enumerate(class_names)} for k, v in arrays.items()},
-        cached=True,
+        cached=True, fingerprint=given, data_config=config,
         train_ordered=_pipeline(sources["train"], len(arrays["train"][1]),
                                 config, training=False, cache=False),
         shuffle=shuffle, image_size=image_size,
         batch_size=config.batch_size)
 
 
-def _file_source(pairs, image_size):
+def file_source(pairs, image_size):
     paths = [p for p, _ in pairs]
     labels = np.array([y for _, y in pairs], dtype=np.int32)
 
@@ -291,43 +298,6 @@ def data_for_run(config, image_size, data=None):
         return make_datasets(config.data, image_size)
     check_given_data(data, config, image_size)
     return data
-
-
-# The training images the head's feature statistics come from, at most:
-# a mean and a variance per channel, whose standard errors at 2,000
-# images are about 2% and 3% of the channel's spread.
-STATISTICS_SAMPLE = 2000
-
-
-def sample_indices(total, n, seed):
-    """The indices (sorted) of a seeded random sample of at most n of
-    `total` training images: the one `sample_training_set` reads."""
-    return np.sort(np.random.default_rng(seed).permutation(total)[:n])
-
-
-def sample_training_set(data, n, seed):
-    """A random sample of at most n training images, unshuffled and not
-    augmented (for measuring features).
-
-    Returns:
-      (batched dataset of (float32 images, int32 labels), sample size).
-    """
-    total = data.counts["train"]
-    keep = sample_indices(total, n, seed)
-    if len(keep) == total:
-        return data.train_ordered, total
-    if data.files and data.image_size:
-        pairs = [data.files["train"][i] for i in keep]
-        ds = _file_source(pairs, data.image_size)
-    else:  # arrays: skip the others in the ordered pipeline
-        mask = np.zeros(total, bool)
-        mask[keep] = True
-        table = tf.constant(mask)
-        ds = data.train_ordered.unbatch().enumerate().filter(
-            lambda i, xy: table[i]).map(lambda i, xy: xy)
-    ds = ds.batch(data.batch_size or 32).map(
-        lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE), len(keep)
 
 
 def full_batches(ds, batch_size, n):

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from tl_keras import inference, io
 from tl_keras.data.augment import build_augmenter
-from tl_keras.data.pipelines import STATISTICS_SAMPLE, sample_indices
+from tl_keras.data.sampling import STATISTICS_SAMPLE, sample_indices
 from tl_keras.errors import InputError
 from tl_keras.models.classifier import standardize_head
 

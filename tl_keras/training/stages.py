@@ -17,11 +17,8 @@ import keras
 
 from tl_keras import inference, io
 from tl_keras.data.augment import seed_states
-from tl_keras.data.pipelines import (
-    STATISTICS_SAMPLE,
-    full_batches,
-    sample_training_set,
-)
+from tl_keras.data.pipelines import full_batches
+from tl_keras.data.sampling import STATISTICS_SAMPLE, sample_training_set
 from tl_keras.errors import InputError
 from tl_keras.models import recipe
 from tl_keras.models.classifier import (

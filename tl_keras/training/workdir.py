@@ -257,7 +257,8 @@ def record_data(workdir, data):
     io.write_json(os.path.join(workdir, "split.json"), files)
     io.write_json(os.path.join(workdir, "data.json"), {
         "stats": {split: [_stat(path) for path, _ in pairs]
-                  for split, pairs in files.items()}})
+                  for split, pairs in files.items()},
+        **({"arrays": data.fingerprint} if data.fingerprint else {})})
 
 
 def check_same_data(workdir, data, data_dir):
@@ -266,10 +267,13 @@ def check_same_data(workdir, data, data_dir):
     or label, or modified): a resumed run would train on other data, and
     images it trained on could land in the test split.
 
-    Nothing to check for a new workdir, data given as arrays, or a run
-    from before tl_keras 0.2 (no data.json: only split.json is compared).
+    Data given as arrays is checked by its digest (`fingerprint`). Nothing
+    to check for a new workdir, or a run from before tl_keras 0.2 (no
+    data.json: only split.json is compared).
     """
     split_path = os.path.join(workdir, "split.json")
+    if data.fingerprint:
+        _check_same_arrays(workdir, data)
     if not data.files or not os.path.isfile(split_path):
         return
     stored = {split: [tuple(pair) for pair in pairs]
@@ -296,6 +300,19 @@ def check_same_data(workdir, data, data_dir):
             f"run in {workdir} started: {summary}. Allowed: the same images "
             f"to resume, or a new --workdir (or --overwrite) to start over. "
             f"Received: data_dir={data_dir!r}")
+
+
+def _check_same_arrays(workdir, data):
+    """Raises InputError when arrays differ from those the run started
+    with (a run whose data.json has no digest is not checked)."""
+    path = os.path.join(workdir, "data.json")
+    stored = io.read_json(path).get("arrays") if os.path.isfile(path) else None
+    if stored and stored != data.fingerprint:
+        raise InputError(
+            f"Invalid data: the arrays differ from those the run in "
+            f"{workdir} started with (their images or labels digest). "
+            f"Allowed: the same arrays to resume, or a new workdir (or "
+            f"overwrite) to start over. Received: other arrays")
 
 
 def _modified(workdir, stored):
