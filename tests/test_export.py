@@ -582,3 +582,22 @@ def test_evaluate_scores_a_folder_of_one_of_its_classes(run, image_folder,
     metrics = predict.evaluate_export(config.replace(mode="evaluate",
                                                      data_dir=str(one)))
     assert metrics["num_test"] == 12
+
+
+def test_reexport_waits_for_no_live_run(run, tmp_path):
+    # A run resumed in the workdir meanwhile would rewrite model.keras.
+    import socket
+
+    config, _, _ = run
+    lock = config.runtime.workdir + ".lock"
+    with open(lock, "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "since": "earlier"}, f)
+    try:
+        with pytest.raises(tl_keras.InputError,
+                           match="another tl_keras run uses it"):
+            predict.export_run(config.replace(
+                mode="export", export_dir=str(tmp_path / "locked")))
+    finally:
+        os.remove(lock)
+    assert not os.path.exists(tmp_path / "locked")

@@ -21,6 +21,7 @@ from tl_keras.export.predictor import load_exported
 from tl_keras.export.saved_model import export_saved_model
 from tl_keras.models.backbones import load_model_file
 from tl_keras.training.metrics import classification_metrics, export_manifest
+from tl_keras.training.workdir import workdir_lock
 
 log = logging.getLogger("tl_keras")
 
@@ -51,12 +52,14 @@ def export_run(config):
     metrics = io.read_json(metrics_path)
     # The approach the run trained (an 'auto' run's config.json says auto).
     approach = metrics["approach"]
-    model = load_model_file(model_path, compile=False)
-    return export_saved_model(
-        model, target, metrics["class_names"],
-        manifest=export_manifest(approach, metrics),
-        overwrite=config.runtime.overwrite,
-        tflite=config.export.export_tflite)
+    # The run's lock: a run resumed meanwhile would rewrite model.keras.
+    with workdir_lock(workdir):
+        model = load_model_file(model_path, compile=False)
+        return export_saved_model(
+            model, target, metrics["class_names"],
+            manifest=export_manifest(approach, metrics),
+            overwrite=config.runtime.overwrite,
+            tflite=config.export.export_tflite)
 
 
 def expand_inputs(spec):
