@@ -247,6 +247,8 @@ def test_a_workdir_that_is_a_file_is_refused(folder, tmp_path):
     with pytest.raises(tl_keras.InputError, match="it is a file"):
         tl_keras.train(config)
     with pytest.raises(tl_keras.InputError, match="it is a file"):
+        tl_keras.train(config.replace(workdir=str(path) + os.sep))
+    with pytest.raises(tl_keras.InputError, match="it is a file"):
         tl_keras.advise(config.replace(mode="advise"))
     assert path.read_text() == "kept"
 

@@ -307,6 +307,7 @@ def test_a_live_run_locks_its_workdir(tiny_config):
     (dict(unfreeze="10"), "unfreeze"),  # compact_cnn has 4 blocks
     # 4 blocks one epoch apart: the last would open after the 3rd epoch.
     (dict(gradual_unfreeze=1, finetune_epochs=3), "gradual_unfreeze"),
+    (dict(approach="auto", unfreeze="10"), "unfreeze"),
 ])
 def test_stage_errors_come_before_anything_is_written(tmp_path, tiny_config,
                                                       changes, field):
@@ -314,8 +315,9 @@ def test_stage_errors_come_before_anything_is_written(tmp_path, tiny_config,
     # workdir was claimed (the corrected command was then refused as
     # "other settings"), and compare found them after training scratch
     # and transfer.
-    config = tiny_config.replace(approach="finetune",
-                                 workdir=str(tmp_path / "w"), **changes)
+    config = tiny_config.replace(**{"approach": "finetune",
+                                    "workdir": str(tmp_path / "w"),
+                                    **changes})
     for entry in (tl_keras.train, tl_keras.compare):
         with pytest.raises(tl_keras.InputError, match=f"Invalid {field}"):
             entry(config)

@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import os
 
+import numpy as np
 import pytest
 from absl import flags
 from conftest import REPO
@@ -192,3 +193,26 @@ def test_a_value_of_the_wrong_type_is_an_error(field, value, kind):
     # An int where a float goes is taken; so is an int of views.
     tl_keras.Config(workdir="w", learning_rate=1e-3, dropout=0,
                     feature_cache_views=2).validate(require_data_dir=False)
+
+
+def test_numpy_numbers_are_taken():
+    # Sweeps and tables hand numpy scalars; a bool is still refused.
+    tl_keras.Config(workdir="w", epochs=np.int64(5), batch_size=np.int32(8),
+                    learning_rate=np.float32(1e-3)).validate(
+        require_data_dir=False)
+    with pytest.raises(tl_keras.InputError,
+                       match="Allowed: an integer, not bool"):
+        tl_keras.Config(workdir="w", epochs=np.bool_(True)).validate(
+            require_data_dir=False)
+
+
+@pytest.mark.parametrize("args", [
+    ["--flagfile", "configs/demo.cfg"],  # absl's --name value form
+    ["-flagfile=configs/demo.cfg"],
+])
+def test_repeat_check_reads_every_flagfile_form(args, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cli._check_repeats(args, None)
+    with pytest.raises(flags.Error, match="--flagfile is empty"):
+        cli._check_repeats(args[:1] if len(args) == 2 else ["-flagfile="],
+                           None)

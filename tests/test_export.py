@@ -391,6 +391,14 @@ def test_an_output_never_replaces_a_file_unasked(run, image_folder,
                 predict.predict_files(predicting.replace(
                     output=output, overwrite=overwrite))
     assert open(manifest).read() == before
+    # A workdir's record by name (compare's and advise's folders have no
+    # config.json beside it).
+    decision = tmp_path / "decision.json"
+    decision.write_text("{}")
+    with pytest.raises(tl_keras.InputError,
+                       match="a file of a tl_keras run or export"):
+        predict.predict_files(predicting.replace(output=str(decision),
+                                                 overwrite=True))
     earlier = tmp_path / "preds.csv"
     earlier.write_text("kept")
     with pytest.raises(tl_keras.InputError, match="the file exists"):

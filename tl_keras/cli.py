@@ -166,17 +166,21 @@ def parse_flags(argv):
 def _check_repeats(args, where):
     """Raises flags.Error for a flag repeated in one flagfile (`where`:
     its path; nested flagfiles are read the same way) and for an empty
-    --flagfile; logs one repeated on the command line."""
+    --flagfile; logs one repeated on the command line. Reads the forms
+    absl takes: --name=value, -name=value, and --name value."""
     seen = set()
-    for arg in args:
-        if not arg.startswith("--"):
+    for i, arg in enumerate(args):
+        if not arg.startswith("-"):
             continue
-        name, _, value = arg[2:].partition("=")
+        name, equals, value = arg.lstrip("-").partition("=")
         if name.startswith("no") and name[2:] in flags.FLAGS and (
                 name not in flags.FLAGS):
             name = name[2:]
         if name == "flagfile":
-            if not value.strip():
+            if not equals:  # --flagfile PATH
+                value = args[i + 1] if i + 1 < len(args) else ""
+            value = os.path.expanduser(value.strip())
+            if not value:
                 raise flags.Error("--flagfile is empty (a path to a file of "
                                   "--name=value lines is needed)")
             if os.path.isfile(value):

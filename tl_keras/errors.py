@@ -6,6 +6,8 @@ batch_size=0`. The command line turns an `InputError` into that one line
 on stderr and exit status 2, never a traceback.
 """
 
+import numbers
+
 
 class InputError(ValueError):
     """A user-controlled input is invalid; the message says which, what is
@@ -21,7 +23,8 @@ def fail(field, allowed, received):
 
 def check_range(name, value, low, high):
     """Raises InputError unless `value` is an int in [low, high]."""
-    if not isinstance(value, int) or not low <= value <= high:
+    if not isinstance(value, numbers.Integral) or isinstance(
+            value, bool) or not low <= value <= high:
         fail(name, f"an integer in [{low}, {high}]", value)
 
 

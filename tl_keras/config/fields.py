@@ -6,7 +6,10 @@ attaches the help text (and choices) that `cli.py` turns into a flag; the
 """
 
 import dataclasses
+import numbers
 import os
+
+import numpy as np
 
 from tl_keras.errors import InputError, fail
 
@@ -57,19 +60,24 @@ _KINDS = {bool: "True or False", int: "an integer", float: "a number",
 def check_types(section):
     """Raises InputError for a field whose value is not of its default's
     type: a flag is typed by absl, but `Config(learning_rate="0.1")` from
-    Python would otherwise end in a TypeError deep in a check. An int is
-    taken where a float is (not a bool: True is an int in Python);
+    Python would otherwise end in a TypeError deep in a check. Numpy
+    numbers are taken, an int where a float is (not a bool: True is an
+    int in Python);
     --feature_cache_views takes 'auto' or an int (`cache_views`)."""
     for f in dataclasses.fields(section):
         value, kind = getattr(section, f.name), type(f.default)
         if f.name == "feature_cache_views":
             continue
-        if kind is float:
-            ok = isinstance(value, (int, float))
+        if kind is float:  # numpy scalars too (sweeps, pandas)
+            ok = isinstance(value, numbers.Real)
+        elif kind is int:
+            ok = isinstance(value, numbers.Integral)
         else:
             ok = isinstance(value, kind)
-        if not ok or (kind is not bool and isinstance(value, bool)):
-            fail(f.name, _KINDS.get(kind, kind.__name__), value)
+        if not ok or (kind is not bool and isinstance(value, (
+                bool, np.bool_))):
+            fail(f.name, f"{_KINDS.get(kind, kind.__name__)}, not "
+                 f"{type(value).__name__}", value)
 
 
 def check_choices(section):

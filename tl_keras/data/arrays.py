@@ -96,7 +96,7 @@ def check_arrays(x, y, x_name, y_name):
         raise InputError(f"Invalid {x_name} / {y_name}: {e}. Allowed: "
                          f"arrays of one shape. Received: ragged input"
                          ) from None
-    if x.dtype == object or not len(x):
+    if x.dtype == object or not x.ndim or not len(x):
         fail(x_name, "a non-empty numeric array",
              f"dtype {x.dtype}, {len(x)} images")
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):

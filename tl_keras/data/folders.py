@@ -37,6 +37,7 @@ def scan_folder(data_dir, min_classes=2):
     check_data_dir(data_dir)
     roots = split_roots(data_dir)
     class_names = _subfolders(roots["train"])
+    _check_twins(roots["train"], class_names)
     if len(class_names) < min_classes:
         found = ", ".join(class_names) or "none"
         raise InputError(
@@ -132,6 +133,22 @@ def split_roots(data_dir):
             for split, names in found.items()}
 
 
+def _check_twins(path, names):
+    """Refuses class folders of `path` that are one folder (a symlink to
+    a sibling): its images would be two classes."""
+    same = {}
+    for name in names:
+        same.setdefault(os.path.realpath(os.path.join(path, name)),
+                        []).append(name)
+    twins = [n for n in same.values() if len(n) > 1]
+    if twins:
+        raise InputError(
+            f"Invalid data_dir: class folders {' and '.join(twins[0])} in "
+            f"{printable(path)} are the same folder (a symlink), so its "
+            f"images would be two classes. Allowed: one folder per class. "
+            f"Received: {len(twins)} such group(s)")
+
+
 def _subfolders(path):
     names = sorted(e.name for e in os.scandir(path)
                    if e.is_dir() and not e.name.startswith(".")
@@ -146,17 +163,6 @@ def _subfolders(path):
             f"control characters (tabs, newlines), which the export's label "
             f"map cannot carry. Allowed: printable folder names. Received: "
             f"{len(control)} such folder(s)")
-    same = {}
-    for name in names:  # symlinks: two classes of the same images
-        same.setdefault(os.path.realpath(os.path.join(path, name)),
-                        []).append(name)
-    twins = [n for n in same.values() if len(n) > 1]
-    if twins:
-        raise InputError(
-            f"Invalid data_dir: class folders {' and '.join(twins[0])} in "
-            f"{printable(path)} are the same folder (a symlink), so its "
-            f"images would be two classes. Allowed: one folder per class. "
-            f"Received: {len(twins)} such group(s)")
     if bad:
         raise InputError(
             f"Invalid data_dir: the folder name(s) "

@@ -85,14 +85,21 @@ def declared_pixels(data):
         default=lambda: tf.constant(0, tf.int64))
 
 
+def bmp_bits(data):
+    """The bits per pixel a BMP's header declares (int64 scalar tensor; 0
+    for bytes of another format)."""
+    bmp = tf.logical_and(tf.strings.length(data) >= 30, tf.equal(
+        tf.strings.substr(data, 0, 2), b"BM"))
+    return tf.cond(bmp, lambda: _header_field(data, 28, 2, False),
+                   lambda: tf.constant(0, tf.int64))
+
+
 def misread_bmp(data):
     """Whether encoded bytes are a BMP that TensorFlow's decoder gets
     wrong (`TF_BMP_BITS`): bool scalar tensor."""
-    bmp = tf.logical_and(tf.strings.length(data) >= 30, tf.equal(
-        tf.strings.substr(data, 0, 2), b"BM"))
-    return tf.cond(bmp, lambda: tf.logical_not(tf.reduce_any(tf.equal(
-        _header_field(data, 28, 2, False), TF_BMP_BITS))),
-        lambda: tf.constant(False))
+    bits = bmp_bits(data)
+    return tf.logical_and(bits > 0, tf.logical_not(tf.reduce_any(
+        tf.equal(bits, TF_BMP_BITS))))
 
 
 # The formats tf.io.decode_image reads (MPO is a JPEG with extra frames).

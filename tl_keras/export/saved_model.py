@@ -16,8 +16,8 @@ labels (the top-1 class name).
 import logging
 import os
 import platform
+import secrets
 import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
@@ -26,6 +26,7 @@ from tl_keras import inference, io
 from tl_keras.data.images import (
     MAX_PIXELS,
     TF_BMP_BITS,
+    bmp_bits,
     declared_pixels,
     decode_image,
     misread_bmp,
@@ -78,10 +79,10 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
     archive = _build_archive(model, class_names)
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent)
-    umask = os.umask(0)  # mkdtemp makes 0700: give the export the usual
-    os.umask(umask)      # mode, readable by a server run as another user
-    os.chmod(tmp, 0o777 & ~umask)
+    # Not tempfile.mkdtemp, which makes 0700: the export gets the umask's
+    # mode, as the rest of the run, readable by a server of another user.
+    tmp = os.path.join(parent, TEMP_PREFIX + secrets.token_hex(8))
+    os.mkdir(tmp)
     try:
         archive.write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
@@ -182,9 +183,10 @@ def _decode_within_limit(encoded, size):
                         f"{MAX_PIXELS:,} pixels (a decompression bomb?); "
                         f"refused before decoding"),
             tf.debugging.Assert(tf.logical_not(misread_bmp(encoded)), [
-                f"serve_bytes: a BMP of other than {TF_BMP_BITS} bits per "
-                f"pixel (TensorFlow decodes palette BMPs to their indices); "
-                f"send it as PNG"])]):
+                f"serve_bytes: image_bytes holds a BMP of other than "
+                f"{TF_BMP_BITS} bits per pixel (TensorFlow decodes palette "
+                f"BMPs to their indices); send it as PNG. Received bits "
+                f"per pixel:", bmp_bits(encoded)])]):
         return resize_images(decode_image(encoded), size)
 
 

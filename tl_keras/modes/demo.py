@@ -25,6 +25,9 @@ import numpy as np
 from PIL import Image
 
 from tl_keras import io
+from tl_keras.models import recipe
+from tl_keras.models.backbones import build_backbone
+from tl_keras.models.classifier import build_classifier
 from tl_keras.modes.compare import check_workdir, compare
 from tl_keras.training.trainer import train
 
@@ -102,6 +105,7 @@ def run_demo(config):
     workdir = config.runtime.workdir
     keep = ("data", "pretrain", "demo.json")
     check_workdir(config, also_in_workdir=keep)  # before any work
+    _check_finetune(config)
     labels_per_class = config.runtime.demo_labels_per_class
     source, target = materialize_digits(
         os.path.join(workdir, "data"), labels_per_class, config.data.seed)
@@ -148,6 +152,15 @@ def run_demo(config):
     io.write_json(os.path.join(workdir, "demo.json"), summary)
     print(format_summary(summary))
     return summary
+
+
+def _check_finetune(config):
+    """The compare's --unfreeze / --gradual_unfreeze against the demo's
+    base before the pretraining (its config.json would then hold the bad
+    value, and the corrected command would be refused there)."""
+    built = build_backbone("compact_cnn", "none", DEMO_SIZE)
+    recipe.check_finetune_blocks(build_classifier(built, 5, 0.0),
+                                 built.blocks(), config.training)
 
 
 def format_summary(summary):

@@ -5,6 +5,7 @@
         --inputs=photos/,more/*.jpg --output=preds.csv
 """
 
+import contextlib
 import csv
 import glob
 import io as text_io
@@ -53,7 +54,14 @@ def export_run(config):
     # The approach the run trained (an 'auto' run's config.json says auto).
     approach = metrics["approach"]
     # The run's lock: a run resumed meanwhile would rewrite model.keras.
-    with workdir_lock(workdir):
+    # A run this process can only read (a shared store) is exported
+    # without it.
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(workdir_lock(workdir))
+        except OSError as e:
+            log.warning("Exporting without the run's lock (%s: %s).",
+                        workdir, e.strerror)
         model = load_model_file(model_path, compile=False)
         return export_saved_model(
             model, target, metrics["class_names"],
@@ -251,19 +259,21 @@ def _check_output(config, extensions):
             f"existing folder. Received: output={output!r}")
 
 
-# A workdir's own records (see training/workdir.py), never an --output.
+# The records of a train, compare, demo, advise or rank workdir (see
+# training/workdir.py, modes/compare.py), never an --output.
 _RUN_FILES = ("config.json", "split.json", "data.json", "run.json",
-              "decision.json", "ranking.json", "metrics.json", "demo.json")
+              "decision.json", "ranking.json", "metrics.json", "demo.json",
+              "results.json")
 
 
 def _is_run_file(path):
     """Whether `path` is a file of an export (in its folder or assets/)
-    or one of a workdir's records."""
+    or has the name of a workdir's record (an existing one is taken to
+    be one)."""
     folder = os.path.dirname(os.path.abspath(path))
     in_export = any(os.path.exists(os.path.join(f, "saved_model.pb"))
                     for f in (folder, os.path.dirname(folder)))
-    return in_export or (os.path.basename(path) in _RUN_FILES and (
-        os.path.exists(os.path.join(folder, "config.json"))))
+    return in_export or os.path.basename(path) in _RUN_FILES
 
 
 def _export_dir(config):

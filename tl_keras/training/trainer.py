@@ -29,7 +29,7 @@ from tl_keras.models.backbones import (
     load_model_file,
     reinitialized,
 )
-from tl_keras.models.classifier import build_classifier
+from tl_keras.models.classifier import build_classifier, check_unfreeze
 from tl_keras.models.hub import is_hub
 from tl_keras.training.checkpoints import save_model
 from tl_keras.training.metrics import evaluate, export_manifest
@@ -98,6 +98,8 @@ def _train(config, data, place, callbacks):
     if not auto:  # the stages' own checks, before anything is written
         config, backbone, model, decision = _checked_approach(
             config, backbone, data, place)
+    else:  # the advisor may cut the base: --gradual_unfreeze waits for it
+        check_unfreeze(config.training.unfreeze_blocks(), backbone.blocks())
     # Only now, with the config, backbone and data known to be good, is
     # anything written (a failed first try leaves no workdir behind; an
     # auto run's decision is checked once the advisor has written it).

@@ -60,7 +60,8 @@ def check_workdir(config):
         and `overwrite` is off.
     """
     workdir = config.runtime.workdir
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    bare = workdir.rstrip(os.sep) or workdir  # 'a_file/' exists as no file
+    if os.path.exists(bare) and not os.path.isdir(bare):
         raise InputError(
             f"Invalid workdir {workdir!r}: it is a file. Allowed: a folder "
             f"(new, empty, or holding this run). Received: "
