@@ -366,3 +366,32 @@ def test_a_class_a_carved_split_misses_is_said(tmp_path, caplog):
     data = _data(root)
     assert data.class_counts["test"]["class_1"] == 0
     assert "test split has no images of 1 class(es): class_1" in caplog.text
+
+
+@pytest.mark.parametrize("backbones, fragment", [
+    (",", "comma-separated distinct"),
+    ("compact_cnn,compact_cnn", "comma-separated distinct"),
+    # Refused before compact_cnn is measured, not after.
+    ("compact_cnn,/no/such/base.keras", "no such file"),
+])
+def test_rank_checks_every_candidate_first(folder, tmp_path, backbones,
+                                           fragment):
+    config = tl_keras.Config(mode="rank", data_dir=folder,
+                             workdir=str(tmp_path / "rank"),
+                             backbones=backbones, weights="none")
+    with pytest.raises(tl_keras.InputError,
+                       match=f"Invalid backbones.*{fragment}"):
+        tl_keras.rank(config)
+    assert not os.path.exists(tmp_path / "rank")
+
+
+def test_an_advisor_sample_below_the_classes_is_an_error():
+    # A random sample that small leaves classes out of every measurement.
+    from tl_keras.advisor import check_sample
+
+    config = tl_keras.Config(advisor_sample=10)
+    check_sample(config, 10)
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid advisor_sample. Allowed: at least "
+                             "the number of classes \\(12\\)"):
+        check_sample(config, 12)

@@ -57,6 +57,21 @@ def test_compare_runs_every_approach_and_reports(pretrained_base,
     assert "finetune from block2" in report
     png = open(os.path.join(workdir, "curves.png"), "rb").read(8)
     assert png == b"\x89PNG\r\n\x1a\n"
+    # The same command again reads the runs back: each keeps the wall time
+    # it took (not the second it takes to read it back).
+    again = compare(config)
+    for name, row in again["results"].items():
+        assert row["seconds"] == results[name]["seconds"], name
+        assert row["test_accuracy"] == results[name]["test_accuracy"]
+    assert again["seconds"] >= sum(r["seconds"]
+                                   for r in results.values())
+    # Other settings: refused before the advisor runs or anything is
+    # written (decision.json was rewritten, then a sub-run refused).
+    decision = open(os.path.join(workdir, "decision.json")).read()
+    with pytest.raises(tl_keras.InputError,
+                       match="its scratch run has other settings"):
+        compare(config.replace(learning_rate=0.003))
+    assert open(os.path.join(workdir, "decision.json")).read() == decision
 
 
 def test_compare_refuses_a_train_run_and_foreign_files(tmp_path,

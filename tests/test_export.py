@@ -609,3 +609,14 @@ def test_reexport_waits_for_no_live_run(run, tmp_path):
     finally:
         os.remove(lock)
     assert not os.path.exists(tmp_path / "locked")
+
+
+def test_tflite_asked_of_a_finished_run_is_said(run, caplog):
+    # export_tflite may change on a resumed run; a finished one does not
+    # export again, so the log says how to get the file.
+    config, _, _ = run
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    tl_keras.train(config.replace(export_tflite=True))
+    assert "--export_tflite: the run finished without it" in caplog.text
+    assert not os.path.exists(os.path.join(config.runtime.workdir, "export",
+                                           "model.tflite"))

@@ -4,7 +4,7 @@ transfer and finetune (from each candidate layer) reach, pick the best
 
 from tl_keras.advisor.advise import advise, advise_run, write_record
 from tl_keras.advisor.decision import decide, layer_estimates, scratch_estimate
-from tl_keras.advisor.measurement import candidate_blocks, measure
+from tl_keras.advisor.measurement import candidate_blocks, check_sample, measure
 from tl_keras.advisor.rank import rank
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scores import knn_accuracy, linear_probe, logme
@@ -22,6 +22,7 @@ __all__ = [
     "advise",
     "advise_run",
     "candidate_blocks",
+    "check_sample",
     "decide",
     "difference_se",
     "knn_accuracy",

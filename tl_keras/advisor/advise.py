@@ -7,6 +7,8 @@ classifier; `advise` is --mode=advise (measure and decide, no training).
 import logging
 import os
 
+import keras
+
 from tl_keras import io
 from tl_keras.advisor.decision import (
     SCRATCH_MARGIN_SE,
@@ -130,6 +132,9 @@ def classifier_and_data(config, data=None):
       (model, data, the base's blocks).
     """
     model_config = config.model
+    # As train does: a random-init base (or head) measures the same in
+    # every process, so a resumed compare decides as the first did.
+    keras.utils.set_random_seed(config.data.seed)
     built = build_backbone(model_config.backbone, model_config.weights,
                            model_config.image_size,
                            model_config.feature_block)

@@ -19,7 +19,7 @@ from tl_keras import inference
 from tl_keras.advisor.head_run import head_accuracy
 from tl_keras.advisor.scores import score_features
 from tl_keras.data.sampling import sample_training_set
-from tl_keras.errors import InputError
+from tl_keras.errors import InputError, fail
 from tl_keras.models.backbones import block_map, block_output, list_blocks
 
 log = logging.getLogger("tl_keras")
@@ -68,6 +68,7 @@ def measure(model, data, config, blocks=None, layers=True):
     blocks = blocks if blocks is not None else list_blocks(base)
     earlier = candidate_blocks(blocks, base) if layers else []
     extractor = _extractor(model, base, blocks, earlier)
+    check_sample(config, len(names))
     seed = config.data.seed
     sample_ds, sampled = sample_training_set(
         data, config.advisor.advisor_sample, seed)
@@ -146,3 +147,12 @@ def _features(extractor, ds, n):
     outputs, labels = inference.run_batched(extractor, ds, n)
     return ([np.asarray(o, np.float64) for o in outputs],
             labels.astype(np.int64))
+
+
+def check_sample(config, num_classes):
+    """Refuses an --advisor_sample below the number of classes: a random
+    sample that small leaves classes out of every measurement (the probes,
+    the heads and the scratch run), which changes the decision silently."""
+    if config.advisor.advisor_sample < num_classes:
+        fail("advisor_sample", f"at least the number of classes "
+             f"({num_classes})", config.advisor.advisor_sample)

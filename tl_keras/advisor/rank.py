@@ -3,11 +3,13 @@
 import logging
 import os
 
+import keras
 import numpy as np
 
 from tl_keras.advisor.advise import check_record_place, write_record
 from tl_keras.advisor.measurement import measure
 from tl_keras.data.pipelines import make_datasets
+from tl_keras.errors import fail
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 from tl_keras.models.hub import check_preset_name, is_hub
@@ -30,14 +32,22 @@ def rank(config, data=None):
     check_record_place(config)
     names = [b.strip() for b in config.advisor.backbones.split(",")
              if b.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if not names or twice:
+        fail("backbones", "comma-separated distinct backbone names or "
+             ".keras paths", config.advisor.backbones)
     for name in names:  # every name checked before any work
         if is_hub(name):
             check_preset_name(name)
         elif not name.endswith(".keras"):
             get_backbone_spec(name)
+        elif not os.path.isfile(name):
+            fail("backbones", "names or existing .keras files (no such "
+                 "file)", name)
     rows, data_by_size = [], {}
     for name in names:
         log.info("Ranking: measuring %s", name)
+        keras.utils.set_random_seed(config.data.seed)  # as train does
         built = build_backbone(name, config.model.weights,
                                config.model.image_size)
         # The folder is scanned and checked once per input size.

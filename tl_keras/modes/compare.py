@@ -25,8 +25,13 @@ import time
 import numpy as np
 
 from tl_keras import io
-from tl_keras.advisor.advise import advise_run, classifier_and_data
-from tl_keras.config import FINETUNE_ONLY
+from tl_keras.advisor.advise import (
+    advise_run,
+    classifier_and_data,
+    write_record,
+)
+from tl_keras.advisor.measurement import check_sample
+from tl_keras.config import FINETUNE_ONLY, config_differences
 from tl_keras.errors import InputError
 from tl_keras.export.saved_model import is_export
 from tl_keras.models import recipe
@@ -36,6 +41,7 @@ from tl_keras.modes.compare_report import (
     write_plots,
 )
 from tl_keras.training.trainer import train
+from tl_keras.training.workdir import is_complete
 
 log = logging.getLogger("tl_keras")
 
@@ -68,15 +74,7 @@ def compare(config, data=None, header=None, also_in_workdir=()):
         config.replace(mode="train", **changes).validate(data is None)
     data, decision, advise_seconds = _advise_first(config, data, conflict)
     runs, pick_name = _runs(config, decision, budget)
-    results = {}
-    for name, changes in runs.items():
-        log.info("Compare: %s (%s)", name, ", ".join(
-            f"{k}={v}" for k, v in changes.items()))
-        run_start = time.time()
-        metrics = train(config.replace(
-            mode="train", workdir=os.path.join(workdir, name), **changes),
-            data=data)
-        results[name] = _row(metrics, time.time() - run_start)
+    results, reused = _run_all(config, runs, data)
     best = max(results, key=lambda k: (results[k]["val_accuracy"],
                                        -results[k]["val_loss"]))
     for name, row in results.items():
@@ -96,10 +94,56 @@ def compare(config, data=None, header=None, also_in_workdir=()):
         "advisor_seconds": round(advise_seconds, 1),
         "best": best,
         "results": results,
-        "seconds": round(time.time() - start, 1),
+        "seconds": round(time.time() - start + reused, 1),
     }
     _write_outputs(workdir, summary, decision, header)
     return summary
+
+
+def _run_all(config, runs, data):
+    """Trains each run in its sub-folder of the workdir.
+
+    Returns:
+      ({name: row}, seconds reused): a run already complete is read back
+      in seconds, so it keeps the wall time the earlier results.json
+      recorded for it (the sum of those is the second value).
+    """
+    workdir = config.runtime.workdir
+    path = os.path.join(workdir, "results.json")
+    before = io.read_json(path).get("results", {}) if os.path.isfile(
+        path) else {}
+    results, reused = {}, 0.0
+    for name, changes in runs.items():
+        sub = os.path.join(workdir, name)
+        done = is_complete(sub) and name in before
+        log.info("Compare: %s (%s)", name, ", ".join(
+            f"{k}={v}" for k, v in changes.items()))
+        run_start = time.time()
+        metrics = train(config.replace(mode="train", workdir=sub, **changes),
+                        data=data)
+        seconds = time.time() - run_start
+        if done:
+            seconds = before[name]["seconds"]
+            reused += seconds
+        results[name] = _row(metrics, seconds)
+    return results, reused
+
+
+def _changed_runs(config):
+    """A sentence naming the first run of an earlier compare in the
+    workdir whose settings differ from those this compare gives it (its
+    resumption would be refused once the advisor had run), or None."""
+    budget = config.training.epochs + config.training.finetune_epochs
+    for name, changes in _fixed_runs(budget).items():
+        sub = os.path.join(config.runtime.workdir, name)
+        stored = os.path.join(sub, "config.json")
+        if os.path.isfile(stored):
+            diffs = config_differences(io.read_json(stored), config.replace(
+                mode="train", workdir=sub, **changes))
+            if diffs:
+                return (f"its {name} run has other settings "
+                        f"({'; '.join(diffs)})")
+    return None
 
 
 def _fixed_runs(budget):
@@ -168,6 +212,8 @@ def check_workdir(config, also_in_workdir=()):
             "decision.json", "results.json"}:
         problem = "its report.md or export/ was not written by compare"
     else:
+        problem = _changed_runs(config)
+    if problem is None:
         return None
     if not config.runtime.overwrite or also_in_workdir:
         raise InputError(
@@ -184,8 +230,10 @@ def _advise_first(config, data, conflict=None):
     runs the advisor, writes decision.json; returns (data, decision,
     seconds it took)."""
     model, data, blocks = classifier_and_data(config, data)
-    # The fine-tune run's --unfreeze / --gradual_unfreeze, before any run.
+    # The fine-tune run's --unfreeze / --gradual_unfreeze, and the
+    # advisor's sample, before anything is moved or run.
     recipe.check_finetune_blocks(model, blocks, config.training)
+    check_sample(config, len(data.class_names))
     workdir = config.runtime.workdir
     if conflict:
         log.warning("Moved the previous contents of %s to %s (%s)",
@@ -194,7 +242,7 @@ def _advise_first(config, data, conflict=None):
     advise_start = time.time()
     decision = advise_run(model, data, config, blocks)
     seconds = time.time() - advise_start
-    io.write_json(os.path.join(workdir, "decision.json"), decision)
+    write_record(workdir, "decision.json", decision)  # the old one aside
     return data, decision, seconds
 
 

@@ -85,6 +85,11 @@ def _train(config, data, place, callbacks):
     if complete:
         log.info("Run in %s is already complete; nothing to do. Metrics: "
                  "%s", workdir, metrics_path)
+        if config.export.export_tflite and not os.path.isfile(
+                os.path.join(workdir, "export", "model.tflite")):
+            log.warning("--export_tflite: the run finished without it; "
+                        "`--mode=export --workdir=%s --overwrite "
+                        "--export_tflite` writes it.", workdir)
         return (io.read_json(metrics_path) if os.path.isfile(metrics_path)
                 else {"complete": True, "task": place.task.name})
     keras.utils.set_random_seed(config.data.seed)
@@ -100,6 +105,7 @@ def _train(config, data, place, callbacks):
             config, backbone, data, place)
     else:  # the advisor may cut the base: --gradual_unfreeze waits for it
         check_unfreeze(config.training.unfreeze_blocks(), backbone.blocks())
+        advisor.check_sample(config, len(data.class_names))
     # Only now, with the config, backbone and data known to be good, is
     # anything written (a failed first try leaves no workdir behind; an
     # auto run's decision is checked once the advisor has written it).
