@@ -67,6 +67,10 @@ def test_short_demo_runs_all_three_approaches(tmp_path, capsys):
     assert "scratch" in capsys.readouterr().out
     # The comparison's own outputs are tested in tests/test_compare.py.
     assert os.path.isfile(os.path.join(config.runtime.workdir, "report.md"))
+    # The same demo again resumes: every run is read back, none refused.
+    again = demo.run_demo(config)
+    assert {k: r["test_accuracy"] for k, r in again["results"].items()} == {
+        k: r["test_accuracy"] for k, r in summary["results"].items()}
 
 
 @pytest.mark.slow

@@ -179,9 +179,11 @@ _OWN_ENTRIES = {"decision.json", "ranking.json", "results.json", "report.md",
                 "transfer", "finetune", "auto"}
 
 
-def check_workdir(config, also_in_workdir=()):
+def check_workdir(config, also_in_workdir=(), runs=True):
     """Checks that compare may use the workdir: new, empty, or one it
-    wrote (plus the caller's `also_in_workdir` entries).
+    wrote (plus the caller's `also_in_workdir` entries), whose runs have
+    this config's settings (`runs`: the demo checks its workdir first
+    with its own config, not yet the compare's).
 
     Returns:
       None, or the problem, when --overwrite allows moving the workdir
@@ -212,7 +214,7 @@ def check_workdir(config, also_in_workdir=()):
             "decision.json", "results.json"}:
         problem = "its report.md or export/ was not written by compare"
     else:
-        problem = _changed_runs(config)
+        problem = _changed_runs(config) if runs else None
     if problem is None:
         return None
     if not config.runtime.overwrite or also_in_workdir:

@@ -104,7 +104,9 @@ def run_demo(config):
     """
     workdir = config.runtime.workdir
     keep = ("data", "pretrain", "demo.json")
-    check_workdir(config, also_in_workdir=keep)  # before any work
+    # Before any work; the runs' settings once the compare's config is
+    # known (compare checks them).
+    check_workdir(config, also_in_workdir=keep, runs=False)
     _check_finetune(config)
     labels_per_class = config.runtime.demo_labels_per_class
     source, target = materialize_digits(
