@@ -104,8 +104,7 @@ def run_demo(config):
     """
     workdir = config.runtime.workdir
     keep = ("data", "pretrain", "demo.json")
-    # Before any work; the runs' settings once the compare's config is
-    # known (compare checks them).
+    # Before any work (compare checks its runs with the compare's config).
     check_workdir(config, also_in_workdir=keep, runs=False)
     _check_finetune(config)
     labels_per_class = config.runtime.demo_labels_per_class
