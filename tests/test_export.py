@@ -468,6 +468,11 @@ def test_tflite_matches_the_saved_model(run, tmp_path):
     target = str(tmp_path / "with_tflite")
     predict.export_run(config.replace(mode="export", export_dir=target,
                                       export_tflite=True))
+    with open(os.path.join(target, "manifest.json")) as f:
+        assert json.load(f)["tflite"]["file"] == "model.tflite"
+    with open(os.path.join(config.runtime.workdir, "export",
+                           "manifest.json")) as f:
+        assert "tflite" not in json.load(f)  # written without it
     x = data_lib.resize_images(images(4, seed=2), 32).numpy().astype(
         "float32")
     lite = tflite_scores(os.path.join(target, "model.tflite"), x)

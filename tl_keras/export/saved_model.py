@@ -91,8 +91,9 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
         if tflite:
             with open(os.path.join(tmp, "model.tflite"), "wb") as f:
                 f.write(convert_to_tflite(model))
-        io.write_json(os.path.join(tmp, "manifest.json"),
-                      build_manifest(model, class_names, manifest))
+        io.write_json(os.path.join(tmp, "manifest.json"), build_manifest(
+            model, class_names, {**(manifest or {}), **(
+                {"tflite": _TFLITE} if tflite else {})}))
         kept = io.replace_dir(tmp, export_dir,
                               discard_old=is_export(export_dir))
         if kept:
@@ -115,6 +116,17 @@ def is_export(path):
         return False
     return (isinstance(manifest, dict)
             and manifest.get("format") == MANIFEST_FORMAT)
+
+
+# The manifest's word on model.tflite (--export_tflite), whose input the
+# interpreter does not check as serve_float does.
+_TFLITE = {
+    "file": "model.tflite",
+    "input": "float32 [batch, size, size, 3] in [0, 255], already resized, "
+             "as serve_float; the interpreter allocates batch 1 "
+             "(resize_tensor_input for more); values are not range-checked",
+    "outputs": "scores: float32 softmax [batch, num_classes]",
+}
 
 
 def build_manifest(model, class_names, extra=None):
