@@ -104,9 +104,25 @@ def move_aside(path):
     return aside
 
 
+def moved_from(name):
+    """The name an entry had before `move_aside` renamed it (the name
+    itself if it was not moved aside)."""
+    return name.split(_ASIDE)[0]
+
+
+def names_a_file(path):
+    """Whether `path` names an existing file, not a folder ('a_file/',
+    with a trailing separator, exists as no file to os.path)."""
+    bare = path.rstrip(os.sep) or path
+    return os.path.exists(bare) and not os.path.isdir(bare)
+
+
+_ASIDE = ".replaced-"
+
+
 def _fresh_name(path):
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = f"{path.rstrip(os.sep)}.replaced-{stamp}"
+    base = f"{path.rstrip(os.sep)}{_ASIDE}{stamp}"
     candidate, n = base, 1
     while os.path.exists(candidate):
         n += 1

@@ -148,9 +148,8 @@ def check_record_place(config):
     --workdir, which must be a folder, and one that holds no training run
     (its decision.json is that run's evidence) unless --overwrite."""
     workdir = config.runtime.workdir
-    bare = workdir.rstrip(os.sep) or workdir  # 'a_file/' exists as no file
     problem = None
-    if os.path.exists(bare) and not os.path.isdir(bare):
+    if io.names_a_file(workdir):
         problem = "it is a file"
     elif os.path.isfile(os.path.join(workdir, "config.json")) and not (
             config.runtime.overwrite):

@@ -202,7 +202,7 @@ def check_workdir(config, also_in_workdir=(), runs=True):
     # A sub-run moved aside by its own --overwrite, or the lock a killed
     # sub-run left, stays compare's.
     foreign = sorted(e for e in entries
-                     if e.split(".replaced-")[0].removesuffix(".lock")
+                     if io.moved_from(e).removesuffix(".lock")
                      not in own)
     if "config.json" in entries:
         problem = ("it holds a train run (config.json); compare writes one "

@@ -60,8 +60,7 @@ def check_workdir(config):
         and `overwrite` is off.
     """
     workdir = config.runtime.workdir
-    bare = workdir.rstrip(os.sep) or workdir  # 'a_file/' exists as no file
-    if os.path.exists(bare) and not os.path.isdir(bare):
+    if io.names_a_file(workdir):
         raise InputError(
             f"Invalid workdir {workdir!r}: it is a file. Allowed: a folder "
             f"(new, empty, or holding this run). Received: "
@@ -75,7 +74,7 @@ def check_workdir(config):
         else:
             log.info("Resuming the run in %s", workdir)
     elif os.path.isdir(workdir) and {  # earlier records moved aside too
-            name.split(".replaced-")[0] for name in os.listdir(workdir)} - (
+            io.moved_from(name) for name in os.listdir(workdir)} - (
             _MEASUREMENT_FILES):
         problem = "it is not empty and holds no tl_keras run (no config.json)"
     if problem and not config.runtime.overwrite:
