@@ -293,6 +293,12 @@ def test_two_workers_on_cached_augmented_views_match_one_process(
     assert metrics["stages"]["head"]["feature_cache_plan"]["views"] == 2
     assert_matches_one_process(workdir, cluster_data, tmp_path, flags,
                                stages=("head",))
+    # The chief evaluates on its cached test features; the other worker,
+    # which evaluates nothing, extracts none.
+    logs = [open(f"{workdir}.log{i}").read() for i in (0, 1)]
+    assert "Extracting test features" in logs[0]
+    assert "Extracting validation features" in logs[1]
+    assert "Extracting test features" not in logs[1]
 
 
 def kill_during_finetune(data_dir, workdir, flags=FLAGS):

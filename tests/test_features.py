@@ -132,6 +132,12 @@ def test_evaluation_split_of_the_plan(approach, budget_rows, test, split,
     assert plan["evaluation"] == split
     assert plan["spill"] == (budget_rows < 90)
     assert plan["mib"] == rows  # what the run holds, test features too
+    # A multi-worker run's other workers never evaluate: no test features.
+    worker, _ = cache_plan(training, data_config, "head", data, model,
+                           evaluates=False)
+    assert worker["evaluation"] is None
+    assert worker["mib"] == min(rows, 90)
+    assert {**worker, "evaluation": split, "mib": rows} == plan
 
 
 def test_finetune_evaluates_the_whole_classifier(pretrained_base,

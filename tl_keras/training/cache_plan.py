@@ -21,12 +21,15 @@ from tl_keras.config.fields import (
 log = logging.getLogger("tl_keras")
 
 
-def cache_plan(training, data_config, stage_name, data, model):
+def cache_plan(training, data_config, stage_name, data, model,
+               evaluates=True):
     """How the head stage caches features (plan None: the full loop).
 
     Args:
       training: the config's `TrainingConfig` (feature_cache, views).
       data_config: its `DataConfig` (augmentation, cache budget).
+      evaluates: whether this process runs the final evaluation (False:
+        a multi-worker run's other workers, which extract no test split).
 
     Returns:
       (plan, why): plan None, or {'views': K, 'spill': bool, 'mib': size
@@ -63,8 +66,8 @@ def cache_plan(training, data_config, stage_name, data, model):
         log.info("Features (%.0f MiB) exceed --cache_budget_mb=%d; they go "
                  "to a file in the workdir.", size / 2**20,
                  data_config.cache_budget_mb)
-    split = None if spill else _evaluation_split(training, data,
-                                                 size, channels, budget)
+    split = None if spill or not evaluates else _evaluation_split(
+        training, data, size, channels, budget)
     if split == "test":  # held in memory beside the others
         size += data.counts["test"] * channels * 4
     return {"views": views, "spill": spill, "mib": round(size / 2**20, 1),

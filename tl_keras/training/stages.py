@@ -99,7 +99,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
     start = time.time()
     plan, why = cache_plan(config.training, config.data, stage.name, data,
-                           model)
+                           model, evaluates=place.task.is_chief)
     fit_model, train_ds, val_ds, extract_seconds = _fit_inputs(
         model, stage, data, config, place, plan, evaluation)
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
