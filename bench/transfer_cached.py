@@ -131,13 +131,12 @@ def main():
             runs.append(("keras fit", None))
         runs.append(("floor", "floor"))
     if args.runs != "all":
-        wanted = args.runs.split(",")
-        unknown = set(wanted) - {name.replace(" ", "_") for name, _ in runs}
-        if unknown or "cached" not in wanted:
+        flag_names = {name.replace(" ", "_"): name for name, _ in runs}
+        wanted = {flag_names.get(n, n) for n in args.runs.split(",")}
+        if wanted - set(dict(runs)) or "cached" not in wanted:
             parser.error(f"--runs: a list with cached, of "
-                         f"{[n.replace(' ', '_') for n, _ in runs]}; "
-                         f"received {args.runs}")
-        runs = [run for run in runs if run[0].replace(" ", "_") in wanted]
+                         f"{list(flag_names)}; received {args.runs}")
+        runs = [run for run in runs if run[0] in wanted]
     rows = []  # per round: {name: (end to end, head stage, extraction)}
     label = args.backbone
     with tempfile.TemporaryDirectory() as root:
