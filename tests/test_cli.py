@@ -303,6 +303,21 @@ def test_a_live_run_locks_its_workdir(tiny_config):
     assert metrics["complete"] and not os.path.exists(lock)
 
 
+def test_a_workdir_lock_nests_in_its_own_process(tmp_path):
+    # The demo holds its workdir's lock and runs compare, which takes the
+    # same lock, in it: held once, released by the outer holder.
+    from tl_keras.training.workdir import workdir_lock
+
+    workdir = str(tmp_path / "w")
+    with workdir_lock(workdir):
+        with workdir_lock(workdir + os.sep):
+            assert os.path.isfile(workdir + ".lock")
+        assert os.path.isfile(workdir + ".lock")
+    assert not os.path.exists(workdir + ".lock")
+    with workdir_lock(workdir):  # and can be taken again
+        pass
+
+
 @pytest.mark.parametrize("changes, field", [
     (dict(unfreeze="10"), "unfreeze"),  # compact_cnn has 4 blocks
     # 4 blocks one epoch apart: the last would open after the 3rd epoch.

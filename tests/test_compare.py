@@ -98,6 +98,27 @@ def test_compare_refuses_a_train_run_and_foreign_files(tmp_path,
     assert sorted(os.listdir(workdir)) == ["report.md", "thesis.txt"]
 
 
+def test_a_live_compare_locks_its_workdir(tmp_path, image_folder):
+    import socket
+
+    workdir = tmp_path / "w"
+    config = tl_keras.Config(mode="compare", data_dir=image_folder,
+                             workdir=str(workdir), backbone="compact_cnn",
+                             weights="none", image_size=32)
+    # A live holder (this test's own process, as another compare would
+    # be): refused before the base is built or the advisor runs.
+    lock = str(workdir) + ".lock"
+    with open(lock, "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "since": "earlier"}, f)
+    for each in (config, config.replace(overwrite=True)):
+        with pytest.raises(tl_keras.InputError,
+                           match=r"another tl_keras run uses it \(pid "):
+            compare(each)
+    assert not workdir.exists()
+    assert os.path.isfile(lock)  # the holder's, left alone
+
+
 def test_compare_moves_a_workdir_aside_only_once_the_inputs_are_good(
         tmp_path, image_folder):
     workdir = tmp_path / "w"
@@ -141,3 +162,22 @@ def test_compare_rows_validate_before_any_work(tmp_path, image_folder):
     with pytest.raises(tl_keras.InputError, match="warmup_epochs"):
         compare(bad)
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_copying_the_export_deletes_what_a_killed_compare_left(tmp_path):
+    # A compare killed while copying the best run's export leaves its
+    # hidden copy (or replace_dir's old export): the next copy, under the
+    # workdir's lock, deletes them; other hidden entries stay.
+    from tl_keras.modes.compare import _copy_export
+
+    source = tmp_path / "w" / "finetune" / "export"
+    source.mkdir(parents=True)
+    (source / "saved_model.pb").write_bytes(b"new")
+    for name in (".export-copy-abc", ".export.old-def", ".keep"):
+        (tmp_path / "w" / name).mkdir()
+        (tmp_path / "w" / name / "saved_model.pb").write_bytes(b"old")
+    _copy_export(str(source), str(tmp_path / "w" / "export"))
+    assert sorted(os.listdir(tmp_path / "w")) == [
+        ".keep", "export", "finetune"]
+    assert (tmp_path / "w" / "export" / "saved_model.pb").read_bytes() == (
+        b"new")

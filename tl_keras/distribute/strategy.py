@@ -156,6 +156,12 @@ def placement(runtime, batch_size):
     return Placement(kind, strategy, jit, precision, task)
 
 
+def this_task(runtime):
+    """This process's `Task` under the config's `RuntimeConfig` (a
+    multi-worker run's from TF_CONFIG; else the single chief)."""
+    return _resolve_kind(runtime.distribution)[1]
+
+
 def _resolve_kind(setting):
     """Returns (kind, Task); 'auto' becomes one of the concrete kinds."""
     tf_config = os.environ.get("TF_CONFIG", "")

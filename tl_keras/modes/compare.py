@@ -16,6 +16,7 @@ choice for the data is measured first and marked (run as a fourth row,
   export/         the best approach's SavedModel
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ from tl_keras.advisor.advise import (
 )
 from tl_keras.advisor.measurement import check_sample
 from tl_keras.config import FINETUNE_ONLY, config_differences
+from tl_keras.distribute.strategy import this_task
 from tl_keras.errors import InputError
 from tl_keras.export.saved_model import is_export
 from tl_keras.models import recipe
@@ -41,7 +43,7 @@ from tl_keras.modes.compare_report import (
     write_plots,
 )
 from tl_keras.training.trainer import train
-from tl_keras.training.workdir import is_complete
+from tl_keras.training.workdir import is_complete, workdir_lock
 
 log = logging.getLogger("tl_keras")
 
@@ -63,9 +65,21 @@ def compare(config, data=None, header=None, also_in_workdir=()):
 
     Raises:
       InputError: the workdir holds a train run or files compare did not
-        write (with --overwrite it is moved aside instead).
+        write (with --overwrite it is moved aside instead), or another
+        live run holds its lock.
     """
     config.validate(require_data_dir=data is None)
+    # The workdir's lock, as a train run's (`workdir_lock`): a second
+    # compare on it is refused before its advisor runs. A multi-worker
+    # run's other workers follow the chief's and hold none.
+    held = (workdir_lock(config.runtime.workdir)
+            if this_task(config.runtime).is_chief
+            else contextlib.nullcontext())
+    with held:
+        return _compare(config, data, header, also_in_workdir)
+
+
+def _compare(config, data, header, also_in_workdir):
     start = time.time()
     workdir = config.runtime.workdir
     conflict = check_workdir(config, also_in_workdir)
@@ -294,11 +308,21 @@ def _row(metrics, seconds):
     }
 
 
+# The hidden folders `_copy_export` makes in the compare workdir: its
+# temporary copy, and `io.replace_dir`'s old export until it is deleted.
+_COPY_PREFIXES = (".export-copy-", ".export.old-")
+
+
 def _copy_export(source, target):
     """Copies an export; a previous one is replaced only once the copy is
-    complete (a hidden temporary copy until then)."""
-    tmp = tempfile.mkdtemp(prefix=".export-copy-",
-                           dir=os.path.dirname(os.path.abspath(target)))
+    complete (a hidden temporary copy until then). Hidden copies that a
+    killed compare left are deleted first (the workdir's lock is held)."""
+    parent = os.path.dirname(os.path.abspath(target))
+    for name in os.listdir(parent):
+        if name.startswith(_COPY_PREFIXES):
+            log.info("Deleting %s, left by an interrupted compare", name)
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=_COPY_PREFIXES[0], dir=parent)
     os.rmdir(tmp)  # copytree makes it
     try:
         shutil.copytree(source, tmp)

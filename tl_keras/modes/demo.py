@@ -30,6 +30,7 @@ from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 from tl_keras.modes.compare import check_workdir, compare
 from tl_keras.training.trainer import train
+from tl_keras.training.workdir import workdir_lock
 
 log = logging.getLogger("tl_keras")
 
@@ -100,8 +101,14 @@ def run_demo(config):
     Pretrains the base on the source digits, then runs `--mode=compare`
     on the target digits with that base: scratch, transfer and finetune
     with the same epoch budget, the advisor's pick marked, report.md with
-    the table and plots, the best model exported.
+    the table and plots, the best model exported. Holds the workdir's
+    lock throughout (`workdir_lock`).
     """
+    with workdir_lock(config.runtime.workdir):
+        return _run_demo(config)
+
+
+def _run_demo(config):
     workdir = config.runtime.workdir
     keep = ("data", "pretrain", "demo.json")
     # Before any work (compare checks its runs with the compare's config).

@@ -44,6 +44,10 @@ _MEASUREMENT_FILES = {"decision.json", "ranking.json"}
 
 RUN_FILE = "run.json"
 
+# The lock files this process holds (`workdir_lock`): a mode that runs
+# another inside its own workdir (the demo's compare) holds it once.
+_HELD = set()
+
 
 def check_workdir(config):
     """Checks that the workdir is new, empty, or holds this same run.
@@ -183,6 +187,10 @@ def workdir_lock(workdir):
       InputError: a live run (or one on another host) holds the lock.
     """
     path = workdir.rstrip(os.sep) + ".lock"
+    key = os.path.abspath(path)
+    if key in _HELD:  # held already by this process, further up
+        yield
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -210,9 +218,11 @@ def workdir_lock(workdir):
                 os.remove(path)
     with os.fdopen(fd, "w") as f:
         json.dump(mine, f)
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         if _read_lock(path) == mine:
             os.remove(path)
 
