@@ -126,6 +126,27 @@ def test_a_glob_that_matches_nothing_is_an_error(tmp_path):
         predict.expand_inputs(str(tmp_path / "*.png"))
 
 
+def test_a_class_name_with_a_semicolon_warns_about_the_csv(tmp_path,
+                                                           caplog):
+    # top_k is 'name:score;...': a ':' in a name still splits at the
+    # last one; a ';' cannot be told from the separator, so the log says
+    # so and points to the JSON output.
+    import csv
+
+    rows = [{"path": "x.png", "label": "a:b", "score": 0.6,
+             "top_k": [("a:b", 0.6), ("c", 0.4)], "error": ""}]
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    predict.write_predictions(rows, str(tmp_path / "p.csv"))
+    assert "ambiguous" not in caplog.text
+    with open(tmp_path / "p.csv", newline="") as f:
+        top = list(csv.DictReader(f))[0]["top_k"]
+    assert [e.rsplit(":", 1)[0] for e in top.split(";")] == ["a:b", "c"]
+    rows[0]["top_k"] = [("a;b", 0.6), ("c", 0.4)]
+    predict.write_predictions(rows, str(tmp_path / "q.csv"))
+    assert "Class name(s) with ';' (a;b)" in caplog.text
+    assert ".json" in caplog.text
+
+
 def test_arrays_with_nan_or_inf_are_an_error():
     x = np.full((10, 8, 8, 3), 100.0, np.float32)
     x[0, 0, 0, 0] = np.nan

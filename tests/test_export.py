@@ -440,6 +440,15 @@ def test_inputs_a_file_as_named_and_skipped_files_said(run, tmp_path,
     caplog.set_level(logging.INFO, logger="tl_keras")
     assert len(predict.expand_inputs(str(folder))) == 2
     assert "Skipping 1 file(s)" in caplog.text
+    # A name with a comma: as a whole, or matched by a glob in a list.
+    Image.new("RGB", (8, 8)).save(folder / "a,b.png")
+    comma = str(folder / "a,b.png")
+    assert predict.expand_inputs(comma) == [comma]
+    assert predict.expand_inputs(
+        f"{folder / 'a?b.png'},{folder / 'shot1.png'}") == [
+        comma, str(folder / "shot1.png")]
+    with pytest.raises(tl_keras.InputError, match=r"a glob such as"):
+        predict.expand_inputs(f"{comma},{folder / 'shot1.png'}")
 
 
 def test_predict_through_the_cli(run, image_folder):

@@ -74,10 +74,14 @@ def expand_inputs(spec):
     """Turns 'a.jpg,folder/,shots/*.png' into a sorted list of files.
 
     Folders are searched recursively for image extensions. A pattern that
-    matches nothing is an error.
+    matches nothing is an error. A spec that names an existing file or
+    folder as a whole is that one path, commas and all (in a list, a
+    name with a comma is matched by a glob: 'a?b.jpg').
     """
     paths = []
-    for item in (s.strip() for s in spec.split(",")):
+    whole = spec.strip()
+    items = [whole] if os.path.exists(whole) else spec.split(",")
+    for item in (s.strip() for s in items):
         if not item:
             continue
         if os.path.isfile(item):  # a file as named ('img[1].png' too)
@@ -89,7 +93,8 @@ def expand_inputs(spec):
         if not found:
             raise InputError(
                 f"Invalid inputs: {item!r} matches no image file. Allowed: "
-                f"image files, folders or glob patterns, comma-separated. "
+                f"image files, folders or glob patterns, comma-separated "
+                f"(a name with a comma: a glob such as 'a?b.jpg'). "
                 f"Received: inputs={spec!r}")
         paths += sorted(found)
     return paths
@@ -220,6 +225,14 @@ def write_predictions(rows, path):
     if path.endswith(".json"):
         io.write_json(path, rows)
     else:
+        # Each entry splits at its last ':'; a ';' in a name cannot be told
+        # from the separator.
+        clash = sorted({n for r in rows for n, _ in r["top_k"] if ";" in n})
+        if clash:
+            log.warning("Class name(s) with ';' (%s) make the CSV's top_k "
+                        "column ambiguous ('name:score;...'); --output="
+                        "<file>.json writes a list per row.",
+                        ", ".join(clash))
         text = text_io.StringIO(newline="")
         writer = csv.writer(text)
         writer.writerow(["path", "label", "score", "top_k", "error"])
