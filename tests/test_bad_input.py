@@ -292,6 +292,22 @@ def test_advise_keeps_a_training_runs_decision(folder, tmp_path):
     aside = [n for n in os.listdir(workdir) if ".replaced-" in n]
     assert len(aside) == 1
     assert "finetune" in (workdir / aside[0]).read_text()
+    # A live run's workdir (its lock held: this test's own process stands
+    # for it) is refused to advise and rank even with --overwrite, before
+    # anything is measured or moved.
+    import json
+    import socket
+
+    with open(str(workdir) + ".lock", "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "since": "earlier"}, f)
+    before = sorted(os.listdir(workdir))
+    for mode in ("advise", "rank"):
+        with pytest.raises(tl_keras.InputError,
+                           match="another tl_keras run uses it"):
+            getattr(tl_keras, mode)(config.replace(
+                mode=mode, overwrite=True, backbones="compact_cnn"))
+    assert sorted(os.listdir(workdir)) == before
 
 
 def test_flags_a_mode_does_not_read_are_said(caplog):

@@ -14,6 +14,7 @@ from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 from tl_keras.models.hub import check_preset_name, is_hub
 from tl_keras.models.registry import get_backbone_spec
+from tl_keras.training.workdir import workdir_lock
 
 log = logging.getLogger("tl_keras")
 
@@ -44,6 +45,12 @@ def rank(config, data=None):
         elif not os.path.isfile(name):
             fail("backbones", "names or existing .keras files (no such "
                  "file)", name)
+    # As a train run: a live run on the workdir refuses this one.
+    with workdir_lock(config.runtime.workdir):
+        return _rank(config, names, data)
+
+
+def _rank(config, names, data):
     rows, data_by_size = [], {}
     for name in names:
         log.info("Ranking: measuring %s", name)
