@@ -3,6 +3,7 @@ with field / allowed / received."""
 
 import dataclasses
 import glob
+import json
 import os
 
 import numpy as np
@@ -204,6 +205,23 @@ def test_numpy_numbers_are_taken():
                        match="Allowed: an integer, not bool"):
         tl_keras.Config(workdir="w", epochs=np.bool_(True)).validate(
             require_data_dir=False)
+
+
+def test_numpy_numbers_train_and_are_recorded_as_written(tiny_config):
+    # Keras refused a numpy rate or seed after config.json was written,
+    # which held np.float32(1e-3) as 0.0010000000474974513, so the same
+    # run given 1e-3 was refused as other settings.
+    config = tiny_config.replace(learning_rate=np.float32(1e-3),
+                                 seed=np.int64(3), epochs=np.int32(1),
+                                 finetune_epochs=1, augment="none")
+    assert config.training.learning_rate == 1e-3
+    assert type(config.data.seed) is int
+    assert tl_keras.train(config)["complete"]
+    with open(os.path.join(config.runtime.workdir, "config.json")) as f:
+        assert json.load(f)["learning_rate"] == 1e-3
+    again = tl_keras.train(config.replace(learning_rate=1e-3, seed=3,
+                                          epochs=1))
+    assert again["complete"]
 
 
 @pytest.mark.parametrize("args", [

@@ -11,6 +11,8 @@ names are unique across sections, so the command line, `flags.cfg` and
 import dataclasses
 import os
 
+import numpy as np
+
 from tl_keras.config import sections as _sections
 from tl_keras.config.fields import (
     MAX_CACHE_VIEWS,
@@ -80,6 +82,22 @@ def _check_apart(data_dir, workdir):
              f"the data folder or inside it", workdir)
 
 
+def _plain_numbers(section):
+    """The section with numpy scalars as Python numbers: Keras refuses a
+    numpy learning rate or seed, and config.json would record
+    np.float32(1e-3) as 0.0010000000474974513, so the same run given 1e-3
+    would be refused as other settings. A numpy float becomes the shortest
+    decimal that gives it back (str: '0.001')."""
+    changes = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, np.floating):
+            changes[f.name] = float(str(value))
+        elif isinstance(value, np.generic):
+            changes[f.name] = value.item()
+    return dataclasses.replace(section, **changes) if changes else section
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class Config:
     """What to train, on what, how, and where to put it.
@@ -107,7 +125,7 @@ class Config:
                 fail(name, f"a {cls.__name__}", section)
             if by_section.get(name):
                 section = dataclasses.replace(section, **by_section[name])
-            object.__setattr__(self, name, section)
+            object.__setattr__(self, name, _plain_numbers(section))
 
     def validate(self, require_data_dir=True):
         """Checks every section, then what depends on several; returns
