@@ -432,3 +432,38 @@ def test_an_advisor_sample_below_the_classes_is_an_error():
                        match="Invalid advisor_sample. Allowed: at least "
                              "the number of classes \\(12\\)"):
         check_sample(config, 12)
+
+
+@pytest.mark.parametrize("names, problem", [
+    (["a", "b"], "3 names, one per output"),  # a broken export before
+    (["a", "b", "c", "d"], "3 names, one per output"),
+    (["a", "a", "b"], "distinct"),
+    ("abc", "distinct"),  # a string is not three names
+    (["a", "b\nx", "c"], "printable"),  # labels.txt would have 4 lines
+    ({"a", "b", "c"}, "in label order"),  # a set's order is the hash seed's
+])
+def test_export_refuses_class_names_that_do_not_fit(tmp_path, names,
+                                                     problem):
+    model = tl_keras.build_classifier(
+        tl_keras.build_backbone("compact_cnn", "none", 32), 3)
+    with pytest.raises(tl_keras.InputError,
+                       match=f"Invalid class_names. Allowed: .*{problem}"):
+        tl_keras.export_saved_model(model, str(tmp_path / "e"), names)
+    assert not os.listdir(tmp_path)
+
+
+def test_from_arrays_names_the_split_and_refuses_a_set(tmp_path):
+    x = np.zeros((6, 8, 8, 3), np.uint8)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    # A validation label the training set lacks is named as y_val's (it
+    # was reported as the training set missing classes 3, 4 and 5).
+    with pytest.raises(tl_keras.InputError,
+                       match=r"Invalid y_val. .*\(0 to 2\).*label 5"):
+        tl_keras.from_arrays(x, y, None, 32, x_val=x[:3],
+                             y_val=np.array([0, 1, 5]))
+    with pytest.raises(tl_keras.InputError, match="in label order"):
+        tl_keras.from_arrays(x, y, None, 32, class_names={"a", "b", "c"})
+    data = tl_keras.from_arrays(
+        x, y, tl_keras.Config(test_split=0), 32, x_val=x[:3],
+        y_val=np.array([0, 1, 2]), class_names=np.array(["a", "b", "c"]))
+    assert data.class_names == ["a", "b", "c"]

@@ -28,24 +28,41 @@ def checked_arrays(x, y, splits, class_names):
                  "only x_" + name if ys is None else "only y_" + name)
         if xs is not None:
             arrays[name] = check_arrays(xs, ys, f"x_{name}", f"y_{name}")
-    top = max(int(a[1].max()) for a in arrays.values() if len(a[1]))
+    tops = {name: int(a[1].max()) for name, a in arrays.items()
+            if len(a[1])}
+    top = max(tops.values())
     if class_names is None:
         if top >= MAX_CLASSES:
             fail("y", f"labels below {MAX_CLASSES:,}", top)
+        for name, split_top in tops.items():  # named, not blamed on y
+            if split_top > tops.get("train", top):
+                fail(f"y_{name}", f"labels the training set has (0 to "
+                     f"{tops['train']}), or class_names naming every "
+                     f"class", f"label {split_top}")
         class_names = [str(i) for i in range(top + 1)]
-    if isinstance(class_names, str) or not all(
-            isinstance(n, str) and n.isprintable() and n
-            for n in class_names) or len(set(class_names)) < len(
-            class_names):
-        fail("class_names", "a list of distinct, non-empty printable "
-             "strings (one line each in the export's labels.txt)",
-             class_names)
-    class_names = list(class_names)
+    class_names = check_class_names(class_names)
     if len(class_names) < max(top + 1, 2):
         fail("class_names", f"at least {max(top + 1, 2)} names (labels go "
              f"up to {top}; a classifier needs 2 classes)",
              f"{len(class_names)} names")
     return arrays, class_names
+
+
+def check_class_names(class_names):
+    """Returns `class_names` as a list, or raises InputError unless they
+    are distinct, non-empty printable strings in a list, tuple or 1-D
+    array (an order: a set's changes with the process's hash seed, and
+    the names would go to other labels)."""
+    ordered = isinstance(class_names, (list, tuple)) or (
+        isinstance(class_names, np.ndarray) and class_names.ndim == 1)
+    if not ordered or not all(
+            isinstance(n, str) and n.isprintable() and n
+            for n in class_names) or len(set(class_names)) < len(
+            class_names):
+        fail("class_names", "a list of distinct, non-empty printable "
+             "strings in label order (one line each in the export's "
+             "labels.txt)", class_names)
+    return [str(n) for n in class_names]
 
 
 def check_trained_classes(arrays, class_names):

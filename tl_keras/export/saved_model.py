@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from tl_keras import inference, io
+from tl_keras.data.arrays import check_class_names
 from tl_keras.data.images import (
     MAX_PIXELS,
     TF_BMP_BITS,
@@ -32,7 +33,7 @@ from tl_keras.data.images import (
     misread_bmp,
     resize_images,
 )
-from tl_keras.errors import InputError
+from tl_keras.errors import InputError, fail
 from tl_keras.export.logs import quiet_absl
 from tl_keras.export.tflite import convert_to_tflite
 from tl_keras.version import __version__
@@ -66,8 +67,18 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
     deleted.
 
     Raises:
-      InputError: `export_dir` exists and `overwrite` is False.
+      InputError: `export_dir` exists and `overwrite` is False, or
+        `class_names` are not one distinct name per output of the model.
     """
+    class_names = check_class_names(class_names)
+    try:
+        outputs = model.output_shape[-1]
+    except (AttributeError, ValueError):  # not a built model
+        fail("model", "a built Keras classifier (images in, a score per "
+             "class out)", type(model).__name__)
+    if len(class_names) != outputs:
+        fail("class_names", f"{outputs} names, one per output of the "
+             f"model", f"{len(class_names)} names")
     if os.path.exists(export_dir) and not overwrite:
         there = ("an export is" if is_export(export_dir) else
                  "something other than a tl_keras export is")
