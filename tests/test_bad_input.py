@@ -467,3 +467,47 @@ def test_from_arrays_names_the_split_and_refuses_a_set(tmp_path):
         x, y, tl_keras.Config(test_split=0), 32, x_val=x[:3],
         y_val=np.array([0, 1, 2]), class_names=np.array(["a", "b", "c"]))
     assert data.class_names == ["a", "b", "c"]
+
+
+def test_train_checks_its_arguments_before_writing(tmp_path, folder):
+    import keras
+
+    config = tl_keras.Config(data_dir=folder, workdir=str(tmp_path / "w"),
+                             backbone="compact_cnn", weights="none",
+                             image_size=32, epochs=1, finetune_epochs=1)
+    cases = [
+        (dict(config=config.to_dict()), "Invalid config. Allowed: a "
+                                        "tl_keras.Config"),
+        (dict(data=folder), "Invalid data. Allowed: an ImageData"),
+        # Not a list (an AttributeError deep in a stage, after the
+        # workdir was written), and a function that is not a callback.
+        (dict(callbacks=keras.callbacks.EarlyStopping()),
+         "Invalid callbacks. Allowed: a list of keras.callbacks.Callback"),
+        (dict(callbacks=[lambda *a: None]), "Invalid callbacks"),
+        (dict(callbacks=None), "Invalid callbacks"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(tl_keras.InputError, match=message):
+            tl_keras.train(**{"config": config, **kwargs})
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_data_given_in_memory_records_no_data_dir(tmp_path, folder,
+                                                  caplog):
+    # config.json and flags.cfg named the folder that was not read: a
+    # flagfile reused from the run trained on the folder instead.
+    import json
+
+    x = np.random.default_rng(0).integers(0, 255, (24, 8, 8, 3), np.uint8)
+    config = tl_keras.Config(data_dir=folder, workdir=str(tmp_path / "w"),
+                             backbone="compact_cnn", weights="none",
+                             image_size=32, approach="transfer", epochs=1,
+                             augment="none")
+    data = tl_keras.from_arrays(x, np.arange(24) % 2, config, 32)
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    assert tl_keras.train(config, data=data)["complete"]
+    assert f"data_dir={folder!r} is not read" in caplog.text
+    with open(tmp_path / "w" / "config.json") as f:
+        assert json.load(f)["data_dir"] == ""
+    # The same call resumes (is complete), not refused as other settings.
+    assert tl_keras.train(config, data=data)["complete"]

@@ -32,7 +32,7 @@ from tl_keras.data.folders import (
     scan_folder,
 )
 from tl_keras.data.images import decode_image, find_unreadable, resize_images
-from tl_keras.errors import check_range
+from tl_keras.errors import check_range, fail
 
 log = logging.getLogger("tl_keras")
 
@@ -296,8 +296,31 @@ def data_for_run(config, image_size, data=None):
     config.data.data_dir at the backbone's `image_size`."""
     if data is None:
         return make_datasets(config.data, image_size)
+    _check_kind(data)
     check_given_data(data, config, image_size)
     return data
+
+
+def _check_kind(data):
+    if not isinstance(data, ImageData):
+        fail("data", "an ImageData (from tl_keras.from_arrays), or None to "
+             "read config.data_dir", type(data).__name__)
+
+
+def given_data_config(config, data):
+    """`config` for a run on arrays given in memory (`train(config,
+    data=from_arrays(...))`, compare): its data_dir is not read, so it is
+    recorded as '' (a flags.cfg naming the folder would train another
+    run), with a warning. Unchanged for data read from a folder (compare
+    passes its own to each run) or none."""
+    if data is None:
+        return config
+    _check_kind(data)
+    if data.files is not None or not config.data.data_dir:
+        return config
+    log.warning("data_dir=%r is not read: the run trains on the data "
+                "given in memory; recorded as ''.", config.data.data_dir)
+    return config.replace(data_dir="")
 
 
 def full_batches(ds, batch_size, n):

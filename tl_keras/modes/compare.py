@@ -33,6 +33,7 @@ from tl_keras.advisor.advise import (
 )
 from tl_keras.advisor.measurement import check_sample
 from tl_keras.config import FINETUNE_ONLY, config_differences
+from tl_keras.data.pipelines import given_data_config
 from tl_keras.distribute.strategy import this_task
 from tl_keras.errors import InputError
 from tl_keras.export.saved_model import is_export
@@ -68,7 +69,8 @@ def compare(config, data=None, header=None, also_in_workdir=()):
         write (with --overwrite it is moved aside instead), or another
         live run holds its lock.
     """
-    config.validate(require_data_dir=data is None)
+    config = given_data_config(config, data).validate(
+        require_data_dir=data is None)
     # The workdir's lock, as a train run's (`workdir_lock`): a second
     # compare on it is refused before its advisor runs. A multi-worker
     # run's other workers follow the chief's and hold none.

@@ -18,10 +18,12 @@ from tl_keras.config import (
     FINETUNE_ONLY,
     RESUMABLE_FIELDS,
     TRAINED_APPROACHES,
+    Config,
 )
 from tl_keras.config.config import config_differences
-from tl_keras.data.pipelines import data_for_run
+from tl_keras.data.pipelines import data_for_run, given_data_config
 from tl_keras.distribute.strategy import placement
+from tl_keras.errors import fail
 from tl_keras.export.saved_model import TEMP_PREFIX, export_saved_model
 from tl_keras.models import recipe
 from tl_keras.models.backbones import (
@@ -66,7 +68,7 @@ def train(config, data=None, callbacks=()):
       InputError: an invalid config, data or workdir; nothing in an
         existing workdir is deleted.
     """
-    config.validate(require_data_dir=data is None)
+    config = _checked_call(config, data, callbacks)
     place = placement(config.runtime, config.data.batch_size)
     if not place.task.is_chief:
         # Other workers train in step with the chief but write only to a
@@ -76,6 +78,20 @@ def train(config, data=None, callbacks=()):
             f"{config.runtime.workdir.rstrip(os.sep)}.{place.task.name}"))
     with place.policy_scope(), workdir_lock(config.runtime.workdir):
         return _train(config, data, place, callbacks)
+
+
+def _checked_call(config, data, callbacks):
+    """The validated config of a `train` call whose arguments are of the
+    kinds it takes (else InputError before anything runs); with `data`
+    given, without its data_dir (`given_data_config`)."""
+    if not isinstance(config, Config):
+        fail("config", "a tl_keras.Config", type(config).__name__)
+    if not isinstance(callbacks, (list, tuple)) or not all(
+            isinstance(c, keras.callbacks.Callback) for c in callbacks):
+        fail("callbacks", "a list of keras.callbacks.Callback",
+             repr(callbacks)[:200])
+    return given_data_config(config, data).validate(
+        require_data_dir=data is None)
 
 
 def _train(config, data, place, callbacks):
