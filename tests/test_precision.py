@@ -70,6 +70,21 @@ def test_mixed_precision_run_trains_and_exports_float32(tiny_config, policy):
         assert json.load(f)["mixed_precision"] == policy
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_every_augmentation_runs_under_mixed_precision(tiny_config, policy):
+    # MixUp and CutMix mixed 16-bit images with float32 labels (a
+    # TypeError before the first step); augmentation computes in float32
+    # whatever the policy (auto picks mixed_float16 on recent GPUs).
+    for augment in ("flip,rotation,zoom,mixup", "randaugment,cutmix"):
+        config = tiny_config.replace(
+            mixed_precision=policy, augment=augment, approach="transfer",
+            epochs=1, workdir=f"{tiny_config.runtime.workdir}-{augment}")
+        metrics = tl_keras.train(config)
+        assert np.all(np.isfinite(metrics["stages"]["head"]["history"][
+            "loss"]))
+    assert keras.config.dtype_policy().name == "float32"
+
+
 @cpu_only
 def test_auto_precision_is_float32_on_cpu():
     assert distribute.resolve_precision("auto") == "float32"

@@ -12,23 +12,30 @@ loss and the accuracy metric take beside integer labels
 import keras
 import tensorflow as tf
 
+# Augmentation computes in float32 whatever the run's dtype policy: it
+# runs in tf.data on float32 pixels, and under mixed_float16 a MixUp or
+# CutMix would mix float16 images with float32 labels (a TypeError).
+_DTYPE = "float32"
+
 
 def build_augmenter(names, seed):
     """Returns a Keras model of the named augmentations, or None."""
     layers = []
     if "flip" in names:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed,
+                                              dtype=_DTYPE))
     if "rotation" in names:
-        layers.append(keras.layers.RandomRotation(0.1, seed=seed))
+        layers.append(keras.layers.RandomRotation(0.1, seed=seed,
+                                                  dtype=_DTYPE))
     if "zoom" in names:
-        layers.append(keras.layers.RandomZoom(0.1, seed=seed))
+        layers.append(keras.layers.RandomZoom(0.1, seed=seed, dtype=_DTYPE))
     if "randaugment" in names:
         # Keras 3's core RandAugment (Cubuk et al. 2020: 2 of 14 ops per
         # image at magnitude 0.5, its defaults) on the 0-255 pixels of the
         # pipeline. keras-cv's augmentation layers, archived upstream, were
         # superseded by these core layers; tl_keras uses none of keras-cv.
         layers.append(keras.layers.RandAugment(value_range=(0, 255),
-                                               seed=seed))
+                                               seed=seed, dtype=_DTYPE))
     return keras.Sequential(layers, name="augment") if layers else None
 
 
@@ -41,9 +48,11 @@ def build_mixer(names, seed):
     'labels'} with one-hot labels and mixes both with the same weights
     (CutMix: the share of pixels pasted, `PixelCutMix`)."""
     if "mixup" in names:
-        return keras.layers.MixUp(alpha=0.2, seed=seed, name="mixup")
+        return keras.layers.MixUp(alpha=0.2, seed=seed, name="mixup",
+                                  dtype=_DTYPE)
     if "cutmix" in names:
-        return PixelCutMix(factor=(1.0, 1.0), seed=seed, name="cutmix")
+        return PixelCutMix(factor=(1.0, 1.0), seed=seed, name="cutmix",
+                           dtype=_DTYPE)
     return None
 
 
