@@ -49,6 +49,41 @@ def test_converted_vgg16_reproduces_heds_activations(hed_vgg16):
 def test_conversion_refuses_a_bad_output_path(tmp_path):
     with pytest.raises(tl_keras.InputError, match="weights.h5"):
         convert_hed_weights(str(tmp_path / "vgg16.h5"))
+    # An existing file is kept (it was replaced without a word); a folder,
+    # or a folder under a file, is refused before HED is built.
+    kept = tmp_path / "mine.weights.h5"
+    kept.write_text("precious")
+    with pytest.raises(tl_keras.InputError, match="a file is there"):
+        convert_hed_weights(str(kept))
+    assert kept.read_text() == "precious"
+    (tmp_path / "d.weights.h5").mkdir()
+    with pytest.raises(tl_keras.InputError, match="it is a folder"):
+        convert_hed_weights(str(tmp_path / "d.weights.h5"))
+    with pytest.raises(tl_keras.InputError, match="cannot be made"):
+        convert_hed_weights(str(kept / "x.weights.h5"))
+    # Not HED's weights: named, not a FileNotFoundError or ValueError.
+    with pytest.raises(tl_keras.InputError, match="hed_weights: no such"):
+        convert_hed_weights(str(tmp_path / "o.weights.h5"),
+                            hed_weights=str(tmp_path / "none.weights.h5"))
+    with pytest.raises(tl_keras.InputError, match="not HED's weights"):
+        convert_hed_weights(str(tmp_path / "o.weights.h5"),
+                            hed_weights=str(kept))
+    assert sorted(os.listdir(tmp_path)) == ["d.weights.h5",
+                                            "mine.weights.h5"]
+    from tl_keras.models import hed
+
+    assert hed.main([]) == 2 and hed.main([str(kept)]) == 2
+
+
+def test_conversion_replaces_a_file_with_overwrite(hed_vgg16, tmp_path):
+    out = tmp_path / "again.weights.h5"
+    out.write_text("old")
+    assert convert_hed_weights(str(out), overwrite=True) == str(out)
+    ours, theirs = (tl_keras.build_backbone("vgg16", path, 32).base
+                    for path in (str(out), hed_vgg16))
+    for a, b in zip(ours.weights, theirs.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert os.listdir(tmp_path) == ["again.weights.h5"]  # no temporary
 
 
 def test_feature_block_run_exports_the_cut_base(hed_vgg16, image_folder,

