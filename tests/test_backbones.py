@@ -204,7 +204,7 @@ def test_classifier_file_serves_as_weights_and_as_backbone(tmp_path):
     assert [b for b, _ in reused.blocks()] == COMPACT_BLOCKS
 
 
-def test_user_model_is_cut_at_spatial_features(tmp_path):
+def test_user_model_is_cut_at_spatial_features(tmp_path, caplog):
     inputs = keras.Input((40, 40, 3))
     x = keras.layers.Conv2D(8, 3, name="c1")(inputs)
     x = keras.layers.Conv2D(16, 3, strides=2, name="c2")(x)
@@ -213,6 +213,8 @@ def test_user_model_is_cut_at_spatial_features(tmp_path):
     path = str(tmp_path / "user.keras")
     keras.Model(inputs, outputs).save(path)
     built = tl_keras.build_backbone(path)
+    # Its input range is unknown: the log says what it is fed.
+    assert "gets the pixels as they are, in [0, 255]" in caplog.text
     assert built.base.output.shape == (None, 18, 18, 16)
     assert built.image_size == 40
     assert [b for b, _ in built.blocks()] == ["c1", "c2"]
@@ -223,6 +225,37 @@ def test_user_model_is_cut_at_spatial_features(tmp_path):
 def test_missing_backbone_file_is_clear():
     with pytest.raises(tl_keras.InputError, match="no such file"):
         tl_keras.build_backbone("nowhere/model.keras")
+
+
+def test_a_keras_file_keras_cannot_load_is_named(tmp_path):
+    # Keras said "File not found" for a cut-short file, an UnboundLocalError
+    # for a folder, and a TypeError for an unregistered custom layer.
+    cut = tmp_path / "cut.keras"
+    built = tl_keras.build_backbone("compact_cnn", "none", 32)
+    models.build_classifier(built, 2).save(str(tmp_path / "whole.keras"))
+    cut.write_bytes((tmp_path / "whole.keras").read_bytes()[:500])
+
+    class Unregistered(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+    custom = str(tmp_path / "custom.keras")
+    keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3),
+                      Unregistered()]).save(custom)
+    cases = [(str(cut), "not a .keras archive"),
+             (str(tmp_path), "a folder .*load_exported"),
+             (custom, "Keras could not load it \\(TypeError")]
+    for path, problem in cases:
+        with pytest.raises(tl_keras.InputError,
+                           match=f"Invalid path: {problem}"):
+            tl_keras.load_model(path)
+        if path != str(tmp_path):  # as a base, and as its weights
+            with pytest.raises(tl_keras.InputError,
+                               match=f"Invalid backbone: {problem}"):
+                tl_keras.build_backbone(path)
+            with pytest.raises(tl_keras.InputError,
+                               match=f"Invalid weights: {problem}"):
+                tl_keras.build_backbone("compact_cnn", path, 32)
 
 
 @pytest.mark.parametrize("mode", ["tf", "caffe", "torch"])
@@ -262,3 +295,30 @@ def test_imagenet_download_failure_is_clear(monkeypatch):
     assert "Could not download ImageNet weights for mobilenet_v2" in str(
         e.value)
     assert "--weights=none" in str(e.value)
+
+
+def test_the_log_says_where_a_bases_weights_come_from(tmp_path, caplog):
+    # A .keras base keeps its own weights; weights=none does not change
+    # that (said, not silently dropped); a weights file is named.
+    import logging
+
+    from tl_keras.training.trainer import _build_backbone
+
+    built = tl_keras.build_backbone("compact_cnn", "none", 32)
+    path = str(tmp_path / "base.keras")
+    models.build_classifier(built, 2).save(path)
+    weights = str(tmp_path / "w.weights.h5")
+    built.base.save_weights(weights)
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    expected = {
+        ("imagenet", "transfer"): "(its own weights)",
+        ("none", "transfer"): "(its own weights; weights=none applies to "
+                              "registered bases: --approach=scratch",
+        (weights, "transfer"): f"(its architecture, weights from {weights}",
+        ("none", "scratch"): "from random init (its weights are not used)",
+    }
+    for (given, approach), text in expected.items():
+        caplog.clear()
+        _build_backbone(tl_keras.Config(backbone=path, weights=given,
+                                        approach=approach))
+        assert text in caplog.text, (given, approach, caplog.text)

@@ -463,6 +463,10 @@ def test_from_arrays_names_the_split_and_refuses_a_set(tmp_path):
                              y_val=np.array([0, 1, 5]))
     with pytest.raises(tl_keras.InputError, match="in label order"):
         tl_keras.from_arrays(x, y, None, 32, class_names={"a", "b", "c"})
+    # 0 x 0 images were taken, then failed inside TF after the workdir
+    # was written.
+    with pytest.raises(tl_keras.InputError, match="at least 1 x 1 pixel"):
+        tl_keras.from_arrays(np.zeros((6, 0, 0, 3), np.uint8), y, None, 32)
     data = tl_keras.from_arrays(
         x, y, tl_keras.Config(test_split=0), 32, x_val=x[:3],
         y_val=np.array([0, 1, 2]), class_names=np.array(["a", "b", "c"]))
@@ -511,3 +515,16 @@ def test_data_given_in_memory_records_no_data_dir(tmp_path, folder,
         assert json.load(f)["data_dir"] == ""
     # The same call resumes (is complete), not refused as other settings.
     assert tl_keras.train(config, data=data)["complete"]
+
+
+@pytest.mark.parametrize("changes, size, field", [
+    (dict(batch_size=0), 32, "batch_size"),  # a TF InvalidArgumentError
+    (dict(validation_split=1.5), 32, "validation_split"),  # "too few"
+    ({}, "32", "image_size"),  # a TypeError
+    ({}, 0, "image_size"),  # taken
+])
+def test_make_datasets_checks_its_config(folder, changes, size, field):
+    from tl_keras.data import make_datasets
+
+    with pytest.raises(tl_keras.InputError, match=f"Invalid {field}"):
+        make_datasets(tl_keras.Config(data_dir=folder, **changes), size)

@@ -306,7 +306,7 @@ def test_a_live_run_locks_its_workdir(tiny_config):
 def test_a_workdir_lock_nests_in_its_own_process(tmp_path):
     # The demo holds its workdir's lock and runs compare, which takes the
     # same lock, in it: held once, released by the outer holder.
-    from tl_keras.training.workdir import workdir_lock
+    from tl_keras.io import workdir_lock
 
     workdir = str(tmp_path / "w")
     with workdir_lock(workdir):
@@ -323,6 +323,9 @@ def test_a_workdir_lock_nests_in_its_own_process(tmp_path):
     # 4 blocks one epoch apart: the last would open after the 3rd epoch.
     (dict(gradual_unfreeze=1, finetune_epochs=3), "gradual_unfreeze"),
     (dict(approach="auto", unfreeze="10"), "unfreeze"),
+    # One block trains at the full rate: the decay would do nothing.
+    (dict(unfreeze="1", lr_decay=0.5), "lr_decay"),
+    (dict(feature_block="block1", lr_decay=0.5), "lr_decay"),
 ])
 def test_stage_errors_come_before_anything_is_written(tmp_path, tiny_config,
                                                       changes, field):

@@ -137,6 +137,8 @@ def test_command_line_overrides_flagfile(monkeypatch):
     (dict(unfreeze="top"), "unfreeze"),
     (dict(unfreeze="0"), "unfreeze"),
     (dict(augment="flip,blur"), "augment"),
+    (dict(augment="flip,flip"), "augment"),  # was taken as flip
+    (dict(augment="mixup,mixup"), "augment"),  # said: mixup and cutmix
     (dict(dropout=1.0), "dropout"),
     (dict(advisor_scratch_fraction=1.5), "advisor_scratch_fraction"),
     (dict(advisor_sample=5), "advisor_sample"),

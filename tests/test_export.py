@@ -594,6 +594,21 @@ def test_load_exported_refuses_or_takes_clearly(run, image_folder,
         predictor.predict([good, str(broken)])
     with pytest.raises(tl_keras.InputError, match="do not exist"):
         predictor.predict([str(tmp_path / "nowhere.png")])
+    # Lists of what is not a path were taken as paths (a TypeError, or
+    # "do not exist" with the bytes printed); a 0 x 0 image failed in TF.
+    for items, kinds in (([Image.new("RGB", (8, 8))], "Image"),
+                         ([b"\x89PNG"], "bytes"),
+                         ([arrays[0], good], "ndarray")):
+        with pytest.raises(tl_keras.InputError,
+                           match=f"a list holding {kinds}"):
+            predictor.predict(items)
+    with pytest.raises(tl_keras.InputError, match=r"shape=\(1, 0, 0, 3\)"):
+        predictor.predict(np.zeros((1, 0, 0, 3), np.uint8))
+    with pytest.raises(tl_keras.InputError, match="export_dir: None"):
+        export.load_exported(None)
+    np.testing.assert_allclose(  # numpy batch sizes, as Config takes
+        predictor.predict(arrays, batch_size=np.int64(2))["scores"],
+        together["scores"], atol=1e-6)
 
 
 def test_evaluate_scores_a_folder_of_one_of_its_classes(run, image_folder,

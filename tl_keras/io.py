@@ -4,16 +4,24 @@ new one, never half of either.
 `write_text` / `write_json` write a temporary file in the same folder,
 flush and fsync it, rename it over the target and fsync the folder, so the
 rename itself survives a power loss. `replace_dir` swaps a finished folder
-(an export) into place.
+(an export) into place. `workdir_lock` holds `<workdir>.lock` while a
+run (any mode that writes into a workdir) uses it.
 """
 
+import contextlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 
 import numpy as np
+
+from tl_keras.errors import InputError
+
+log = logging.getLogger("tl_keras")
 
 
 def write_text(path, text, newline=None):
@@ -134,3 +142,93 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# The lock files this process holds (`workdir_lock`): a mode that runs
+# another inside its own workdir (the demo's compare) holds it once.
+_HELD = set()
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+    """Holds `<workdir>.lock` while a run uses `workdir`: a second run on
+    the same workdir, or an --overwrite that would move a live run's folder
+    aside, is refused with the holder named. The lock is a sibling of the
+    workdir (moving the workdir aside leaves it in place) holding the
+    holder's pid, host and start time; a lock whose process is gone (same
+    host, no such pid) is stale and taken over.
+
+    Raises:
+      InputError: a live run (or one on another host) holds the lock.
+    """
+    path = workdir.rstrip(os.sep) + ".lock"
+    key = os.path.abspath(path)
+    if key in _HELD:  # held already by this process, further up
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _read_lock(path)
+            if not holder and _age(path) < 10:  # being written just now
+                time.sleep(0.2)
+                continue
+            if not _is_stale(holder):
+                raise InputError(
+                    f"Invalid workdir {workdir!r}: another tl_keras run "
+                    f"uses it (pid {holder.get('pid')} on "
+                    f"{holder.get('host')} since {holder.get('since')}; "
+                    f"lock file {path}). Allowed: a workdir no live run "
+                    f"uses (wait for that run, or delete the lock file if "
+                    f"its process is gone). Received: workdir={workdir!r}"
+                    ) from None
+            log.warning("Taking over the stale lock %s of a run that is "
+                        "gone (pid %s)", path, holder.get("pid"))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    with os.fdopen(fd, "w") as f:
+        json.dump(mine, f)
+    _HELD.add(key)
+    try:
+        yield
+    finally:
+        _HELD.discard(key)
+        if _read_lock(path) == mine:
+            os.remove(path)
+
+
+def _read_lock(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}  # being written, or torn: judged by age below
+
+
+def _age(path):
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def _is_stale(holder):
+    """Whether the lock's process is gone: same host and no such pid. A
+    lock that cannot be read (torn by a crash mid-write; checked 10 s
+    after it was written) is stale."""
+    if not holder:
+        return True
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False

@@ -22,7 +22,6 @@ from tl_keras.data.pipelines import data_for_run
 from tl_keras.errors import InputError
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
-from tl_keras.training.workdir import workdir_lock
 
 log = logging.getLogger("tl_keras")
 
@@ -121,7 +120,7 @@ def advise(config, data=None):
     check_record_place(config)
     # As a train run: a live run on the workdir (whose decision.json this
     # would move aside) refuses this one.
-    with workdir_lock(config.runtime.workdir):
+    with io.workdir_lock(config.runtime.workdir):
         model, data, blocks = classifier_and_data(config, data)
         record = advise_run(model, data, config, blocks)
         write_record(config.runtime.workdir, "decision.json", record)

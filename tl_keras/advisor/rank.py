@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 
+from tl_keras import io
 from tl_keras.advisor.advise import check_record_place, write_record
 from tl_keras.advisor.measurement import measure
 from tl_keras.data.pipelines import make_datasets
@@ -14,7 +15,6 @@ from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 from tl_keras.models.hub import check_preset_name, is_hub
 from tl_keras.models.registry import get_backbone_spec
-from tl_keras.training.workdir import workdir_lock
 
 log = logging.getLogger("tl_keras")
 
@@ -46,7 +46,7 @@ def rank(config, data=None):
             fail("backbones", "names or existing .keras files (no such "
                  "file)", name)
     # As a train run: a live run on the workdir refuses this one.
-    with workdir_lock(config.runtime.workdir):
+    with io.workdir_lock(config.runtime.workdir):
         return _rank(config, names, data)
 
 

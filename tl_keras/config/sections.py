@@ -77,10 +77,10 @@ class DataConfig:
         if self.augment in ("none", ""):
             return ()
         names = tuple(a.strip() for a in self.augment.split(","))
-        for name in names:
-            if name not in AUGMENTATIONS:
+        for name in names:  # a repeat is a typo, not a stronger one
+            if name not in AUGMENTATIONS or names.count(name) > 1:
                 fail("augment", "'none' or a comma-separated subset of "
-                     + ", ".join(AUGMENTATIONS), self.augment)
+                     + ", ".join(AUGMENTATIONS) + ", each once", self.augment)
         if len(self.label_mixes(names)) > 1:
             fail("augment", "at most one of " + ", ".join(LABEL_MIXES),
                  self.augment)

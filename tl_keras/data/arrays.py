@@ -116,10 +116,11 @@ def check_arrays(x, y, x_name, y_name):
     if x.dtype == object or not x.ndim or not len(x):
         fail(x_name, "a non-empty numeric array",
              f"dtype {x.dtype}, {len(x)} images")
-    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or 0 in x.shape[1:3]:
         raise InputError(
             f"Invalid {x_name}. Allowed: images shaped (n, height, width, "
-            f"1|3|4). Received: {x_name}.shape={x.shape}")
+            f"1|3|4), at least 1 x 1 pixel. Received: {x_name}.shape="
+            f"{x.shape}")
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
         raise InputError(
             f"Invalid {y_name}. Allowed: integer labels shaped ({len(x)},). "

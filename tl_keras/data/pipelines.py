@@ -163,6 +163,16 @@ def data_section(config):
     return config if isinstance(config, DataConfig) else config.data
 
 
+def _checked_section(config, image_size):
+    """The data section of `config`, checked (a caller of `make_datasets`
+    or `from_arrays` may not have validated it), and the image size."""
+    config = data_section(config)
+    check_types(config)
+    config.validate()
+    check_range("image_size", image_size, 1, 4096)
+    return config
+
+
 def make_datasets(config, image_size):
     """Builds the pipelines of `config.data_dir`.
 
@@ -179,7 +189,7 @@ def make_datasets(config, image_size):
       ValueError: missing or empty folder, a class without images, fewer
         than two classes, or a class too small to split.
     """
-    config = data_section(config)
+    config = _checked_section(config, image_size)
     files, class_names, skipped = scan_folder(config.data_dir)
     bad = find_unreadable([p for split in files.values() for p, _ in split])
     if bad:
@@ -241,10 +251,7 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
     Raises:
       ValueError: bad shapes, labels or value range.
     """
-    config = data_section(config)
-    check_types(config)
-    config.validate()
-    check_range("image_size", image_size, 1, 4096)
+    config = _checked_section(config, image_size)
     arrays, class_names = checked_arrays(
         x, y, {"val": (x_val, y_val), "test": (x_test, y_test)}, class_names)
     check_trained_classes(arrays, class_names)

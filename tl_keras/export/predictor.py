@@ -1,6 +1,7 @@
 """Loading an export back for prediction: `load_exported(path)`."""
 
 import json
+import numbers
 import os
 
 import numpy as np
@@ -39,8 +40,8 @@ class ExportedClassifier:
           {'scores', 'logits', 'class_ids', 'labels'} as numpy arrays
           (labels as Python strings).
         """
-        if isinstance(batch_size, bool) or not isinstance(
-                batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(
+                batch_size, numbers.Integral) or batch_size < 1:
             raise InputError(f"Invalid batch_size. Allowed: a positive "
                              f"integer. Received: batch_size={batch_size!r}")
         if isinstance(inputs, (str, os.PathLike)):
@@ -48,6 +49,15 @@ class ExportedClassifier:
         if isinstance(inputs, (list, tuple)) and inputs and all(
                 isinstance(x, np.ndarray) for x in inputs):
             inputs = _stack(inputs)  # a list of images: one batch
+        if isinstance(inputs, (list, tuple)):
+            kinds = sorted({type(p).__name__ for p in inputs
+                            if not isinstance(p, (str, os.PathLike))})
+            if kinds:  # PIL images, bytes, tensors: not paths
+                raise InputError(
+                    f"Invalid inputs: a list holding {', '.join(kinds)}. "
+                    f"Allowed: a list of file paths, a list of [height, "
+                    f"width, 3] uint8 arrays, or one [batch, height, width, "
+                    f"3] uint8 array. Received: {len(inputs)} item(s)")
         if isinstance(inputs, (list, tuple)) and check_files:
             _check_files(inputs)
         if isinstance(inputs, (list, tuple)):
@@ -58,7 +68,7 @@ class ExportedClassifier:
         else:
             images = np.asarray(inputs)
             if images.dtype != np.uint8 or images.ndim != 4 or (
-                    images.shape[-1] != 3):
+                    images.shape[-1] != 3) or 0 in images.shape[1:3]:
                 raise InputError(
                     f"Invalid images. Allowed: uint8 [batch, height, width,"
                     f" 3]. Received: dtype={images.dtype}, shape="
@@ -81,7 +91,8 @@ def load_exported(path):
     Raises:
       InputError: `path` is not a tl_keras SavedModel export.
     """
-    if not (os.path.isfile(os.path.join(path, "saved_model.pb"))
+    if not isinstance(path, (str, os.PathLike)) or not (
+            os.path.isfile(os.path.join(path, "saved_model.pb"))
             and os.path.isfile(os.path.join(path, "manifest.json"))):
         raise InputError(
             f"Invalid export_dir: {path!r} is not a tl_keras export (no "

@@ -68,25 +68,9 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
 
     Raises:
       InputError: `export_dir` exists and `overwrite` is False, or
-        `class_names` are not one distinct name per output of the model.
+        `class_names` do not name each output of the model once.
     """
-    class_names = check_class_names(class_names)
-    try:
-        outputs = model.output_shape[-1]
-    except (AttributeError, ValueError):  # not a built model
-        fail("model", "a built Keras classifier (images in, a score per "
-             "class out)", type(model).__name__)
-    if len(class_names) != outputs:
-        fail("class_names", f"{outputs} names, one per output of the "
-             f"model", f"{len(class_names)} names")
-    if os.path.exists(export_dir) and not overwrite:
-        there = ("an export is" if is_export(export_dir) else
-                 "something other than a tl_keras export is")
-        raise InputError(
-            f"Invalid export_dir {export_dir!r}: {there} already there. "
-            f"Allowed: a new path, or --overwrite to replace it (anything "
-            f"but an export is moved aside). Received: "
-            f"export_dir={export_dir!r}")
+    class_names = _checked_call(model, export_dir, class_names, overwrite)
     archive = _build_archive(model, class_names)
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
@@ -116,6 +100,30 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
     log.info("Exported SavedModel to %s (signatures: %s)", export_dir,
              ", ".join(SIGNATURES))
     return export_dir
+
+
+def _checked_call(model, export_dir, class_names, overwrite):
+    """`class_names` as a list, if they name each output of `model` once
+    (2 names for 3 outputs wrote an export that failed when served) and
+    `export_dir` may be written."""
+    if os.path.exists(export_dir) and not overwrite:
+        there = ("an export is" if is_export(export_dir) else
+                 "something other than a tl_keras export is")
+        raise InputError(
+            f"Invalid export_dir {export_dir!r}: {there} already there. "
+            f"Allowed: a new path, or --overwrite to replace it (anything "
+            f"but an export is moved aside). Received: "
+            f"export_dir={export_dir!r}")
+    class_names = check_class_names(class_names)
+    try:
+        outputs = model.output_shape[-1]
+    except (AttributeError, ValueError):  # not a built model
+        fail("model", "a built Keras classifier (images in, a score per "
+             "class out)", type(model).__name__)
+    if len(class_names) != outputs:
+        fail("class_names", f"{outputs} names, one per output of the "
+             f"model", f"{len(class_names)} names")
+    return class_names
 
 
 def is_export(path):

@@ -21,6 +21,7 @@ from tl_keras.models.layers import (
     TokenPooling,
     token_pooling_mode,
 )
+from tl_keras.models.model_files import load_model_file
 from tl_keras.models.registry import (
     BackboneSpec,
     get_backbone_spec,
@@ -199,13 +200,6 @@ def _rounded(values):
     return values[0] if len(set(values)) == 1 else values
 
 
-def load_model_file(path, **kwargs):
-    """keras.saving.load_model, with keras_hub imported first when the
-    file holds KerasHub layers (a classifier on a hub backbone)."""
-    hub.import_if_saved_with_hub(path)
-    return keras.saving.load_model(path, **kwargs)
-
-
 def _build_with_imagenet_weights(spec, size):
     try:
         return spec.build(size, "imagenet")
@@ -228,11 +222,13 @@ def _load_weights_file(base, path, name):
             # ...") and leaves those weights as initialised: an error here.
             warnings.filterwarnings("error", message=".*[Ss]kipping.*")
             if path.endswith(".keras"):
-                model = load_model_file(path, compile=False)
+                model = load_model_file(path, "weights", compile=False)
                 source = _find_base(model) or model
                 base.set_weights(source.get_weights())
             else:
                 base.load_weights(path)
+    except InputError:  # a .keras file Keras cannot load, named
+        raise
     except (ValueError, KeyError, OSError, UserWarning) as e:
         detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise InputError(
@@ -254,7 +250,7 @@ def _backbone_from_model_file(path, image_size, weights="none"):
             f"Invalid backbone: no such file. Allowed: a registered name, "
             f"hub:PRESET or an existing .keras path. Received: "
             f"backbone={path!r}")
-    model = load_model_file(path, compile=False)
+    model = load_model_file(path, "backbone", compile=False)
     base = _find_base(model)
     if base is not None:
         preprocessing = model.get_layer("preprocess").settings()
@@ -264,6 +260,11 @@ def _backbone_from_model_file(path, image_size, weights="none"):
     else:
         hub.refuse_bare_hub_model(model, path)
         base, preprocessing, spec = _cut_at_features(model, path), "none", None
+        # Nothing says what range a model saved by hand expects.
+        log.warning("%s is not a tl_keras classifier: it gets the pixels "
+                    "as they are, in [0, 255]. A model that expects another "
+                    "range (e.g. keras.applications' [-1, 1]) must hold its "
+                    "own preprocessing layer.", path)
     # A hub CNN's base takes any size: the classifier's input says which.
     size = base.input_shape[1] or model.input_shape[1] or image_size or 224
     if image_size and image_size != size:

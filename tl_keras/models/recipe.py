@@ -122,11 +122,17 @@ def _gradual_allowed(blocks, epochs):
 
 
 def check_finetune_blocks(model, blocks, training):
-    """Raises --unfreeze's and --gradual_unfreeze's (`unfreeze_epochs`)
-    errors for the base's blocks before anything trains or is written
-    (the fine-tune stage's blocks are set trainable for the check, then
-    frozen again as the head stage has them; every stage sets its own)."""
+    """Raises --unfreeze's, --lr_decay's and --gradual_unfreeze's
+    (`unfreeze_epochs`) errors for the base's blocks before anything
+    trains or is written (the fine-tune stage's blocks are set trainable
+    for the check, then frozen again as the head stage has them; every
+    stage sets its own)."""
     check_unfreeze(training.unfreeze_blocks(), blocks)
+    trained = training.unfreeze_blocks() or len(blocks)
+    if training.lr_decay < 1.0 and trained < 2:  # the top block: F^0
+        fail("lr_decay", "1 when the fine-tune stage trains fewer than 2 "
+             "blocks (block k from the top trains at LR x lr_decay^k, so "
+             "one block trains at the full rate)", training.lr_decay)
     if training.gradual_unfreeze:
         configure_stage(model, "finetune", blocks, training.unfreeze_blocks())
         unfreeze_epochs(blocks, training.gradual_unfreeze,

@@ -44,7 +44,7 @@ from tl_keras.modes.compare_report import (
     write_plots,
 )
 from tl_keras.training.trainer import train
-from tl_keras.training.workdir import is_complete, workdir_lock
+from tl_keras.training.workdir import is_complete
 
 log = logging.getLogger("tl_keras")
 
@@ -74,7 +74,7 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     # The workdir's lock, as a train run's (`workdir_lock`): a second
     # compare on it is refused before its advisor runs. A multi-worker
     # run's other workers follow the chief's and hold none.
-    held = (workdir_lock(config.runtime.workdir)
+    held = (io.workdir_lock(config.runtime.workdir)
             if this_task(config.runtime).is_chief
             else contextlib.nullcontext())
     with held:

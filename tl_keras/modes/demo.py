@@ -30,7 +30,6 @@ from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 from tl_keras.modes.compare import check_workdir, compare
 from tl_keras.training.trainer import train
-from tl_keras.training.workdir import workdir_lock
 
 log = logging.getLogger("tl_keras")
 
@@ -104,7 +103,7 @@ def run_demo(config):
     the table and plots, the best model exported. Holds the workdir's
     lock throughout (`workdir_lock`).
     """
-    with workdir_lock(config.runtime.workdir):
+    with io.workdir_lock(config.runtime.workdir):
         return _run_demo(config)
 
 

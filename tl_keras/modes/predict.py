@@ -22,7 +22,6 @@ from tl_keras.export.predictor import load_exported
 from tl_keras.export.saved_model import export_saved_model
 from tl_keras.models.backbones import load_model_file
 from tl_keras.training.metrics import classification_metrics, export_manifest
-from tl_keras.training.workdir import workdir_lock
 
 log = logging.getLogger("tl_keras")
 
@@ -58,7 +57,7 @@ def export_run(config):
     # without it.
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(workdir_lock(workdir))
+            held.enter_context(io.workdir_lock(workdir))
         except OSError as e:
             log.warning("Exporting without the run's lock (%s: %s).",
                         workdir, e.strerror)

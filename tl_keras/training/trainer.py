@@ -45,7 +45,6 @@ from tl_keras.training.workdir import (
     claim_workdir,
     join_run,
     record_data,
-    workdir_lock,
 )
 
 log = logging.getLogger("tl_keras")
@@ -58,8 +57,11 @@ def train(config, data=None, callbacks=()):
       config: a `Config`; `config.runtime.workdir` receives everything.
       data: an optional `ImageData` (e.g. from `data.from_arrays`);
         default reads `config.data.data_dir`.
-      callbacks: more Keras callbacks, passed to every stage's fit (e.g.
-        early stopping or your own logging).
+      callbacks: a list of more Keras callbacks, passed to every stage's
+        fit (e.g. early stopping or your own logging). A head stage on
+        cached features fits a model of the head alone (features in,
+        logits out), so there a callback's `self.model` is that head,
+        not the classifier (the run saves the classifier itself).
 
     Returns:
       The metrics dict that is also written to `metrics.json`.
@@ -76,7 +78,7 @@ def train(config, data=None, callbacks=()):
         # the run's checkpoints, metrics and export.
         config = config.replace(workdir=(
             f"{config.runtime.workdir.rstrip(os.sep)}.{place.task.name}"))
-    with place.policy_scope(), workdir_lock(config.runtime.workdir):
+    with place.policy_scope(), io.workdir_lock(config.runtime.workdir):
         return _train(config, data, place, callbacks)
 
 
@@ -325,7 +327,10 @@ def _build_backbone(config):
     if (from_file or hub) and weights not in ("imagenet", "none"):
         source = f"its architecture, weights from {weights}"
     elif from_file or (hub and weights == "imagenet"):
-        source = "its own weights"
+        source = "its own weights" + (
+            "; weights=none applies to registered bases: --approach="
+            "scratch trains this architecture from random init"
+            if from_file and weights == "none" else "")
     else:
         source = f"weights={weights}"
     log.info("Building backbone %s (%s%s)", model.backbone, source,
