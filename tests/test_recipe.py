@@ -350,6 +350,7 @@ def test_l2sp_in_fit_keeps_the_weights_near_their_start():
     (dict(lr_decay=0.5, approach="transfer"), "lr_decay"),
     (dict(weight_decay=0.01), "weight_decay"),  # with adam
     (dict(weight_decay=-0.1, optimizer="adamw"), "weight_decay"),
+    (dict(optimizer="adamw"), "weight_decay"),  # 0: it trained as adam
     (dict(label_smoothing=1.0), "label_smoothing"),
     (dict(label_smoothing=-0.1), "label_smoothing"),
     (dict(warmup_epochs=10), "warmup_epochs"),  # the stage has 10

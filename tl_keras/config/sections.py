@@ -208,9 +208,9 @@ class TrainingConfig:
 
     def _validate_recipe(self):
         check_fraction("weight_decay", self.weight_decay, 0.0, 1.0)
-        if self.weight_decay and self.optimizer != "adamw":
-            fail("weight_decay", "0 unless --optimizer=adamw (Adam's "
-                 "coupled L2 is not offered)",
+        if bool(self.weight_decay) != (self.optimizer == "adamw"):
+            fail("weight_decay", "above 0 with --optimizer=adamw (0 is "
+                 "adam), else 0 (Adam's coupled L2 is not offered)",
                  f"{self.weight_decay} with optimizer={self.optimizer}")
         check_fraction("label_smoothing", self.label_smoothing, 0.0, 1.0,
                        open_high=True)
