@@ -236,3 +236,18 @@ def test_repeat_check_reads_every_flagfile_form(args, monkeypatch):
     with pytest.raises(flags.Error, match="--flagfile is empty"):
         cli._check_repeats(args[:1] if len(args) == 2 else ["-flagfile="],
                            None)
+
+
+def test_augment_in_another_order_is_the_same_run():
+    # The augmenter applies flip, rotation, zoom, randaugment in that
+    # order whatever the flag's: 'zoom,flip' was refused as other settings
+    # for a 'flip,zoom' run.
+    from tl_keras.config import config_differences
+
+    stored = tl_keras.Config(augment="flip,zoom").to_dict()
+    assert config_differences(stored,
+                              tl_keras.Config(augment="zoom, flip")) == []
+    assert config_differences(stored, tl_keras.Config(augment="flip")) == [
+        "augment: 'flip,zoom' -> 'flip'"]
+    none = tl_keras.Config(augment="none").to_dict()
+    assert config_differences(none, tl_keras.Config(augment="")) == []

@@ -232,7 +232,15 @@ def config_fields():
 # "2" is the API's 2), and what a config.json older than a field stands
 # for when that is not today's default (before views, the head of an
 # augmented run trained through the base every epoch: 0, not 'auto').
-_NORMALISED = {"feature_cache_views": cache_views}
+def _augment_names(value):
+    """--augment as a set: the augmenter applies its layers in one fixed
+    order whatever the flag's (`data.augment.build_augmenter`), so
+    'zoom,flip' resumes a 'flip,zoom' run."""
+    return (frozenset() if value in ("none", "") else
+            frozenset(a.strip() for a in value.split(",")))
+
+
+_NORMALISED = {"feature_cache_views": cache_views, "augment": _augment_names}
 _BEFORE_FIELD = {"feature_cache_views": 0}
 
 
