@@ -63,6 +63,10 @@ def train(config, data=None, callbacks=()):
         logits out), so there a callback's `self.model` is that head,
         not the classifier (the run saves the classifier itself).
 
+    Seeds Python's, numpy's and TensorFlow's global random generators
+    from `config.seed` (`keras.utils.set_random_seed`), for the whole
+    process: a run is reproducible, and code after it draws from there.
+
     Returns:
       The metrics dict that is also written to `metrics.json`.
 
