@@ -316,6 +316,24 @@ def test_a_workdir_lock_nests_in_its_own_process(tmp_path):
     assert not os.path.exists(workdir + ".lock")
     with workdir_lock(workdir):  # and can be taken again
         pass
+    # Another thread of this process is another run: refused, not nested.
+    import threading
+
+    errors = []
+
+    def other():
+        try:
+            with workdir_lock(workdir):
+                pass
+        except tl_keras.InputError as e:
+            errors.append(str(e))
+
+    with workdir_lock(workdir):
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and "another tl_keras run uses it" in errors[0]
+    assert not os.path.exists(workdir + ".lock")
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -326,6 +344,7 @@ def test_a_workdir_lock_nests_in_its_own_process(tmp_path):
     # One block trains at the full rate: the decay would do nothing.
     (dict(unfreeze="1", lr_decay=0.5), "lr_decay"),
     (dict(feature_block="block1", lr_decay=0.5), "lr_decay"),
+    (dict(approach="auto", unfreeze="1", lr_decay=0.5), "lr_decay"),
 ])
 def test_stage_errors_come_before_anything_is_written(tmp_path, tiny_config,
                                                       changes, field):

@@ -181,3 +181,34 @@ def test_copying_the_export_deletes_what_a_killed_compare_left(tmp_path):
         ".keep", "export", "finetune"]
     assert (tmp_path / "w" / "export" / "saved_model.pb").read_bytes() == (
         b"new")
+
+
+def test_a_train_run_deletes_the_export_folders_a_kill_left(tmp_path):
+    # The half-written export (.export-*) and replace_dir's old export
+    # (.export.old-*, left by a kill between the swap and the delete).
+    from tl_keras.training.trainer import _remove_stale_exports
+
+    for name in (".export-abc", ".export.old-def", ".keep", "export"):
+        (tmp_path / name).mkdir()
+    _remove_stale_exports(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [".keep", "export"]
+
+
+def test_compare_and_the_demo_refuse_a_multi_worker_cluster(
+        tmp_path, image_folder, monkeypatch):
+    # Every worker measured, trained and wrote the same report and export
+    # (and a worker then crashed): refused, naming the field.
+    from tl_keras.modes.demo import run_demo
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["localhost:1", "localhost:2"]},
+        "task": {"type": "worker", "index": 0}}))
+    config = tl_keras.Config(mode="compare", data_dir=image_folder,
+                             workdir=str(tmp_path / "w"))
+    with pytest.raises(tl_keras.InputError,
+                       match=r"Invalid distribution. Allowed: one process "
+                             r"for --mode=compare.*worker-0 of 2 workers"):
+        compare(config)
+    with pytest.raises(tl_keras.InputError, match="--mode=demo"):
+        run_demo(config.replace(mode="demo"))
+    assert not os.listdir(tmp_path)

@@ -251,3 +251,21 @@ def test_augment_in_another_order_is_the_same_run():
         "augment: 'flip,zoom' -> 'flip'"]
     none = tl_keras.Config(augment="none").to_dict()
     assert config_differences(none, tl_keras.Config(augment="")) == []
+
+
+def test_a_run_on_arrays_resumes_whatever_data_dir_it_recorded():
+    # Runs on arrays recorded the data_dir they never read (before
+    # 0.2.x); one on arrays now records '' and its digest decides.
+    from tl_keras.config import config_differences
+
+    stored = tl_keras.Config(data_dir="photos").to_dict()
+    assert config_differences(stored, tl_keras.Config(data_dir="")) == []
+    assert config_differences(stored, tl_keras.Config(
+        data_dir="other")) == ["data_dir: 'photos' -> 'other'"]
+
+
+def test_a_data_config_of_numpy_numbers_is_taken():
+    x = np.random.default_rng(0).integers(0, 255, (12, 8, 8, 3), np.uint8)
+    data = tl_keras.from_arrays(
+        x, np.arange(12) % 2, tl_keras.DataConfig(seed=np.int64(3)), 8)
+    assert data.data_config.seed == 3 and type(data.data_config.seed) is int

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -144,8 +145,9 @@ def _jsonable(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-# The lock files this process holds (`workdir_lock`): a mode that runs
-# another inside its own workdir (the demo's compare) holds it once.
+# The lock files held, with the process and thread holding each
+# (`workdir_lock`): a mode that runs another inside its own workdir (the
+# demo's compare) holds it once.
 _HELD = set()
 
 
@@ -162,8 +164,10 @@ def workdir_lock(workdir):
       InputError: a live run (or one on another host) holds the lock.
     """
     path = workdir.rstrip(os.sep) + ".lock"
-    key = os.path.abspath(path)
-    if key in _HELD:  # held already by this process, further up
+    # Per process and thread: another thread of this process (or a forked
+    # child) on the same workdir is another run, refused as any other.
+    key = (os.path.abspath(path), os.getpid(), threading.get_ident())
+    if key in _HELD:  # held already by this thread, further up
         yield
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

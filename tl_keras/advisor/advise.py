@@ -18,7 +18,7 @@ from tl_keras.advisor.decision import (
 from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
-from tl_keras.data.pipelines import data_for_run
+from tl_keras.data.pipelines import data_for_run, given_data_config
 from tl_keras.errors import InputError
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
@@ -116,7 +116,8 @@ def advise(config, data=None):
     Returns:
       The decision record (also in <workdir>/decision.json).
     """
-    config.validate(require_data_dir=data is None)
+    config = given_data_config(config, data).validate(
+        require_data_dir=data is None)
     check_record_place(config)
     # As a train run: a live run on the workdir (whose decision.json this
     # would move aside) refuses this one.

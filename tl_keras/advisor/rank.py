@@ -9,7 +9,7 @@ import numpy as np
 from tl_keras import io
 from tl_keras.advisor.advise import check_record_place, write_record
 from tl_keras.advisor.measurement import measure
-from tl_keras.data.pipelines import make_datasets
+from tl_keras.data.pipelines import given_data_config, make_datasets
 from tl_keras.errors import fail
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
@@ -29,7 +29,8 @@ def rank(config, data=None):
     Returns:
       The rows, best first (also in <workdir>/ranking.json).
     """
-    config.validate(require_data_dir=data is None)
+    config = given_data_config(config, data).validate(
+        require_data_dir=data is None)
     check_record_place(config)
     names = [b.strip() for b in config.advisor.backbones.split(",")
              if b.strip()]

@@ -11,14 +11,13 @@ names are unique across sections, so the command line, `flags.cfg` and
 import dataclasses
 import os
 
-import numpy as np
-
 from tl_keras.config import sections as _sections
 from tl_keras.config.fields import (
     MAX_CACHE_VIEWS,
     cache_views,
     check_data_dir,
     check_types,
+    plain_numbers,
 )
 from tl_keras.errors import InputError, fail
 
@@ -82,22 +81,6 @@ def _check_apart(data_dir, workdir):
              f"the data folder or inside it", workdir)
 
 
-def _plain_numbers(section):
-    """The section with numpy scalars as Python numbers: Keras refuses a
-    numpy learning rate or seed, and config.json would record
-    np.float32(1e-3) as 0.0010000000474974513, so the same run given 1e-3
-    would be refused as other settings. A numpy float becomes the shortest
-    decimal that gives it back (str: '0.001')."""
-    changes = {}
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if isinstance(value, np.floating):
-            changes[f.name] = float(str(value))
-        elif isinstance(value, np.generic):
-            changes[f.name] = value.item()
-    return dataclasses.replace(section, **changes) if changes else section
-
-
 @dataclasses.dataclass(frozen=True, init=False)
 class Config:
     """What to train, on what, how, and where to put it.
@@ -125,7 +108,7 @@ class Config:
                 fail(name, f"a {cls.__name__}", section)
             if by_section.get(name):
                 section = dataclasses.replace(section, **by_section[name])
-            object.__setattr__(self, name, _plain_numbers(section))
+            object.__setattr__(self, name, plain_numbers(section))
 
     def validate(self, require_data_dir=True):
         """Checks every section, then what depends on several; returns
@@ -255,6 +238,10 @@ def config_differences(stored, current):
     diffs = []
     for key, value in current.to_dict().items():
         if key in RESUMABLE_FIELDS:
+            continue
+        if key == "data_dir" and value == "":
+            # Arrays given in memory: their digest in data.json decides
+            # (runs before 0.2.x recorded the data_dir they did not read).
             continue
         same = _NORMALISED.get(key, lambda v: v)
         if same(stored[key]) != same(value):

@@ -57,6 +57,22 @@ _KINDS = {bool: "True or False", int: "an integer", float: "a number",
           str: "text (a str)"}
 
 
+def plain_numbers(section):
+    """The section with numpy scalars as Python numbers: Keras refuses a
+    numpy learning rate or seed, and config.json would record
+    np.float32(1e-3) as 0.0010000000474974513, so the same run given 1e-3
+    would be refused as other settings. A numpy float becomes the shortest
+    decimal that gives it back (str: '0.001')."""
+    changes = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, np.floating):
+            changes[f.name] = float(str(value))
+        elif isinstance(value, np.generic):
+            changes[f.name] = value.item()
+    return dataclasses.replace(section, **changes) if changes else section
+
+
 def check_types(section):
     """Raises InputError for a field whose value is not of its default's
     type: a flag is typed by absl, but `Config(learning_rate="0.1")` from

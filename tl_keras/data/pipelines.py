@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.config import DataConfig
-from tl_keras.config.fields import check_types
+from tl_keras.config.fields import check_types, plain_numbers
 from tl_keras.data.arrays import (
     carve_arrays,
     check_given_data,
@@ -166,7 +166,7 @@ def data_section(config):
 def _checked_section(config, image_size):
     """The data section of `config`, checked (a caller of `make_datasets`
     or `from_arrays` may not have validated it), and the image size."""
-    config = data_section(config)
+    config = plain_numbers(data_section(config))
     check_types(config)
     config.validate()
     check_range("image_size", image_size, 1, 4096)

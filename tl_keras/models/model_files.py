@@ -15,9 +15,10 @@ def load_model_file(path, field="path", **kwargs):
     file holds KerasHub layers (a classifier on a hub backbone).
 
     Raises:
-      InputError naming `field`: not a .keras file (missing, a folder,
-        another format, truncated), or one Keras cannot load (e.g. a
-        custom layer that is not registered). Keras said "File not found"
+      InputError naming `field`: a missing file, a folder, a .keras file
+        cut short, or a file Keras cannot load (another format, a custom
+        layer that is not registered; legacy .h5 models and remote paths
+        go to Keras as they are). Keras said "File not found"
         for a corrupt file and raised an UnboundLocalError for a folder.
     """
     problem = None
@@ -26,10 +27,12 @@ def load_model_file(path, field="path", **kwargs):
     elif os.path.isdir(path):
         problem = ("a folder (a run's model is <workdir>/model.keras; an "
                    "export loads with tl_keras.load_exported)")
+    elif "://" in str(path):  # gs://, s3://: Keras reads them itself
+        pass
     elif not os.path.isfile(path):
         problem = "no such file"
-    elif not str(path).endswith(".keras") or not zipfile.is_zipfile(path):
-        problem = "not a .keras archive (another format, or cut short)"
+    elif str(path).endswith(".keras") and not zipfile.is_zipfile(path):
+        problem = "not a .keras archive (cut short, or another format)"
     if problem is None:
         hub.import_if_saved_with_hub(path)
         try:

@@ -128,16 +128,22 @@ def check_finetune_blocks(model, blocks, training):
     for the check, then frozen again as the head stage has them; every
     stage sets its own)."""
     check_unfreeze(training.unfreeze_blocks(), blocks)
-    trained = training.unfreeze_blocks() or len(blocks)
-    if training.lr_decay < 1.0 and trained < 2:  # the top block: F^0
-        fail("lr_decay", "1 when the fine-tune stage trains fewer than 2 "
-             "blocks (block k from the top trains at LR x lr_decay^k, so "
-             "one block trains at the full rate)", training.lr_decay)
+    check_lr_decay(training, blocks)
     if training.gradual_unfreeze:
         configure_stage(model, "finetune", blocks, training.unfreeze_blocks())
         unfreeze_epochs(blocks, training.gradual_unfreeze,
                         training.finetune_epochs)
         configure_stage(model, "head", blocks)
+
+
+def check_lr_decay(training, blocks):
+    """Refuses --lr_decay below 1 when the fine-tune stage trains one of
+    the base's `blocks` (it would do nothing)."""
+    trained = training.unfreeze_blocks() or len(blocks)
+    if training.lr_decay < 1.0 and trained < 2:  # the top block: F^0
+        fail("lr_decay", "1 when the fine-tune stage trains fewer than 2 "
+             "blocks (block k from the top trains at LR x lr_decay^k, so "
+             "one block trains at the full rate)", training.lr_decay)
 
 
 class GradualUnfreeze(keras.callbacks.Callback):

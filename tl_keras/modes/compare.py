@@ -16,7 +16,6 @@ choice for the data is measured first and marked (run as a fourth row,
   export/         the best approach's SavedModel
 """
 
-import contextlib
 import logging
 import os
 import shutil
@@ -35,7 +34,7 @@ from tl_keras.advisor.measurement import check_sample
 from tl_keras.config import FINETUNE_ONLY, config_differences
 from tl_keras.data.pipelines import given_data_config
 from tl_keras.distribute.strategy import this_task
-from tl_keras.errors import InputError
+from tl_keras.errors import InputError, fail
 from tl_keras.export.saved_model import is_export
 from tl_keras.models import recipe
 from tl_keras.modes.compare_report import (
@@ -71,14 +70,25 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     """
     config = given_data_config(config, data).validate(
         require_data_dir=data is None)
+    check_one_process(config)
     # The workdir's lock, as a train run's (`workdir_lock`): a second
-    # compare on it is refused before its advisor runs. A multi-worker
-    # run's other workers follow the chief's and hold none.
-    held = (io.workdir_lock(config.runtime.workdir)
-            if this_task(config.runtime).is_chief
-            else contextlib.nullcontext())
-    with held:
+    # compare on it is refused before its advisor runs.
+    with io.workdir_lock(config.runtime.workdir):
         return _compare(config, data, header, also_in_workdir)
+
+
+def check_one_process(config):
+    """Refuses a multi-worker cluster: compare (and the demo) run in one
+    process, whose workers would each measure, train and write the same
+    report and export. Each of its runs is a train run, which does run
+    on several workers."""
+    task = this_task(config.runtime)
+    if task.num_workers > 1:
+        fail("distribution", f"one process for --mode="
+             f"{config.runtime.mode} (each of its runs is a train run: "
+             f"run those with multi_worker)",
+             f"{config.runtime.distribution} ({task.name} of "
+             f"{task.num_workers} workers)")
 
 
 def _compare(config, data, header, also_in_workdir):

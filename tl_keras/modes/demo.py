@@ -28,7 +28,7 @@ from tl_keras import io
 from tl_keras.models import recipe
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
-from tl_keras.modes.compare import check_workdir, compare
+from tl_keras.modes.compare import check_one_process, check_workdir, compare
 from tl_keras.training.trainer import train
 
 log = logging.getLogger("tl_keras")
@@ -103,6 +103,7 @@ def run_demo(config):
     the table and plots, the best model exported. Holds the workdir's
     lock throughout (`workdir_lock`).
     """
+    check_one_process(config)
     with io.workdir_lock(config.runtime.workdir):
         return _run_demo(config)
 
@@ -162,10 +163,12 @@ def _run_demo(config):
 
 
 def _check_finetune(config):
-    """The compare's --unfreeze / --gradual_unfreeze against the demo's
-    base before the pretraining (its config.json would then hold the bad
-    value, and the corrected command would be refused there)."""
-    built = build_backbone("compact_cnn", "none", DEMO_SIZE)
+    """The compare's --unfreeze / --lr_decay / --gradual_unfreeze against
+    the demo's base (cut at --feature_block) before the pretraining (its
+    config.json would then hold the bad value, and the corrected command
+    would be refused there)."""
+    built = build_backbone("compact_cnn", "none", DEMO_SIZE,
+                           config.model.feature_block)
     recipe.check_finetune_blocks(build_classifier(built, 5, 0.0),
                                  built.blocks(), config.training)
 

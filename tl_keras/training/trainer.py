@@ -127,6 +127,7 @@ def _train(config, data, place, callbacks):
             config, backbone, data, place)
     else:  # the advisor may cut the base: --gradual_unfreeze waits for it
         check_unfreeze(config.training.unfreeze_blocks(), backbone.blocks())
+        recipe.check_lr_decay(config.training, backbone.blocks())
         advisor.check_sample(config, len(data.class_names))
     # Only now, with the config, backbone and data known to be good, is
     # anything written (a failed first try leaves no workdir behind; an
@@ -254,11 +255,13 @@ def _finish(config, model, backbone, data, place, stages, decision,
 
 def _remove_stale_exports(workdir):
     """Removes the temporary folders (`TEMP_PREFIX*`) of exports a killed
-    run of this workdir left half-written: the run holds the workdir's
+    run of this workdir left half-written, and the old export
+    `io.replace_dir` had not deleted yet: the run holds the workdir's
     lock, so no other writer can be filling them."""
     for name in sorted(os.listdir(workdir)):
         path = os.path.join(workdir, name)
-        if name.startswith(TEMP_PREFIX) and os.path.isdir(path):
+        if name.startswith((TEMP_PREFIX, ".export.old-")) and (
+                os.path.isdir(path)):
             log.info("Removing %s, an export a killed run left unfinished",
                      path)
             shutil.rmtree(path)
