@@ -254,8 +254,8 @@ def test_augment_in_another_order_is_the_same_run():
 
 
 def test_a_run_on_arrays_resumes_whatever_data_dir_it_recorded():
-    # Runs on arrays recorded the data_dir they never read (before
-    # 0.2.x); one on arrays now records '' and its digest decides.
+    # Runs on arrays recorded the data_dir they never read (until this
+    # change); one on arrays now records '' and its digest decides.
     from tl_keras.config import config_differences
 
     stored = tl_keras.Config(data_dir="photos").to_dict()

@@ -241,7 +241,7 @@ def config_differences(stored, current):
             continue
         if key == "data_dir" and value == "":
             # Arrays given in memory: their digest in data.json decides
-            # (runs before 0.2.x recorded the data_dir they did not read).
+            # (earlier runs on arrays recorded a data_dir they never read).
             continue
         same = _NORMALISED.get(key, lambda v: v)
         if same(stored[key]) != same(value):
