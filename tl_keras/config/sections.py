@@ -1,10 +1,8 @@
-"""The sections of a run's configuration, each a frozen dataclass that
-validates itself.
-
-Every field is also a command-line flag of the same name (`cli.py` defines
-the flags from the field metadata), so a config section, a `flags.cfg` and
-a command line are spellings of one thing. `config.Config` puts the
-sections together.
+"""The sections of a run's configuration, frozen dataclasses that validate
+themselves. Every field is also a command-line flag of the same name
+(`cli.py` defines the flags from the field metadata), so a config section,
+a `flags.cfg` and a command line are spellings of one thing.
+`config.Config` puts the sections together.
 """
 
 import dataclasses
@@ -316,7 +314,7 @@ class ExportConfig:
     """The SavedModel export; the predict / evaluate modes' files."""
 
     export_dir: str = field(
-        "", "export / predict: the SavedModel folder; default "
+        "", "export / predict / evaluate: the SavedModel folder; default "
         "<workdir>/export.")
     export_tflite: bool = field(
         False, "Also write <export>/model.tflite (float32 input at the "
@@ -324,7 +322,8 @@ class ExportConfig:
     inputs: str = field(
         "", "predict: comma-separated image files, folders or glob patterns.")
     output: str = field(
-        "", "predict: also write the predictions to this .csv or .json.")
+        "", "predict / evaluate: also write the results to this .csv or "
+        ".json (evaluate: .json).")
     top_k: int = field(3, "predict: how many classes to report per image.")
 
     def validate(self):
@@ -340,7 +339,8 @@ class AdvisorConfig:
     """How auto, advise, rank and compare measure the data and decide."""
 
     advisor_sample: int = field(
-        2000, "auto / advise / rank: training images sampled to measure.")
+        2000, "auto / advise / rank / compare: training images sampled to "
+        "measure.")
     advisor_scratch_fraction: float = field(
         0.2,
         "auto / advise / compare: a short from-scratch run on the sampled "
