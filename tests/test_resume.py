@@ -125,6 +125,38 @@ def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
     assert tl_keras.train(config)["complete"]
 
 
+def test_resume_refuses_a_weights_file_that_changed(tiny_config, tmp_path,
+                                                   monkeypatch):
+    # The head stage keeps only the head's weights: a resumed run builds
+    # its base from --weights again, so a file replaced in between gave a
+    # run of two bases without a word.
+    from tl_keras.training import trainer
+
+    built = tl_keras.build_backbone("compact_cnn", "none", 32)
+    weights = str(tmp_path / "base.weights.h5")
+    built.base.save_weights(weights)
+    config = tiny_config.replace(weights=weights, epochs=1,
+                                 finetune_epochs=1, augment="none")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "run_stage", crash)
+        with pytest.raises(KeyboardInterrupt):
+            tl_keras.train(config)
+    os.replace(weights, str(tmp_path / "kept.weights.h5"))
+    keras.utils.set_random_seed(1)
+    tl_keras.build_backbone("compact_cnn", "none", 32).base.save_weights(
+        weights)
+    with pytest.raises(tl_keras.InputError,
+                       match=r"Invalid weights: the file .* is not the one "
+                             r"the run .* started with"):
+        tl_keras.train(config)
+    os.replace(str(tmp_path / "kept.weights.h5"), weights)
+    assert tl_keras.train(config)["complete"]  # the same file: resumed
+
+
 def _killed_and_resumed(config, tmp_path, monkeypatch):
     """Trains `config` whole (in tmp_path/whole), then again killed after
     fine-tune epoch 1 and resumed; asserts the two end with the same

@@ -42,9 +42,11 @@ from tl_keras.training.stages import (
 )
 from tl_keras.training.workdir import (
     check_same_data,
+    check_same_weights,
     claim_workdir,
     join_run,
     record_data,
+    weight_digests,
 )
 
 log = logging.getLogger("tl_keras")
@@ -118,8 +120,10 @@ def _train(config, data, place, callbacks):
     with place.strategy.scope():
         backbone = _build_backbone(config)
     data = data_for_run(config, backbone.image_size, data)
-    if not conflict:  # resuming: the same images, or a clear error
+    weights = weight_digests(config)
+    if not conflict:  # resuming: the same images and base, or an error
         check_same_data(workdir, data, config.data.data_dir)
+        check_same_weights(workdir, weights, config)
     check_replica_batch(config, data, place)
     auto = config.training.approach == "auto"
     if not auto:  # the stages' own checks, before anything is written
@@ -133,7 +137,7 @@ def _train(config, data, place, callbacks):
     # anything written (a failed first try leaves no workdir behind; an
     # auto run's decision is checked once the advisor has written it).
     claim_workdir(config, conflict, run_id)
-    record_data(workdir, data)
+    record_data(workdir, data, weights)
     if auto:
         config, backbone, model, decision = _checked_approach(
             config, backbone, data, place)

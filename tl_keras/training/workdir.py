@@ -23,6 +23,7 @@ interrupted one from its last epoch. While a run uses the workdir it
 holds `<workdir>.lock`.
 """
 
+import hashlib
 import logging
 import os
 import random
@@ -165,16 +166,60 @@ def is_complete(workdir, chief=True):
     return bool(io.read_json(path).get("complete"))
 
 
-def record_data(workdir, data):
+def record_data(workdir, data, weights=None):
     """Writes split.json (each split's (path, label) pairs) and data.json
-    (each file's [size, mtime_ns], in the same order), which a resumed run
-    is checked against (`check_same_data`)."""
+    (each file's [size, mtime_ns], in the same order; `weights`, from
+    `weight_digests`), which a resumed run is checked against
+    (`check_same_data`, `check_same_weights`)."""
     files = data.files or {}
     io.write_json(os.path.join(workdir, "split.json"), files)
     io.write_json(os.path.join(workdir, "data.json"), {
         "stats": {split: [_stat(path) for path, _ in pairs]
                   for split, pairs in files.items()},
-        **({"arrays": data.fingerprint} if data.fingerprint else {})})
+        **({"arrays": data.fingerprint} if data.fingerprint else {}),
+        **({"weights": weights} if weights else {})})
+
+
+def weight_digests(config):
+    """{field: SHA-256 of the file} of the files the run's base is built
+    from: a .keras --backbone, a --weights file (not read by scratch). A
+    resumed run builds its base from them again (the head stage keeps
+    only the head's weights), so one replaced since would mix two
+    bases."""
+    model = config.model
+    named = {"backbone": model.backbone if model.backbone.endswith(
+                 ".keras") else "",
+             "weights": "" if model.weights in ("imagenet", "none") or (
+                 config.training.approach == "scratch") else model.weights}
+    return {field: _sha256(path) for field, path in named.items()
+            if path and os.path.isfile(path)}
+
+
+def check_same_weights(workdir, digests, config):
+    """Raises InputError naming the field whose file differs from the one
+    the run in `workdir` started with (a run whose data.json records no
+    weights is not checked)."""
+    path = os.path.join(workdir, "data.json")
+    stored = io.read_json(path).get("weights") if os.path.isfile(path) else None
+    if stored is None:
+        return
+    for field in sorted(set(stored) | set(digests)):
+        if stored.get(field) != digests.get(field):
+            value = getattr(config.model, field)
+            raise InputError(
+                f"Invalid {field}: the file {value!r} is not the one the run "
+                f"in {workdir} started with (it changed since), so a resumed "
+                f"run would build its base from other weights. Allowed: that "
+                f"file, or a new --workdir (or --overwrite) to start over. "
+                f"Received: {field}={value!r}")
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_same_data(workdir, data, data_dir):
