@@ -194,21 +194,23 @@ def test_a_train_run_deletes_the_export_folders_a_kill_left(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".keep", "export"]
 
 
-def test_compare_and_the_demo_refuse_a_multi_worker_cluster(
+def test_one_process_modes_refuse_a_multi_worker_cluster(
         tmp_path, image_folder, monkeypatch):
     # Every worker measured, trained and wrote the same report and export
-    # (and a worker then crashed): refused, naming the field.
+    # (and a compare worker then crashed): refused, naming the field.
     from tl_keras.modes.demo import run_demo
 
     monkeypatch.setenv("TF_CONFIG", json.dumps({
         "cluster": {"worker": ["localhost:1", "localhost:2"]},
         "task": {"type": "worker", "index": 0}}))
-    config = tl_keras.Config(mode="compare", data_dir=image_folder,
-                             workdir=str(tmp_path / "w"))
-    with pytest.raises(tl_keras.InputError,
-                       match=r"Invalid distribution. Allowed: one process "
-                             r"for --mode=compare.*worker-0 of 2 workers"):
-        compare(config)
-    with pytest.raises(tl_keras.InputError, match="--mode=demo"):
-        run_demo(config.replace(mode="demo"))
+    config = tl_keras.Config(data_dir=image_folder,
+                             workdir=str(tmp_path / "w"),
+                             backbones="compact_cnn")
+    for mode, entry in (("compare", compare), ("demo", run_demo),
+                        ("advise", tl_keras.advise),
+                        ("rank", tl_keras.rank)):
+        with pytest.raises(tl_keras.InputError,
+                           match=f"Invalid distribution: --mode={mode} runs "
+                                 f"in one process.*worker-0 of 2 workers"):
+            entry(config.replace(mode=mode))
     assert not os.listdir(tmp_path)

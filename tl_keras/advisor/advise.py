@@ -19,6 +19,7 @@ from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
 from tl_keras.data.pipelines import data_for_run, given_data_config
+from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import InputError
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
@@ -119,6 +120,7 @@ def advise(config, data=None):
     config = given_data_config(config, data).validate(
         require_data_dir=data is None)
     check_record_place(config)
+    check_one_process(config.runtime)
     # As a train run: a live run on the workdir (whose decision.json this
     # would move aside) refuses this one.
     with io.workdir_lock(config.runtime.workdir):

@@ -10,6 +10,7 @@ from tl_keras import io
 from tl_keras.advisor.advise import check_record_place, write_record
 from tl_keras.advisor.measurement import measure
 from tl_keras.data.pipelines import given_data_config, make_datasets
+from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import fail
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
@@ -32,6 +33,7 @@ def rank(config, data=None):
     config = given_data_config(config, data).validate(
         require_data_dir=data is None)
     check_record_place(config)
+    check_one_process(config.runtime)
     names = [b.strip() for b in config.advisor.backbones.split(",")
              if b.strip()]
     twice = sorted({n for n in names if names.count(n) > 1})

@@ -162,6 +162,21 @@ def this_task(runtime):
     return _resolve_kind(runtime.distribution)[1]
 
 
+def check_one_process(runtime):
+    """Refuses a multi-worker cluster for a mode that runs in one process
+    (compare, the demo, advise, rank): every worker would measure, train
+    and write the same records. Each of compare's runs is a train run,
+    which does run on several workers."""
+    task = this_task(runtime)
+    if task.num_workers > 1:
+        raise InputError(
+            f"Invalid distribution: --mode={runtime.mode} runs in one "
+            f"process. Allowed: one process (compare's runs are train runs: "
+            f"run those with multi_worker). Received: distribution="
+            f"{runtime.distribution} ({task.name} of {task.num_workers} "
+            f"workers)")
+
+
 def _resolve_kind(setting):
     """Returns (kind, Task); 'auto' becomes one of the concrete kinds."""
     tf_config = os.environ.get("TF_CONFIG", "")

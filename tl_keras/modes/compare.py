@@ -33,8 +33,8 @@ from tl_keras.advisor.advise import (
 from tl_keras.advisor.measurement import check_sample
 from tl_keras.config import FINETUNE_ONLY, config_differences
 from tl_keras.data.pipelines import given_data_config
-from tl_keras.distribute.strategy import this_task
-from tl_keras.errors import InputError, fail
+from tl_keras.distribute.strategy import check_one_process
+from tl_keras.errors import InputError
 from tl_keras.export.saved_model import is_export
 from tl_keras.models import recipe
 from tl_keras.modes.compare_report import (
@@ -70,25 +70,11 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     """
     config = given_data_config(config, data).validate(
         require_data_dir=data is None)
-    check_one_process(config)
+    check_one_process(config.runtime)
     # The workdir's lock, as a train run's (`workdir_lock`): a second
     # compare on it is refused before its advisor runs.
     with io.workdir_lock(config.runtime.workdir):
         return _compare(config, data, header, also_in_workdir)
-
-
-def check_one_process(config):
-    """Refuses a multi-worker cluster: compare (and the demo) run in one
-    process, whose workers would each measure, train and write the same
-    report and export. Each of its runs is a train run, which does run
-    on several workers."""
-    task = this_task(config.runtime)
-    if task.num_workers > 1:
-        fail("distribution", f"one process for --mode="
-             f"{config.runtime.mode} (each of its runs is a train run: "
-             f"run those with multi_worker)",
-             f"{config.runtime.distribution} ({task.name} of "
-             f"{task.num_workers} workers)")
 
 
 def _compare(config, data, header, also_in_workdir):

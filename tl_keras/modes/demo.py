@@ -25,10 +25,11 @@ import numpy as np
 from PIL import Image
 
 from tl_keras import io
+from tl_keras.distribute.strategy import check_one_process
 from tl_keras.models import recipe
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
-from tl_keras.modes.compare import check_one_process, check_workdir, compare
+from tl_keras.modes.compare import check_workdir, compare
 from tl_keras.training.trainer import train
 
 log = logging.getLogger("tl_keras")
@@ -103,7 +104,7 @@ def run_demo(config):
     the table and plots, the best model exported. Holds the workdir's
     lock throughout (`workdir_lock`).
     """
-    check_one_process(config)
+    check_one_process(config.runtime)
     with io.workdir_lock(config.runtime.workdir):
         return _run_demo(config)
 
