@@ -186,11 +186,11 @@ def test_copying_the_export_deletes_what_a_killed_compare_left(tmp_path):
 def test_a_train_run_deletes_the_export_folders_a_kill_left(tmp_path):
     # The half-written export (.export-*) and replace_dir's old export
     # (.export.old-*, left by a kill between the swap and the delete).
-    from tl_keras.training.trainer import _remove_stale_exports
+    from tl_keras.export.saved_model import remove_stale_exports
 
     for name in (".export-abc", ".export.old-def", ".keep", "export"):
         (tmp_path / name).mkdir()
-    _remove_stale_exports(str(tmp_path))
+    remove_stale_exports(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [".keep", "export"]
 
 

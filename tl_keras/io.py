@@ -94,7 +94,7 @@ def replace_dir(src, dst, discard_old=True):
     if os.path.exists(dst):
         parent = os.path.dirname(os.path.abspath(dst))
         name = os.path.basename(os.path.abspath(dst))
-        kept = (tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+        kept = (tempfile.mkdtemp(prefix=old_prefix(name), dir=parent)
                 if discard_old else _fresh_name(dst))
         os.replace(dst, kept)
     os.replace(src, dst)
@@ -103,6 +103,12 @@ def replace_dir(src, dst, discard_old=True):
         shutil.rmtree(kept, ignore_errors=True)
         return None
     return kept
+
+
+def old_prefix(name):
+    """The hidden name prefix `replace_dir` gives the old `name` folder
+    until it is deleted (a kill in between leaves it behind)."""
+    return f".{name}.old-"
 
 
 def move_aside(path):

@@ -156,18 +156,12 @@ def placement(runtime, batch_size):
     return Placement(kind, strategy, jit, precision, task)
 
 
-def this_task(runtime):
-    """This process's `Task` under the config's `RuntimeConfig` (a
-    multi-worker run's from TF_CONFIG; else the single chief)."""
-    return _resolve_kind(runtime.distribution)[1]
-
-
 def check_one_process(runtime):
     """Refuses a multi-worker cluster for a mode that runs in one process
     (compare, the demo, advise, rank): every worker would measure, train
     and write the same records. Each of compare's runs is a train run,
     which does run on several workers."""
-    task = this_task(runtime)
+    task = _resolve_kind(runtime.distribution)[1]
     if task.num_workers > 1:
         raise InputError(
             f"Invalid distribution: --mode={runtime.mode} runs in one "

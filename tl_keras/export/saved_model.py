@@ -126,6 +126,19 @@ def _checked_call(model, export_dir, class_names, overwrite):
     return class_names
 
 
+def remove_stale_exports(folder):
+    """Deletes the hidden folders that interrupted exports into `folder`
+    left: an export's temporary folder (`TEMP_PREFIX`, compare's copy
+    too) and `io.replace_dir`'s old export. Only for a folder whose
+    writer holds its lock (no other writer can be filling them)."""
+    prefixes = (TEMP_PREFIX, io.old_prefix("export"))
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(prefixes) and os.path.isdir(path):
+            log.info("Removing %s, left by an interrupted export", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def is_export(path):
     """Whether `path` holds a tl_keras export (its manifest says so): the
     only kind of folder an export replaces instead of moving aside."""

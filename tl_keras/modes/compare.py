@@ -35,7 +35,11 @@ from tl_keras.config import FINETUNE_ONLY, config_differences
 from tl_keras.data.pipelines import given_data_config
 from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import InputError
-from tl_keras.export.saved_model import is_export
+from tl_keras.export.saved_model import (
+    TEMP_PREFIX,
+    is_export,
+    remove_stale_exports,
+)
 from tl_keras.models import recipe
 from tl_keras.modes.compare_report import (
     format_report,
@@ -306,21 +310,13 @@ def _row(metrics, seconds):
     }
 
 
-# The hidden folders `_copy_export` makes in the compare workdir: its
-# temporary copy, and `io.replace_dir`'s old export until it is deleted.
-_COPY_PREFIXES = (".export-copy-", ".export.old-")
-
-
 def _copy_export(source, target):
     """Copies an export; a previous one is replaced only once the copy is
     complete (a hidden temporary copy until then). Hidden copies that a
     killed compare left are deleted first (the workdir's lock is held)."""
     parent = os.path.dirname(os.path.abspath(target))
-    for name in os.listdir(parent):
-        if name.startswith(_COPY_PREFIXES):
-            log.info("Deleting %s, left by an interrupted compare", name)
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=_COPY_PREFIXES[0], dir=parent)
+    remove_stale_exports(parent)
+    tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX + "copy-", dir=parent)
     os.rmdir(tmp)  # copytree makes it
     try:
         shutil.copytree(source, tmp)

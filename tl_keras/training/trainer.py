@@ -8,7 +8,6 @@ config again resumes; a finished run returns its metrics.
 
 import logging
 import os
-import shutil
 
 import keras
 
@@ -24,7 +23,10 @@ from tl_keras.config.config import config_differences
 from tl_keras.data.pipelines import data_for_run, given_data_config
 from tl_keras.distribute.strategy import placement
 from tl_keras.errors import fail
-from tl_keras.export.saved_model import TEMP_PREFIX, export_saved_model
+from tl_keras.export.saved_model import (
+    export_saved_model,
+    remove_stale_exports,
+)
 from tl_keras.models import recipe
 from tl_keras.models.backbones import (
     build_backbone,
@@ -244,7 +246,7 @@ def _finish(config, model, backbone, data, place, stages, decision,
     metrics.update(evaluate(model, data, features))
     del features  # not needed by the export
     log.info("Writing the SavedModel export")
-    _remove_stale_exports(workdir)
+    remove_stale_exports(workdir)
     export_saved_model(
         model, os.path.join(workdir, "export"), data.class_names,
         manifest=export_manifest(config.training.approach, metrics),
@@ -255,20 +257,6 @@ def _finish(config, model, backbone, data, place, stages, decision,
              metrics["test_accuracy"], metrics["test_split"],
              metrics["num_test"], workdir)
     return metrics
-
-
-def _remove_stale_exports(workdir):
-    """Removes the temporary folders (`TEMP_PREFIX*`) of exports a killed
-    run of this workdir left half-written, and the old export
-    `io.replace_dir` had not deleted yet: the run holds the workdir's
-    lock, so no other writer can be filling them."""
-    for name in sorted(os.listdir(workdir)):
-        path = os.path.join(workdir, name)
-        if name.startswith((TEMP_PREFIX, ".export.old-")) and (
-                os.path.isdir(path)):
-            log.info("Removing %s, an export a killed run left unfinished",
-                     path)
-            shutil.rmtree(path)
 
 
 def _auto_decision(config, model, data, blocks, place):

@@ -41,6 +41,7 @@ _MEASUREMENT_FILES = {"decision.json", "ranking.json"}
 
 RUN_FILE = "run.json"
 
+
 def check_workdir(config):
     """Checks that the workdir is new, empty, or holds this same run.
 
