@@ -16,6 +16,8 @@ difference to the guide's.
         --recipes=views_2,views_4   # cached augmented views vs the loop
     python bench/recipes.py --seeds=12,13 --approach=transfer \
         --suite=large --recipes=views_2,views_4   # the same, large data
+    python bench/recipes.py --seeds=24,25 --recipes=accuracy_first
+        # the best-epoch rule before 2026-12-01 vs today's
 
 Also printed: each recipe's wall time over the guide's, whole runs
 (start-up, data, training, evaluation, export). A run whose workdir
@@ -24,6 +26,7 @@ of training again: after a change to tl_keras, use a new --root.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +43,7 @@ from advisor_situations import (  # noqa: E402
 )
 
 import tl_keras  # noqa: E402
+from tl_keras.training import checkpoints  # noqa: E402
 
 RECIPES = {
     "guide": {},
@@ -79,6 +83,12 @@ RECIPES["views_2"] = dict(feature_cache_views=2)
 RECIPES["views_4"] = dict(feature_cache_views=4)
 # The default: 2 views on large data (100 images per class), else the loop.
 RECIPES["views_auto"] = dict(feature_cache_views="auto")
+# Not an option: the best-epoch rule before 2026-12-01 (accuracy first,
+# losses breaking ties), against the guide's run under today's rule (the
+# lowest loss within a standard error of the best accuracy). Run by
+# making the standard error 0 (`checkpoints.accuracy_noise`).
+RECIPES["accuracy_first"] = {}
+PATCHED = {"accuracy_first": ("accuracy_noise", lambda accuracy, n: 0.0)}
 
 # Which situations of the advisor bench each suite uses; "large" has
 # situations of its own (`large_situations`).
@@ -130,11 +140,28 @@ def run(name, folder, augment, backbone, weights, recipe, seed, root, args):
         learning_rate=0.003 if toy else 1e-3, finetune_learning_rate=1e-4,
         batch_size=16, seed=42 + seed, **options)
     start = time.time()
-    accuracy = tl_keras.train(config)["test_accuracy"]
+    with patched(recipe):
+        accuracy = tl_keras.train(config)["test_accuracy"]
     seconds = time.time() - start
     with open(result_path, "w") as f:
         json.dump({"accuracy": accuracy, "seconds": seconds}, f)
     return accuracy, seconds
+
+
+@contextlib.contextmanager
+def patched(recipe):
+    """Replaces a function of `tl_keras.training.checkpoints` while the
+    recipe's run trains (`PATCHED`)."""
+    if recipe not in PATCHED:
+        yield
+        return
+    name, replacement = PATCHED[recipe]
+    original = getattr(checkpoints, name)
+    setattr(checkpoints, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(checkpoints, name, original)
 
 
 def main():

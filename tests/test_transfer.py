@@ -214,6 +214,84 @@ def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
         checkpoint.restore_best(model)
 
 
+def _checkpoint(folder, **kwargs):
+    from tl_keras.training.checkpoints import StageCheckpoint
+
+    folder.mkdir(exist_ok=True)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    return StageCheckpoint(str(folder), "head", target=model, **kwargs)
+
+
+def _epochs(checkpoint, scores):
+    """Feeds (val_accuracy, val_loss) epochs; returns the kept epoch
+    after each."""
+    kept = []
+    for accuracy, loss in scores:
+        checkpoint.on_epoch_end(len(kept), {"val_accuracy": accuracy,
+                                            "val_loss": loss, "loss": 1.0})
+        kept.append(checkpoint.best_epoch)
+    return kept
+
+
+# Bench seed 15's fine-tune head (25 validation images): 0.68 at a high
+# loss early, 0.64 at a far lower loss later; then lower accuracies at
+# lower losses, then a clear lead.
+SEED_15 = [(0.68, 1.23), (0.64, 0.95), (0.60, 0.90), (0.56, 0.80),
+           (0.84, 1.50)]
+
+
+def test_stage_checkpoint_keeps_the_lowest_loss_within_a_standard_error(
+        tmp_path):
+    from tl_keras.training.checkpoints import accuracy_noise
+
+    assert accuracy_noise(0.68, 25) == pytest.approx(0.0933, abs=1e-4)
+    checkpoint = _checkpoint(tmp_path / "a", val_images=25)
+    # 0.64 and 0.60 are within a standard error (0.093) of 0.68 and have
+    # lower losses; 0.56 is not, whatever its loss (the band is measured
+    # from the highest accuracy, not the kept one); 0.84 leads by more
+    # than its own standard error (0.073).
+    assert _epochs(checkpoint, SEED_15) == [1, 2, 3, 3, 5]
+    assert checkpoint.max_accuracy == 0.84
+    # Accuracy first, losses breaking ties: without a validation count,
+    # and on a validation set large enough for 0.04 to be a real lead.
+    for images in (None, 1000):
+        checkpoint = _checkpoint(tmp_path / str(images), val_images=images)
+        assert _epochs(checkpoint, SEED_15) == [1, 1, 1, 1, 5]
+
+
+def test_stage_checkpoint_band_survives_a_resume(tmp_path):
+    first = _checkpoint(tmp_path, val_images=25)
+    assert _epochs(first, SEED_15[:3]) == [1, 2, 3]
+    # A resumed stage reads the highest accuracy back (from best.json):
+    # 0.50 is below 0.68's band though within 0.60's.
+    resumed = _checkpoint(tmp_path, val_images=25)
+    assert (resumed.best_epoch, resumed.max_accuracy) == (3, 0.68)
+    resumed.on_epoch_end(3, {"val_accuracy": 0.5, "val_loss": 0.1})
+    assert resumed.best_epoch == 3
+    # A fine-tune stage starts from the head's kept epoch and its band.
+    finetune = _checkpoint(tmp_path / "f", val_images=25)
+    finetune.start_from({"best_val_loss": 0.9, "best_val_accuracy": 0.6,
+                         "max_val_accuracy": 0.68})
+    assert _epochs(finetune, [(0.5, 0.1), (0.62, 0.85)]) == [0, 2]
+
+
+def test_stage_checkpoint_weighs_leads_against_the_validation_count(
+        tiny_config, monkeypatch):
+    from tl_keras.training import checkpoints
+
+    seen = []
+    noise = checkpoints.accuracy_noise
+    monkeypatch.setattr(checkpoints, "accuracy_noise", lambda p, n: (
+        seen.append(n), noise(p, n))[1])
+    metrics = tl_keras.train(tiny_config)
+    assert set(seen) == {metrics["counts"]["val"]}
+    for stage in metrics["stages"].values():
+        history = stage["history"]["val_accuracy"]
+        assert stage["max_val_accuracy"] >= max(history)
+        assert stage["best_val_accuracy"] >= stage["max_val_accuracy"] - (
+            noise(stage["max_val_accuracy"], metrics["counts"]["val"]))
+
+
 def test_feature_standardization_standardizes_and_stays_out_of_training():
     layer = models.FeatureStandardization()
     features = np.random.default_rng(0).normal(

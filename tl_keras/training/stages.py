@@ -87,7 +87,8 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
                     config.training.unfreeze_blocks())
     recipe_callbacks = _compile(model, stage, data, config, place, blocks)
     data.shuffle.track("model", seed_states(model))  # dropout, per epoch
-    stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir)
+    stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir,
+                                              data.counts["val"])
     done_path = os.path.join(stage_dir, "done.json")
     # In a multi-worker run the chief's folder says whether the stage is
     # done, for every worker (`distribute.Placement.from_chief`).
@@ -184,14 +185,16 @@ def _check_outcome(stage, checkpoint, to_beat, summary, place):
                 rate)
 
 
-def _stage_checkpoint(model, stage, workdir):
+def _stage_checkpoint(model, stage, workdir, val_images):
     """The stage's folder (created) and its `StageCheckpoint`, which saves
     and restores the full classifier even when the fit runs on the
-    cached-features head model (which shares the head's layers)."""
+    cached-features head model (which shares the head's layers), and
+    weighs accuracy leads against the noise of `val_images` images."""
     stage_dir = os.path.join(workdir, "checkpoints", stage.name)
     os.makedirs(stage_dir, exist_ok=True)
     return stage_dir, StageCheckpoint(stage_dir, stage.name, target=model,
-                                      trainable_only=stage.name == "head")
+                                      trainable_only=stage.name == "head",
+                                      val_images=val_images)
 
 
 def _log_start(model, stage):
@@ -217,6 +220,7 @@ def _fit_summary(plan, why, extract_seconds, checkpoint, csv_path):
         "best_epoch": checkpoint.best_epoch,
         "best_val_loss": checkpoint.best,
         "best_val_accuracy": checkpoint.best_accuracy,
+        "max_val_accuracy": checkpoint.max_accuracy,
         "history": read_history(csv_path),
     }
 
