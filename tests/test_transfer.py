@@ -244,14 +244,21 @@ def test_stage_checkpoint_keeps_the_lowest_loss_within_a_standard_error(
         tmp_path):
     from tl_keras.training.checkpoints import accuracy_noise
 
-    assert accuracy_noise(0.68, 25) == pytest.approx(0.0933, abs=1e-4)
+    assert accuracy_noise(0.68, 25) == pytest.approx(0.0883, abs=1e-4)
+    # Agresti-Coull: 25 of 25 right still has a band (plain p(1-p)/n: 0).
+    assert accuracy_noise(1.0, 25) == pytest.approx(0.0471, abs=1e-4)
     checkpoint = _checkpoint(tmp_path / "a", val_images=25)
-    # 0.64 and 0.60 are within a standard error (0.093) of 0.68 and have
+    # 0.64 and 0.60 are within a standard error (0.088) of 0.68 and have
     # lower losses; 0.56 is not, whatever its loss (the band is measured
     # from the highest accuracy, not the kept one); 0.84 leads by more
-    # than its own standard error (0.073).
+    # than its own standard error (0.075).
     assert _epochs(checkpoint, SEED_15) == [1, 2, 3, 3, 5]
     assert checkpoint.max_accuracy == 0.84
+    # A perfect epoch does not end the band: a lower loss one image
+    # below it is kept.
+    checkpoint = _checkpoint(tmp_path / "perfect", val_images=25)
+    assert _epochs(checkpoint, [(0.96, 0.2), (1.0, 0.9), (0.96, 0.15)]) == [
+        1, 1, 3]
     # Accuracy first, losses breaking ties: without a validation count,
     # and on a validation set large enough for 0.04 to be a real lead.
     for images in (None, 1000):
@@ -268,6 +275,14 @@ def test_stage_checkpoint_band_survives_a_resume(tmp_path):
     assert (resumed.best_epoch, resumed.max_accuracy) == (3, 0.68)
     resumed.on_epoch_end(3, {"val_accuracy": 0.5, "val_loss": 0.1})
     assert resumed.best_epoch == 3
+    # The highest accuracy is recorded when its epoch is not kept too: a
+    # resume measures the band from it.
+    second = _checkpoint(tmp_path / "top", val_images=25)
+    assert _epochs(second, [(0.64, 0.8), (0.68, 1.2)]) == [1, 1]
+    resumed = _checkpoint(tmp_path / "top", val_images=25)
+    assert (resumed.best_epoch, resumed.max_accuracy) == (1, 0.68)
+    resumed.on_epoch_end(2, {"val_accuracy": 0.56, "val_loss": 0.5})
+    assert resumed.best_epoch == 1
     # A fine-tune stage starts from the head's kept epoch and its band.
     finetune = _checkpoint(tmp_path / "f", val_images=25)
     finetune.start_from({"best_val_loss": 0.9, "best_val_accuracy": 0.6,
@@ -289,7 +304,8 @@ def test_stage_checkpoint_weighs_leads_against_the_validation_count(
         history = stage["history"]["val_accuracy"]
         assert stage["max_val_accuracy"] >= max(history)
         assert stage["best_val_accuracy"] >= stage["max_val_accuracy"] - (
-            noise(stage["max_val_accuracy"], metrics["counts"]["val"]))
+            noise(stage["max_val_accuracy"], metrics["counts"]["val"])
+            ) - 1e-6
 
 
 def test_feature_standardization_standardizes_and_stays_out_of_training():

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from tl_keras import io
+from tl_keras.advisor.statistics import accuracy_variance
 from tl_keras.errors import InputError
 from tl_keras.models.classifier import head_state, weights_of_norm
 
@@ -21,7 +22,7 @@ class StageCheckpoint(keras.callbacks.Callback):
     """Keeps the best epoch of a stage, atomically, across resumes: of
     the epochs whose val_accuracy is within one standard error of the
     highest seen, the one with the lowest val_loss (the one-standard-error
-    rule of Breiman et al., 1984, `accuracy_noise`).
+    rule of Breiman et al., 1984; `accuracy_noise`, `keeps`).
 
     On a small validation set accuracy moves in coarse steps and a lead of
     one image is noise: by accuracy first (losses breaking ties only) a
@@ -97,9 +98,12 @@ class StageCheckpoint(keras.callbacks.Callback):
                 logs.get("loss", 0.0), value, accuracy)):
             return  # never keep a diverged epoch
         keep = self.keeps(accuracy, value)
+        risen = accuracy > self.max_accuracy
         self.max_accuracy = max(self.max_accuracy, accuracy)
         if keep:
             self._save(value, accuracy, epoch + 1, self.target or self.model)
+        elif risen:  # a resumed stage measures its band from this epoch
+            self._write_info()
 
     def keeps(self, accuracy, loss):
         """Whether an epoch scoring `accuracy` / `loss` replaces the kept
@@ -107,7 +111,13 @@ class StageCheckpoint(keras.callbacks.Callback):
         highest accuracy (this epoch is then that highest), or this epoch
         is within a standard error of the highest and has a lower loss.
         Measured against the highest accuracy seen, not the kept epoch's,
-        so a chain of lower losses cannot walk the accuracy down."""
+        so a chain of lower losses cannot walk the accuracy down.
+
+        Decided epoch by epoch, keeping one set of weights: when a new
+        highest accuracy moves the band past the kept epoch, this epoch
+        is kept even if an earlier one inside the new band had a lower
+        loss (its weights are gone). So the kept epoch is the lowest loss
+        in the band since the band last passed the kept one."""
         top = max(self.max_accuracy, accuracy)
         floor = top - accuracy_noise(top, self.val_images) - 1e-9
         if self.best_accuracy < floor:
@@ -122,9 +132,13 @@ class StageCheckpoint(keras.callbacks.Callback):
             model.save_weights(tmp)
         io.commit(tmp, self.path)
         self.best, self.best_epoch, self.best_accuracy = value, epoch, accuracy
+        self.max_accuracy = max(self.max_accuracy, accuracy)
+        self._write_info()
+
+    def _write_info(self):
         io.write_json(self.info_path, {
-            "val_loss": value, "val_accuracy": accuracy, "epoch": epoch,
-            "max_val_accuracy": max(self.max_accuracy, accuracy)})
+            "val_loss": self.best, "val_accuracy": self.best_accuracy,
+            "epoch": self.best_epoch, "max_val_accuracy": self.max_accuracy})
 
     def on_train_end(self, logs=None):
         self.restore_best(self.target or self.model)
@@ -167,13 +181,15 @@ class StageCheckpoint(keras.callbacks.Callback):
 
 
 def accuracy_noise(accuracy, images):
-    """One standard error of an accuracy measured on `images` images,
-    sqrt(p (1 - p) / n): the binomial sampling noise of the validation
-    set (0 when its size is unknown). On 25 images at 0.68 it is 0.093,
-    2.3 images; on 1,000 at 0.90, 0.0095."""
+    """One standard error of an accuracy measured on `images` images: the
+    binomial sampling noise of the validation set, with the Agresti-Coull
+    adjustment the advisor uses (`advisor.statistics.accuracy_variance`:
+    25 of 25 right is not certain, which the plain p (1 - p) / n would
+    say). 0 when the count is unknown. On 25 images at 0.68 it is 0.088,
+    2.2 images; at 1.0, 0.047; on 1,000 at 0.90, 0.0095."""
     if not images or not 0.0 <= accuracy <= 1.0:
         return 0.0
-    return math.sqrt(accuracy * (1.0 - accuracy) / images)
+    return math.sqrt(accuracy_variance(accuracy, images))
 
 
 def save_model(model, path):
