@@ -17,6 +17,7 @@ from tl_keras import data as data_lib
 from tl_keras.advisor import head_run
 from tl_keras.advisor.head_run import head_accuracy
 from tl_keras.advisor.scores import linear_probe, score_features
+from tl_keras.training.checkpoints import accuracy_noise
 
 
 def logme_direct(features, labels):
@@ -596,8 +597,11 @@ def test_finetune_that_never_beats_the_head_keeps_the_head(
     assert finetune["best_epoch"] == 0
     assert finetune["best_val_accuracy"] == head["best_val_accuracy"]
     assert len(finetune["history"]["val_accuracy"]) == 2
-    assert max(finetune["history"]["val_accuracy"]) <= head[
-        "best_val_accuracy"]
+    # No fine-tune epoch led the kept head by more than a standard error.
+    top = finetune["max_val_accuracy"]
+    assert top >= max(finetune["history"]["val_accuracy"])
+    assert top - accuracy_noise(top, metrics["counts"]["val"]) <= head[
+        "best_val_accuracy"] + 1e-6
     # The head stage never touches the base: the result's base is the
     # pretrained one, bit for bit.
     for got, want in zip(_base_weights(tmp_path / "run" / "model.keras"),

@@ -9,8 +9,11 @@ standard error (`statistics`):
     and epochs (`head_run`; a logistic probe fit to convergence says what
     a linear head can reach, not what the run's reaches in its budget);
   finetune from a layer: at least transfer's estimate there, since the
-    fine-tune stage keeps its weights only when an epoch beats the head
-    on the validation set;
+    fine-tune stage starts from the head and keeps an epoch of its own
+    only when the best-epoch rule prefers it on the validation set (a
+    lower loss within a standard error of the highest accuracy, or a lead
+    beyond one: `training.checkpoints.StageCheckpoint`), so it ends
+    within a standard error of the head there or above;
   scratch: the short scratch run's best validation accuracy, or where its
     climb is headed (`scratch_projection`, with the climb's own error):
     a lower bound of what the full budget reaches.
@@ -237,15 +240,16 @@ def _pretrained_pick(chosen, best):
     row = {**chosen,
            "candidate": f"finetune ({chosen['feature_block'] or 'last layer'})",
            "approach": "finetune",
-           "basis": "at least transfer's: the stage is kept only if it "
-                    "beats the head on the validation set"}
+           "basis": "at least transfer's: it starts from the head and "
+                    "keeps its own epoch only if the validation set "
+                    "prefers it"}
     return {"approach": "finetune", "estimate_row": row,
             "rule": rule,
             "why": f"finetune from {name} (the head first, then the "
                    f"unfrozen blocks at the fine-tune learning rate; its "
-                   f"weights are kept only if they beat the head on the "
-                   f"validation set, so it ends no worse than transfer "
-                   f"there)"}
+                   f"own epochs are kept only if the validation set "
+                   f"prefers them to the head's, so it ends no more than "
+                   f"a standard error below transfer there)"}
 
 
 def _scratch_verdict(scratch, best, m):

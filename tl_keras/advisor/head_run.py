@@ -28,8 +28,10 @@ def head_accuracy(train_f, train_y, val_f, val_y, config, num_train,
     --learning_rate, --batch_size, --label_smoothing, --ema, --epochs
     epochs of as many steps as the full training set of `num_train`
     images takes (the sample is cycled when it is smaller), validated
-    after each epoch. The head stage keeps its best epoch on the same
-    validation images, so its best is what it keeps.
+    after each epoch. The estimate is the highest validation accuracy it
+    reaches; the head stage keeps the lowest-loss epoch within a standard
+    error of its own highest on the same images (`StageCheckpoint`), so
+    the estimate is the level the stage reaches, not its kept epoch's.
 
     What it leaves out: augmentation (the features are of the images as
     they are) and MixUp / CutMix (the labels are the plain ones). Seeded

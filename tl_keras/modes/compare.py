@@ -287,8 +287,9 @@ def _row(metrics, seconds):
     curve = []
     for stage in stages:
         curve += stage["history"].get("val_accuracy", [])
-    # The final model is the last stage's best epoch (a fine-tune stage
-    # starts from the head's best, so it is never below it).
+    # The final model is the last stage's kept epoch (a fine-tune stage
+    # starts from the head's, and keeps its own only if the validation
+    # set prefers it: `StageCheckpoint`).
     final = list(stages)[-1]
     return {
         "approach": metrics["approach"],

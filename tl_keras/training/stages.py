@@ -73,8 +73,8 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
       place: the run's `distribute.Placement`.
       index: the stage's number in the run (selects its shuffle orders).
       to_beat: the summary of the stage before (the head, for finetune):
-        its weights, now in `model`, are kept unless an epoch of this stage
-        beats its best validation score.
+        its weights, now in `model`, are kept unless the best-epoch rule
+        prefers an epoch of this stage (`StageCheckpoint`).
       callbacks: more Keras callbacks for this stage's fit.
       evaluation: an optional dict that a transfer run's head stage on
         cached features fills (`_fit_inputs`), for `metrics.evaluate`.
