@@ -384,6 +384,32 @@ def test_a_png_cut_after_its_pixels_is_unreadable(folder):
     assert find_unreadable([good, cut]) == [cut]
 
 
+def test_exif_orientation_is_named_and_not_applied(folder, caplog):
+    # A phone photo taken upright is often stored on its side with an
+    # EXIF "rotate 90 when shown" (orientation 6). TensorFlow's decoder,
+    # which training and serving use, ignores it (as Keras's
+    # image_dataset_from_directory does): the check says so, names the
+    # file, and still takes it.
+    from tl_keras.data.images import decode_image, find_unreadable
+
+    plain = os.path.join(folder, "class_0", "plain.jpg")
+    turned = os.path.join(folder, "class_0", "turned.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(turned, exif=exif)
+    exif[0x0112] = 1
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(plain, exif=exif)
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        assert find_unreadable([plain]) == []
+    assert "EXIF" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        assert find_unreadable([plain, turned]) == []
+    assert "1 image file(s) have an EXIF orientation" in caplog.text
+    assert turned in caplog.text and plain not in caplog.text
+    with open(turned, "rb") as f:
+        assert decode_image(f.read()).shape == (10, 20, 3)  # as stored
+
+
 def test_a_test_split_that_rounds_to_nothing_is_an_error(folder):
     # 6 images a class x 0.04 rounds to 0: the run would have reported
     # the validation accuracy as its test result. (Validation keeps at

@@ -112,44 +112,72 @@ _TF_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF"}
 TF_BMP_BITS = (24, 32)
 
 
+# The EXIF tag of a camera's "rotate / mirror when shown" (1: as stored).
+EXIF_ORIENTATION = 0x0112
+
+
 def _is_readable(path):
-    """Fully decodes with PIL (JPEG at reduced scale, for speed), so a
-    truncated file is caught here, not mid-training inside TensorFlow;
-    and refuses what TensorFlow, which decodes the images for training
-    and serving, would read differently from PIL (BMPs of other bit depths
-    than `TF_BMP_BITS`; convert such files to PNG)."""
+    """(readable, turned): fully decodes with PIL (JPEG at reduced scale,
+    for speed), so a truncated file is caught here, not mid-training
+    inside TensorFlow; refuses what TensorFlow, which decodes the images
+    for training and serving, would read differently from PIL (BMPs of
+    other bit depths than `TF_BMP_BITS`; convert such files to PNG); and
+    says whether the file's EXIF asks for a rotation or mirror, which
+    TensorFlow's decoder does not apply."""
     try:
         with Image.open(path) as image:
             if image.format not in _TF_FORMATS or (
                     image.width * image.height > MAX_PIXELS):
-                return False
-            if image.format == "BMP":
-                with open(path, "rb") as f:
-                    header = f.read(30)
-                if int.from_bytes(header[28:30], "little") not in (
-                        TF_BMP_BITS):
-                    return False
-            if image.format == "PNG":
-                # PIL decodes a PNG cut short after its pixels or with a bad
-                # CRC, which TensorFlow then refuses mid-training: check
-                # with the decoder training uses instead.
-                with open(path, "rb") as f:
-                    decode_image(f.read())
-                return True
-            image.draft("RGB", (64, 64))
-            image.load()
-        return True
+                return False, False
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) not in (
+                0, 1)
+            return _decodes(path, image), turned
     except Exception:  # noqa: BLE001 - PIL raises many types for bad files
-        return False
+        return False, False
+
+
+def _decodes(path, image):
+    """Whether `image` (open in PIL, from `path`) decodes to the end as
+    TensorFlow would read it (raises on a broken file)."""
+    if image.format == "BMP":
+        with open(path, "rb") as f:
+            header = f.read(30)
+        return int.from_bytes(header[28:30], "little") in TF_BMP_BITS
+    if image.format == "PNG":
+        # PIL decodes a PNG cut short after its pixels or with a bad CRC,
+        # which TensorFlow then refuses mid-training: check with the
+        # decoder training uses instead.
+        with open(path, "rb") as f:
+            decode_image(f.read())
+        return True
+    image.draft("RGB", (64, 64))
+    image.load()
+    return True
 
 
 def find_unreadable(paths):
     """Returns the paths that are not decodable images (or that
     TensorFlow would decode wrongly: BMPs of 1 to 16 bits; or that
     declare more than MAX_PIXELS), checked in parallel (PIL's decoders
-    release the GIL)."""
+    release the GIL). Warns about readable files whose EXIF orientation
+    asks a viewer to rotate or mirror them: like `tf.io.decode_image`
+    and Keras's `image_dataset_from_directory`, tl_keras uses the pixels
+    as stored, in training and serving alike."""
     if len(paths) > 2000:
         log.info("Checking %d image files ...", len(paths))
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        ok = list(pool.map(_is_readable, paths, chunksize=64))
-    return [p for p, good in zip(paths, ok, strict=True) if not good]
+        checked = list(pool.map(_is_readable, paths, chunksize=64))
+    turned = [p for p, (good, t) in zip(paths, checked, strict=True)
+              if good and t]
+    if turned:
+        log.warning(
+            "%d image file(s) have an EXIF orientation (a camera's 'rotate "
+            "or mirror when shown') that tl_keras, like tf.io.decode_image "
+            "and Keras's image_dataset_from_directory, does not apply: "
+            "their pixels are used as stored (e.g. on their side), in "
+            "training and serving alike. To use them as a viewer shows "
+            "them, rotate the pixels on disk (PIL: ImageOps.exif_transpose; "
+            "or `exiftran -ai`): %s", len(turned),
+            ", ".join(turned[:5]) + (" ..." if len(turned) > 5 else ""))
+    return [p for p, (good, _) in zip(paths, checked, strict=True)
+            if not good]
