@@ -159,9 +159,11 @@ def _check_outcome(stage, checkpoint, to_beat, summary, place):
     none (as the chief's checkpoint says, on every worker: one failing
     alone would leave the others in a collective)."""
     if to_beat is not None and checkpoint.best_epoch == 0:
-        log.info("No %s epoch beat the previous stage on the validation set "
-                 "(val_accuracy %.4f); keeping its weights.", stage.name,
-                 checkpoint.best_accuracy)
+        log.info("No %s epoch was preferred to the previous stage's on the "
+                 "validation set (val_accuracy %.4f, val_loss %.4f: a "
+                 "lower loss within a standard error of the highest "
+                 "accuracy, or a lead beyond one); keeping its weights.",
+                 stage.name, checkpoint.best_accuracy, checkpoint.best)
     if not checkpoint.diverged_at:
         return
     epoch, batch = checkpoint.diverged_at
