@@ -408,6 +408,18 @@ def test_exif_orientation_is_named_and_not_applied(folder, caplog):
     assert turned in caplog.text and plain not in caplog.text
     with open(turned, "rb") as f:
         assert decode_image(f.read()).shape == (10, 20, 3)  # as stored
+    # A malformed EXIF block (its first directory far past the end)
+    # neither hides a readable file nor is taken for a rotation.
+    with open(turned, "rb") as f:
+        data = f.read()
+    start = data.index(b"Exif\x00\x00") + 6
+    broken = os.path.join(folder, "class_0", "broken_exif.jpg")
+    with open(broken, "wb") as f:
+        f.write(data[:start + 4] + b"\x7f\xff\xff\xff" + data[start + 8:])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        assert find_unreadable([broken]) == []
+    assert "EXIF" not in caplog.text
 
 
 def test_a_test_split_that_rounds_to_nothing_is_an_error(folder):

@@ -231,6 +231,10 @@ def test_bmps_tensorflow_misreads_are_unreadable(tmp_path):
         (tmp_path / f"b{bits}.bmp").write_bytes(_bmp(bits))
     paths = [str(tmp_path / f"b{bits}.bmp") for bits in (8, 16, 24)]
     assert find_unreadable(paths) == paths[:2]
+    # A 24-bit BMP cut short is decoded to the end, and refused.
+    (tmp_path / "cut.bmp").write_bytes(_bmp(24)[:-40])
+    assert find_unreadable([str(tmp_path / "cut.bmp")]) == [
+        str(tmp_path / "cut.bmp")]
 
 
 def test_declared_pixels_read_from_each_formats_header(tmp_path):

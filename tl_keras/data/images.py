@@ -129,11 +129,19 @@ def _is_readable(path):
             if image.format not in _TF_FORMATS or (
                     image.width * image.height > MAX_PIXELS):
                 return False, False
-            turned = image.getexif().get(EXIF_ORIENTATION, 1) not in (
-                0, 1)
-            return _decodes(path, image), turned
+            return _decodes(path, image), _turned(image)
     except Exception:  # noqa: BLE001 - PIL raises many types for bad files
         return False, False
+
+
+def _turned(image):
+    """Whether `image`'s EXIF asks a viewer to rotate or mirror it (a
+    malformed EXIF block, which TensorFlow's decoder never reads, says
+    no)."""
+    try:
+        return image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
+    except Exception:  # noqa: BLE001 - PIL's EXIF parser raises many types
+        return False
 
 
 def _decodes(path, image):
@@ -142,7 +150,8 @@ def _decodes(path, image):
     if image.format == "BMP":
         with open(path, "rb") as f:
             header = f.read(30)
-        return int.from_bytes(header[28:30], "little") in TF_BMP_BITS
+        if int.from_bytes(header[28:30], "little") not in TF_BMP_BITS:
+            return False
     if image.format == "PNG":
         # PIL decodes a PNG cut short after its pixels or with a bad CRC,
         # which TensorFlow then refuses mid-training: check with the
