@@ -2,9 +2,11 @@
 warning that names the files and a count in the data's record; never a
 traceback, nothing in a workdir or export lost."""
 
+import io
 import logging
 import os
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -408,14 +410,26 @@ def test_exif_orientation_is_named_and_not_applied(folder, caplog):
     assert turned in caplog.text and plain not in caplog.text
     with open(turned, "rb") as f:
         assert decode_image(f.read()).shape == (10, 20, 3)  # as stored
-    # A malformed EXIF block (its first directory far past the end)
-    # neither hides a readable file nor is taken for a rotation.
-    with open(turned, "rb") as f:
-        data = f.read()
-    start = data.index(b"Exif\x00\x00") + 6
-    broken = os.path.join(folder, "class_0", "broken_exif.jpg")
+    # Once per file and process: a predict loop is not flooded.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        assert find_unreadable([turned]) == []
+    assert "EXIF" not in caplog.text
+    # A PNG whose EXIF block is malformed (a byte order of "XX": PIL's
+    # parser raises) is still readable, and not taken for a rotation.
+    broken = os.path.join(folder, "class_0", "broken_exif.png")
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(buffer, "PNG", exif=exif)
+    data = buffer.getvalue()
+    at = data.index(b"eXIf")
+    size = int.from_bytes(data[at - 4:at], "big")
+    body = b"XX" + data[at + 6:at + 4 + size]
+    chunk = b"eXIf" + body + zlib.crc32(b"eXIf" + body).to_bytes(4, "big")
     with open(broken, "wb") as f:
-        f.write(data[:start + 4] + b"\x7f\xff\xff\xff" + data[start + 8:])
+        f.write(data[:at] + chunk + data[at + 8 + size:])
+    with Image.open(broken) as image, pytest.raises(SyntaxError):
+        image.getexif()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tl_keras"):
         assert find_unreadable([broken]) == []

@@ -135,11 +135,13 @@ def _is_readable(path):
 
 
 def _turned(image):
-    """Whether `image`'s EXIF asks a viewer to rotate or mirror it (a
-    malformed EXIF block, which TensorFlow's decoder never reads, says
-    no)."""
+    """Whether `image`'s EXIF asks a viewer to rotate or mirror it (2-8;
+    a malformed EXIF block, which TensorFlow's decoder never reads, says
+    no). The EXIF read when the file was opened: a PNG's own getexif()
+    decodes the whole image to look past its pixels, a second decode."""
     try:
-        return image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
+        return Image.Image.getexif(image).get(EXIF_ORIENTATION, 1) in range(
+            2, 9)
     except Exception:  # noqa: BLE001 - PIL's EXIF parser raises many types
         return False
 
@@ -164,6 +166,9 @@ def _decodes(path, image):
     return True
 
 
+_WARNED_TURNED = set()
+
+
 def find_unreadable(paths):
     """Returns the paths that are not decodable images (or that
     TensorFlow would decode wrongly: BMPs of 1 to 16 bits; or that
@@ -177,7 +182,8 @@ def find_unreadable(paths):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         checked = list(pool.map(_is_readable, paths, chunksize=64))
     turned = [p for p, (good, t) in zip(paths, checked, strict=True)
-              if good and t]
+              if good and t and p not in _WARNED_TURNED]
+    _WARNED_TURNED.update(turned)  # once per file and process (predict loops)
     if turned:
         log.warning(
             "%d image file(s) have an EXIF orientation (a camera's 'rotate "
