@@ -270,10 +270,10 @@ def test_stage_checkpoint_band_survives_a_resume(tmp_path):
     first = _checkpoint(tmp_path, val_images=25)
     assert _epochs(first, SEED_15[:3]) == [1, 2, 3]
     # A resumed stage reads the highest accuracy back (from best.json):
-    # 0.50 is below 0.68's band though within 0.60's.
+    # 0.52 is below 0.68's band (0.592) though within 0.60's (0.508).
     resumed = _checkpoint(tmp_path, val_images=25)
     assert (resumed.best_epoch, resumed.max_accuracy) == (3, 0.68)
-    resumed.on_epoch_end(3, {"val_accuracy": 0.5, "val_loss": 0.1})
+    resumed.on_epoch_end(3, {"val_accuracy": 0.52, "val_loss": 0.1})
     assert resumed.best_epoch == 3
     # The highest accuracy is recorded when its epoch is not kept too: a
     # resume measures the band from it.
@@ -287,7 +287,7 @@ def test_stage_checkpoint_band_survives_a_resume(tmp_path):
     finetune = _checkpoint(tmp_path / "f", val_images=25)
     finetune.start_from({"best_val_loss": 0.9, "best_val_accuracy": 0.6,
                          "max_val_accuracy": 0.68})
-    assert _epochs(finetune, [(0.5, 0.1), (0.62, 0.85)]) == [0, 2]
+    assert _epochs(finetune, [(0.52, 0.1), (0.62, 0.85)]) == [0, 2]
 
 
 def test_stage_checkpoint_weighs_leads_against_the_validation_count(
