@@ -132,7 +132,6 @@ class StageCheckpoint(keras.callbacks.Callback):
             model.save_weights(tmp)
         io.commit(tmp, self.path)
         self.best, self.best_epoch, self.best_accuracy = value, epoch, accuracy
-        self.max_accuracy = max(self.max_accuracy, accuracy)
         self._write_info()
 
     def _write_info(self):
