@@ -18,6 +18,8 @@ difference to the guide's.
         --suite=large --recipes=views_2,views_4   # the same, large data
     python bench/recipes.py --seeds=24,25 --recipes=accuracy_first
         # the best-epoch rule before 2026-12-01 vs today's
+    python bench/recipes.py --seeds=28,29 --recipes=kept_head_start
+        # fine-tuning from the head's kept epoch vs its last (today's)
 
 Also printed: each recipe's wall time over the guide's, whole runs
 (start-up, data, training, evaluation, export). A run whose workdir
@@ -88,7 +90,13 @@ RECIPES["views_auto"] = dict(feature_cache_views="auto")
 # lowest loss within a standard error of the best accuracy). Run by
 # making the standard error 0 (`checkpoints.accuracy_noise`).
 RECIPES["accuracy_first"] = {}
-PATCHED = {"accuracy_first": ("accuracy_noise", lambda accuracy, n: 0.0)}
+# Not an option: the fine-tune stage going on from the head's kept epoch
+# (tl_keras before 2026-12-01) instead of its last epoch, the kept one
+# being the epoch 0 to beat either way (`checkpoints.continue_from_last`).
+RECIPES["kept_head_start"] = {}
+PATCHED = {"accuracy_first": ("accuracy_noise", lambda accuracy, n: 0.0),
+           "kept_head_start": ("continue_from_last",
+                               lambda model, head_dir: None)}
 
 # Which situations of the advisor bench each suite uses; "large" has
 # situations of its own (`large_situations`).

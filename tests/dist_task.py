@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def install_kill_hook(spec):
     sys.path.insert(0, REPO)
-    from tl_keras.training.checkpoints import EpochBackup
+    from tl_keras.training.backups import EpochBackup
 
     stage, epoch = spec.split(":")
     original = EpochBackup.on_epoch_end

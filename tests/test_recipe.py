@@ -158,10 +158,10 @@ def test_ema_weights_are_validated_checkpointed_and_saved(tiny_config,
     # Records what the best-epoch checkpoint saves and what the epoch
     # backup saves: the checkpoint gets the average (in the model) while
     # the backup gets the trained weights (the average in the optimizer).
-    from tl_keras.training import checkpoints
+    from tl_keras.training import backups, checkpoints
     saved, backed_up = {}, {}
     save, backup = (checkpoints.StageCheckpoint._save,
-                    checkpoints.EpochBackup.on_epoch_end)
+                    backups.EpochBackup.on_epoch_end)
 
     def record_save(self, value, accuracy, epoch, model):
         if epoch:  # (epoch 0: the head's weights the fine-tune starts from)
@@ -180,7 +180,7 @@ def test_ema_weights_are_validated_checkpointed_and_saved(tiny_config,
         backup(self, epoch, logs)
 
     monkeypatch.setattr(checkpoints.StageCheckpoint, "_save", record_save)
-    monkeypatch.setattr(checkpoints.EpochBackup, "on_epoch_end",
+    monkeypatch.setattr(backups.EpochBackup, "on_epoch_end",
                         record_backup)
     config = tiny_config.replace(approach="finetune", epochs=1,
                                  finetune_epochs=3, ema=0.9,

@@ -208,10 +208,70 @@ def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
         np.testing.assert_array_equal(np.asarray(got), want)
     for got, want in zip(norm.weights, statistics, strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
-    # A model training other weights cannot take it.
+    # The head's state is the same whichever stage the model is set for
+    # (a fine-tune goes on from the head's last weights).
     models.configure_stage(model, "scratch", built.blocks())
-    with pytest.raises(tl_keras.InputError, match="holds 4 arrays"):
+    checkpoint.restore_best(model)
+    # A checkpoint of another head is refused, naming the counts.
+    np.savez(checkpoint.path, *best, *statistics[:1])
+    with pytest.raises(tl_keras.InputError, match="holds 3 arrays, this "
+                       "stage trains 4"):
         checkpoint.restore_best(model)
+
+
+def test_fine_tune_goes_on_from_the_head_s_last_epoch_and_must_beat_its_kept(
+        tmp_path):
+    # The Keras guide fine-tunes from the head as its training ended; the
+    # head's kept epoch stays the fine-tune stage's epoch 0. Fails if the
+    # fine-tune starts from the kept head (tl_keras before 2026-12-01).
+    from tl_keras.training.checkpoints import StageCheckpoint
+
+    built = models.build_backbone("compact_cnn", "none", 32)
+    model = models.build_classifier(built, 3, 0.0)
+    models.configure_stage(model, "head", built.blocks())
+    head_dir, finetune_dir = tmp_path / "head", tmp_path / "finetune"
+    head_dir.mkdir()
+    finetune_dir.mkdir()
+    head = StageCheckpoint(str(head_dir), "head", target=model,
+                           trainable_only=True, val_images=25)
+    head.on_epoch_end(0, {"val_loss": 1.0, "val_accuracy": 0.6})
+    kept = [np.asarray(w) for w in model.weights]
+    for w in model.trainable_weights:
+        w.assign(w + 1.0)
+    head.on_epoch_end(1, {"val_loss": 1.5, "val_accuracy": 0.6})
+    last = [np.asarray(w) for w in model.weights]
+    head.on_train_end()
+    assert head.best_epoch == 1
+    for got, want in zip(model.weights, kept, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    models.configure_stage(model, "finetune", built.blocks(), 1)
+    finetune = StageCheckpoint(str(finetune_dir), "finetune", target=model,
+                               val_images=25)
+    finetune.start_from({"best_val_loss": 1.0, "best_val_accuracy": 0.6},
+                        str(head_dir))
+    assert finetune.best_epoch == 0
+    for got, want in zip(model.weights, last, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    # No fine-tune epoch preferred: the end restores the kept head.
+    finetune.on_epoch_end(0, {"val_loss": 2.0, "val_accuracy": 0.4})
+    finetune.on_train_end()
+    for got, want in zip(model.weights, kept, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    # A head stage that diverged leaves no last weights (they are NaN):
+    # the fine-tune goes on from the kept head.
+    models.configure_stage(model, "head", built.blocks())
+    head = StageCheckpoint(str(head_dir), "head", target=model,
+                           trainable_only=True, val_images=25)
+    head.diverged_at = (2, 1)
+    head.on_train_end()
+    assert "last.trainable.npz" not in os.listdir(head_dir)
+    models.configure_stage(model, "finetune", built.blocks(), 1)
+    (tmp_path / "other").mkdir()
+    StageCheckpoint(str(tmp_path / "other"), "finetune", target=model,
+                    val_images=25).start_from(
+        {"best_val_loss": 1.0, "best_val_accuracy": 0.6}, str(head_dir))
+    for got, want in zip(model.weights, kept, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def _checkpoint(folder, **kwargs):

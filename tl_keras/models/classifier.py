@@ -81,9 +81,13 @@ def standardize_head(model, features):
 
 
 def head_state(model):
-    """The weights that change while the head trains on a frozen base:
-    the trainable ones, then the feature standardisation's statistics."""
-    return list(model.trainable_weights) + weights_of_norm(model)
+    """The weights that change while the head trains on a frozen base,
+    whichever stage `model` is configured for: the trainable ones outside
+    the base (in the head stage, all of them), then the feature
+    standardisation's statistics."""
+    base = {id(w) for w in model.get_layer("backbone").weights}
+    return [w for w in model.trainable_weights
+            if id(w) not in base] + weights_of_norm(model)
 
 
 def weights_of_norm(model):

@@ -4,7 +4,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import warnings
 
 import keras
@@ -67,15 +66,19 @@ class StageCheckpoint(keras.callbacks.Callback):
             self.max_accuracy = info.get("max_val_accuracy",
                                          self.best_accuracy)
 
-    def start_from(self, summary):
-        """Counts the model's current weights, which scored `summary`'s
-        best_val_accuracy / best_val_loss, as epoch 0 (once per stage: a
-        resumed stage keeps what it has)."""
+    def start_from(self, summary, head_dir=None):
+        """Counts the model's current weights (the head's kept epoch),
+        which scored `summary`'s best_val_accuracy / best_val_loss, as
+        epoch 0 (once per stage: a resumed stage keeps what it has); then
+        puts in the model the weights the head stage in `head_dir` ended
+        with (`continue_from_last`), which the fit goes on from."""
         if not os.path.isfile(self.info_path):
             self.max_accuracy = summary.get("max_val_accuracy",
                                             summary["best_val_accuracy"])
             self._save(summary["best_val_loss"],
                        summary["best_val_accuracy"], 0, self.target)
+        if head_dir is not None:
+            continue_from_last(self.target or self.model, head_dir)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current_epoch = epoch
@@ -125,12 +128,12 @@ class StageCheckpoint(keras.callbacks.Callback):
         return accuracy >= floor and loss < self.best
 
     def _save(self, value, accuracy, epoch, model):
-        tmp = io.temp_path(self.path)
         if self.trainable_only:
-            np.savez(tmp, *[np.asarray(w) for w in head_state(model)])
+            _save_head(model, self.path)
         else:
+            tmp = io.temp_path(self.path)
             model.save_weights(tmp)
-        io.commit(tmp, self.path)
+            io.commit(tmp, self.path)
         self.best, self.best_epoch, self.best_accuracy = value, epoch, accuracy
         self._write_info()
 
@@ -140,7 +143,15 @@ class StageCheckpoint(keras.callbacks.Callback):
             "epoch": self.best_epoch, "max_val_accuracy": self.max_accuracy})
 
     def on_train_end(self, logs=None):
-        self.restore_best(self.target or self.model)
+        model = self.target or self.model
+        if self.trainable_only:  # where a fine-tune goes on from
+            last = os.path.join(os.path.dirname(self.path), LAST_HEAD)
+            if self.diverged_at:  # NaN weights: it goes on from the kept
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(last)
+            else:
+                _save_head(model, last)
+        self.restore_best(model)
 
     def restore_best(self, model):
         full = os.path.join(os.path.dirname(self.path), "best.weights.h5")
@@ -150,26 +161,7 @@ class StageCheckpoint(keras.callbacks.Callback):
         if not os.path.isfile(self.path):
             return
         if self.trainable_only:
-            with np.load(self.path) as stored:
-                values = [stored[f"arr_{i}"] for i in range(len(stored))]
-            weights = head_state(model)
-            if len(values) == len(model.trainable_weights) < len(weights):
-                # tl_keras 0.1's head checkpoint: its head was trained on
-                # raw features, so the standardisation goes back to the
-                # identity.
-                weights = model.trainable_weights
-                for statistic in weights_of_norm(model):
-                    statistic.assign(np.zeros(statistic.shape) if "mean" in
-                                     statistic.path else
-                                     np.ones(statistic.shape))
-            if len(values) != len(weights):
-                raise InputError(
-                    f"Invalid checkpoint {self.path}: it holds "
-                    f"{len(values)} arrays, this stage trains "
-                    f"{len(weights)}. Allowed: a checkpoint of this run. "
-                    f"Received: {len(values)} arrays")
-            for weight, value in zip(weights, values, strict=True):
-                weight.assign(value)
+            _load_head(model, self.path, legacy=True)
             return
         with warnings.catch_warnings():
             # The file also holds the optimizer of the stage that wrote it;
@@ -177,6 +169,60 @@ class StageCheckpoint(keras.callbacks.Callback):
             # warns that it skips those variables. Only weights matter here.
             warnings.filterwarnings("ignore", message=".*optimizer.*")
             model.load_weights(self.path)
+
+
+# The head stage's weights at its end, beside its kept epoch.
+LAST_HEAD = "last.trainable.npz"
+
+
+def continue_from_last(model, head_dir):
+    """Puts the head stage's last weights (`LAST_HEAD` in `head_dir`)
+    into `model`, as the Keras guide's fine-tune goes on from the head's
+    last epoch; the kept head stays the epoch 0 the fine-tune must beat.
+    On few validation images the kept head can be an epoch-1 head that
+    learned little, and a fine-tune from it went 9 points below one from
+    a later epoch (bench/RESULTS.md, recipes seed 27). Without the file
+    (a head stage that diverged, or from an older tl_keras) the model
+    keeps the kept head."""
+    path = os.path.join(head_dir, LAST_HEAD)
+    if not os.path.isfile(path):
+        log.info("Fine-tuning from the head's kept epoch (no last-epoch "
+                 "weights in %s)", head_dir)
+        return
+    _load_head(model, path)
+    log.info("Fine-tuning from the head's last epoch; its kept epoch is "
+             "the one to beat")
+
+
+def _save_head(model, path):
+    """Writes the head's state (`classifier.head_state`) to a .npz,
+    atomically."""
+    tmp = io.temp_path(path)
+    np.savez(tmp, *[np.asarray(w) for w in head_state(model)])
+    io.commit(tmp, path)
+
+
+def _load_head(model, path, legacy=False):
+    """Assigns the head state in the .npz `path` (`_save_head`) to
+    `model`; with `legacy`, also a tl_keras 0.1 head checkpoint (the
+    trainable weights alone)."""
+    with np.load(path) as stored:
+        values = [stored[f"arr_{i}"] for i in range(len(stored))]
+    weights = head_state(model)
+    if legacy and len(values) == len(model.trainable_weights) < len(weights):
+        # tl_keras 0.1's head checkpoint: its head was trained on raw
+        # features, so the standardisation goes back to the identity.
+        weights = model.trainable_weights
+        for statistic in weights_of_norm(model):
+            statistic.assign(np.zeros(statistic.shape) if "mean" in
+                             statistic.path else np.ones(statistic.shape))
+    if len(values) != len(weights):
+        raise InputError(
+            f"Invalid checkpoint {path}: it holds {len(values)} arrays, "
+            f"this stage trains {len(weights)}. Allowed: a checkpoint of "
+            f"this run. Received: {len(values)} arrays")
+    for weight, value in zip(weights, values, strict=True):
+        weight.assign(value)
 
 
 def accuracy_noise(accuracy, images):
@@ -196,100 +242,6 @@ def save_model(model, path):
     tmp = io.temp_path(path)
     model.save(tmp)
     io.commit(tmp, path)
-
-
-
-class EpochBackup(keras.callbacks.Callback):
-    """Mid-stage resume state: after each epoch, the model's weights and
-    optimizer state in one file named by the epoch it ends
-    (`epoch-000003.weights.h5`), written atomically (`io.commit`); older
-    ones are then removed. On a rerun the newest file that loads sets the
-    weights and the epoch to go on from.
-
-    Keras's BackupAndRestore keeps the epoch in a second file written
-    after the weights, without fsync: an empty metadata file (disk full,
-    power loss) broke every later rerun, and a kill between the two files
-    replayed an epoch on weights that had already trained it. One file
-    named by its epoch cannot disagree with itself.
-    """
-
-    def __init__(self, backup_dir, place=None):
-        super().__init__()
-        self.backup_dir = backup_dir
-        # A multi-worker run's `Placement`: every worker goes on from the
-        # chief's epoch and weights (see on_train_begin).
-        self.place = place
-
-    def _files(self):
-        """[(epoch, path)] of the complete backups, newest first."""
-        if not os.path.isdir(self.backup_dir):
-            return []
-        found = []
-        for name in os.listdir(self.backup_dir):
-            if name.startswith("epoch-") and name.endswith(".weights.h5"):
-                with contextlib.suppress(ValueError):
-                    found.append((int(name[6:-11]),
-                                  os.path.join(self.backup_dir, name)))
-        return sorted(found, reverse=True)
-
-    def on_train_begin(self, logs=None):
-        # fit() starts at model._initial_epoch when it is set, and nothing
-        # in Keras clears it: a resumed stage's epoch would carry over to
-        # the next stage's fit on the same model.
-        self.model._initial_epoch = None
-        place = self.place
-        if place is None or place.task.num_workers <= 1:
-            self.model._initial_epoch = self._restore() or None
-            return
-        # Several workers: the chief's backup decides for every worker (its
-        # epoch, weights and optimizer state), whatever a worker's own
-        # folder holds (one epoch behind, lost, or from another run). The
-        # optimizer is built on every worker first: building creates
-        # variables, which is a collective (the chief's initial values
-        # are broadcast).
-        if not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        epoch = place.from_chief(
-            [self._restore() if place.task.is_chief else 0])[0]
-        place.sync_from_chief(self.model.weights
-                              + self.model.optimizer.variables)
-        if epoch and not place.task.is_chief:
-            log.info("Resuming the stage after epoch %d, the chief's", epoch)
-        self.model._initial_epoch = epoch or None
-
-    def _restore(self):
-        """Loads the newest readable backup; returns its epoch (0: none)."""
-        for epoch, path in self._files():
-            try:
-                if not self.model.optimizer.built:
-                    self.model.optimizer.build(self.model.trainable_variables)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*optimizer.*")
-                    self.model.load_weights(path)
-            except Exception as e:  # noqa: BLE001 - h5py/Keras raise many
-                log.warning("Skipping the unreadable backup %s (%s)", path,
-                            type(e).__name__)
-                continue
-            log.info("Resuming the stage after epoch %d", epoch)
-            return epoch
-        return 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        path = os.path.join(self.backup_dir,
-                            f"epoch-{epoch + 1:06d}.weights.h5")
-        tmp = io.temp_path(path)
-        self.model.save_weights(tmp)
-        io.commit(tmp, path)
-        for older, old_path in self._files():
-            if older < epoch + 1:
-                os.remove(old_path)
-
-    def on_train_end(self, logs=None):
-        # The stage's fit finished. The backups stay until the stage is
-        # marked done (`remove_backups`): killed in between, the rerun
-        # resumes after the last epoch instead of training the stage again.
-        self.model._initial_epoch = None
 
 
 class AveragedWeights(keras.callbacks.SwapEMAWeights):
@@ -317,13 +269,3 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
                 self._swap_variables()
                 self._ema_weights_in_model = False
         return keras.callbacks.LambdaCallback(on_epoch_end=back)
-
-
-def backup_dir(stage_dir):
-    """Where a stage's `EpochBackup` files are."""
-    return os.path.join(stage_dir, "backup")
-
-
-def remove_backups(stage_dir):
-    """Deletes a stage's backups (once its done.json is written)."""
-    shutil.rmtree(backup_dir(stage_dir), ignore_errors=True)

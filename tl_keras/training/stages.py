@@ -28,14 +28,9 @@ from tl_keras.models.classifier import (
     standardize_head,
 )
 from tl_keras.training import feature_cache
+from tl_keras.training.backups import EpochBackup, backup_dir, remove_backups
 from tl_keras.training.cache_plan import cache_plan
-from tl_keras.training.checkpoints import (
-    AveragedWeights,
-    EpochBackup,
-    StageCheckpoint,
-    backup_dir,
-    remove_backups,
-)
+from tl_keras.training.checkpoints import AveragedWeights, StageCheckpoint
 from tl_keras.training.metrics import read_history, repair_csv
 
 log = logging.getLogger("tl_keras")
@@ -94,8 +89,9 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     # done, for every worker (`distribute.Placement.from_chief`).
     if place.from_chief([os.path.isfile(done_path)])[0]:
         return _skip_done_stage(model, stage, checkpoint, done_path, place)
-    if to_beat is not None:
-        checkpoint.start_from(to_beat)
+    if to_beat is not None:  # from the head's last epoch, its kept to beat
+        checkpoint.start_from(to_beat, os.path.join(
+            os.path.dirname(stage_dir), "head"))
     trainable, total = _log_start(model, stage)
     csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
     start = time.time()
