@@ -4,7 +4,7 @@ run that was never killed.
 
 Each kill is real (tests/fault_task.py: `os.kill(pid, SIGKILL)` inside the
 process, no exception, no cleanup) and lands at a known point. One workdir
-is killed ten times in a row, each rerun dying at the next point, then
+is killed twelve times in a row, each rerun dying at the next point, then
 finishes; its model, history and export are compared with an uninterrupted
 run of the same flags in the same way (a subprocess). Default augmentation
 (flip, rotation, zoom) and head dropout are on, so the comparison also
@@ -22,8 +22,11 @@ import numpy as np
 import pytest
 from conftest import run_fault_task, write_image_folder
 
+# The head's learning rate is high enough that its kept epoch is not its
+# last (checked below): a rerun fine-tuning from the wrong one differs.
 FLAGS = ["--backbone=compact_cnn", "--weights=none", "--image_size=32",
          "--approach=finetune", "--epochs=2", "--finetune_epochs=3",
+         "--learning_rate=0.3",
          "--finetune_learning_rate=1e-3", "--batch_size=8", "--dropout=0.3",
          "--validation_split=0.2", "--test_split=0.2"]
 
@@ -38,6 +41,10 @@ FAULTS = [
      "write:head/backup/epoch-000002:before",
      ["checkpoints/head/backup/.tmp.epoch-000002.weights.h5"],
      ["checkpoints/head/backup/epoch-000002.weights.h5"]),
+    ("writing the head's last-epoch weights, before the rename",
+     "write:head/last.trainable:before",
+     ["checkpoints/head/backup/epoch-000002.weights.h5"],
+     ["checkpoints/head/last.trainable.npz", "checkpoints/head/done.json"]),
     ("stage boundary: the head marked done, fine-tune not started",
      "write:head/done.json:after",
      ["checkpoints/head/done.json"], ["checkpoints/finetune"]),
@@ -45,6 +52,11 @@ FAULTS = [
      "weights and best.json", "write:finetune/best.json:before",
      ["checkpoints/finetune/best.weights.h5"],
      ["checkpoints/finetune/best.json"]),
+    # The stage's epoch 0 is written: the rerun does not write it again,
+    # and must still go on from the head's last epoch.
+    ("mid-epoch, fine-tune stage, before its first backup",
+     "batch:finetune:1:2", ["checkpoints/finetune/best.json"],
+     ["checkpoints/finetune/backup/epoch-000001.weights.h5"]),
     ("mid-epoch, fine-tune stage", "batch:finetune:2:1",
      ["checkpoints/finetune/backup/epoch-000001.weights.h5"],
      ["checkpoints/finetune/done.json"]),
@@ -96,6 +108,8 @@ def test_killed_anywhere_then_rerun_ends_as_the_uninterrupted_run(tmp_path):
 
     got = json.load(open(os.path.join(workdir, "metrics.json")))
     want = json.load(open(os.path.join(whole, "metrics.json")))
+    assert want["stages"]["head"]["best_epoch"] < 2  # see FLAGS
+    assert want["stages"]["finetune"]["best_epoch"] > 0
     assert got["complete"] and got["counts"] == want["counts"]
     for stage in ("head", "finetune"):
         # Every epoch logged once, and the same epochs as the whole run's.

@@ -164,7 +164,7 @@ def test_ema_weights_are_validated_checkpointed_and_saved(tiny_config,
                     backups.EpochBackup.on_epoch_end)
 
     def record_save(self, value, accuracy, epoch, model):
-        if epoch:  # (epoch 0: the head's weights the fine-tune starts from)
+        if epoch:  # (epoch 0: the head's kept weights, the one to beat)
             fit = self.model
             saved[self.stage_name, epoch] = (
                 [np.asarray(v) for v in fit.trainable_variables],
@@ -187,6 +187,12 @@ def test_ema_weights_are_validated_checkpointed_and_saved(tiny_config,
                                  finetune_learning_rate=1e-2, augment="flip")
     metrics = tl_keras.train(config)
     assert metrics["stages"]["finetune"]["recipe"]["ema"] == 0.9
+    # The fine-tune trained on from the head's last epoch, which the head
+    # stage wrote beside its kept one.
+    assert metrics["stages"]["finetune"]["started_from"] == (
+        "the head's last epoch")
+    assert os.path.isfile(os.path.join(config.runtime.workdir, "checkpoints",
+                                       "head", "last.trainable.npz"))
     finetune = {e: v for (stage, e), v in saved.items()
                 if stage == "finetune"}
     assert finetune, "no fine-tune epoch beat the head"

@@ -215,7 +215,7 @@ def test_head_stage_checkpoint_keeps_and_restores_the_trainable_weights(
     # A checkpoint of another head is refused, naming the counts.
     np.savez(checkpoint.path, *best, *statistics[:1])
     with pytest.raises(tl_keras.InputError, match="holds 3 arrays, this "
-                       "stage trains 4"):
+                       "model's head has 4"):
         checkpoint.restore_best(model)
 
 
@@ -234,10 +234,14 @@ def test_fine_tune_goes_on_from_the_head_s_last_epoch_and_must_beat_its_kept(
     finetune_dir.mkdir()
     head = StageCheckpoint(str(head_dir), "head", target=model,
                            trainable_only=True, val_images=25)
+    norm = model.get_layer("feature_norm")
+    rng = np.random.default_rng(0)
+    norm.set_statistics(rng.normal(3.0, 2.0, (50, norm.mean.shape[0])))
     head.on_epoch_end(0, {"val_loss": 1.0, "val_accuracy": 0.6})
     kept = [np.asarray(w) for w in model.weights]
     for w in model.trainable_weights:
         w.assign(w + 1.0)
+    norm.set_statistics(rng.normal(-1.0, 5.0, (50, norm.mean.shape[0])))
     head.on_epoch_end(1, {"val_loss": 1.5, "val_accuracy": 0.6})
     last = [np.asarray(w) for w in model.weights]
     head.on_train_end()
@@ -247,8 +251,9 @@ def test_fine_tune_goes_on_from_the_head_s_last_epoch_and_must_beat_its_kept(
     models.configure_stage(model, "finetune", built.blocks(), 1)
     finetune = StageCheckpoint(str(finetune_dir), "finetune", target=model,
                                val_images=25)
-    finetune.start_from({"best_val_loss": 1.0, "best_val_accuracy": 0.6},
-                        str(head_dir))
+    assert finetune.start_from(
+        {"best_val_loss": 1.0, "best_val_accuracy": 0.6},
+        str(head_dir)) == "last epoch"
     assert finetune.best_epoch == 0
     for got, want in zip(model.weights, last, strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
@@ -258,20 +263,36 @@ def test_fine_tune_goes_on_from_the_head_s_last_epoch_and_must_beat_its_kept(
     for got, want in zip(model.weights, kept, strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
     # A head stage that diverged leaves no last weights (they are NaN):
-    # the fine-tune goes on from the kept head.
-    models.configure_stage(model, "head", built.blocks())
-    head = StageCheckpoint(str(head_dir), "head", target=model,
-                           trainable_only=True, val_images=25)
-    head.diverged_at = (2, 1)
-    head.on_train_end()
-    assert "last.trainable.npz" not in os.listdir(head_dir)
-    models.configure_stage(model, "finetune", built.blocks(), 1)
-    (tmp_path / "other").mkdir()
-    StageCheckpoint(str(tmp_path / "other"), "finetune", target=model,
-                    val_images=25).start_from(
-        {"best_val_loss": 1.0, "best_val_accuracy": 0.6}, str(head_dir))
-    for got, want in zip(model.weights, kept, strict=True):
-        np.testing.assert_array_equal(np.asarray(got), want)
+    # the fine-tune goes on from the kept head. So does a rerun whose
+    # weights, restored from the diverged epoch's backup, are NaN while
+    # it no longer knows the stage diverged.
+    for diverged in ((2, 1), None):
+        models.configure_stage(model, "head", built.blocks())
+        assert "last.trainable.npz" in os.listdir(head_dir)
+        head = StageCheckpoint(str(head_dir), "head", target=model,
+                               trainable_only=True, val_images=25)
+        head.diverged_at = diverged
+        model.trainable_weights[0].assign(
+            np.full(model.trainable_weights[0].shape, np.nan))
+        head.on_train_end()
+        assert "last.trainable.npz" not in os.listdir(head_dir)
+        models.configure_stage(model, "finetune", built.blocks(), 1)
+        other = tmp_path / f"other{diverged is None}"
+        other.mkdir()
+        assert StageCheckpoint(str(other), "finetune", target=model,
+                               val_images=25).start_from(
+            {"best_val_loss": 1.0, "best_val_accuracy": 0.6},
+            str(head_dir)) == "kept epoch"
+        for got, want in zip(model.weights, kept, strict=True):
+            np.testing.assert_array_equal(np.asarray(got), want)
+        _save_last(model, head_dir)  # for the next case
+
+
+def _save_last(model, head_dir):
+    from tl_keras.training import checkpoints
+
+    models.configure_stage(model, "head", [])
+    checkpoints._save_head(model, str(head_dir / checkpoints.LAST_HEAD))
 
 
 def _checkpoint(folder, **kwargs):
@@ -343,7 +364,7 @@ def test_stage_checkpoint_band_survives_a_resume(tmp_path):
     assert (resumed.best_epoch, resumed.max_accuracy) == (1, 0.68)
     resumed.on_epoch_end(2, {"val_accuracy": 0.56, "val_loss": 0.5})
     assert resumed.best_epoch == 1
-    # A fine-tune stage starts from the head's kept epoch and its band.
+    # A fine-tune stage's epoch 0 is the head's kept epoch, in its band.
     finetune = _checkpoint(tmp_path / "f", val_images=25)
     finetune.start_from({"best_val_loss": 0.9, "best_val_accuracy": 0.6,
                          "max_val_accuracy": 0.68})

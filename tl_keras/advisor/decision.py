@@ -9,8 +9,9 @@ standard error (`statistics`):
     and epochs (`head_run`; a logistic probe fit to convergence says what
     a linear head can reach, not what the run's reaches in its budget);
   finetune from a layer: at least transfer's estimate there, since the
-    fine-tune stage starts from the head and keeps an epoch of its own
-    only when the best-epoch rule prefers it on the validation set (a
+    fine-tune stage holds the head's kept epoch as its epoch 0 (it trains
+    on from the head's last epoch) and keeps an epoch of its own only
+    when the best-epoch rule prefers it on the validation set (a
     lower loss within a standard error of the highest accuracy, or a lead
     beyond one: `training.checkpoints.StageCheckpoint`), so it ends
     within a standard error of the head there or above;
@@ -240,9 +241,9 @@ def _pretrained_pick(chosen, best):
     row = {**chosen,
            "candidate": f"finetune ({chosen['feature_block'] or 'last layer'})",
            "approach": "finetune",
-           "basis": "at least transfer's: it starts from the head and "
-                    "keeps its own epoch only if the validation set "
-                    "prefers it"}
+           "basis": "at least transfer's: the head's kept epoch is its "
+                    "epoch 0, and it keeps its own only if the validation "
+                    "set prefers it"}
     return {"approach": "finetune", "estimate_row": row,
             "rule": rule,
             "why": f"finetune from {name} (the head first, then the "

@@ -288,8 +288,8 @@ def _row(metrics, seconds):
     for stage in stages:
         curve += stage["history"].get("val_accuracy", [])
     # The final model is the last stage's kept epoch (a fine-tune stage
-    # starts from the head's, and keeps its own only if the validation
-    # set prefers it: `StageCheckpoint`).
+    # holds the head's as its epoch 0, and keeps its own only if the
+    # validation set prefers it: `StageCheckpoint`).
     final = list(stages)[-1]
     return {
         "approach": metrics["approach"],

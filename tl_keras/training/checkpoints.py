@@ -34,14 +34,17 @@ class StageCheckpoint(keras.callbacks.Callback):
     rule is accuracy first, ties by loss.
 
     At the end of training it restores the best weights into the model.
-    `start_from` makes the weights the model has now (the head's, before
-    fine-tuning) the best so far, at epoch 0.
+    `start_from` makes the weights the model has now (the head's kept
+    epoch, before fine-tuning) the best so far, at epoch 0, and puts in
+    the weights the head stage ended with, which the fine-tune trains on
+    from (`continue_from_last`).
 
     With `trainable_only` (the head stage: the frozen base runs in
     inference mode, so only the trainable weights and the head's feature
     statistics change: `classifier.head_state`) it keeps just those, in a
     .npz: for a MobileNetV2 a save takes milliseconds instead
-    of 0.7 s, paid at every improving epoch.
+    of 0.7 s, paid at every improving epoch. Its last epoch's are written
+    beside them at the end of training (`LAST_HEAD`).
     """
 
     def __init__(self, stage_dir, stage_name, target=None,
@@ -71,14 +74,16 @@ class StageCheckpoint(keras.callbacks.Callback):
         which scored `summary`'s best_val_accuracy / best_val_loss, as
         epoch 0 (once per stage: a resumed stage keeps what it has); then
         puts in the model the weights the head stage in `head_dir` ended
-        with (`continue_from_last`), which the fit goes on from."""
+        with (`continue_from_last`), which the fit goes on from. Returns
+        where it goes on from: 'last epoch' or 'kept epoch'."""
         if not os.path.isfile(self.info_path):
             self.max_accuracy = summary.get("max_val_accuracy",
                                             summary["best_val_accuracy"])
             self._save(summary["best_val_loss"],
                        summary["best_val_accuracy"], 0, self.target)
-        if head_dir is not None:
-            continue_from_last(self.target or self.model, head_dir)
+        if head_dir is None:
+            return "kept epoch"
+        return continue_from_last(self.target or self.model, head_dir)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current_epoch = epoch
@@ -146,7 +151,10 @@ class StageCheckpoint(keras.callbacks.Callback):
         model = self.target or self.model
         if self.trainable_only:  # where a fine-tune goes on from
             last = os.path.join(os.path.dirname(self.path), LAST_HEAD)
-            if self.diverged_at:  # NaN weights: it goes on from the kept
+            # A diverged stage's weights are NaN / Inf (also when a rerun
+            # restored them from the epoch's backup, which `diverged_at`
+            # does not survive): a fine-tune goes on from the kept head.
+            if self.diverged_at or not _finite(head_state(model)):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(last)
             else:
@@ -183,15 +191,20 @@ def continue_from_last(model, head_dir):
     learned little, and a fine-tune from it went 9 points below one from
     a later epoch (bench/RESULTS.md, recipes seed 27). Without the file
     (a head stage that diverged, or from an older tl_keras) the model
-    keeps the kept head."""
+    keeps the kept head. Returns 'last epoch' or 'kept epoch'."""
     path = os.path.join(head_dir, LAST_HEAD)
     if not os.path.isfile(path):
         log.info("Fine-tuning from the head's kept epoch (no last-epoch "
                  "weights in %s)", head_dir)
-        return
+        return "kept epoch"
     _load_head(model, path)
     log.info("Fine-tuning from the head's last epoch; its kept epoch is "
              "the one to beat")
+    return "last epoch"
+
+
+def _finite(weights):
+    return all(np.isfinite(np.asarray(w)).all() for w in weights)
 
 
 def _save_head(model, path):
@@ -209,18 +222,20 @@ def _load_head(model, path, legacy=False):
     with np.load(path) as stored:
         values = [stored[f"arr_{i}"] for i in range(len(stored))]
     weights = head_state(model)
-    if legacy and len(values) == len(model.trainable_weights) < len(weights):
+    statistics = weights_of_norm(model)
+    trained = weights[:len(weights) - len(statistics)]
+    if legacy and len(values) == len(trained) < len(weights):
         # tl_keras 0.1's head checkpoint: its head was trained on raw
         # features, so the standardisation goes back to the identity.
-        weights = model.trainable_weights
-        for statistic in weights_of_norm(model):
+        weights = trained
+        for statistic in statistics:
             statistic.assign(np.zeros(statistic.shape) if "mean" in
                              statistic.path else np.ones(statistic.shape))
     if len(values) != len(weights):
         raise InputError(
             f"Invalid checkpoint {path}: it holds {len(values)} arrays, "
-            f"this stage trains {len(weights)}. Allowed: a checkpoint of "
-            f"this run. Received: {len(values)} arrays")
+            f"this model's head has {len(weights)}. Allowed: a checkpoint "
+            f"of this run. Received: {len(values)} arrays")
     for weight, value in zip(weights, values, strict=True):
         weight.assign(value)
 

@@ -68,8 +68,9 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
       place: the run's `distribute.Placement`.
       index: the stage's number in the run (selects its shuffle orders).
       to_beat: the summary of the stage before (the head, for finetune):
-        its weights, now in `model`, are kept unless the best-epoch rule
-        prefers an epoch of this stage (`StageCheckpoint`).
+        its kept weights, now in `model`, are kept unless the best-epoch
+        rule prefers an epoch of this stage (`StageCheckpoint`); the fit
+        goes on from the head's last epoch (`start_from`).
       callbacks: more Keras callbacks for this stage's fit.
       evaluation: an optional dict that a transfer run's head stage on
         cached features fills (`_fit_inputs`), for `metrics.evaluate`.
@@ -89,9 +90,14 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     # done, for every worker (`distribute.Placement.from_chief`).
     if place.from_chief([os.path.isfile(done_path)])[0]:
         return _skip_done_stage(model, stage, checkpoint, done_path, place)
-    if to_beat is not None:  # from the head's last epoch, its kept to beat
-        checkpoint.start_from(to_beat, os.path.join(
-            os.path.dirname(stage_dir), "head"))
+    started_from = None
+    if to_beat is not None and place.task.is_chief:
+        # From the head's last epoch, its kept epoch the one to beat.
+        started_from = "the head's " + checkpoint.start_from(
+            to_beat, os.path.join(os.path.dirname(stage_dir), "head"))
+    elif to_beat is not None:  # the chief's weights, when the fit begins
+        checkpoint.start_from(to_beat)  # (`EpochBackup.on_train_begin`)
+        started_from = "the chief's"
     trainable, total = _log_start(model, stage)
     csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
     start = time.time()
@@ -109,6 +115,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         "unfreeze": (config.training.unfreeze if stage.name == "finetune"
                      else None),
         "recipe": recipe.describe(config.training, stage.name),
+        "started_from": started_from,
         "seconds_this_process": round(time.time() - start, 1),
         **_fit_summary(plan, why, extract_seconds, checkpoint, csv_path),
     }

@@ -9,8 +9,9 @@ Workdir layout:
   decision.json              --approach=auto: the advisor's evidence
   checkpoints/<stage>/       best.weights.h5 (the head stage:
                              best.trainable.npz, its trainable weights and
-                             feature statistics) + best.json (best by
-                             val_accuracy), backup/epoch-N.weights.h5
+                             feature statistics, and last.trainable.npz,
+                             its last epoch's) + best.json (the kept
+                             epoch), backup/epoch-N.weights.h5
                              (mid-stage resume state), done.json (the
                              stage finished)
   logs/<stage>.csv           one row per epoch
