@@ -96,7 +96,7 @@ RECIPES["accuracy_first"] = {}
 RECIPES["kept_head_start"] = {}
 PATCHED = {"accuracy_first": ("accuracy_noise", lambda accuracy, n: 0.0),
            "kept_head_start": ("continue_from_last",
-                               lambda model, head_dir: None)}
+                               lambda model, head_dir: "kept epoch")}
 
 # Which situations of the advisor bench each suite uses; "large" has
 # situations of its own (`large_situations`).

@@ -108,8 +108,14 @@ def test_killed_anywhere_then_rerun_ends_as_the_uninterrupted_run(tmp_path):
 
     got = json.load(open(os.path.join(workdir, "metrics.json")))
     want = json.load(open(os.path.join(whole, "metrics.json")))
-    assert want["stages"]["head"]["best_epoch"] < 2  # see FLAGS
+    # See FLAGS: the kept head is not the last, the fine-tune went on from
+    # the last and kept an epoch of its own.
+    assert want["stages"]["head"]["best_epoch"] < 2
+    assert "diverged" not in want["stages"]["head"]
     assert want["stages"]["finetune"]["best_epoch"] > 0
+    for metrics in (want, got):
+        assert metrics["stages"]["finetune"]["started_from"] == (
+            "the head's last epoch")
     assert got["complete"] and got["counts"] == want["counts"]
     for stage in ("head", "finetune"):
         # Every epoch logged once, and the same epochs as the whole run's.

@@ -67,10 +67,9 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
       blocks: the base's blocks (`models.list_blocks`).
       place: the run's `distribute.Placement`.
       index: the stage's number in the run (selects its shuffle orders).
-      to_beat: the summary of the stage before (the head, for finetune):
-        its kept weights, now in `model`, are kept unless the best-epoch
-        rule prefers an epoch of this stage (`StageCheckpoint`); the fit
-        goes on from the head's last epoch (`start_from`).
+      to_beat: the head's summary, for finetune: its kept weights (in
+        `model`) stay unless the best-epoch rule prefers an epoch of this
+        stage; the fit goes on from the head's last epoch (`_start`).
       callbacks: more Keras callbacks for this stage's fit.
       evaluation: an optional dict that a transfer run's head stage on
         cached features fills (`_fit_inputs`), for `metrics.evaluate`.
@@ -90,14 +89,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     # done, for every worker (`distribute.Placement.from_chief`).
     if place.from_chief([os.path.isfile(done_path)])[0]:
         return _skip_done_stage(model, stage, checkpoint, done_path, place)
-    started_from = None
-    if to_beat is not None and place.task.is_chief:
-        # From the head's last epoch, its kept epoch the one to beat.
-        started_from = "the head's " + checkpoint.start_from(
-            to_beat, os.path.join(os.path.dirname(stage_dir), "head"))
-    elif to_beat is not None:  # the chief's weights, when the fit begins
-        checkpoint.start_from(to_beat)  # (`EpochBackup.on_train_begin`)
-        started_from = "the chief's"
+    started_from = _start(checkpoint, to_beat, stage_dir, place)
     trainable, total = _log_start(model, stage)
     csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
     start = time.time()
@@ -125,6 +117,19 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     if plan and plan["spill"]:
         feature_cache.remove_spilled(workdir)
     return summary
+
+
+def _start(checkpoint, to_beat, stage_dir, place):
+    """A fine-tune stage (`to_beat`: the head's summary) keeps the head's
+    kept epoch as its epoch 0 and trains on from the head's last one (a
+    worker: the chief's weights, from `EpochBackup`); returns which."""
+    if to_beat is None:
+        return None
+    if not place.task.is_chief:
+        checkpoint.start_from(to_beat)
+        return "the chief's"
+    return "the head's " + checkpoint.start_from(
+        to_beat, os.path.join(os.path.dirname(stage_dir), "head"))
 
 
 def _fit(model, fit_model, train_ds, val_ds, stage, config, place,
