@@ -4,7 +4,9 @@ answered with one clear message (no traceback) and an intact workdir
 (resume: tests/test_resume.py)."""
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -192,6 +194,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, image_folder, args,
     assert result.returncode == 2  # flag errors too (absl's own: 1)
     assert fragment in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert "\nflags:\n" not in result.stderr  # no usage text before it
     # A failed first try leaves no half-made workdir behind.
     assert not os.path.exists(tmp_path / "w")
 
@@ -274,6 +277,25 @@ def test_overwrite_moves_the_old_run_aside(tmp_path, tiny_config):
         assert json.load(f)["seed"] == 42
     with open(tmp_path / "w" / "config.json") as f:
         assert json.load(f)["seed"] == 3
+
+
+def test_overwrite_never_moves_the_images_aside(tmp_path, image_folder):
+    # A data_dir inside the workdir: --overwrite moved the images aside
+    # with the old run, then the run failed reading them.
+    workdir = tmp_path / "w"
+    shutil.copytree(image_folder, workdir / "images")
+    config = tl_keras.Config(
+        data_dir=str(workdir / "images"), workdir=str(workdir),
+        backbone="compact_cnn", weights="none", image_size=32,
+        approach="scratch", epochs=1, overwrite=True)
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid overwrite: --overwrite would move the "
+                             "workdir .* aside with the images in it"):
+        tl_keras.train(config)
+    with pytest.raises(tl_keras.InputError, match="Invalid overwrite"):
+        tl_keras.compare(config)
+    assert sorted(os.listdir(tmp_path)) == ["w"]
+    assert sorted(os.listdir(workdir)) == ["images"]
 
 
 def test_a_live_run_locks_its_workdir(tiny_config):
@@ -377,3 +399,53 @@ def test_replica_batch_check():
 
     assert steps_per_epoch(12, 8) == 2
     assert steps_per_epoch(12, 8, full_only=True) == 1
+
+
+def test_flags_a_mode_does_not_read_are_reported(caplog):
+    # predict read none of these, compare trains every approach, and a
+    # frozen base with random weights is worth a word.
+    def warnings(*args):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tl_keras"):
+            cli._warn_unused(cli.config_from_args(["--workdir=w", *args]))
+        return caplog.text
+
+    text = warnings("--mode=predict", "--inputs=a.png", "--epochs=3",
+                    "--backbone=mobilenet_v2", "--data_dir=d", "--top_k=2")
+    for flag in ("--epochs=3", "--backbone=mobilenet_v2", "--data_dir=d"):
+        assert f"{flag} is not used by --mode=predict" in text
+    assert "top_k" not in text and "inputs" not in text
+    assert "--data_dir" not in warnings("--mode=evaluate", "--data_dir=d")
+    assert "--approach=transfer is not used by --mode=compare" in warnings(
+        "--mode=compare", "--data_dir=d", "--approach=transfer")
+    assert "random weights" in warnings("--data_dir=d", "--weights=none",
+                                        "--approach=transfer")
+    assert "random weights" not in warnings("--data_dir=d", "--weights=none",
+                                            "--approach=scratch")
+    # rank ranks --backbones (a .keras file keeps its own weights), not
+    # --backbone; the demo builds its own base.
+    text = warnings("--mode=rank", "--data_dir=d", "--weights=none",
+                    "--backbones=mobilenet_v2,base.keras")
+    assert "mobilenet_v2's frozen base has random weights" in text
+    assert "base.keras" not in text
+    assert "random weights" not in warnings(
+        "--mode=rank", "--data_dir=d", "--weights=none",
+        "--backbones=base.keras")
+    text = warnings("--mode=demo", "--backbone=compact_cnn",
+                    "--weights=none")
+    assert "--backbone=compact_cnn is not used by --mode=demo" in text
+    assert "--weights=none is not used by --mode=demo" in text
+
+
+def test_a_scratch_run_resumes_whatever_fine_tune_settings_it_is_given():
+    # It warned that --finetune_epochs was not used, then refused to
+    # resume without it ("finetune_epochs: 1 -> 10").
+    from tl_keras.config import config_differences
+
+    stored = tl_keras.Config(approach="scratch", finetune_epochs=1,
+                             unfreeze="2").to_dict()
+    assert config_differences(stored, tl_keras.Config(
+        approach="scratch")) == []
+    assert config_differences(stored, tl_keras.Config(
+        approach="finetune", finetune_epochs=1, unfreeze="2")) == [
+        "approach: 'scratch' -> 'finetune'"]

@@ -4,6 +4,7 @@ with field / allowed / received."""
 import dataclasses
 import glob
 import json
+import logging
 import os
 
 import numpy as np
@@ -113,7 +114,10 @@ def test_flagfile_round_trip(tmp_path):
                              learning_rate=0.0025)
     path = tmp_path / "flags.cfg"
     path.write_text(config.to_flagfile())
-    assert parse([f"--flagfile={path}"]) == config
+    # --overwrite moved a workdir aside once; a reused flags.cfg must not
+    # move one again (nor skip the check of changed settings).
+    assert parse([f"--flagfile={path}"]) == config.replace(overwrite=False)
+    assert parse([f"--flagfile={path}", "--overwrite"]) == config
 
 
 def test_command_line_overrides_flagfile(monkeypatch):
@@ -269,3 +273,107 @@ def test_a_data_config_of_numpy_numbers_is_taken():
     data = tl_keras.from_arrays(
         x, np.arange(12) % 2, tl_keras.DataConfig(seed=np.int64(3)), 8)
     assert data.data_config.seed == 3 and type(data.data_config.seed) is int
+
+
+def test_a_flagfile_that_includes_itself_is_refused(tmp_path):
+    # Spelled the same way absl skips it with a warning; through another
+    # flagfile, or spelled differently, absl read it until Python's
+    # recursion limit (a RecursionError).
+    first, second = tmp_path / "a.cfg", tmp_path / "b.cfg"
+    first.write_text(f"--epochs=2\n--flagfile={second}\n")
+    second.write_text(f"--flagfile={first}\n")
+    with pytest.raises(flags.Error, match=r"includes itself \(.*a\.cfg -> "
+                                          r".*b\.cfg -> .*a\.cfg\)"):
+        cli._check_repeats([f"--flagfile={first}"], None)
+
+
+def test_a_flag_before_a_flagfile_that_sets_it_again(tmp_path, caplog):
+    # absl reads a flagfile in place, so its value beat an earlier one on
+    # the command line without a word.
+    base = tmp_path / "base.cfg"
+    base.write_text("--epochs=3\n")
+    args = ["--epochs=1", f"--flagfile={base}"]
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        cli._check_repeats(args, None)
+    assert "--epochs on the command line come(s) before" in caplog.text
+    assert parse(args).training.epochs == 3  # what the warning says
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        cli._check_repeats([f"--flagfile={base}", "--epochs=1"], None)
+    assert not caplog.text  # an override after it: the usual way
+    # In a flagfile it is a repeat, refused as any other there.
+    outer = tmp_path / "outer.cfg"
+    outer.write_text(f"--epochs=5\n--flagfile={base}\n")
+    with pytest.raises(flags.Error, match=r"--epochs in .*outer\.cfg "
+                                          r"come\(s\) before"):
+        cli._check_repeats([f"--flagfile={outer}"], None)
+
+
+def test_two_flagfiles_where_the_later_nests_another(tmp_path, caplog):
+    # --flagfile itself is no setting: the first --flagfile is no flag
+    # set before the second one's nested --flagfile.
+    (tmp_path / "common.cfg").write_text("--epochs=3\n")
+    (tmp_path / "a.cfg").write_text("--batch_size=4\n")
+    (tmp_path / "b.cfg").write_text(
+        f"--flagfile={tmp_path / 'common.cfg'}\n--learning_rate=0.1\n")
+    args = [f"--flagfile={tmp_path / 'a.cfg'}",
+            f"--flagfile={tmp_path / 'b.cfg'}"]
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        names = cli._check_repeats(args, None)
+    assert not caplog.text
+    assert {"epochs", "batch_size", "learning_rate"} <= names
+    outer = tmp_path / "outer.cfg"
+    outer.write_text("\n".join(args) + "\n")
+    cli._check_repeats([f"--flagfile={outer}"], None)  # no error
+    config = parse([f"--flagfile={outer}"])
+    assert (config.training.epochs, config.data.batch_size) == (3, 4)
+
+
+def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path):
+    # From a flagfile, `--workdir=~/runs/a` made a folder named `~` in the
+    # current directory while the log read like the home folder.
+    flagfile = tmp_path / "f.cfg"
+    flagfile.write_text("--workdir=~/runs/a\n--inputs=a.png, ~/b.png\n")
+    config = parse([f"--flagfile={flagfile}", "--data_dir=~user_x/d"])
+    home = os.path.expanduser("~")
+    assert config.runtime.workdir == os.path.join(home, "runs", "a")
+    assert config.export.inputs == f"a.png,{home}/b.png"
+    assert config.data.data_dir == os.path.expanduser("~user_x/d")
+
+
+def test_a_path_that_cannot_be_written_is_refused_before_any_work(
+        tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for field, mode in (("workdir", "train"), ("export_dir", "export"),
+                        ("output", "predict")):
+        path = str(a_file / "x" / ("p.csv" if field == "output" else "w"))
+        paths = {"workdir": str(tmp_path / "w"), field: path}
+        config = tl_keras.Config(data_dir=str(tmp_path), inputs="a.png",
+                                 mode=mode, **paths)
+        with pytest.raises(tl_keras.InputError,
+                           match=f"Invalid {field}: .*a_file' is a file, "
+                                 f"not a folder.*Received: {field}="):
+            config.validate()
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # nothing written
+    os.symlink(tmp_path / "gone", tmp_path / "link")
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid workdir: .*link' is a broken symlink"):
+        tl_keras.Config(data_dir=str(tmp_path), mode="train",
+                        workdir=str(tmp_path / "link" / "w")).validate()
+    if os.path.isdir("/proc/self"):  # Linux: no file can be made there
+        with pytest.raises(tl_keras.InputError,
+                           match="Invalid workdir: no file can be created "
+                                 "in '/proc'"):
+            tl_keras.Config(data_dir=str(tmp_path), workdir="/proc/tlk",
+                            mode="train").validate()
+
+
+def test_a_flagfile_with_a_byte_order_mark_is_refused(tmp_path):
+    # absl read "\ufeff--epochs=2" as a positional argument, and the error
+    # named an invisible character, not the file.
+    path = tmp_path / "bom.cfg"
+    path.write_bytes(b"\xef\xbb\xbf--epochs=2\n")
+    with pytest.raises(flags.Error, match="bom.cfg starts with a "
+                                          "byte-order mark"):
+        cli._check_repeats([f"--flagfile={path}"], None)

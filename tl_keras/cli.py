@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 
 from tl_keras.config import Config, config_fields
-from tl_keras.config.config import REMOVED_FIELDS
+from tl_keras.config.config import FINETUNE_STAGE_FIELDS, REMOVED_FIELDS
 from tl_keras.errors import InputError
 
 EXIT_USAGE = 2
@@ -26,9 +26,18 @@ MODE_FLAGS = {"inputs": ("predict",), "top_k": ("predict",),
               "export_dir": ("export", "predict", "evaluate"),
               "backbones": ("rank",),
               "demo_labels_per_class": ("demo",),
-              "demo_pretrain_epochs": ("demo",)}
-# The fine-tune stage's flags, unread by a scratch or transfer run.
-FINETUNE_FLAGS = ("finetune_epochs", "finetune_learning_rate", "unfreeze")
+              "demo_pretrain_epochs": ("demo",),
+              # compare and demo train every approach, advise picks one.
+              "approach": ("train",),
+              "backbone": ("train", "advise", "compare"),
+              "weights": ("train", "advise", "compare", "rank")}
+# What the modes that serve a finished run read; any other flag set is
+# reported (predict, evaluate and export take the base, the data
+# settings and the recipe from the run, not from flags).
+EXPORT_READS = {
+    "predict": {"workdir", "export_dir", "inputs", "top_k", "output"},
+    "evaluate": {"workdir", "export_dir", "data_dir", "output"},
+    "export": {"workdir", "export_dir", "export_tflite"}}
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -54,10 +63,25 @@ def define_flags(flag_values=flags.FLAGS):
                                 flag_values=flag_values)
 
 
+# Flags that hold paths (comma-separated in the second), whose leading
+# `~` the command line expands as the shell would: in a flagfile, and in
+# `--name=~/x` (the shell expands only a word's leading `~`), it is the
+# home folder, as for --flagfile itself, not a folder named `~`.
+PATH_FLAGS = ("data_dir", "workdir", "export_dir", "output", "weights",
+              "backbone")
+PATH_LIST_FLAGS = ("inputs", "backbones")
+
+
 def config_from_flags(flag_values=flags.FLAGS):
     """Reads the parsed flags once into a Config (not yet validated)."""
-    return Config(**{f.name: flag_values[f.name].value
-                     for f in config_fields()})
+    values = {f.name: flag_values[f.name].value for f in config_fields()}
+    for name in PATH_FLAGS:
+        values[name] = os.path.expanduser(values[name])
+    for name in PATH_LIST_FLAGS:
+        values[name] = ",".join(
+            os.path.expanduser(part.strip()) if part.strip().startswith("~")
+            else part for part in values[name].split(","))
+    return Config(**values)
 
 
 def config_from_args(args):
@@ -83,12 +107,13 @@ def setup_logging():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(
-            f"Unexpected positional argument(s): {' '.join(argv[1:])}. "
-            f"Allowed: --name=value flags only (in a flagfile, an indented "
-            f"'#' line also becomes a positional argument).", EXIT_USAGE)
     try:
+        if len(argv) > 1:  # one line, not absl's usage text before it
+            raise InputError(
+                f"Unexpected positional argument(s): {' '.join(argv[1:])}. "
+                f"Allowed: --name=value flags only (in a flagfile, a line "
+                f"without a leading '--' or an indented '#' line also becomes "
+                f"a positional argument). Received: {' '.join(argv[1:])}")
         # Checked before the mode is imported: `--help`, flag errors and a
         # bad value answer without loading TensorFlow.
         config = config_from_flags().validate()
@@ -108,13 +133,39 @@ def _warn_unused(config):
     if mode == "demo":
         unused.append("data_dir")  # the demo generates its own images
     if mode == "train" and approach in ("scratch", "transfer"):
-        unused += FINETUNE_FLAGS
+        unused += FINETUNE_STAGE_FIELDS
+    if mode in EXPORT_READS:
+        unused += [name for name in values if name not in EXPORT_READS[
+            mode] | {"mode", "overwrite"} and name not in unused]
+    _warn_random_base(config)
     for name in unused:
         if values[name] != defaults[name]:
             logging.getLogger("tl_keras").warning(
                 "--%s=%s is not used by --mode=%s%s.", name, values[name],
-                mode, f" --approach={approach}" if name in FINETUNE_FLAGS
+                mode, f" --approach={approach}" if name in FINETUNE_STAGE_FIELDS
                 else "")
+
+
+def _warn_random_base(config):
+    """Logs a warning when --weights=none leaves a registered base (one
+    that rank ranks, or one that transfer or finetune freezes) with
+    random weights; a .keras base and a hub preset keep their own."""
+    mode, approach = config.runtime.mode, config.training.approach
+    if mode == "rank":
+        names = [name.strip() for name in config.advisor.backbones.split(",")]
+    elif mode == "train" and approach in ("transfer", "finetune"):
+        names = [config.model.backbone]
+    else:
+        return
+    random = [name for name in names if name and not name.endswith(
+        ".keras") and not name.startswith("hub:")]
+    if config.model.weights == "none" and random:
+        logging.getLogger("tl_keras").warning(
+            "--weights=none: %s's frozen base has random weights, so %s "
+            "works on random features (a .keras base or --weights=PATH "
+            "brings pretrained ones; --approach=scratch trains every "
+            "layer).", ", ".join(random), f"--mode={mode}" if mode == "rank"
+            else f"--approach={approach}")
 
 
 def _mode(name):
@@ -163,12 +214,18 @@ def parse_flags(argv):
         sys.exit(EXIT_USAGE)
 
 
-def _check_repeats(args, where):
+def _check_repeats(args, where, opened=()):
     """Raises flags.Error for a flag repeated in one flagfile (`where`:
-    its path; nested flagfiles are read the same way) and for an empty
-    --flagfile; logs one repeated on the command line. Reads the forms
-    absl takes: --name=value, -name=value, and --name value."""
-    seen = set()
+    its path; nested flagfiles are read the same way), for a flagfile
+    that includes itself (`opened`: the flagfiles being read) and for an
+    empty --flagfile; logs one repeated on the command line. A flag set
+    before a --flagfile that sets it again is a repeat too (the
+    flagfile's value wins: absl reads it in place). Reads the forms absl
+    takes: --name=value, -name=value, and --name value.
+
+    Returns:
+      The names of the flags `args` set, nested flagfiles' included."""
+    seen, nested = set(), set()
     for i, arg in enumerate(args):
         if not arg.startswith("-"):
             continue
@@ -184,8 +241,9 @@ def _check_repeats(args, where):
                 raise flags.Error("--flagfile is empty (a path to a file of "
                                   "--name=value lines is needed)")
             if os.path.isfile(value):
-                with open(value, encoding="utf-8", errors="replace") as f:
-                    _check_repeats([line.strip() for line in f], value)
+                names = _check_flagfile(value, opened)
+                _check_order((seen & names) - {"flagfile"}, value, where)
+                nested |= names
         elif name in seen and where is None:
             logging.getLogger("tl_keras").warning(
                 "--%s is given more than once on the command line: the "
@@ -195,6 +253,44 @@ def _check_repeats(args, where):
                               f"flag once per flagfile; a command-line "
                               f"flag overrides a flagfile's)")
         seen.add(name)
+    return seen | nested
+
+
+def _check_flagfile(path, opened):
+    """`_check_repeats` of the flagfile at `path`; flags.Error if it is
+    one of the flagfiles being read (`opened`): absl skips a flagfile
+    that includes itself spelled the same way, with a warning, but reads
+    one spelled differently (a relative path, a link) until Python's
+    recursion limit."""
+    real = os.path.realpath(path)
+    if real in opened:
+        chain = " -> ".join([*opened, real])
+        raise flags.Error(f"--flagfile={path} includes itself ({chain}); "
+                          f"each flagfile may be read once per chain")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f]
+    if lines and lines[0].startswith("\ufeff"):
+        raise flags.Error(f"{path} starts with a byte-order mark (some "
+                          f"editors write one), which absl reads as part of "
+                          f"its first flag; save it as UTF-8 without one")
+    return _check_repeats(lines, path, (*opened, real))
+
+
+def _check_order(names, path, where):
+    """For flags set before --flagfile=path that the flagfile sets again
+    (so its values win): a warning on the command line, flags.Error in
+    a flagfile (`where`), as any repeat there."""
+    if not names:
+        return
+    listed = ", ".join(f"--{name}" for name in sorted(names))
+    if where is not None:
+        raise flags.Error(f"{listed} in {where} come(s) before "
+                          f"--flagfile={path}, which sets it again (a "
+                          f"flag after --flagfile overrides it)")
+    logging.getLogger("tl_keras").warning(
+        "%s on the command line come(s) before --flagfile=%s, which sets it "
+        "again: the flagfile's value is used (put overrides after "
+        "--flagfile).", listed, path)
 
 
 def run(argv=None):

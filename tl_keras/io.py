@@ -132,6 +132,27 @@ def names_a_file(path):
     return os.path.exists(bare) and not os.path.isdir(bare)
 
 
+def unwritable(path):
+    """Why `path` cannot be written (created with its parent folders, or
+    replaced through a temporary file beside it), or None: the nearest
+    folder above it that exists is a file, or this process cannot create
+    files there. Probes with a temporary file created and removed at
+    once: `os.access` says yes to root everywhere, also on /sys."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.exists(folder):
+        return f"{folder!r} is a broken symlink"
+    if not os.path.isdir(folder):
+        return f"{folder!r} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"no file can be created in {folder!r} ({e.strerror})"
+    return None
+
+
 _ASIDE = ".replaced-"
 
 

@@ -11,6 +11,7 @@ names are unique across sections, so the command line, `flags.cfg` and
 import dataclasses
 import os
 
+from tl_keras import io
 from tl_keras.config import sections as _sections
 from tl_keras.config.fields import (
     MAX_CACHE_VIEWS,
@@ -65,6 +66,10 @@ RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile",
                     "distribution", "mode", "backbones",
                     "export_dir", "inputs", "output", "top_k",
                     "export_tflite")
+
+# The fine-tune stage's own fields, unread by a scratch or transfer run.
+FINETUNE_STAGE_FIELDS = ("finetune_epochs", "finetune_learning_rate",
+                         "unfreeze")
 
 # Modes that read a labelled folder (unless the data is passed in).
 _DATA_MODES = ("train", "evaluate", "advise", "rank", "compare")
@@ -143,11 +148,32 @@ class Config:
                  f"and an export keeps the base it was trained with)",
                  self.model.feature_block)
         self._check_views()
+        self._check_writable()
         if needs_data and self.runtime.workdir:
             _check_apart(self.data.data_dir, self.runtime.workdir)
         if needs_data:  # last: the one check that reads the disk
             check_data_dir(self.data.data_dir)
         return self
+
+    def _check_writable(self):
+        """Each path this mode writes can be written (`io.unwritable`),
+        before any work: the workdir (and its lock beside it), an
+        export's folder, predict's or evaluate's --output."""
+        mode, workdir = self.runtime.mode, self.runtime.workdir
+        paths = {"workdir": workdir if mode not in (
+            "predict", "evaluate", "export") else ""}
+        if mode == "export":
+            paths["export_dir"] = self.export.export_dir or (
+                workdir and os.path.join(workdir, "export"))
+        if mode in ("predict", "evaluate"):
+            paths["output"] = self.export.output
+        for name, path in paths.items():
+            problem = path and io.unwritable(path)
+            if problem:
+                raise InputError(
+                    f"Invalid {name}: {problem}. Allowed: a path this "
+                    f"process can write (missing parent folders are "
+                    f"created). Received: {name}={path!r}")
 
     def _check_views(self):
         """A number of --feature_cache_views is refused where no cached
@@ -194,9 +220,16 @@ class Config:
         return {key: flat[key] for key in FLAT_ORDER}
 
     def to_flagfile(self):
-        """Returns the config as absl flagfile text (one --flag per line)."""
-        lines = ["# Resolved flags of this run; reuse with --flagfile=."]
+        """Returns the config as absl flagfile text (one --flag per line).
+
+        --overwrite is written false: it moved a workdir aside once, and a
+        reused flags.cfg must not move one aside again, nor let changed
+        settings pass the workdir check unnoticed."""
+        lines = ["# Resolved flags of this run; reuse with --flagfile=. "
+                 "(--overwrite is a one-time action: always false here.)"]
         for key, value in self.to_dict().items():
+            if key == "overwrite":
+                value = False
             if isinstance(value, bool):
                 value = "true" if value else "false"
             lines.append(f"--{key}={value}")
@@ -235,9 +268,13 @@ def config_differences(stored, current):
     else today's.
     """
     stored = with_defaults({**_BEFORE_FIELD, **without_removed(stored)})
+    approach = current.training.approach
+    # A run without a fine-tune stage never read its settings.
+    unread = FINETUNE_STAGE_FIELDS if approach in ("scratch", "transfer") and (
+        stored["approach"] == approach) else ()
     diffs = []
     for key, value in current.to_dict().items():
-        if key in RESUMABLE_FIELDS:
+        if key in RESUMABLE_FIELDS or key in unread:
             continue
         if key == "data_dir" and value == "":
             # Arrays given in memory: their digest in data.json decides

@@ -109,8 +109,10 @@ def check_choices(section):
 def check_data_dir(data_dir):
     """Raises InputError unless `data_dir` is an existing folder."""
     if not data_dir or not os.path.isdir(data_dir):
+        what = ("it is a file" if os.path.exists(data_dir or "") else
+                "no such folder")
         raise InputError(
-            f"Invalid data_dir: no such folder. Allowed: a folder with one "
+            f"Invalid data_dir: {what}. Allowed: a folder with one "
             f"sub-folder of images per class. Received: data_dir="
             f"{data_dir!r}")
 

@@ -137,8 +137,7 @@ class TrainingConfig:
         "base, train a new head. finetune: transfer, then unfreeze blocks "
         "and train at --finetune_learning_rate. auto: measure the data "
         "with the frozen base and pick one (see <workdir>/decision.json).",
-        APPROACHES,
-    )
+        APPROACHES)
     epochs: int = field(10, "Epochs of the head stage (or of scratch).")
     finetune_epochs: int = field(10, "Epochs of the fine-tune stage.")
     learning_rate: float = field(
@@ -146,9 +145,8 @@ class TrainingConfig:
     finetune_learning_rate: float = field(
         1e-5, "Adam learning rate of the fine-tune stage (keep it tiny).")
     unfreeze: str = field(
-        "all",
-        "How much of the base the fine-tune stage trains, in whole blocks: "
-        "'all' or a number N of top blocks. BatchNorm stays frozen.")
+        "all", "How much of the base the fine-tune stage trains, in whole "
+        "blocks: 'all' or a number N of top blocks. BatchNorm stays frozen.")
     gradual_unfreeze: int = field(
         0, "Fine-tune stage: the top block trains first, one more block "
            "of --unfreeze's every this many epochs (ULMFiT); 0 = all at once.")
@@ -226,11 +224,13 @@ class TrainingConfig:
                 fail(name, f"{off:g} unless --approach=finetune or auto (it "
                      f"applies to the fine-tune stage's blocks)",
                      f"{value} with approach={self.approach}")
-        shortest = min(self.epochs, self.finetune_epochs
-                       if self.approach in ("finetune", "auto")
-                       else self.epochs)
-        check_range("warmup_epochs", self.warmup_epochs, 0,
-                    max(0, shortest - 1))
+        both = self.approach in ("finetune", "auto")
+        shortest = min(self.epochs, self.finetune_epochs if both else 99999)
+        if not 0 <= self.warmup_epochs < max(1, shortest):
+            fail("warmup_epochs", f"an integer in [0, {max(0, shortest - 1)}]"
+                 f" (fewer than the shortest stage's --epochs={self.epochs}"
+                 + (f", --finetune_epochs={self.finetune_epochs}" if both
+                    else "") + ")", self.warmup_epochs)
 
     def unfreeze_blocks(self):
         """Returns None for 'all', else the number of top blocks."""
