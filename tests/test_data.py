@@ -82,6 +82,8 @@ def test_val_folder_only_carves_test_from_train(tmp_path, tiny_config):
 @pytest.mark.parametrize("names", [
     ("train", "valid", "test"),  # the layout many dataset exports use
     ("Train", "Validation", "TEST"),  # any case
+    ("training", "val", "test"),
+    ("training", "validation", "testing"),
 ])
 def test_split_folders_match_any_case_and_valid(tmp_path, tiny_config,
                                                 names):
@@ -96,17 +98,31 @@ def test_split_folders_match_any_case_and_valid(tmp_path, tiny_config,
     assert all(f"/{names[1]}/" in p for p, _ in data.files["val"])
 
 
-def test_flat_folder_keeps_a_class_named_like_a_split(tmp_path,
-                                                      tiny_config, caplog):
-    for name in ("cat", "test"):
-        write_image_folder(str(tmp_path / name), num_classes=1,
+@pytest.mark.parametrize("names, nested, said", [
+    (("cat", "test"), 1, "every sub-folder is a class, also test"),
+    # Perhaps split folders under names that are not split names, perhaps
+    # classes with nested folders (which belong to the class).
+    (("part_a", "part_b"), 2,
+     "part_a, part_b hold folders of the same names (class_0, class_1)"),
+    # One split name only: a class test/ beside prod/, each holding its
+    # images by year, say.
+    (("prod", "test"), 2,
+     "prod, test hold folders of the same names (class_0, class_1)"),
+    # training/ and testing/ are splits only when nothing else is beside
+    # them: here an activity classifier's classes.
+    (("racing", "training"), 1, "every sub-folder is a class, also training"),
+])
+def test_flat_folder_keeps_classes_that_look_like_splits(
+        tmp_path, tiny_config, caplog, names, nested, said):
+    for name in names:
+        write_image_folder(str(tmp_path / name), num_classes=nested,
                            per_class=10, formats=("png",))
     with caplog.at_level("WARNING", logger="tl_keras"):
         data = tl_keras.make_datasets(
             tiny_config.replace(data_dir=str(tmp_path)), SIZE)
-    assert data.class_names == ["cat", "test"]
+    assert data.class_names == list(names)
     assert sum(data.class_counts["train"].values()) > 0
-    assert "every sub-folder is a class, also test" in caplog.text
+    assert said in caplog.text
 
 
 @pytest.mark.parametrize("folders, fragment", [
@@ -115,6 +131,8 @@ def test_flat_folder_keeps_a_class_named_like_a_split(tmp_path,
     (("train", "test", "extra"), "other folders (extra)"),
     (("cat", "dog", "test/cat", "test/dog"), "test holds class folders"),
     (("cat", "dog", "Val/cat"), "Val holds class folders"),
+    # Split folders, one not named like a split: not three classes.
+    (("tr", "val", "test"), "test, val hold class folders"),
 ])
 def test_ambiguous_split_layout_is_an_error(tmp_path, tiny_config, folders,
                                             fragment):
@@ -127,6 +145,64 @@ def test_ambiguous_split_layout_is_an_error(tmp_path, tiny_config, folders,
                                SIZE)
     assert fragment in str(e.value) and "Received: data_dir=" in str(
         e.value)
+
+
+@pytest.mark.parametrize("given", [("val",), ("val", "test")])
+def test_split_fractions_a_folder_replaces_are_said(tmp_path, tiny_config,
+                                                    caplog, given):
+    for name in ("train", *given):
+        write_image_folder(str(tmp_path / name), num_classes=2,
+                           per_class=10 if name == "train" else 2,
+                           formats=("png",))
+    config = tiny_config.replace(data_dir=str(tmp_path),
+                                 validation_split=0.3, test_split=0.25)
+    with caplog.at_level("WARNING", logger="tl_keras"):
+        data = tl_keras.make_datasets(config, SIZE)
+    assert data.counts["val"] == 4
+    assert "Ignoring validation_split=0.3: the data has its own val " \
+        "split" in caplog.text
+    assert ("Ignoring test_split=0.25" in caplog.text) == ("test" in given)
+    # The defaults are no choice of the user's: nothing to say.
+    caplog.clear()
+    defaults = tl_keras.Config().data
+    with caplog.at_level("WARNING", logger="tl_keras"):
+        tl_keras.make_datasets(config.replace(
+            validation_split=defaults.validation_split,
+            test_split=defaults.test_split), SIZE)
+    assert "Ignoring" not in caplog.text
+
+
+def test_hidden_folders_in_class_folders_are_said(tmp_path, tiny_config,
+                                                  caplog):
+    root = write_image_folder(str(tmp_path / "d"), num_classes=2,
+                              per_class=5, formats=("png",))
+    for name in ("class_0", "class_1"):
+        write_image_folder(os.path.join(root, name, ".ipynb_checkpoints"),
+                           num_classes=1, per_class=2, formats=("png",))
+    with caplog.at_level("WARNING", logger="tl_keras"):
+        data = tl_keras.make_datasets(tiny_config.replace(data_dir=root),
+                                      SIZE)
+    assert sum(data.counts.values()) == 10
+    assert "Ignoring 2 hidden folder(s)" in caplog.text
+    assert os.path.join("class_1", ".ipynb_checkpoints") in caplog.text
+
+
+def test_a_symlink_to_an_image_of_its_own_class_is_left_out(
+        tmp_path, tiny_config, caplog):
+    # Both paths in one class: counted once (carved splits would put the
+    # image in train and in test).
+    root = write_image_folder(str(tmp_path / "d"), num_classes=2,
+                              per_class=5, formats=("png",))
+    os.symlink(os.path.join(root, "class_0", "000.png"),
+               os.path.join(root, "class_0", "again.png"))
+    with caplog.at_level("WARNING", logger="tl_keras"):
+        data = tl_keras.make_datasets(tiny_config.replace(data_dir=root),
+                                      SIZE)
+    assert sum(data.counts.values()) == 10
+    assert [os.path.basename(p) for p in data.skipped_files] == [
+        "again.png"]
+    assert "Ignoring 1 file(s) that are the same image as another file " \
+        "of their class" in caplog.text and "again.png" in caplog.text
 
 
 def class_changes(labels):

@@ -1,8 +1,9 @@
 """Images in: folders and splits, decoding, augmentation, tf.data."""
 
 from tl_keras.data.augment import augment, build_augmenter
-from tl_keras.data.folders import IMAGE_EXTENSIONS, SPLIT_DIRS, scan_folder
+from tl_keras.data.folders import IMAGE_EXTENSIONS, scan_folder
 from tl_keras.data.images import decode_image, find_unreadable, resize_images
+from tl_keras.data.layout import SPLIT_DIRS
 from tl_keras.data.pipelines import (
     EpochShuffle,
     ImageData,

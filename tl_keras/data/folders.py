@@ -1,7 +1,8 @@
 """Image folders: classes, split folders, and the split itself.
 
-A data folder holds one sub-folder per class, or `train/`, `val/` (or
-`validation/`) and `test/` folders that each hold the class folders.
+A data folder holds one sub-folder per class, or `train/` (or
+`training/`), `val/` (or `valid/`, `validation/`) and `test/` folders that
+each hold the class folders (see `layout`).
 Splits without a folder are carved from the training images, per class,
 deterministically from the seed.
 """
@@ -11,17 +12,22 @@ import os
 
 import numpy as np
 
+from tl_keras.config import DataConfig
 from tl_keras.config.fields import check_data_dir
+from tl_keras.data.layout import (
+    IGNORED_FOLDERS,
+    SPLIT_DIRS,  # noqa: F401 (re-exported: it was defined here)
+    check_twins,
+    is_utf8,
+    printable,
+    split_roots,
+    subfolders,
+)
 from tl_keras.errors import InputError
 
 log = logging.getLogger("tl_keras")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
-# Split folder names, matched case-insensitively.
-SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"),
-              "test": ("test",)}
 
 
 def scan_folder(data_dir, min_classes=2):
@@ -31,13 +37,14 @@ def scan_folder(data_dir, min_classes=2):
     Returns:
       (files, class_names, skipped): files maps 'train' (and 'val' /
       'test' when those folders exist) to sorted (path, label) pairs;
-      skipped lists files ignored for their extension or for lying
-      outside the class folders.
+      skipped lists files ignored for their extension, for lying
+      outside the class folders, or for being another file of their
+      class again (a symlink).
     """
     check_data_dir(data_dir)
     roots = split_roots(data_dir)
-    class_names = _subfolders(roots["train"])
-    _check_twins(roots["train"], class_names)
+    class_names = subfolders(roots["train"])
+    check_twins(roots["train"], class_names)
     if len(class_names) < min_classes:
         found = ", ".join(class_names) or "none"
         raise InputError(
@@ -45,9 +52,9 @@ def scan_folder(data_dir, min_classes=2):
             f"class sub-folder(s); found {len(class_names)} ({found}) in "
             f"{roots['train']!r}. Allowed: one sub-folder of images per "
             f"class. Received: data_dir={data_dir!r}")
-    files, skipped = {}, []
+    files, skipped, hidden, linked = {}, [], [], set()
     for split, root in roots.items():
-        extra = sorted(set(_subfolders(root)) - set(class_names))
+        extra = sorted(set(subfolders(root)) - set(class_names))
         if extra:
             raise InputError(
                 f"Invalid data_dir: {root!r} has class folders that train/ "
@@ -56,154 +63,124 @@ def scan_folder(data_dir, min_classes=2):
                 f"{data_dir!r}")
         pairs = []
         for label, name in enumerate(class_names):
-            images, ignored = _list_images(os.path.join(root, name))
+            images, ignored, left_out, links = _list_images(
+                os.path.join(root, name))
             pairs += [(p, label) for p in images]
             skipped += ignored
+            hidden += left_out
+            linked |= links
         files[split] = pairs
-    loose = [os.path.join(folder, e.name)
-             for folder in {os.path.normpath(f)
-                            for f in (data_dir, *roots.values())}
-             for e in os.scandir(folder)
-             if e.is_file() and not e.name.startswith(".")]
-    if loose:
-        log.warning("Ignoring %d file(s) outside the class folders: %s",
-                    len(loose), ", ".join(map(printable, sorted(loose)[:5]))
-                    + (" ..." if len(loose) > 5 else ""))
-    if skipped:
-        log.warning("Ignoring %d file(s) without an image extension (%s): "
-                    "%s", len(skipped), ", ".join(IMAGE_EXTENSIONS),
-                    ", ".join(map(printable, skipped[:5]))
-                    + (" ..." if len(skipped) > 5 else ""))
-    skipped += sorted(loose)
+    files, again = _drop_repeats(files, class_names, data_dir, linked)
+    loose = _say_ignored(data_dir, roots, skipped, hidden)
+    skipped += again + loose
     check_classes_have_images(files["train"], class_names, data_dir)
     return files, class_names, skipped
 
 
-def split_roots(data_dir):
-    """{split: folder}: the data folder itself as 'train' (one sub-folder
-    per class), or its split folders when it has a train folder.
+def _say_ignored(data_dir, roots, skipped, hidden):
+    """Logs the files `scan_folder` skipped (`skipped`: without an image
+    extension), the hidden folders it left out (`hidden`: in the class
+    folders; also those beside them) and the files beside the class
+    folders; returns the latter, sorted."""
+    loose = []
+    for folder in sorted({os.path.normpath(f)
+                          for f in (data_dir, *roots.values())}):
+        for e in os.scandir(folder):
+            path = os.path.join(folder, e.name)
+            if e.is_file() and not e.name.startswith("."):
+                loose.append(path)
+            elif e.is_dir() and (e.name.startswith(".")
+                                 or e.name in IGNORED_FOLDERS):
+                hidden.append(path)
+    for what, paths in (("hidden folder(s)", hidden),
+                        ("file(s) outside the class folders", sorted(loose)),
+                        (f"file(s) without an image extension ("
+                         f"{', '.join(IMAGE_EXTENSIONS)})", skipped)):
+        if paths:
+            log.warning("Ignoring %d %s: %s", len(paths), what,
+                        ", ".join(map(printable, paths[:5]))
+                        + (" ..." if len(paths) > 5 else ""))
+    return sorted(loose)
 
-    Split folders are matched case-insensitively (Train/, VALID/, ...).
-    Without a train folder every sub-folder is a class, even one named
-    like a split (said in the log).
 
-    Raises:
-      InputError: two folders for one split (val/ and valid/), or split
-        folders next to other folders.
+def _drop_repeats(files, class_names, data_dir, linked):
+    """Files that are one image (a symlink to another listed file): left
+    out with a warning when both lie in one class of one split (carved
+    splits could put it in train and in test), refused across classes or
+    splits (one image with two labels, or trained on and tested).
+
+    Returns:
+      (files without the repeats, the repeats left out).
     """
-    folders = _subfolders(data_dir)
-    found = {}
-    for name in folders:
-        split = _SPLIT_OF.get(name.lower())
-        if split:
-            found.setdefault(split, []).append(name)
-    if "train" not in found:
-        named = [name for names in found.values() for name in names]
-        # A split folder holding folders named like its siblings: the old
-        # layout (classes at the top, test/ of the same classes beside
-        # them) or a mistake, not a class that happens to be named test.
-        classes = set(folders) - set(named)
-        nested = [name for name in named
-                  if classes & set(_subfolders(os.path.join(data_dir, name)))]
-        if nested:
-            raise InputError(
-                f"Invalid data_dir: ambiguous layout, {', '.join(nested)} "
-                f"holds class folders (named like the folders beside it) "
-                f"but there is no train/ folder. Allowed: one sub-folder of "
-                f"images per class, or train/ with optional val/ and test/, "
-                f"each holding the "
-                f"class folders. Received: data_dir={data_dir!r}")
-        if named:
-            log.warning("No train/ folder in %s, so every sub-folder is a "
-                        "class, also %s", data_dir, ", ".join(named))
-        return {"train": data_dir}
-    twice = {k: v for k, v in found.items() if len(v) > 1}
-    others = [name for name in folders if name.lower() not in _SPLIT_OF]
-    if twice or others:
-        problem = ("two folders for one split: " + "; ".join(
-            " and ".join(v) for v in twice.values()) if twice else
-            f"split folders and other folders ({', '.join(others)}) side "
-            f"by side")
+    first, real_dirs, again, clashes, kept = {}, {}, [], [], {}
+    for split, pairs in files.items():
+        kept[split] = []
+        for path, label in pairs:
+            real = _real_path(path, real_dirs, linked)
+            if real not in first:
+                first[real] = (path, split, label)
+                kept[split].append((path, label))
+            elif first[real][1:] == (split, label):
+                again.append(path)
+            else:
+                clashes.append((first[real], (path, split, label)))
+    if clashes:
+        def where(path, split, label):
+            return (f"{printable(path)} ({class_names[label]}"
+                    + (f", {split})" if len(files) > 1 else ")"))
+        shown = "; ".join(f"{where(*a)} and {where(*b)}"
+                          for a, b in clashes[:3])
         raise InputError(
-            f"Invalid data_dir: ambiguous layout, {problem}. Allowed: one "
-            f"sub-folder per class, or train/ with optional val/ (or "
-            f"valid/, validation/) and test/, each holding the class "
-            f"folders. Received: data_dir={data_dir!r}")
-    return {split: os.path.join(data_dir, names[0])
-            for split, names in found.items()}
+            f"Invalid data_dir: {len(clashes)} image(s) appear twice, in "
+            f"another class or split (a symlink to the same file): {shown}"
+            f"{' ...' if len(clashes) > 3 else ''}. Allowed: each image in "
+            f"one class of one split. Received: data_dir={data_dir!r}")
+    if again:
+        log.warning("Ignoring %d file(s) that are the same image as another "
+                    "file of their class (a symlink): %s", len(again),
+                    ", ".join(map(printable, again[:5]))
+                    + (" ..." if len(again) > 5 else ""))
+    return kept, again
 
 
-def _check_twins(path, names):
-    """Refuses class folders of `path` that are one folder (a symlink to
-    a sibling): its images would be two classes."""
-    same = {}
-    for name in names:
-        same.setdefault(os.path.realpath(os.path.join(path, name)),
-                        []).append(name)
-    twins = [n for n in same.values() if len(n) > 1]
-    if twins:
-        raise InputError(
-            f"Invalid data_dir: class folders {' and '.join(twins[0])} in "
-            f"{printable(path)} are the same folder (a symlink), so its "
-            f"images would be two classes. Allowed: one folder per class. "
-            f"Received: {len(twins)} such group(s)")
-
-
-def _subfolders(path):
-    names = sorted(e.name for e in os.scandir(path)
-                   if e.is_dir() and not e.name.startswith(".")
-                   and e.name not in _IGNORED_FOLDERS)
-    bad = [name for name in names if not _is_utf8(name)]
-    control = [name for name in names
-               if _is_utf8(name) and not name.isprintable()]
-    if control:  # a newline would split assets/labels.txt
-        raise InputError(
-            f"Invalid data_dir: the folder name(s) "
-            f"{', '.join(map(repr, control))} in {printable(path)} hold "
-            f"control characters (tabs, newlines), which the export's label "
-            f"map cannot carry. Allowed: printable folder names. Received: "
-            f"{len(control)} such folder(s)")
-    if bad:
-        raise InputError(
-            f"Invalid data_dir: the folder name(s) "
-            f"{', '.join(printable(name) for name in bad)} in "
-            f"{printable(path)} are not valid UTF-8 (class names go into the "
-            f"export's label map). Allowed: UTF-8 folder names. Received: "
-            f"{len(bad)} such folder(s)")
-    return names
-
-
-# Folders that archive tools add next to the data (macOS zip extracts).
-_IGNORED_FOLDERS = {"__MACOSX"}
-
-
-_SPLIT_OF = {name: split for split, names in SPLIT_DIRS.items()
-             for name in names}
+def _real_path(path, real_dirs, linked):
+    """os.path.realpath(path), with the real path of each folder found
+    once (`real_dirs`: {folder: its real path}; `linked`: the listed
+    files that are symlinks)."""
+    if path in linked:
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in real_dirs:
+        real_dirs[folder] = os.path.realpath(folder)
+    return os.path.join(real_dirs[folder], name)
 
 
 def _list_images(folder):
-    """(image paths, other paths) under a class folder, nested folders
-    included. Hidden files and folders are left out, symlinked folders
-    are not followed (a link to a parent would loop), and a file name that
-    is not valid UTF-8 (TensorFlow cannot open it) is counted with the
-    other files; each is said in the log."""
+    """(image paths, other paths, hidden folders, the image paths that
+    are symlinks) under a class folder, nested folders included. Hidden
+    files and folders are left out, symlinked folders are not followed
+    (a link to a parent would loop), and a file name that is not valid
+    UTF-8 (TensorFlow cannot open it) is counted with the other files;
+    each is said in the log."""
     if not os.path.isdir(folder):
-        return [], []
-    images, ignored, hidden, links = [], [], 0, []
-    for root, dirs, names in os.walk(folder):
-        links += [os.path.join(root, d) for d in dirs
-                  if os.path.islink(os.path.join(root, d))]
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            if name.startswith("."):
+        return [], [], [], set()
+    images, ignored, hidden, links, hidden_dirs = [], [], 0, [], []
+    linked = set()
+    for dirs, entries in _walk(folder):
+        links += [d.path for d in dirs if d.is_symlink()]
+        hidden_dirs += [d.path for d in dirs if d.name.startswith(".")]
+        for entry in entries:
+            path = entry.path
+            if entry.name.startswith("."):
                 hidden += 1
-            elif not _is_utf8(path):
+            elif not is_utf8(path):
                 log.warning("Ignoring %s: its name is not valid UTF-8",
                             printable(path))
                 ignored.append(path)
-            elif name.lower().endswith(IMAGE_EXTENSIONS):
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 images.append(path)
+                if entry.is_symlink():
+                    linked.add(path)
             else:
                 ignored.append(path)
     if hidden:
@@ -211,21 +188,25 @@ def _list_images(folder):
     if links:
         log.warning("Not following %d symlinked folder(s): %s", len(links),
                     ", ".join(links[:5]))
-    return images, ignored
+    return images, ignored, hidden_dirs, linked
 
 
-def printable(path):
-    """`path` with bytes that are not UTF-8 shown as \\xNN escapes (a
-    log or report line must be valid text)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _is_utf8(name):
+def _walk(top):
+    """os.walk(top)'s order with names sorted, as (folders, files) lists
+    of os.DirEntry (a symlink is told without another stat). Symlinked
+    and hidden folders are listed, not entered; a folder that cannot be
+    read is said in the log and left out."""
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes (surrogate escapes)
-        return False
-    return True
+        entries = sorted(os.scandir(top), key=lambda e: e.name)
+    except OSError as e:
+        log.warning("Ignoring %s: it cannot be read (%s)", printable(top),
+                    e.strerror)
+        return
+    dirs = [e for e in entries if e.is_dir()]
+    yield dirs, [e for e in entries if not e.is_dir()]
+    for entry in dirs:
+        if not entry.name.startswith(".") and not entry.is_symlink():
+            yield from _walk(entry.path)
 
 
 def check_classes_have_images(pairs, class_names, data_dir):
@@ -268,7 +249,15 @@ def _warn_missing_classes(files, class_names):
 def carve_missing_splits(files, config, class_names):
     """Carves the splits `files` has no entry for from files['train'] (see
     `split_files`), with `config`'s fractions (a DataConfig); logs each
-    class the val or test split then lacks."""
+    class the val or test split then lacks, and each fraction (not the
+    default) of a split the data gives, which is not used."""
+    defaults = DataConfig()
+    for split, name in (("val", "validation_split"), ("test", "test_split")):
+        value = getattr(config, name)
+        if split in files and value != getattr(defaults, name):
+            log.warning("Ignoring %s=%s: the data has its own %s split (a "
+                        "%s/ folder, or x_%s and y_%s), which is used as it "
+                        "is.", name, value, split, split, split, split)
     if not ("val" in files and "test" in files):
         files = split_files(
             files, config.validation_split if "val" not in files else 0.0,

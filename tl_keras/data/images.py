@@ -65,9 +65,12 @@ def declared_pixels(data):
         return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
 
     long_enough = tf.strings.length(data) >= 26
+    # substr past the end is an error, not "": bytes shorter than a PNG's
+    # IHDR offset (b"hello") failed with "pos 12 out of range".
+    padded = tf.strings.join([tf.strings.substr(data, 0, 16), b"\0" * 16])
     png = tf.logical_and(
-        tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"),
-        tf.equal(tf.strings.substr(data, 12, 4), b"IHDR"))
+        tf.equal(tf.strings.substr(padded, 0, 8), b"\x89PNG\r\n\x1a\n"),
+        tf.equal(tf.strings.substr(padded, 12, 4), b"IHDR"))
     return tf.case([
         (tf.logical_and(long_enough, png),
          lambda: _header_field(data, 16, 4, True)
