@@ -580,3 +580,58 @@ def test_make_datasets_checks_its_config(folder, changes, size, field):
 
     with pytest.raises(tl_keras.InputError, match=f"Invalid {field}"):
         make_datasets(tl_keras.Config(data_dir=folder, **changes), size)
+
+
+def test_split_folders_inside_the_class_folders_are_an_error(tmp_path):
+    # cat/train/, cat/test/: the test images would be trained on.
+    for name in ("cat", "dog"):
+        for split, n in (("train", 4), ("test", 2)):
+            write_image_folder(str(tmp_path / "d" / name / split),
+                               num_classes=1, per_class=n, formats=("png",))
+    with pytest.raises(tl_keras.InputError) as e:
+        scan_folder(str(tmp_path / "d"))
+    message = str(e.value)
+    assert "cat/test, cat/train, dog/test, dog/train" in message
+    assert "Allowed: train/<class>/" in message and "not <class>/train/" in (
+        message) and "Received: data_dir=" in message
+
+
+def test_a_split_folder_named_like_its_class_is_said(folder, caplog):
+    # One class only: a nested folder of the class, said in the log.
+    write_image_folder(os.path.join(folder, "class_0", "test"),
+                       num_classes=1, per_class=2, formats=("png",))
+    files, _, _ = scan_folder(folder)
+    assert len(files["train"]) == 14
+    assert "class_0 holds folders named like splits (test)" in caplog.text
+
+
+def test_a_split_folder_that_is_another_split_folder_is_an_error(tmp_path):
+    # test/ a symlink to val/: the test score would be on the val images.
+    root = tmp_path / "d"
+    for split in ("train", "val"):
+        write_image_folder(str(root / split), num_classes=2, per_class=3,
+                           formats=("png",))
+    os.symlink(root / "val", root / "test")
+    with pytest.raises(tl_keras.InputError,
+                       match="split folders test and val .* are the same "
+                             "folder"):
+        scan_folder(str(root))
+
+
+@pytest.mark.parametrize("link, target", [
+    ("class_0/dup.png", "class_1/001.png"),  # one image, two classes
+    ("test/class_0/dup.png", "train/class_0/001.png"),  # trained, tested
+])
+def test_an_image_in_two_classes_or_splits_is_an_error(tmp_path, link,
+                                                       target):
+    root = tmp_path / "d"
+    for split in ("train", "test") if link.startswith("test/") else ("",):
+        write_image_folder(str(root / split), num_classes=2, per_class=3,
+                           formats=("png",))
+    os.symlink(root / target, root / link)
+    with pytest.raises(tl_keras.InputError) as e:
+        scan_folder(str(root))
+    message = str(e.value)
+    assert "1 image(s) appear twice, in another class or split" in message
+    assert os.path.join(str(root), link) in message
+    assert os.path.join(str(root), target) in message

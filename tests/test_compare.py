@@ -3,6 +3,7 @@ model (by validation accuracy) exported, and workdirs it must not use."""
 
 import json
 import os
+import shutil
 
 import pytest
 from conftest import fake_probes
@@ -17,8 +18,9 @@ def test_compare_runs_every_approach_and_reports(pretrained_base,
     # The advisor sees block2 as the best layer: its pick, finetune from
     # block2, runs as a fourth row.
     fake_probes(monkeypatch, 0.5, {"block2": 0.95, "block3": 0.6})
+    images = shutil.copytree(image_folder, tmp_path / "images")
     config = tl_keras.Config(
-        mode="compare", data_dir=image_folder,
+        mode="compare", data_dir=str(images),
         workdir=str(tmp_path / "cmp"), backbone=pretrained_base,
         weights="none", epochs=1, finetune_epochs=1, batch_size=8,
         augment="none", validation_split=0.2, test_split=0.2)
@@ -72,6 +74,14 @@ def test_compare_runs_every_approach_and_reports(pretrained_base,
                        match="its scratch run has other settings"):
         compare(config.replace(learning_rate=0.003))
     assert open(os.path.join(workdir, "decision.json")).read() == decision
+    # Other images: refused too (its finished runs were read back as
+    # they were, on the images they trained on).
+    first = sorted((images / "class_0").iterdir())[0]
+    shutil.copy(first, images / "class_0" / f"new{first.suffix}")
+    with pytest.raises(tl_keras.InputError,
+                       match=r"the images changed since its scratch run "
+                             r"finished \(added\)"):
+        compare(config)
 
 
 def test_compare_refuses_a_train_run_and_foreign_files(tmp_path,

@@ -266,6 +266,17 @@ def test_wrong_dtype_or_channels_is_rejected(run, bad, fragment):
     assert fragment in str(e.value)
 
 
+@pytest.mark.parametrize("data", [b"", b"hello"])
+def test_bytes_too_short_for_any_header_say_so(run, data):
+    # Under 12 bytes failed in the PNG header check ("pos 12 out of range
+    # for string"), which did not say the input is not an image.
+    _, _, served = run
+    with pytest.raises(tf.errors.InvalidArgumentError) as e:
+        served.signatures["serve_bytes"](image_bytes=tf.constant([data]))
+    assert "out of range" not in str(e.value)
+    assert "image" in str(e.value).lower()
+
+
 def test_existing_export_is_kept_unless_overwrite(run, tmp_path):
     config, model, _ = run
     target = str(tmp_path / "exp")
@@ -275,6 +286,15 @@ def test_existing_export_is_kept_unless_overwrite(run, tmp_path):
         export.export_saved_model(model, target, ["a", "b", "c"],
                                   overwrite=False)
     assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == before
+    # The library's default moves an old export aside (it may be the only
+    # copy of another run's model); keep_old=False, as a run does for its
+    # own workdir's export, replaces it.
+    export.export_saved_model(model, target, ["a", "b", "c"])
+    aside = [n for n in os.listdir(tmp_path) if n.startswith("exp.replaced-")]
+    assert len(aside) == 1 and os.path.isfile(
+        os.path.join(tmp_path, aside[0], "saved_model.pb"))
+    export.export_saved_model(model, target, ["a", "b", "c"], keep_old=False)
+    assert sorted(os.listdir(tmp_path)) == sorted(["exp", *aside])
 
 
 def test_crash_mid_export_keeps_the_old_export(run, tmp_path, monkeypatch):
@@ -343,9 +363,21 @@ def test_predict_mode_writes_rows_and_error_rows(run, image_folder,
     with open(tmp_path / "preds.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 15 and table[-1]["error"]
+    assert table[-1]["score"] == ""
     with open(tmp_path / "preds.json") as f:
-        assert len(json.load(f)) == 15
+        scored = json.load(f)
+    assert len(scored) == 15 and scored[-1]["score"] is None  # not ""
     assert "ERROR" in capsys.readouterr().out
+    # Every input an error row: rows written, then an error (exit 2 on
+    # the command line), where it returned as a success.
+    output = tmp_path / "all_bad.json"
+    with pytest.raises(tl_keras.InputError,
+                       match=r"none of the 3 file\(s\) is a readable.*"
+                             r"and in .*all_bad.json"):
+        predict.predict_files(config.replace(
+            mode="predict", inputs=f"{broken},{palette},{one_bit}",
+            output=str(output)))
+    assert len(json.load(open(output))) == 3
     with pytest.raises(tl_keras.InputError, match="matches no image"):
         predict.expand_inputs(str(tmp_path / "nothing*.png"))
 
@@ -494,7 +526,7 @@ def test_tflite_matches_the_saved_model(run, tmp_path):
 
 
 def test_evaluate_mode_scores_a_labelled_folder(run, image_folder,
-                                                tmp_path):
+                                                tmp_path, caplog):
     config, _, _ = run
     output = str(tmp_path / "eval.json")
     metrics = predict.evaluate_export(config.replace(
@@ -508,6 +540,16 @@ def test_evaluate_mode_scores_a_labelled_folder(run, image_folder,
     with pytest.raises(tl_keras.InputError, match="class_3"):
         predict.evaluate_export(config.replace(mode="evaluate",
                                                data_dir=other))
+    # What the folder's layout is worth a word about is said once (the
+    # layout was read twice, so it was said twice).
+    nested = write_image_folder(str(tmp_path / "nested"), num_classes=3,
+                                per_class=2, formats=("png",))
+    write_image_folder(os.path.join(nested, "class_0", "test"),
+                       num_classes=1, per_class=1, formats=("png",))
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        predict.evaluate_export(config.replace(mode="evaluate",
+                                               data_dir=nested))
+    assert caplog.text.count("holds folders named like splits") == 1
 
 
 def test_overwrite_never_deletes_what_tl_keras_did_not_write(run,
@@ -527,9 +569,16 @@ def test_overwrite_never_deletes_what_tl_keras_did_not_write(run,
     assert len(aside) == 1
     assert (tmp_path / aside[0] / "notes.txt").read_text() == "mine"
     assert (unrelated / "keep.txt").read_text() == "keep"
-    # An old tl_keras export is replaced: nothing more is kept or left.
+    # An export elsewhere may be another run's only copy (--overwrite
+    # once deleted one): moved aside too, whole.
     predict.export_run(export_config)
-    assert sorted(os.listdir(tmp_path)) == sorted(["X", "X.old", aside[0]])
+    second = sorted(set(os.listdir(tmp_path)) - {"X", "X.old", aside[0]})
+    assert len(second) == 1 and second[0].startswith("X.replaced-")
+    assert saved_model.is_export(str(tmp_path / second[0]))
+    # The run's own export is replaced: model.keras stays beside it.
+    listing = sorted(os.listdir(config.runtime.workdir))
+    predict.export_run(config.replace(mode="export", overwrite=True))
+    assert sorted(os.listdir(config.runtime.workdir)) == listing
 
 
 def test_evaluate_never_scores_training_images(run, tmp_path):

@@ -9,6 +9,8 @@ workers."""
 
 import csv
 import os
+import re
+import shutil
 
 import keras
 import numpy as np
@@ -123,6 +125,39 @@ def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
         os.remove(os.path.join(data_dir, "class_0", "zz_new.png"))
     # The same images again: it resumes and completes.
     assert tl_keras.train(config)["complete"]
+
+
+def test_a_finished_run_refuses_images_that_changed(tmp_path,
+                                                    image_folder):
+    # A finished run said "already complete; nothing to do" on a folder
+    # with a class added and an image removed, even with --overwrite, and
+    # its export kept the old classes.
+    data_dir = str(tmp_path / "images")
+    shutil.copytree(image_folder, data_dir)
+    config = tl_keras.Config(
+        data_dir=data_dir, workdir=str(tmp_path / "w"),
+        backbone="compact_cnn", weights="none", image_size=32,
+        approach="scratch", epochs=1, batch_size=8)
+    tl_keras.train(config)
+    with open(os.path.join(data_dir, "class_0", "notes.txt"), "w") as f:
+        f.write("not an image")  # skipped, as the run skipped it
+    assert tl_keras.train(config)["complete"]  # the same images: done
+    shutil.copytree(os.path.join(data_dir, "class_2"),
+                    os.path.join(data_dir, "class_3"))
+    removed = os.path.join(data_dir, "class_0",
+                           sorted(os.listdir(os.path.join(
+                               data_dir, "class_0")))[0])
+    os.remove(removed)
+    with pytest.raises(tl_keras.InputError,
+                       match=r"changed since the run in .* finished: 12 "
+                             r"added .*class_3.*; 1 removed \(e.g. "
+                             + re.escape(removed) + r"\)\. Allowed"):
+        tl_keras.train(config)
+    # --overwrite: the old run is moved aside and a new one trains on
+    # the images as they are now.
+    metrics = tl_keras.train(config.replace(overwrite=True))
+    assert metrics["class_names"] == [f"class_{i}" for i in range(4)]
+    assert [p for p in os.listdir(tmp_path) if p.startswith("w.replaced-")]
 
 
 def test_resume_refuses_a_weights_file_that_changed(tiny_config, tmp_path,

@@ -48,7 +48,7 @@ TEMP_PREFIX = ".export-"
 
 
 def export_saved_model(model, export_dir, class_names, manifest=None,
-                       overwrite=True, tflite=False):
+                       overwrite=True, tflite=False, keep_old=True):
     """Writes a SavedModel to `export_dir`, atomically.
 
     Args:
@@ -59,12 +59,15 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
       overwrite: replace an existing export; if False it is an error.
       tflite: also write `model.tflite` (the float endpoint, built-in ops
         only) into the export folder.
+      keep_old: move an old tl_keras export aside too (it may be the only
+        copy of another run's model); False replaces it (a run's own
+        `<workdir>/export`, whose model.keras stays).
 
     The export is written to a temporary folder next to `export_dir` and
     renamed into place, so a crash never leaves a half-written export
-    where a good one was. An old tl_keras export there is replaced; any
-    other folder is moved aside to `<export_dir>.replaced-<time>`, never
-    deleted.
+    where a good one was. What was there is moved aside to
+    `<export_dir>.replaced-<time>`, never deleted (but an old tl_keras
+    export when not `keep_old`).
 
     Raises:
       InputError: `export_dir` exists and `overwrite` is False, or
@@ -89,11 +92,13 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
         io.write_json(os.path.join(tmp, "manifest.json"), build_manifest(
             model, class_names, {**(manifest or {}), **(
                 {"tflite": _TFLITE} if tflite else {})}))
+        old_export = is_export(export_dir)
         kept = io.replace_dir(tmp, export_dir,
-                              discard_old=is_export(export_dir))
+                              discard_old=old_export and not keep_old)
         if kept:
-            log.warning("%s held something other than a tl_keras export; "
-                        "moved it to %s", export_dir, kept)
+            log.warning("%s held %s; moved it to %s", export_dir,
+                        "an earlier export" if old_export else
+                        "something other than a tl_keras export", kept)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

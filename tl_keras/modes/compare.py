@@ -46,8 +46,9 @@ from tl_keras.modes.compare_report import (
     format_table,
     write_plots,
 )
+from tl_keras.training.run_data import check_finished_data
 from tl_keras.training.trainer import train
-from tl_keras.training.workdir import is_complete
+from tl_keras.training.workdir import check_data_stays, is_complete
 
 log = logging.getLogger("tl_keras")
 
@@ -148,17 +149,22 @@ def _run_all(config, runs, data):
 def _changed_runs(config):
     """A sentence naming the first run of an earlier compare in the
     workdir whose settings differ from those this compare gives it (its
-    resumption would be refused once the advisor had run), or None."""
+    resumption would be refused once the advisor had run), or that
+    finished on other images, or None."""
     budget = config.training.epochs + config.training.finetune_epochs
     for name, changes in _fixed_runs(budget).items():
         sub = os.path.join(config.runtime.workdir, name)
         stored = os.path.join(sub, "config.json")
         if os.path.isfile(stored):
-            diffs = config_differences(io.read_json(stored), config.replace(
-                mode="train", workdir=sub, **changes))
+            run = config.replace(mode="train", workdir=sub, **changes)
+            diffs = config_differences(io.read_json(stored), run)
             if diffs:
                 return (f"its {name} run has other settings "
                         f"({'; '.join(diffs)})")
+            changed = is_complete(sub) and check_finished_data(run)
+            if changed:  # it would be read back, not trained again
+                return (f"the images changed since its {name} run "
+                        f"finished ({', '.join(changed)})")
     return None
 
 
@@ -240,6 +246,7 @@ def check_workdir(config, also_in_workdir=(), runs=True):
             f"(to resume)" + ("" if also_in_workdir else
                               ", or --overwrite (moves the old one aside)")
             + f". Received: workdir={workdir!r}")
+    check_data_stays(config)
     return problem
 
 

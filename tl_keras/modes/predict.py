@@ -66,16 +66,20 @@ def export_run(config):
             model, target, metrics["class_names"],
             manifest=export_manifest(approach, metrics),
             overwrite=config.runtime.overwrite,
-            tflite=config.export.export_tflite)
+            tflite=config.export.export_tflite,
+            # Replacing the run's own export loses nothing (model.keras
+            # stays); an export elsewhere may be another run's only copy.
+            keep_old=out != os.path.realpath(os.path.join(workdir, "export")))
 
 
 def expand_inputs(spec):
     """Turns 'a.jpg,folder/,shots/*.png' into a sorted list of files.
 
-    Folders are searched recursively for image extensions. A pattern that
-    matches nothing is an error. A spec that names an existing file or
-    folder as a whole is that one path, commas and all (in a list, a
-    name with a comma is matched by a glob: 'a?b.jpg').
+    Folders, named or matched by a pattern, are searched recursively for
+    image extensions. A pattern that matches nothing is an error. A spec
+    that names an existing file or folder as a whole is that one path,
+    commas and all (in a list, a name with a comma is matched by a glob:
+    'a?b.jpg').
     """
     paths = []
     whole = spec.strip()
@@ -87,8 +91,9 @@ def expand_inputs(spec):
             found = [item]
         elif os.path.isdir(item):
             found = _images_under(item)
-        else:
-            found = [p for p in glob.glob(item) if os.path.isfile(p)]
+        else:  # a folder it matches is searched like a named one
+            found = [p for match in glob.glob(item)
+                     for p in _files_at(match)]
         if not found:
             raise InputError(
                 f"Invalid inputs: {item!r} matches no image file. Allowed: "
@@ -97,6 +102,13 @@ def expand_inputs(spec):
                 f"Received: inputs={spec!r}")
         paths += sorted(found)
     return paths
+
+
+def _files_at(path):
+    """[path] for a file, the images under a folder, else []."""
+    if os.path.isfile(path):
+        return [path]
+    return _images_under(path) if os.path.isdir(path) else []
 
 
 def _images_under(folder):
@@ -118,7 +130,11 @@ def predict_files(config):
     scored.
 
     Returns:
-      A list of row dicts: path, label, score, top_k, error.
+      A list of row dicts: path, label, score (None on an error row),
+      top_k, error.
+
+    Raises:
+      InputError: no input is a readable image (after its error rows).
     """
     _check_output(config, (".csv", ".json"))
     export_dir = _export_dir(config)
@@ -128,7 +144,7 @@ def predict_files(config):
     good = [p for p in paths if p not in bad]
     log.info("Scoring %d image(s) with %s (%d unreadable)", len(good),
              export_dir, len(bad))
-    rows = {p: {"path": p, "label": "", "score": "", "top_k": [],
+    rows = {p: {"path": p, "label": "", "score": None, "top_k": [],
                 "error": "not a readable JPEG / PNG / GIF / BMP image"}
             for p in bad}
     k = min(config.export.top_k, len(predictor.class_names))
@@ -153,8 +169,15 @@ def predict_files(config):
             top = ", ".join(f"{name} {score:.3f}"
                             for name, score in row["top_k"])
             print(f"{row['path']}\t{top}")
-    if config.export.output:
-        write_predictions(ordered, config.export.output)
+    output = config.export.output
+    if output:
+        write_predictions(ordered, output)
+    if not good:  # a script must not read this as a success
+        raise InputError(
+            f"Invalid inputs: none of the {len(paths)} file(s) is a readable "
+            f"JPEG / PNG / GIF / BMP image (each has an error row above"
+            f"{output and ' and in ' + output}). Allowed: image files, "
+            f"folders or globs. Received: inputs={config.export.inputs!r}")
     return ordered
 
 
@@ -174,7 +197,7 @@ def evaluate_export(config):
     data_dir, output = config.data.data_dir, config.export.output
     _check_output(config, (".json",))
     files, class_names, _ = scan_folder(data_dir, min_classes=1)
-    if split_roots(data_dir)["train"] == data_dir:
+    if split_roots(data_dir, say=False)["train"] == data_dir:
         pairs = files["train"]  # class folders only: all of it is scored
         log.warning("Scoring every image in %s. If a run carved its splits "
                     "from this folder, its training images are among them; "

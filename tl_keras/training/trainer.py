@@ -37,19 +37,18 @@ from tl_keras.models.classifier import build_classifier, check_unfreeze
 from tl_keras.models.hub import is_hub
 from tl_keras.training.checkpoints import save_model
 from tl_keras.training.metrics import evaluate, export_manifest
+from tl_keras.training.run_data import (
+    check_same_data,
+    check_same_weights,
+    record_data,
+    weight_digests,
+)
 from tl_keras.training.stages import (
     check_replica_batch,
     plan_stages,
     run_stage,
 )
-from tl_keras.training.workdir import (
-    check_same_data,
-    check_same_weights,
-    claim_workdir,
-    join_run,
-    record_data,
-    weight_digests,
-)
+from tl_keras.training.workdir import claim_workdir, join_run
 
 log = logging.getLogger("tl_keras")
 
@@ -250,7 +249,7 @@ def _finish(config, model, backbone, data, place, stages, decision,
     export_saved_model(
         model, os.path.join(workdir, "export"), data.class_names,
         manifest=export_manifest(config.training.approach, metrics),
-        tflite=config.export.export_tflite)
+        tflite=config.export.export_tflite, keep_old=False)
     metrics["complete"] = True
     io.write_json(os.path.join(workdir, "metrics.json"), metrics)
     log.info("Test accuracy %.4f (%s, %d images). Everything is in %s",

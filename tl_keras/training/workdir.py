@@ -3,7 +3,8 @@
 Workdir layout:
   flags.cfg, config.json     the resolved config (flags.cfg is a flagfile)
   split.json                 which file went to which split
-  data.json                  each file's size and modification time
+  data.json                  each file's size and modification time,
+                             the unreadable files (run_data.py)
   run.json                   the run's identity (multi-worker: checked
                              by every worker against the chief's)
   decision.json              --approach=auto: the advisor's evidence
@@ -24,7 +25,6 @@ interrupted one from its last epoch. While a run uses the workdir it
 holds `<workdir>.lock`.
 """
 
-import hashlib
 import logging
 import os
 import random
@@ -33,6 +33,7 @@ import shutil
 from tl_keras import io
 from tl_keras.config import config_differences
 from tl_keras.errors import InputError
+from tl_keras.training.run_data import check_finished_data, refuse_changes
 
 log = logging.getLogger("tl_keras")
 
@@ -80,7 +81,26 @@ def check_workdir(config):
             f"Invalid workdir {workdir!r}: {problem}. Allowed: the same "
             f"flags (to resume), a new --workdir, or --overwrite (moves the "
             f"old workdir aside). Received: workdir={workdir!r}")
+    if problem:
+        check_data_stays(config)
     return problem
+
+
+def check_data_stays(config):
+    """Raises InputError when --overwrite would move the workdir aside with
+    the images in it (a --data_dir inside the workdir), before anything
+    moves: the run would then read a folder that is gone."""
+    workdir, data_dir = config.runtime.workdir, config.data.data_dir
+    if not data_dir or not os.path.isdir(workdir):
+        return
+    data, work = os.path.realpath(data_dir), os.path.realpath(workdir)
+    if os.path.commonpath([data, work]) == work:
+        raise InputError(
+            f"Invalid overwrite: --overwrite would move the workdir "
+            f"{workdir!r} aside with the images in it (--data_dir "
+            f"{data_dir!r} is inside it). Allowed: a --data_dir outside the "
+            f"workdir, or a new --workdir. Received: overwrite=True, "
+            f"data_dir={data_dir!r}")
 
 
 def claim_workdir(config, conflict=None, run_id=None):
@@ -119,6 +139,8 @@ def join_run(config, place):
         try:
             conflict = check_workdir(config)
             complete = not conflict and is_complete(workdir)
+            if complete:
+                conflict, complete = _finished_as_listed(config)
             run_id = (not conflict and _stored_run_id(workdir)) or (
                 random.SystemRandom().randrange(1, 2**31))
         except Exception:  # any failure here: the workers stop too
@@ -148,6 +170,21 @@ def join_run(config, place):
     return check_workdir(config), False, run_id
 
 
+def _finished_as_listed(config):
+    """(conflict, complete) of a finished run: (None, True) if its images
+    are as it trained on them (`check_finished_data`); if not, an error,
+    or with --overwrite a conflict that moves the run aside."""
+    workdir, data_dir = config.runtime.workdir, config.data.data_dir
+    changes = check_finished_data(config)
+    if not changes:
+        return None, True
+    if not config.runtime.overwrite:
+        refuse_changes(data_dir, workdir, "finished", changes)
+    check_data_stays(config)
+    return f"its images changed since it finished ({', '.join(changes)})", \
+        False
+
+
 def _stored_run_id(workdir):
     path = os.path.join(workdir, RUN_FILE)
     if not os.path.isfile(path):
@@ -166,133 +203,3 @@ def is_complete(workdir, chief=True):
             os.path.join(workdir, "export", "saved_model.pb")):
         return False
     return bool(io.read_json(path).get("complete"))
-
-
-def record_data(workdir, data, weights=None):
-    """Writes split.json (each split's (path, label) pairs) and data.json
-    (each file's [size, mtime_ns], in the same order; `weights`, from
-    `weight_digests`), which a resumed run is checked against
-    (`check_same_data`, `check_same_weights`)."""
-    files = data.files or {}
-    io.write_json(os.path.join(workdir, "split.json"), files)
-    io.write_json(os.path.join(workdir, "data.json"), {
-        "stats": {split: [_stat(path) for path, _ in pairs]
-                  for split, pairs in files.items()},
-        **({"arrays": data.fingerprint} if data.fingerprint else {}),
-        **({"weights": weights} if weights else {})})
-
-
-def weight_digests(config):
-    """{field: SHA-256 of the file} of the files the run's base is built
-    from: a .keras --backbone, a --weights file (not read by scratch). A
-    resumed run builds its base from them again (the head stage keeps
-    only the head's weights), so one replaced since would mix two
-    bases."""
-    model = config.model
-    named = {"backbone": model.backbone if model.backbone.endswith(
-                 ".keras") else "",
-             "weights": "" if model.weights in ("imagenet", "none") or (
-                 config.training.approach == "scratch") else model.weights}
-    return {field: _sha256(path) for field, path in named.items()
-            if path and os.path.isfile(path)}
-
-
-def check_same_weights(workdir, digests, config):
-    """Raises InputError naming the field whose file differs from the one
-    the run in `workdir` started with (a run whose data.json records no
-    weights is not checked)."""
-    path = os.path.join(workdir, "data.json")
-    stored = io.read_json(path).get("weights") if os.path.isfile(path) else None
-    if stored is None:
-        return
-    for field in sorted(set(stored) | set(digests)):
-        if stored.get(field) != digests.get(field):
-            value = getattr(config.model, field)
-            raise InputError(
-                f"Invalid {field}: the file {value!r} is not the one the run "
-                f"in {workdir} started with (it changed since), so a resumed "
-                f"run would build its base from other weights. Allowed: that "
-                f"file, or a new --workdir (or --overwrite) to start over. "
-                f"Received: {field}={value!r}")
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_same_data(workdir, data, data_dir):
-    """Raises InputError when the images differ from those the run in
-    `workdir` started with (files added, removed, moved to another split
-    or label, or modified): a resumed run would train on other data, and
-    images it trained on could land in the test split.
-
-    Data given as arrays is checked by its digest (`fingerprint`). Nothing
-    to check for a new workdir, or a run from before tl_keras 0.2 (no
-    data.json: only split.json is compared).
-    """
-    split_path = os.path.join(workdir, "split.json")
-    if data.fingerprint:
-        _check_same_arrays(workdir, data)
-    if not data.files or not os.path.isfile(split_path):
-        return
-    stored = {split: [tuple(pair) for pair in pairs]
-              for split, pairs in io.read_json(split_path).items()}
-    current = {split: [tuple(pair) for pair in pairs]
-               for split, pairs in data.files.items()}
-    old = {path: (split, label) for split, pairs in stored.items()
-           for path, label in pairs}
-    new = {path: (split, label) for split, pairs in current.items()
-           for path, label in pairs}
-    changes = {
-        "added": sorted(set(new) - set(old)),
-        "removed": sorted(set(old) - set(new)),
-        "in another split or class": sorted(
-            p for p in set(old) & set(new) if old[p] != new[p]),
-        "modified": _modified(workdir, stored),
-    }
-    if any(changes.values()):
-        summary = "; ".join(
-            f"{len(paths)} {what} (e.g. {', '.join(paths[:3])})"
-            for what, paths in changes.items() if paths)
-        raise InputError(
-            f"Invalid data_dir {data_dir!r}: its images changed since the "
-            f"run in {workdir} started: {summary}. Allowed: the same images "
-            f"to resume, or a new --workdir (or --overwrite) to start over. "
-            f"Received: data_dir={data_dir!r}")
-
-
-def _check_same_arrays(workdir, data):
-    """Raises InputError when arrays differ from those the run started
-    with (a run whose data.json has no digest is not checked)."""
-    path = os.path.join(workdir, "data.json")
-    stored = io.read_json(path).get("arrays") if os.path.isfile(path) else None
-    if stored and stored != data.fingerprint:
-        raise InputError(
-            f"Invalid data: the arrays differ from those the run in "
-            f"{workdir} started with (their images or labels digest). "
-            f"Allowed: the same arrays to resume, or a new workdir (or "
-            f"overwrite) to start over. Received: other arrays")
-
-
-def _modified(workdir, stored):
-    """Paths whose size or modification time differ from data.json's."""
-    path = os.path.join(workdir, "data.json")
-    if not os.path.isfile(path):
-        return []
-    stats = io.read_json(path)["stats"]
-    return sorted(
-        file for split, pairs in stored.items()
-        for (file, _), stat in zip(pairs, stats.get(split, []), strict=False)
-        if _stat(file) != stat)
-
-
-def _stat(path):
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return [info.st_size, info.st_mtime_ns]
