@@ -226,11 +226,25 @@ def assert_matches_one_process(run, data_dir, tmp_path, flags,
     assert metrics["hardware"]["replicas"] == 2
     assert metrics["hardware"]["workers"] == 2
     assert metrics["hardware"]["per_replica_batch_size"] == 3
-    for stage in stages:  # metrics.json keeps 6 decimals
+    # metrics.json keeps 6 decimals. Two replicas sum a batch's gradient
+    # in another order than one process (3 + 3 against 6), and oneDNN's
+    # kernels differ by CPU: on one machine the third fine-tune epoch's
+    # loss was 0.192288 against 0.192284, the same on every rerun (2e-5
+    # relative). A wrong split, rate or sync moves losses by 1e-2 or more.
+    for stage in stages:
         np.testing.assert_allclose(
             metrics["stages"][stage]["history"]["loss"],
-            single["stages"][stage]["history"]["loss"], rtol=1e-5,
+            single["stages"][stage]["history"]["loss"], rtol=1e-4,
             atol=2e-6)
+    # Within half of one Adam step at the fine-tune rate (1e-3), which
+    # every weight moves by on each of the run's ~12 fine-tune steps:
+    # Adam divides by the root of the squared gradient, so where a
+    # gradient is near zero the summation order's round-off becomes a
+    # step. Earlier machines stayed within 1e-5 (the old bound); on
+    # another (the same TensorFlow and Keras) one kernel, block3_conv2,
+    # differed by 2.2e-4 and the others by up to 4e-5, on every rerun.
+    # Weights trained apart (no sync) or on other batches differ by many
+    # steps.
     # Except attention key biases: their gradient is zero in exact
     # arithmetic (a key bias adds the same logit to every key of a query,
     # which softmax ignores), and Adam scales the round-off, which differs
@@ -242,7 +256,7 @@ def assert_matches_one_process(run, data_dir, tmp_path, flags,
              for a, b in zip(run_model.weights, single_model.weights,
                              strict=True)
              if not a.path.endswith("key/bias")]
-    assert max(diffs) < 1e-5
+    assert max(diffs) < 5e-4
 
 
 @MULTI_PROCESS
