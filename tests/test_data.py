@@ -205,6 +205,41 @@ def test_a_symlink_to_an_image_of_its_own_class_is_left_out(
         "of their class" in caplog.text and "again.png" in caplog.text
 
 
+def test_webp_images_train_and_an_animated_one_is_unreadable(tmp_path,
+                                                             tiny_config):
+    # Still WebP, lossy or lossless, with or without alpha, is decoded as
+    # PIL reads it; an animated one (tf.io.decode_webp corrupted the heap
+    # on one) and a truncated one are left out as unreadable, before
+    # TensorFlow meets them.
+    root = write_image_folder(str(tmp_path / "d"), num_classes=2,
+                              per_class=6, formats=("png",))
+    rng = np.random.default_rng(1)
+    for label in range(2):
+        for i, (mode, lossless) in enumerate(
+                [("RGB", False), ("RGB", True), ("RGBA", True)]):
+            class_image(label, rng, 30).convert(mode).save(
+                os.path.join(root, f"class_{label}", f"w{i}.webp"),
+                lossless=lossless)
+    folder = os.path.join(root, "class_0")
+    frames = [class_image(0, rng, 30) for _ in range(2)]
+    frames[0].save(os.path.join(folder, "anim.webp"), save_all=True,
+                   append_images=frames[1:], lossless=True)
+    with open(os.path.join(folder, "w1.webp"), "rb") as f:
+        whole = f.read()
+    with open(os.path.join(folder, "cut.webp"), "wb") as f:
+        f.write(whole[:len(whole) // 2])
+    data = tl_keras.make_datasets(tiny_config.replace(data_dir=root), SIZE)
+    assert sorted(map(os.path.basename, data.bad_files)) == [
+        "anim.webp", "cut.webp"]
+    assert sum(data.counts.values()) == 18  # 12 PNG, 6 WebP
+    path = os.path.join(folder, "w2.webp")
+    np.testing.assert_array_equal(
+        data_lib.decode_image(tf.io.read_file(path)).numpy(),
+        np.asarray(Image.open(path).convert("RGB")))
+    for x, _ in data.train:
+        assert x.shape[1:] == (SIZE, SIZE, 3)
+
+
 def class_changes(labels):
     return int(np.sum(labels[1:] != labels[:-1]))
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -162,7 +163,6 @@ def test_label_map_and_manifest(run):
 
 def _png_header(width, height):
     """The first 33 bytes of a PNG declaring width x height (no pixels)."""
-    import struct
     import zlib
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
@@ -244,14 +244,67 @@ def test_declared_pixels_read_from_each_formats_header(tmp_path):
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (7, 13, 3), np.uint8)
-    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+    rgba = np.dstack([pixels, pixels[..., :1]])
+    for fmt, array, options in (
+            ("JPEG", pixels, {}), ("PNG", pixels, {}), ("GIF", pixels, {}),
+            ("BMP", pixels, {}),
+            # WebP's three headers: lossy (VP8), lossless (VP8L) and
+            # extended (VP8X, here for the alpha channel).
+            ("WEBP", pixels, {}), ("WEBP", pixels, {"lossless": True}),
+            ("WEBP", rgba, {})):
         path = tmp_path / f"x.{fmt.lower()}"
-        Image.fromarray(pixels).save(path, format=fmt)
+        Image.fromarray(array).save(path, format=fmt, **options)
         assert int(declared_pixels(tf.constant(path.read_bytes()))) == 91
+    # An extended WebP header declaring 16,384 x 16,384 (the most WebP
+    # allows, 3x PIL's limit), without pixels.
+    assert int(declared_pixels(tf.constant(_webp_header(16_384, 16_384)))) == (
+        16_384 ** 2)
     assert int(declared_pixels(tf.constant(_png_header(70_000, 3)))) == (
         210_000)
     assert int(declared_pixels(tf.constant(b"not an image"))) == 0
     assert int(declared_pixels(tf.constant(b"\x89PNG" + b"\xff" * 40))) == 0
+
+
+def _webp_header(width, height):
+    """An extended (VP8X) WebP header declaring width x height, and no
+    image data."""
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x10\0\0\0" + (
+        (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little"))
+    return b"RIFF" + struct.pack("<I", 4 + len(vp8x)) + b"WEBP" + vp8x
+
+
+def _webp(frames, **options):
+    """WebP bytes of uint8 RGB(A) `frames` (two or more: an animation)."""
+    buffer = io.BytesIO()
+    first, *rest = [Image.fromarray(f) for f in frames]
+    first.save(buffer, format="WEBP", save_all=bool(rest), append_images=rest,
+               **options)
+    return buffer.getvalue()
+
+
+def test_still_webp_is_served_as_its_rgb_and_an_animation_refused(run):
+    # tf.io.decode_image refuses a WebP with alpha when asked for 3
+    # channels, and tf.io.decode_webp corrupted the heap (the process
+    # died) on an animated one: decode_image decodes a still one itself
+    # and leaves an animation to tf.io.decode_image's error.
+    _, model, served = run
+    raw = images()
+    expected = expected_scores(model, raw)
+    for alpha in (False, True):
+        encoded = [_webp([np.dstack([image, image[..., :1]]) if alpha
+                          else image], lossless=True, exact=True)
+                   for image in raw]  # exact: keeps RGB where alpha is 0
+        got = served.signatures["serve_bytes"](
+            image_bytes=tf.constant(encoded))
+        np.testing.assert_allclose(got["scores"], expected, atol=1e-5)
+    animation = _webp([raw[0], raw[0][::-1]], lossless=True)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="an animated WebP"):
+        served.signatures["serve_bytes"](image_bytes=tf.constant([animation]))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="decompression bomb"):
+        served.signatures["serve_bytes"](image_bytes=tf.constant(
+            [_webp_header(16_384, 16_384)]))
 
 
 @pytest.mark.parametrize("bad, fragment", [

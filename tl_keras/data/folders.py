@@ -27,7 +27,7 @@ from tl_keras.errors import InputError
 
 log = logging.getLogger("tl_keras")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def scan_folder(data_dir, min_classes=2):

@@ -27,15 +27,48 @@ def resize_images(images, size):
 
 
 def decode_image(data):
-    """Decodes JPEG / PNG / BMP / GIF bytes to uint8 RGB (first GIF frame).
+    """Decodes JPEG / PNG / BMP / GIF / WebP bytes to uint8 RGB (first GIF
+    frame).
 
     Grayscale is replicated to three channels, alpha is dropped, 16-bit PNG
-    is scaled to 8 bits.
+    is scaled to 8 bits. A still WebP is decoded by `tf.io.decode_webp`:
+    `tf.io.decode_image` asks it for 3 channels, which one with alpha
+    refuses. An animated WebP goes to `tf.io.decode_image`, which refuses
+    it ("WebP Animation must be 4 channel RGBA"): `tf.io.decode_webp`
+    corrupted the heap on one (TF 2.21), so it never sees one.
     """
-    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8,
-                               expand_animations=False)
+    def still_webp():  # [1, height, width, 3 or 4]
+        return tf.io.decode_webp(data)[0, :, :, :3]
+
+    def other():
+        return tf.io.decode_image(data, channels=3, dtype=tf.uint8,
+                                  expand_animations=False)
+
+    head = _head(data)
+    still = tf.logical_and(
+        tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"),
+        tf.logical_and(tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"),
+                       tf.logical_not(animated_webp(data))))
+    image = tf.cond(still, still_webp, other)
     image.set_shape([None, None, 3])
     return image
+
+
+def _head(data):
+    """The first 32 bytes of encoded `data`, zero-padded: substr past the
+    end is an error, not "" (b"hello" failed a header check with "pos 12
+    out of range")."""
+    return tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32])
+
+
+def animated_webp(data):
+    """Whether a WebP's extended header (VP8X) sets the animation flag."""
+    head = _head(data)
+    return tf.logical_and(
+        tf.equal(tf.strings.substr(head, 12, 4), b"VP8X"),
+        tf.not_equal(tf.bitwise.bitwise_and(
+            tf.io.decode_raw(tf.strings.substr(head, 20, 1), tf.uint8)[0],
+            tf.constant(2, tf.uint8)), 0))
 
 
 # The most pixels an encoded image may declare before it is decoded:
@@ -56,22 +89,25 @@ def _header_field(data, offset, length, big_endian):
 
 
 def declared_pixels(data):
-    """Width x height that encoded JPEG / PNG / GIF / BMP bytes declare in
-    their header, read without decoding the pixels (int64 scalar; 0 for
-    bytes of another format or a PNG without its IHDR header, which
-    decoding then rejects)."""
+    """Width x height that encoded JPEG / PNG / GIF / BMP / WebP bytes
+    declare in their header, read without decoding the pixels (int64
+    scalar; 0 for bytes of another format or a PNG without its IHDR
+    header, which decoding then rejects)."""
     def bmp_side(offset):  # signed 32-bit little-endian (top-down: < 0)
         value = _header_field(data, offset, 4, False)
         return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
 
     long_enough = tf.strings.length(data) >= 26
-    # substr past the end is an error, not "": bytes shorter than a PNG's
-    # IHDR offset (b"hello") failed with "pos 12 out of range".
-    padded = tf.strings.join([tf.strings.substr(data, 0, 16), b"\0" * 16])
+    head = _head(data)
     png = tf.logical_and(
-        tf.equal(tf.strings.substr(padded, 0, 8), b"\x89PNG\r\n\x1a\n"),
-        tf.equal(tf.strings.substr(padded, 12, 4), b"IHDR"))
+        tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n"),
+        tf.equal(tf.strings.substr(head, 12, 4), b"IHDR"))
+    webp = tf.logical_and(
+        tf.logical_and(tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"),
+                       tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")),
+        tf.strings.length(data) >= 30)
     return tf.case([
+        (webp, lambda: _webp_pixels(head)),
         (tf.logical_and(long_enough, png),
          lambda: _header_field(data, 16, 4, True)
          * _header_field(data, 20, 4, True)),
@@ -85,6 +121,28 @@ def declared_pixels(data):
         (tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8"),
          lambda: tf.reduce_prod(tf.cast(
              tf.image.extract_jpeg_shape(data)[:2], tf.int64)))],
+        default=lambda: tf.constant(0, tf.int64))
+
+
+def _webp_pixels(head):
+    """Width x height a WebP header (`head`, its first 32 bytes) declares:
+    a lossy one's 14-bit sides, a lossless one's 14-bit sides minus one,
+    an extended one's 24-bit canvas sides minus one (RFC 9649)."""
+    kind = tf.strings.substr(head, 12, 4)
+    bits = _header_field(head, 21, 4, False)
+    return tf.case([
+        (tf.equal(kind, b"VP8 "),
+         lambda: tf.bitwise.bitwise_and(_header_field(head, 26, 2, False),
+                                        0x3FFF)
+         * tf.bitwise.bitwise_and(_header_field(head, 28, 2, False),
+                                  0x3FFF)),
+        (tf.equal(kind, b"VP8L"),
+         lambda: (tf.bitwise.bitwise_and(bits, 0x3FFF) + 1)
+         * (tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 14),
+                                   0x3FFF) + 1)),
+        (tf.equal(kind, b"VP8X"),
+         lambda: (_header_field(head, 24, 3, False) + 1)
+         * (_header_field(head, 27, 3, False) + 1))],
         default=lambda: tf.constant(0, tf.int64))
 
 
@@ -106,7 +164,7 @@ def misread_bmp(data):
 
 
 # The formats tf.io.decode_image reads (MPO is a JPEG with extra frames).
-_TF_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF"}
+_TF_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"}
 
 
 # The BMP bit depths TensorFlow's decoder reads right: a palette BMP (1,
@@ -130,7 +188,9 @@ def _is_readable(path):
     try:
         with Image.open(path) as image:
             if image.format not in _TF_FORMATS or (
-                    image.width * image.height > MAX_PIXELS):
+                    image.width * image.height > MAX_PIXELS) or (
+                    image.format == "WEBP" and getattr(
+                        image, "n_frames", 1) > 1):  # see decode_image
                 return False, False
             return _decodes(path, image), _turned(image)
     except Exception:  # noqa: BLE001 - PIL raises many types for bad files
@@ -157,10 +217,11 @@ def _decodes(path, image):
             header = f.read(30)
         if int.from_bytes(header[28:30], "little") not in TF_BMP_BITS:
             return False
-    if image.format == "PNG":
+    if image.format in ("PNG", "WEBP"):
         # PIL decodes a PNG cut short after its pixels or with a bad CRC,
         # which TensorFlow then refuses mid-training: check with the
-        # decoder training uses instead.
+        # decoder training uses instead (and a WebP, TensorFlow's
+        # decoder being another build of libwebp).
         with open(path, "rb") as f:
             decode_image(f.read())
         return True

@@ -31,7 +31,7 @@ class ExportedClassifier:
         Args:
           inputs: a uint8 array [batch, height, width, 3] (or a list of
             [height, width, 3] arrays of one size), or a list of paths to
-            JPEG / PNG / GIF / BMP files.
+            JPEG / PNG / GIF / BMP / WebP files.
           batch_size: how many images go to the model at once.
           check_files: refuse unreadable paths first (`find_unreadable`);
             False when the caller has just checked them.
@@ -126,8 +126,8 @@ def _check_files(paths):
             f"Invalid inputs: {len(bad)} of {len(paths)} file(s) "
             f"{'do not exist' if missing else 'are not readable images'}: "
             f"{shown}{' ...' if len(bad) > 5 else ''}. Allowed: JPEG / PNG "
-            f"/ GIF / BMP (24 or 32 bits) files. Received: {len(paths)} "
-            f"path(s)")
+            f"/ GIF / BMP (24 or 32 bits) / still WebP files. Received: "
+            f"{len(paths)} path(s)")
 
 
 def _read_bytes(path):

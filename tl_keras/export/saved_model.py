@@ -27,6 +27,7 @@ from tl_keras.data.arrays import check_class_names
 from tl_keras.data.images import (
     MAX_PIXELS,
     TF_BMP_BITS,
+    animated_webp,
     bmp_bits,
     declared_pixels,
     decode_image,
@@ -182,7 +183,7 @@ def build_manifest(model, class_names, extra=None):
             "signatures": {
                 "serving_default": "images: uint8 [batch, height, width, 3]",
                 "serve_bytes": "image_bytes: string [batch], encoded "
-                               "JPEG / PNG / GIF / BMP",
+                               "JPEG / PNG / GIF / BMP / WebP (still)",
                 "serve_float": f"images: float32 [batch, {size}, {size}, 3]"
                                " in [0, 255], already resized",
             },
@@ -235,7 +236,11 @@ def _decode_within_limit(encoded, size):
                 f"serve_bytes: image_bytes holds a BMP of other than "
                 f"{TF_BMP_BITS} bits per pixel (TensorFlow decodes palette "
                 f"BMPs to their indices); send it as PNG. Received bits "
-                f"per pixel:", bmp_bits(encoded)])]):
+                f"per pixel:", bmp_bits(encoded)]),
+            tf.debugging.Assert(tf.logical_not(animated_webp(encoded)), [
+                "serve_bytes: image_bytes holds an animated WebP, which "
+                "TensorFlow's decoder cannot take as RGB; send one frame "
+                "(e.g. as PNG)"])]):
         return resize_images(decode_image(encoded), size)
 
 

@@ -145,7 +145,7 @@ def predict_files(config):
     log.info("Scoring %d image(s) with %s (%d unreadable)", len(good),
              export_dir, len(bad))
     rows = {p: {"path": p, "label": "", "score": None, "top_k": [],
-                "error": "not a readable JPEG / PNG / GIF / BMP image"}
+                "error": "not a readable JPEG / PNG / GIF / BMP / WebP image"}
             for p in bad}
     k = min(config.export.top_k, len(predictor.class_names))
     batch = 64
@@ -175,7 +175,7 @@ def predict_files(config):
     if not good:  # a script must not read this as a success
         raise InputError(
             f"Invalid inputs: none of the {len(paths)} file(s) is a readable "
-            f"JPEG / PNG / GIF / BMP image (each has an error row above"
+            f"JPEG / PNG / GIF / BMP / WebP image (each has an error row above"
             f"{output and ' and in ' + output}). Allowed: image files, "
             f"folders or globs. Received: inputs={config.export.inputs!r}")
     return ordered
