@@ -147,6 +147,25 @@ def test_ambiguous_split_layout_is_an_error(tmp_path, tiny_config, folders,
         e.value)
 
 
+def test_split_folders_beside_another_folder_are_refused(tmp_path,
+                                                        tiny_config):
+    # training/ beside samples/ (loose images) is a class name, but
+    # with validation/ holding the same class folders it is a split: it
+    # trained three classes, samples, training and validation.
+    for name in ("training", "validation"):
+        write_image_folder(str(tmp_path / name), num_classes=2,
+                           per_class=3, formats=("png",))
+    os.makedirs(tmp_path / "samples")
+    Image.new("RGB", (8, 8)).save(tmp_path / "samples" / "a.png")
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.make_datasets(tiny_config.replace(data_dir=str(tmp_path)),
+                               SIZE)
+    assert "training, validation hold class folders (class_0, class_1" in \
+        str(e.value)
+    assert "training count as split folders only with no other folder " \
+        "beside them; here samples" in str(e.value)
+
+
 @pytest.mark.parametrize("given", [("val",), ("val", "test")])
 def test_split_fractions_a_folder_replaces_are_said(tmp_path, tiny_config,
                                                     caplog, given):

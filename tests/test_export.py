@@ -259,6 +259,11 @@ def test_declared_pixels_read_from_each_formats_header(tmp_path):
     # allows, 3x PIL's limit), without pixels.
     assert int(declared_pixels(tf.constant(_webp_header(16_384, 16_384)))) == (
         16_384 ** 2)
+    # A lossless header cut after its size field (25 bytes) still counts.
+    lossless = (b"RIFF" + struct.pack("<I", 17) + b"WEBPVP8L"
+                + struct.pack("<I", 5) + b"\x2f"
+                + struct.pack("<I", 16_383 | 16_383 << 14))
+    assert int(declared_pixels(tf.constant(lossless))) == 16_384 ** 2
     assert int(declared_pixels(tf.constant(_png_header(70_000, 3)))) == (
         210_000)
     assert int(declared_pixels(tf.constant(b"not an image"))) == 0
@@ -299,7 +304,7 @@ def test_still_webp_is_served_as_its_rgb_and_an_animation_refused(run):
         np.testing.assert_allclose(got["scores"], expected, atol=1e-5)
     animation = _webp([raw[0], raw[0][::-1]], lossless=True)
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="an animated WebP"):
+                       match="a WebP whose header marks it animated"):
         served.signatures["serve_bytes"](image_bytes=tf.constant([animation]))
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="decompression bomb"):

@@ -84,24 +84,31 @@ def _check_class_layout(data_dir, folders, named, say=True):
     2020/, say) are said.
     """
     inside = {name: _nested(os.path.join(data_dir, name)) for name in folders}
-    shared = {name: inside[name] & {sub for other in folders if other != name
-                                    for sub in inside[other]}
-              for name in folders}
+    shared = {name: _shared(inside, folders, name) for name in folders}
     splits_like = all(inside.values()) and len(set().union(
         *shared.values())) > 1
     refused = splits_like and len(named) > 1
-    nested = {name: inside[name] & (set(folders) - set(named))
+    # Two split folders holding folders of one name are splits of those
+    # classes (training/ and validation/ beside samples/), whatever else
+    # lies beside them.
+    nested = {name: inside[name] & (set(folders) - set(named)
+                                    | _shared(inside, named, name))
               | (shared[name] if refused else set()) for name in named}
     nested = {name: hits for name, hits in nested.items() if hits}
     if nested:
         hits = sorted(set().union(*nested.values()))
+        demoted = [name for name in named if name.lower() in _ALIASES]
         raise InputError(
             f"Invalid data_dir: ambiguous layout, {', '.join(nested)} "
             f"{'hold' if len(nested) > 1 else 'holds'} class folders "
             f"({', '.join(map(printable, hits[:10]))}: names of folders "
             f"beside them or in those) but there is no train/ folder among "
-            f"{', '.join(folders)}. Allowed: {_LAYOUTS}. Received: "
-            f"data_dir={data_dir!r}")
+            f"{', '.join(folders)}" + (
+                f" ({' and '.join(demoted)} count as split folders only "
+                f"with no other folder beside them; here "
+                f"{', '.join(sorted(set(folders) - set(named)))})"
+                if demoted and len(named) < len(folders) else "")
+            + f". Allowed: {_LAYOUTS}. Received: data_dir={data_dir!r}")
     _check_splits_in_classes(data_dir, inside, say)
     if not say:
         return
@@ -115,6 +122,13 @@ def _check_class_layout(data_dir, folders, named, say=True):
     if named:
         log.warning("No train/ folder in %s, so every sub-folder is a "
                     "class, also %s", data_dir, ", ".join(named))
+
+
+def _shared(inside, names, name):
+    """The folder names `name` holds that another of `names` holds too
+    (`inside`: {folder: the names of the folders in it})."""
+    return inside[name] & {sub for other in names if other != name
+                           for sub in inside[other]}
 
 
 def _nested(folder):

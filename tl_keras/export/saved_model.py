@@ -238,9 +238,9 @@ def _decode_within_limit(encoded, size):
                 f"BMPs to their indices); send it as PNG. Received bits "
                 f"per pixel:", bmp_bits(encoded)]),
             tf.debugging.Assert(tf.logical_not(animated_webp(encoded)), [
-                "serve_bytes: image_bytes holds an animated WebP, which "
-                "TensorFlow's decoder cannot take as RGB; send one frame "
-                "(e.g. as PNG)"])]):
+                "serve_bytes: image_bytes holds a WebP whose header marks "
+                "it animated, which TensorFlow's decoder cannot take as "
+                "RGB; send a still image (e.g. one frame as PNG)"])]):
         return resize_images(decode_image(encoded), size)
 
 
