@@ -44,11 +44,8 @@ def decode_image(data):
         return tf.io.decode_image(data, channels=3, dtype=tf.uint8,
                                   expand_animations=False)
 
-    head = _head(data)
-    still = tf.logical_and(
-        tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"),
-        tf.logical_and(tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"),
-                       tf.logical_not(animated_webp(data))))
+    still = tf.logical_and(_is_webp(_head(data)),
+                           tf.logical_not(animated_webp(data)))
     image = tf.cond(still, still_webp, other)
     image.set_shape([None, None, 3])
     return image
@@ -59,6 +56,12 @@ def _head(data):
     end is an error, not "" (b"hello" failed a header check with "pos 12
     out of range")."""
     return tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32])
+
+
+def _is_webp(head):
+    """Whether `head` (`_head`) starts a WebP file (RIFF container)."""
+    return tf.logical_and(tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"),
+                          tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
 
 
 def animated_webp(data):
@@ -102,12 +105,10 @@ def declared_pixels(data):
     png = tf.logical_and(
         tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n"),
         tf.equal(tf.strings.substr(head, 12, 4), b"IHDR"))
-    # No length gate: `head` is padded, and a 25-byte lossless header
-    # declaring 16,384 x 16,384 made TensorFlow set aside ~1 GB.
-    webp = tf.logical_and(tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"),
-                          tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
     return tf.case([
-        (webp, lambda: _webp_pixels(head)),
+        # No length gate: `head` is padded, and a 25-byte lossless header
+        # declaring 16,384 x 16,384 made TensorFlow set aside ~1 GB.
+        (_is_webp(head), lambda: _webp_pixels(head)),
         (tf.logical_and(long_enough, png),
          lambda: _header_field(data, 16, 4, True)
          * _header_field(data, 20, 4, True)),

@@ -78,7 +78,9 @@ def _check_class_layout(data_dir, folders, named, say=True):
     and so are two or more split folders holding folders named like
     those in their siblings when every folder holds folders and they
     share two names or more (split folders of a classifier, the train
-    one not named like a split: tr/, val/, test/), and so are class
+    one not named like a split: tr/, val/, test/), and so are two split
+    folders holding folders of one name whatever lies beside them
+    (training/ and validation/ beside samples/), and so are class
     folders that each hold split folders. Class folders that look like
     split folders (one named test/ beside prod/, each holding 2019/ and
     2020/, say) are said.

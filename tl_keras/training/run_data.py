@@ -47,8 +47,7 @@ def check_same_weights(workdir, digests, config):
     """Raises InputError naming the field whose file differs from the one
     the run in `workdir` started with (a run whose data.json records no
     weights is not checked)."""
-    path = os.path.join(workdir, "data.json")
-    stored = io.read_json(path).get("weights") if os.path.isfile(path) else None
+    stored = _record(workdir).get("weights")
     if stored is None:
         return
     for field in sorted(set(stored) | set(digests)):
@@ -100,17 +99,23 @@ def check_finished_data(config):
     unreadable files (which a listing also finds; earlier tl_keras runs
     did not)."""
     workdir, data_dir = config.runtime.workdir, config.data.data_dir
-    path = os.path.join(workdir, "data.json")
-    if not data_dir or not os.path.isfile(path):
+    record = _record(workdir)
+    if not data_dir or not record:
         return {}
     stored = _stored_split(workdir)
     files, _, _ = scan_folder(data_dir)
     listed = {p: label for pairs in files.values() for p, label in pairs}
     changes = _changes(workdir, stored, listed, by_label=True)
-    unreadable = io.read_json(path).get("unreadable")
+    unreadable = record.get("unreadable")
     changes["added"] = [] if unreadable is None else sorted(
         set(changes["added"]) - set(unreadable))
     return {k: v for k, v in changes.items() if v}
+
+
+def _record(workdir):
+    """data.json of the run in `workdir` ({} when it has none)."""
+    path = os.path.join(workdir, "data.json")
+    return io.read_json(path) if os.path.isfile(path) else {}
 
 
 def _stored_split(workdir):
@@ -150,8 +155,7 @@ def refuse_changes(data_dir, workdir, when, changes):
 def _check_same_arrays(workdir, data):
     """Raises InputError when arrays differ from those the run started
     with (a run whose data.json has no digest is not checked)."""
-    path = os.path.join(workdir, "data.json")
-    stored = io.read_json(path).get("arrays") if os.path.isfile(path) else None
+    stored = _record(workdir).get("arrays")
     if stored and stored != data.fingerprint:
         raise InputError(
             f"Invalid data: the arrays differ from those the run in "
@@ -162,10 +166,10 @@ def _check_same_arrays(workdir, data):
 
 def _modified(workdir, stored):
     """Paths whose size or modification time differ from data.json's."""
-    path = os.path.join(workdir, "data.json")
-    if not os.path.isfile(path):
+    record = _record(workdir)
+    if not record:
         return []
-    stats = io.read_json(path)["stats"]
+    stats = record["stats"]
     return sorted(
         file for split, pairs in stored.items()
         for (file, _), stat in zip(pairs, stats.get(split, []), strict=False)
