@@ -618,17 +618,21 @@ def test_a_split_folder_that_is_another_split_folder_is_an_error(tmp_path):
         scan_folder(str(root))
 
 
+@pytest.mark.parametrize("make_link", [os.symlink, os.link])
 @pytest.mark.parametrize("link, target", [
     ("class_0/dup.png", "class_1/001.png"),  # one image, two classes
     ("test/class_0/dup.png", "train/class_0/001.png"),  # trained, tested
 ])
 def test_an_image_in_two_classes_or_splits_is_an_error(tmp_path, link,
-                                                       target):
+                                                       target, make_link):
+    # By a symlink or by a hard link (one file by two names, as `cp -l`
+    # makes: a hard link was counted as two images, one trained on and
+    # the other tested).
     root = tmp_path / "d"
     for split in ("train", "test") if link.startswith("test/") else ("",):
         write_image_folder(str(root / split), num_classes=2, per_class=3,
                            formats=("png",))
-    os.symlink(root / target, root / link)
+    make_link(root / target, root / link)
     with pytest.raises(tl_keras.InputError) as e:
         scan_folder(str(root))
     message = str(e.value)

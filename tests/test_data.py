@@ -206,14 +206,15 @@ def test_hidden_folders_in_class_folders_are_said(tmp_path, tiny_config,
     assert os.path.join("class_1", ".ipynb_checkpoints") in caplog.text
 
 
-def test_a_symlink_to_an_image_of_its_own_class_is_left_out(
-        tmp_path, tiny_config, caplog):
-    # Both paths in one class: counted once (carved splits would put the
-    # image in train and in test).
+@pytest.mark.parametrize("make_link", [os.symlink, os.link])
+def test_a_link_to_an_image_of_its_own_class_is_left_out(
+        tmp_path, tiny_config, caplog, make_link):
+    # Both paths in one class, by a symlink or a hard link: counted once
+    # (carved splits would put the image in train and in test).
     root = write_image_folder(str(tmp_path / "d"), num_classes=2,
                               per_class=5, formats=("png",))
-    os.symlink(os.path.join(root, "class_0", "000.png"),
-               os.path.join(root, "class_0", "again.png"))
+    make_link(os.path.join(root, "class_0", "000.png"),
+              os.path.join(root, "class_0", "again.png"))
     with caplog.at_level("WARNING", logger="tl_keras"):
         data = tl_keras.make_datasets(tiny_config.replace(data_dir=root),
                                       SIZE)

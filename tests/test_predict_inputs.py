@@ -16,3 +16,29 @@ def test_a_folder_a_glob_matches_is_walked_like_a_named_one(tmp_path):
     assert predict.expand_inputs(os.path.join(root, "*")) == named
     assert predict.expand_inputs(os.path.join(str(tmp_path), "sho*")) == (
         named)
+
+
+def test_a_folder_is_listed_as_training_lists_a_class_folder(tmp_path,
+                                                            caplog):
+    # macOS's AppleDouble twins (`._name.png`, not images) and notebook
+    # checkpoints were predicted (or reported unreadable) here, while
+    # training leaves hidden files and folders out: now both leave them
+    # out, and the log says so.
+    root = write_image_folder(str(tmp_path / "shots"), num_classes=2,
+                              per_class=2, formats=("png",))
+    with open(os.path.join(root, "class_0", "._000.png"), "wb") as f:
+        f.write(b"\x00\x05\x16\x07" + bytes(60))
+    os.makedirs(os.path.join(root, ".ipynb_checkpoints"))
+    with open(os.path.join(root, ".ipynb_checkpoints", "a.png"), "wb") as f:
+        f.write(b"copy")
+    with open(os.path.join(root, "notes.txt"), "w") as f:
+        f.write("not an image")
+    with caplog.at_level("INFO", logger="tl_keras"):
+        found = predict.expand_inputs(root)
+    assert [os.path.basename(p) for p in found] == ["000.png", "001.png"] * 2
+    assert "Left out 1 hidden file(s)" in caplog.text
+    assert "Skipping 1 hidden folder(s)" in caplog.text
+    assert "Skipping 1 file(s) without an image extension" in caplog.text
+    # A hidden file named on its own is still what was asked for.
+    named = os.path.join(root, "class_0", "._000.png")
+    assert predict.expand_inputs(named) == [named]

@@ -39,7 +39,7 @@ def scan_folder(data_dir, min_classes=2):
       'test' when those folders exist) to sorted (path, label) pairs;
       skipped lists files ignored for their extension, for lying
       outside the class folders, or for being another file of their
-      class again (a symlink).
+      class again (a symlink or a hard link).
     """
     check_data_dir(data_dir)
     roots = split_roots(data_dir)
@@ -52,7 +52,7 @@ def scan_folder(data_dir, min_classes=2):
             f"class sub-folder(s); found {len(class_names)} ({found}) in "
             f"{roots['train']!r}. Allowed: one sub-folder of images per "
             f"class. Received: data_dir={data_dir!r}")
-    files, skipped, hidden, linked = {}, [], [], set()
+    files, skipped, hidden, linked = {}, [], [], {}
     for split, root in roots.items():
         extra = sorted(set(subfolders(root)) - set(class_names))
         if extra:
@@ -63,12 +63,12 @@ def scan_folder(data_dir, min_classes=2):
                 f"{data_dir!r}")
         pairs = []
         for label, name in enumerate(class_names):
-            images, ignored, left_out, links = _list_images(
+            images, ignored, left_out, links = list_images(
                 os.path.join(root, name))
             pairs += [(p, label) for p in images]
             skipped += ignored
             hidden += left_out
-            linked |= links
+            linked.update(links)
         files[split] = pairs
     files, again = _drop_repeats(files, class_names, data_dir, linked)
     loose = _say_ignored(data_dir, roots, skipped, hidden)
@@ -104,7 +104,8 @@ def _say_ignored(data_dir, roots, skipped, hidden):
 
 
 def _drop_repeats(files, class_names, data_dir, linked):
-    """Files that are one image (a symlink to another listed file): left
+    """Files that are one image (a symlink or a hard link to another
+    listed file; `linked` as `list_images` returns it): left
     out with a warning when both lie in one class of one split (carved
     splits could put it in train and in test), refused across classes or
     splits (one image with two labels, or trained on and tested).
@@ -132,40 +133,46 @@ def _drop_repeats(files, class_names, data_dir, linked):
                           for a, b in clashes[:3])
         raise InputError(
             f"Invalid data_dir: {len(clashes)} image(s) appear twice, in "
-            f"another class or split (a symlink to the same file): {shown}"
+            f"another class or split (a symlink or a hard link to the same "
+            f"file): {shown}"
             f"{' ...' if len(clashes) > 3 else ''}. Allowed: each image in "
             f"one class of one split. Received: data_dir={data_dir!r}")
     if again:
         log.warning("Ignoring %d file(s) that are the same image as another "
-                    "file of their class (a symlink): %s", len(again),
+                    "file of their class (a symlink or a hard link): %s",
+                    len(again),
                     ", ".join(map(printable, again[:5]))
                     + (" ..." if len(again) > 5 else ""))
     return kept, again
 
 
 def _real_path(path, real_dirs, linked):
-    """os.path.realpath(path), with the real path of each folder found
-    once (`real_dirs`: {folder: its real path}; `linked`: the listed
-    files that are symlinks)."""
+    """What a listed file is: (device, inode) for a file with hard links
+    (`linked` maps it so), else os.path.realpath(path), with the real path
+    of each folder found once (`real_dirs`: {folder: its real path};
+    `linked` maps the listed symlinks to None)."""
     if path in linked:
-        return os.path.realpath(path)
+        return linked[path] or os.path.realpath(path)
     folder, name = os.path.split(path)
     if folder not in real_dirs:
         real_dirs[folder] = os.path.realpath(folder)
     return os.path.join(real_dirs[folder], name)
 
 
-def _list_images(folder):
-    """(image paths, other paths, hidden folders, the image paths that
-    are symlinks) under a class folder, nested folders included. Hidden
+def list_images(folder):
+    """(image paths, other paths, hidden folders, linked) under a class
+    folder, nested folders included; linked maps each image that is a
+    symlink or has hard links to (device, inode) when the file it names
+    has hard links (one file by two names, as `cp -l` makes), else None
+    (a symlink; its real path says which file it is). Hidden
     files and folders are left out, symlinked folders are not followed
     (a link to a parent would loop), and a file name that is not valid
     UTF-8 (TensorFlow cannot open it) is counted with the other files;
     each is said in the log."""
     if not os.path.isdir(folder):
-        return [], [], [], set()
+        return [], [], [], {}
     images, ignored, hidden, links, hidden_dirs = [], [], 0, [], []
-    linked = set()
+    linked = {}
     for dirs, entries in _walk(folder):
         links += [d.path for d in dirs if d.is_symlink()]
         hidden_dirs += [d.path for d in dirs if d.name.startswith(".")]
@@ -179,8 +186,7 @@ def _list_images(folder):
                 ignored.append(path)
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 images.append(path)
-                if entry.is_symlink():
-                    linked.add(path)
+                _note_link(entry, linked)
             else:
                 ignored.append(path)
     if hidden:
@@ -189,6 +195,19 @@ def _list_images(folder):
         log.warning("Not following %d symlinked folder(s): %s", len(links),
                     ", ".join(links[:5]))
     return images, ignored, hidden_dirs, linked
+
+
+def _note_link(entry, linked):
+    """Adds an image's entry to `linked` (see `list_images`) when it is
+    a symlink or names a file with more than one hard link."""
+    try:
+        stat = entry.stat()  # of the file a symlink names
+    except OSError:  # a broken symlink: the readability check says so
+        stat = None
+    if stat is not None and stat.st_nlink > 1:
+        linked[entry.path] = (stat.st_dev, stat.st_ino)
+    elif entry.is_symlink():
+        linked[entry.path] = None
 
 
 def _walk(top):

@@ -15,7 +15,12 @@ import os
 import numpy as np
 
 from tl_keras import io
-from tl_keras.data.folders import IMAGE_EXTENSIONS, scan_folder, split_roots
+from tl_keras.data.folders import (
+    IMAGE_EXTENSIONS,
+    list_images,
+    scan_folder,
+    split_roots,
+)
 from tl_keras.data.images import find_unreadable
 from tl_keras.errors import InputError
 from tl_keras.export.predictor import load_exported
@@ -112,15 +117,16 @@ def _files_at(path):
 
 
 def _images_under(folder):
-    """The image files under `folder` (recursively), logging how many
-    other files it skips."""
-    names = [os.path.join(root, name)
-             for root, _, files in os.walk(folder) for name in files]
-    found = [p for p in names if p.lower().endswith(IMAGE_EXTENSIONS)]
-    if len(found) < len(names):
-        log.warning("Skipping %d file(s) in %s without an image extension "
-                    "(%s).", len(names) - len(found), folder,
-                    ", ".join(IMAGE_EXTENSIONS))
+    """The image files under `folder` (recursively), listed as training
+    lists a class folder (`folders.list_images`: hidden files and
+    folders, such as macOS's `._photo.jpg` twins, left out; symlinked
+    folders not followed), saying what it skips."""
+    found, others, hidden_dirs, _ = list_images(folder)
+    for count, what in ((len(others), "file(s) without an image extension "
+                         f"({', '.join(IMAGE_EXTENSIONS)})"),
+                        (len(hidden_dirs), "hidden folder(s)")):
+        if count:
+            log.warning("Skipping %d %s in %s.", count, what, folder)
     return found
 
 
