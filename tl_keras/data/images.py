@@ -172,6 +172,8 @@ _TF_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"}
 # 4 or 8 bits) decodes to its palette indices (up to 242 levels off) or
 # fails, a 16-bit one fails ("2 channels").
 TF_BMP_BITS = (24, 32)
+# What `find_unreadable` lets through, as messages name it.
+READABLE_FORMATS = "JPEG / PNG / GIF / BMP (24 or 32 bits) / still WebP"
 
 
 # The EXIF tag of a camera's "rotate / mirror when shown" (1: as stored).

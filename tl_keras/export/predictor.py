@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tl_keras.data.images import find_unreadable
+from tl_keras.data.images import READABLE_FORMATS, find_unreadable
 from tl_keras.errors import InputError
 
 
@@ -125,9 +125,8 @@ def _check_files(paths):
         raise InputError(
             f"Invalid inputs: {len(bad)} of {len(paths)} file(s) "
             f"{'do not exist' if missing else 'are not readable images'}: "
-            f"{shown}{' ...' if len(bad) > 5 else ''}. Allowed: JPEG / PNG "
-            f"/ GIF / BMP (24 or 32 bits) / still WebP files. Received: "
-            f"{len(paths)} path(s)")
+            f"{shown}{' ...' if len(bad) > 5 else ''}. Allowed: "
+            f"{READABLE_FORMATS} files. Received: {len(paths)} path(s)")
 
 
 def _read_bytes(path):

@@ -21,7 +21,7 @@ from tl_keras.data.folders import (
     scan_folder,
     split_roots,
 )
-from tl_keras.data.images import find_unreadable
+from tl_keras.data.images import READABLE_FORMATS, find_unreadable
 from tl_keras.errors import InputError
 from tl_keras.export.predictor import load_exported
 from tl_keras.export.saved_model import export_saved_model
@@ -151,7 +151,7 @@ def predict_files(config):
     log.info("Scoring %d image(s) with %s (%d unreadable)", len(good),
              export_dir, len(bad))
     rows = {p: {"path": p, "label": "", "score": None, "top_k": [],
-                "error": "not a readable JPEG / PNG / GIF / BMP / WebP image"}
+                "error": f"not a readable image ({READABLE_FORMATS})"}
             for p in bad}
     k = min(config.export.top_k, len(predictor.class_names))
     batch = 64
@@ -181,7 +181,7 @@ def predict_files(config):
     if not good:  # a script must not read this as a success
         raise InputError(
             f"Invalid inputs: none of the {len(paths)} file(s) is a readable "
-            f"JPEG / PNG / GIF / BMP / WebP image (each has an error row above"
+            f"image ({READABLE_FORMATS}; each has an error row above"
             f"{output and ' and in ' + output}). Allowed: image files, "
             f"folders or globs. Received: inputs={config.export.inputs!r}")
     return ordered
