@@ -2,6 +2,7 @@
 with field / allowed / received."""
 
 import dataclasses
+import fractions
 import glob
 import json
 import logging
@@ -339,6 +340,30 @@ def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path):
     assert config.runtime.workdir == os.path.join(home, "runs", "a")
     assert config.export.inputs == f"a.png,{home}/b.png"
     assert config.data.data_dir == os.path.expanduser("~user_x/d")
+
+
+def test_a_leading_tilde_is_the_home_folder_from_python_too():
+    # Config(workdir="~/runs/a") wrote into a folder named `~` under the
+    # current directory, while the command line's was the home folder.
+    home = os.path.expanduser("~")
+    config = tl_keras.Config(workdir="~/runs/a", weights="~/w.weights.h5",
+                             inputs="a.png, ~/b.png", data_dir="d/~x")
+    assert config.runtime.workdir == os.path.join(home, "runs", "a")
+    assert config.model.weights == os.path.join(home, "w.weights.h5")
+    assert config.export.inputs == f"a.png,{home}/b.png"
+    assert config.data.data_dir == "d/~x"  # only a leading `~`
+    assert config.replace(export_dir="~/e").export.export_dir == (
+        os.path.join(home, "e"))
+
+
+def test_a_number_that_is_not_a_float_or_int_is_refused():
+    # A Fraction passed as a float, then failed in config.json after the
+    # workdir was made.
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid learning_rate.*not Fraction"):
+        tl_keras.Config(learning_rate=fractions.Fraction(1, 1000)).validate()
+    assert tl_keras.Config(learning_rate=np.float32(0.5), epochs=np.int64(
+        2), workdir="w").validate(require_data_dir=False).training.epochs == 2
 
 
 def test_a_path_that_cannot_be_written_is_refused_before_any_work(

@@ -63,25 +63,11 @@ def define_flags(flag_values=flags.FLAGS):
                                 flag_values=flag_values)
 
 
-# Flags that hold paths (comma-separated in the second), whose leading
-# `~` the command line expands as the shell would: in a flagfile, and in
-# `--name=~/x` (the shell expands only a word's leading `~`), it is the
-# home folder, as for --flagfile itself, not a folder named `~`.
-PATH_FLAGS = ("data_dir", "workdir", "export_dir", "output", "weights",
-              "backbone")
-PATH_LIST_FLAGS = ("inputs", "backbones")
-
-
 def config_from_flags(flag_values=flags.FLAGS):
     """Reads the parsed flags once into a Config (not yet validated)."""
-    values = {f.name: flag_values[f.name].value for f in config_fields()}
-    for name in PATH_FLAGS:
-        values[name] = os.path.expanduser(values[name])
-    for name in PATH_LIST_FLAGS:
-        values[name] = ",".join(
-            os.path.expanduser(part.strip()) if part.strip().startswith("~")
-            else part for part in values[name].split(","))
-    return Config(**values)
+    # Config expands a leading `~` of the path flags (fields.home_expanded).
+    return Config(**{f.name: flag_values[f.name].value
+                     for f in config_fields()})
 
 
 def config_from_args(args):

@@ -18,6 +18,7 @@ from tl_keras.config.fields import (
     cache_views,
     check_data_dir,
     check_types,
+    home_expanded,
     plain_numbers,
 )
 from tl_keras.errors import InputError, fail
@@ -113,7 +114,8 @@ class Config:
                 fail(name, f"a {cls.__name__}", section)
             if by_section.get(name):
                 section = dataclasses.replace(section, **by_section[name])
-            object.__setattr__(self, name, plain_numbers(section))
+            object.__setattr__(self, name,
+                               home_expanded(plain_numbers(section)))
 
     def validate(self, require_data_dir=True):
         """Checks every section, then what depends on several; returns

@@ -6,7 +6,6 @@ attaches the help text (and choices) that `cli.py` turns into a flag; the
 """
 
 import dataclasses
-import numbers
 import os
 
 import numpy as np
@@ -73,6 +72,32 @@ def plain_numbers(section):
     return dataclasses.replace(section, **changes) if changes else section
 
 
+# Fields that hold paths (comma-separated in the second set), whose
+# leading `~` is the home folder, as a shell expands it: from Python, in
+# a flagfile and in `--name=~/x` (the shell expands only a word's leading
+# `~`) alike; it made a folder named `~` in the current directory.
+PATH_FIELDS = ("data_dir", "workdir", "export_dir", "output", "weights",
+               "backbone")
+PATH_LIST_FIELDS = ("inputs", "backbones")
+
+
+def home_expanded(section):
+    """The section with the leading `~` of its path fields expanded."""
+    changes = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not isinstance(value, str) or "~" not in value:
+            continue
+        if f.name in PATH_FIELDS:
+            changes[f.name] = os.path.expanduser(value)
+        elif f.name in PATH_LIST_FIELDS:
+            changes[f.name] = ",".join(
+                os.path.expanduser(part.strip())
+                if part.strip().startswith("~") else part
+                for part in value.split(","))
+    return dataclasses.replace(section, **changes) if changes else section
+
+
 def check_types(section):
     """Raises InputError for a field whose value is not of its default's
     type: a flag is typed by absl, but `Config(learning_rate="0.1")` from
@@ -84,10 +109,12 @@ def check_types(section):
         value, kind = getattr(section, f.name), type(f.default)
         if f.name == "feature_cache_views":
             continue
-        if kind is float:  # numpy scalars too (sweeps, pandas)
-            ok = isinstance(value, numbers.Real)
+        # Python and numpy numbers (sweeps, pandas); not every
+        # numbers.Real: a Fraction passed here, then failed config.json.
+        if kind is float:
+            ok = isinstance(value, (int, float, np.integer, np.floating))
         elif kind is int:
-            ok = isinstance(value, numbers.Integral)
+            ok = isinstance(value, (int, np.integer))
         else:
             ok = isinstance(value, kind)
         if not ok or (kind is not bool and isinstance(value, (
