@@ -20,8 +20,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def image_spec(model, name=None):
-    """The TensorSpec of a batch of `model`'s float32 input images."""
-    return tf.TensorSpec((None, *model.input.shape[1:]), tf.float32,
+    """The TensorSpec of a batch of `model`'s float32 input images (by
+    `input_shape`, which a Sequential model that was never called has,
+    while its `input` raises)."""
+    return tf.TensorSpec((None, *model.input_shape[1:]), tf.float32,
                          name=name)
 
 

@@ -56,7 +56,7 @@ def commit(tmp, path):
 def write_json(path, obj):
     """Writes `obj` as indented JSON, atomically (`write_text`); numpy
     scalars become Python numbers."""
-    write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=jsonable) + "\n")
 
 
 def read_json(path):
@@ -166,7 +166,8 @@ def _fresh_name(path):
     return candidate
 
 
-def _jsonable(value):
+def jsonable(value):
+    """`json.dumps`'s `default`: numpy scalars as Python numbers."""
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")

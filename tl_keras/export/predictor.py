@@ -89,8 +89,11 @@ def load_exported(path):
     """Loads a tl_keras export for prediction.
 
     Raises:
-      InputError: `path` is not a tl_keras SavedModel export.
+      InputError: `path` (a leading `~` is the home folder) is not a
+        tl_keras SavedModel export.
     """
+    if isinstance(path, (str, os.PathLike)):
+        path = os.path.expanduser(path)
     if not isinstance(path, (str, os.PathLike)) or not (
             os.path.isfile(os.path.join(path, "saved_model.pb"))
             and os.path.isfile(os.path.join(path, "manifest.json"))):
@@ -118,6 +121,15 @@ def _check_files(paths):
     """Refuses paths that are not files TensorFlow decodes as PIL does
     (`find_unreadable`: truncated, not an image, a palette BMP ...),
     naming them; --mode=predict gives each an error row instead."""
+    folders = [str(p) for p in paths if os.path.isdir(p)]
+    if folders:  # it said "do not exist"
+        raise InputError(
+            f"Invalid inputs: {len(folders)} of {len(paths)} path(s) are "
+            f"folders: {', '.join(map(repr, folders[:5]))}"
+            f"{' ...' if len(folders) > 5 else ''}. Allowed: image files "
+            f"(a folder's images: list them, e.g. with glob; --mode=predict "
+            f"--inputs=FOLDER searches folders). Received: {len(paths)} "
+            f"path(s)")
     missing = [str(p) for p in paths if not os.path.isfile(p)]
     bad = missing or find_unreadable([str(p) for p in paths])
     if bad:

@@ -10,7 +10,9 @@ augmentation is involved; see docs/design.md). Endpoints:
   serve_float      images: float32 [batch, size, size, 3] in [0, 255]
 
 Each returns scores (float32 softmax), logits, class_ids (int64) and
-labels (the top-1 class name).
+labels (the top-1 class name). A model whose last layer applies softmax
+is served as it is: its logits are the logs of its probabilities
+(`checks.logits_of`), so the scores are its own.
 """
 
 import logging
@@ -23,7 +25,6 @@ import keras
 import tensorflow as tf
 
 from tl_keras import inference, io
-from tl_keras.data.arrays import check_class_names
 from tl_keras.data.images import (
     MAX_PIXELS,
     TF_BMP_BITS,
@@ -34,7 +35,8 @@ from tl_keras.data.images import (
     misread_bmp,
     resize_images,
 )
-from tl_keras.errors import InputError, fail
+from tl_keras.errors import InputError
+from tl_keras.export import checks
 from tl_keras.export.logs import quiet_absl
 from tl_keras.export.tflite import convert_to_tflite
 from tl_keras.version import __version__
@@ -53,8 +55,9 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
     """Writes a SavedModel to `export_dir`, atomically.
 
     Args:
-      model: a classifier taking float32 [0, 255] images of a fixed size.
-      export_dir: the destination folder.
+      model: a classifier taking float32 [0, 255] images of a fixed size,
+        giving logits (or softmax probabilities).
+      export_dir: the destination folder (a leading `~`: the home one).
       class_names: names in class-id order (written to assets/labels.txt).
       manifest: extra fields for manifest.json (backbone, metrics, ...).
       overwrite: replace an existing export; if False it is an error.
@@ -64,17 +67,18 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
         copy of another run's model); False replaces it (a run's own
         `<workdir>/export`, whose model.keras stays).
 
-    The export is written to a temporary folder next to `export_dir` and
-    renamed into place, so a crash never leaves a half-written export
-    where a good one was. What was there is moved aside to
-    `<export_dir>.replaced-<time>`, never deleted (but an old tl_keras
-    export when not `keep_old`).
+    Written to a temporary folder next to `export_dir`, renamed into
+    place (a crash never leaves a half-written export where a good one
+    was). What was there is moved aside to `<export_dir>.replaced-<time>`,
+    never deleted (but an old tl_keras export when not `keep_old`).
 
     Raises:
-      InputError: `export_dir` exists and `overwrite` is False, or
-        `class_names` do not name each output of the model once.
+      InputError: before anything is written, for each bad argument
+        (`checks`; `export_dir` there and `overwrite` False).
     """
-    class_names = _checked_call(model, export_dir, class_names, overwrite)
+    export_dir, class_names = _checked_call(
+        model, export_dir, class_names, manifest, overwrite, tflite=tflite,
+        keep_old=keep_old)
     archive = _build_archive(model, class_names)
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
@@ -108,10 +112,14 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
     return export_dir
 
 
-def _checked_call(model, export_dir, class_names, overwrite):
-    """`class_names` as a list, if they name each output of `model` once
-    (2 names for 3 outputs wrote an export that failed when served) and
-    `export_dir` may be written."""
+def _checked_call(model, export_dir, class_names, manifest, overwrite,
+                  **switches):
+    """`export_saved_model`'s checks (`checks`): the destination (not
+    replaced unless `overwrite`), the model and its class names, the
+    manifest's extra fields and the switches; returns (export_dir,
+    class_names)."""
+    export_dir = checks.check_arguments(export_dir, manifest,
+                                        overwrite=overwrite, **switches)
     if os.path.exists(export_dir) and not overwrite:
         there = ("an export is" if is_export(export_dir) else
                  "something other than a tl_keras export is")
@@ -120,16 +128,7 @@ def _checked_call(model, export_dir, class_names, overwrite):
             f"Allowed: a new path, or --overwrite to replace it (anything "
             f"but an export is moved aside). Received: "
             f"export_dir={export_dir!r}")
-    class_names = check_class_names(class_names)
-    try:
-        outputs = model.output_shape[-1]
-    except (AttributeError, ValueError):  # not a built model
-        fail("model", "a built Keras classifier (images in, a score per "
-             "class out)", type(model).__name__)
-    if len(class_names) != outputs:
-        fail("class_names", f"{outputs} names, one per output of the "
-             f"model", f"{len(class_names)} names")
-    return class_names
+    return export_dir, checks.check_class_names_of(model, class_names)
 
 
 def remove_stale_exports(folder):
@@ -278,7 +277,9 @@ def _build_archive(model, class_names):
 
     # One traced model call that every endpoint calls: the model's graph is
     # traced and stored once, not once per endpoint.
-    infer = inference.forward(model)
+    as_logits = checks.logits_of(model)  # a softmax model's: its log
+    infer = inference.traced(lambda x: as_logits(tf.cast(
+        model(x, training=False), tf.float32)), model)
 
     def outputs(images, endpoint):
         # A loaded signature does not check its input's shape against the

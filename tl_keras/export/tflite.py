@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from tl_keras import inference
+from tl_keras.export import checks
 from tl_keras.export.logs import quiet_absl
 
 
@@ -18,11 +19,14 @@ def convert_to_tflite(model):
     directly left the Keras 3 variables unfrozen (READ_VARIABLE ops that
     read nothing, so NaN scores).
     """
+    checks.check_model(model)
+    as_logits = checks.logits_of(model)  # a softmax model's: its log
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     def scores(images):
-        logits = tf.cast(model(images, training=False), tf.float32)
+        logits = as_logits(tf.cast(model(images, training=False),
+                                   tf.float32))
         return {"scores": tf.nn.softmax(logits)}
 
     archive.add_endpoint("serving_default",

@@ -1,0 +1,120 @@
+"""What `export_saved_model` and `convert_to_tflite` check before writing:
+the model, the destination, the flags and the extra manifest fields.
+
+Each bad argument is an InputError naming it, before anything is written;
+a model whose last layer applies softmax is taken (its outputs are
+probabilities, and their logs are its logits), one that applies a sigmoid
+is not (the export's scores are a softmax over the classes).
+"""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from tl_keras import io
+from tl_keras.data.arrays import check_class_names
+from tl_keras.errors import fail
+
+# The manifest's own fields (`saved_model.build_manifest`): an extra field
+# of the same name would replace them, so the manifest would describe
+# another model than the one served.
+MANIFEST_FIELDS = ("format", "num_classes", "class_names", "input",
+                   "outputs", "versions", "tflite")
+
+# The smallest probability whose log stands for a softmax model's logit
+# (float32 underflows below it; log(0) would be -inf).
+_TINY = 1e-30
+
+
+def output_activation(model):
+    """'softmax', 'sigmoid' or None: what `model`'s last layer applies to
+    its outputs (a Dense or Activation layer's activation, or a Softmax
+    layer), looking into a nested model that ends it."""
+    layer = model
+    while isinstance(layer, keras.Model) and layer.layers:
+        layer = layer.layers[-1]
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    return name if name in ("softmax", "sigmoid") else None
+
+
+def logits_of(model):
+    """`fn(outputs) -> logits` for `model`'s float32 outputs: the outputs
+    themselves, or for a softmax model their logs (softmax of them gives
+    the probabilities back), so every endpoint's softmax is the model's
+    own scores, not a softmax applied twice."""
+    if output_activation(model) != "softmax":
+        return lambda outputs: outputs
+    return lambda outputs: tf.math.log(tf.maximum(outputs, _TINY))
+
+
+def check_model(model):
+    """The number of `model`'s outputs, if it is a built classifier of
+    square RGB images of one size whose last layer gives logits or softmax
+    probabilities."""
+    try:
+        shape, outputs = tuple(model.input_shape), model.output_shape[-1]
+    except (AttributeError, ValueError, TypeError):  # not a built model
+        fail("model", "a built Keras classifier (images in, a score per "
+             "class out)", type(model).__name__)
+    if len(shape) != 4 or shape[3] != 3 or not isinstance(
+            shape[1], int) or shape[1] != shape[2]:
+        fail("model", "a classifier of square RGB images of one size "
+             "(input [batch, size, size, 3]; the endpoints resize to it)",
+             f"input shape {shape}")
+    if output_activation(model) == "sigmoid":
+        fail("model", "a classifier whose last layer gives logits or "
+             "softmax probabilities (the export's scores are a softmax "
+             "over the classes)", "a last layer with a sigmoid")
+    return outputs
+
+
+def check_class_names_of(model, class_names):
+    """`class_names` as a list, if they name each output of the checked
+    `model` once (2 names for 3 outputs wrote an export that failed when
+    served)."""
+    class_names = check_class_names(class_names)
+    outputs = check_model(model)
+    if len(class_names) != outputs:
+        fail("class_names", f"{outputs} names, one per output of the "
+             f"model", f"{len(class_names)} names")
+    return class_names
+
+
+def check_arguments(export_dir, manifest, **switches):
+    """`export_dir` with a leading `~` expanded, if it is a folder path
+    that does not hold the current directory (an export replaces its
+    folder whole: '.' failed as "Device or resource busy" after the
+    SavedModel was written), `manifest` is None or a dict of
+    JSON-serialisable extra fields, and each of `switches` is a bool
+    (overwrite='no' replaced an export)."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            fail(name, "True or False", value)
+    if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(
+            export_dir).strip():
+        fail("export_dir", "a folder path", export_dir)
+    export_dir = os.path.expanduser(os.fspath(export_dir))
+    target, here = os.path.realpath(export_dir), os.path.realpath(".")
+    if os.path.commonpath([target, here]) == target:
+        fail("export_dir", "a folder that does not hold the current "
+             "directory (the export replaces the folder whole)", export_dir)
+    if manifest is None:
+        return export_dir
+    if not isinstance(manifest, dict):
+        fail("manifest", "a dict of extra manifest.json fields",
+             type(manifest).__name__)
+    taken = sorted(set(manifest) & set(MANIFEST_FIELDS))
+    if taken:
+        fail("manifest", f"extra fields, not the export's own "
+             f"({', '.join(MANIFEST_FIELDS)})", ", ".join(taken))
+    try:
+        json.dumps(manifest, default=io.jsonable)
+    except (TypeError, ValueError) as e:
+        fail("manifest", "JSON-serialisable values (numbers, strings, "
+             "lists, dicts)", str(e))
+    return export_dir
+
