@@ -177,6 +177,12 @@ _Y = np.arange(10) % 2
     (dict(image_size=0), "Invalid image_size"),
     (dict(config=tl_keras.DataConfig(validation_split=0.0)),
      "Invalid validation_split"),
+    # Images scaled to [0, 1] train as black images: refused per image
+    # (the whole array's largest value let these through), as uint8 too.
+    (dict(x=(_X > 50).astype(np.uint8)),
+     r"Invalid x: 10 of 10 image\(s\) have every value in \[0, 1\]"),
+    (dict(x=np.concatenate([_X[:1] * 1.0, _X[1:] / 255.0])),
+     r"Invalid x: 9 of 10 image\(s\) .*images 1, 2, 3, 4, 5 \.\.\."),
 ])
 def test_bad_arrays_get_a_clear_error(kwargs, fragment):
     args = {"x": _X, "y": _Y, "config": None, "image_size": 16, **kwargs}
@@ -541,11 +547,37 @@ def test_train_checks_its_arguments_before_writing(tmp_path, folder):
          "Invalid callbacks. Allowed: a list of keras.callbacks.Callback"),
         (dict(callbacks=[lambda *a: None]), "Invalid callbacks"),
         (dict(callbacks=None), "Invalid callbacks"),
+        # It trained, whatever the mode said.
+        (dict(config=config.replace(mode="evaluate")),
+         "Invalid mode. Allowed: train .*Received: mode='evaluate'"),
     ]
     for kwargs, message in cases:
         with pytest.raises(tl_keras.InputError, match=message):
             tl_keras.train(**{"config": config, **kwargs})
     assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("entry", ["compare", "advise", "rank",
+                                   "make_datasets", "from_arrays",
+                                   "build_classifier"])
+def test_every_entry_point_names_a_config_of_the_wrong_kind(entry, folder):
+    # train refused a dict; compare, advise, rank, make_datasets and
+    # from_arrays raised AttributeError ("'dict' object has no attribute
+    # 'validate'" / "'data'"), build_classifier given a name "'str' object
+    # has no attribute 'image_size'".
+    from tl_keras.data import make_datasets
+
+    config = tl_keras.Config(data_dir=folder, workdir="unused")
+    wrong = {"compare": lambda: tl_keras.compare(config.to_dict()),
+             "advise": lambda: tl_keras.advise(None),
+             "rank": lambda: tl_keras.rank(config.model),
+             "make_datasets": lambda: make_datasets(config.to_dict(), 32),
+             "from_arrays": lambda: tl_keras.from_arrays(_X, _Y, "cfg", 32),
+             "build_classifier": lambda: tl_keras.build_classifier(
+                 "compact_cnn", 3)}[entry]
+    field = "backbone" if entry == "build_classifier" else "config"
+    with pytest.raises(tl_keras.InputError, match=f"Invalid {field}. "):
+        wrong()
 
 
 def test_data_given_in_memory_records_no_data_dir(tmp_path, folder,
@@ -567,6 +599,31 @@ def test_data_given_in_memory_records_no_data_dir(tmp_path, folder,
         assert json.load(f)["data_dir"] == ""
     # The same call resumes (is complete), not refused as other settings.
     assert tl_keras.train(config, data=data)["complete"]
+
+
+def test_data_read_from_another_folder_is_refused(tmp_path, folder):
+    # It trained on the other folder's images while config.json and
+    # flags.cfg recorded data_dir; rerun, the run was refused as "images
+    # changed". An empty data_dir records the folder the data came from.
+    from tl_keras.data import make_datasets
+    from tl_keras.data.pipelines import given_data_config
+
+    other = write_image_folder(str(tmp_path / "other"), num_classes=2,
+                               per_class=6, formats=("png",))
+    config = tl_keras.Config(data_dir=folder, workdir=str(tmp_path / "w"),
+                             backbone="compact_cnn", weights="none",
+                             image_size=32, approach="scratch", epochs=1,
+                             augment="none")
+    data = make_datasets(config.replace(data_dir=other).data, 32)
+    with pytest.raises(tl_keras.InputError,
+                       match=f"Invalid data_dir. Allowed: '{other}', the "
+                             f"folder the data passed in was read from"):
+        tl_keras.train(config, data=data)
+    assert not os.path.exists(tmp_path / "w")
+    assert given_data_config(config.replace(data_dir=""), data).data.data_dir \
+        == other
+    same = os.path.join(other, "class_0", "..")  # the folder, spelled apart
+    assert given_data_config(config.replace(data_dir=same), data) is not None
 
 
 @pytest.mark.parametrize("changes, size, field", [

@@ -715,6 +715,10 @@ def test_load_exported_refuses_or_takes_clearly(run, image_folder,
             predictor.predict(items)
     with pytest.raises(tl_keras.InputError, match=r"shape=\(1, 0, 0, 3\)"):
         predictor.predict(np.zeros((1, 0, 0, 3), np.uint8))
+    # [0, 1] images cast to uint8 were scored as black images.
+    with pytest.raises(tl_keras.InputError,
+                       match=r"Invalid images: 3 of 3 .* in \[0, 1\]"):
+        predictor.predict((np.stack(arrays) > 128).astype(np.uint8))
     with pytest.raises(tl_keras.InputError, match="export_dir: None"):
         export.load_exported(None)
     np.testing.assert_allclose(  # numpy batch sizes, as Config takes

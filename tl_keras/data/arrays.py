@@ -48,6 +48,28 @@ def checked_arrays(x, y, splits, class_names):
     return arrays, class_names
 
 
+def check_not_unit_scaled(x, x_name):
+    """Raises InputError when an image of the batch `x` (valid pixels)
+    has its largest value in (0, 1]: scaled to [0, 1], it would train or
+    be scored as a black image (rounded to 0 or 1 of 255). Per image, as
+    `serve_float` checks: one scaled image among others was taken, and so
+    was uint8 of 0-1 images (`(x * 1.0).astype(np.uint8)`). An all-black
+    image passes."""
+    if not x.size:
+        return
+    top = x.reshape(len(x), -1).max(axis=1)
+    scaled = np.flatnonzero((top > 0) & (top <= 1))
+    if len(scaled):
+        shown = ", ".join(map(str, scaled[:5])) + (
+            " ..." if len(scaled) > 5 else "")
+        raise InputError(
+            f"Invalid {x_name}: {len(scaled)} of {len(x)} image(s) have "
+            f"every value in [0, 1] (images {shown}); tl_keras takes "
+            f"[0, 255] (multiply by 255 before any cast to uint8). Allowed: "
+            f"pixel values in [0, 255]. Received: largest values "
+            f"{', '.join(f'{v:g}' for v in top[scaled[:5]])}")
+
+
 def check_class_names(class_names):
     """Returns `class_names` as a list, or raises InputError unless they
     are distinct, non-empty printable strings in a list, tuple or 1-D
@@ -139,11 +161,8 @@ def check_arrays(x, y, x_name, y_name):
             raise InputError(
                 f"Invalid {x_name}. Allowed: values in [0, 255]. Received: "
                 f"[{x.min()}, {x.max()}]")
-        if x.size and x.max() <= 1.0:
-            raise InputError(
-                f"Invalid {x_name}: values are in [0, 1]; tl_keras expects "
-                f"[0, 255] (multiply by 255). Received: max {x_name}="
-                f"{x.max()}")
+    check_not_unit_scaled(x[..., :3], x_name)  # an alpha channel aside
+    if x.dtype != np.uint8:
         x = np.round(x).astype(np.uint8)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)

@@ -9,13 +9,14 @@ the model) and prefetched.
 
 import dataclasses
 import logging
+import os
 import zlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tl_keras.config import DataConfig
+from tl_keras.config import Config, DataConfig
 from tl_keras.config.fields import check_types, plain_numbers
 from tl_keras.data.arrays import (
     carve_arrays,
@@ -160,6 +161,9 @@ def data_section(config):
     defaults)."""
     if config is None:
         return DataConfig()
+    if not isinstance(config, (Config, DataConfig)):
+        fail("config", "a tl_keras.Config, its DataConfig or None",
+             type(config).__name__)
     return config if isinstance(config, DataConfig) else config.data
 
 
@@ -318,11 +322,23 @@ def given_data_config(config, data):
     """`config` for a run on arrays given in memory (`train(config,
     data=from_arrays(...))`, compare): its data_dir is not read, so it is
     recorded as '' (a flags.cfg naming the folder would train another
-    run), with a warning. Unchanged for data read from a folder (compare
-    passes its own to each run) or none."""
+    run), with a warning. Data read from a folder (`make_datasets`;
+    compare passes its own to each run) must be from config's data_dir,
+    which is that folder when empty (else the run recorded a folder it
+    never read, and a rerun was refused as changed images)."""
+    if not isinstance(config, Config):  # an AttributeError, later
+        fail("config", "a tl_keras.Config", type(config).__name__)
     if data is None:
         return config
     _check_kind(data)
+    read = data.data_config and data.data_config.data_dir
+    if data.files is not None and read:
+        given = config.data.data_dir
+        if not given:
+            return config.replace(data_dir=read)
+        if os.path.realpath(given) != os.path.realpath(read):
+            fail("data_dir", f"{read!r}, the folder the data passed in was "
+                 f"read from (or '')", given)
     if data.files is not None or not config.data.data_dir:
         return config
     log.warning("data_dir=%r is not read: the run trains on the data "

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tl_keras.data.arrays import check_not_unit_scaled
 from tl_keras.data.images import READABLE_FORMATS, find_unreadable
 from tl_keras.errors import InputError
 
@@ -73,6 +74,7 @@ class ExportedClassifier:
                     f"Invalid images. Allowed: uint8 [batch, height, width,"
                     f" 3]. Received: dtype={images.dtype}, shape="
                     f"{images.shape}")
+            check_not_unit_scaled(images, "images")
             fn = self._model.signatures["serving_default"]
             chunks = [fn(images=tf.constant(images[i:i + batch_size]))
                       for i in range(0, len(images), batch_size)]

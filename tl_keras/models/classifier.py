@@ -13,7 +13,8 @@ in Keras 3.15 done by the library instead of the user:
 
 import keras
 
-from tl_keras.errors import InputError
+from tl_keras.errors import InputError, check_range, fail
+from tl_keras.models.backbones import BuiltBackbone
 from tl_keras.models.layers import (
     Backbone,
     FeatureStandardization,
@@ -37,6 +38,10 @@ def build_classifier(backbone, num_classes, dropout=0.2):
       named 'image', 'preprocess', 'backbone', 'pool', 'feature_norm',
       'head_dropout', 'logits'.
     """
+    if not isinstance(backbone, BuiltBackbone):  # an AttributeError
+        fail("backbone", "a BuiltBackbone (from tl_keras.build_backbone)",
+             type(backbone).__name__)
+    check_range("num_classes", num_classes, 2, 100_000)
     size = backbone.image_size
     inputs = keras.Input((size, size, 3), name="image")
     x = normalization_layer(backbone.preprocessing)(inputs)

@@ -17,7 +17,6 @@ from tl_keras.config import (
     FINETUNE_ONLY,
     RESUMABLE_FIELDS,
     TRAINED_APPROACHES,
-    Config,
 )
 from tl_keras.config.config import config_differences
 from tl_keras.data.pipelines import data_for_run, given_data_config
@@ -92,15 +91,19 @@ def train(config, data=None, callbacks=()):
 def _checked_call(config, data, callbacks):
     """The validated config of a `train` call whose arguments are of the
     kinds it takes (else InputError before anything runs); with `data`
-    given, without its data_dir (`given_data_config`)."""
-    if not isinstance(config, Config):
-        fail("config", "a tl_keras.Config", type(config).__name__)
+    given, without its data_dir (`given_data_config`, which checks that
+    config is a Config)."""
     if not isinstance(callbacks, (list, tuple)) or not all(
             isinstance(c, keras.callbacks.Callback) for c in callbacks):
         fail("callbacks", "a list of keras.callbacks.Callback",
              repr(callbacks)[:200])
-    return given_data_config(config, data).validate(
+    config = given_data_config(config, data).validate(
         require_data_dir=data is None)
+    if config.runtime.mode != "train":  # it trained, whatever the mode
+        fail("mode", "train (the other modes have functions of their own: "
+             "tl_keras.compare, advise, rank; or run.py --mode)",
+             config.runtime.mode)
+    return config
 
 
 def _train(config, data, place, callbacks):
