@@ -241,10 +241,10 @@ def test_a_val_folder_without_readable_images_is_an_error(tmp_path):
 
 
 def test_a_class_missing_from_val_is_said(tmp_path, caplog):
-    good = open(write_image_folder(str(tmp_path / "one"), num_classes=1,
-                                   per_class=1, formats=("png",))
-                + "/class_0/000.png", "rb").read()
-    root = _split_folder(tmp_path, {"class_0": [good, good]})
+    one = write_image_folder(str(tmp_path / "one"), num_classes=1,
+                             per_class=2, formats=("png",), seed=7)
+    good = [open(f"{one}/class_0/00{i}.png", "rb").read() for i in (0, 1)]
+    root = _split_folder(tmp_path, {"class_0": good})
     data = _data(root)
     assert data.counts["val"] == 2
     assert "val split has no images of 1 class(es): class_1" in caplog.text
@@ -606,7 +606,7 @@ def test_data_read_from_another_folder_is_refused(tmp_path, folder):
     # flags.cfg recorded data_dir; rerun, the run was refused as "images
     # changed". An empty data_dir records the folder the data came from.
     from tl_keras.data import make_datasets
-    from tl_keras.data.pipelines import given_data_config
+    from tl_keras.data.given import given_data_config
 
     other = write_image_folder(str(tmp_path / "other"), num_classes=2,
                                per_class=6, formats=("png",))

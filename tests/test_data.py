@@ -4,6 +4,7 @@ augmentation in tf.data, and clear errors for bad data."""
 import json
 import logging
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -59,9 +60,10 @@ def test_split_is_stratified_disjoint_and_seeded(tiny_config):
 
 
 def test_train_val_test_folders_are_used(tmp_path, tiny_config):
-    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+    for seed, (split, n) in enumerate((("train", 6), ("val", 2),
+                                       ("test", 3))):
         write_image_folder(str(tmp_path / split), per_class=n,
-                           formats=("png",))
+                           formats=("png",), seed=seed)
     config = tiny_config.replace(data_dir=str(tmp_path))
     data = tl_keras.make_datasets(config, SIZE)
     assert data.counts == {"train": 18, "val": 6, "test": 9}
@@ -73,7 +75,7 @@ def test_val_folder_only_carves_test_from_train(tmp_path, tiny_config):
     write_image_folder(str(tmp_path / "train"), per_class=10,
                        formats=("png",))
     write_image_folder(str(tmp_path / "validation"), per_class=2,
-                       formats=("png",))
+                       formats=("png",), seed=1)
     config = tiny_config.replace(data_dir=str(tmp_path))
     data = tl_keras.make_datasets(config, SIZE)
     assert data.counts == {"train": 24, "val": 6, "test": 6}
@@ -87,9 +89,9 @@ def test_val_folder_only_carves_test_from_train(tmp_path, tiny_config):
 ])
 def test_split_folders_match_any_case_and_valid(tmp_path, tiny_config,
                                                 names):
-    for name, n in zip(names, (6, 2, 3), strict=True):
+    for seed, (name, n) in enumerate(zip(names, (6, 2, 3), strict=True)):
         write_image_folder(str(tmp_path / name), per_class=n,
-                           formats=("png",))
+                           formats=("png",), seed=seed)
     data = tl_keras.make_datasets(
         tiny_config.replace(data_dir=str(tmp_path)), SIZE)
     assert data.class_names == ["class_0", "class_1", "class_2"]
@@ -114,9 +116,9 @@ def test_split_folders_match_any_case_and_valid(tmp_path, tiny_config,
 ])
 def test_flat_folder_keeps_classes_that_look_like_splits(
         tmp_path, tiny_config, caplog, names, nested, said):
-    for name in names:
+    for seed, name in enumerate(names):
         write_image_folder(str(tmp_path / name), num_classes=nested,
-                           per_class=10, formats=("png",))
+                           per_class=10, formats=("png",), seed=seed)
     with caplog.at_level("WARNING", logger="tl_keras"):
         data = tl_keras.make_datasets(
             tiny_config.replace(data_dir=str(tmp_path)), SIZE)
@@ -169,10 +171,10 @@ def test_split_folders_beside_another_folder_are_refused(tmp_path,
 @pytest.mark.parametrize("given", [("val",), ("val", "test")])
 def test_split_fractions_a_folder_replaces_are_said(tmp_path, tiny_config,
                                                     caplog, given):
-    for name in ("train", *given):
+    for seed, name in enumerate(("train", *given)):
         write_image_folder(str(tmp_path / name), num_classes=2,
                            per_class=10 if name == "train" else 2,
-                           formats=("png",))
+                           formats=("png",), seed=seed)
     config = tiny_config.replace(data_dir=str(tmp_path),
                                  validation_split=0.3, test_split=0.25)
     with caplog.at_level("WARNING", logger="tl_keras"):
@@ -223,6 +225,74 @@ def test_a_link_to_an_image_of_its_own_class_is_left_out(
         "again.png"]
     assert "Ignoring 1 file(s) that are the same image as another file " \
         "of their class" in caplog.text and "again.png" in caplog.text
+
+
+def test_byte_for_byte_copies_are_one_image(tmp_path, tiny_config, caplog):
+    # Copies under other names were listed as other images: one in test/
+    # of a training image was scored on an image trained on, and copies
+    # in two classes gave one image two labels.
+    root = tmp_path / "d"
+    for split in ("train", "test"):
+        write_image_folder(str(root / split), num_classes=2, per_class=5,
+                           formats=("png",), seed=len(split))
+    train0 = root / "train" / "class_0"
+    shutil.copy(train0 / "000.png", train0 / "again.png")  # its own class
+    shutil.copy(train0 / "001.png", root / "test" / "class_0" / "t.png")
+    shutil.copy(train0 / "002.png", root / "train" / "class_1" / "x.png")
+    # BMPs of one size (a 12 KB file, more than the leading bytes
+    # compared first): one differs only in its last row written (the
+    # image's top-left pixel), one is a copy.
+    pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3),
+                                               np.uint8)
+    class_1 = root / "train" / "class_1"
+    Image.fromarray(pixels).save(class_1 / "b1.bmp")
+    pixels[0, 0] ^= 255
+    Image.fromarray(pixels).save(class_1 / "b2.bmp")
+    shutil.copy(class_1 / "b2.bmp", class_1 / "b3.bmp")
+    with caplog.at_level("WARNING", logger="tl_keras"):
+        data = tl_keras.make_datasets(
+            tiny_config.replace(data_dir=str(root), test_split=0.0), SIZE)
+    names = {os.path.relpath(p, root) for p in data.copy_files}
+    assert names == {"train/class_0/again.png", "test/class_0/t.png",
+                     "train/class_0/002.png", "train/class_1/x.png",
+                     "train/class_1/b3.bmp"}
+    kept = {os.path.relpath(p, root) for pairs in data.files.values()
+            for p, _ in pairs}
+    assert not names & kept and "train/class_0/001.png" in kept
+    assert {"train/class_1/b1.bmp", "train/class_1/b2.bmp"} <= kept
+    assert data.counts["test"] == 10
+    assert sum(data.counts.values()) == 26 - 5
+    assert "Leaving out 3 file(s) that are byte-for-byte copies" in (
+        caplog.text)
+    assert "Leaving out 1 image(s) found, byte for byte, in two or more " \
+        "classes" in caplog.text and "(class_1)" in caplog.text
+
+
+def test_a_finished_run_does_not_count_its_copies_as_added(tmp_path):
+    # A finished run rerun lists its folder again: the copies it left out
+    # are not images added since.
+    from types import SimpleNamespace
+
+    from tl_keras.data.folders import scan_folder
+    from tl_keras.training import run_data
+
+    root = write_image_folder(str(tmp_path / "d"), num_classes=2,
+                              per_class=3, formats=("png",))
+    copy = os.path.join(root, "class_0", "copy.png")
+    shutil.copy(os.path.join(root, "class_0", "000.png"), copy)
+    files, _, _ = scan_folder(root)
+    files = {"train": [pair for pair in files["train"] if pair[0] != copy]}
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    run_data.record_data(str(workdir), SimpleNamespace(
+        files=files, bad_files=[], copy_files=[copy], fingerprint=""))
+    config = tl_keras.Config(data_dir=root, workdir=str(workdir))
+    assert run_data.check_finished_data(config) == {}
+    os.remove(copy)
+    shutil.copy(os.path.join(root, "class_0", "001.png"),
+                os.path.join(root, "class_0", "new.png"))
+    assert run_data.check_finished_data(config)["added"] == [
+        os.path.join(root, "class_0", "new.png")]
 
 
 def test_webp_images_train_and_an_animated_one_is_unreadable(tmp_path,

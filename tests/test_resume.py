@@ -15,6 +15,8 @@ import shutil
 import keras
 import numpy as np
 import pytest
+from conftest import write_image_folder
+from PIL import Image
 
 import tl_keras
 
@@ -116,8 +118,9 @@ def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
                              r"modified \(e.g. .*" + first):
         tl_keras.train(config)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with open(os.path.join(data_dir, "class_0", "zz_new.png"), "wb") as f:
-        f.write(open(path, "rb").read())
+    # (a new image: a copy of one it has would be left out as a copy)
+    Image.fromarray(np.full((20, 20, 3), 77, np.uint8)).save(
+        os.path.join(data_dir, "class_0", "zz_new.png"))
     try:
         with pytest.raises(tl_keras.InputError, match="1 added"):
             tl_keras.train(config)
@@ -142,8 +145,10 @@ def test_a_finished_run_refuses_images_that_changed(tmp_path,
     with open(os.path.join(data_dir, "class_0", "notes.txt"), "w") as f:
         f.write("not an image")  # skipped, as the run skipped it
     assert tl_keras.train(config)["complete"]  # the same images: done
-    shutil.copytree(os.path.join(data_dir, "class_2"),
-                    os.path.join(data_dir, "class_3"))
+    new_class = write_image_folder(str(tmp_path / "new"), num_classes=1,
+                                   per_class=12, seed=9)
+    shutil.move(os.path.join(new_class, "class_0"),
+                os.path.join(data_dir, "class_3"))
     removed = os.path.join(data_dir, "class_0",
                            sorted(os.listdir(os.path.join(
                                data_dir, "class_0")))[0])

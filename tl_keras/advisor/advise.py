@@ -18,7 +18,7 @@ from tl_keras.advisor.decision import (
 from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
-from tl_keras.data.pipelines import data_for_run, given_data_config
+from tl_keras.data.given import data_for_run, given_data_config
 from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import InputError
 from tl_keras.models.backbones import build_backbone

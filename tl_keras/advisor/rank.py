@@ -9,7 +9,8 @@ import numpy as np
 from tl_keras import io
 from tl_keras.advisor.advise import check_record_place, write_record
 from tl_keras.advisor.measurement import measure
-from tl_keras.data.pipelines import given_data_config, make_datasets
+from tl_keras.data.given import given_data_config
+from tl_keras.data.pipelines import make_datasets
 from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import fail
 from tl_keras.models.backbones import build_backbone

@@ -235,21 +235,23 @@ def check_classes_have_images(pairs, class_names, data_dir):
     if empty:
         raise InputError(
             f"Invalid data_dir: class folder(s) with no readable images: "
-            f"{', '.join(empty)}. Allowed: each class folder holds at least "
+            f"{', '.join(empty)} (byte-for-byte copies of another class's "
+            f"images are left out). Allowed: each class folder holds at least "
             f"one {'/'.join(IMAGE_EXTENSIONS)} file. Received: data_dir="
             f"{data_dir!r}")
 
 
 def check_given_splits(files, class_names, data_dir):
-    """After unreadable files are left out: every class still has
-    training images, and a val/ or test/ folder still has images (else
-    the run would validate or test on nothing)."""
+    """After unreadable files and copies are left out: every class still
+    has training images, and a val/ or test/ folder still has images
+    (else the run would validate or test on nothing)."""
     check_classes_have_images(files["train"], class_names, data_dir)
     for split in ("val", "test"):
         if split in files and not files[split]:
             raise InputError(
                 f"Invalid data_dir: its {split} split's folder holds no "
-                f"readable image. Allowed: a {split} folder of class folders "
+                f"readable image (other than copies of training images, "
+                f"left out). Allowed: a {split} folder of class folders "
                 f"with images, or none (the split is then carved from the "
                 f"training images). Received: data_dir={data_dir!r}")
 

@@ -9,7 +9,6 @@ the model) and prefetched.
 
 import dataclasses
 import logging
-import os
 import zlib
 
 import keras
@@ -20,12 +19,12 @@ from tl_keras.config import Config, DataConfig
 from tl_keras.config.fields import check_types, plain_numbers
 from tl_keras.data.arrays import (
     carve_arrays,
-    check_given_data,
     check_trained_classes,
     checked_arrays,
     fingerprint,
 )
 from tl_keras.data.augment import augment
+from tl_keras.data.copies import drop_copies
 from tl_keras.data.folders import (
     carve_missing_splits,
     check_given_splits,
@@ -58,6 +57,8 @@ class ImageData:
       class_counts: per split, images per class name.
       bad_files: image-named files that could not be decoded (skipped).
       skipped_files: files ignored (extension, outside class folders).
+      copy_files: files left out as byte-for-byte copies of another
+        image (`copies.drop_copies`).
       files: per split, the (path, label) pairs, or None for arrays.
       cached: whether decoded images are cached in memory.
       train_ordered: the training images in a fixed order, not shuffled
@@ -81,6 +82,7 @@ class ImageData:
     class_counts: dict
     bad_files: list = dataclasses.field(default_factory=list)
     skipped_files: list = dataclasses.field(default_factory=list)
+    copy_files: list = dataclasses.field(default_factory=list)
     files: dict | None = None
     cached: bool = False
     train_ordered: tf.data.Dataset | None = None
@@ -203,6 +205,7 @@ def make_datasets(config, image_size):
         bad_set = set(bad)
         files = {k: [(p, y) for p, y in v if p not in bad_set]
                  for k, v in files.items()}
+    files, copies = drop_copies(files, class_names)
     check_given_splits(files, class_names, config.data_dir)
     files = carve_missing_splits(files, config, class_names)
     files["train"] = [files["train"][i]
@@ -226,7 +229,8 @@ def make_datasets(config, image_size):
         counts={k: len(v) for k, v in files.items()},
         class_counts={k: class_counts(v, class_names)
                       for k, v in files.items()},
-        bad_files=bad, skipped_files=skipped, files=files, cached=cache,
+        bad_files=bad, skipped_files=skipped, copy_files=copies,
+        files=files, cached=cache,
         train_ordered=_pipeline(sources["train"], len(files["train"]),
                                 config, training=False, cache=False),
         shuffle=shuffle, image_size=image_size,
@@ -299,51 +303,6 @@ def file_source(pairs, image_size):
     # already removed by find_unreadable.
     return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
         load, num_parallel_calls=AUTOTUNE)
-
-
-def data_for_run(config, image_size, data=None):
-    """A run's data: `data` as given (`train(config, data=...)`), checked
-    against `config` (`check_given_data`), or else read from
-    config.data.data_dir at the backbone's `image_size`."""
-    if data is None:
-        return make_datasets(config.data, image_size)
-    _check_kind(data)
-    check_given_data(data, config, image_size)
-    return data
-
-
-def _check_kind(data):
-    if not isinstance(data, ImageData):
-        fail("data", "an ImageData (from tl_keras.from_arrays), or None to "
-             "read config.data_dir", type(data).__name__)
-
-
-def given_data_config(config, data):
-    """`config` for a run on arrays given in memory (`train(config,
-    data=from_arrays(...))`, compare): its data_dir is not read, so it is
-    recorded as '' (a flags.cfg naming the folder would train another
-    run), with a warning. Data read from a folder (`make_datasets`;
-    compare passes its own to each run) must be from config's data_dir,
-    which is that folder when empty (else the run recorded a folder it
-    never read, and a rerun was refused as changed images)."""
-    if not isinstance(config, Config):  # an AttributeError, later
-        fail("config", "a tl_keras.Config", type(config).__name__)
-    if data is None:
-        return config
-    _check_kind(data)
-    read = data.data_config and data.data_config.data_dir
-    if data.files is not None and read:
-        given = config.data.data_dir
-        if not given:
-            return config.replace(data_dir=read)
-        if os.path.realpath(given) != os.path.realpath(read):
-            fail("data_dir", f"{read!r}, the folder the data passed in was "
-                 f"read from (or '')", given)
-    if data.files is not None or not config.data.data_dir:
-        return config
-    log.warning("data_dir=%r is not read: the run trains on the data "
-                "given in memory; recorded as ''.", config.data.data_dir)
-    return config.replace(data_dir="")
 
 
 def full_batches(ds, batch_size, n):

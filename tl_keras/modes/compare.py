@@ -32,7 +32,7 @@ from tl_keras.advisor.advise import (
 )
 from tl_keras.advisor.measurement import check_sample
 from tl_keras.config import FINETUNE_ONLY, config_differences
-from tl_keras.data.pipelines import given_data_config
+from tl_keras.data.given import given_data_config
 from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import InputError
 from tl_keras.export.saved_model import (

@@ -15,7 +15,8 @@ from tl_keras.errors import InputError
 
 def record_data(workdir, data, weights=None):
     """Writes split.json (each split's (path, label) pairs) and data.json
-    (each file's [size, mtime_ns], in the same order; `weights`, from
+    (each file's [size, mtime_ns], in the same order; the unreadable
+    files and the copies left out; `weights`, from
     `weight_digests`), which a resumed run is checked against
     (`check_same_data`, `check_same_weights`)."""
     files = data.files or {}
@@ -24,6 +25,7 @@ def record_data(workdir, data, weights=None):
         "stats": {split: [_stat(path) for path, _ in pairs]
                   for split, pairs in files.items()},
         "unreadable": list(data.bad_files or []),
+        "copies": list(data.copy_files or []),
         **({"arrays": data.fingerprint} if data.fingerprint else {}),
         **({"weights": weights} if weights else {})})
 
@@ -108,7 +110,8 @@ def check_finished_data(config):
     changes = _changes(workdir, stored, listed, by_label=True)
     unreadable = record.get("unreadable")
     changes["added"] = [] if unreadable is None else sorted(
-        set(changes["added"]) - set(unreadable))
+        set(changes["added"]) - set(unreadable)
+        - set(record.get("copies", ())))
     return {k: v for k, v in changes.items() if v}
 
 

@@ -19,7 +19,7 @@ from tl_keras.config import (
     TRAINED_APPROACHES,
 )
 from tl_keras.config.config import config_differences
-from tl_keras.data.pipelines import data_for_run, given_data_config
+from tl_keras.data.given import data_for_run, given_data_config
 from tl_keras.distribute.strategy import placement
 from tl_keras.errors import fail
 from tl_keras.export.saved_model import (
@@ -234,6 +234,7 @@ def _finish(config, model, backbone, data, place, stages, decision,
         "bad_files": len(data.bad_files),
         "bad_file_paths": data.bad_files[:100],
         "skipped_files": len(data.skipped_files),
+        "copy_files": len(data.copy_files),
         "cached": data.cached,
         "hardware": place.describe(config.data.batch_size),
         "stages": stages,
