@@ -157,6 +157,16 @@ def test_arrays_with_nan_or_inf_are_an_error():
         tl_keras.from_arrays(x, np.arange(10) % 2, None, 32)
 
 
+def test_a_dark_frame_among_others_is_an_image():
+    # A near-black frame (0s and 1s) is refused only when every image is
+    # so (a [0, 1] batch cast to uint8); fractions below 1 with nothing
+    # above are refused per image (the cases below).
+    x = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), np.uint8)
+    x[3] = np.random.default_rng(1).integers(0, 2, (8, 8, 3))
+    data = tl_keras.from_arrays(x, np.arange(10) % 2, None, 8)
+    assert sum(data.counts.values()) == 10
+
+
 _X = np.full((10, 8, 8, 3), 100, np.uint8)
 _Y = np.arange(10) % 2
 
@@ -621,9 +631,10 @@ def test_data_read_from_another_folder_is_refused(tmp_path, folder):
         tl_keras.train(config, data=data)
     assert not os.path.exists(tmp_path / "w")
     assert given_data_config(config.replace(data_dir=""), data).data.data_dir \
-        == other
+        == ""  # as before: nothing recorded (a resume compares it)
     same = os.path.join(other, "class_0", "..")  # the folder, spelled apart
-    assert given_data_config(config.replace(data_dir=same), data) is not None
+    assert given_data_config(config.replace(data_dir=same),
+                             data).data.data_dir == same
 
 
 @pytest.mark.parametrize("changes, size, field", [
@@ -676,23 +687,28 @@ def test_a_split_folder_that_is_another_split_folder_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("make_link", [os.symlink, os.link])
-@pytest.mark.parametrize("link, target", [
-    ("class_0/dup.png", "class_1/001.png"),  # one image, two classes
-    ("test/class_0/dup.png", "train/class_0/001.png"),  # trained, tested
+@pytest.mark.parametrize("link, target, left_out", [
+    # One image, two classes: both left out (which label is right?).
+    ("class_0/dup.png", "class_1/001.png", ("class_0/dup.png",
+                                            "class_1/001.png")),
+    # Trained on and tested: the test one left out.
+    ("test/class_0/dup.png", "train/class_0/001.png",
+     ("test/class_0/dup.png",)),
 ])
-def test_an_image_in_two_classes_or_splits_is_an_error(tmp_path, link,
-                                                       target, make_link):
-    # By a symlink or by a hard link (one file by two names, as `cp -l`
-    # makes: a hard link was counted as two images, one trained on and
-    # the other tested).
+def test_an_image_linked_into_two_classes_or_splits_is_a_copy(
+        tmp_path, link, target, left_out, make_link):
+    # By a symlink or a hard link (one file by two names, as `cp -l` or a
+    # DVC cache makes), as a byte-for-byte copy is (a hard link was two
+    # images, one trained on and the other tested; a symlink refused the
+    # whole folder).
     root = tmp_path / "d"
-    for split in ("train", "test") if link.startswith("test/") else ("",):
+    for seed, split in enumerate(
+            ("train", "test") if link.startswith("test/") else ("",)):
         write_image_folder(str(root / split), num_classes=2, per_class=3,
-                           formats=("png",))
+                           formats=("png",), seed=seed)
     make_link(root / target, root / link)
-    with pytest.raises(tl_keras.InputError) as e:
-        scan_folder(str(root))
-    message = str(e.value)
-    assert "1 image(s) appear twice, in another class or split" in message
-    assert os.path.join(str(root), link) in message
-    assert os.path.join(str(root), target) in message
+    data = _data(str(root))
+    assert sorted(os.path.relpath(p, root) for p in data.copy_files) == (
+        sorted(left_out))
+    kept = {p for pairs in data.files.values() for p, _ in pairs}
+    assert not kept & set(data.copy_files)

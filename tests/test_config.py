@@ -354,6 +354,11 @@ def test_a_leading_tilde_is_the_home_folder_from_python_too():
     assert config.data.data_dir == "d/~x"  # only a leading `~`
     assert config.replace(export_dir="~/e").export.export_dir == (
         os.path.join(home, "e"))
+    # A bare DataConfig given to make_datasets too (it read ./~/x).
+    from tl_keras.data import pipelines
+
+    assert pipelines._checked_section(tl_keras.DataConfig(
+        data_dir="~/x"), 32).data_dir == os.path.join(home, "x")
 
 
 def test_a_number_that_is_not_a_float_or_int_is_refused():

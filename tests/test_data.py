@@ -289,8 +289,8 @@ def test_a_finished_run_does_not_count_its_copies_as_added(tmp_path):
     config = tl_keras.Config(data_dir=root, workdir=str(workdir))
     assert run_data.check_finished_data(config) == {}
     os.remove(copy)
-    shutil.copy(os.path.join(root, "class_0", "001.png"),
-                os.path.join(root, "class_0", "new.png"))
+    Image.fromarray(np.full((9, 9, 3), 50, np.uint8)).save(
+        os.path.join(root, "class_0", "new.png"))
     assert run_data.check_finished_data(config)["added"] == [
         os.path.join(root, "class_0", "new.png")]
 

@@ -9,6 +9,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import tflite_scores
 
 import tl_keras
@@ -31,6 +32,13 @@ def classifier(activation=None, shape=(SIZE, SIZE, 3), classes=3, seed=0):
     return model
 
 
+def two_outputs():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, [keras.layers.Dense(3)(pooled),
+                                keras.layers.Dense(3)(pooled)])
+
+
 def pixels(n=4, seed=1):
     return np.random.default_rng(seed).integers(
         0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8)
@@ -39,19 +47,23 @@ def pixels(n=4, seed=1):
 NAMES = ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("ending", ["dense", "layer"])
+@pytest.mark.parametrize("ending", ["dense", "tf.nn.softmax", "layer",
+                                    "float32 after"])
 def test_a_softmax_model_is_served_with_its_own_scores(tmp_path, ending):
-    # A Dense(softmax) head (or a Softmax layer after logits) got softmax
-    # applied twice: [0.002, 0.998] was served as [0.27, 0.73]. Its logits
-    # are now the logs of its probabilities, so the scores are its own,
-    # in the SavedModel and in model.tflite alike.
-    if ending == "dense":
-        model = classifier("softmax")
-    else:
-        model = classifier()
+    # A Dense(softmax) head (or tf.nn.softmax, a Softmax layer after
+    # logits, a float32 linear Activation after the softmax as mixed
+    # precision guides write) got softmax applied twice: [0.002, 0.998]
+    # was served as [0.27, 0.73]. Its logits are now the logs of its
+    # probabilities, so the scores are its own, in the SavedModel and in
+    # model.tflite alike.
+    model = classifier({"dense": "softmax", "tf.nn.softmax": tf.nn.softmax,
+                        "float32 after": "softmax"}.get(ending))
+    if ending == "layer":
         model.add(keras.layers.Softmax())
-    assert checks.output_activation(model) == "softmax"
-    assert checks.output_activation(classifier()) is None
+    elif ending == "float32 after":
+        model.add(keras.layers.Activation("linear", dtype="float32"))
+    assert checks.gives_probabilities(model)
+    assert not checks.gives_probabilities(classifier())
     x = pixels()
     own = model.predict(x.astype("float32"), verbose=0)
     assert own.max() > 0.9  # confident enough for a second softmax to show
@@ -70,6 +82,7 @@ def test_a_softmax_model_is_served_with_its_own_scores(tmp_path, ending):
     (lambda: classifier(shape=(SIZE, 2 * SIZE, 3)), r"\(None, 8, 16, 3\)"),
     (lambda: classifier(shape=(None, None, 3)), r"\(None, None, None, 3\)"),
     (lambda: classifier(shape=(SIZE, SIZE, 1)), r"\(None, 8, 8, 1\)"),
+    (lambda: two_outputs(), r"one output.*\[\(None, 3\), \(None, 3\)\]"),
 ])
 def test_a_model_the_export_cannot_serve_is_refused(tmp_path, model,
                                                     fragment):
@@ -150,3 +163,24 @@ def test_a_folder_given_to_predict_is_named_as_a_folder(tmp_path):
     with pytest.raises(tl_keras.InputError,
                        match="1 of 1 path.* are folders: .*shots.*list them"):
         export.load_exported(target).predict([str(folder)])
+
+
+def test_predict_takes_arrays_as_training_takes_them(tmp_path):
+    # Gray, RGBA and float [0, 255] arrays trained (from_arrays) but were
+    # refused by predict ("Allowed: uint8 [batch, height, width, 3]").
+    target = str(tmp_path / "export")
+    export.export_saved_model(classifier(), target, NAMES)
+    predictor = export.load_exported(target)
+    x = pixels()
+    rgb = predictor.predict(x)["scores"]
+    np.testing.assert_allclose(predictor.predict(
+        x.astype("float32"))["scores"], rgb, atol=1e-6)
+    rgba = np.concatenate([x, np.full_like(x[..., :1], 255)], axis=-1)
+    np.testing.assert_allclose(predictor.predict(rgba)["scores"], rgb,
+                               atol=1e-6)
+    gray = x[..., :1]
+    np.testing.assert_allclose(
+        predictor.predict(gray)["scores"],
+        predictor.predict(np.repeat(gray, 3, axis=-1))["scores"], atol=1e-6)
+    with pytest.raises(tl_keras.InputError, match="Invalid images"):
+        predictor.predict(x.astype("float32") * 2)  # above 255

@@ -271,3 +271,47 @@ def test_a_stage_after_a_resumed_one_trains_all_its_epochs(tiny_config,
     metrics = tl_keras.train(config)
     assert len(metrics["stages"]["head"]["history"]["loss"]) == 3
     assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 2
+
+
+def test_a_run_started_before_copies_were_left_out_resumes_with_them(
+        tmp_path):
+    # A run started by an older tl_keras trained on byte-for-byte copies
+    # too: resumed, each copy read as an image removed since (and its
+    # carved splits as images moved), and it was refused though nothing
+    # had changed. It now resumes on its images as it started, on every
+    # resume. Its split.json and data.json are written as the older
+    # version wrote them: from its data, copies included, no "copies".
+    import json
+
+    from tl_keras.data.pipelines import make_datasets
+    from tl_keras.training import run_data
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    data_dir = write_image_folder(str(tmp_path / "d"), num_classes=2,
+                                  per_class=8, formats=("png",))
+    copy = os.path.join(data_dir, "class_0", "zz_copy.png")
+    shutil.copy(os.path.join(data_dir, "class_0", "000.png"), copy)
+    config = tl_keras.Config(
+        data_dir=data_dir, workdir=str(tmp_path / "w"),
+        backbone="compact_cnn", weights="none", image_size=16,
+        approach="scratch", epochs=3, batch_size=4, augment="none",
+        test_split=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        tl_keras.train(config, callbacks=[Interrupt()])
+    workdir = config.runtime.workdir
+    record_path = os.path.join(workdir, "data.json")
+    with open(record_path) as f:
+        assert json.load(f)["copies"] == [copy]
+    older = make_datasets(config.data, 16, keep_copies=True)
+    assert older.copy_files is None and sum(older.counts.values()) == 17
+    run_data.record_data(workdir, older)
+    with pytest.raises(KeyboardInterrupt):  # resumed, not refused
+        tl_keras.train(config, callbacks=[Interrupt()])
+    with open(record_path) as f:
+        assert "copies" not in json.load(f)  # so the next resume keeps it
+    metrics = tl_keras.train(config)
+    assert metrics["complete"] and metrics["copy_files"] == 0
+    assert sum(metrics["counts"].values()) == 17

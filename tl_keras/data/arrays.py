@@ -49,16 +49,21 @@ def checked_arrays(x, y, splits, class_names):
 
 
 def check_not_unit_scaled(x, x_name):
-    """Raises InputError when an image of the batch `x` (valid pixels)
-    has its largest value in (0, 1]: scaled to [0, 1], it would train or
-    be scored as a black image (rounded to 0 or 1 of 255). Per image, as
-    `serve_float` checks: one scaled image among others was taken, and so
-    was uint8 of 0-1 images (`(x * 1.0).astype(np.uint8)`). An all-black
-    image passes."""
+    """Raises InputError for images of the batch `x` (valid pixels)
+    scaled to [0, 1], which would train or be scored as black images
+    (rounded to 0 or 1 of 255). Only the whole array's largest value was
+    checked, so [0, 1] images beside one 0-255 image, and [0, 1] images
+    cast to uint8, passed. An image with values strictly between 0 and 1
+    and none above is refused on its own (no 0-255 image looks so);
+    images of 0s and 1s only (a cast) when every image of the batch is
+    so: one very dark frame among others is an image, and so is an
+    all-black one."""
     if not x.size:
         return
-    top = x.reshape(len(x), -1).max(axis=1)
-    scaled = np.flatnonzero((top > 0) & (top <= 1))
+    top = x.max(axis=(1, 2, 3))
+    low = np.flatnonzero((top > 0) & (top <= 1))
+    fractional = [i for i in low if np.any((x[i] > 0) & (x[i] < 1))]
+    scaled = fractional or (low if len(low) == len(x) else [])
     if len(scaled):
         shown = ", ".join(map(str, scaled[:5])) + (
             " ..." if len(scaled) > 5 else "")
@@ -135,6 +140,23 @@ def check_arrays(x, y, x_name, y_name):
         raise InputError(f"Invalid {x_name} / {y_name}: {e}. Allowed: "
                          f"arrays of one shape. Received: ragged input"
                          ) from None
+    x = images_as_rgb(x, x_name)
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise InputError(
+            f"Invalid {y_name}. Allowed: integer labels shaped ({len(x)},). "
+            f"Received: {y_name}.shape={y.shape}, dtype={y.dtype}")
+    if y.min() < 0 or y.max() >= 2**31:  # int32 labels: no wrap-around
+        raise InputError(f"Invalid {y_name}. Allowed: labels in [0, 2**31)."
+                         f" Received: [{y.min()}, {y.max()}]")
+    return x, y.astype(np.int32)
+
+
+def images_as_rgb(x, x_name):
+    """The image batch `x` (n, height, width, 1 | 3 | 4), uint8 or finite
+    numbers in [0, 255], as uint8 RGB (rounded; gray repeated, alpha
+    dropped), as training and prediction take arrays alike; InputError
+    naming `x_name` otherwise (and for images scaled to [0, 1]:
+    `check_not_unit_scaled`)."""
     if x.dtype == object or not x.ndim or not len(x):
         fail(x_name, "a non-empty numeric array",
              f"dtype {x.dtype}, {len(x)} images")
@@ -143,13 +165,6 @@ def check_arrays(x, y, x_name, y_name):
             f"Invalid {x_name}. Allowed: images shaped (n, height, width, "
             f"1|3|4), at least 1 x 1 pixel. Received: {x_name}.shape="
             f"{x.shape}")
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise InputError(
-            f"Invalid {y_name}. Allowed: integer labels shaped ({len(x)},). "
-            f"Received: {y_name}.shape={y.shape}, dtype={y.dtype}")
-    if y.min() < 0 or y.max() >= 2**31:  # int32 labels: no wrap-around
-        raise InputError(f"Invalid {y_name}. Allowed: labels in [0, 2**31)."
-                         f" Received: [{y.min()}, {y.max()}]")
     if x.dtype != np.uint8:
         finite = np.isfinite(x)
         if not finite.all():
@@ -168,7 +183,7 @@ def check_arrays(x, y, x_name, y_name):
         x = np.repeat(x, 3, axis=-1)
     elif x.shape[-1] == 4:
         x = x[..., :3]
-    return x, y.astype(np.int32)
+    return x
 
 
 def check_given_data(data, config, image_size):

@@ -70,7 +70,7 @@ def scan_folder(data_dir, min_classes=2):
             hidden += left_out
             linked.update(links)
         files[split] = pairs
-    files, again = _drop_repeats(files, class_names, data_dir, linked)
+    files, again = _drop_repeats(files, linked)
     loose = _say_ignored(data_dir, roots, skipped, hidden)
     skipped += again + loose
     check_classes_have_images(files["train"], class_names, data_dir)
@@ -103,40 +103,27 @@ def _say_ignored(data_dir, roots, skipped, hidden):
     return sorted(loose)
 
 
-def _drop_repeats(files, class_names, data_dir, linked):
+def _drop_repeats(files, linked):
     """Files that are one image (a symlink or a hard link to another
-    listed file; `linked` as `list_images` returns it): left
-    out with a warning when both lie in one class of one split (carved
-    splits could put it in train and in test), refused across classes or
-    splits (one image with two labels, or trained on and tested).
+    listed file; `linked` as `list_images` returns it) in one class of
+    one split: left out with a warning (carved splits could put it in
+    train and in test). Across classes or splits both are kept here, and
+    `copies.drop_copies` treats them as the byte-for-byte copies they are
+    (the training one kept; in two classes, both left out).
 
     Returns:
       (files without the repeats, the repeats left out).
     """
-    first, real_dirs, again, clashes, kept = {}, {}, [], [], {}
+    seen, real_dirs, again, kept = set(), {}, [], {}
     for split, pairs in files.items():
         kept[split] = []
         for path, label in pairs:
-            real = _real_path(path, real_dirs, linked)
-            if real not in first:
-                first[real] = (path, split, label)
-                kept[split].append((path, label))
-            elif first[real][1:] == (split, label):
+            place = (_real_path(path, real_dirs, linked), split, label)
+            if place in seen:
                 again.append(path)
             else:
-                clashes.append((first[real], (path, split, label)))
-    if clashes:
-        def where(path, split, label):
-            return (f"{printable(path)} ({class_names[label]}"
-                    + (f", {split})" if len(files) > 1 else ")"))
-        shown = "; ".join(f"{where(*a)} and {where(*b)}"
-                          for a, b in clashes[:3])
-        raise InputError(
-            f"Invalid data_dir: {len(clashes)} image(s) appear twice, in "
-            f"another class or split (a symlink or a hard link to the same "
-            f"file): {shown}"
-            f"{' ...' if len(clashes) > 3 else ''}. Allowed: each image in "
-            f"one class of one split. Received: data_dir={data_dir!r}")
+                seen.add(place)
+                kept[split].append((path, label))
     if again:
         log.warning("Ignoring %d file(s) that are the same image as another "
                     "file of their class (a symlink or a hard link): %s",

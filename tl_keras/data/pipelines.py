@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.config import Config, DataConfig
-from tl_keras.config.fields import check_types, plain_numbers
+from tl_keras.config.fields import check_types, home_expanded, plain_numbers
 from tl_keras.data.arrays import (
     carve_arrays,
     check_trained_classes,
@@ -58,7 +58,7 @@ class ImageData:
       bad_files: image-named files that could not be decoded (skipped).
       skipped_files: files ignored (extension, outside class folders).
       copy_files: files left out as byte-for-byte copies of another
-        image (`copies.drop_copies`).
+        image (`copies.drop_copies`); None when copies were kept.
       files: per split, the (path, label) pairs, or None for arrays.
       cached: whether decoded images are cached in memory.
       train_ordered: the training images in a fixed order, not shuffled
@@ -82,7 +82,7 @@ class ImageData:
     class_counts: dict
     bad_files: list = dataclasses.field(default_factory=list)
     skipped_files: list = dataclasses.field(default_factory=list)
-    copy_files: list = dataclasses.field(default_factory=list)
+    copy_files: list | None = dataclasses.field(default_factory=list)
     files: dict | None = None
     cached: bool = False
     train_ordered: tf.data.Dataset | None = None
@@ -172,19 +172,21 @@ def data_section(config):
 def _checked_section(config, image_size):
     """The data section of `config`, checked (a caller of `make_datasets`
     or `from_arrays` may not have validated it), and the image size."""
-    config = plain_numbers(data_section(config))
+    config = home_expanded(plain_numbers(data_section(config)))
     check_types(config)
     config.validate()
     check_range("image_size", image_size, 1, 4096)
     return config
 
 
-def make_datasets(config, image_size):
+def make_datasets(config, image_size, keep_copies=False):
     """Builds the pipelines of `config.data_dir`.
 
     Args:
       config: a `DataConfig` (or a whole `Config`: its data section).
       image_size: the model's square input size.
+      keep_copies: keep byte-for-byte copies (`copies.drop_copies`), for
+        a run resumed that started before they were left out.
 
     The folder holds one sub-folder per class, or `train/`, `val/` (or
     `validation/`) and `test/` folders that each hold the class folders.
@@ -196,17 +198,8 @@ def make_datasets(config, image_size):
         than two classes, or a class too small to split.
     """
     config = _checked_section(config, image_size)
-    files, class_names, skipped = scan_folder(config.data_dir)
-    bad = find_unreadable([p for split in files.values() for p, _ in split])
-    if bad:
-        shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
-        log.warning("Skipping %d file(s) that are not readable images: %s",
-                    len(bad), shown)
-        bad_set = set(bad)
-        files = {k: [(p, y) for p, y in v if p not in bad_set]
-                 for k, v in files.items()}
-    files, copies = drop_copies(files, class_names)
-    check_given_splits(files, class_names, config.data_dir)
+    files, class_names, skipped, bad, copies = _images_of(config,
+                                                          keep_copies)
     files = carve_missing_splits(files, config, class_names)
     files["train"] = [files["train"][i]
                       for i in _mixed(len(files["train"]), config.seed)]
@@ -239,6 +232,25 @@ def make_datasets(config, image_size):
              " / ".join(f"{k} {v}" for k, v in data.counts.items()),
              "cached" if cache else "not cached")
     return data
+
+
+def _images_of(config, keep_copies):
+    """The folder's images per given split, without the unreadable
+    files and (unless `keep_copies`) the copies: (files, class_names,
+    skipped, bad, copies), each left-out kind said in the log."""
+    files, class_names, skipped = scan_folder(config.data_dir)
+    bad = find_unreadable([p for split in files.values() for p, _ in split])
+    if bad:
+        shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        log.warning("Skipping %d file(s) that are not readable images: %s",
+                    len(bad), shown)
+        bad_set = set(bad)
+        files = {k: [(p, y) for p, y in v if p not in bad_set]
+                 for k, v in files.items()}
+    files, copies = (files, None) if keep_copies else drop_copies(
+        files, class_names)
+    check_given_splits(files, class_names, config.data_dir)
+    return files, class_names, skipped, bad, copies
 
 
 def from_arrays(x, y, config, image_size, class_names=None, x_val=None,

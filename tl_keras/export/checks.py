@@ -2,15 +2,16 @@
 the model, the destination, the flags and the extra manifest fields.
 
 Each bad argument is an InputError naming it, before anything is written;
-a model whose last layer applies softmax is taken (its outputs are
-probabilities, and their logs are its logits), one that applies a sigmoid
-is not (the export's scores are a softmax over the classes).
+a model whose outputs are softmax probabilities is taken (their logs are
+its logits), one whose last layer applies a sigmoid is not (the export's
+scores are a softmax over the classes).
 """
 
 import json
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tl_keras import io
@@ -29,24 +30,39 @@ _TINY = 1e-30
 
 
 def output_activation(model):
-    """'softmax', 'sigmoid' or None: what `model`'s last layer applies to
-    its outputs (a Dense or Activation layer's activation, or a Softmax
-    layer), looking into a nested model that ends it."""
+    """'sigmoid' when `model`'s last layer (looking into a nested model
+    that ends it) applies a sigmoid, else None."""
     layer = model
     while isinstance(layer, keras.Model) and layer.layers:
         layer = layer.layers[-1]
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
     name = getattr(getattr(layer, "activation", None), "__name__", None)
-    return name if name in ("softmax", "sigmoid") else None
+    return "sigmoid" if name == "sigmoid" else None
+
+
+def gives_probabilities(model):
+    """Whether `model`'s outputs are softmax probabilities, by scoring two
+    probe images (black, and uniform noise in [0, 255]): every output in
+    [0, 1] and every row summing to 1. A last layer's name misses too
+    many (`tf.nn.softmax` is 'softmax_v2'; a float32 linear Activation
+    after the softmax under mixed precision; a Lambda); logits do not
+    pass on both images."""
+    size = model.input_shape[1]
+    probe = np.stack([np.zeros((size, size, 3)), np.random.default_rng(
+        0).uniform(0, 255, (size, size, 3))]).astype("float32")
+    out = np.asarray(keras.ops.convert_to_numpy(model(probe,
+                                                      training=False)),
+                     np.float64)
+    return bool(np.isfinite(out).all() and out.min() >= -1e-6
+                and out.max() <= 1 + 1e-6
+                and np.allclose(out.sum(-1), 1.0, atol=1e-3))
 
 
 def logits_of(model):
     """`fn(outputs) -> logits` for `model`'s float32 outputs: the outputs
-    themselves, or for a softmax model their logs (softmax of them gives
-    the probabilities back), so every endpoint's softmax is the model's
-    own scores, not a softmax applied twice."""
-    if output_activation(model) != "softmax":
+    themselves, or for a softmax model (`gives_probabilities`) their logs
+    (softmax of them gives the probabilities back), so every endpoint's
+    softmax is the model's own scores, not a softmax applied twice."""
+    if not gives_probabilities(model):
         return lambda outputs: outputs
     return lambda outputs: tf.math.log(tf.maximum(outputs, _TINY))
 
@@ -56,10 +72,13 @@ def check_model(model):
     square RGB images of one size whose last layer gives logits or softmax
     probabilities."""
     try:
-        shape, outputs = tuple(model.input_shape), model.output_shape[-1]
+        shape, output = tuple(model.input_shape), model.output_shape
     except (AttributeError, ValueError, TypeError):  # not a built model
         fail("model", "a built Keras classifier (images in, a score per "
              "class out)", type(model).__name__)
+    if not isinstance(output, tuple) or len(output) != 2:
+        fail("model", "a classifier with one output, a score per class "
+             "([batch, classes])", f"output shape {output}")
     if len(shape) != 4 or shape[3] != 3 or not isinstance(
             shape[1], int) or shape[1] != shape[2]:
         fail("model", "a classifier of square RGB images of one size "
@@ -69,7 +88,7 @@ def check_model(model):
         fail("model", "a classifier whose last layer gives logits or "
              "softmax probabilities (the export's scores are a softmax "
              "over the classes)", "a last layer with a sigmoid")
-    return outputs
+    return output[-1]
 
 
 def check_class_names_of(model, class_names):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tl_keras.data.arrays import check_not_unit_scaled
+from tl_keras.data.arrays import images_as_rgb
 from tl_keras.data.images import READABLE_FORMATS, find_unreadable
 from tl_keras.errors import InputError
 
@@ -27,12 +27,13 @@ class ExportedClassifier:
         self.image_size = self.manifest["input"]["size"]
 
     def predict(self, inputs, batch_size=64, check_files=True):
-        """Scores a batch of uint8 images or a list of image file paths.
+        """Scores a batch of images or a list of image file paths.
 
         Args:
-          inputs: a uint8 array [batch, height, width, 3] (or a list of
-            [height, width, 3] arrays of one size), or a list of paths to
-            JPEG / PNG / GIF / BMP / WebP files.
+          inputs: an array [batch, height, width, 3] (or 1: gray, or 4:
+            RGBA) of uint8 or numbers in [0, 255], as `from_arrays` takes
+            (or a list of [height, width, channels] arrays of one size),
+            or a list of paths to JPEG / PNG / GIF / BMP / WebP files.
           batch_size: how many images go to the model at once.
           check_files: refuse unreadable paths first (`find_unreadable`);
             False when the caller has just checked them.
@@ -67,14 +68,9 @@ class ExportedClassifier:
                 [_read_bytes(p) for p in inputs[i:i + batch_size]]))
                 for i in range(0, len(inputs), batch_size)]
         else:
-            images = np.asarray(inputs)
-            if images.dtype != np.uint8 or images.ndim != 4 or (
-                    images.shape[-1] != 3) or 0 in images.shape[1:3]:
-                raise InputError(
-                    f"Invalid images. Allowed: uint8 [batch, height, width,"
-                    f" 3]. Received: dtype={images.dtype}, shape="
-                    f"{images.shape}")
-            check_not_unit_scaled(images, "images")
+            # As training takes arrays (`from_arrays`): uint8 or numbers
+            # in [0, 255], gray or RGBA too.
+            images = images_as_rgb(np.asarray(inputs), "images")
             fn = self._model.signatures["serving_default"]
             chunks = [fn(images=tf.constant(images[i:i + batch_size]))
                       for i in range(0, len(images), batch_size)]

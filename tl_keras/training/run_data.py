@@ -25,7 +25,10 @@ def record_data(workdir, data, weights=None):
         "stats": {split: [_stat(path) for path, _ in pairs]
                   for split, pairs in files.items()},
         "unreadable": list(data.bad_files or []),
-        "copies": list(data.copy_files or []),
+        # None: a run resumed that started with its copies (no key, so
+        # it keeps them on every resume: `started_with_copies`).
+        **({"copies": list(data.copy_files)}
+           if data.copy_files is not None else {}),
         **({"arrays": data.fingerprint} if data.fingerprint else {}),
         **({"weights": weights} if weights else {})})
 
@@ -91,6 +94,15 @@ def check_same_data(workdir, data, data_dir):
         workdir, stored, {path: (split, label)
                           for split, pairs in data.files.items()
                           for path, label in pairs}))
+
+
+def started_with_copies(workdir):
+    """Whether the run in `workdir` started before byte-for-byte copies
+    were left out (its split.json without data.json's "copies"): resumed,
+    it trains on its images as it started, copies included, or every
+    copy would read as an image removed since."""
+    return os.path.isfile(os.path.join(workdir, "split.json")) and (
+        "copies" not in _record(workdir))
 
 
 def check_finished_data(config):

@@ -40,6 +40,7 @@ from tl_keras.training.run_data import (
     check_same_data,
     check_same_weights,
     record_data,
+    started_with_copies,
     weight_digests,
 )
 from tl_keras.training.stages import (
@@ -123,7 +124,8 @@ def _train(config, data, place, callbacks):
     keras.utils.set_random_seed(config.data.seed)
     with place.strategy.scope():
         backbone = _build_backbone(config)
-    data = data_for_run(config, backbone.image_size, data)
+    data = data_for_run(config, backbone.image_size, data, keep_copies=(
+        not conflict and started_with_copies(workdir)))
     weights = weight_digests(config)
     if not conflict:  # resuming: the same images and base, or an error
         check_same_data(workdir, data, config.data.data_dir)
@@ -234,7 +236,7 @@ def _finish(config, model, backbone, data, place, stages, decision,
         "bad_files": len(data.bad_files),
         "bad_file_paths": data.bad_files[:100],
         "skipped_files": len(data.skipped_files),
-        "copy_files": len(data.copy_files),
+        "copy_files": len(data.copy_files or []),
         "cached": data.cached,
         "hardware": place.describe(config.data.batch_size),
         "stages": stages,
