@@ -712,3 +712,19 @@ def test_an_image_linked_into_two_classes_or_splits_is_a_copy(
         sorted(left_out))
     kept = {p for pairs in data.files.values() for p, _ in pairs}
     assert not kept & set(data.copy_files)
+
+
+def test_a_class_folder_linked_into_another_split_is_an_error(tmp_path):
+    # test/class_0 -> val/class_0 was refused as images in two splits,
+    # then (links read as copies) its images were left out of test with
+    # a warning, and test lost the class.
+    root = tmp_path / "d"
+    for seed, split in enumerate(("train", "val", "test")):
+        write_image_folder(str(root / split), num_classes=2, per_class=3,
+                           formats=("png",), seed=seed)
+    shutil.rmtree(root / "test" / "class_0")
+    os.symlink(root / "val" / "class_0", root / "test" / "class_0")
+    with pytest.raises(tl_keras.InputError,
+                       match="class folders .*test/class_0 and .*val/class_0 "
+                             "are the same folder .* in two splits"):
+        scan_folder(str(root))

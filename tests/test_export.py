@@ -734,6 +734,16 @@ def test_evaluate_scores_a_folder_of_one_of_its_classes(run, image_folder,
     metrics = predict.evaluate_export(config.replace(mode="evaluate",
                                                      data_dir=str(one)))
     assert metrics["num_test"] == 12
+    # One image in two classes (a link or a copy) is left out, as in
+    # training (a symlinked one was scored twice, with two labels), and
+    # a copy within its class counts once.
+    shutil.copytree(os.path.join(image_folder, "class_2"), one / "class_2")
+    first = sorted(os.listdir(one / "class_1"))[0]
+    os.symlink(one / "class_1" / first, one / "class_2" / ("x_" + first))
+    shutil.copy(one / "class_1" / first, one / "class_1" / ("y_" + first))
+    metrics = predict.evaluate_export(config.replace(mode="evaluate",
+                                                     data_dir=str(one)))
+    assert metrics["num_test"] == 12 + 12 - 1
 
 
 def test_reexport_waits_for_no_live_run(run, tmp_path):

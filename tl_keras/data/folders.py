@@ -70,6 +70,11 @@ def scan_folder(data_dir, min_classes=2):
             hidden += left_out
             linked.update(links)
         files[split] = pairs
+    if len(roots) > 1:
+        check_twins("", [os.path.join(root, name) for root in roots.values()
+                         for name in class_names
+                         if os.path.isdir(os.path.join(root, name))],
+                    kind="split")
     files, again = _drop_repeats(files, linked)
     loose = _say_ignored(data_dir, roots, skipped, hidden)
     skipped += again + loose
@@ -237,8 +242,8 @@ def check_given_splits(files, class_names, data_dir):
         if split in files and not files[split]:
             raise InputError(
                 f"Invalid data_dir: its {split} split's folder holds no "
-                f"readable image (other than copies of training images, "
-                f"left out). Allowed: a {split} folder of class folders "
+                f"readable image (other than copies of images of another "
+                f"split, left out). Allowed: a {split} folder of class folders "
                 f"with images, or none (the split is then carved from the "
                 f"training images). Received: data_dir={data_dir!r}")
 

@@ -166,19 +166,25 @@ def _check_splits_in_classes(data_dir, inside, say):
 
 def check_twins(path, names, kind="class"):
     """Refuses `kind` folders of `path` that are one folder (a symlink to
-    a sibling): its images would be two classes, or in two splits."""
+    a sibling): its images would be two classes, or in two splits. With
+    `path` '' the names are paths (a class folder of each split: one
+    symlinked to another split's would move its images there, read as
+    copies, and leave the class out)."""
     same = {}
     for name in names:
         same.setdefault(os.path.realpath(os.path.join(path, name)),
                         []).append(name)
     twins = [n for n in same.values() if len(n) > 1]
     if twins:
+        noun = "class" if path == "" else kind
         raise InputError(
-            f"Invalid data_dir: {kind} folders {' and '.join(twins[0])} in "
-            f"{printable(path)} are the same folder (a symlink), so its "
-            f"images would be " + ("two classes" if kind == "class" else
-                                   "in two splits") + f". Allowed: one "
-            f"folder per {kind}. Received: {len(twins)} such group(s)")
+            f"Invalid data_dir: {noun} folders {' and '.join(twins[0])}"
+            f"{f' in {printable(path)}' if path else ''} are the same "
+            f"folder (a symlink), so its images would be "
+            + ("two classes" if kind == "class" else "in two splits")
+            + f". Allowed: one folder per {noun}"
+            + (" in each split" if path == "" else "")
+            + f". Received: {len(twins)} such group(s)")
 
 
 def subfolders(path):

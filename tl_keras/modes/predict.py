@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from tl_keras import io
+from tl_keras.data.copies import drop_copies
 from tl_keras.data.folders import (
     IMAGE_EXTENSIONS,
     list_images,
@@ -202,21 +203,7 @@ def evaluate_export(config):
     predictor = load_exported(export_dir)
     data_dir, output = config.data.data_dir, config.export.output
     _check_output(config, (".json",))
-    files, class_names, _ = scan_folder(data_dir, min_classes=1)
-    if split_roots(data_dir, say=False)["train"] == data_dir:
-        pairs = files["train"]  # class folders only: all of it is scored
-        log.warning("Scoring every image in %s. If a run carved its splits "
-                    "from this folder, its training images are among them; "
-                    "score held-out images for an unbiased number.",
-                    data_dir)
-    elif files.get("test"):
-        pairs = files["test"]
-    else:  # never the training images: the score would mean nothing
-        raise InputError(
-            f"Invalid data_dir for evaluate: it holds a train/ folder and no "
-            f"test/ folder with images, and training images are never "
-            f"scored. Allowed: a folder of class folders (all scored), or "
-            f"one with test/. Received: data_dir={data_dir!r}")
+    pairs, class_names = _scored_images(data_dir)
     unknown = sorted(set(class_names) - set(predictor.class_names))
     if unknown:
         raise InputError(
@@ -224,7 +211,10 @@ def evaluate_export(config):
             f"export. Allowed: a subset of {', '.join(predictor.class_names)}"
             f". Received: data_dir={data_dir!r}")
     bad = set(find_unreadable([p for p, _ in pairs]))
-    pairs = [(p, y) for p, y in pairs if p not in bad]
+    # One image twice (a copy or a link) counts once, as in training; in
+    # two classes, it is left out.
+    pairs = drop_copies({"test": [(p, y) for p, y in pairs
+                                  if p not in bad]}, class_names)[0]["test"]
     log.info("Evaluating %s on %d image(s) (%d unreadable skipped)",
              export_dir, len(pairs), len(bad))
     if not pairs:
@@ -246,6 +236,26 @@ def evaluate_export(config):
     if output:
         io.write_json(output, metrics)
     return metrics
+
+
+def _scored_images(data_dir):
+    """(path, label) pairs evaluate scores, and the class names: every
+    image of a folder of class folders, else its test/ split (never the
+    training images: the score would mean nothing)."""
+    files, class_names, _ = scan_folder(data_dir, min_classes=1)
+    if split_roots(data_dir, say=False)["train"] == data_dir:
+        log.warning("Scoring every image in %s. If a run carved its splits "
+                    "from this folder, its training images are among them; "
+                    "score held-out images for an unbiased number.",
+                    data_dir)
+        return files["train"], class_names
+    if files.get("test"):
+        return files["test"], class_names
+    raise InputError(
+        f"Invalid data_dir for evaluate: it holds a train/ folder and no "
+        f"test/ folder with images, and training images are never "
+        f"scored. Allowed: a folder of class folders (all scored), or "
+        f"one with test/. Received: data_dir={data_dir!r}")
 
 
 def write_predictions(rows, path):
