@@ -367,7 +367,7 @@ def test_crash_mid_export_keeps_the_old_export(run, tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(saved_model, "_build_archive",
-                        lambda model, names: HalfWritten())
+                        lambda model, names, as_logits: HalfWritten())
     with pytest.raises(KeyboardInterrupt):
         export.export_saved_model(model, target, ["x", "y", "z"])
     assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temp left behind

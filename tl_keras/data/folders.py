@@ -74,7 +74,7 @@ def scan_folder(data_dir, min_classes=2):
         check_twins("", [os.path.join(root, name) for root in roots.values()
                          for name in class_names
                          if os.path.isdir(os.path.join(root, name))],
-                    kind="split")
+                    kind="class of a split")
     files, again = _drop_repeats(files, linked)
     loose = _say_ignored(data_dir, roots, skipped, hidden)
     skipped += again + loose

@@ -165,26 +165,26 @@ def _check_splits_in_classes(data_dir, inside, say):
 
 
 def check_twins(path, names, kind="class"):
-    """Refuses `kind` folders of `path` that are one folder (a symlink to
-    a sibling): its images would be two classes, or in two splits. With
-    `path` '' the names are paths (a class folder of each split: one
-    symlinked to another split's would move its images there, read as
-    copies, and leave the class out)."""
+    """Refuses `kind` folders of `path` that are one folder (a symlink):
+    two class folders (kind 'class': its images would be two classes),
+    two split folders ('split'), or one class's folders of two splits
+    ('class of a split', `names` their paths and `path` ''; one linked to
+    another split's would move its images there, read as copies, and
+    leave the class out): its images would be in two splits."""
     same = {}
     for name in names:
         same.setdefault(os.path.realpath(os.path.join(path, name)),
                         []).append(name)
     twins = [n for n in same.values() if len(n) > 1]
     if twins:
-        noun = "class" if path == "" else kind
+        noun = "split" if kind == "split" else "class"
         raise InputError(
             f"Invalid data_dir: {noun} folders {' and '.join(twins[0])}"
             f"{f' in {printable(path)}' if path else ''} are the same "
             f"folder (a symlink), so its images would be "
             + ("two classes" if kind == "class" else "in two splits")
-            + f". Allowed: one folder per {noun}"
-            + (" in each split" if path == "" else "")
-            + f". Received: {len(twins)} such group(s)")
+            + f". Allowed: one folder per {kind.replace(' of a ', ' in each ')}"
+            f". Received: {len(twins)} such group(s)")
 
 
 def subfolders(path):

@@ -10,9 +10,9 @@ augmentation is involved; see docs/design.md). Endpoints:
   serve_float      images: float32 [batch, size, size, 3] in [0, 255]
 
 Each returns scores (float32 softmax), logits, class_ids (int64) and
-labels (the top-1 class name). A model whose last layer applies softmax
-is served as it is: its logits are the logs of its probabilities
-(`checks.logits_of`), so the scores are its own.
+labels (the top-1 class name). A model whose outputs are softmax
+probabilities is served as it is: its logits are the logs of its
+probabilities (`checks.logits_of`), so the scores are its own.
 """
 
 import logging
@@ -38,7 +38,7 @@ from tl_keras.data.images import (
 from tl_keras.errors import InputError
 from tl_keras.export import checks
 from tl_keras.export.logs import quiet_absl
-from tl_keras.export.tflite import convert_to_tflite
+from tl_keras.export.tflite import tflite_bytes
 from tl_keras.version import __version__
 
 log = logging.getLogger("tl_keras")
@@ -76,10 +76,10 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
       InputError: before anything is written, for each bad argument
         (`checks`; `export_dir` there and `overwrite` False).
     """
-    export_dir, class_names = _checked_call(
+    export_dir, class_names, as_logits = _checked_call(
         model, export_dir, class_names, manifest, overwrite, tflite=tflite,
         keep_old=keep_old)
-    archive = _build_archive(model, class_names)
+    archive = _build_archive(model, class_names, as_logits)
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
     # Not tempfile.mkdtemp, which makes 0700: the export gets the umask's
@@ -93,7 +93,7 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
                       "\n".join(class_names) + "\n")
         if tflite:
             with open(os.path.join(tmp, "model.tflite"), "wb") as f:
-                f.write(convert_to_tflite(model))
+                f.write(tflite_bytes(model, as_logits))
         io.write_json(os.path.join(tmp, "manifest.json"), build_manifest(
             model, class_names, {**(manifest or {}), **(
                 {"tflite": _TFLITE} if tflite else {})}))
@@ -117,7 +117,8 @@ def _checked_call(model, export_dir, class_names, manifest, overwrite,
     """`export_saved_model`'s checks (`checks`): the destination (not
     replaced unless `overwrite`), the model and its class names, the
     manifest's extra fields and the switches; returns (export_dir,
-    class_names)."""
+    class_names, as_logits: `checks.logits_of`, found once for the
+    SavedModel and the TFLite file, a forward pass)."""
     export_dir = checks.check_arguments(export_dir, manifest,
                                         overwrite=overwrite, **switches)
     if os.path.exists(export_dir) and not overwrite:
@@ -128,7 +129,8 @@ def _checked_call(model, export_dir, class_names, manifest, overwrite,
             f"Allowed: a new path, or --overwrite to replace it (anything "
             f"but an export is moved aside). Received: "
             f"export_dir={export_dir!r}")
-    return export_dir, checks.check_class_names_of(model, class_names)
+    class_names = checks.check_class_names_of(model, class_names)
+    return export_dir, class_names, checks.logits_of(model)
 
 
 def remove_stale_exports(folder):
@@ -271,13 +273,12 @@ def _in_pixel_range(images, size):
         return tf.identity(images)
 
 
-def _build_archive(model, class_names):
+def _build_archive(model, class_names, as_logits):
     size = model.input_shape[1]
     names = tf.constant(list(class_names))
 
     # One traced model call that every endpoint calls: the model's graph is
     # traced and stored once, not once per endpoint.
-    as_logits = checks.logits_of(model)  # a softmax model's: its log
     infer = inference.traced(lambda x: as_logits(tf.cast(
         model(x, training=False), tf.float32)), model)
 

@@ -20,7 +20,14 @@ def convert_to_tflite(model):
     read nothing, so NaN scores).
     """
     checks.check_model(model)
-    as_logits = checks.logits_of(model)  # a softmax model's: its log
+    return tflite_bytes(model, checks.logits_of(model))
+
+
+def tflite_bytes(model, as_logits):
+    """`convert_to_tflite` of a checked `model` whose outputs `as_logits`
+    (`checks.logits_of`) turns into logits: `export_saved_model` has
+    both already (the probe that finds a softmax model is a forward
+    pass)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
 
