@@ -169,3 +169,35 @@ def fake_probes(monkeypatch, last, layers):
         return m
 
     monkeypatch.setattr(module, "measure", measure)
+
+
+def gif_bytes(indices, palette, canvas=None, offset=(0, 0), transparency=None,
+              comment=None, loop=False):
+    """A one-frame GIF of palette `indices` (2-D uint8) and `palette` (RGB
+    triples), written by PIL, its frame then placed at `offset` on a
+    `canvas` (width, height) by rewriting the logical screen and the image
+    descriptor (PIL writes neither)."""
+    import io
+    import struct
+
+    image = Image.fromarray(np.asarray(indices, np.uint8), mode="P")
+    image.putpalette([c for rgb in palette for c in rgb])
+    options = {"transparency": transparency} if transparency is not None else {}
+    if comment:
+        options["comment"] = comment
+    if loop:
+        options["loop"] = 0
+    buffer = io.BytesIO()
+    image.save(buffer, format="GIF", optimize=False, **options)
+    data = bytearray(buffer.getvalue())
+    if canvas is not None:
+        data[6:10] = struct.pack("<HH", *canvas)
+    pos = 13 + (3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while data[pos] == 0x21:  # extension blocks up to the image descriptor
+        pos += 2
+        while data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    assert data[pos] == 0x2C
+    data[pos + 1:pos + 5] = struct.pack("<HH", *offset)
+    return bytes(data)

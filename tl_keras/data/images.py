@@ -12,6 +12,8 @@ import logging
 import tensorflow as tf
 from PIL import Image
 
+from tl_keras.data.misread import misread_gif
+
 log = logging.getLogger("tl_keras")
 
 
@@ -173,7 +175,9 @@ _TF_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"}
 # fails, a 16-bit one fails ("2 channels").
 TF_BMP_BITS = (24, 32)
 # What `find_unreadable` lets through, as messages name it.
-READABLE_FORMATS = "JPEG / PNG / GIF / BMP (24 or 32 bits) / still WebP"
+READABLE_FORMATS = ("JPEG / PNG / GIF (a first frame that fills its canvas, "
+                    "without transparent pixels) / BMP (24 or 32 bits) / "
+                    "still WebP")
 
 
 # The EXIF tag of a camera's "rotate / mirror when shown" (1: as stored).
@@ -185,7 +189,8 @@ def _is_readable(path):
     for speed), so a truncated file is caught here, not mid-training
     inside TensorFlow; refuses what TensorFlow, which decodes the images
     for training and serving, would read differently from PIL (BMPs of
-    other bit depths than `TF_BMP_BITS`; convert such files to PNG); and
+    other bit depths than `TF_BMP_BITS`, GIFs of `misread.misread_gif`;
+    convert such files to PNG); and
     says whether the file's EXIF asks for a rotation or mirror, which
     TensorFlow's decoder does not apply."""
     try:
@@ -220,17 +225,24 @@ def _decodes(path, image):
             header = f.read(30)
         if int.from_bytes(header[28:30], "little") not in TF_BMP_BITS:
             return False
-    if image.format in ("PNG", "WEBP"):
+    if image.format in ("PNG", "WEBP", "GIF"):
         # PIL decodes a PNG cut short after its pixels or with a bad CRC,
         # which TensorFlow then refuses mid-training: check with the
         # decoder training uses instead (and a WebP, TensorFlow's
-        # decoder being another build of libwebp).
+        # decoder being another build of libwebp; and a GIF, which it can
+        # decode as another picture: `misread.misread_gif`).
         with open(path, "rb") as f:
-            decode_image(f.read())
-        return True
+            data = f.read()
+        decoded = decode_image(data)  # eagerly: a failure raises, unlogged
+        return image.format != "GIF" or not bool(_misread_gif(data, decoded))
     image.draft("RGB", (64, 64))
     image.load()
     return True
+
+
+# Traced once: eagerly, the check's loop took 4 ms a file (0.7 ms so).
+_misread_gif = tf.function(misread_gif, input_signature=[
+    tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.uint8)])
 
 
 _WARNED_TURNED = set()
@@ -238,7 +250,8 @@ _WARNED_TURNED = set()
 
 def find_unreadable(paths):
     """Returns the paths that are not decodable images (or that
-    TensorFlow would decode wrongly: BMPs of 1 to 16 bits; or that
+    TensorFlow would decode wrongly: BMPs of 1 to 16 bits, GIFs of
+    `misread.misread_gif`; or that
     declare more than MAX_PIXELS), checked in parallel (PIL's decoders
     release the GIL). Warns about readable files whose EXIF orientation
     asks a viewer to rotate or mirror them: like `tf.io.decode_image`

@@ -35,6 +35,7 @@ from tl_keras.data.images import (
     misread_bmp,
     resize_images,
 )
+from tl_keras.data.misread import GIF_ADVICE, misread_gif
 from tl_keras.errors import InputError
 from tl_keras.export import checks
 from tl_keras.export.logs import quiet_absl
@@ -242,7 +243,11 @@ def _decode_within_limit(encoded, size):
                 "serve_bytes: image_bytes holds a WebP whose header marks "
                 "it animated, which TensorFlow's decoder cannot take as "
                 "RGB; send a still image (e.g. one frame as PNG)"])]):
-        return resize_images(decode_image(encoded), size)
+        image = decode_image(encoded)
+    with tf.control_dependencies([tf.debugging.Assert(
+            tf.logical_not(misread_gif(encoded, image)),
+            [f"serve_bytes: image_bytes holds {GIF_ADVICE}"])]):
+        return resize_images(image, size)
 
 
 def _in_pixel_range(images, size):
