@@ -328,21 +328,41 @@ def test_advise_keeps_a_training_runs_decision(folder, tmp_path):
     assert sorted(os.listdir(workdir)) == before
 
 
-def test_flags_a_mode_does_not_read_are_said(caplog):
-    from tl_keras import cli
+def test_settings_a_run_does_not_read_are_said(caplog, monkeypatch,
+                                               tmp_path, image_folder):
+    # From Python too: tl_keras.train dropped them without a word (the
+    # command line warned); the training itself is not needed here.
+    from tl_keras.config.reads import warn_unread
+    from tl_keras.training import trainer
 
+    monkeypatch.setattr(trainer, "_train_checked", lambda *args: {})
     caplog.set_level(logging.INFO, logger="tl_keras")
-    cli._warn_unused(tl_keras.Config(
-        mode="train", approach="transfer", unfreeze="2", top_k=5,
-        export_dir="elsewhere", learning_rate=0.01))
-    assert "--unfreeze=2 is not used by --mode=train --approach=transfer" in (
-        caplog.text)
-    assert "--top_k=5 is not used by --mode=train" in caplog.text
-    assert "--export_dir=elsewhere" in caplog.text
+    tl_keras.train(tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "w"),
+        approach="transfer", unfreeze="2", top_k=5, export_dir="elsewhere",
+        learning_rate=0.01, advisor_sample=500, demo_pretrain_epochs=3))
+    for flag in ("--unfreeze=2", "--top_k=5", "--export_dir=elsewhere",
+                 "--advisor_sample=500", "--demo_pretrain_epochs=3"):
+        assert (f"{flag} is not used by --mode=train --approach=transfer"
+                in caplog.text)
     assert "learning_rate" not in caplog.text  # every approach reads it
     caplog.clear()
-    cli._warn_unused(tl_keras.Config(mode="predict", top_k=5))
+    tl_keras.train(tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "w"),
+        approach="scratch", feature_cache=False))
+    assert "--feature_cache=False is not used by --mode=train " in (
+        caplog.text)
+    caplog.clear()
+    warn_unread(tl_keras.Config(mode="predict", top_k=5))
+    warn_unread(tl_keras.Config(mode="advise", advisor_sample=500))
     assert caplog.text == ""
+    # The demo makes its images at its own size; advise and rank export
+    # nothing.
+    warn_unread(tl_keras.Config(mode="demo", image_size=64))
+    warn_unread(tl_keras.Config(mode="rank", export_tflite=True,
+                                backbones="compact_cnn"))
+    assert "--image_size=64 is not used by --mode=demo" in caplog.text
+    assert "--export_tflite=True is not used by --mode=rank" in caplog.text
 
 
 def test_a_flag_twice_in_one_flagfile_is_refused(tmp_path, image_folder):

@@ -449,3 +449,18 @@ def test_a_scratch_run_resumes_whatever_fine_tune_settings_it_is_given():
     assert config_differences(stored, tl_keras.Config(
         approach="finetune", finetune_epochs=1, unfreeze="2")) == [
         "approach: 'scratch' -> 'finetune'"]
+    # Nor whatever else a fixed approach does not read (it warned, then
+    # refused "advisor_sample: 500 -> 600"), while a run the advisor
+    # decides reads the advisor's settings.
+    for approach in ("scratch", "finetune"):
+        stored = tl_keras.Config(approach=approach, advisor_sample=500,
+                                 demo_pretrain_epochs=3,
+                                 feature_cache=False).to_dict()
+        assert config_differences(stored, tl_keras.Config(
+            approach=approach, advisor_sample=600)) == (
+            [] if approach == "scratch" else
+            ["feature_cache: False -> True"])
+    stored = tl_keras.Config(approach="auto", advisor_sample=500).to_dict()
+    assert config_differences(stored, tl_keras.Config(
+        approach="auto", advisor_sample=600)) == [
+        "advisor_sample: 500 -> 600"]

@@ -17,6 +17,11 @@ import tl_keras
 from tl_keras import cli
 from tl_keras.config import (
     FIELD_SECTIONS,
+    AdvisorConfig,
+    DataConfig,
+    ExportConfig,
+    ModelConfig,
+    TrainingConfig,
     config_differences,
     config_fields,
 )
@@ -141,6 +146,16 @@ def test_command_line_overrides_flagfile(monkeypatch):
      "validation_split + test_split"),
     (dict(unfreeze="top"), "unfreeze"),
     (dict(unfreeze="0"), "unfreeze"),
+    # int() took these: '1_0' was 10.
+    (dict(unfreeze="01"), "unfreeze"),
+    (dict(unfreeze="+1"), "unfreeze"),
+    (dict(unfreeze="1_0"), "unfreeze"),
+    # Trained, then resuming without the space was "other settings".
+    (dict(backbone=" compact_cnn"), "backbone"),
+    (dict(workdir="runs/a "), "workdir"),
+    # The advisor needs two training images a class (it failed after
+    # writing the pretraining run).
+    (dict(mode="demo", demo_labels_per_class=1), "demo_labels_per_class"),
     (dict(augment="flip,blur"), "augment"),
     (dict(augment="flip,flip"), "augment"),  # was taken as flip
     (dict(augment="mixup,mixup"), "augment"),  # said: mixup and cutmix
@@ -407,3 +422,45 @@ def test_a_flagfile_with_a_byte_order_mark_is_refused(tmp_path):
     with pytest.raises(flags.Error, match="bom.cfg starts with a "
                                           "byte-order mark"):
         cli._check_repeats([f"--flagfile={path}"], None)
+
+
+@pytest.mark.parametrize("line", [
+    "--workdir=runs/a   # my first run",  # trained into "a   # my first run"
+    '--workdir="runs/quoted"',             # made a folder named '"runs'
+    "--backbone='compact_cnn'",
+])
+def test_a_comment_or_quotes_in_a_flagfile_value_are_refused(tmp_path, line):
+    path = tmp_path / "f.cfg"
+    path.write_text(f"--epochs=2\n{line}\n")
+    with pytest.raises(flags.Error, match="f.cfg has (a comment after|its "
+                                          "value in quotes)"):
+        cli._check_repeats([f"--flagfile={path}"], None)
+    # A '#' inside a value, and a comment line, are fine.
+    path.write_text("# runs\n--workdir=runs/#1\n--inputs=a.png,'b'.png\n")
+    assert cli._check_repeats([f"--flagfile={path}"], None) >= {"workdir"}
+
+
+@pytest.mark.parametrize("section, changes", [
+    (DataConfig, dict(augment=None)),
+    (DataConfig, dict(validation_split="0.1")),
+    (ModelConfig, dict(dropout="0.1")),
+    (ModelConfig, dict(backbone=None)),
+    (TrainingConfig, dict(learning_rate="0.1")),
+    (TrainingConfig, dict(warmup_epochs=1.5)),
+    (ExportConfig, dict(output=3)),
+    (AdvisorConfig, dict(advisor_scratch_fraction="0.2")),
+])
+def test_a_section_checks_its_own_types(section, changes):
+    # Only Config.validate checked types: a section's own validate (public)
+    # raised TypeError / AttributeError, or took 1.5 epochs.
+    field = next(iter(changes))
+    with pytest.raises(tl_keras.InputError, match=f"Invalid {field}"):
+        section(**changes).validate()
+
+
+def test_replacing_a_section_with_none_is_refused():
+    # It put the section back to its defaults (data_dir '' and all).
+    config = tl_keras.Config(data_dir="d", workdir="w")
+    with pytest.raises(tl_keras.InputError, match="Invalid data"):
+        config.replace(data=None)
+    assert config.replace(data=DataConfig(data_dir="e")).data.data_dir == "e"

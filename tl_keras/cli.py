@@ -9,36 +9,17 @@ on stderr and a non-zero exit code.
 
 import logging
 import os
+import re
 import sys
 
 from absl import app, flags
 
 from tl_keras.config import Config, config_fields
-from tl_keras.config.config import FINETUNE_STAGE_FIELDS, REMOVED_FIELDS
+from tl_keras.config.config import REMOVED_FIELDS
+from tl_keras.config.reads import warn_unread
 from tl_keras.errors import InputError
 
 EXIT_USAGE = 2
-
-# Flags that only some modes read: set elsewhere they are reported, not
-# silently dropped.
-MODE_FLAGS = {"inputs": ("predict",), "top_k": ("predict",),
-              "output": ("predict", "evaluate"),
-              "export_dir": ("export", "predict", "evaluate"),
-              "backbones": ("rank",),
-              "demo_labels_per_class": ("demo",),
-              "demo_pretrain_epochs": ("demo",),
-              # compare and demo train every approach, advise picks one.
-              "approach": ("train",),
-              "backbone": ("train", "advise", "compare"),
-              "weights": ("train", "advise", "compare", "rank")}
-# What the modes that serve a finished run read; any other flag set is
-# reported (predict, evaluate and export take the base, the data
-# settings and the recipe from the run, not from flags).
-EXPORT_READS = {
-    "predict": {"workdir", "export_dir", "inputs", "top_k", "output"},
-    "evaluate": {"workdir", "export_dir", "data_dir", "output"},
-    "export": {"workdir", "export_dir", "export_tflite"}}
-
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines one flag per Config field, with the field's help text."""
@@ -112,24 +93,11 @@ def main(argv):
 
 def _warn_unused(config):
     """Logs each flag set away from its default that this mode (or a
-    scratch / transfer run) does not read."""
-    values, defaults = config.to_dict(), Config().to_dict()
-    mode, approach = config.runtime.mode, config.training.approach
-    unused = [name for name, modes in MODE_FLAGS.items() if mode not in modes]
-    if mode == "demo":
-        unused.append("data_dir")  # the demo generates its own images
-    if mode == "train" and approach in ("scratch", "transfer"):
-        unused += FINETUNE_STAGE_FIELDS
-    if mode in EXPORT_READS:
-        unused += [name for name in values if name not in EXPORT_READS[
-            mode] | {"mode", "overwrite"} and name not in unused]
+    scratch / transfer run) does not read; `train` says so itself (for
+    Python callers too)."""
+    if config.runtime.mode != "train":
+        warn_unread(config)
     _warn_random_base(config)
-    for name in unused:
-        if values[name] != defaults[name]:
-            logging.getLogger("tl_keras").warning(
-                "--%s=%s is not used by --mode=%s%s.", name, values[name],
-                mode, f" --approach={approach}" if name in FINETUNE_STAGE_FIELDS
-                else "")
 
 
 def _warn_random_base(config):
@@ -259,7 +227,28 @@ def _check_flagfile(path, opened):
         raise flags.Error(f"{path} starts with a byte-order mark (some "
                           f"editors write one), which absl reads as part of "
                           f"its first flag; save it as UTF-8 without one")
+    for line in lines:
+        _check_flagfile_value(line, path)
     return _check_repeats(lines, path, (*opened, real))
+
+
+def _check_flagfile_value(line, path):
+    """flags.Error for a flagfile line whose value holds what absl keeps
+    as text: a comment after it (`--workdir=runs/a  # first run` trained
+    into a folder of that name) or quotes around it (a shell would strip
+    them; absl keeps them: `--workdir="runs/a"` made a folder named
+    `"runs`)."""
+    name, equals, value = line.partition("=")
+    if not line.startswith("-") or not equals:
+        return
+    if re.search(r"\s#", value):
+        raise flags.Error(f"{name} in {path} has a comment after its value "
+                          f"({line!r}); a flagfile takes comments only on "
+                          f"lines of their own, starting with '#'")
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        raise flags.Error(f"{name} in {path} has its value in quotes "
+                          f"({line!r}), which absl keeps as part of it; "
+                          f"write {name}={value[1:-1]}")
 
 
 def _check_order(names, path, where):

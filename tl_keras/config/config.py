@@ -21,6 +21,7 @@ from tl_keras.config.fields import (
     home_expanded,
     plain_numbers,
 )
+from tl_keras.config.reads import unread_fields
 from tl_keras.errors import InputError, fail
 
 SECTIONS = {"data": _sections.DataConfig, "model": _sections.ModelConfig,
@@ -68,9 +69,6 @@ RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile",
                     "export_dir", "inputs", "output", "top_k",
                     "export_tflite")
 
-# The fine-tune stage's own fields, unread by a scratch or transfer run.
-FINETUNE_STAGE_FIELDS = ("finetune_epochs", "finetune_learning_rate",
-                         "unfreeze")
 
 # Modes that read a labelled folder (unless the data is passed in).
 _DATA_MODES = ("train", "evaluate", "advise", "rank", "compare")
@@ -211,6 +209,9 @@ class Config:
         sections) changed; validated when used."""
         sections = {name: fields.pop(name) for name in SECTIONS
                     if name in fields}
+        for name, section in sections.items():  # None would be defaults
+            if section is None:
+                fail(name, f"a {name} section to replace this one's", None)
         return Config(**{name: sections.get(name, getattr(self, name))
                          for name in SECTIONS}, **fields)
 
@@ -271,9 +272,11 @@ def config_differences(stored, current):
     """
     stored = with_defaults({**_BEFORE_FIELD, **without_removed(stored)})
     approach = current.training.approach
-    # A run without a fine-tune stage never read its settings.
-    unread = FINETUNE_STAGE_FIELDS if approach in ("scratch", "transfer") and (
-        stored["approach"] == approach) else ()
+    # Settings a train run does not read (a scratch or transfer run's
+    # fine-tune stage, a fixed approach's advisor) were unread by the
+    # stored run of the same approach too.
+    unread = unread_fields(current) if stored["approach"] == approach and (
+        current.runtime.mode == "train") else ()
     diffs = []
     for key, value in current.to_dict().items():
         if key in RESUMABLE_FIELDS or key in unread:

@@ -123,6 +123,19 @@ def check_types(section):
                  f"{type(value).__name__}", value)
 
 
+def check_fields(section):
+    """`check_types`, then InputError for text with spaces at either end
+    (`--backbone=" compact_cnn"` trained, then its resumption without the
+    space was refused as other settings) and for a value that is not one
+    of its field's choices."""
+    check_types(section)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, str) and value != value.strip():
+            fail(f.name, "text without spaces at either end", value)
+    check_choices(section)
+
+
 def check_choices(section):
     """Raises InputError for a field whose value is not one of its
     metadata's choices."""

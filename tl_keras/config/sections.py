@@ -6,6 +6,7 @@ a `flags.cfg` and a command line are spellings of one thing.
 """
 
 import dataclasses
+import re
 
 from tl_keras.config.fields import (
     APPROACHES,
@@ -17,7 +18,7 @@ from tl_keras.config.fields import (
     MODES,
     PRECISIONS,
     cache_views,
-    check_choices,
+    check_fields,
     check_weights,
     field,
 )
@@ -34,11 +35,9 @@ class DataConfig:
         "test/ folders that each hold the class sub-folders.",
     )
     validation_split: float = field(
-        0.15, "Fraction of each class held out for validation."
-    )
+        0.15, "Fraction of each class held out for validation.")
     test_split: float = field(
-        0.15, "Fraction of each class held out for the final test."
-    )
+        0.15, "Fraction of each class held out for the final test.")
     batch_size: int = field(32, "Global batch size.")
     seed: int = field(42, "Seed of the split, shuffling and initialisation.")
     augment: str = field(
@@ -58,6 +57,7 @@ class DataConfig:
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
+        check_fields(self)
         check_range("batch_size", self.batch_size, 1, 1 << 20)
         check_range("seed", self.seed, 0, 2**31 - 1)  # Keras: < 2**32
         check_range("cache_budget_mb", self.cache_budget_mb, 0, 1 << 30)
@@ -118,6 +118,7 @@ class ModelConfig:
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
+        check_fields(self)
         if self.backbone.strip() in ("", "hub:"):
             fail("backbone", "a backbone name, hub:PRESET or a .keras path",
                  self.backbone)
@@ -191,7 +192,7 @@ class TrainingConfig:
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
-        check_choices(self)
+        check_fields(self)
         check_range("epochs", self.epochs, 1, 100000)
         check_range("finetune_epochs", self.finetune_epochs, 1, 100000)
         for name in ("learning_rate", "finetune_learning_rate"):
@@ -236,13 +237,9 @@ class TrainingConfig:
         """Returns None for 'all', else the number of top blocks."""
         if self.unfreeze == "all":
             return None
-        try:
-            n = int(self.unfreeze)
-        except ValueError:
-            n = 0
-        if n < 1:
+        if not re.fullmatch("[1-9][0-9]*", self.unfreeze):  # not 01, +1, 1_0
             fail("unfreeze", "'all' or a positive integer", self.unfreeze)
-        return n
+        return int(self.unfreeze)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,9 +298,10 @@ class RuntimeConfig:
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
-        check_choices(self)
+        check_fields(self)
+        # Two: the advisor's measurements need two training images a class.
         check_range("demo_labels_per_class", self.demo_labels_per_class,
-                    1, 100)
+                    2, 100)
         check_range("demo_pretrain_epochs", self.demo_pretrain_epochs,
                     1, 1000)
         return self
@@ -328,6 +326,7 @@ class ExportConfig:
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
+        check_fields(self)
         if self.output and not self.output.endswith((".csv", ".json")):
             fail("output", "a path ending in .csv or .json", self.output)
         check_range("top_k", self.top_k, 1, 1000)
@@ -354,6 +353,7 @@ class AdvisorConfig:
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""
+        check_fields(self)
         check_range("advisor_sample", self.advisor_sample, 10, 1000000)
         check_fraction("advisor_scratch_fraction",
                        self.advisor_scratch_fraction)

@@ -47,7 +47,7 @@ from tl_keras.modes.compare_report import (
     write_plots,
 )
 from tl_keras.training.run_data import check_finished_data
-from tl_keras.training.trainer import train
+from tl_keras.training.trainer import train_row
 from tl_keras.training.workdir import check_data_stays, is_complete
 
 log = logging.getLogger("tl_keras")
@@ -136,8 +136,8 @@ def _run_all(config, runs, data):
         log.info("Compare: %s (%s)", name, ", ".join(
             f"{k}={v}" for k, v in changes.items()))
         run_start = time.time()
-        metrics = train(config.replace(mode="train", workdir=sub, **changes),
-                        data=data)
+        metrics = train_row(
+            config.replace(mode="train", workdir=sub, **changes), data=data)
         seconds = time.time() - run_start
         if done:
             seconds = before[name]["seconds"]

@@ -30,7 +30,7 @@ from tl_keras.models import recipe
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 from tl_keras.modes.compare import check_workdir, compare
-from tl_keras.training.trainer import train
+from tl_keras.training.trainer import train_row
 
 log = logging.getLogger("tl_keras")
 
@@ -121,7 +121,7 @@ def _run_demo(config):
     log.info("Demo: pretraining compact_cnn from scratch on digits 0-4 in "
              "4 orientations (the source task, 20 classes)")
     pretrain_dir = os.path.join(workdir, "pretrain")
-    pretrain = train(config.replace(
+    pretrain = train_row(config.replace(
         mode="train", backbone="compact_cnn", weights="none",
         feature_block="",  # the pretraining trains the whole base
         image_size=DEMO_SIZE, approach="scratch", data_dir=source,

@@ -19,6 +19,7 @@ from tl_keras.config import (
     TRAINED_APPROACHES,
 )
 from tl_keras.config.config import config_differences
+from tl_keras.config.reads import warn_unread
 from tl_keras.data.given import data_for_run, given_data_config
 from tl_keras.distribute.strategy import placement
 from tl_keras.errors import fail
@@ -78,6 +79,19 @@ def train(config, data=None, callbacks=()):
         existing workdir is deleted.
     """
     config = _checked_call(config, data, callbacks)
+    warn_unread(config)
+    return _train_checked(config, data, callbacks)
+
+
+def train_row(config, data=None):
+    """`train` for a row of a compare or the demo, without the warnings
+    about settings the row does not read: the rows share their caller's
+    settings (a scratch row leaves the fine-tune stage's unread), which
+    the caller's own warnings cover."""
+    return _train_checked(_checked_call(config, data, ()), data, ())
+
+
+def _train_checked(config, data, callbacks):
     place = placement(config.runtime, config.data.batch_size)
     if not place.task.is_chief:
         # Other workers train in step with the chief but write only to a

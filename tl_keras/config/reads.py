@@ -1,0 +1,73 @@
+"""Which settings each mode and approach reads.
+
+A setting the run does not read is reported, not silently dropped (the
+command line and `tl_keras.train` alike), and changing it does not make
+a finished or interrupted run "a run with other settings".
+"""
+
+import logging
+
+# The fine-tune stage's own fields, unread by a scratch or transfer run.
+FINETUNE_STAGE_FIELDS = ("finetune_epochs", "finetune_learning_rate",
+                         "unfreeze")
+
+# The advisor's fields: read by the modes that advise, and by a train run
+# whose approach the advisor picks (--approach=auto).
+ADVISOR_FIELDS = ("advisor_sample", "advisor_scratch_fraction")
+
+# Fields that only some modes read.
+MODE_FIELDS = {"inputs": ("predict",), "top_k": ("predict",),
+               "output": ("predict", "evaluate"),
+               "export_dir": ("export", "predict", "evaluate"),
+               "export_tflite": ("train", "compare", "demo", "export"),
+               "backbones": ("rank",),
+               "demo_labels_per_class": ("demo",),
+               "demo_pretrain_epochs": ("demo",),
+               # compare and demo train every approach, advise picks one.
+               "approach": ("train",),
+               "backbone": ("train", "advise", "compare"),
+               "weights": ("train", "advise", "compare", "rank"),
+               # The demo generates its images at its own size.
+               "data_dir": ("train", "evaluate", "advise", "rank",
+                            "compare"),
+               "image_size": ("train", "advise", "rank", "compare")}
+
+# What the modes that serve a finished run read; any other field set is
+# reported (predict, evaluate and export take the base, the data settings
+# and the recipe from the run, not from flags).
+EXPORT_READS = {
+    "predict": {"workdir", "export_dir", "inputs", "top_k", "output"},
+    "evaluate": {"workdir", "export_dir", "data_dir", "output"},
+    "export": {"workdir", "export_dir", "export_tflite"}}
+
+
+def unread_fields(config):
+    """The names of the fields that `config`'s mode (and, for a train
+    run, its approach) does not read."""
+    mode, approach = config.runtime.mode, config.training.approach
+    unread = [name for name, modes in MODE_FIELDS.items()
+              if mode not in modes]
+    if mode == "train" and approach != "auto":
+        unread += ADVISOR_FIELDS
+    if mode == "train" and approach in ("scratch", "transfer"):
+        unread += FINETUNE_STAGE_FIELDS
+    if mode == "train" and approach == "scratch":
+        unread.append("feature_cache")  # no frozen base to cache
+    if mode in EXPORT_READS:
+        unread += [name for name in config.to_dict() if name not in
+                   EXPORT_READS[mode] | {"mode", "overwrite"}]
+    return list(dict.fromkeys(unread))
+
+
+def warn_unread(config):
+    """Logs each field set away from its default that `config`'s mode
+    (or approach) does not read."""
+    from tl_keras.config.config import Config
+
+    values, defaults = config.to_dict(), Config().to_dict()
+    mode, approach = config.runtime.mode, config.training.approach
+    for name in unread_fields(config):
+        if values[name] != defaults[name]:
+            logging.getLogger("tl_keras").warning(
+                "--%s=%s is not used by --mode=%s%s.", name, values[name],
+                mode, f" --approach={approach}" if mode == "train" else "")
