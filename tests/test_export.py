@@ -481,7 +481,8 @@ def test_an_output_never_replaces_a_file_unasked(run, image_folder,
     for output in (manifest, metrics):
         for overwrite in (False, True):
             with pytest.raises(tl_keras.InputError,
-                               match="a file of a tl_keras run or export"):
+                               match="a file of a tl_keras run or export|"
+                                     "a tl_keras export or a run's own"):
                 predict.predict_files(predicting.replace(
                     output=output, overwrite=overwrite))
     assert open(manifest).read() == before
@@ -774,3 +775,94 @@ def test_tflite_asked_of_a_finished_run_is_said(run, caplog):
     assert "--export_tflite: the run finished without it" in caplog.text
     assert not os.path.exists(os.path.join(config.runtime.workdir, "export",
                                            "model.tflite"))
+
+
+def test_an_output_in_an_export_or_a_runs_folders_is_refused(run,
+                                                           image_folder):
+    # Even a new file: a re-export deleted predictions written into the
+    # export, and --overwrite replaced a stage's log or checkpoint record
+    # with prediction rows (the training history lost).
+    config, _, _ = run
+    workdir = config.runtime.workdir
+    predicting = config.replace(mode="predict",
+                                inputs=f"{image_folder}/class_0")
+    inner = [os.path.join(workdir, name) for name in os.listdir(workdir)
+             if os.path.isdir(os.path.join(workdir, name))]
+    record = next(os.path.join(folder, name) for folder in inner
+                  if not folder.endswith("export")
+                  for name in sorted(os.listdir(folder))
+                  if os.path.isfile(os.path.join(folder, name)))
+    before = open(record, "rb").read()
+    for output, overwrite in ((os.path.join(workdir, "export", "p.csv"),
+                               False), (record + ".csv", False),
+                              (os.path.splitext(record)[0] + ".json"
+                               if record.endswith(".json") else
+                               record + ".json", True)):
+        with pytest.raises(tl_keras.InputError,
+                           match="a tl_keras export or a run's own folder"):
+            predict.predict_files(predicting.replace(output=output,
+                                                     overwrite=overwrite))
+    assert open(record, "rb").read() == before
+    assert not os.path.exists(os.path.join(workdir, "export", "p.csv"))
+
+
+def test_an_export_into_the_runs_data_folder_is_refused(run, image_folder):
+    # Its next listing read the export as a class folder (evaluate and a
+    # rerun failed; with --overwrite a class folder was moved aside).
+    config, _, _ = run
+    target = os.path.join(image_folder, "new_export")
+    with pytest.raises(tl_keras.InputError,
+                       match="inside the run's data folder"):
+        predict.export_run(config.replace(mode="export", export_dir=target))
+    assert not os.path.exists(target)
+
+
+def test_tied_scores_name_the_first_class_everywhere(tmp_path):
+    # predict's rows named the last of equal classes (argsort reversed),
+    # the export's labels and evaluate the first (argmax).
+    inputs = keras.Input((16, 16, 3))
+    logits = keras.layers.Dense(3, kernel_initializer="zeros")(
+        keras.layers.GlobalAveragePooling2D()(inputs))
+    export_dir = str(tmp_path / "tied")
+    export.export_saved_model(keras.Model(inputs, logits), export_dir,
+                              ["a", "b", "c"])
+    image = tmp_path / "x.png"
+    Image.new("RGB", (16, 16), (90, 20, 200)).save(image)
+    rows = predict.predict_files(tl_keras.Config(
+        mode="predict", export_dir=export_dir, inputs=str(image), top_k=3))
+    assert rows[0]["label"] == "a"
+    assert [name for name, _ in rows[0]["top_k"]] == ["a", "b", "c"]
+    assert tl_keras.load_exported(export_dir).predict([str(image)])[
+        "labels"] == ["a"]
+
+
+def test_predict_paths_take_a_tilde_and_name_a_generator(run, tmp_path,
+                                                         monkeypatch):
+    config, _, _ = run
+    predictor = tl_keras.load_exported(os.path.join(config.runtime.workdir,
+                                                    "export"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.new("RGB", (16, 16), (90, 20, 200)).save(tmp_path / "h.png")
+    # load_exported and --inputs expanded `~`; a path item said "does
+    # not exist".
+    assert len(predictor.predict(["~/h.png"])["labels"]) == 1
+    # A generator: "len() of unsized object".
+    with pytest.raises(tl_keras.InputError, match="Invalid inputs: a "
+                                                  "generator"):
+        predictor.predict(p for p in [str(tmp_path / "h.png")])
+
+
+def test_a_file_name_that_is_not_utf8_is_written_to_a_csv(run, tmp_path):
+    # Scored, then a UnicodeEncodeError writing the CSV (nothing written);
+    # now its bytes on disk, so the row names the file.
+    config, _, _ = run
+    folder = os.fsencode(tmp_path)
+    with open(os.path.join(folder, b"bad\xff.png"), "wb") as f:
+        Image.new("RGB", (16, 16), (90, 20, 200)).save(f, format="PNG")
+    output = tmp_path / "p.csv"
+    rows = predict.predict_files(config.replace(
+        mode="predict", inputs=os.fsdecode(os.path.join(folder,
+                                                        b"bad\xff.png")),
+        output=str(output)))
+    assert not rows[0]["error"]
+    assert b"bad\xff.png" in output.read_bytes()

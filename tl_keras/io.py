@@ -25,11 +25,12 @@ from tl_keras.errors import InputError
 log = logging.getLogger("tl_keras")
 
 
-def write_text(path, text, newline=None):
+def write_text(path, text, newline=None, errors=None):
     """Writes `text` to `path` atomically (temp file, fsync, rename);
-    `newline` as for `open` ("" keeps a CSV writer's line ends)."""
+    `newline` and `errors` as for `open` ("" keeps a CSV writer's line
+    ends)."""
     tmp = temp_path(path)
-    with open(tmp, "w", newline=newline) as f:
+    with open(tmp, "w", newline=newline, errors=errors) as f:
         f.write(text)
     commit(tmp, path)
 

@@ -159,7 +159,7 @@ def images_as_rgb(x, x_name):
     `check_not_unit_scaled`)."""
     if x.dtype == object or not x.ndim or not len(x):
         fail(x_name, "a non-empty numeric array",
-             f"dtype {x.dtype}, {len(x)} images")
+             f"dtype {x.dtype}, shape {x.shape}")
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or 0 in x.shape[1:3]:
         raise InputError(
             f"Invalid {x_name}. Allowed: images shaped (n, height, width, "

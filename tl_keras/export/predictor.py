@@ -48,6 +48,14 @@ class ExportedClassifier:
                              f"integer. Received: batch_size={batch_size!r}")
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
+        if not isinstance(inputs, (list, tuple, np.ndarray)):
+            # A generator became a 0-d object array ("len() of unsized
+            # object").
+            raise InputError(
+                f"Invalid inputs: a {type(inputs).__name__}. Allowed: a "
+                f"path, a list or tuple of paths or of [height, width, 3] "
+                f"arrays, or a [batch, height, width, 3] array (list(...) a "
+                f"generator). Received: {type(inputs).__name__}")
         if isinstance(inputs, (list, tuple)) and inputs and all(
                 isinstance(x, np.ndarray) for x in inputs):
             inputs = _stack(inputs)  # a list of images: one batch
@@ -60,6 +68,8 @@ class ExportedClassifier:
                     f"Allowed: a list of file paths, a list of [height, "
                     f"width, 3] uint8 arrays, or one [batch, height, width, "
                     f"3] uint8 array. Received: {len(inputs)} item(s)")
+        if isinstance(inputs, (list, tuple)):  # `~` as load_exported
+            inputs = [os.path.expanduser(p) for p in inputs]
         if isinstance(inputs, (list, tuple)) and check_files:
             _check_files(inputs)
         if isinstance(inputs, (list, tuple)):

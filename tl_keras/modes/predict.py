@@ -27,6 +27,7 @@ from tl_keras.errors import InputError
 from tl_keras.export.predictor import load_exported
 from tl_keras.export.saved_model import export_saved_model
 from tl_keras.models.backbones import load_model_file
+from tl_keras.modes.outputs import check_output, check_outside_data
 from tl_keras.training.metrics import classification_metrics, export_manifest
 
 log = logging.getLogger("tl_keras")
@@ -55,6 +56,7 @@ def export_run(config):
             f"around it, which the export would replace. Allowed: a path "
             f"outside the run, or inside it (default <workdir>/export). "
             f"Received: export_dir={target!r}")
+    check_outside_data(workdir, target)
     metrics = io.read_json(metrics_path)
     # The approach the run trained (an 'auto' run's config.json says auto).
     approach = metrics["approach"]
@@ -143,7 +145,7 @@ def predict_files(config):
     Raises:
       InputError: no input is a readable image (after its error rows).
     """
-    _check_output(config, (".csv", ".json"))
+    check_output(config, (".csv", ".json"))
     export_dir = _export_dir(config)
     predictor = load_exported(export_dir)
     paths = expand_inputs(config.export.inputs)
@@ -155,12 +157,16 @@ def predict_files(config):
                 "error": f"not a readable image ({READABLE_FORMATS})"}
             for p in bad}
     k = min(config.export.top_k, len(predictor.class_names))
+    if k < config.export.top_k:
+        log.info("--top_k=%d: the export has %d classes, all listed",
+                 config.export.top_k, k)
     batch = 64
     for start in range(0, len(good), batch):
         chunk = good[start:start + batch]
         out = predictor.predict(chunk, batch_size=batch, check_files=False)
         for i, path in enumerate(chunk):
-            order = out["scores"][i].argsort()[::-1][:k]
+            # Ties in the order of class_ids (np.argmax's: the first).
+            order = np.argsort(-out["scores"][i], kind="stable")[:k]
             top = [(predictor.class_names[j], float(out["scores"][i][j]))
                    for j in order]
             rows[path] = {"path": path, "label": top[0][0],
@@ -202,7 +208,7 @@ def evaluate_export(config):
     export_dir = _export_dir(config)
     predictor = load_exported(export_dir)
     data_dir, output = config.data.data_dir, config.export.output
-    _check_output(config, (".json",))
+    check_output(config, (".json",))
     pairs, class_names = _scored_images(data_dir)
     unknown = sorted(set(class_names) - set(predictor.class_names))
     if unknown:
@@ -278,53 +284,12 @@ def write_predictions(rows, path):
             top = ";".join(f"{n}:{s:.6f}" for n, s in r["top_k"])
             writer.writerow([r["path"], r["label"], r["score"], top,
                              r["error"]])
-        io.write_text(path, text.getvalue(), newline="")
+        # A file name that is not UTF-8 (read as surrogate escapes) is
+        # written as its bytes on disk (it failed after every image had
+        # been scored).
+        io.write_text(path, text.getvalue(), newline="",
+                      errors="surrogateescape")
     log.info("Wrote %d prediction(s) to %s", len(rows), path)
-
-
-def _check_output(config, extensions):
-    """Fails before any work on an --output that cannot be written or
-    would replace a file: its folder must exist, its extension be one of
-    `extensions`; an existing file is replaced only with --overwrite, and
-    never a file of a tl_keras export or a workdir's record (`_is_run_file`:
-    the export or the run would be lost)."""
-    output = config.export.output
-    if not output:
-        return
-    folder = os.path.dirname(os.path.abspath(output))
-    problem = None
-    if not os.path.isdir(folder):
-        problem = f"its folder {folder!r} does not exist"
-    elif not output.lower().endswith(extensions):
-        problem = "its extension is not allowed"
-    elif os.path.isdir(output):
-        problem = "it is a folder"
-    elif os.path.exists(output) and _is_run_file(output):
-        problem = "it is a file of a tl_keras run or export"
-    elif os.path.exists(output) and not config.runtime.overwrite:
-        problem = "the file exists (--overwrite replaces it)"
-    if problem:
-        kinds = " or ".join(extensions)
-        raise InputError(
-            f"Invalid output: {problem}. Allowed: a new {kinds} file in an "
-            f"existing folder. Received: output={output!r}")
-
-
-# The records of a train, compare, demo, advise or rank workdir (see
-# training/workdir.py, modes/compare.py), never an --output.
-_RUN_FILES = ("config.json", "split.json", "data.json", "run.json",
-              "decision.json", "ranking.json", "metrics.json", "demo.json",
-              "results.json")
-
-
-def _is_run_file(path):
-    """Whether `path` is a file of an export (in its folder or assets/)
-    or has the name of a workdir's record (an existing one is taken to
-    be one)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    in_export = any(os.path.exists(os.path.join(f, "saved_model.pb"))
-                    for f in (folder, os.path.dirname(folder)))
-    return in_export or os.path.basename(path) in _RUN_FILES
 
 
 def _export_dir(config):

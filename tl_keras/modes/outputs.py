@@ -1,0 +1,86 @@
+"""Where the modes that serve a finished run may write: --output of
+predict and evaluate, --export_dir of export. Nothing tl_keras or the
+user already wrote is replaced unasked, and nothing is written where a
+later run, export or listing would replace or misread it."""
+
+import os
+
+from tl_keras import io
+from tl_keras.errors import InputError
+
+
+def check_output(config, extensions):
+    """Fails before any work on an --output that cannot be written or
+    would replace a file: its folder must exist, its extension be one of
+    `extensions`; an existing file is replaced only with --overwrite, and
+    never a file in a tl_keras export or a run's folders, nor a
+    workdir's record (`_managed_folder`, `_RUN_FILES`: the export or the
+    run would be lost)."""
+    output = config.export.output
+    if not output:
+        return
+    folder = os.path.dirname(os.path.abspath(output))
+    problem = None
+    if not os.path.isdir(folder):
+        problem = f"its folder {folder!r} does not exist"
+    elif not output.lower().endswith(extensions):
+        problem = "its extension is not allowed"
+    elif os.path.isdir(output):
+        problem = "it is a folder"
+    elif _managed_folder(output):
+        problem = (f"it is inside {_managed_folder(output)!r}, a tl_keras "
+                   f"export or a run's own folder, which re-exporting or "
+                   f"resuming rewrites (a re-export deleted predictions "
+                   f"written there)")
+    elif os.path.exists(output) and os.path.basename(output) in _RUN_FILES:
+        problem = "it is a file of a tl_keras run or export"
+    elif os.path.exists(output) and not config.runtime.overwrite:
+        problem = "the file exists (--overwrite replaces it)"
+    if problem:
+        kinds = " or ".join(extensions)
+        raise InputError(
+            f"Invalid output: {problem}. Allowed: a new {kinds} file in an "
+            f"existing folder. Received: output={output!r}")
+
+
+# The records of a train, compare, demo, advise or rank workdir (see
+# training/workdir.py, modes/compare.py), never an --output.
+_RUN_FILES = ("config.json", "split.json", "data.json", "run.json",
+              "decision.json", "ranking.json", "metrics.json", "demo.json",
+              "results.json")
+
+
+def _managed_folder(path):
+    """The folder whose files tl_keras replaces that holds `path`: an
+    export (`path` in its folder, assets/ or variables/), or a folder
+    below a workdir's top level (logs/, checkpoints/, a compare's runs:
+    --overwrite replaced a stage's log with prediction rows); else
+    None. A workdir itself holds a new --output (`_RUN_FILES` aside)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for f in (folder, os.path.dirname(folder)):
+        if os.path.exists(os.path.join(f, "saved_model.pb")):
+            return f
+    parent = os.path.dirname(folder)
+    while parent != os.path.dirname(parent):
+        if os.path.isfile(os.path.join(parent, "config.json")) and any(
+                os.path.isfile(os.path.join(parent, name)) for name in (
+                    "flags.cfg", "run.json", "decision.json")):
+            return parent
+        parent = os.path.dirname(parent)
+    return None
+
+
+def check_outside_data(workdir, target):
+    """Refuses an export into the run's data folder: the next listing of
+    it (evaluate, a rerun) took the export for a class folder, and
+    --overwrite moved a class folder aside for it."""
+    stored = os.path.join(workdir, "config.json")
+    data_dir = io.read_json(stored).get("data_dir") if os.path.isfile(
+        stored) else ""
+    data, out = os.path.realpath(data_dir or "/"), os.path.realpath(target)
+    if data_dir and os.path.commonpath([data, out]) == data:
+        raise InputError(
+            f"Invalid export_dir {target!r}: it is inside the run's data "
+            f"folder {data_dir!r}, whose next listing would read it as a "
+            f"class. Allowed: a path outside --data_dir. Received: "
+            f"export_dir={target!r}")
