@@ -5,6 +5,7 @@ command line and `tl_keras.train` alike), and changing it does not make
 a finished or interrupted run "a run with other settings".
 """
 
+import dataclasses
 import logging
 
 # The fine-tune stage's own fields, unread by a scratch or transfer run.
@@ -62,9 +63,10 @@ def unread_fields(config):
 def warn_unread(config):
     """Logs each field set away from its default that `config`'s mode
     (or approach) does not read."""
-    from tl_keras.config.config import Config
-
-    values, defaults = config.to_dict(), Config().to_dict()
+    values, defaults = config.to_dict(), {}
+    for name in ("data", "model", "training", "runtime", "export",
+                 "advisor"):  # each section's defaults
+        defaults.update(dataclasses.asdict(type(getattr(config, name))()))
     mode, approach = config.runtime.mode, config.training.approach
     for name in unread_fields(config):
         if values[name] != defaults[name]:

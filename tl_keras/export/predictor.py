@@ -46,31 +46,8 @@ class ExportedClassifier:
                 batch_size, numbers.Integral) or batch_size < 1:
             raise InputError(f"Invalid batch_size. Allowed: a positive "
                              f"integer. Received: batch_size={batch_size!r}")
-        if isinstance(inputs, (str, os.PathLike)):
-            inputs = [inputs]
-        if not isinstance(inputs, (list, tuple, np.ndarray)):
-            # A generator became a 0-d object array ("len() of unsized
-            # object").
-            raise InputError(
-                f"Invalid inputs: a {type(inputs).__name__}. Allowed: a "
-                f"path, a list or tuple of paths or of [height, width, 3] "
-                f"arrays, or a [batch, height, width, 3] array (list(...) a "
-                f"generator). Received: {type(inputs).__name__}")
-        if isinstance(inputs, (list, tuple)) and inputs and all(
-                isinstance(x, np.ndarray) for x in inputs):
-            inputs = _stack(inputs)  # a list of images: one batch
-        if isinstance(inputs, (list, tuple)):
-            kinds = sorted({type(p).__name__ for p in inputs
-                            if not isinstance(p, (str, os.PathLike))})
-            if kinds:  # PIL images, bytes, tensors: not paths
-                raise InputError(
-                    f"Invalid inputs: a list holding {', '.join(kinds)}. "
-                    f"Allowed: a list of file paths, a list of [height, "
-                    f"width, 3] uint8 arrays, or one [batch, height, width, "
-                    f"3] uint8 array. Received: {len(inputs)} item(s)")
-        if isinstance(inputs, (list, tuple)):  # `~` as load_exported
-            inputs = [os.path.expanduser(p) for p in inputs]
-        if isinstance(inputs, (list, tuple)) and check_files:
+        inputs = _paths_or_batch(inputs)
+        if isinstance(inputs, list) and check_files:
             _check_files(inputs)
         if isinstance(inputs, (list, tuple)):
             fn = self._model.signatures["serve_bytes"]
@@ -111,6 +88,35 @@ def load_exported(path):
             f"or a folder written by --mode=export. Received: export_dir="
             f"{path!r}")
     return ExportedClassifier(path)
+
+
+def _paths_or_batch(inputs):
+    """`predict`'s inputs as a list of paths (`~` expanded, as
+    `load_exported` does) or as one array (a list of same-sized arrays
+    stacked); InputError for anything else."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple, np.ndarray)):
+        # A generator became a 0-d object array ("len() of unsized
+        # object").
+        raise InputError(
+            f"Invalid inputs: a {type(inputs).__name__}. Allowed: a "
+            f"path, a list or tuple of paths or of [height, width, 3] "
+            f"arrays, or a [batch, height, width, 3] array (list(...) a "
+            f"generator). Received: {type(inputs).__name__}")
+    if isinstance(inputs, np.ndarray):
+        return inputs
+    if inputs and all(isinstance(x, np.ndarray) for x in inputs):
+        return _stack(inputs)  # a list of images: one batch
+    kinds = sorted({type(p).__name__ for p in inputs
+                    if not isinstance(p, (str, os.PathLike))})
+    if kinds:  # PIL images, bytes, tensors: not paths
+        raise InputError(
+            f"Invalid inputs: a list holding {', '.join(kinds)}. "
+            f"Allowed: a list of file paths, a list of [height, "
+            f"width, 3] uint8 arrays, or one [batch, height, width, "
+            f"3] uint8 array. Received: {len(inputs)} item(s)")
+    return [os.path.expanduser(p) for p in inputs]
 
 
 def _stack(arrays):
