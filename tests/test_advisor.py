@@ -720,8 +720,14 @@ def test_scratch_run_only_when_it_can_change_the_decision(
 def test_a_numeric_unfreeze_fits_the_blocks_up_to_the_chosen_one():
     from tl_keras.advisor.advise import _fit_unfreeze
 
-    blocks = [("block1", []), ("block2", []), ("block3", []),
-              ("block4", [])]
+    def conv():
+        layer = keras.layers.Conv2D(1, 1)
+        layer.build((None, 4, 4, 1))
+        return layer
+
+    # --unfreeze counts blocks that hold weights: not the Rescaling stem.
+    blocks = [("stem", [keras.layers.Rescaling(1.0)]),
+              *[(f"block{i}", [conv()]) for i in range(1, 5)]]
     decision = {"feature_block": "block2", "unfreeze": "3", "reason": "r."}
     fitted = _fit_unfreeze(decision, blocks)
     assert fitted["unfreeze"] == "all"

@@ -22,6 +22,7 @@ from tl_keras.data.given import data_for_run, given_data_config
 from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import InputError
 from tl_keras.models.backbones import build_backbone
+from tl_keras.models.base_checks import tuned_blocks
 from tl_keras.models.classifier import build_classifier
 
 log = logging.getLogger("tl_keras")
@@ -65,13 +66,14 @@ def advise_run(model, data, config, blocks):
 
 def _fit_unfreeze(decision, blocks):
     """A numeric --unfreeze larger than the blocks below the chosen one
-    would fail once the base is cut there: it becomes 'all' of them, and
-    the reason says so."""
+    (those that hold weights, as --unfreeze counts them) would fail once
+    the base is cut there: it becomes 'all' of them, and the reason says
+    so."""
     block, unfreeze = decision.get("feature_block"), decision["unfreeze"]
     names = [name for name, _ in blocks]
     if not block or unfreeze == "all" or block not in names:
         return decision
-    kept = names.index(block) + 1
+    kept = len(tuned_blocks(blocks[:names.index(block) + 1]))
     if int(unfreeze) <= kept:
         return decision
     return {**decision, "unfreeze": "all",

@@ -10,18 +10,25 @@ import dataclasses
 import logging
 import os
 import re
-import warnings
 
 import keras
 
 from tl_keras.errors import InputError
 from tl_keras.models import hub
+from tl_keras.models.base_checks import (
+    check_cut_holds_weights,
+    check_model_file,
+    input_side,
+)
 from tl_keras.models.layers import (
-    Backbone,
     TokenPooling,
     token_pooling_mode,
 )
-from tl_keras.models.model_files import load_model_file
+from tl_keras.models.model_files import (
+    find_base,
+    load_model_file,
+    load_weights_file,
+)
 from tl_keras.models.registry import (
     BackboneSpec,
     get_backbone_spec,
@@ -62,12 +69,15 @@ def build_backbone(name, weights="imagenet", image_size=0, feature_block=""):
       name: a registry name, 'hub:' + a KerasHub preset (`models.hub`),
         or a path to a `.keras` file. A tl_keras classifier's file gives
         its base and preprocessing; any other Keras model is cut at its
-        last rank-4 (spatial feature map) output.
+        last rank-4 (spatial feature map) output: a Functional or
+        Sequential model of one (height, width, 3) input and one output.
       weights: 'imagenet', 'none', or a path to a `.weights.h5` / `.keras`
-        file holding weights for this base. A `.keras` backbone keeps its
-        own weights unless a file is given; a hub preset keeps its own
-        for 'imagenet'.
-      image_size: square input size; 0 means the spec's default.
+        file holding weights for this base (with `feature_block`, a
+        `.keras` file may hold the cut base's). A `.keras` backbone keeps
+        its own weights unless a file is given; a hub preset keeps its
+        own for 'imagenet'.
+      image_size: square input size; 0 means the spec's default (224 for
+        a .keras model that takes any size, said in the log).
       feature_block: optional block name (`list_blocks`): the base ends
         after that block, so the head sees earlier, more generic features.
 
@@ -76,15 +86,16 @@ def build_backbone(name, weights="imagenet", image_size=0, feature_block=""):
 
     Raises:
       InputError: unknown name or block, size below the minimum, weights
-        that do not match the architecture, or a model with no spatial
-        features.
+        that do not match the architecture, a cut that holds no weights,
+        or a .keras model that is not one base (`base_checks`).
     """
     if name.endswith(".keras"):
-        built = _backbone_from_model_file(name, image_size, weights)
+        built = _backbone_from_model_file(name, image_size, weights,
+                                          feature_block)
     elif hub.is_hub(name):
         built = _build_hub(name, weights, image_size)
     else:
-        built = _build_registered(name, weights, image_size)
+        built = _build_registered(name, weights, image_size, feature_block)
     return cut_at_block(built, feature_block) if feature_block else built
 
 
@@ -94,8 +105,9 @@ def cut_at_block(built, block):
     very different case of transfer learning).
 
     Raises:
-      InputError: no such block (the message lists the blocks), or the
-        block does not end in a spatial feature map.
+      InputError: no such block (the message lists the blocks), the
+        block does not end in a spatial feature map, or the cut holds no
+        weights (the head would train on the pixels).
     """
     blocks = built.blocks()
     if block not in dict(blocks):
@@ -105,6 +117,7 @@ def cut_at_block(built, block):
             f"{', '.join(name for name, _ in blocks)}. "
             f"Received: feature_block={block!r}")
     hub.check_token_cut(built.base, blocks, block)
+    check_cut_holds_weights(blocks, block, built.source)
     output = block_map(built.base, blocks, block)
     if output is None:
         raise InputError(
@@ -144,7 +157,13 @@ def block_output(blocks, block):
     return blocks[position][1][-1].output
 
 
-def _build_registered(name, weights, image_size):
+def _cutter(built, block):
+    """For `load_weights_file`: a function giving `built`'s base cut after
+    `block`; None without a block."""
+    return (lambda: cut_at_block(built, block).base) if block else None
+
+
+def _build_registered(name, weights, image_size, feature_block=""):
     spec = get_backbone_spec(name)
     size = image_size or spec.default_size
     if size < spec.min_size:
@@ -161,10 +180,12 @@ def _build_registered(name, weights, image_size):
         base = _build_with_imagenet_weights(spec, size)
     else:
         base = spec.build(size, None)
+    built = BuiltBackbone(base, spec.preprocessing, size, spec,
+                          source=f"{spec.name} (weights={weights})")
     if weights not in ("imagenet", "none"):
-        _load_weights_file(base, weights, spec.name)
-    return BuiltBackbone(base, spec.preprocessing, size, spec,
-                         source=f"{spec.name} (weights={weights})")
+        load_weights_file(base, weights, spec.name,
+                          _cutter(built, feature_block))
+    return built
 
 
 def _build_hub(name, weights, image_size):
@@ -172,7 +193,7 @@ def _build_hub(name, weights, image_size):
         name, weights, image_size)
     spec = _hub_spec(name, kind, pattern) if pattern else None
     if weights not in ("imagenet", "none"):
-        _load_weights_file(base, weights, name)
+        load_weights_file(base, weights, name)
     origin = {"imagenet": "the preset's weights",
               "none": "random init"}.get(weights, f"weights={weights}")
     built = BuiltBackbone(base, preprocessing, size, spec,
@@ -215,43 +236,15 @@ def _build_with_imagenet_weights(spec, size):
             f"Received: weights='imagenet'") from None
 
 
-def _load_weights_file(base, path, name):
-    try:
-        with warnings.catch_warnings():
-            # Keras only warns when parts of a file do not fit ("Skipping
-            # ...") and leaves those weights as initialised: an error here.
-            warnings.filterwarnings("error", message=".*[Ss]kipping.*")
-            if path.endswith(".keras"):
-                model = load_model_file(path, "weights", compile=False)
-                source = _find_base(model) or model
-                base.set_weights(source.get_weights())
-            else:
-                base.load_weights(path)
-    except InputError:  # a .keras file Keras cannot load, named
-        raise
-    except (ValueError, KeyError, OSError, UserWarning) as e:
-        detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        raise InputError(
-            f"Invalid weights: the file does not match backbone {name!r} "
-            f"({detail}). Allowed: weights saved from the same architecture."
-            f" Received: weights={path!r}") from None
-
-
-def _find_base(model):
-    for layer in model.layers:
-        if isinstance(layer, Backbone):
-            return layer.base
-    return None
-
-
-def _backbone_from_model_file(path, image_size, weights="none"):
+def _backbone_from_model_file(path, image_size, weights="none",
+                              feature_block=""):
     if not os.path.isfile(path):
         raise InputError(
             f"Invalid backbone: no such file. Allowed: a registered name, "
             f"hub:PRESET or an existing .keras path. Received: "
             f"backbone={path!r}")
     model = load_model_file(path, "backbone", compile=False)
-    base = _find_base(model)
+    base = find_base(model)
     if base is not None:
         preprocessing = model.get_layer("preprocess").settings()
         kind, pattern = hub.saved_block_pattern(base)
@@ -259,24 +252,37 @@ def _backbone_from_model_file(path, image_size, weights="none"):
             _hub_spec(path, kind, pattern) if pattern else None)
     else:
         hub.refuse_bare_hub_model(model, path)
+        check_model_file(model, path)
         base, preprocessing, spec = _cut_at_features(model, path), "none", None
         # Nothing says what range a model saved by hand expects.
         log.warning("%s is not a tl_keras classifier: it gets the pixels "
                     "as they are, in [0, 255]. A model that expects another "
                     "range (e.g. keras.applications' [-1, 1]) must hold its "
                     "own preprocessing layer.", path)
-    # A hub CNN's base takes any size: the classifier's input says which.
-    size = base.input_shape[1] or model.input_shape[1] or image_size or 224
+    size = _model_file_size(model, base, path, image_size)
+    built = BuiltBackbone(base, preprocessing, size, spec, source=path)
+    if weights not in ("imagenet", "none"):
+        load_weights_file(base, weights, path, _cutter(built, feature_block))
+        built.source = f"{path} (weights={weights})"
+    return built
+
+
+def _model_file_size(model, base, path, image_size):
+    """The input size of a .keras file's base: the one it fixes, else
+    (a hub CNN's base takes any size) its classifier's, else
+    `image_size`, else 224 (said in the log)."""
+    size = input_side(base, path) or model.input_shape[1] or image_size
+    if not size:
+        log.info("Taking image size 224 for %s: its input is None x None "
+                 "(the base does not fix one); --image_size sets another.",
+                 path)
+        return 224
     if image_size and image_size != size:
         raise InputError(
             f"Invalid image_size for backbone {path!r}: the saved model "
             f"takes {size} px. Allowed: 0 or {size}. Received: "
             f"image_size={image_size}")
-    source = path  # with its own weights
-    if weights not in ("imagenet", "none"):
-        _load_weights_file(base, weights, path)
-        source = f"{path} (weights={weights})"
-    return BuiltBackbone(base, preprocessing, size, spec, source=source)
+    return size
 
 
 def _cut_at_features(model, path):

@@ -6,20 +6,27 @@ in Keras 3.15 done by the library instead of the user:
 * the base sits in a `Backbone` layer that forces inference mode while the
   base is frozen (outer `training=False` alone does not hold in fit());
 * when blocks are unfrozen, every BatchNormalization layer is frozen one by
-  one, so its moving statistics stay those of pretraining;
+  one, so its moving statistics stay those of pretraining (and
+  `--unfreeze=N` counts the top N blocks that hold other weights: a block
+  of only BatchNorm and activations would train nothing);
 * every change of `trainable` is followed by a compile with a new
   optimizer (Keras gives no warning when that compile is missing).
 """
+
+import logging
 
 import keras
 
 from tl_keras.errors import InputError, check_range, fail
 from tl_keras.models.backbones import BuiltBackbone
+from tl_keras.models.base_checks import holds_tuned_weights, tuned_blocks
 from tl_keras.models.layers import (
     Backbone,
     FeatureStandardization,
     normalization_layer,
 )
+
+log = logging.getLogger("tl_keras")
 
 STAGES = ("scratch", "head", "finetune")
 
@@ -108,7 +115,7 @@ def get_base(model):
     return model.get_layer("backbone").base
 
 
-def configure_stage(model, stage, blocks, unfreeze=None):
+def configure_stage(model, stage, blocks, unfreeze=None, quiet=False):
     """Sets which weights train in `stage`; the caller must then compile.
 
     Args:
@@ -117,10 +124,15 @@ def configure_stage(model, stage, blocks, unfreeze=None):
         (the base is frozen and runs in inference mode) or 'finetune'
         (the top `unfreeze` blocks train, all BatchNorm stays frozen).
       blocks: the base's blocks, from `backbones.list_blocks`.
-      unfreeze: number of top blocks to train in 'finetune'; None = all.
+      unfreeze: number of top blocks to train in 'finetune', counting
+        only blocks that hold weights besides BatchNorm's (`tuned_blocks`,
+        as --gradual_unfreeze and --lr_decay count them): densenet121's
+        'top' (BatchNorm + ReLU) is not one, so 1 trains conv5_block16.
+        None = all.
+      quiet: no log line for the blocks (a check, not the stage).
 
     Raises:
-      ValueError: unknown stage, or more blocks than the base has.
+      InputError: unknown stage, or more blocks than the base has.
     """
     if stage not in STAGES:
         raise InputError(f"Unknown stage. Allowed: {', '.join(STAGES)}. "
@@ -132,21 +144,47 @@ def configure_stage(model, stage, blocks, unfreeze=None):
         return
     if unfreeze is not None:
         check_unfreeze(unfreeze, blocks)
-        for _, layers in blocks[:len(blocks) - unfreeze]:
+        tuned = [i for i, (_, layers) in enumerate(blocks)
+                 if holds_tuned_weights(layers)][-unfreeze:]
+        for _, layers in blocks[:tuned[0]]:
             for layer in layers:
                 layer.trainable = False
+        if not quiet:
+            _log_unfrozen(blocks, tuned)
     for layer in all_layers(base):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
 
 
+def _log_unfrozen(blocks, tuned):
+    """Says which blocks --unfreeze=N trains (`tuned`: their positions in
+    `blocks`) and which above them it did not count."""
+    names = [blocks[i][0] for i in tuned]
+    skipped = [name for name, _ in blocks[tuned[0]:] if name not in names]
+    log.info("--unfreeze=%d: fine-tuning %s, the top %d block%s with "
+             "weights besides BatchNorm's (which stays frozen)%s",
+             len(tuned),
+             names[0] if len(names) == 1 else f"{names[0]} ... {names[-1]}",
+             len(tuned), "s" if len(tuned) > 1 else "",
+             f"; not counted: {', '.join(skipped)} (no such weights)"
+             if skipped else "")
+
+
 def check_unfreeze(unfreeze, blocks):
-    """Raises ValueError if `unfreeze` top blocks is more than there are."""
-    if unfreeze is not None and not 1 <= unfreeze <= len(blocks):
+    """Raises InputError if `unfreeze` top blocks is more than the base's
+    blocks that hold weights a fine-tune trains (`tuned_blocks`)."""
+    tuned = tuned_blocks(blocks)
+    if unfreeze is not None and not 1 <= unfreeze <= len(tuned):
+        names = f" ({tuned[0][0]} ... {tuned[-1][0]})" if tuned else ""
+        skipped = len(blocks) - len(tuned)
         raise InputError(
-            f"Invalid unfreeze: the base has {len(blocks)} blocks "
-            f"({blocks[0][0]} ... {blocks[-1][0]}). Allowed: all or 1.."
-            f"{len(blocks)}. Received: unfreeze={unfreeze}")
+            f"Invalid unfreeze: the base has {len(tuned)} blocks that hold "
+            f"weights besides BatchNorm's{names}"
+            + (f"; {skipped} more hold only BatchNorm, activations or "
+               f"pooling (BatchNorm stays frozen), so they are not counted"
+               if skipped else "")
+            + f". Allowed: {f'all or 1..{len(tuned)}' if tuned else 'all'}."
+            f" Received: unfreeze={unfreeze}")
 
 
 def compile_for_stage(model, learning_rate, jit_compile=False,

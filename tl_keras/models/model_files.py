@@ -1,13 +1,17 @@
 """Loading a .keras file: KerasHub layers registered first, and every
-file Keras cannot load an InputError naming the field it came from."""
+file Keras cannot load an InputError naming the field it came from; and a
+base's weights from a file (`load_weights_file`)."""
 
 import os
+import warnings
 import zipfile
 
 import keras
 
 from tl_keras.errors import InputError
 from tl_keras.models import hub
+from tl_keras.models.base_checks import check_weights_file_used
+from tl_keras.models.layers import Backbone
 
 
 def load_model_file(path, field="path", **kwargs):
@@ -45,3 +49,51 @@ def load_model_file(path, field="path", **kwargs):
         f"Invalid {field}: {problem}. Allowed: a .keras file saved by Keras "
         f"3 (custom layers registered and imported). Received: "
         f"{field}={path!r}")
+
+
+def load_weights_file(base, path, name, cut=None):
+    """Loads a `.weights.h5` file, or the base (or whole model) of a
+    `.keras` file, into `base`.
+
+    Args:
+      base: the base model (registry name, hub preset or .keras file).
+      path: the --weights file.
+      name: the backbone, for messages.
+      cut: for a --feature_block, a function returning the base cut
+        there: a `.keras` file with the cut base's weights (a run cut at
+        that block) loads into it (the layers are `base`'s).
+
+    Raises:
+      InputError naming `weights`: a file that does not match (Keras only
+        warns, "Skipping ...", where parts do not fit, and ignores a
+        .weights.h5 file's entries no layer takes).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*[Ss]kipping.*")
+            if path.endswith(".keras"):
+                model = load_model_file(path, "weights", compile=False)
+                values = (find_base(model) or model).get_weights()
+                target = base
+                if cut is not None and len(values) != len(base.weights):
+                    target = cut()
+                target.set_weights(values)
+            else:
+                base.load_weights(path)
+                check_weights_file_used(base, path, name)
+    except InputError:  # a .keras file Keras cannot load, named
+        raise
+    except (ValueError, KeyError, OSError, UserWarning) as e:
+        detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise InputError(
+            f"Invalid weights: the file does not match backbone {name!r} "
+            f"({detail}). Allowed: weights saved from the same architecture."
+            f" Received: weights={path!r}") from None
+
+
+def find_base(model):
+    """The base inside a tl_keras classifier; None for another model."""
+    for layer in model.layers:
+        if isinstance(layer, Backbone):
+            return layer.base
+    return None

@@ -10,6 +10,7 @@ import math
 import keras
 
 from tl_keras.errors import fail
+from tl_keras.models.base_checks import tuned_blocks
 from tl_keras.models.classifier import check_unfreeze, configure_stage
 from tl_keras.models.optimizers import (
     LabelAccuracy,
@@ -72,12 +73,15 @@ def make_optimizer(training, lr, epochs, steps, multipliers=None,
 
 def layer_multipliers(model, blocks, decay):
     """{variable path: decay^k} for the trainable variables of the base's
-    block k from the top (k = 0: the top block; the head is not listed and
+    block k from the top of those that hold any (k = 0: the top one, as
+    --unfreeze and --gradual_unfreeze count; the head is not listed and
     trains at the full rate); empty when decay is 1."""
     if decay >= 1.0:
         return {}
     out = {}
-    for k, (_, layers) in enumerate(reversed(blocks)):
+    training = [layers for _, layers in reversed(blocks)
+                if any(layer.trainable_weights for layer in layers)]
+    for k, layers in enumerate(training):
         for layer in layers:
             for variable in layer.trainable_weights:
                 out[variable.path] = decay ** k
@@ -130,7 +134,8 @@ def check_finetune_blocks(model, blocks, training):
     check_unfreeze(training.unfreeze_blocks(), blocks)
     check_lr_decay(training, blocks)
     if training.gradual_unfreeze:
-        configure_stage(model, "finetune", blocks, training.unfreeze_blocks())
+        configure_stage(model, "finetune", blocks, training.unfreeze_blocks(),
+                        quiet=True)
         unfreeze_epochs(blocks, training.gradual_unfreeze,
                         training.finetune_epochs)
         configure_stage(model, "head", blocks)
@@ -139,7 +144,7 @@ def check_finetune_blocks(model, blocks, training):
 def check_lr_decay(training, blocks):
     """Refuses --lr_decay below 1 when the fine-tune stage trains one of
     the base's `blocks` (it would do nothing)."""
-    trained = training.unfreeze_blocks() or len(blocks)
+    trained = training.unfreeze_blocks() or len(tuned_blocks(blocks))
     if training.lr_decay < 1.0 and trained < 2:  # the top block: F^0
         fail("lr_decay", "1 when the fine-tune stage trains fewer than 2 "
              "blocks (block k from the top trains at LR x lr_decay^k, so "

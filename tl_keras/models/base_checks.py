@@ -1,0 +1,116 @@
+"""Checks on a base a user brings: a .keras model tl_keras cannot take as
+it is, a weights file of another architecture, a cut with no weights,
+and the blocks `--unfreeze` counts. Each is an `InputError` naming the
+field, raised while the base is built (before the workdir is written).
+"""
+
+import os
+
+import h5py
+import keras
+
+from tl_keras.errors import InputError
+
+
+def check_model_file(model, path):
+    """Refuses a Keras model (not a tl_keras classifier) that cannot be
+    cut into a base: a subclassed model (its layers were never called on
+    symbolic inputs: an AttributeError), or one with several inputs or
+    outputs (the last spatial layer was taken, which for two outputs
+    could be a side branch: the main path was dropped without a word)."""
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except AttributeError:
+        inputs = outputs = None
+    if inputs is None or outputs is None:
+        _refuse(path, f"it is a subclassed model ({type(model).__name__}), "
+                "whose layers were never called on symbolic inputs, so "
+                "there is no graph to cut at its features",
+                "a Functional or Sequential model")
+    if len(outputs) != 1:
+        _refuse(path, f"the model has {len(outputs)} outputs (one branch "
+                "would be taken and the others dropped)",
+                "a model with one output")
+    if len(inputs) != 1:
+        _refuse(path, f"the model has {len(inputs)} inputs",
+                "a model with one image input")
+
+
+def input_side(base, path):
+    """The side of the square input `base` fixes; None when it takes any
+    size. Refuses an input that is not (height, width, 3) and a fixed one
+    that is not square (Keras failed on either once training started)."""
+    shape = tuple(base.input_shape)
+    if len(shape) != 4 or shape[-1] != 3:
+        dims = " x ".join("None" if d is None else str(d) for d in shape[1:])
+        what = (f"{shape[-1]} channel{'s' if shape[-1] != 1 else ''}"
+                if len(shape) == 4 else f"rank {len(shape)}")
+        _refuse(path, f"its input is {dims} ({what}); tl_keras feeds RGB "
+                "images", "a model whose input is (height, width, 3)")
+    sides = {side for side in shape[1:3] if side is not None}
+    if len(sides) > 1:
+        _refuse(path, f"its input is {shape[1]} x {shape[2]} pixels; "
+                "tl_keras feeds square images (--image_size)",
+                "a square input (height = width) or one of any size")
+    return sides.pop() if sides else None
+
+
+def _refuse(path, problem, allowed):
+    raise InputError(
+        f"Invalid backbone {path!r}: {problem}. Allowed: {allowed}. "
+        f"Received: backbone={path!r}")
+
+
+def holds_tuned_weights(layers):
+    """Whether a fine-tune trains any weight of `layers` (nested layers
+    included): a trainable variable of a layer other than
+    BatchNormalization, which every fine-tune keeps frozen. Read from the
+    variables Keras made trainable, whatever `trainable` says now."""
+    return any(
+        sub._trainable_variables  # as made: freezing does not change it
+        for layer in layers for sub in layer._flatten_layers()
+        if not isinstance(sub, keras.layers.BatchNormalization))
+
+
+def tuned_blocks(blocks):
+    """The blocks (of `list_blocks`) a fine-tune trains weights of, bottom
+    to top: those `--unfreeze` counts. A block of only BatchNorm and
+    activations (densenet121's and resnet50_v2's 'top') is not one."""
+    return [block for block in blocks if holds_tuned_weights(block[1])]
+
+
+def check_cut_holds_weights(blocks, block, source):
+    """Refuses a cut after `block` that holds no weights: the head would
+    train on the pixels (e.g. a user base's 'stem' of a Rescaling layer)."""
+    names = [name for name, _ in blocks]
+    weighted = [name for name, layers in blocks
+                if holds_tuned_weights(layers)]
+    if weighted and names.index(block) >= names.index(weighted[0]):
+        return
+    first = names.index(weighted[0]) if weighted else len(names)
+    raise InputError(
+        f"Invalid feature_block for backbone {source}: the base cut after "
+        f"{block!r} holds no weights (only layers such as rescaling, "
+        f"pooling, BatchNorm or activations), so the head would train on "
+        f"the pixels. Allowed: one of {', '.join(names[first:]) or 'none'}"
+        f" (the blocks from the first with weights). Received: "
+        f"feature_block={block!r}")
+
+
+def check_weights_file_used(base, path, name):
+    """Refuses a .weights.h5 file holding variables `base` did not take:
+    Keras loads the layers whose names match and ignores the file's other
+    entries (a BatchNorm model's weights into a plain one loaded)."""
+    if not (path.endswith(".weights.h5") and os.path.isfile(path)):
+        return
+    datasets = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda key, item: datasets.append(key) if isinstance(
+            item, h5py.Dataset) else None)
+    if len(datasets) > len(base.weights):
+        raise InputError(
+            f"Invalid weights: the file does not match backbone {name!r} "
+            f"(it holds {len(datasets)} variables and the base takes "
+            f"{len(base.weights)}: Keras loaded the layers whose names "
+            f"match and ignored the rest). Allowed: weights saved from the "
+            f"same architecture. Received: weights={path!r}")
