@@ -224,3 +224,22 @@ def test_one_process_modes_refuse_a_multi_worker_cluster(
                                  f"in one process.*worker-0 of 2 workers"):
             entry(config.replace(mode=mode))
     assert not os.listdir(tmp_path)
+
+
+def test_macro_f1_leaves_out_classes_without_test_images():
+    # A class the test split has no image of counted as F1 0: 0.314 for
+    # per-class F1s of 0.941, 0 (no images) and 0 (no images).
+    from tl_keras.modes.compare import _row
+
+    stage = {"epochs": 2, "seconds_this_process": 1.0, "trainable_params": 9,
+             "history": {"val_accuracy": [0.5, 0.6]},
+             "best_val_accuracy": 0.6, "best_val_loss": 1.0}
+    metrics = {"approach": "scratch", "stages": {"scratch": stage},
+               "num_train": 10, "num_test": 17, "test_split": "test",
+               "test_accuracy": 0.9, "confusion_matrix": [],
+               "class_names": ["big", "mid", "small"],
+               "per_class": {
+                   "big": {"f1-score": 0.941, "support": 17},
+                   "mid": {"f1-score": 0.5, "support": 3},
+                   "small": {"f1-score": 0.0, "support": 0}}}
+    assert _row(metrics, 5.0)["macro_f1"] == pytest.approx(0.7205)

@@ -627,3 +627,49 @@ def test_arrays_work_through_the_api(tiny_config):
 def test_formats_table_matches_extensions():
     exts = {"." + f.split(".")[-1] for f in FORMATS}
     assert exts <= set(data_lib.IMAGE_EXTENSIONS)
+
+
+@pytest.mark.parametrize("where", ["test", "class_2"])
+def test_a_link_to_a_folder_that_is_gone_is_refused(tmp_path, tiny_config,
+                                                    where):
+    # A test/ link to an unmounted drive: test was carved from train
+    # without a word; a class link: the class was left out silently.
+    root = tmp_path / "d"
+    if where == "test":
+        write_image_folder(str(root / "train"), num_classes=2, per_class=5,
+                           formats=("png",))
+    else:
+        write_image_folder(str(root), num_classes=2, per_class=5,
+                           formats=("png",))
+    os.symlink(tmp_path / "unmounted" / where, root / where)
+    with pytest.raises(tl_keras.InputError,
+                       match=f"{where} in .* link\\(s\\) to something that "
+                             f"does not exist"):
+        tl_keras.make_datasets(tiny_config.replace(data_dir=str(root)), SIZE)
+
+
+@pytest.mark.parametrize("names", [("Cat", "cat"), ("cat ", "cat"),
+                                   (" cat", "Cat ")])
+def test_classes_alike_but_for_case_or_spaces_are_refused(tmp_path,
+                                                          tiny_config, names):
+    # Two classes that read the same in the log and labels.txt (and one
+    # on macOS or Windows).
+    root = tmp_path / "d"
+    for i, name in enumerate(names):
+        write_image_folder(str(root / name), num_classes=1, per_class=4,
+                           formats=("png",), seed=i)
+    write_image_folder(str(root / "dog"), num_classes=1, per_class=4,
+                       formats=("png",), seed=9)
+    with pytest.raises(tl_keras.InputError,
+                       match="differ only in case or in spaces"):
+        tl_keras.make_datasets(tiny_config.replace(data_dir=str(root)), SIZE)
+
+
+def test_a_fifo_named_like_an_image_is_unreadable_not_a_hang(tmp_path):
+    # PIL's open of a FIFO blocked the run forever, before anything was
+    # written.
+    from tl_keras.data.images import find_unreadable
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert find_unreadable([str(fifo)]) == [str(fifo)]

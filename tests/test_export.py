@@ -644,14 +644,29 @@ def test_evaluate_never_scores_training_images(run, tmp_path):
     config, _, _ = run
     root = tmp_path / "splits"
     write_image_folder(str(root / "train"), per_class=20, formats=("png",))
-    write_image_folder(str(root / "val"), per_class=4, formats=("png",))
+    write_image_folder(str(root / "val"), per_class=4, formats=("png",),
+                       seed=1)
     with pytest.raises(tl_keras.InputError, match="no test/ folder"):
         predict.evaluate_export(config.replace(mode="evaluate",
                                                data_dir=str(root)))
-    write_image_folder(str(root / "test"), per_class=3, formats=("png",))
+    write_image_folder(str(root / "test"), per_class=3, formats=("png",),
+                       seed=2)
     metrics = predict.evaluate_export(config.replace(mode="evaluate",
                                                      data_dir=str(root)))
     assert metrics["num_test"] == 9  # test/ only
+    # A test image that is a training image again (a copy: training left
+    # it out) or one of another class's (two labels) was scored.
+    shutil.copy(root / "train" / "class_0" / "000.png",
+                root / "test" / "class_0" / "again.png")
+    shutil.copy(root / "train" / "class_0" / "001.png",
+                root / "test" / "class_1" / "other_label.png")
+    # A train/ class the export lacks, without test images, is not
+    # scored: it was refused as "not in the export".
+    write_image_folder(str(root / "train" / "extra"), num_classes=1,
+                       per_class=2, formats=("png",), seed=3)
+    metrics = predict.evaluate_export(config.replace(mode="evaluate",
+                                                     data_dir=str(root)))
+    assert metrics["num_test"] == 9
 
 
 def test_export_folder_follows_the_umask(run, tmp_path):

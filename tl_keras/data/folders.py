@@ -45,6 +45,7 @@ def scan_folder(data_dir, min_classes=2):
     roots = split_roots(data_dir)
     class_names = subfolders(roots["train"])
     check_twins(roots["train"], class_names)
+    _check_alike(class_names, roots["train"])
     if len(class_names) < min_classes:
         found = ", ".join(class_names) or "none"
         raise InputError(
@@ -80,6 +81,24 @@ def scan_folder(data_dir, min_classes=2):
     skipped += again + loose
     check_classes_have_images(files["train"], class_names, data_dir)
     return files, class_names, skipped
+
+
+def _check_alike(class_names, root):
+    """Refuses class names that differ only in case or in spaces at
+    either end (Cat/ and cat/, 'cat ' and 'cat'): two classes that look
+    the same in the log and labels.txt, and one class on a file system
+    that ignores case (macOS, Windows)."""
+    groups = {}
+    for name in class_names:
+        groups.setdefault(name.strip().casefold(), []).append(name)
+    alike = [names for names in groups.values() if len(names) > 1]
+    if alike:
+        raise InputError(
+            f"Invalid data_dir: class folders in {printable(root)} differ "
+            f"only in case or in spaces at either end: "
+            f"{'; '.join(' and '.join(map(repr, g)) for g in alike)}. "
+            f"Allowed: one folder per class (merge or rename them). "
+            f"Received: {len(alike)} such group(s)")
 
 
 def _say_ignored(data_dir, roots, skipped, hidden):

@@ -8,6 +8,8 @@ meets them.
 
 import concurrent.futures
 import logging
+import os
+import stat
 
 import tensorflow as tf
 from PIL import Image
@@ -194,6 +196,8 @@ def _is_readable(path):
     says whether the file's EXIF asks for a rotation or mirror, which
     TensorFlow's decoder does not apply."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False, False  # a FIFO named .png: opening it hung
         with Image.open(path) as image:
             if image.format not in _TF_FORMATS or (
                     image.width * image.height > MAX_PIXELS) or (

@@ -194,7 +194,18 @@ def subfolders(path):
     Raises:
       InputError: a name with control characters or not valid UTF-8.
     """
-    names = sorted(e.name for e in os.scandir(path)
+    entries = list(os.scandir(path))
+    dangling = sorted(e.name for e in entries if e.is_symlink()
+                      and not os.path.exists(e.path))
+    if dangling:  # a split or class on a drive not mounted, silently gone
+        raise InputError(
+            f"Invalid data_dir: {', '.join(map(printable, dangling))} in "
+            f"{printable(path)} link(s) to something that does not exist (a "
+            f"folder on a drive not mounted?), so a split or class would "
+            f"be missing without a word. Allowed: links that resolve; "
+            f"remove the link or mount its target. Received: "
+            f"{len(dangling)} such link(s)")
+    names = sorted(e.name for e in entries
                    if e.is_dir() and not e.name.startswith(".")
                    and e.name not in IGNORED_FOLDERS)
     bad = [name for name in names if not is_utf8(name)]

@@ -209,18 +209,21 @@ def evaluate_export(config):
     predictor = load_exported(export_dir)
     data_dir, output = config.data.data_dir, config.export.output
     check_output(config, (".json",))
-    pairs, class_names = _scored_images(data_dir)
-    unknown = sorted(set(class_names) - set(predictor.class_names))
+    files, class_names, scored = _scored_images(data_dir)
+    # The classes scored (a train/ class without test images is not).
+    unknown = sorted({class_names[y] for _, y in files[scored]}
+                     - set(predictor.class_names))
     if unknown:
         raise InputError(
             f"Invalid data_dir: classes {', '.join(unknown)} are not in the "
             f"export. Allowed: a subset of {', '.join(predictor.class_names)}"
             f". Received: data_dir={data_dir!r}")
-    bad = set(find_unreadable([p for p, _ in pairs]))
+    bad = set(find_unreadable([p for p, _ in files[scored]]))
+    files[scored] = [(p, y) for p, y in files[scored] if p not in bad]
     # One image twice (a copy or a link) counts once, as in training; in
-    # two classes, it is left out.
-    pairs = drop_copies({"test": [(p, y) for p, y in pairs
-                                  if p not in bad]}, class_names)[0]["test"]
+    # two classes it is left out, and a test image that is a training or
+    # validation image again is not scored (training left it out).
+    pairs = drop_copies(files, class_names)[0][scored]
     log.info("Evaluating %s on %d image(s) (%d unreadable skipped)",
              export_dir, len(pairs), len(bad))
     if not pairs:
@@ -245,18 +248,19 @@ def evaluate_export(config):
 
 
 def _scored_images(data_dir):
-    """(path, label) pairs evaluate scores, and the class names: every
-    image of a folder of class folders, else its test/ split (never the
-    training images: the score would mean nothing)."""
+    """({split: (path, label) pairs}, class names, the split evaluate
+    scores): every image of a folder of class folders ('train'), else
+    its test/ split (never the training images: the score would mean
+    nothing)."""
     files, class_names, _ = scan_folder(data_dir, min_classes=1)
     if split_roots(data_dir, say=False)["train"] == data_dir:
         log.warning("Scoring every image in %s. If a run carved its splits "
                     "from this folder, its training images are among them; "
                     "score held-out images for an unbiased number.",
                     data_dir)
-        return files["train"], class_names
+        return files, class_names, "train"
     if files.get("test"):
-        return files["test"], class_names
+        return files, class_names, "test"
     raise InputError(
         f"Invalid data_dir for evaluate: it holds a train/ folder and no "
         f"test/ folder with images, and training images are never "
