@@ -295,6 +295,31 @@ def test_a_finished_run_does_not_count_its_copies_as_added(tmp_path):
         os.path.join(root, "class_0", "new.png")]
 
 
+def test_a_finished_run_sees_a_skipped_file_made_readable(tmp_path):
+    # A file the run skipped as unreadable, replaced since by an image:
+    # the rerun said "already complete" on an image it never saw.
+    from types import SimpleNamespace
+
+    from tl_keras.data.folders import scan_folder
+    from tl_keras.training import run_data
+
+    root = write_image_folder(str(tmp_path / "d"), num_classes=2,
+                              per_class=3, formats=("png",))
+    broken = os.path.join(root, "class_0", "broken.png")
+    open(broken, "wb").write(b"not an image")
+    files, _, _ = scan_folder(root)
+    files = {"train": [pair for pair in files["train"] if pair[0] != broken]}
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    run_data.record_data(str(workdir), SimpleNamespace(
+        files=files, bad_files=[broken], copy_files=[], fingerprint=""))
+    config = tl_keras.Config(data_dir=root, workdir=str(workdir))
+    assert run_data.check_finished_data(config) == {}  # still broken
+    Image.fromarray(np.full((9, 9, 3), 50, np.uint8)).save(broken)
+    assert run_data.check_finished_data(config) == {
+        "readable now": [broken]}
+
+
 def test_webp_images_train_and_an_animated_one_is_unreadable(tmp_path,
                                                              tiny_config):
     # Still WebP, lossy or lossless, with or without alpha, is decoded as
@@ -629,40 +654,51 @@ def test_formats_table_matches_extensions():
     assert exts <= set(data_lib.IMAGE_EXTENSIONS)
 
 
-@pytest.mark.parametrize("where", ["test", "class_2"])
-def test_a_link_to_a_folder_that_is_gone_is_refused(tmp_path, tiny_config,
-                                                    where):
+def test_a_link_to_a_folder_that_is_gone_is_refused_or_said(
+        tmp_path, tiny_config, caplog):
     # A test/ link to an unmounted drive: test was carved from train
-    # without a word; a class link: the class was left out silently.
+    # without a word (now an error); a class link: the class was left out
+    # silently (now said). Hidden links (an editor's lock file) are not
+    # looked at.
     root = tmp_path / "d"
-    if where == "test":
-        write_image_folder(str(root / "train"), num_classes=2, per_class=5,
-                           formats=("png",))
-    else:
-        write_image_folder(str(root), num_classes=2, per_class=5,
-                           formats=("png",))
-    os.symlink(tmp_path / "unmounted" / where, root / where)
+    write_image_folder(str(root / "train"), num_classes=2, per_class=5,
+                       formats=("png",))
+    os.symlink(tmp_path / "unmounted" / "test", root / "test")
+    config = tiny_config.replace(data_dir=str(root))
     with pytest.raises(tl_keras.InputError,
-                       match=f"{where} in .* link\\(s\\) to something that "
-                             f"does not exist"):
-        tl_keras.make_datasets(tiny_config.replace(data_dir=str(root)), SIZE)
+                       match="test in .* link\\(s\\) to something that "
+                             "does not exist"):
+        tl_keras.make_datasets(config, SIZE)
+    os.remove(root / "test")
+    os.symlink(tmp_path / "unmounted" / "class_2", root / "train" / "class_2")
+    os.symlink(tmp_path / "nowhere", root / "train" / ".#lock")
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        data = tl_keras.make_datasets(config, SIZE)
+    assert data.class_names == ["class_0", "class_1"]
+    assert "Ignoring 1 link(s) in" in caplog.text
+    assert "class_2" in caplog.text and ".#lock" not in caplog.text
 
 
-@pytest.mark.parametrize("names", [("Cat", "cat"), ("cat ", "cat"),
-                                   (" cat", "Cat ")])
-def test_classes_alike_but_for_case_or_spaces_are_refused(tmp_path,
-                                                          tiny_config, names):
-    # Two classes that read the same in the log and labels.txt (and one
-    # on macOS or Windows).
+@pytest.mark.parametrize("names", [("cat ", "cat"), (" cat", "cat "),
+                                   ("A", "a")])
+def test_classes_alike_but_for_end_spaces_are_refused(tmp_path,
+                                                      tiny_config, names):
+    # Two classes that read the same in the log and labels.txt; A/ and a/
+    # (a letters dataset) are two classes.
     root = tmp_path / "d"
     for i, name in enumerate(names):
         write_image_folder(str(root / name), num_classes=1, per_class=4,
                            formats=("png",), seed=i)
     write_image_folder(str(root / "dog"), num_classes=1, per_class=4,
                        formats=("png",), seed=9)
+    config = tiny_config.replace(data_dir=str(root))
+    if names == ("A", "a"):
+        assert tl_keras.make_datasets(config, SIZE).class_names[:2] == [
+            "A", "a"]
+        return
     with pytest.raises(tl_keras.InputError,
-                       match="differ only in case or in spaces"):
-        tl_keras.make_datasets(tiny_config.replace(data_dir=str(root)), SIZE)
+                       match="differ only in spaces at either end"):
+        tl_keras.make_datasets(config, SIZE)
 
 
 def test_a_fifo_named_like_an_image_is_unreadable_not_a_hang(tmp_path):

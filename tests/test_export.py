@@ -478,11 +478,10 @@ def test_an_output_never_replaces_a_file_unasked(run, image_folder,
     predicting = config.replace(mode="predict", export_dir=export_dir,
                                 inputs=f"{image_folder}/class_0")
     metrics = os.path.join(config.runtime.workdir, "metrics.json")
-    for output in (manifest, metrics):
+    for output, fragment in ((manifest, "a tl_keras export or a run's own"),
+                             (metrics, "a file of a tl_keras run or export")):
         for overwrite in (False, True):
-            with pytest.raises(tl_keras.InputError,
-                               match="a file of a tl_keras run or export|"
-                                     "a tl_keras export or a run's own"):
+            with pytest.raises(tl_keras.InputError, match=fragment):
                 predict.predict_files(predicting.replace(
                     output=output, overwrite=overwrite))
     assert open(manifest).read() == before
@@ -865,6 +864,11 @@ def test_predict_paths_take_a_tilde_and_name_a_generator(run, tmp_path,
     with pytest.raises(tl_keras.InputError, match="Invalid inputs: a "
                                                   "generator"):
         predictor.predict(p for p in [str(tmp_path / "h.png")])
+    # A tensor is an array.
+    pixels = np.asarray(Image.open(tmp_path / "h.png"))[None]
+    np.testing.assert_allclose(
+        predictor.predict(tf.constant(pixels))["scores"],
+        predictor.predict(pixels)["scores"])
 
 
 def test_a_file_name_that_is_not_utf8_is_written_to_a_csv(run, tmp_path):

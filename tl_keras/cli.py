@@ -233,18 +233,21 @@ def _check_flagfile(path, opened):
 
 
 def _check_flagfile_value(line, path):
-    """flags.Error for a flagfile line whose value holds what absl keeps
-    as text: a comment after it (`--workdir=runs/a  # first run` trained
-    into a folder of that name) or quotes around it (a shell would strip
+    """For a flagfile line whose value holds what absl keeps as text: a
+    warning for what reads like a comment after it (`--workdir=runs/a  #
+    first run` trained into a folder of that name without a word; a
+    folder named 'Photos #2', which a run's own flags.cfg holds as it
+    is, is right), flags.Error for quotes around it (a shell would strip
     them; absl keeps them: `--workdir="runs/a"` made a folder named
     `"runs`)."""
     name, equals, value = line.partition("=")
     if not line.startswith("-") or not equals:
         return
     if re.search(r"\s#", value):
-        raise flags.Error(f"{name} in {path} has a comment after its value "
-                          f"({line!r}); a flagfile takes comments only on "
-                          f"lines of their own, starting with '#'")
+        logging.getLogger("tl_keras").warning(
+            "%s in %s is %r, all of it: a flagfile has no comments after a "
+            "value (only on lines of their own, starting with '#').", name,
+            path, value)
     if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
         raise flags.Error(f"{name} in {path} has its value in quotes "
                           f"({line!r}), which absl keeps as part of it; "

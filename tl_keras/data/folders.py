@@ -84,21 +84,21 @@ def scan_folder(data_dir, min_classes=2):
 
 
 def _check_alike(class_names, root):
-    """Refuses class names that differ only in case or in spaces at
-    either end (Cat/ and cat/, 'cat ' and 'cat'): two classes that look
-    the same in the log and labels.txt, and one class on a file system
-    that ignores case (macOS, Windows)."""
+    """Refuses class names that differ only in spaces at either end
+    ('cat ' and 'cat'): two classes that read the same in the log and
+    labels.txt. (Names that differ in case, A/ and a/ of a letters
+    dataset, are two classes on this file system.)"""
     groups = {}
     for name in class_names:
-        groups.setdefault(name.strip().casefold(), []).append(name)
+        groups.setdefault(name.strip(), []).append(name)
     alike = [names for names in groups.values() if len(names) > 1]
     if alike:
         raise InputError(
             f"Invalid data_dir: class folders in {printable(root)} differ "
-            f"only in case or in spaces at either end: "
+            f"only in spaces at either end: "
             f"{'; '.join(' and '.join(map(repr, g)) for g in alike)}. "
-            f"Allowed: one folder per class (merge or rename them). "
-            f"Received: {len(alike)} such group(s)")
+            f"Allowed: names that differ in what they show (merge or "
+            f"rename them). Received: {len(alike)} such group(s)")
 
 
 def _say_ignored(data_dir, roots, skipped, hidden):

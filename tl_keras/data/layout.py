@@ -187,6 +187,31 @@ def check_twins(path, names, kind="class"):
             f". Received: {len(twins)} such group(s)")
 
 
+def _check_dangling(path, entries):
+    """Links among `entries` (of the folder `path`; hidden ones aside) to
+    something that does not exist, e.g. a folder on a drive not mounted:
+    one named like a split is an error (a missing test/ was carved from
+    train/ without a word), any other is said (a class left out)."""
+    dangling = sorted(e.name for e in entries if e.is_symlink()
+                      and not e.name.startswith(".")
+                      and e.name not in IGNORED_FOLDERS
+                      and not os.path.exists(e.path))
+    splits = [name for name in dangling if name.lower() in _SPLIT_OF]
+    if splits:
+        raise InputError(
+            f"Invalid data_dir: {', '.join(map(printable, splits))} in "
+            f"{printable(path)} link(s) to something that does not exist (a "
+            f"folder on a drive not mounted?), so the split would be carved "
+            f"from train/ instead. Allowed: links that resolve; remove the "
+            f"link or mount its target. Received: {len(splits)} such "
+            f"link(s)")
+    if dangling:
+        log.warning("Ignoring %d link(s) in %s to something that does not "
+                    "exist (a class on a drive not mounted?): %s",
+                    len(dangling), printable(path),
+                    ", ".join(map(printable, dangling)))
+
+
 def subfolders(path):
     """The sorted sub-folders of `path`, but hidden ones and
     IGNORED_FOLDERS.
@@ -195,16 +220,7 @@ def subfolders(path):
       InputError: a name with control characters or not valid UTF-8.
     """
     entries = list(os.scandir(path))
-    dangling = sorted(e.name for e in entries if e.is_symlink()
-                      and not os.path.exists(e.path))
-    if dangling:  # a split or class on a drive not mounted, silently gone
-        raise InputError(
-            f"Invalid data_dir: {', '.join(map(printable, dangling))} in "
-            f"{printable(path)} link(s) to something that does not exist (a "
-            f"folder on a drive not mounted?), so a split or class would "
-            f"be missing without a word. Allowed: links that resolve; "
-            f"remove the link or mount its target. Received: "
-            f"{len(dangling)} such link(s)")
+    _check_dangling(path, entries)
     names = sorted(e.name for e in entries
                    if e.is_dir() and not e.name.startswith(".")
                    and e.name not in IGNORED_FOLDERS)

@@ -96,6 +96,8 @@ def _paths_or_batch(inputs):
     stacked); InputError for anything else."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    if hasattr(inputs, "__array__") and not isinstance(inputs, np.ndarray):
+        inputs = np.asarray(inputs)  # a tf.Tensor, a PIL image ...
     if not isinstance(inputs, (list, tuple, np.ndarray)):
         # A generator became a 0-d object array ("len() of unsized
         # object").

@@ -4,12 +4,16 @@ and the blocks `--unfreeze` counts. Each is an `InputError` naming the
 field, raised while the base is built (before the workdir is written).
 """
 
+import logging
 import os
+import tempfile
 
 import h5py
 import keras
 
 from tl_keras.errors import InputError
+
+log = logging.getLogger("tl_keras")
 
 
 def check_model_file(model, path):
@@ -98,19 +102,35 @@ def check_cut_holds_weights(blocks, block, source):
 
 
 def check_weights_file_used(base, path, name):
-    """Refuses a .weights.h5 file holding variables `base` did not take:
-    Keras loads the layers whose names match and ignores the file's other
-    entries (a BatchNorm model's weights into a plain one loaded)."""
+    """Says which variables of a .weights.h5 file `base` did not take:
+    Keras loads the layers whose paths match and ignores the file's other
+    entries without a word (a BatchNorm model's weights into a plain one
+    loaded; so does a whole classifier's into its base, whose head is
+    rightly left). Compared with the paths `base` itself writes; the
+    file's optimizer state (a compiled model's save_weights) is not a
+    weight."""
     if not (path.endswith(".weights.h5") and os.path.isfile(path)):
         return
-    datasets = []
+    with tempfile.TemporaryDirectory() as folder:
+        own = os.path.join(folder, "base.weights.h5")
+        base.save_weights(own)
+        taken = _layer_variables(own)
+    left = sorted(set(_layer_variables(path)) - set(taken))
+    if left:
+        groups = sorted({key.rsplit("/vars/", 1)[0] for key in left})
+        log.warning(
+            "--weights=%s: %d variable(s) of the file are not in backbone "
+            "%s and were not loaded (%s%s). Right for a classifier's head "
+            "left out; if the file is of another architecture, the base "
+            "is not the model its weights came from.", path, len(left),
+            name, ", ".join(groups[:5]), " ..." if len(groups) > 5 else "")
+
+
+def _layer_variables(path):
+    """The dataset paths under layers/ of a Keras .weights.h5 file."""
+    keys = []
     with h5py.File(path, "r") as f:
-        f.visititems(lambda key, item: datasets.append(key) if isinstance(
-            item, h5py.Dataset) else None)
-    if len(datasets) > len(base.weights):
-        raise InputError(
-            f"Invalid weights: the file does not match backbone {name!r} "
-            f"(it holds {len(datasets)} variables and the base takes "
-            f"{len(base.weights)}: Keras loaded the layers whose names "
-            f"match and ignored the rest). Allowed: weights saved from the "
-            f"same architecture. Received: weights={path!r}")
+        if "layers" in f:
+            f["layers"].visititems(lambda key, item: keys.append(key) if (
+                isinstance(item, h5py.Dataset)) else None)
+    return keys

@@ -10,6 +10,7 @@ import os
 
 from tl_keras import io
 from tl_keras.data.folders import scan_folder
+from tl_keras.data.images import find_unreadable
 from tl_keras.errors import InputError
 
 
@@ -121,6 +122,11 @@ def check_finished_data(config):
     listed = {p: label for pairs in files.values() for p, label in pairs}
     changes = _changes(workdir, stored, listed, by_label=True)
     unreadable = record.get("unreadable")
+    # A file the run skipped as unreadable and now readable (replaced
+    # since) is an image the run never saw: it said "already complete".
+    skipped = set(changes["added"]) & set(unreadable or ())
+    changes["readable now"] = sorted(skipped - set(find_unreadable(
+        sorted(skipped))))
     changes["added"] = [] if unreadable is None else sorted(
         set(changes["added"]) - set(unreadable)
         - set(record.get("copies", ())))
