@@ -4,6 +4,7 @@ probe sanity, the decision table, and --mode=advise / rank /
 pretrained here, no download)."""
 
 import json
+import logging
 import os
 
 import keras
@@ -497,6 +498,11 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
     assert again["measurements"]["layers"] == m["layers"]
     assert again["approach"] == record["approach"]
     # The auto run (in the same workdir) trains what the advisor chose.
+    def aside():  # records moved aside (the second advise moved one)
+        return [name for name in os.listdir(tmp_path / "run")
+                if name.startswith("decision.json.")]
+
+    before = aside()
     metrics = tl_keras.train(config.replace(mode="train"))
     assert metrics["approach"] == record["approach"]
     assert metrics["decision"]["rule"] == record["rule"]
@@ -507,6 +513,11 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
         "transfer": ["head"], "finetune": ["head", "finetune"],
         "scratch": ["scratch"]}[record["approach"]]
     assert json.load(open(tmp_path / "run" / "decision.json"))["run"]
+    # The advise's own record (no run key, so not reused) was written
+    # over; now it is moved aside.
+    moved = sorted(set(aside()) - set(before))
+    assert len(moved) == 1, os.listdir(tmp_path / "run")
+    assert "run" not in json.load(open(tmp_path / "run" / moved[0]))
 
 
 def test_auto_trains_from_the_block_the_advisor_picks(
@@ -551,6 +562,44 @@ def test_rank_orders_backbones(pretrained_base, image_folder, tmp_path,
     stored = json.load(open(tmp_path / "rank" / "ranking.json"))
     assert [r["backbone"] for r in stored["ranking"]] == [
         r["backbone"] for r in rows]
+
+
+def test_rank_ties_share_a_rank_whatever_the_listed_order():
+    # Equal scores got ranks 1, 2, 3 in the order --backbones listed them,
+    # so a tie on kNN and probe went to the first listed, whatever LogME.
+    from tl_keras.advisor.rank import _order
+
+    for names in (["a", "b", "c"], ["c", "b", "a"]):
+        logme = {"a": 1.0, "b": 1.2, "c": 1.8}
+        rows = [{"backbone": n, "logme": logme[n], "knn_accuracy": 1.0,
+                 "probe_accuracy": 1.0} for n in names]
+        _order(rows)
+        assert [r["backbone"] for r in rows] == ["c", "b", "a"]
+        assert {r["ranks"]["knn_accuracy"] for r in rows} == {2.0}
+
+
+def test_rank_refuses_one_base_twice_a_shared_weights_file_and_a_bad_file(
+        pretrained_base, image_folder, tmp_path, caplog):
+    # All before the first candidate is measured: the same file by two
+    # spellings was measured twice (ranks 1 and 2 for one base), one
+    # --weights file was loaded into every candidate (identical rows), and
+    # a truncated .keras failed after the others were measured.
+    config = tl_keras.Config(
+        mode="rank", data_dir=image_folder, workdir=str(tmp_path / "rank"),
+        weights="none", image_size=32, batch_size=8)
+    folder, name = os.path.split(pretrained_base)
+    with pytest.raises(tl_keras.InputError, match="Invalid backbones"):
+        advisor.rank(config.replace(backbones=(
+            f"{pretrained_base},{folder}/./{name}")))
+    with pytest.raises(tl_keras.InputError, match="Invalid weights"):
+        advisor.rank(config.replace(backbones=f"compact_cnn,{pretrained_base}",
+                                    weights=pretrained_base))
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(open(pretrained_base, "rb").read()[:500])
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    with pytest.raises(tl_keras.InputError, match="cut.keras"):
+        advisor.rank(config.replace(backbones=f"compact_cnn,{cut}"))
+    assert "Ranking: measuring" not in caplog.text
 
 
 def test_rank_unknown_backbone_fails_before_work(image_folder, tmp_path):
@@ -748,3 +797,23 @@ def test_projection_error_adds_the_climbs_own():
                 + advisor.accuracy_variance(0.56, 25)) ** 0.5
     assert advisor.projection_se(DEMO_CURVE, 25) == pytest.approx(
         expected, abs=1e-4)
+
+
+def test_a_small_sample_holds_every_class():
+    # A draw of 10 from three classes (one of 2 images) left that class
+    # out; the advisor measured, and reported chance for, three classes.
+    from tl_keras.data.sampling import sample_indices
+
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 2)
+    missed = [seed for seed in range(40)
+              if 2 not in labels[sample_indices(42, 10, seed)]]
+    assert missed  # the plain draw misses it for some seeds
+    for seed in missed:
+        keep = sample_indices(42, 10, seed, labels)
+        assert len(keep) == len(set(keep)) == 10
+        assert set(labels[keep]) == {0, 1, 2}
+    # A draw that holds every class is the plain one.
+    full = [seed for seed in range(40) if seed not in missed]
+    for seed in full:
+        assert list(sample_indices(42, 10, seed, labels)) == list(
+            sample_indices(42, 10, seed))

@@ -67,6 +67,12 @@ def test_compare_runs_every_approach_and_reports(pretrained_base,
         assert row["test_accuracy"] == results[name]["test_accuracy"]
     assert again["seconds"] >= sum(r["seconds"]
                                    for r in results.values())
+    # A compare killed before writing results.json: its finished runs
+    # showed 0 s; now their stages' recorded time (training only).
+    os.remove(os.path.join(workdir, "results.json"))
+    again = compare(config)
+    for name, row in again["results"].items():
+        assert 0 < row["seconds"] <= results[name]["seconds"], name
     # Other settings: refused before the advisor runs or anything is
     # written (decision.json was rewritten, then a sub-run refused).
     decision = open(os.path.join(workdir, "decision.json")).read()

@@ -421,10 +421,12 @@ def test_finetune_options_unused_by_the_advisors_pick_are_said(tiny_config,
                                                                 caplog):
     # weights=none: the advisor picks scratch (nothing to transfer), which
     # has no fine-tune stage for --lr_decay and --l2sp: said, not silent.
+    # So are the stage's own settings (they were dropped without a word).
     config = tiny_config.replace(approach="auto", lr_decay=0.5, l2sp=0.1,
-                                 epochs=1, augment="none")
+                                 finetune_epochs=1, epochs=1, augment="none")
     with caplog.at_level("WARNING", logger="tl_keras"):
         metrics = tl_keras.train(config)
     assert metrics["approach"] == "scratch"
     assert ("The advisor picked scratch, which has no fine-tune stage: "
-            "--lr_decay=0.5, --l2sp=0.1 not used") in caplog.text
+            "--finetune_epochs=1, --lr_decay=0.5, --l2sp=0.1 not used") in (
+        caplog.text)

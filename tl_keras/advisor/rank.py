@@ -37,10 +37,19 @@ def rank(config, data=None):
     check_one_process(config.runtime)
     names = [b.strip() for b in config.advisor.backbones.split(",")
              if b.strip()]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    # One file by two spellings (clf.keras, ./clf.keras) is one base.
+    keys = [os.path.realpath(n) if n.endswith(".keras") else n
+            for n in names]
+    twice = sorted({n for n, k in zip(names, keys, strict=True)
+                    if keys.count(k) > 1})
     if not names or twice:
         fail("backbones", "comma-separated distinct backbone names or "
              ".keras paths", config.advisor.backbones)
+    if config.model.weights not in ("imagenet", "none") and len(names) > 1:
+        # It loaded the one file into every candidate: identical rows.
+        fail("weights", "imagenet or none with several --backbones (a "
+             "weights file fits one base: give each candidate as a .keras "
+             "file holding its weights)", config.model.weights)
     for name in names:  # every name checked before any work
         if is_hub(name):
             check_preset_name(name)
@@ -49,6 +58,9 @@ def rank(config, data=None):
         elif not os.path.isfile(name):
             fail("backbones", "names or existing .keras files (no such "
                  "file)", name)
+        else:  # a file Keras cannot load, or at another size
+            build_backbone(name, config.model.weights,
+                           config.model.image_size)
     # As a train run: a live run on the workdir refuses this one.
     with io.workdir_lock(config.runtime.workdir):
         return _rank(config, names, data)
@@ -81,12 +93,15 @@ def _rank(config, names, data):
 
 
 def _order(rows):
-    """Ranks the rows by each score, then sorts them by mean rank (ties
-    broken by LogME), in place."""
+    """Ranks the rows by each score (equal scores share the mean of their
+    positions: the order --backbones listed them in decided a tie),
+    then sorts them by mean rank (ties broken by LogME), in place."""
     for key in SCORES:
-        order = sorted(rows, key=lambda r: -r.get(key, -np.inf))
-        for position, row in enumerate(order, start=1):
-            row.setdefault("ranks", {})[key] = position
+        scores = [r.get(key, -np.inf) for r in rows]
+        for row, mine in zip(rows, scores, strict=True):
+            above = sum(s > mine for s in scores)
+            level = sum(s == mine for s in scores)
+            row.setdefault("ranks", {})[key] = above + (level + 1) / 2
     for row in rows:
         row["mean_rank"] = round(float(np.mean(list(row["ranks"].values()))),
                                  2)

@@ -13,10 +13,31 @@ from tl_keras.data.pipelines import AUTOTUNE, file_source
 STATISTICS_SAMPLE = 2000
 
 
-def sample_indices(total, n, seed):
+def sample_indices(total, n, seed, labels=None):
     """The indices (sorted) of a seeded random sample of at most n of
-    `total` training images: the one `sample_training_set` reads."""
-    return np.sort(np.random.default_rng(seed).permutation(total)[:n])
+    `total` training images: the one `sample_training_set` reads. With
+    the images' `labels`, every class is in it (`_with_every_class`)."""
+    order = np.random.default_rng(seed).permutation(total)
+    if labels is None or n >= total:
+        return np.sort(order[:n])
+    return np.sort(_with_every_class(order, n, np.asarray(labels)))
+
+
+def _with_every_class(order, n, labels):
+    """`order[:n]`, where each class it lacks gets one image (its first
+    in `order`) in place of the last drawn of the class drawn most: a
+    random draw of 10 from three classes left out one of 2 images, and
+    the advisor measured (and reported chance for) three classes on two.
+    A draw that holds every class, as any large one, is unchanged."""
+    keep = list(order[:n])
+    for missing in sorted(set(labels.tolist()) - set(labels[keep].tolist())):
+        counts = np.bincount(labels[keep], minlength=labels.max() + 1)
+        if counts.max() < 2:  # fewer draws than classes
+            break
+        most = int(counts.argmax())
+        keep.remove(next(i for i in reversed(keep) if labels[i] == most))
+        keep.append(next(i for i in order if labels[i] == missing))
+    return np.array(keep)
 
 
 def sample_training_set(data, n, seed):
@@ -27,7 +48,8 @@ def sample_training_set(data, n, seed):
       (batched dataset of (float32 images, int32 labels), sample size).
     """
     total = data.counts["train"]
-    keep = sample_indices(total, n, seed)
+    labels = [y for _, y in data.files["train"]] if data.files else None
+    keep = sample_indices(total, n, seed, labels)
     if len(keep) == total:
         return data.train_ordered, total
     if data.files and data.image_size:

@@ -123,7 +123,8 @@ def _run_all(config, runs, data):
     Returns:
       ({name: row}, seconds reused): a run already complete is read back
       in seconds, so it keeps the wall time the earlier results.json
-      recorded for it (the sum of those is the second value).
+      recorded for it, or without one (a compare killed before writing
+      it) its stages' (the sum of those is the second value).
     """
     workdir = config.runtime.workdir
     path = os.path.join(workdir, "results.json")
@@ -132,7 +133,7 @@ def _run_all(config, runs, data):
     results, reused = {}, 0.0
     for name, changes in runs.items():
         sub = os.path.join(workdir, name)
-        done = is_complete(sub) and name in before
+        done = is_complete(sub)
         log.info("Compare: %s (%s)", name, ", ".join(
             f"{k}={v}" for k, v in changes.items()))
         run_start = time.time()
@@ -140,7 +141,11 @@ def _run_all(config, runs, data):
             config.replace(mode="train", workdir=sub, **changes), data=data)
         seconds = time.time() - run_start
         if done:
-            seconds = before[name]["seconds"]
+            # A compare killed before its results.json: the run's stages
+            # recorded their own time (it showed 0 s, and the advisor's
+            # share of the compare grew accordingly).
+            seconds = before[name]["seconds"] if name in before else sum(
+                s["seconds_this_process"] for s in metrics["stages"].values())
             reused += seconds
         results[name] = _row(metrics, seconds)
     return results, reused

@@ -127,7 +127,8 @@ def make_feature_datasets(model, data, config, plan, workdir):
     # points on HED-VGG16, bench/RESULTS.md): the full loop's sample, from
     # the first view.
     standardize_head(model, np.asarray(train_x[0][sample_indices(
-        len(train_y), STATISTICS_SAMPLE, config.seed)]))
+        len(train_y), STATISTICS_SAMPLE, config.seed,
+        np.asarray(train_y) if data.files else None)]))
     batch_size = config.batch_size
     views = plan["views"]
     epoch = data.shuffle.epoch

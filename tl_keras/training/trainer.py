@@ -12,6 +12,7 @@ import os
 import keras
 
 from tl_keras import advisor, io
+from tl_keras.advisor.advise import write_record
 from tl_keras.advisor.report import choice_text
 from tl_keras.config import (
     FINETUNE_ONLY,
@@ -19,7 +20,7 @@ from tl_keras.config import (
     TRAINED_APPROACHES,
 )
 from tl_keras.config.config import config_differences
-from tl_keras.config.reads import warn_unread
+from tl_keras.config.reads import FINETUNE_STAGE_FIELDS, warn_unread
 from tl_keras.data.given import data_for_run, given_data_config
 from tl_keras.distribute.strategy import placement
 from tl_keras.errors import fail
@@ -209,11 +210,12 @@ def _choose_approach(config, backbone, data, place):
     decision = _auto_decision(config, model, data, backbone.blocks(), place)
     block = decision.get("feature_block") or config.model.feature_block
     cut = block != config.model.feature_block
+    given, default = config.training, type(config.training)()  # as given
+    unused = [f"--{name}={getattr(given, name)}"
+              for name in (*FINETUNE_STAGE_FIELDS, *FINETUNE_ONLY)
+              if getattr(given, name) != getattr(default, name)]
     config = config.replace(approach=decision["approach"],
                             unfreeze=decision["unfreeze"], feature_block=block)
-    unused = [f"--{name}={getattr(config.training, name):g}"
-              for name, off in FINETUNE_ONLY.items()
-              if getattr(config.training, name) != off]
     if unused and config.training.approach != "finetune":
         log.warning("The advisor picked %s, which has no fine-tune stage: "
                     "%s not used", config.training.approach,
@@ -315,12 +317,12 @@ def _chief_decision(config, model, data, blocks):
             return record
     record = advisor.advise_run(model, data, config, blocks)
     record["run"] = _run_key(config)
-    io.write_json(path, record)
+    # One not reused (an advise's: no run key) is moved aside, not lost.
+    write_record(config.runtime.workdir, "decision.json", record)
     return record
 
 
-def _run_key(config):
-    """What a stored decision must match to be reused."""
+def _run_key(config):  # what a stored decision must match to be reused
     return {k: v for k, v in config.to_dict().items()
             if k not in RESUMABLE_FIELDS}
 
