@@ -3,9 +3,11 @@ warning that names the files and a count in the data's record; never a
 traceback, nothing in a workdir or export lost."""
 
 import io
+import json
 import logging
 import os
 import shutil
+import threading
 import zlib
 
 import numpy as np
@@ -748,3 +750,108 @@ def test_a_class_folder_linked_into_another_split_is_an_error(tmp_path):
                        match="class folders .*test/class_0 and .*val/class_0 "
                              "are the same folder .* in two splits"):
         scan_folder(str(root))
+
+
+def test_one_folder_by_two_spellings_takes_one_lock(tmp_path):
+    # A symlink to a locked workdir (or 'runs/d/.') took a lock of its
+    # own, and the second run trained into the first's folder.
+    from tl_keras import io as tl_io
+
+    real = tmp_path / "real"
+    real.mkdir()
+    os.symlink(real, tmp_path / "link")
+    def other_run(spelling, errors):  # another thread: another run
+        try:
+            with tl_io.workdir_lock(str(spelling)):
+                pass
+        except tl_keras.InputError as e:
+            errors.append(str(e))
+
+    with tl_io.workdir_lock(str(real)):
+        for spelling in (tmp_path / "link", f"{real}/.", f"{real}/"):
+            errors = []
+            thread = threading.Thread(target=other_run,
+                                      args=(spelling, errors))
+            thread.start()
+            thread.join()
+            assert errors and "another tl_keras run uses it" in errors[0]
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]  # no ..lock
+
+
+def test_a_resumed_workdir_that_cannot_be_written_is_refused(tmp_path,
+                                                             monkeypatch):
+    # Made read-only between a killed run and its rerun: the rerun took
+    # the lock, then failed writing config.json (a traceback). Only the
+    # folder above the workdir was probed. (The test runs as root, whom
+    # a chmod does not stop: the probe is stood in for.)
+    from tl_keras import io as tl_io
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    probe = tl_io.unwritable
+    monkeypatch.setattr(tl_io, "unwritable", lambda path: (
+        "read-only" if os.path.dirname(os.path.abspath(path)) == str(workdir)
+        else probe(path)))
+    with pytest.raises(tl_keras.InputError, match="Invalid workdir: "
+                                                  "read-only"):
+        tl_keras.Config(data_dir=str(tmp_path), workdir=str(workdir),
+                        ).validate(require_data_dir=False)
+
+
+def test_tf_config_a_run_ignores_is_said_and_a_bool_index_refused(
+        monkeypatch, caplog):
+    from tl_keras.distribute import strategy
+    from tl_keras.distribute.cluster import parse_tf_config
+
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    # True counted as index 1 (worker-True), then waited for its peer.
+    with pytest.raises(tl_keras.InputError, match="task index True"):
+        parse_tf_config(json.dumps({"cluster": cluster, "task": {
+            "type": "worker", "index": True}}))
+    # Worker 1 of 2 trained alone into the chief's workdir, silently.
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {
+        "type": "worker", "index": 1}}))
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        assert strategy._resolve_kind("one_device")[0] == "one_device"
+    assert "TF_CONFIG is set but --distribution=one_device" in caplog.text
+
+
+def test_a_run_resumes_under_another_spelling_of_its_folders(tmp_path):
+    # 'runs/t' -> 'runs/t/' was "a run with other settings", and the
+    # --overwrite the error suggested would have started it over.
+    from tl_keras.config import config_differences
+
+    stored = tl_keras.Config(workdir=str(tmp_path / "t"),
+                             data_dir=str(tmp_path / "d")).to_dict()
+    for workdir, data_dir in ((f"{tmp_path}/t/", f"{tmp_path}/./d"),
+                              (f"{tmp_path}/x/../t", f"{tmp_path}/d/")):
+        assert config_differences(stored, tl_keras.Config(
+            workdir=workdir, data_dir=data_dir)) == []
+    assert config_differences(stored, tl_keras.Config(
+        workdir=str(tmp_path / "t"), data_dir=str(tmp_path / "e")))
+
+
+def test_overwrite_of_the_same_run_is_said_and_a_linked_run_moves(
+        tmp_path, caplog):
+    # --overwrite on this same run was ignored without a word; on a
+    # symlinked workdir it moved the link, and the run then wrote into a
+    # new folder in the link's place, not the link's target.
+    from tl_keras import io as tl_io
+    from tl_keras.training.workdir import check_workdir, claim_workdir
+
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    os.symlink(real, link)
+    config = tl_keras.Config(workdir=str(link), data_dir=str(tmp_path),
+                             overwrite=True)
+    tl_io.write_json(str(real / "config.json"), config.to_dict())
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        assert check_workdir(config) is None
+    assert "--overwrite: " in caplog.text and "this same run" in caplog.text
+    other = config.replace(epochs=3)
+    assert check_workdir(other)  # another run: moved aside
+    claim_workdir(other, "other settings")
+    assert os.path.islink(link) and os.path.realpath(link) == str(real)
+    assert json.load(open(real / "config.json"))["epochs"] == 3
+    moved = [n for n in os.listdir(tmp_path) if n.startswith("real.")]
+    assert len(moved) == 1

@@ -192,7 +192,9 @@ def workdir_lock(workdir):
     Raises:
       InputError: a live run (or one on another host) holds the lock.
     """
-    path = workdir.rstrip(os.sep) + ".lock"
+    # The real folder's: two spellings of one folder (a symlink, a
+    # trailing '/.') took two locks, and both runs wrote into it.
+    path = os.path.realpath(workdir) + ".lock"
     # Per process and thread: another thread of this process (or a forked
     # child) on the same workdir is another run, refused as any other.
     key = (os.path.abspath(path), os.getpid(), threading.get_ident())

@@ -169,6 +169,10 @@ class Config:
             paths["output"] = self.export.output
         for name, path in paths.items():
             problem = path and io.unwritable(path)
+            if not problem and name == "workdir" and os.path.isdir(path):
+                # A resumed run's own folder (made read-only since: it
+                # took the lock, then failed writing config.json).
+                problem = io.unwritable(os.path.join(path, "config.json"))
             if problem:
                 raise InputError(
                     f"Invalid {name}: {problem}. Allowed: a path this "
@@ -259,7 +263,14 @@ def _augment_names(value):
             frozenset(a.strip() for a in value.split(",")))
 
 
-_NORMALISED = {"feature_cache_views": cache_views, "augment": _augment_names}
+def _same_folder(path):
+    """A path field's folder, however spelled ('runs/t/', './runs/t', its
+    absolute path): the same run was refused as other settings."""
+    return os.path.realpath(path) if path else path
+
+
+_NORMALISED = {"feature_cache_views": cache_views, "augment": _augment_names,
+               "workdir": _same_folder, "data_dir": _same_folder}
 _BEFORE_FIELD = {"feature_cache_views": 0}
 
 

@@ -83,8 +83,8 @@ def parse_tf_config(text):
     if task_type not in cluster:
         fail(f"task type {task_type!r} is not a job of the cluster "
              f"({', '.join(cluster)})")
-    if not isinstance(index, int) or not 0 <= index < len(
-            cluster[task_type]):
+    if not isinstance(index, int) or isinstance(index, bool) or not (
+            0 <= index < len(cluster[task_type])):
         fail(f"task index {index!r} is not in [0, "
              f"{len(cluster[task_type]) - 1}] for job {task_type!r}")
     return Task(task_type, index, sum(len(v) for v in cluster.values()),

@@ -181,6 +181,10 @@ def _resolve_kind(setting):
     if setting == "auto":
         gpus = tf.config.list_logical_devices("GPU")
         return ("mirrored" if len(gpus) > 1 else "one_device"), Task()
+    if tf_config:  # a worker of a cluster trained alone, into its folder
+        log.warning("TF_CONFIG is set but --distribution=%s runs this "
+                    "process alone and ignores it (multi_worker or auto "
+                    "reads it).", setting)
     return setting, Task()
 
 

@@ -72,6 +72,11 @@ def check_workdir(config):
             problem = f"it holds a run with other settings ({'; '.join(diffs)})"
         else:
             log.info("Resuming the run in %s", workdir)
+            if config.runtime.overwrite:  # it moves only another run aside
+                log.warning("--overwrite: %s holds this same run (same "
+                            "settings), which goes on as it is; nothing is "
+                            "moved aside (a new --workdir trains anew).",
+                            workdir)
     elif os.path.isdir(workdir) and {  # earlier records moved aside too
             io.moved_from(name) for name in os.listdir(workdir)} - (
             _MEASUREMENT_FILES):
@@ -109,8 +114,12 @@ def claim_workdir(config, conflict=None, run_id=None):
     identity, `join_run`)."""
     workdir = config.runtime.workdir
     if conflict:
-        aside = io.move_aside(workdir)
+        # The folder a symlinked workdir names (the link was moved, and
+        # the run then wrote into a new folder in the link's place).
+        real = os.path.realpath(workdir)
+        aside = io.move_aside(real)
         log.warning("Moved the previous contents of %s to %s", workdir, aside)
+        os.makedirs(real, exist_ok=True)
     os.makedirs(workdir, exist_ok=True)
     io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     io.write_text(os.path.join(workdir, "flags.cfg"), config.to_flagfile())
