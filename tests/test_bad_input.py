@@ -312,14 +312,14 @@ def test_advise_keeps_a_training_runs_decision(folder, tmp_path):
     aside = [n for n in os.listdir(workdir) if ".replaced-" in n]
     assert len(aside) == 1
     assert "finetune" in (workdir / aside[0]).read_text()
-    # A live run's workdir (its lock held: this test's own process stands
+    # A live run's workdir (its lock held: this test's parent process stands
     # for it) is refused to advise and rank even with --overwrite, before
     # anything is measured or moved.
     import json
     import socket
 
     with open(str(workdir) + ".lock", "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+        json.dump({"pid": os.getppid(), "host": socket.gethostname(),
                    "since": "earlier"}, f)
     before = sorted(os.listdir(workdir))
     for mode in ("advise", "rank"):
@@ -855,3 +855,21 @@ def test_overwrite_of_the_same_run_is_said_and_a_linked_run_moves(
     assert json.load(open(real / "config.json"))["epochs"] == 3
     moved = [n for n in os.listdir(tmp_path) if n.startswith("real.")]
     assert len(moved) == 1
+
+
+def test_a_lock_left_under_this_process_pid_is_taken_over(tmp_path,
+                                                          caplog):
+    # A container restarted with the pid its killed run had: the rerun
+    # was refused as "another tl_keras run" naming its own pid.
+    import socket
+
+    from tl_keras import io as tl_io
+
+    workdir = tmp_path / "run"
+    (tmp_path / "run.lock").write_text(json.dumps({
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "since": "2026-01-01 00:00:00"}))
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        with tl_io.workdir_lock(str(workdir)):
+            pass
+    assert "Taking over the stale lock" in caplog.text

@@ -303,14 +303,14 @@ def test_a_live_run_locks_its_workdir(tiny_config):
 
     workdir = tiny_config.runtime.workdir
     lock = workdir + ".lock"
-    # A live holder: this test's own process, as another run would be.
+    # A live holder: this test's parent process, as another run would be.
     with open(lock, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+        json.dump({"pid": os.getppid(), "host": socket.gethostname(),
                    "since": "earlier"}, f)
     for config in (tiny_config, tiny_config.replace(overwrite=True)):
         with pytest.raises(tl_keras.InputError,
                            match=f"another tl_keras run uses it \\(pid "
-                                 f"{os.getpid()}"):
+                                 f"{os.getppid()}"):
             tl_keras.train(config)
     assert not os.path.exists(workdir)  # nothing written, nothing moved
     # A holder that is gone (a process that has exited, on this host) is

@@ -121,11 +121,11 @@ def test_a_live_compare_locks_its_workdir(tmp_path, image_folder):
     config = tl_keras.Config(mode="compare", data_dir=image_folder,
                              workdir=str(workdir), backbone="compact_cnn",
                              weights="none", image_size=32)
-    # A live holder (this test's own process, as another compare would
+    # A live holder (this test's parent process, as another compare would
     # be): refused before the base is built or the advisor runs.
     lock = str(workdir) + ".lock"
     with open(lock, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+        json.dump({"pid": os.getppid(), "host": socket.gethostname(),
                    "since": "earlier"}, f)
     for each in (config, config.replace(overwrite=True)):
         with pytest.raises(tl_keras.InputError,

@@ -768,7 +768,7 @@ def test_reexport_waits_for_no_live_run(run, tmp_path):
     config, _, _ = run
     lock = config.runtime.workdir + ".lock"
     with open(lock, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+        json.dump({"pid": os.getppid(), "host": socket.gethostname(),
                    "since": "earlier"}, f)
     try:
         with pytest.raises(tl_keras.InputError,

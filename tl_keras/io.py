@@ -213,7 +213,7 @@ def workdir_lock(workdir):
             if not holder and _age(path) < 10:  # being written just now
                 time.sleep(0.2)
                 continue
-            if not _is_stale(holder):
+            if not _is_stale(holder, key[0]):
                 raise InputError(
                     f"Invalid workdir {workdir!r}: another tl_keras run "
                     f"uses it (pid {holder.get('pid')} on "
@@ -252,14 +252,18 @@ def _age(path):
         return 0.0
 
 
-def _is_stale(holder):
-    """Whether the lock's process is gone: same host and no such pid. A
-    lock that cannot be read (torn by a crash mid-write; checked 10 s
-    after it was written) is stale."""
+def _is_stale(holder, path):
+    """Whether the lock's process is gone: same host and no such pid, or
+    this process's pid while no thread of it holds `path` (a container
+    restarted with the pid its killed run had: the rerun was refused as
+    another run, naming itself). A lock that cannot be read (torn by a
+    crash mid-write; checked 10 s after it was written) is stale."""
     if not holder:
         return True
     if holder.get("host") != socket.gethostname():
         return False
+    if holder.get("pid") == os.getpid():
+        return not any(held[:2] == (path, os.getpid()) for held in _HELD)
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
