@@ -35,6 +35,12 @@ def write_text(path, text, newline=None, errors=None):
     commit(tmp, path)
 
 
+def inside(path, folder):
+    """Whether `path` is `folder` or lies under it, links resolved."""
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), folder]) == folder
+
+
 def temp_path(path):
     """A hidden temporary name next to `path` (same folder, so the final
     rename is atomic); its suffix keeps `path`'s extension, for writers

@@ -79,8 +79,7 @@ def _check_apart(data_dir, workdir):
     files would become a class folder of the next scan, and --overwrite
     would move the images aside. (The data inside the workdir is allowed:
     the demo keeps its generated images there.)"""
-    data, work = os.path.realpath(data_dir), os.path.realpath(workdir)
-    if os.path.commonpath([data, work]) == data:
+    if io.inside(workdir, data_dir):
         fail("workdir", f"a folder outside --data_dir ({data_dir!r}): not "
              f"the data folder or inside it", workdir)
 

@@ -125,8 +125,7 @@ def check_arguments(export_dir, manifest, **switches):
             export_dir).strip():
         fail("export_dir", "a folder path", export_dir)
     export_dir = os.path.expanduser(os.fspath(export_dir))
-    target, here = os.path.realpath(export_dir), os.path.realpath(".")
-    if os.path.commonpath([target, here]) == target:
+    if io.inside(".", export_dir):
         fail("export_dir", "a folder that does not hold the current "
              "directory (the export replaces the folder whole)", export_dir)
     if manifest is None:

@@ -87,8 +87,7 @@ def check_cut_holds_weights(blocks, block, source):
     """Refuses a cut after `block` that holds no weights: the head would
     train on the pixels (e.g. a user base's 'stem' of a Rescaling layer)."""
     names = [name for name, _ in blocks]
-    weighted = [name for name, layers in blocks
-                if holds_tuned_weights(layers)]
+    weighted = [name for name, _ in tuned_blocks(blocks)]
     if weighted and names.index(block) >= names.index(weighted[0]):
         return
     first = names.index(weighted[0]) if weighted else len(names)

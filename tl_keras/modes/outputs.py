@@ -20,6 +20,7 @@ def check_output(config, extensions):
     if not output:
         return
     folder = os.path.dirname(os.path.abspath(output))
+    managed = _managed_folder(output)
     problem = None
     if not os.path.isdir(folder):
         problem = f"its folder {folder!r} does not exist"
@@ -27,8 +28,8 @@ def check_output(config, extensions):
         problem = "its extension is not allowed"
     elif os.path.isdir(output):
         problem = "it is a folder"
-    elif _managed_folder(output):
-        problem = (f"it is inside {_managed_folder(output)!r}, a tl_keras "
+    elif managed:
+        problem = (f"it is inside {managed!r}, a tl_keras "
                    f"export or a run's own folder, which re-exporting or "
                    f"resuming rewrites (a re-export deleted predictions "
                    f"written there)")
@@ -77,8 +78,7 @@ def check_outside_data(workdir, target):
     stored = os.path.join(workdir, "config.json")
     data_dir = io.read_json(stored).get("data_dir") if os.path.isfile(
         stored) else ""
-    data, out = os.path.realpath(data_dir or "/"), os.path.realpath(target)
-    if data_dir and os.path.commonpath([data, out]) == data:
+    if data_dir and io.inside(target, data_dir):
         raise InputError(
             f"Invalid export_dir {target!r}: it is inside the run's data "
             f"folder {data_dir!r}, whose next listing would read it as a "

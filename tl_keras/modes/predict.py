@@ -49,8 +49,7 @@ def export_run(config):
             f"metrics.json). Allowed: the workdir of a completed run. "
             f"Received: workdir={workdir!r}")
     target = config.export.export_dir or os.path.join(workdir, "export")
-    run, out = os.path.realpath(workdir), os.path.realpath(target)
-    if os.path.commonpath([run, out]) == out:  # --overwrite moved the run
+    if io.inside(workdir, target):  # --overwrite moved the run
         raise InputError(
             f"Invalid export_dir {target!r}: it is the workdir or a folder "
             f"around it, which the export would replace. Allowed: a path "
@@ -77,7 +76,8 @@ def export_run(config):
             tflite=config.export.export_tflite,
             # Replacing the run's own export loses nothing (model.keras
             # stays); an export elsewhere may be another run's only copy.
-            keep_old=out != os.path.realpath(os.path.join(workdir, "export")))
+            keep_old=os.path.realpath(target) != os.path.realpath(
+                os.path.join(workdir, "export")))
 
 
 def expand_inputs(spec):

@@ -98,8 +98,7 @@ def check_data_stays(config):
     workdir, data_dir = config.runtime.workdir, config.data.data_dir
     if not data_dir or not os.path.isdir(workdir):
         return
-    data, work = os.path.realpath(data_dir), os.path.realpath(workdir)
-    if os.path.commonpath([data, work]) == work:
+    if io.inside(data_dir, workdir):
         raise InputError(
             f"Invalid overwrite: --overwrite would move the workdir "
             f"{workdir!r} aside with the images in it (--data_dir "
