@@ -873,3 +873,78 @@ def test_a_lock_left_under_this_process_pid_is_taken_over(tmp_path,
         with tl_io.workdir_lock(str(workdir)):
             pass
     assert "Taking over the stale lock" in caplog.text
+
+
+def test_two_runs_taking_over_one_stale_lock_do_not_both_hold_it(
+        tmp_path, monkeypatch):
+    # Two reruns that both judged one stale lock stale removed it in turn:
+    # the second removed the lock the first had just taken, and both ran
+    # in one workdir. Threads stand in for the two runs (another thread of
+    # this process is another run to the lock); the second waits, after
+    # judging the old lock stale, until the first holds the lock.
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tl_keras import io as tl_io
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    workdir = str(tmp_path / "run")
+    (tmp_path / "run.lock").write_text(json.dumps({
+        "pid": gone.pid, "host": socket.gethostname(), "since": "earlier"}))
+    judged, first_holds = threading.Barrier(2, timeout=10), threading.Event()
+    seen, original = set(), tl_io._is_stale
+
+    def is_stale(holder, path):
+        stale = original(holder, path)
+        if threading.get_ident() not in seen:  # its look at the old lock
+            seen.add(threading.get_ident())
+            if judged.wait():  # the second of the two waits for the first
+                first_holds.wait(timeout=10)
+        return stale
+
+    held, errors = [], []
+
+    def rerun():
+        try:
+            with tl_io.workdir_lock(workdir):
+                held.append(threading.get_ident())
+                first_holds.set()
+                time.sleep(0.5)
+        except tl_keras.InputError as e:
+            errors.append(str(e))
+
+    monkeypatch.setattr(tl_io, "_is_stale", is_stale)
+    threads = [threading.Thread(target=rerun) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(held) == 1, (held, errors)
+    assert len(errors) == 1 and "another tl_keras run uses it" in errors[0]
+    assert sorted(os.listdir(tmp_path)) == []  # lock and guard removed
+
+
+def test_a_takeover_guard_left_by_a_killed_run_is_removed(tmp_path):
+    # A run killed while it held the takeover guard would block every
+    # rerun's takeover: a guard older than 10 s is removed.
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tl_keras import io as tl_io
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "run.lock").write_text(json.dumps({
+        "pid": gone.pid, "host": socket.gethostname(), "since": "earlier"}))
+    guard = tmp_path / "run.lock.takeover"
+    guard.write_text("")
+    os.utime(guard, (time.time() - 60,) * 2)
+    with tl_io.workdir_lock(str(tmp_path / "run")):
+        assert json.loads((tmp_path / "run.lock").read_text())[
+            "pid"] == os.getpid()
+    assert sorted(os.listdir(tmp_path)) == []

@@ -228,19 +228,48 @@ def workdir_lock(workdir):
                     f"uses (wait for that run, or delete the lock file if "
                     f"its process is gone). Received: workdir={workdir!r}"
                     ) from None
-            log.warning("Taking over the stale lock %s of a run that is "
-                        "gone (pid %s)", path, holder.get("pid"))
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    with os.fdopen(fd, "w") as f:
-        json.dump(mine, f)
+            _remove_stale(path, key[0])
+    # Held before the holder is written: another thread of this process
+    # reading the lock in between would judge it stale (this pid, held by
+    # no thread) and take it over.
     _HELD.add(key)
     try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
         yield
     finally:
         _HELD.discard(key)
         if _read_lock(path) == mine:
             os.remove(path)
+
+
+def _remove_stale(path, real):
+    """Removes the stale lock at `path`, one run at a time: two reruns
+    that both judged one lock stale removed it in turn, the second
+    removing the lock the first had just taken, and both ran in one
+    workdir. The remover holds `<path>.takeover` (created exclusively)
+    and judges the lock again under it: one taken meanwhile is live, and
+    stays. A guard left by a run killed mid-takeover (older than 10 s)
+    is removed. The caller tries to take the lock again either way."""
+    guard = path + ".takeover"
+    try:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        if _age(guard) > 10:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(guard)
+        time.sleep(0.1)
+        return
+    try:
+        holder = _read_lock(path)
+        if os.path.lexists(path) and (holder or _age(path) >= 10) and (
+                _is_stale(holder, real)):
+            log.warning("Taking over the stale lock %s of a run that is "
+                        "gone (pid %s)", path, holder.get("pid"))
+            os.remove(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(guard)
 
 
 def _read_lock(path):
