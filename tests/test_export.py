@@ -188,7 +188,7 @@ def _bmp(bits, width=6, height=4):
 
 @pytest.mark.parametrize("endpoint, feed, fragment", [
     ("serve_bytes", dict(image_bytes=tf.constant([b"not an image"])),
-     "Unknown image file format"),
+     "image_bytes\\[0\\] has no JPEG, PNG, GIF, BMP or WebP header"),
     ("serving_default",
      dict(images=tf.zeros([0, 8, 8, 3], tf.uint8)), "empty batch"),
     # 100,000 x 100,000 declared in a 33-byte header: refused undecoded.
@@ -310,6 +310,21 @@ def test_still_webp_is_served_as_its_rgb_and_an_animation_refused(run):
                        match="decompression bomb"):
         served.signatures["serve_bytes"](image_bytes=tf.constant(
             [_webp_header(16_384, 16_384)]))
+
+
+def test_serve_bytes_names_the_image_it_refuses(run):
+    # In a batch, TensorFlow's own "Unknown image file format" named no
+    # image: each refusal names its index.
+    _, _, served = run
+    good = tf.io.encode_png(images()[0]).numpy()
+    for bad, fragment in ((b"not an image", "has no JPEG"),
+                          (_bmp(8), "holds a BMP of other than"),
+                          (_png_header(100_000, 100_000), "declares more than"),
+                          (b"\x89PNG" + b"\xff" * 40, "has no JPEG")):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f"image_bytes\\[2\\] {fragment}"):
+            served.signatures["serve_bytes"](
+                image_bytes=tf.constant([good, good, bad, good]))
 
 
 @pytest.mark.parametrize("bad, fragment", [

@@ -80,7 +80,7 @@ def test_file_check_and_serve_bytes_refuse_a_misread_gif(tmp_path, options):
                             str(tmp_path / "bad.gif")]) == [
         str(tmp_path / "bad.gif")]
     # serve_bytes decodes through this function, in a graph.
-    serve = tf.function(lambda encoded: _decode_within_limit(encoded, 8),
+    serve = tf.function(lambda encoded: _decode_within_limit(encoded, 8, 0),
                         input_signature=[tf.TensorSpec([], tf.string)])
     assert serve(tf.constant(good)).shape == (8, 8, 3)
     with pytest.raises(tf.errors.InvalidArgumentError,

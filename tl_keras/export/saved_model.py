@@ -224,29 +224,42 @@ class _Archive:
             tf.saved_model.save(self.root, path, signatures=self.signatures)
 
 
-def _decode_within_limit(encoded, size):
-    """Decodes and resizes one encoded image, refusing one whose header
-    declares more than MAX_PIXELS before anything is decoded."""
+def _decode_within_limit(encoded, size, index):
+    """Decodes and resizes image_bytes[index], refusing one whose header
+    is of no format TensorFlow decodes or declares more than MAX_PIXELS,
+    before anything is decoded; each refusal names the index (TensorFlow's
+    own "Unknown image file format" named none, in a batch of many)."""
     pixels = declared_pixels(encoded)
+    which = tf.strings.join(["serve_bytes: image_bytes[",
+                             tf.strings.as_string(index), "] "])
+
+    def refused(test, text, *received):
+        return tf.debugging.Assert(
+            test, [tf.strings.join([which, text]), *received])
+
     with tf.control_dependencies([
-            tf.debugging.assert_less_equal(
-                pixels, tf.constant(MAX_PIXELS, tf.int64),
-                message=f"serve_bytes: an image declares more than "
-                        f"{MAX_PIXELS:,} pixels (a decompression bomb?); "
-                        f"refused before decoding"),
-            tf.debugging.Assert(tf.logical_not(misread_bmp(encoded)), [
-                f"serve_bytes: image_bytes holds a BMP of other than "
-                f"{TF_BMP_BITS} bits per pixel (TensorFlow decodes palette "
-                f"BMPs to their indices); send it as PNG. Received bits "
-                f"per pixel:", bmp_bits(encoded)]),
-            tf.debugging.Assert(tf.logical_not(animated_webp(encoded)), [
-                "serve_bytes: image_bytes holds a WebP whose header marks "
-                "it animated, which TensorFlow's decoder cannot take as "
-                "RGB; send a still image (e.g. one frame as PNG)"])]):
+            refused(pixels > 0,
+                    "has no JPEG, PNG, GIF, BMP or WebP header declaring a "
+                    "width and height (not an image, or cut short); its "
+                    "first bytes:", tf.io.decode_raw(
+                        tf.strings.substr(encoded, 0, 12), tf.uint8)),
+            refused(pixels <= MAX_PIXELS,
+                    f"declares more than {MAX_PIXELS:,} pixels (a "
+                    f"decompression bomb?); refused before decoding. "
+                    f"Declared:", pixels),
+            refused(tf.logical_not(misread_bmp(encoded)),
+                    f"holds a BMP of other than {TF_BMP_BITS} bits per pixel "
+                    f"(TensorFlow decodes palette BMPs to their indices); "
+                    f"send it as PNG. Received bits per pixel:",
+                    bmp_bits(encoded)),
+            refused(tf.logical_not(animated_webp(encoded)),
+                    "holds a WebP whose header marks it animated, which "
+                    "TensorFlow's decoder cannot take as RGB; send a still "
+                    "image (e.g. one frame as PNG)")]):
         image = decode_image(encoded)
-    with tf.control_dependencies([tf.debugging.Assert(
+    with tf.control_dependencies([refused(
             tf.logical_not(misread_gif(encoded, image)),
-            [f"serve_bytes: image_bytes holds {GIF_ADVICE}"])]):
+            f"holds {GIF_ADVICE}")]):
         return resize_images(image, size)
 
 
@@ -312,11 +325,13 @@ def _build_archive(model, class_names, as_logits):
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(image_bytes):
-        def decode(encoded):
-            return _decode_within_limit(encoded, size)
+        def decode(indexed):
+            return _decode_within_limit(indexed[1], size, indexed[0])
 
-        images = tf.map_fn(decode, image_bytes, fn_output_signature=(
-            tf.TensorSpec([size, size, 3], tf.uint8)))
+        images = tf.map_fn(decode, (tf.range(tf.size(image_bytes)),
+                                    image_bytes),
+                           fn_output_signature=tf.TensorSpec(
+                               [size, size, 3], tf.uint8))
         return outputs(tf.cast(images, tf.float32), "serve_bytes")
 
     @tf.function(input_signature=[
