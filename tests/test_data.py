@@ -288,6 +288,11 @@ def test_a_finished_run_does_not_count_its_copies_as_added(tmp_path):
         files=files, bad_files=[], copy_files=[copy], fingerprint=""))
     config = tl_keras.Config(data_dir=root, workdir=str(workdir))
     assert run_data.check_finished_data(config) == {}
+    # Made distinct since (edited): an image the run never saw, not a
+    # copy (the rerun said "already complete").
+    Image.fromarray(np.full((9, 9, 3), 90, np.uint8)).save(copy)
+    assert run_data.check_finished_data(config) == {
+        "no longer a copy": [copy]}
     os.remove(copy)
     Image.fromarray(np.full((9, 9, 3), 50, np.uint8)).save(
         os.path.join(root, "class_0", "new.png"))

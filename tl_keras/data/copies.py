@@ -14,6 +14,7 @@ so most files are only stat'ed.
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -58,6 +59,24 @@ def drop_copies(files, class_names):
     kept = {split: [(p, y) for p, y in pairs if p not in left_out]
             for split, pairs in files.items()}
     return kept, sorted(left_out)
+
+
+def still_copies(paths, others):
+    """The files of `paths` that still hold the same bytes as another
+    file of `paths` or `others` (a finished run's copies, checked again:
+    one made distinct since is an image the run never saw). Only files
+    of a size one of `paths` has are read."""
+    sizes = set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            sizes.add(os.stat(path).st_size)
+    entries = []
+    for path in sorted(set(paths) | set(others)):
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_size in sizes:
+                entries.append((path, "", 0))
+    same = {path for group in _identical(entries) for path, _, _ in group}
+    return sorted(same & set(paths))
 
 
 def _identical(entries):

@@ -9,6 +9,7 @@ import hashlib
 import os
 
 from tl_keras import io
+from tl_keras.data.copies import still_copies
 from tl_keras.data.folders import scan_folder
 from tl_keras.data.images import find_unreadable
 from tl_keras.errors import InputError
@@ -127,9 +128,13 @@ def check_finished_data(config):
     skipped = set(changes["added"]) & set(unreadable or ())
     changes["readable now"] = sorted(skipped - set(find_unreadable(
         sorted(skipped))))
+    # A copy the run left out, made distinct since (edited, replaced):
+    # an image it never saw, too.
+    copies = set(record.get("copies", ())) & set(changes["added"])
+    changes["no longer a copy"] = sorted(copies - set(still_copies(
+        sorted(copies), listed)))
     changes["added"] = [] if unreadable is None else sorted(
-        set(changes["added"]) - set(unreadable)
-        - set(record.get("copies", ())))
+        set(changes["added"]) - set(unreadable) - copies)
     return {k: v for k, v in changes.items() if v}
 
 
