@@ -67,9 +67,28 @@ def write_json(path, obj):
 
 
 def read_json(path):
-    """Reads a JSON file written by `write_json`."""
-    with open(path) as f:
-        return json.load(f)
+    """Reads a JSON object written by `write_json` (a run's record: its
+    config, checkpoints, metrics).
+
+    Raises:
+      InputError: the file is not such an object (truncated, edited),
+        naming it; a raw JSONDecodeError or AttributeError named none.
+    """
+    raw, value = b"", None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        value = json.loads(raw)
+        problem = f"a JSON {type(value).__name__}, not an object"
+    except (OSError, ValueError) as e:
+        problem = str(e)
+    if isinstance(value, dict):
+        return value
+    raise InputError(
+        f"Invalid record {path}: not the JSON object tl_keras wrote "
+        f"(truncated or edited: {problem}). Allowed: the file as tl_keras "
+        f"wrote it (put it back), or a new --workdir to start anew. "
+        f"Received: {raw[:60]!r}")
 
 
 def fsync_dir(folder):

@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -161,22 +162,42 @@ class StageCheckpoint(keras.callbacks.Callback):
                 _save_head(model, last)
         self.restore_best(model)
 
-    def restore_best(self, model):
+    def restore_best(self, model, done=None):
+        """Puts the kept epoch's weights into `model`. `done`: the
+        stage's done.json, for a finished stage, whose kept weights must
+        be there: without them the run went on, saved and exported the
+        weights the model had (a head left random), silently."""
         full = os.path.join(os.path.dirname(self.path), "best.weights.h5")
         if self.trainable_only and not os.path.isfile(self.path) and (
                 os.path.isfile(full)):  # a head stage from an older tl_keras
             self.trainable_only, self.path = False, full
         if not os.path.isfile(self.path):
+            if done:
+                raise InputError(
+                    f"Invalid workdir: stage {self.stage_name} is marked "
+                    f"done ({done}) but its kept weights {self.path} are "
+                    f"missing, so the run would go on from other weights. "
+                    f"Allowed: the file put back, or a new --workdir to "
+                    f"train anew. Received: no {self.path}")
             return
-        if self.trainable_only:
-            _load_head(model, self.path, legacy=True)
-            return
-        with warnings.catch_warnings():
-            # The file also holds the optimizer of the stage that wrote it;
-            # after a recompile (new stage, or a resumed process) Keras
-            # warns that it skips those variables. Only weights matter here.
-            warnings.filterwarnings("ignore", message=".*optimizer.*")
-            model.load_weights(self.path)
+        try:
+            if self.trainable_only:
+                _load_head(model, self.path, legacy=True)
+                return
+            with warnings.catch_warnings():
+                # The file also holds the optimizer of the stage that
+                # wrote it; after a recompile (new stage, or a resumed
+                # process) Keras warns that it skips those variables.
+                warnings.filterwarnings("ignore", message=".*optimizer.*")
+                model.load_weights(self.path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise InputError(
+                f"Invalid workdir: the kept weights of stage "
+                f"{self.stage_name}, {self.path}, cannot be read "
+                f"(truncated or edited: {e}). Allowed: the file as "
+                f"tl_keras wrote it, or a new --workdir to train anew. "
+                f"Received: a file of {os.path.getsize(self.path)} bytes"
+                ) from None
 
 
 # The head stage's weights at its end, beside its kept epoch.

@@ -22,7 +22,11 @@ def record_data(workdir, data, weights=None):
     `weight_digests`), which a resumed run is checked against
     (`check_same_data`, `check_same_weights`)."""
     files = data.files or {}
-    io.write_json(os.path.join(workdir, "split.json"), files)
+    # data.json first: a run killed between the two writes left a
+    # split.json without it, which reads as a run from before copies were
+    # left out (`started_with_copies`), and every rerun, --overwrite too,
+    # was refused as "images changed". Without split.json a rerun starts
+    # the data afresh.
     io.write_json(os.path.join(workdir, "data.json"), {
         "stats": {split: [_stat(path) for path, _ in pairs]
                   for split, pairs in files.items()},
@@ -33,6 +37,7 @@ def record_data(workdir, data, weights=None):
            if data.copy_files is not None else {}),
         **({"arrays": data.fingerprint} if data.fingerprint else {}),
         **({"weights": weights} if weights else {})})
+    io.write_json(os.path.join(workdir, "split.json"), files)
 
 
 def weight_digests(config):

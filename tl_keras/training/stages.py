@@ -245,7 +245,7 @@ def _skip_done_stage(model, stage, checkpoint, done_path, place):
         # own best, and then takes the chief's weights anyway.
         return {"skipped": "done on the chief", "best_epoch": 0,
                 "best_val_loss": 1e30, "best_val_accuracy": -1.0}
-    checkpoint.restore_best(model)
+    checkpoint.restore_best(model, done=done_path)
     place.sync_from_chief(model.weights)
     # Backups a kill left between done.json and their removal.
     remove_backups(os.path.dirname(done_path))

@@ -21,7 +21,7 @@ from tl_keras.config import (
 )
 from tl_keras.config.config import config_differences
 from tl_keras.config.reads import FINETUNE_STAGE_FIELDS, warn_unread
-from tl_keras.data.given import data_for_run, given_data_config
+from tl_keras.data.given import given_data_config
 from tl_keras.distribute.strategy import placement
 from tl_keras.errors import fail
 from tl_keras.export.saved_model import (
@@ -38,19 +38,17 @@ from tl_keras.models.classifier import build_classifier, check_unfreeze
 from tl_keras.models.hub import is_hub
 from tl_keras.training.checkpoints import save_model
 from tl_keras.training.metrics import evaluate, export_manifest
-from tl_keras.training.run_data import (
-    check_same_data,
-    check_same_weights,
-    record_data,
-    started_with_copies,
-    weight_digests,
-)
+from tl_keras.training.run_data import record_data
 from tl_keras.training.stages import (
     check_replica_batch,
     plan_stages,
     run_stage,
 )
-from tl_keras.training.workdir import claim_workdir, join_run
+from tl_keras.training.workdir import (
+    claim_workdir,
+    data_to_resume,
+    join_run,
+)
 
 log = logging.getLogger("tl_keras")
 
@@ -139,12 +137,8 @@ def _train(config, data, place, callbacks):
     keras.utils.set_random_seed(config.data.seed)
     with place.strategy.scope():
         backbone = _build_backbone(config)
-    data = data_for_run(config, backbone.image_size, data, keep_copies=(
-        not conflict and started_with_copies(workdir)))
-    weights = weight_digests(config)
-    if not conflict:  # resuming: the same images and base, or an error
-        check_same_data(workdir, data, config.data.data_dir)
-        check_same_weights(workdir, weights, config)
+    data, weights, conflict = data_to_resume(config, conflict,
+                                             backbone.image_size, data)
     check_replica_batch(config, data, place)
     auto = config.training.approach == "auto"
     if not auto:  # the stages' own checks, before anything is written

@@ -32,8 +32,16 @@ import shutil
 
 from tl_keras import io
 from tl_keras.config import config_differences
+from tl_keras.data.given import data_for_run
 from tl_keras.errors import InputError
-from tl_keras.training.run_data import check_finished_data, refuse_changes
+from tl_keras.training.run_data import (
+    check_finished_data,
+    check_same_data,
+    check_same_weights,
+    refuse_changes,
+    started_with_copies,
+    weight_digests,
+)
 
 log = logging.getLogger("tl_keras")
 
@@ -67,7 +75,12 @@ def check_workdir(config):
     stored = os.path.join(workdir, "config.json")
     problem = None
     if os.path.isfile(stored):
-        diffs = config_differences(io.read_json(stored), config)
+        try:
+            diffs = config_differences(io.read_json(stored), config)
+        except InputError as e:  # torn or edited: --overwrite moves it
+            if not config.runtime.overwrite:
+                raise
+            diffs = [f"its config.json is unreadable ({e})"]
         if diffs:
             problem = f"it holds a run with other settings ({'; '.join(diffs)})"
         else:
@@ -89,6 +102,34 @@ def check_workdir(config):
     if problem:
         check_data_stays(config)
     return problem
+
+
+def data_to_resume(config, conflict, image_size, data=None):
+    """The run's data (`data_for_run`; `data`: arrays given, or None),
+    its base's weight digests (`weight_digests`) and its conflict: for an
+    interrupted run (no conflict yet), the images and base it started
+    with, or an error; with --overwrite a run on other images or weights
+    is a conflict, moved aside (the error told the user to --overwrite,
+    and --overwrite met the same error)."""
+    workdir = config.runtime.workdir
+    keep = not conflict and started_with_copies(workdir)
+    run_data = data_for_run(config, image_size, data, keep_copies=keep)
+    weights = weight_digests(config)
+    if conflict:
+        return run_data, weights, conflict
+    try:
+        check_same_data(workdir, run_data, config.data.data_dir)
+        check_same_weights(workdir, weights, config)
+    except InputError as e:
+        if not config.runtime.overwrite:
+            raise
+        check_data_stays(config)
+        conflict = f"it started on other images or weights ({e})"
+        log.warning("--overwrite: the interrupted run in %s started on "
+                    "other images or weights; it is moved aside", workdir)
+        if keep:  # a new run leaves the copies out
+            run_data = data_for_run(config, image_size, data)
+    return run_data, weights, conflict
 
 
 def check_data_stays(config):
