@@ -42,3 +42,21 @@ def test_a_folder_is_listed_as_training_lists_a_class_folder(tmp_path,
     # A hidden file named on its own is still what was asked for.
     named = os.path.join(root, "class_0", "._000.png")
     assert predict.expand_inputs(named) == [named]
+
+
+def test_a_double_star_glob_spans_folders(tmp_path):
+    # glob without recursive=True took '**' as '*': 'photos/**/*.png'
+    # scored only the files one folder down, the rest left out silently.
+    from PIL import Image
+
+    for name in ("a.png", "x/d.png", "x/y/c.png"):
+        path = tmp_path / "photos" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(path)
+    photos = str(tmp_path / "photos")
+    everything = sorted(os.path.join(photos, name)
+                        for name in ("a.png", "x/d.png", "x/y/c.png"))
+    assert predict.expand_inputs(os.path.join(photos, "**", "*.png")) == (
+        everything)
+    # a folder '**' matches is listed once, not once per folder above it
+    assert predict.expand_inputs(os.path.join(photos, "**")) == everything

@@ -99,9 +99,11 @@ def expand_inputs(spec):
             found = [item]
         elif os.path.isdir(item):
             found = _images_under(item)
-        else:  # a folder it matches is searched like a named one
-            found = [p for match in glob.glob(item)
-                     for p in _files_at(match)]
+        else:  # a folder it matches is searched like a named one;
+            # '**' spans folders, as in the shell's globstar ('photos/**/'
+            # '*.png' took only files one folder down, the rest silently)
+            found = {p for match in glob.glob(item, recursive=True)
+                     for p in _files_at(match)}
         if not found:
             raise InputError(
                 f"Invalid inputs: {item!r} matches no image file. Allowed: "
