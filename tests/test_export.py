@@ -900,3 +900,68 @@ def test_a_file_name_that_is_not_utf8_is_written_to_a_csv(run, tmp_path):
         output=str(output)))
     assert not rows[0]["error"]
     assert b"bad\xff.png" in output.read_bytes()
+
+
+def _edited_export(run, tmp_path, edit):
+    """A copy of the run's export, `edit(folder)` applied."""
+    config, _, _ = run
+    folder = str(tmp_path / "copy")
+    shutil.copytree(os.path.join(config.runtime.workdir, "export"), folder)
+    edit(folder)
+    return folder
+
+
+def _rewrite_manifest(change):
+    def edit(folder):
+        path = os.path.join(folder, "manifest.json")
+        manifest = json.load(open(path))
+        change(manifest)
+        with open(path, "w") as f:
+            json.dump(manifest, f)
+    return edit
+
+
+def _swap_first_two(names):
+    names[0], names[1] = names[1], names[0]
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    # Names swapped in the manifest: predict and evaluate named classes by
+    # it, the SavedModel's labels by its own (accuracy 0.67 became 0.33).
+    (_rewrite_manifest(lambda m: _swap_first_two(m["class_names"])),
+     "its manifest.json names the classes"),
+    (_rewrite_manifest(lambda m: m["class_names"].pop()),  # IndexError
+     "its manifest.json names the classes"),
+    (lambda folder: open(os.path.join(folder, "assets", "labels.txt"),
+                         "w").write("x\ny\nz\n"),
+     "assets/labels.txt \\['x', 'y', 'z'\\]"),
+    (lambda folder: open(os.path.join(folder, "manifest.json"),
+                         "w").write('{"class_na'),  # JSONDecodeError
+     "Invalid record .*manifest.json"),
+    (_rewrite_manifest(lambda m: m.pop("class_names")),  # KeyError
+     "is not a tl_keras export manifest"),
+    (lambda folder: shutil.rmtree(os.path.join(folder, "variables")),
+     "its SavedModel cannot be loaded"),
+])
+def test_an_edited_or_broken_export_is_refused_on_loading(run, tmp_path,
+                                                         edit, fragment):
+    folder = _edited_export(run, tmp_path, edit)
+    with pytest.raises(tl_keras.InputError, match=fragment):
+        tl_keras.load_exported(folder)
+
+
+def test_an_export_without_its_names_in_the_model_checks_the_count(run):
+    # Exports written before the SavedModel held its class names: the
+    # number of outputs is what can be checked.
+    from types import SimpleNamespace
+
+    from tl_keras.export import predictor
+
+    config, _, served = run
+    export = os.path.join(config.runtime.workdir, "export")
+    names = json.load(open(os.path.join(export, "manifest.json")))[
+        "class_names"]
+    older = SimpleNamespace(signatures=served.signatures)
+    predictor._check_names(older, names, export, 32)  # as written
+    with pytest.raises(tl_keras.InputError, match=r"gives \['3 classes'\]"):
+        predictor._check_names(older, names[:2], export, 32)

@@ -7,9 +7,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tl_keras import io
 from tl_keras.data.arrays import images_as_rgb
 from tl_keras.data.images import READABLE_FORMATS, find_unreadable
 from tl_keras.errors import InputError
+from tl_keras.export.saved_model import MANIFEST_FORMAT
 
 
 class ExportedClassifier:
@@ -20,11 +22,19 @@ class ExportedClassifier:
 
     def __init__(self, path):
         self.path = path
-        self._model = tf.saved_model.load(path)
-        with open(os.path.join(path, "manifest.json")) as f:
-            self.manifest = json.load(f)
+        self.manifest = _read_manifest(path)
+        try:
+            self._model = tf.saved_model.load(path)
+        except (OSError, ValueError, IndexError, tf.errors.OpError) as e:
+            raise InputError(
+                f"Invalid export_dir {path!r}: its SavedModel cannot be "
+                f"loaded (half copied, or its files cut short: "
+                f"{str(e).splitlines()[0][:300]}). Allowed: a whole export "
+                f"(export it again: --mode=export). Received: export_dir="
+                f"{path!r}") from None
         self.class_names = self.manifest["class_names"]
         self.image_size = self.manifest["input"]["size"]
+        _check_names(self._model, self.class_names, path, self.image_size)
 
     def predict(self, inputs, batch_size=64, check_files=True):
         """Scores a batch of images or a list of image file paths.
@@ -88,6 +98,55 @@ def load_exported(path):
             f"or a folder written by --mode=export. Received: export_dir="
             f"{path!r}")
     return ExportedClassifier(path)
+
+
+def _read_manifest(path):
+    """manifest.json of the export in `path`, with the fields loading
+    reads; InputError naming the file for anything else (a torn or
+    foreign manifest was a raw JSONDecodeError or KeyError)."""
+    file = os.path.join(path, "manifest.json")
+    manifest = io.read_json(file)
+    names = manifest.get("class_names")
+    size = (manifest.get("input") or {}).get("size") if isinstance(
+        manifest.get("input"), dict) else None
+    if manifest.get("format") != MANIFEST_FORMAT or not (
+            isinstance(names, list) and names
+            and all(isinstance(n, str) for n in names)) or not (
+            isinstance(size, int) and size > 0):
+        raise InputError(
+            f"Invalid export_dir {path!r}: {file} is not a tl_keras export "
+            f"manifest (format {MANIFEST_FORMAT!r}, class_names, input "
+            f"size). Allowed: an export tl_keras wrote, unedited. Received: "
+            f"{json.dumps(manifest)[:200]}")
+    return manifest
+
+
+def _check_names(model, names, path, size):
+    """Refuses an export whose manifest's class names are not the ones
+    its model gives (edited, or the manifest of another export): predict
+    and evaluate named classes by the manifest, the SavedModel's own
+    `labels` output by its own names, and they disagreed silently; fewer
+    names than outputs was an IndexError. Exports from before tl_keras
+    kept the names in the SavedModel are checked on their output count."""
+    own = getattr(model, "class_names", None)
+    if own is not None:
+        own = [n.decode() for n in own.numpy().tolist()]
+    else:
+        scores = model.signatures["serve_float"](
+            images=tf.zeros([1, size, size, 3]))["scores"]
+        own = names if scores.shape[-1] == len(names) else [
+            f"{scores.shape[-1]} classes"]
+    labels = os.path.join(path, "assets", "labels.txt")
+    listed = (open(labels, encoding="utf-8").read().splitlines()
+              if os.path.isfile(labels) else own)
+    if own != names or listed != own:
+        raise InputError(
+            f"Invalid export_dir {path!r}: its manifest.json names the "
+            f"classes {names[:10]}, assets/labels.txt {listed[:10]}, and "
+            f"its model gives {own[:10]}; they must be the same (a "
+            f"manifest or labels.txt edited or copied from another "
+            f"export). Allowed: the export as written (export it again: "
+            f"--mode=export). Received: export_dir={path!r}")
 
 
 def _paths_or_batch(inputs):

@@ -213,9 +213,13 @@ class _Archive:
     (bench/RESULTS.md).
     """
 
-    def __init__(self, model, signatures):
+    def __init__(self, model, signatures, class_names):
         self.root = tf.Module(name="tl_keras_export")
         self.root.model_variables = list(model.variables)
+        # The names the `labels` output gives, readable after loading:
+        # manifest.json and labels.txt are copies a hand can edit.
+        self.root.class_names = tf.Variable(
+            list(class_names), trainable=False, name="class_names")
         self.signatures = signatures
 
     def write_out(self, path, verbose=False):
@@ -339,6 +343,6 @@ def _build_archive(model, class_names, as_logits):
     def serve_float(images):
         return outputs(_in_pixel_range(images, size), "serve_float")
 
-    return _Archive(model, {"serving_default": serve,
-                            "serve_bytes": serve_bytes,
-                            "serve_float": serve_float})
+    return _Archive(model, class_names=class_names, signatures={
+        "serving_default": serve, "serve_bytes": serve_bytes,
+        "serve_float": serve_float})
