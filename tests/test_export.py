@@ -846,6 +846,47 @@ def test_an_export_into_the_runs_data_folder_is_refused(run, image_folder):
     assert not os.path.exists(target)
 
 
+
+def test_an_export_into_the_run_or_into_an_export_is_refused(run, tmp_path):
+    # --overwrite moved the run's model.keras aside for an export named
+    # after it (the run then had no model), and another export's
+    # variables/ for this one (that export then failed to load).
+    config, _, _ = run
+    workdir = config.runtime.workdir
+    other = str(tmp_path / "other")
+    shutil.copytree(os.path.join(workdir, "export"), other)
+    for target, fragment in (
+            (os.path.join(workdir, "model.keras"), "inside the run"),
+            (os.path.join(workdir, "checkpoints", "x"), "inside the run"),
+            (os.path.join(other, "variables"), "inside the export"),
+            (os.path.join(workdir, "export", "assets"), "inside the export")):
+        with pytest.raises(tl_keras.InputError, match=fragment):
+            predict.export_run(config.replace(
+                mode="export", export_dir=target, overwrite=True))
+    assert os.path.isfile(os.path.join(workdir, "model.keras"))
+    assert os.path.isdir(os.path.join(other, "variables"))
+    tl_keras.load_exported(other)
+
+
+def test_a_symlinked_export_is_replaced_where_it_points(run, tmp_path):
+    # <workdir>/export linked to a serving folder: --overwrite built the
+    # whole export, then failed swapping the link for a folder
+    # (IsADirectoryError) and left an empty .export.old-* behind.
+    config, _, _ = run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(config.runtime.workdir, workdir,
+                    ignore=shutil.ignore_patterns("*.lock"))
+    served = str(tmp_path / "served")
+    shutil.move(os.path.join(workdir, "export"), served)
+    os.symlink(served, os.path.join(workdir, "export"))
+    os.remove(os.path.join(served, "assets", "labels.txt"))  # to see it back
+    predict.export_run(config.replace(mode="export", workdir=workdir,
+                                      overwrite=True))
+    assert os.path.islink(os.path.join(workdir, "export"))
+    assert os.path.isfile(os.path.join(served, "assets", "labels.txt"))
+    assert sorted(os.listdir(tmp_path)) == ["run", "served"]
+    tl_keras.load_exported(os.path.join(workdir, "export"))
+
 def test_tied_scores_name_the_first_class_everywhere(tmp_path):
     # predict's rows named the last of equal classes (argsort reversed),
     # the export's labels and evaluate the first (argmax).

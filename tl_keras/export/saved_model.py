@@ -71,7 +71,9 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
     Written to a temporary folder next to `export_dir`, renamed into
     place (a crash never leaves a half-written export where a good one
     was). What was there is moved aside to `<export_dir>.replaced-<time>`,
-    never deleted (but an old tl_keras export when not `keep_old`).
+    never deleted (but an old tl_keras export when not `keep_old`). An
+    `export_dir` that is a symlink keeps it: the folder it names is
+    replaced.
 
     Raises:
       InputError: before anything is written, for each bad argument
@@ -81,7 +83,11 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
         model, export_dir, class_names, manifest, overwrite, tflite=tflite,
         keep_old=keep_old)
     archive = _build_archive(model, class_names, as_logits)
-    parent = os.path.dirname(os.path.abspath(export_dir))
+    # A link (<workdir>/export -> a serving folder): the folder it names
+    # is replaced and the link kept (the link could not be swapped for
+    # a folder: IsADirectoryError after the whole export was built).
+    export_dir = os.path.realpath(export_dir)
+    parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
     # Not tempfile.mkdtemp, which makes 0700: the export gets the umask's
     # mode, as the rest of the run, readable by a server of another user.

@@ -84,3 +84,35 @@ def check_outside_data(workdir, target):
             f"folder {data_dir!r}, whose next listing would read it as a "
             f"class. Allowed: a path outside --data_dir. Received: "
             f"export_dir={target!r}")
+
+
+def check_export_target(workdir, target):
+    """Refuses an --export_dir inside the run other than its own export
+    folder, and one inside any export: --overwrite moved the run's
+    model.keras aside for an export named after it (the run then had no
+    model), or a folder of another export (its variables/) for this one
+    (that export then failed to load)."""
+    own = os.path.join(workdir, "export")
+    if io.inside(target, workdir) and not io.inside(target, own):
+        where = "inside the run, whose files it would replace"
+    else:
+        where = next((f"inside the export {folder!r}, whose files it "
+                      f"would replace" for folder in _ancestors(target)
+                      if os.path.isfile(os.path.join(folder,
+                                                     "saved_model.pb"))),
+                     None)
+    if where:
+        raise InputError(
+            f"Invalid export_dir {target!r}: it is {where}. Allowed: "
+            f"<workdir>/export (the default), or a folder outside the run "
+            f"and outside any export. Received: export_dir={target!r}")
+
+
+def _ancestors(path):
+    """The folders above `path`, nearest first."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        yield folder
+        if folder == os.path.dirname(folder):
+            return
+        folder = os.path.dirname(folder)

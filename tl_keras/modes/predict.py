@@ -27,7 +27,11 @@ from tl_keras.errors import InputError
 from tl_keras.export.predictor import load_exported
 from tl_keras.export.saved_model import export_saved_model
 from tl_keras.models.backbones import load_model_file
-from tl_keras.modes.outputs import check_output, check_outside_data
+from tl_keras.modes.outputs import (
+    check_export_target,
+    check_output,
+    check_outside_data,
+)
 from tl_keras.training.metrics import classification_metrics, export_manifest
 
 log = logging.getLogger("tl_keras")
@@ -56,6 +60,7 @@ def export_run(config):
             f"outside the run, or inside it (default <workdir>/export). "
             f"Received: export_dir={target!r}")
     check_outside_data(workdir, target)
+    check_export_target(workdir, target)
     metrics = io.read_json(metrics_path)
     # The approach the run trained (an 'auto' run's config.json says auto).
     approach = metrics["approach"]
