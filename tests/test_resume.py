@@ -448,3 +448,40 @@ def test_an_unreadable_kept_checkpoint_is_named(tiny_config):
                        match=r"the kept weights of stage head, .*"
                              r"best\.trainable\.npz, cannot be read"):
         tl_keras.train(config)
+
+
+def test_a_run_without_its_data_records_is_refused(tiny_config):
+    # split.json or data.json deleted from a run that trained: the data
+    # checks had nothing to compare, so a resumed run carved its splits
+    # again (training images into test), a finished one said "already
+    # complete" on other images.
+    config = tiny_config.replace(epochs=1, finetune_epochs=1)
+    assert tl_keras.train(config)["complete"]
+    workdir = config.runtime.workdir
+    os.rename(os.path.join(workdir, "data.json"),
+              os.path.join(workdir, "kept.json"))
+    with pytest.raises(tl_keras.InputError,
+                       match=r"trained, but its data.json .* are missing"):
+        tl_keras.train(config)  # finished
+    os.rename(os.path.join(workdir, "kept.json"),
+              os.path.join(workdir, "data.json"))
+    os.remove(os.path.join(workdir, "metrics.json"))
+    os.remove(os.path.join(workdir, "split.json"))
+    with pytest.raises(tl_keras.InputError,
+                       match=r"trained, but its split.json .* are missing"):
+        tl_keras.train(config)  # interrupted
+    assert tl_keras.train(config.replace(overwrite=True))["complete"]
+
+
+def test_an_edited_metrics_file_is_written_again(tiny_config, caplog):
+    import logging
+
+    config = tiny_config.replace(epochs=1, finetune_epochs=1)
+    assert tl_keras.train(config)["complete"]
+    path = os.path.join(config.runtime.workdir, "metrics.json")
+    with open(path, "w") as f:
+        f.write("[1, 2")
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        assert tl_keras.train(config)["complete"]
+    assert "Invalid record" in caplog.text and "metrics.json" in caplog.text
+    assert json.load(open(path))["complete"]

@@ -15,6 +15,27 @@ from tl_keras.data.images import find_unreadable
 from tl_keras.errors import InputError
 
 
+def check_records(workdir):
+    """Refuses a run that trained (checkpoints/) with this tl_keras's
+    records (run.json, which came after data.json) but without split.json
+    or data.json: deleted since, the checks that its images are the ones
+    it trained on had nothing to compare, and a resumed run carved its
+    splits again (training images into test) or a finished one said
+    "already complete" on other images."""
+    if not os.path.isfile(os.path.join(workdir, "run.json")) or not (
+            os.path.isdir(os.path.join(workdir, "checkpoints"))):
+        return
+    missing = [name for name in ("split.json", "data.json")
+               if not os.path.isfile(os.path.join(workdir, name))]
+    if missing:
+        raise InputError(
+            f"Invalid workdir {workdir!r}: the run there trained, but its "
+            f"{' and '.join(missing)} (which images it trained on, checked "
+            f"before it goes on) are missing. Allowed: the file(s) put "
+            f"back, or a new --workdir (or --overwrite) to start over. "
+            f"Received: no {', '.join(missing)}")
+
+
 def record_data(workdir, data, weights=None):
     """Writes split.json (each split's (path, label) pairs) and data.json
     (each file's [size, mtime_ns], in the same order; the unreadable
@@ -120,6 +141,7 @@ def check_finished_data(config):
     unreadable files (which a listing also finds; earlier tl_keras runs
     did not)."""
     workdir, data_dir = config.runtime.workdir, config.data.data_dir
+    check_records(workdir)
     record = _record(workdir)
     if not data_dir or not record:
         return {}

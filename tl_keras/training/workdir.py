@@ -36,6 +36,7 @@ from tl_keras.data.given import data_for_run
 from tl_keras.errors import InputError
 from tl_keras.training.run_data import (
     check_finished_data,
+    check_records,
     check_same_data,
     check_same_weights,
     refuse_changes,
@@ -118,6 +119,7 @@ def data_to_resume(config, conflict, image_size, data=None):
     if conflict:
         return run_data, weights, conflict
     try:
+        check_records(workdir)
         check_same_data(workdir, run_data, config.data.data_dir)
         check_same_weights(workdir, weights, config)
     except InputError as e:
@@ -224,7 +226,12 @@ def _finished_as_listed(config):
     are as it trained on them (`check_finished_data`); if not, an error,
     or with --overwrite a conflict that moves the run aside."""
     workdir, data_dir = config.runtime.workdir, config.data.data_dir
-    changes = check_finished_data(config)
+    try:
+        changes = check_finished_data(config)
+    except InputError as e:  # its records missing or torn
+        if not config.runtime.overwrite:
+            raise
+        changes = {f"its records cannot be read: {e}": True}
     if not changes:
         return None, True
     if not config.runtime.overwrite:
@@ -251,4 +258,8 @@ def is_complete(workdir, chief=True):
     if not os.path.isfile(path) or chief and not os.path.isfile(
             os.path.join(workdir, "export", "saved_model.pb")):
         return False
-    return bool(io.read_json(path).get("complete"))
+    try:
+        return bool(io.read_json(path).get("complete"))
+    except InputError as e:  # edited: the run finishes (and writes it) again
+        log.warning("%s", e)
+        return False
