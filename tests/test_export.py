@@ -534,6 +534,27 @@ def test_evaluate_on_no_readable_image_is_an_error(run, tmp_path):
                                                data_dir=str(folder)))
 
 
+
+def test_evaluate_scores_a_test_folder_without_train(run, tmp_path,
+                                                     image_folder):
+    # "evaluate uses a test/ folder if there is one": a folder holding
+    # only test/ (or test/ and val/) read test/ as a class, "not in the
+    # export"; one holding only val/ has nothing held out to score.
+    config, _, _ = run
+    folder = tmp_path / "held_out"
+    shutil.copytree(image_folder, folder / "test")
+    shutil.copytree(image_folder, folder / "val")
+    whole = predict.evaluate_export(config.replace(
+        mode="evaluate", data_dir=image_folder))
+    held = predict.evaluate_export(config.replace(
+        mode="evaluate", data_dir=str(folder)))
+    assert held["num_test"] == whole["num_test"]
+    assert held["test_accuracy"] == whole["test_accuracy"]
+    shutil.rmtree(folder / "test")
+    with pytest.raises(tl_keras.InputError, match="no test/ folder to score"):
+        predict.evaluate_export(config.replace(mode="evaluate",
+                                               data_dir=str(folder)))
+
 def test_inputs_a_file_as_named_and_skipped_files_said(run, tmp_path,
                                                        caplog):
     # 'shot[1].png' is a file, not a glob that matches 'shot1.png'; a

@@ -23,6 +23,7 @@ from tl_keras.data.folders import (
     split_roots,
 )
 from tl_keras.data.images import READABLE_FORMATS, find_unreadable
+from tl_keras.data.layout import SPLIT_DIRS, subfolders
 from tl_keras.errors import InputError
 from tl_keras.export.predictor import load_exported
 from tl_keras.export.saved_model import export_saved_model
@@ -216,7 +217,9 @@ def evaluate_export(config):
     predictor = load_exported(export_dir)
     data_dir, output = config.data.data_dir, config.export.output
     check_output(config, (".json",))
-    files, class_names, scored = _scored_images(data_dir)
+    scored_dir = _held_out_folder(data_dir, predictor.class_names)
+    files, class_names, scored = _scored_images(
+        scored_dir, warn=scored_dir == data_dir)
     # The classes scored (a train/ class without test images is not).
     unknown = sorted({class_names[y] for _, y in files[scored]}
                      - set(predictor.class_names))
@@ -254,17 +257,40 @@ def evaluate_export(config):
     return metrics
 
 
-def _scored_images(data_dir):
+def _held_out_folder(data_dir, known):
+    """`data_dir`, or its test/ folder when it holds only held-out split
+    folders (test/, val/) and no train/, none of them a class of the
+    export: 'evaluate uses a test/ folder if there is one' (it read test/
+    as a class, "not in the export"). Only val/: an error."""
+    folders = subfolders(data_dir)
+    held = {name: split for name in folders for split in ("val", "test")
+            if name.lower() in SPLIT_DIRS[split] and name not in known}
+    if not folders or len(held) < len(folders):
+        return data_dir
+    test = [name for name, split in held.items() if split == "test"]
+    if len(test) != 1:
+        raise InputError(
+            f"Invalid data_dir for evaluate: it holds split folders "
+            f"({', '.join(folders)}) and no test/ folder to score. Allowed: "
+            f"a folder of class folders (all scored), or one with test/. "
+            f"Received: data_dir={data_dir!r}")
+    log.info("Scoring %s/: %s holds held-out split folders and no train/",
+             test[0], data_dir)
+    return os.path.join(data_dir, test[0])
+
+
+def _scored_images(data_dir, warn=True):
     """({split: (path, label) pairs}, class names, the split evaluate
     scores): every image of a folder of class folders ('train'), else
     its test/ split (never the training images: the score would mean
-    nothing)."""
+    nothing; `warn`: say so, unless `data_dir` is a test/ folder)."""
     files, class_names, _ = scan_folder(data_dir, min_classes=1)
     if split_roots(data_dir, say=False)["train"] == data_dir:
-        log.warning("Scoring every image in %s. If a run carved its splits "
-                    "from this folder, its training images are among them; "
-                    "score held-out images for an unbiased number.",
-                    data_dir)
+        if warn:
+            log.warning(
+                "Scoring every image in %s. If a run carved its splits "
+                "from this folder, its training images are among them; "
+                "score held-out images for an unbiased number.", data_dir)
         return files, class_names, "train"
     if files.get("test"):
         return files, class_names, "test"
