@@ -1023,6 +1023,7 @@ def test_an_export_without_its_names_in_the_model_checks_the_count(run):
     export = os.path.join(config.runtime.workdir, "export")
     names = json.load(open(os.path.join(export, "manifest.json")))[
         "class_names"]
+    assert [n.decode() for n in served.class_names().numpy()] == names
     older = SimpleNamespace(signatures=served.signatures)
     predictor._check_names(older, names, export, 32)  # as written
     with pytest.raises(tl_keras.InputError, match=r"gives \['3 classes'\]"):

@@ -106,9 +106,8 @@ def _read_manifest(path):
     foreign manifest was a raw JSONDecodeError or KeyError)."""
     file = os.path.join(path, "manifest.json")
     manifest = io.read_json(file)
-    names = manifest.get("class_names")
-    size = (manifest.get("input") or {}).get("size") if isinstance(
-        manifest.get("input"), dict) else None
+    names, inputs = manifest.get("class_names"), manifest.get("input")
+    size = inputs.get("size") if isinstance(inputs, dict) else None
     if manifest.get("format") != MANIFEST_FORMAT or not (
             isinstance(names, list) and names
             and all(isinstance(n, str) for n in names)) or not (
@@ -128,17 +127,18 @@ def _check_names(model, names, path, size):
     `labels` output by its own names, and they disagreed silently; fewer
     names than outputs was an IndexError. Exports from before tl_keras
     kept the names in the SavedModel are checked on their output count."""
-    own = getattr(model, "class_names", None)
-    if own is not None:
-        own = [n.decode() for n in own.numpy().tolist()]
+    if hasattr(model, "class_names"):
+        own = [n.decode() for n in model.class_names().numpy().tolist()]
     else:
         scores = model.signatures["serve_float"](
             images=tf.zeros([1, size, size, 3]))["scores"]
         own = names if scores.shape[-1] == len(names) else [
             f"{scores.shape[-1]} classes"]
+    listed = own
     labels = os.path.join(path, "assets", "labels.txt")
-    listed = (open(labels, encoding="utf-8").read().splitlines()
-              if os.path.isfile(labels) else own)
+    if os.path.isfile(labels):
+        with open(labels, encoding="utf-8") as f:
+            listed = f.read().splitlines()
     if own != names or listed != own:
         raise InputError(
             f"Invalid export_dir {path!r}: its manifest.json names the "

@@ -222,10 +222,13 @@ class _Archive:
     def __init__(self, model, signatures, class_names):
         self.root = tf.Module(name="tl_keras_export")
         self.root.model_variables = list(model.variables)
-        # The names the `labels` output gives, readable after loading:
-        # manifest.json and labels.txt are copies a hand can edit.
-        self.root.class_names = tf.Variable(
-            list(class_names), trainable=False, name="class_names")
+        # The names the `labels` output gives, readable after loading
+        # (`loaded.class_names()`): manifest.json and labels.txt are
+        # copies a hand can edit. A function, not a string variable,
+        # which a distribution strategy's scope would try to mirror.
+        names = list(class_names)
+        self.root.class_names = tf.function(
+            lambda: tf.constant(names), input_signature=[])
         self.signatures = signatures
 
     def write_out(self, path, verbose=False):
