@@ -354,6 +354,11 @@ def test_settings_a_run_does_not_read_are_said(caplog, monkeypatch,
         approach="scratch", feature_cache=False))
     assert "--feature_cache=False is not used by --mode=train " in (
         caplog.text)
+    tl_keras.train(tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "w"),
+        approach="scratch", augment="flip", feature_cache_views="3"))
+    assert "--feature_cache_views=3 is not used by --mode=train " in (
+        caplog.text)
     caplog.clear()
     warn_unread(tl_keras.Config(mode="predict", top_k=5))
     warn_unread(tl_keras.Config(mode="advise", advisor_sample=500))

@@ -654,6 +654,26 @@ def test_arrays_work_through_the_api(tiny_config):
         tl_keras.from_arrays(x[..., 0], y, tiny_config, SIZE)
 
 
+
+def test_given_arrays_missing_a_class_are_said(tiny_config, caplog):
+    # Carved splits and folders said a class a split has no image of;
+    # given x_val / x_test did not. A single class was blamed on
+    # class_names, which the caller never gave.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (22, 16, 16, 3)).astype(np.float32)
+    y = np.array([0] * 10 + [1] * 10 + [2] * 2)
+    two = np.array([0, 0, 1, 1])
+    for given in (dict(x_val=x[:4], y_val=two, x_test=x[:4], y_test=two),
+                  dict(x_val=x[:4], y_val=two)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tl_keras"):
+            tl_keras.from_arrays(x, y, tiny_config, SIZE, **given)
+        assert "The val split has no images of 1 class(es): 2" in (
+            caplog.text)
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid y.*at least 2 classes.*only label 0"):
+        tl_keras.from_arrays(x, np.zeros(22, int), tiny_config, SIZE)
+
 def test_formats_table_matches_extensions():
     exts = {"." + f.split(".")[-1] for f in FORMATS}
     assert exts <= set(data_lib.IMAGE_EXTENSIONS)

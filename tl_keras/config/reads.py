@@ -53,7 +53,8 @@ def unread_fields(config):
     if mode == "train" and approach in ("scratch", "transfer"):
         unread += FINETUNE_STAGE_FIELDS
     if mode == "train" and approach == "scratch":
-        unread.append("feature_cache")  # no frozen base to cache
+        # no frozen base to cache, nor views of it
+        unread += ["feature_cache", "feature_cache_views"]
     if mode in EXPORT_READS:
         unread += [name for name in config.to_dict() if name not in
                    EXPORT_READS[mode] | {"mode", "overwrite"}]

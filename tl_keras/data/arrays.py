@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 
-from tl_keras.data.folders import carve_missing_splits
+from tl_keras.data.folders import carve_missing_splits, warn_missing_classes
 from tl_keras.errors import InputError, fail
 
 # The most classes a label array may imply (labels go up to this - 1).
@@ -32,6 +32,9 @@ def checked_arrays(x, y, splits, class_names):
             if len(a[1])}
     top = max(tops.values())
     if class_names is None:
+        if top < 1:  # blamed on class_names, which the caller never gave
+            fail("y", "labels of at least 2 classes (a classifier needs "
+                 "2)", f"only label {top}")
         if top >= MAX_CLASSES:
             fail("y", f"labels below {MAX_CLASSES:,}", top)
         for name, split_top in tops.items():  # named, not blamed on y
@@ -115,7 +118,12 @@ def fingerprint(arrays):
 
 
 def carve_arrays(arrays, config, class_names):
-    """Carves the splits not given as arrays from the training arrays."""
+    """Carves the splits not given as arrays from the training arrays;
+    logs each class a given val or test split has no image of (as for
+    folders; it was not said of given arrays), the carved ones as they
+    are carved."""
+    warn_missing_classes({k: [(i, int(label)) for i, label in enumerate(
+        v[1])] for k, v in arrays.items() if k != "train"}, class_names)
     if "val" in arrays and "test" in arrays:
         return arrays
     # The given splits are named (empty) so that only the others are

@@ -267,7 +267,7 @@ def check_given_splits(files, class_names, data_dir):
                 f"training images). Received: data_dir={data_dir!r}")
 
 
-def _warn_missing_classes(files, class_names):
+def warn_missing_classes(files, class_names):
     """Logs each class the val or test split (given or carved) has no
     image of: its accuracy there leaves the class out."""
     for split in ("val", "test"):
@@ -295,7 +295,7 @@ def carve_missing_splits(files, config, class_names):
             files, config.validation_split if "val" not in files else 0.0,
             config.test_split if "test" not in files else 0.0, config.seed,
             class_names)
-    _warn_missing_classes(files, class_names)
+    warn_missing_classes(files, class_names)
     return files
 
 
