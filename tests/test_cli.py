@@ -428,6 +428,10 @@ def test_flags_a_mode_does_not_read_are_reported(caplog):
                     "--backbones=mobilenet_v2,base.keras")
     assert "mobilenet_v2's frozen base has random weights" in text
     assert "base.keras" not in text
+    # A hub preset with --weights=none is built without its weights.
+    assert "hub:vit's frozen base has random weights" in warnings(
+        "--mode=rank", "--data_dir=d", "--weights=none",
+        "--backbones=hub:vit")
     assert "random weights" not in warnings(
         "--mode=rank", "--data_dir=d", "--weights=none",
         "--backbones=base.keras")

@@ -46,7 +46,7 @@ def test_converted_vgg16_reproduces_heds_activations(hed_vgg16):
                            built.base.get_layer("block1_conv1").kernel)
 
 
-def test_conversion_refuses_a_bad_output_path(tmp_path):
+def test_conversion_refuses_a_bad_output_path(tmp_path, monkeypatch):
     with pytest.raises(tl_keras.InputError, match="weights.h5"):
         convert_hed_weights(str(tmp_path / "vgg16.h5"))
     # An existing file is kept (it was replaced without a word); a folder,
@@ -56,6 +56,11 @@ def test_conversion_refuses_a_bad_output_path(tmp_path):
     with pytest.raises(tl_keras.InputError, match="a file is there"):
         convert_hed_weights(str(kept))
     assert kept.read_text() == "precious"
+    # '~' is the home folder (a folder named '~' was made in the current
+    # one, and the file written there).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(tl_keras.InputError, match="a file is there"):
+        convert_hed_weights("~/mine.weights.h5")
     (tmp_path / "d.weights.h5").mkdir()
     with pytest.raises(tl_keras.InputError, match="it is a folder"):
         convert_hed_weights(str(tmp_path / "d.weights.h5"))

@@ -101,9 +101,10 @@ def _warn_unused(config):
 
 
 def _warn_random_base(config):
-    """Logs a warning when --weights=none leaves a registered base (one
-    that rank ranks, or one that transfer or finetune freezes) with
-    random weights; a .keras base and a hub preset keep their own."""
+    """Logs a warning when --weights=none leaves a registered base or a
+    hub preset (one that rank ranks, or one that transfer or finetune
+    freezes) with random weights (a preset is then built without its
+    weights: it was not said); a .keras base keeps its own."""
     mode, approach = config.runtime.mode, config.training.approach
     if mode == "rank":
         names = [name.strip() for name in config.advisor.backbones.split(",")]
@@ -112,7 +113,7 @@ def _warn_random_base(config):
     else:
         return
     random = [name for name in names if name and not name.endswith(
-        ".keras") and not name.startswith("hub:")]
+        ".keras")]
     if config.model.weights == "none" and random:
         logging.getLogger("tl_keras").warning(
             "--weights=none: %s's frozen base has random weights, so %s "

@@ -48,6 +48,12 @@ def convert_hed_weights(output, hed_weights=None, overwrite=False):
         weights file. Checked before HED is built (the output's folder is
         made first) and before the file is written.
     """
+    # '~' is the home folder, as Config and the export take it (a folder
+    # named '~' was made in the current one).
+    output = os.path.expanduser(output) if isinstance(output, str) else (
+        output)
+    if isinstance(hed_weights, str):
+        hed_weights = os.path.expanduser(hed_weights)
     _check_output(output, overwrite)
     hed = _load_hed(hed_weights)
     vgg = keras.applications.VGG16(include_top=False, weights=None)
