@@ -200,3 +200,16 @@ def test_a_cut_runs_model_serves_as_weights_for_the_same_cut(tmp_path):
     again = tl_keras.build_backbone("vgg16", path, 32, feature_block="block4")
     np.testing.assert_array_equal(again.base.weights[0].numpy(),
                                   whole.base.weights[0].numpy())
+
+
+def test_a_mobilenet_run_used_as_a_base_keeps_its_blocks(tmp_path):
+    # Keras names the base 'mobilenetv2_1.00_32': it matched no family,
+    # so a run's model.keras used as --backbone had no blocks (--unfreeze
+    # counted conv layers; --feature_block=block_13 was refused).
+    built = tl_keras.build_backbone("mobilenet_v2", "none", 32)
+    path = str(tmp_path / "run.keras")
+    tl_keras.build_classifier(built, 2).save(path)
+    again = tl_keras.build_backbone(path, image_size=32)
+    assert [name for name, _ in again.blocks()] == [
+        name for name, _ in built.blocks()]
+    assert "block_13" in [name for name, _ in again.blocks()]

@@ -248,7 +248,10 @@ def _backbone_from_model_file(path, image_size, weights="none",
     if base is not None:
         preprocessing = model.get_layer("preprocess").settings()
         kind, pattern = hub.saved_block_pattern(base)
-        spec = lookup_spec(base.name) or (
+        # Keras names a MobileNet base 'mobilenetv2_1.00_224' (its width
+        # and size): without them it is the family's name (the blocks were
+        # lost: --unfreeze counted conv layers, --feature_block refused).
+        spec = lookup_spec(re.sub(r"_\d+\.\d+_\d+$", "", base.name)) or (
             _hub_spec(path, kind, pattern) if pattern else None)
     else:
         hub.refuse_bare_hub_model(model, path)
