@@ -322,3 +322,22 @@ def test_the_log_says_where_a_bases_weights_come_from(tmp_path, caplog):
         _build_backbone(tl_keras.Config(backbone=path, weights=given,
                                         approach=approach))
         assert text in caplog.text, (given, approach, caplog.text)
+
+
+def test_build_backbone_checks_its_arguments(tmp_path):
+    # From Python, as Config checks its fields: weights=None was an
+    # AttributeError, image_size='32' a TypeError, 'ImageNet' said "the
+    # file does not match", a pathlib.Path name an AttributeError.
+    import pathlib
+
+    assert tl_keras.build_backbone("compact_cnn", None, 32).base  # random
+    for args, field in ((("compact_cnn", "ImageNet", 32), "weights"),
+                        (("compact_cnn", "imagenet", "32"), "image_size"),
+                        ((None, "none", 32), "backbone"),
+                        (("compact_cnn", "none", 32.5), "image_size")):
+        with pytest.raises(tl_keras.InputError, match=f"Invalid {field}"):
+            tl_keras.build_backbone(*args)
+    path = tmp_path / "base.keras"
+    tl_keras.build_classifier(tl_keras.build_backbone(
+        "compact_cnn", "none", 32), 2).save(str(path))
+    assert tl_keras.build_backbone(pathlib.Path(path), image_size=32).base

@@ -64,16 +64,14 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
       overwrite: replace an existing export; if False it is an error.
       tflite: also write `model.tflite` (the float endpoint, built-in ops
         only) into the export folder.
-      keep_old: move an old tl_keras export aside too (it may be the only
-        copy of another run's model); False replaces it (a run's own
-        `<workdir>/export`, whose model.keras stays).
+      keep_old: move an old tl_keras export aside too (it may be another
+        run's only copy); False replaces it (a run's own export).
 
     Written to a temporary folder next to `export_dir`, renamed into
     place (a crash never leaves a half-written export where a good one
     was). What was there is moved aside to `<export_dir>.replaced-<time>`,
-    never deleted (but an old tl_keras export when not `keep_old`). An
-    `export_dir` that is a symlink keeps it: the folder it names is
-    replaced.
+    never deleted (but an old tl_keras export when not `keep_old`); a
+    symlink stays, and the folder it names is replaced.
 
     Raises:
       InputError: before anything is written, for each bad argument
@@ -83,10 +81,6 @@ def export_saved_model(model, export_dir, class_names, manifest=None,
         model, export_dir, class_names, manifest, overwrite, tflite=tflite,
         keep_old=keep_old)
     archive = _build_archive(model, class_names, as_logits)
-    # A link (<workdir>/export -> a serving folder): the folder it names
-    # is replaced and the link kept (the link could not be swapped for
-    # a folder: IsADirectoryError after the whole export was built).
-    export_dir = os.path.realpath(export_dir)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
     # Not tempfile.mkdtemp, which makes 0700: the export gets the umask's
@@ -125,7 +119,8 @@ def _checked_call(model, export_dir, class_names, manifest, overwrite,
     replaced unless `overwrite`), the model and its class names, the
     manifest's extra fields and the switches; returns (export_dir,
     class_names, as_logits: `checks.logits_of`, found once for the
-    SavedModel and the TFLite file, a forward pass)."""
+    SavedModel and the TFLite file, a forward pass); export_dir with
+    its links resolved."""
     export_dir = checks.check_arguments(export_dir, manifest,
                                         overwrite=overwrite, **switches)
     if os.path.exists(export_dir) and not overwrite:
@@ -137,7 +132,11 @@ def _checked_call(model, export_dir, class_names, manifest, overwrite,
             f"but an export is moved aside). Received: "
             f"export_dir={export_dir!r}")
     class_names = checks.check_class_names_of(model, class_names)
-    return export_dir, class_names, checks.logits_of(model)
+    # The real folder: a link (<workdir>/export -> a serving folder) is
+    # kept and the folder it names replaced (swapping the link for a
+    # folder failed, IsADirectoryError, after the export was built).
+    return (os.path.realpath(export_dir), class_names,
+            checks.logits_of(model))
 
 
 def remove_stale_exports(folder):

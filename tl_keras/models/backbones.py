@@ -16,6 +16,7 @@ import keras
 from tl_keras.errors import InputError
 from tl_keras.models import hub
 from tl_keras.models.base_checks import (
+    check_build_args,
     check_cut_holds_weights,
     check_model_file,
     input_side,
@@ -89,6 +90,8 @@ def build_backbone(name, weights="imagenet", image_size=0, feature_block=""):
         that do not match the architecture, a cut that holds no weights,
         or a .keras model that is not one base (`base_checks`).
     """
+    name, weights = check_build_args(name, weights, image_size,
+                                     feature_block)
     if name.endswith(".keras"):
         built = _backbone_from_model_file(name, image_size, weights,
                                           feature_block)

@@ -11,7 +11,8 @@ import tempfile
 import h5py
 import keras
 
-from tl_keras.errors import InputError
+from tl_keras.config.fields import check_weights
+from tl_keras.errors import InputError, check_range, fail
 
 log = logging.getLogger("tl_keras")
 
@@ -133,3 +134,26 @@ def _layer_variables(path):
             f["layers"].visititems(lambda key, item: keys.append(key) if (
                 isinstance(item, h5py.Dataset)) else None)
     return keys
+
+
+def check_build_args(name, weights, image_size, feature_block):
+    """`build_backbone`'s name and weights as it reads them (a path object
+    as its text; weights=None, Keras's word for random init, as 'none'),
+    each argument checked as Config checks its field: an AttributeError
+    or TypeError from deep inside named none (weights=None,
+    image_size='32', a pathlib.Path name)."""
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if not isinstance(name, str) or not name.strip():
+        fail("backbone", "a registered name, hub:PRESET or a .keras path",
+             name)
+    weights = "none" if weights is None else (
+        os.fspath(weights) if isinstance(weights, os.PathLike) else weights)
+    if not isinstance(weights, str):
+        fail("weights", "imagenet | none | a .weights.h5 or .keras path",
+             weights)
+    check_weights(weights)
+    check_range("image_size", image_size, 0, 4096)
+    if not isinstance(feature_block, str):
+        fail("feature_block", "a block name (list_blocks) or ''",
+             feature_block)
+    return name, weights
