@@ -311,9 +311,10 @@ def test_stale_spilled_features_are_refused(pretrained_base, image_folder,
     # The resume's data check sees it first ...
     with pytest.raises(tl_keras.InputError, match="1 modified"):
         tl_keras.train(config)
-    # ... and without it (a run from tl_keras 0.1 has no data.json) the
-    # cache's own fingerprint does.
+    # ... and without it (a run from tl_keras 0.1 has no data.json, nor
+    # the run.json that came later) the cache's own fingerprint does.
     os.remove(os.path.join(config.runtime.workdir, "data.json"))
+    os.remove(os.path.join(config.runtime.workdir, "run.json"))
     with pytest.raises(tl_keras.InputError, match="Invalid feature cache"
                        ".*differs in: images"):
         tl_keras.train(config)
