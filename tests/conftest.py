@@ -201,3 +201,17 @@ def gif_bytes(indices, palette, canvas=None, offset=(0, 0), transparency=None,
     assert data[pos] == 0x2C
     data[pos + 1:pos + 5] = struct.pack("<HH", *offset)
     return bytes(data)
+
+
+def interrupt_before_training(config, monkeypatch):
+    """Starts the run of `config` and stops it (a Ctrl-C) where its first
+    stage would train: its workdir and data records are written."""
+    from tl_keras.training import trainer
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "run_stage", crash)
+        with pytest.raises(KeyboardInterrupt):
+            tl_keras.train(config)
