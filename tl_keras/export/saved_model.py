@@ -157,10 +157,9 @@ def is_export(path):
     only kind of folder an export replaces instead of moving aside."""
     try:
         manifest = io.read_json(os.path.join(path, "manifest.json"))
-    except (OSError, ValueError):
+    except InputError:  # missing, torn or not an object
         return False
-    return (isinstance(manifest, dict)
-            and manifest.get("format") == MANIFEST_FORMAT)
+    return manifest.get("format") == MANIFEST_FORMAT
 
 
 # The manifest's word on model.tflite (--export_tflite), whose input the

@@ -61,13 +61,12 @@ def _managed_folder(path):
     for f in (folder, os.path.dirname(folder)):
         if os.path.exists(os.path.join(f, "saved_model.pb")):
             return f
-    parent = os.path.dirname(folder)
-    while parent != os.path.dirname(parent):
-        if os.path.isfile(os.path.join(parent, "config.json")) and any(
-                os.path.isfile(os.path.join(parent, name)) for name in (
-                    "flags.cfg", "run.json", "decision.json")):
+    for parent in _ancestors(folder):
+        if parent != os.path.dirname(parent) and os.path.isfile(
+                os.path.join(parent, "config.json")) and any(
+                    os.path.isfile(os.path.join(parent, name)) for name in (
+                        "flags.cfg", "run.json", "decision.json")):
             return parent
-        parent = os.path.dirname(parent)
     return None
 
 
