@@ -315,7 +315,7 @@ def test_label_smoothing_matches_its_formula():
 def test_l2sp_is_zero_at_the_pretrained_weights_and_pulls_back():
     model = _dense_and_norms()
     variables = model.get_layer("dense").trainable_weights
-    release = recipe.anchor_to_pretrained(variables, 0.5)
+    release, _ = recipe.anchor_to_pretrained(variables, 0.5)
     assert float(sum(model.losses)) == 0.0  # at w0
     for v in variables:
         v.assign(np.asarray(v) + 2.0)
@@ -348,6 +348,31 @@ def test_l2sp_in_fit_keeps_the_weights_near_their_start():
 
     free, anchored = moved(0.0), moved(1.0)
     assert free > 0.01 and anchored < 0.5 * free
+
+
+def test_l2sp_is_out_of_val_loss():
+    # Keras adds regularizers to the test loss too; the best-epoch rule
+    # compares a fine-tune epoch's val_loss with the head's (no penalty),
+    # so the penalty must be off while fit() validates.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = rng.normal(size=(32, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    release, penalty_off = recipe.anchor_to_pretrained(
+        model.trainable_weights, 5.0)
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    history = model.fit(x, y, validation_data=(x, y), epochs=2,
+                        batch_size=8, shuffle=False, verbose=0,
+                        callbacks=penalty_off)
+    alone = float(np.mean((model.predict(x, verbose=0) - y) ** 2))
+    assert model.evaluate(x, y, verbose=0) > alone + 1e-3  # with it
+    assert history.history["val_loss"][-1] == pytest.approx(alone,
+                                                            rel=1e-5)
+    # Keras keeps the traced test step (with the penalty in it) after
+    # the regularizers go: release() turns the penalty off in it.
+    release()
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(alone,
+                                                            rel=1e-5)
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -213,34 +213,69 @@ class L2SP:
     `strength` / 2 x ||w - w0||^2, where w0 is its pretrained value. Its
     gradient, strength x (w - w0), pulls the weight back toward w0, which
     on small data keeps a fine-tune from forgetting what the base knew
-    (plain weight decay pulls toward 0 instead)."""
+    (plain weight decay pulls toward 0 instead). `on` (a 0 / 1 variable,
+    read when the step runs) scales it: `ValidateWithoutPenalty` sets it
+    to 0 while Keras validates."""
 
-    def __init__(self, anchor, strength):
+    def __init__(self, anchor, strength, on):
         self.anchor = anchor
         self.strength = float(strength)
+        self.on = on
 
     def __call__(self, weight):
-        return 0.5 * self.strength * keras.ops.sum(
+        return self.on * 0.5 * self.strength * keras.ops.sum(
             keras.ops.square(weight - self.anchor))
+
+
+class ValidateWithoutPenalty(keras.callbacks.Callback):
+    """Takes the L2-SP penalty out of val_loss: Keras adds every
+    regularizer to the test loss too, so a fine-tune epoch's val_loss
+    carried the penalty while the head's epoch 0, which the best-epoch
+    rule compares it with, had none: a fine-tune lost loss tie-breaks
+    by the penalty alone."""
+
+    def __init__(self, on):
+        super().__init__()
+        self.on = on
+
+    def on_test_begin(self, logs=None):
+        self.on.assign(0.0)
+
+    def on_test_end(self, logs=None):
+        self.on.assign(1.0)
+
+
+def anchor_for_stage(model, stage_name, training):
+    """--l2sp: the fine-tune stage's unfrozen base weights penalised
+    toward their values now, the pretrained ones (`L2SP`); returns
+    `anchor_to_pretrained`'s (release, callbacks), or no-ops."""
+    if stage_name != "finetune" or not training.l2sp:
+        return (lambda: None), []
+    variables = model.get_layer("backbone").trainable_weights
+    log.info("L2-SP: %d base variables penalised toward their pretrained "
+             "values (strength %g)", len(variables), training.l2sp)
+    return anchor_to_pretrained(variables, training.l2sp)
 
 
 def anchor_to_pretrained(variables, strength):
     """Puts an `L2SP` penalty on each of `variables` (the unfrozen base
     weights at the start of the fine-tune stage: their pretrained values,
     as the head stage leaves the base untouched). Keras adds each
-    variable's regularizer to the training loss (so val_loss includes
-    it, as with any Keras regularizer).
+    variable's regularizer to the training loss; fit() needs the returned
+    callbacks so that val_loss is the loss alone.
 
     Returns:
-      A function that takes the penalties off again.
+      (a function that takes the penalties off again, [the callback]).
     """
+    on = keras.Variable(1.0, trainable=False, name="l2sp_on")
     for variable in variables:
         anchor = keras.Variable(keras.ops.convert_to_tensor(variable),
                                 trainable=False,
                                 name=variable.name + "_pretrained")
-        variable.regularizer = L2SP(anchor, strength)
+        variable.regularizer = L2SP(anchor, strength, on)
 
     def release():
         for variable in variables:
             variable.regularizer = None
-    return release
+        on.assign(0.0)  # a step traced with the penalty keeps it
+    return release, [ValidateWithoutPenalty(on)]

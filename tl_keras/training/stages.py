@@ -136,28 +136,18 @@ def _fit(model, fit_model, train_ds, val_ds, stage, config, place,
          callbacks):
     """fit() of the stage (with --l2sp's penalty on during a fine-tune),
     then every worker takes the chief's weights."""
-    release = _anchor(model, stage, config.training)
+    release, first = recipe.anchor_for_stage(model, stage.name,
+                                             config.training)
     try:
         fit_model.fit(
             train_ds, validation_data=val_ds, epochs=stage.epochs,
             shuffle=False,  # tf.data already shuffles the train set
-            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+            callbacks=first + callbacks,  # first: others read val_loss
+            verbose=1 if sys.stdout.isatty() else 2)
     finally:
         release()
     # Each worker restored its own best epoch; the chief's is the run's.
     place.sync_from_chief(model.weights)
-
-
-def _anchor(model, stage, training):
-    """--l2sp: the fine-tune stage's unfrozen base weights penalised
-    toward their values now, the pretrained ones (`recipe.L2SP`); returns
-    the function that removes the penalty."""
-    if stage.name != "finetune" or not training.l2sp:
-        return lambda: None
-    variables = model.get_layer("backbone").trainable_weights
-    log.info("L2-SP: %d base variables penalised toward their pretrained "
-             "values (strength %g)", len(variables), training.l2sp)
-    return recipe.anchor_to_pretrained(variables, training.l2sp)
 
 
 def _check_outcome(stage, checkpoint, to_beat, summary, place):
