@@ -341,3 +341,93 @@ def test_build_backbone_checks_its_arguments(tmp_path):
     tl_keras.build_classifier(tl_keras.build_backbone(
         "compact_cnn", "none", 32), 2).save(str(path))
     assert tl_keras.build_backbone(pathlib.Path(path), image_size=32).base
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _input_normalization(base, images):
+    norm = next(layer for layer in base.layers
+                if isinstance(layer, keras.layers.Normalization))
+    return np.asarray(keras.Model(base.input, norm.output)(images))
+
+
+def test_efficientnet_weights_file_of_imagenet_scales_inputs_as_imagenet(
+        tmp_path):
+    # Keras's ImageNet EfficientNet file cannot be downloaded here; a base
+    # holding its input statistics (the ImageNet mean, and the stds as
+    # the variance: tensorflow/tensorflow#49930) stands in for it, as a
+    # .weights.h5 file and as a .keras file (a run's model.keras loads
+    # through set_weights, which left Keras's Normalization on mean 0,
+    # variance 1). Keras scales such a base by 1/std for weights=
+    # 'imagenet'; built from a file it divided by sqrt(std).
+    source = models.build_backbone("efficientnet_b0", "none", 32).base
+    norm = next(layer for layer in source.layers
+                if isinstance(layer, keras.layers.Normalization))
+    norm.adapt_mean.assign(IMAGENET_MEAN)
+    norm.adapt_variance.assign(IMAGENET_STD)
+    source.save_weights(str(tmp_path / "b0.weights.h5"))
+    source.save(str(tmp_path / "b0.keras"))
+    images = np.random.default_rng(0).integers(
+        0, 256, (2, 32, 32, 3)).astype("float32")
+    imagenet = (images / 255 - np.asarray(IMAGENET_MEAN)) / np.asarray(
+        IMAGENET_STD)
+    for name in ("b0.weights.h5", "b0.keras"):
+        base = models.build_backbone(
+            "efficientnet_b0", str(tmp_path / name), 32).base
+        np.testing.assert_allclose(_input_normalization(base, images),
+                                   imagenet, rtol=1e-4, atol=1e-4)
+    # Other statistics (a file of weights=none) are taken as they are.
+    norm.adapt_mean.assign([0.5, 0.5, 0.5])
+    norm.adapt_variance.assign([0.25, 0.25, 0.25])
+    source.save(str(tmp_path / "other.keras"))
+    base = models.build_backbone("efficientnet_b0",
+                                 str(tmp_path / "other.keras"), 32).base
+    np.testing.assert_allclose(_input_normalization(base, images),
+                               (images / 255 - 0.5) / 0.5, rtol=1e-4,
+                               atol=1e-4)
+
+
+def _spec(**changes):
+    fields = dict(name="my_net", application="", default_size=32,
+                  min_size=16, preprocessing="unit",
+                  block_pattern=r"^(block\d+)_")
+    return tl_keras.BackboneSpec(**{**fields, **changes})
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(name="resnet50"), "spec.name"),  # a built-in, replaced silently
+    (dict(name="ResNet-50"), "spec.name"),  # the same name, spelt apart
+    (dict(name="hub:my_net"), "spec.name"),
+    (dict(application="ResNet51"), "spec.application"),
+    (dict(preprocessing="imagenet"), "spec.preprocessing"),
+    (dict(block_rule="prefix"), "spec.block_rule"),
+    (dict(block_pattern=r"^block\d+_"), "spec.block_pattern"),  # no group
+    (dict(block_pattern=r"^(block\d+_"), "spec.block_pattern"),
+    (dict(min_size=64), "spec.min_size and spec.default_size"),
+])
+def test_register_backbone_checks_the_spec_when_registered(changes, field):
+    # It took anything: a duplicate replaced a built-in for the whole
+    # process, and a bad pattern or preprocessing failed inside a run,
+    # after its workdir had been written.
+    before = tl_keras.get_backbone_spec("resnet50")
+    with pytest.raises(tl_keras.InputError,
+                       match=f"Invalid {field}\\. Allowed: .*Received: "):
+        tl_keras.register_backbone(_spec(**changes))
+    assert tl_keras.get_backbone_spec("resnet50") is before
+    assert "my_net" not in tl_keras.list_backbones()
+
+
+def test_register_backbone_adds_and_replaces_only_when_asked():
+    from tl_keras.models import registry
+    try:
+        spec = tl_keras.register_backbone(_spec())
+        assert tl_keras.get_backbone_spec("my-net") is spec
+        tl_keras.register_backbone(_spec())  # the same spec again: kept
+        with pytest.raises(tl_keras.InputError, match="replace=True"):
+            tl_keras.register_backbone(_spec(default_size=64))
+        wider = tl_keras.register_backbone(_spec(default_size=64),
+                                           replace=True)
+        assert tl_keras.get_backbone_spec("my_net") is wider
+    finally:
+        registry._REGISTRY.pop("mynet", None)

@@ -95,3 +95,26 @@ def test_every_augmentation_runs_under_mixed_precision(tiny_config, policy):
 def test_auto_precision_is_float32_on_cpu():
     assert distribute.resolve_precision("auto") == "float32"
     assert distribute.resolve_precision("mixed_float16") == "mixed_float16"
+
+
+def test_float32_copy_for_tflite_keeps_input_statistics():
+    # EfficientNet B0-B7's input Normalization divides by tensors copied
+    # from its variables when a file loads them; the float32 copy that
+    # TFLite converts got its weights by set_weights, which left it on
+    # mean 0, variance 1 (an ImageNet EfficientNet's TFLite file scored
+    # unnormalised images).
+    from tl_keras.export import tflite
+    with strategy._PolicyScope("mixed_float16"):
+        model = keras.Sequential([keras.Input((4, 4, 3)),
+                                  keras.layers.Normalization(),
+                                  keras.layers.Conv2D(2, 1)])
+    norm = model.layers[0]
+    norm.adapt_mean.assign([100.0, 120.0, 90.0])
+    norm.adapt_variance.assign([900.0, 400.0, 2500.0])
+    norm.finalize_state()
+    copy = tflite.float32_model(model)
+    assert copy is not model and copy.layers[1].compute_dtype == "float32"
+    images = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3))
+    np.testing.assert_allclose(
+        np.asarray(copy(images)),
+        np.asarray(model(images), dtype="float32"), rtol=0.02, atol=0.02)

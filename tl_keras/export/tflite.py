@@ -8,6 +8,7 @@ import tensorflow as tf
 from tl_keras import inference
 from tl_keras.export import checks
 from tl_keras.export.logs import quiet_absl
+from tl_keras.models.model_files import set_weights
 
 
 def convert_to_tflite(model):
@@ -61,7 +62,7 @@ def float32_model(model):
     if not _sixteen_bit(config):
         return model
     copy = keras.saving.deserialize_keras_object(_as_float32(config))
-    copy.set_weights(model.get_weights())
+    set_weights(copy, model.get_weights())
     return copy
 
 

@@ -27,6 +27,7 @@ from tl_keras.models.layers import (
 )
 from tl_keras.models.model_files import (
     find_base,
+    fold_imagenet_scaling,
     load_model_file,
     load_weights_file,
 )
@@ -188,6 +189,8 @@ def _build_registered(name, weights, image_size, feature_block=""):
     if weights not in ("imagenet", "none"):
         load_weights_file(base, weights, spec.name,
                           _cutter(built, feature_block))
+        if spec.module == "efficientnet":
+            fold_imagenet_scaling(base, spec.name)
     return built
 
 

@@ -2,16 +2,28 @@
 file Keras cannot load an InputError naming the field it came from; and a
 base's weights from a file (`load_weights_file`)."""
 
+import logging
 import os
 import warnings
 import zipfile
 
 import keras
+import numpy as np
 
 from tl_keras.errors import InputError
 from tl_keras.models import hub
 from tl_keras.models.base_checks import check_weights_file_used
 from tl_keras.models.layers import Backbone
+
+log = logging.getLogger("tl_keras")
+
+# Keras's ImageNet file for EfficientNet B0-B7 holds, in the input
+# Normalization layer, the ImageNet mean and, as its variance, the
+# standard deviations (tensorflow/tensorflow#49930); Keras divides by
+# their square roots once more in a Rescaling layer that it adds for
+# weights="imagenet" only.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_model_file(path, field="path", **kwargs):
@@ -77,7 +89,7 @@ def load_weights_file(base, path, name, cut=None):
                 target = base
                 if cut is not None and len(values) != len(base.weights):
                     target = cut()
-                target.set_weights(values)
+                set_weights(target, values)
             else:
                 base.load_weights(path)
                 check_weights_file_used(base, path, name)
@@ -97,3 +109,39 @@ def find_base(model):
         if isinstance(layer, Backbone):
             return layer.base
     return None
+
+
+def set_weights(model, values):
+    """`model.set_weights(values)`, then each Keras Normalization layer
+    (EfficientNet B0-B7's input layer) made to use its new statistics: it
+    divides by tensors copied from its variables when a file loads them,
+    and set_weights assigns the variables alone (a model.keras of an
+    ImageNet EfficientNet run went on normalising with mean 0, variance
+    1)."""
+    model.set_weights(values)
+    for layer in model._flatten_layers():  # nested models too
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()
+
+
+def fold_imagenet_scaling(base, name):
+    """For EfficientNet B0-B7 built without Keras's download (weights from
+    a file): where the loaded input Normalization holds Keras's ImageNet
+    statistics, folds the missing Rescaling into its variance (the std
+    squared), so the inputs are scaled as in ImageNet training. Without
+    it they were divided by sqrt(std), about 0.48, instead of std,
+    silently. A file whose statistics are anything else is left as is."""
+    norm = next((layer for layer in base.layers
+                 if isinstance(layer, keras.layers.Normalization)), None)
+    if norm is None or norm.input_mean is not None:
+        return
+    mean = np.asarray(norm.adapt_mean)
+    variance = np.asarray(norm.adapt_variance)
+    if not (np.allclose(mean, _IMAGENET_MEAN, atol=1e-4)
+            and np.allclose(variance, _IMAGENET_STD, atol=1e-4)):
+        return
+    norm.adapt_variance.assign(variance * np.asarray(_IMAGENET_STD))
+    norm.finalize_state()
+    log.info("%s: the weights hold Keras's ImageNet input statistics; its "
+             "extra 1/sqrt(std) scaling for weights='imagenet' is folded "
+             "into the Normalization layer's variance", name)
