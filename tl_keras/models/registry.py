@@ -13,8 +13,9 @@ import re
 
 import keras
 
-from tl_keras.errors import InputError
+from tl_keras.errors import InputError, fail
 from tl_keras.models.compact_cnn import build_compact_cnn
+from tl_keras.models.layers import PREPROCESSING_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +63,50 @@ class BackboneSpec:
 _REGISTRY = {}
 
 
-def register_backbone(spec):
-    """Adds a spec to the registry (also usable for user backbones)."""
+def register_backbone(spec, replace=False):
+    """Adds a spec to the registry (also usable for user backbones).
+
+    Args:
+      spec: a BackboneSpec.
+      replace: whether a spec already registered under the name (the
+        name's case, '_' and '-' aside) may be replaced.
+
+    Raises:
+      InputError naming the field: checked here, so a bad spec fails
+        when it is registered, not in a run after its workdir is written.
+    """
+    if not isinstance(spec, BackboneSpec):
+        fail("spec", "a tl_keras.BackboneSpec", type(spec).__name__)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(spec.name)):
+        fail("spec.name", "a letter, then letters, digits, '_' or '-' "
+             "(a path or hub:PRESET goes to --backbone as it is)", spec.name)
+    known = _REGISTRY.get(_normalize(spec.name))
+    if known is not None and known != spec and not replace:
+        fail("spec.name", f"a name not registered ({known.name!r} is; "
+             f"register_backbone(spec, replace=True) replaces it)",
+             spec.name)
+    if spec.application and not callable(
+            getattr(keras.applications, spec.application, None)):
+        fail("spec.application", "'' (the compact CNN) or a "
+             "keras.applications class name", spec.application)
+    if spec.preprocessing not in PREPROCESSING_MODES:
+        fail("spec.preprocessing", " | ".join(PREPROCESSING_MODES),
+             spec.preprocessing)
+    if spec.block_rule not in ("match", "search", "end_marker"):
+        fail("spec.block_rule", "match | search | end_marker",
+             spec.block_rule)
+    try:
+        groups = re.compile(spec.block_pattern).groups
+    except (re.error, TypeError) as e:
+        groups = f"none ({e})"
+    if not isinstance(groups, int) or groups < 1:
+        fail("spec.block_pattern", "a regular expression whose group 1 "
+             f"names a layer's block (groups: {groups})", spec.block_pattern)
+    sizes = (spec.min_size, spec.default_size)
+    if not (all(isinstance(n, int) for n in sizes)
+            and 1 <= sizes[0] <= sizes[1]):
+        fail("spec.min_size and spec.default_size", "integers with 1 <= "
+             "min_size <= default_size", sizes)
     _REGISTRY[_normalize(spec.name)] = spec
     return spec
 
