@@ -463,6 +463,19 @@ def test_bad_presets_are_clear_errors(presets, tmp_path, monkeypatch):
     message = error("hub:vit_base_patch16_224_imagenet")
     assert "Could not download KerasHub preset" in message
     assert "local preset folder" in message
+    # A Hugging Face preset offline: KerasHub retries, then says only
+    # that it "has no config.json" (it said "could not load").
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def no_hub(*args, **kwargs):
+        raise LocalEntryNotFoundError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    message = error("hub:hf://keras/resnet_18_imagenet")
+    assert ("Could not download KerasHub preset 'hf://keras/resnet_18_"
+            "imagenet' or it holds no KerasHub preset") in message
+    assert "local preset folder" in message
     message = error("hub:vit_base_patch16_224_imagnet")
     assert "Unknown KerasHub preset" in message
     assert "vit_base_patch16_224_imagenet" in message  # the suggestion

@@ -248,6 +248,10 @@ def _from_preset(hub, preset, name, load_weights):
         return hub.models.Backbone.from_preset(preset,
                                                load_weights=load_weights)
     except ValueError as e:
+        if "://" in preset and "no config.json" in str(e):
+            # hf:// offline: KerasHub retries, then says only this.
+            raise _undownloadable(preset, name, e, " or it holds no "
+                                  "KerasHub preset") from None
         if "Unknown preset identifier" not in str(e):
             raise _unloadable(preset, name, e) from None
         known = sorted(hub.models.Backbone.presets)
@@ -260,13 +264,17 @@ def _from_preset(hub, preset, name, load_weights):
     except (OSError, ConnectionError) as e:
         if os.path.isdir(preset):
             raise _unloadable(preset, name, e) from None
-        raise InputError(
-            f"Could not download KerasHub preset {preset!r} "
-            f"({_first_line(e)}). Without network access use a local "
-            f"preset folder (written by save_to_preset). Received: "
-            f"backbone={name!r}") from None
+        raise _undownloadable(preset, name, e) from None
     except (TypeError, KeyError) as e:
         raise _unloadable(preset, name, e) from None
+
+
+def _undownloadable(preset, name, error, or_else=""):
+    return InputError(
+        f"Could not download KerasHub preset {preset!r}{or_else} "
+        f"({_first_line(error)}). Without network access use a local "
+        f"preset folder (written by save_to_preset). Received: "
+        f"backbone={name!r}")
 
 
 def _unloadable(preset, name, error):
