@@ -107,6 +107,23 @@ def test_a_base_of_any_size_says_it_takes_224(tmp_path, caplog):
     assert "image size 224" not in caplog.text
 
 
+def test_a_size_a_base_of_any_size_cannot_take_is_refused(tmp_path):
+    # Its valid-padded strides leave nothing at 12 px: Keras failed when
+    # the classifier was built (after the workdir was written).
+    inputs = keras.Input((None, None, 3))
+    x = inputs
+    for i in range(4):
+        x = L.Conv2D(4, 3, strides=2, name=f"c{i}")(x)
+    path = save(keras.Model(inputs, x), tmp_path, "strided")
+    with pytest.raises(tl_keras.InputError) as e:
+        tl_keras.build_backbone(path, image_size=12)
+    message = str(e.value)
+    assert message.startswith(
+        f"Invalid image_size for backbone {path!r}: it cannot take 12 px")
+    assert message.endswith("Received: image_size=12")
+    assert tl_keras.build_backbone(path, image_size=32).image_size == 32
+
+
 def test_a_feature_block_whose_cut_holds_no_weights_is_refused(tmp_path):
     # The head trained on the (rescaled) pixels.
     path = conv_model(tmp_path, "rescale",

@@ -18,6 +18,7 @@ from tl_keras.models import hub
 from tl_keras.models.base_checks import (
     check_build_args,
     check_cut_holds_weights,
+    check_free_size,
     check_model_file,
     input_side,
 )
@@ -280,12 +281,9 @@ def _model_file_size(model, base, path, image_size):
     """The input size of a .keras file's base: the one it fixes, else
     (a hub CNN's base takes any size) its classifier's, else
     `image_size`, else 224 (said in the log)."""
-    size = input_side(base, path) or model.input_shape[1] or image_size
+    size = input_side(base, path) or model.input_shape[1]
     if not size:
-        log.info("Taking image size 224 for %s: its input is None x None "
-                 "(the base does not fix one); --image_size sets another.",
-                 path)
-        return 224
+        return check_free_size(base, path, image_size)
     if image_size and image_size != size:
         raise InputError(
             f"Invalid image_size for backbone {path!r}: the saved model "

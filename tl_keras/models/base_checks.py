@@ -60,6 +60,31 @@ def input_side(base, path):
     return sides.pop() if sides else None
 
 
+def check_free_size(base, path, image_size):
+    """The size a `.keras` base that takes any size (None x None) runs at:
+    `image_size`, else 224 (said in the log).
+
+    Raises:
+      InputError naming `image_size`: one the base cannot take (its
+        strides and valid paddings leave nothing); Keras failed when the
+        classifier was built, after the workdir was written.
+    """
+    size = image_size or 224
+    if not image_size:
+        log.info("Taking image size 224 for %s: its input is None x None "
+                 "(the base does not fix one); --image_size sets another.",
+                 path)
+    try:
+        base.compute_output_shape((1, size, size, 3))
+    except ValueError as e:
+        detail = " ".join(str(e).split())[:200]
+        raise InputError(
+            f"Invalid image_size for backbone {path!r}: it cannot take "
+            f"{size} px ({detail}). Allowed: a larger image_size. "
+            f"Received: image_size={image_size}") from None
+    return size
+
+
 def _refuse(path, problem, allowed):
     raise InputError(
         f"Invalid backbone {path!r}: {problem}. Allowed: {allowed}. "
