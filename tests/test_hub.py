@@ -244,6 +244,17 @@ def test_cut_at_an_encoder_layer_pools_its_tokens(presets, tmp_path):
     loaded = tl_keras.models.backbones.load_model_file(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0),
                                model.predict(x, verbose=0), atol=1e-5)
+    # That run's model.keras as --weights with the same block (weights
+    # moved off the preset's, as a fine-tune moves them): loaded into the
+    # cut base (it was refused: fewer weights than the whole base).
+    for weight in built.base.trainable_weights:
+        weight.assign(weight + 0.01)
+    model.save(path)
+    again = build_backbone(f"hub:{presets['vit']}", weights=path,
+                           feature_block="transformer_block_2")
+    for got, want in zip(again.base.weights, built.base.weights,
+                         strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want))
 
 
 def _endpoint_scores(served, x):

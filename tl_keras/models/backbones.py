@@ -98,7 +98,7 @@ def build_backbone(name, weights="imagenet", image_size=0, feature_block=""):
         built = _backbone_from_model_file(name, image_size, weights,
                                           feature_block)
     elif hub.is_hub(name):
-        built = _build_hub(name, weights, image_size)
+        built = _build_hub(name, weights, image_size, feature_block)
     else:
         built = _build_registered(name, weights, image_size, feature_block)
     return cut_at_block(built, feature_block) if feature_block else built
@@ -195,16 +195,16 @@ def _build_registered(name, weights, image_size, feature_block=""):
     return built
 
 
-def _build_hub(name, weights, image_size):
+def _build_hub(name, weights, image_size, feature_block=""):
     base, preprocessing, size, pattern, kind = hub.load_preset(
         name, weights, image_size)
     spec = _hub_spec(name, kind, pattern) if pattern else None
-    if weights not in ("imagenet", "none"):
-        load_weights_file(base, weights, name)
     origin = {"imagenet": "the preset's weights",
               "none": "random init"}.get(weights, f"weights={weights}")
     built = BuiltBackbone(base, preprocessing, size, spec,
                           source=f"{name} ({kind}, {origin})")
+    if weights not in ("imagenet", "none"):
+        load_weights_file(base, weights, name, _cutter(built, feature_block))
     log.info("KerasHub %s at %d px, %d blocks (%s ... %s); preprocessing "
              "from its converter: x * %s + %s", kind, size,
              len(built.blocks()), built.blocks()[0][0],
