@@ -130,6 +130,19 @@ def test_an_unreadable_kept_checkpoint_is_named(tiny_config):
     assert tl_keras.train(config)["complete"]
     workdir = config.runtime.workdir
     os.remove(os.path.join(workdir, "metrics.json"))
+    # config.json edited to other epochs (so that --epochs=2 matches it):
+    # the head's done.json, of 1 epoch, was skipped as done.
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        written = f.read()
+    with open(path, "w") as f:
+        f.write(written.replace('"epochs": 1,', '"epochs": 2,', 1))
+    with pytest.raises(tl_keras.InputError,
+                       match=r"head.done\.json: stage head finished with "
+                             r"\(epochs, learning rate\) \(1, 0\.001\)"):
+        tl_keras.train(config.replace(epochs=2))
+    with open(path, "w") as f:
+        f.write(written)
     kept = os.path.join(workdir, "checkpoints", "head",
                         "best.trainable.npz")
     with open(kept, "r+b") as f:

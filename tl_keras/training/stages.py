@@ -235,11 +235,19 @@ def _skip_done_stage(model, stage, checkpoint, done_path, place):
         # own best, and then takes the chief's weights anyway.
         return {"skipped": "done on the chief", "best_epoch": 0,
                 "best_val_loss": 1e30, "best_val_accuracy": -1.0}
+    summary = io.read_json(done_path)
+    ran = (summary.get("epochs"), summary.get("learning_rate"))
+    if "epochs" in summary and ran != (stage.epochs, stage.learning_rate):
+        raise InputError(
+            f"Invalid record {done_path}: stage {stage.name} finished with "
+            f"(epochs, learning rate) {ran}, and the run's config.json now "
+            f"says {(stage.epochs, stage.learning_rate)}. Allowed: "
+            f"config.json as the run wrote it, or --overwrite to train "
+            f"again. Received: {ran}")
     checkpoint.restore_best(model, done=done_path)
     place.sync_from_chief(model.weights)
     # Backups a kill left between done.json and their removal.
     remove_backups(os.path.dirname(done_path))
-    summary = io.read_json(done_path)
     log.info("Stage %s already done (best val_loss %.4f at epoch %d); "
              "skipping it.", stage.name, summary["best_val_loss"],
              summary["best_epoch"])
