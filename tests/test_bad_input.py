@@ -370,6 +370,46 @@ def test_settings_a_run_does_not_read_are_said(caplog, monkeypatch,
                                 backbones="compact_cnn"))
     assert "--image_size=64 is not used by --mode=demo" in caplog.text
     assert "--export_tflite=True is not used by --mode=rank" in caplog.text
+    # advise and rank measure in this process as it is: the placement
+    # flags were dropped without a word.
+    caplog.clear()
+    warn_unread(tl_keras.Config(mode="advise", distribution="mirrored",
+                                jit_compile="true",
+                                mixed_precision="mixed_bfloat16"))
+    for flag in ("--distribution=mirrored", "--jit_compile=true",
+                 "--mixed_precision=mixed_bfloat16"):
+        assert f"{flag} is not used by --mode=advise" in caplog.text
+    caplog.clear()
+    warn_unread(tl_keras.Config(mode="compare", distribution="mirrored"))
+    assert caplog.text == ""
+
+
+def test_placement_flags_of_compare_and_demo_fail_before_writing(
+        tiny_config):
+    # compare wrote decision.json, the demo its images, and then met a
+    # --distribution this machine cannot run.
+    from tl_keras.modes import demo
+    config = tiny_config.replace(distribution="tpu")
+    with pytest.raises(tl_keras.InputError, match="no TPU is reachable"):
+        tl_keras.compare(config.replace(mode="compare"))
+    with pytest.raises(tl_keras.InputError, match="no TPU is reachable"):
+        demo.run_demo(config.replace(mode="demo", data_dir=""))
+    assert not os.path.exists(config.runtime.workdir)
+
+
+def test_the_placement_resolvers_check_their_settings():
+    # Public in tl_keras.distribute: False (a bool) turned XLA on, and
+    # any precision name was passed on.
+    from tl_keras.distribute import resolve_jit_compile, resolve_precision
+    for setting in (False, "False", "off"):
+        with pytest.raises(tl_keras.InputError,
+                           match="Invalid jit_compile. Allowed: auto | "):
+            resolve_jit_compile(setting)
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid mixed_precision. Allowed: auto | "):
+        resolve_precision("mixed_float8")
+    assert resolve_jit_compile("false") is False
+    assert resolve_precision("float32") == "float32"
 
 
 def test_a_flag_twice_in_one_flagfile_is_refused(tmp_path, image_folder):

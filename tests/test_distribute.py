@@ -432,6 +432,16 @@ def test_a_stale_worker_folder_is_discarded_not_trusted(
     assert wait_all(start_workers(cluster_data, workdir, flags=other),
                     timeout=120) == [2, 2]
     assert "the chief refused it" in open(f"{workdir}.log1").read()
+    # The chief's workdir held by a run on another host: the chief stops
+    # at its lock, before it can send a refusal; the worker's collective
+    # fails, and it stops with a named error (a TensorFlow traceback).
+    with open(workdir + ".lock", "w") as f:
+        json.dump({"pid": 1, "host": "another-host", "since": "now"}, f)
+    assert wait_all(start_workers(cluster_data, workdir),
+                    timeout=120) == [2, 2]
+    log1 = open(f"{workdir}.log1").read()
+    assert "another process of the cluster stopped before it agreed" in log1
+    assert "Traceback" not in log1.split("the chief refused it")[-1]
 
 
 @MULTI_PROCESS

@@ -31,7 +31,11 @@ MODE_FIELDS = {"inputs": ("predict",), "top_k": ("predict",),
                # The demo generates its images at its own size.
                "data_dir": ("train", "evaluate", "advise", "rank",
                             "compare"),
-               "image_size": ("train", "advise", "rank", "compare")}
+               "image_size": ("train", "advise", "rank", "compare"),
+               # advise and rank measure in this process as it is.
+               "distribution": ("train", "compare", "demo"),
+               "jit_compile": ("train", "compare", "demo"),
+               "mixed_precision": ("train", "compare", "demo")}
 
 # What the modes that serve a finished run read; any other field set is
 # reported (predict, evaluate and export take the base, the data settings

@@ -4,9 +4,14 @@ Keras's own `jit_compile="auto"` silently turns XLA off under any
 tf.distribute strategy, so tl_keras decides here and records what ran.
 """
 
+import logging
+
 import tensorflow as tf
 
-from tl_keras.errors import InputError
+from tl_keras.config.fields import JIT_CHOICES, PRECISIONS
+from tl_keras.errors import InputError, fail
+
+log = logging.getLogger("tl_keras")
 
 
 def resolve_jit_compile(setting, strategy=None):
@@ -19,8 +24,11 @@ def resolve_jit_compile(setting, strategy=None):
     case), so it fails before training rather than at its first step.
 
     Raises:
-      InputError: jit_compile=true where XLA cannot compile the step.
+      InputError: jit_compile=true where XLA cannot compile the step, or
+        a setting that is none of JIT_CHOICES (False turned XLA on).
     """
+    if setting not in JIT_CHOICES:
+        fail("jit_compile", " | ".join(JIT_CHOICES), setting)
     strategy = strategy or tf.distribute.get_strategy()
     if setting == "false":
         return False
@@ -80,7 +88,16 @@ def resolve_precision(setting):
     'auto' is mixed_float16 on GPUs with tensor cores (compute capability
     7.0 or newer), mixed_bfloat16 on TPUs, float32 otherwise (CPUs gain
     nothing from 16-bit compute).
+
+    Raises:
+      InputError: a setting that is none of PRECISIONS.
     """
+    if setting not in PRECISIONS:
+        fail("mixed_precision", " | ".join(PRECISIONS), setting)
+    if setting == "mixed_float16" and not tf.config.list_logical_devices(
+            "GPU"):
+        log.warning("--mixed_precision=mixed_float16 without a GPU: 16-bit "
+                    "compute gains nothing here (auto picks float32).")
     if setting != "auto":
         return setting
     if tf.config.list_logical_devices("TPU"):

@@ -83,7 +83,16 @@ class Placement:
             return self.strategy.reduce(tf.distribute.ReduceOp.SUM,
                                         per_replica, axis=None)
 
-        return [int(round(float(v))) for v in all_reduce().numpy()]
+        try:
+            agreed = all_reduce().numpy()
+        except tf.errors.OpError as e:  # a peer stopped before agreeing
+            raise InputError(
+                f"Invalid run: another process of the cluster stopped "
+                f"before it agreed on the run (its log says why: e.g. its "
+                f"workdir is locked or refused), so {self.task.name} stops "
+                f"too. Allowed: what that process's error asks for. "
+                f"Received: {type(e).__name__} from the collective") from None
+        return [int(round(float(v))) for v in agreed]
 
     def sync_from_chief(self, variables):
         """Sets `variables` on every process to the chief's values: one
@@ -156,11 +165,14 @@ def placement(runtime, batch_size):
     return Placement(kind, strategy, jit, precision, task)
 
 
-def check_one_process(runtime):
+def check_one_process(runtime, batch_size=None):
     """Refuses a multi-worker cluster for a mode that runs in one process
     (compare, the demo, advise, rank): every worker would measure, train
     and write the same records. Each of compare's runs is a train run,
-    which does run on several workers."""
+    which does run on several workers. With `batch_size` (compare and the
+    demo, which train), the rest of `placement`'s checks too, before the
+    mode writes anything (a bad --distribution failed after the demo's
+    images or compare's decision.json were written)."""
     task = _resolve_kind(runtime.distribution)[1]
     if task.num_workers > 1:
         raise InputError(
@@ -169,6 +181,8 @@ def check_one_process(runtime):
             f"run those with multi_worker). Received: distribution="
             f"{runtime.distribution} ({task.name} of {task.num_workers} "
             f"workers)")
+    if batch_size is not None:
+        placement(runtime, batch_size)
 
 
 def _resolve_kind(setting):
@@ -200,8 +214,11 @@ def _strategy(kind):
     elif kind == "mirrored":
         # All GPUs; without GPUs, the CPU's logical devices (one unless
         # tf.config.set_logical_device_configuration split it).
-        devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
-                   or [d.name for d in tf.config.list_logical_devices("CPU")])
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        if not devices:
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+            log.warning("--distribution=mirrored found no GPU: it mirrors "
+                        "over %d CPU device(s).", len(devices))
         strategy = tf.distribute.MirroredStrategy(devices)
     elif kind == "multi_worker":
         patch_keras_for_multi_worker()

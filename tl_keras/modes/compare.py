@@ -75,7 +75,7 @@ def compare(config, data=None, header=None, also_in_workdir=()):
     """
     config = given_data_config(config, data).validate(
         require_data_dir=data is None)
-    check_one_process(config.runtime)
+    check_one_process(config.runtime, config.data.batch_size)
     # The workdir's lock, as a train run's (`workdir_lock`): a second
     # compare on it is refused before its advisor runs.
     with io.workdir_lock(config.runtime.workdir):

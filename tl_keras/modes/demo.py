@@ -104,7 +104,7 @@ def run_demo(config):
     the table and plots, the best model exported. Holds the workdir's
     lock throughout (`workdir_lock`).
     """
-    check_one_process(config.runtime)
+    check_one_process(config.runtime, config.data.batch_size)
     with io.workdir_lock(config.runtime.workdir):
         return _run_demo(config)
 
