@@ -64,6 +64,15 @@ def test_parse_tf_config_reads_this_task():
                  "task": {"type": "chief", "index": 0}}), "listed twice"),
     (json.dumps({**GOOD, "cluster": {"worker": ["h1", "h:2"]}}),
      "not host:port"),
+    # Ports outside [1, 65535] were taken (and the run hung).
+    (json.dumps({**GOOD, "cluster": {"worker": ["h:99999", "h:2"]}}),
+     "'h:99999' is not host:port (a port in [1, 65535])"),
+    (json.dumps({**GOOD, "cluster": {"worker": ["h:0", "h:2"]}}),
+     "not host:port"),
+    # A key twice: json.loads kept the last one without a word.
+    ('{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", '
+     '"index": 0}, "task": {"type": "worker", "index": 1}}',
+     "key 'task' is given twice"),
     (json.dumps({**GOOD, "task": {"type": "worker", "index": 2}}),
      "task index 2"),
     (json.dumps({**GOOD, "task": {"type": "ps", "index": 0}}),
@@ -78,6 +87,14 @@ def test_bad_tf_config_is_a_clear_error(text, problem):
     message = str(e.value)
     assert problem in message
     assert "TF_CONFIG" in message and "Allowed:" in message
+
+
+def test_tf_config_takes_ipv6_and_names_the_setting_that_read_it():
+    ipv6 = {**GOOD, "cluster": {"worker": ["[::1]:2222", "[fe80::2]:2"]}}
+    assert distribute.parse_tf_config(json.dumps(ipv6)).num_workers == 2
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid TF_CONFIG for distribution=auto"):
+        distribute.parse_tf_config("{", "auto")
 
 
 def test_bad_tf_config_fails_before_writing(tiny_config, monkeypatch):

@@ -33,28 +33,34 @@ class Task:
         return f"{self.type}-{self.index}"
 
 
-def parse_tf_config(text):
+def parse_tf_config(text, setting="multi_worker"):
     """Validates a TF_CONFIG string; returns this process's `Task`.
 
+    Args:
+      text: TF_CONFIG's value.
+      setting: the --distribution that reads it (auto or multi_worker).
+
     Raises:
-      InputError: missing, not JSON, no cluster/task, an unknown task type
-        or index, a malformed or repeated address.
+      InputError: missing, not JSON, a key given twice, no cluster/task,
+        an unknown task type or index, a malformed or repeated address.
     """
     example = ('{"cluster": {"worker": ["host1:port", "host2:port"]}, '
                '"task": {"type": "worker", "index": 0}}')
 
     def fail(problem):
         raise InputError(
-            f"Invalid TF_CONFIG for distribution=multi_worker: {problem}. "
+            f"Invalid TF_CONFIG for distribution={setting}: {problem}. "
             f"Allowed: JSON like {example} (same cluster on every worker, "
             f"its own task on each). Received: TF_CONFIG={text!r}")
 
     if not text:
         fail("the environment variable is not set")
     try:
-        spec = json.loads(text)
+        spec = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         fail(f"not JSON ({e})")
+    except KeyError as e:  # json.loads kept the last one silently
+        fail(f"key {e.args[0]!r} is given twice")
     if not isinstance(spec, dict):
         fail("not a JSON object")
     cluster, task = spec.get("cluster"), spec.get("task")
@@ -70,9 +76,12 @@ def parse_tf_config(text):
         if not isinstance(addresses, list) or not addresses:
             fail(f"cluster[{job!r}] is not a non-empty list of addresses")
         for i, address in enumerate(addresses):
-            if not (isinstance(address, str)
-                    and re.fullmatch(r"[^\s:]+:\d{1,5}", address)):
-                fail(f"cluster[{job!r}][{i}] = {address!r} is not host:port")
+            # host:port, or [IPv6]:port; a port in [1, 65535]
+            port = isinstance(address, str) and re.fullmatch(
+                r"(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})", address)
+            if not port or not 1 <= int(port.group(1)) <= 65535:
+                fail(f"cluster[{job!r}][{i}] = {address!r} is not host:port "
+                     f"(a port in [1, 65535])")
             if address in seen:
                 fail(f"{address} is listed twice ({seen[address]} and "
                      f"{job}[{i}])")
@@ -89,3 +98,13 @@ def parse_tf_config(text):
              f"{len(cluster[task_type]) - 1}] for job {task_type!r}")
     return Task(task_type, index, sum(len(v) for v in cluster.values()),
                 has_chief_job="chief" in cluster)
+
+
+def _unique_keys(pairs):
+    """json.loads's object_pairs_hook: a dict, or KeyError naming a key
+    given twice."""
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise KeyError(key)
+    return dict(pairs)

@@ -189,7 +189,7 @@ def _resolve_kind(setting):
     """Returns (kind, Task); 'auto' becomes one of the concrete kinds."""
     tf_config = os.environ.get("TF_CONFIG", "")
     if setting == "multi_worker" or (setting == "auto" and tf_config):
-        task = parse_tf_config(tf_config)
+        task = parse_tf_config(tf_config, setting)
         if task.num_workers > 1 or setting == "multi_worker":
             return "multi_worker", task
     if setting == "auto":
