@@ -13,7 +13,12 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import class_image, cpu_only, tflite_scores
+from conftest import (
+    class_image,
+    cpu_only,
+    interrupt_before_training,
+    tflite_scores,
+)
 
 import tl_keras
 from tl_keras import distribute, models
@@ -118,3 +123,24 @@ def test_float32_copy_for_tflite_keeps_input_statistics():
     np.testing.assert_allclose(
         np.asarray(copy(images)),
         np.asarray(model(images), dtype="float32"), rtol=0.02, atol=0.02)
+
+
+def test_a_resume_in_another_precision_is_said(tiny_config, monkeypatch,
+                                               caplog):
+    # --mixed_precision=auto resolves per machine: a run started on a GPU
+    # (mixed_float16) and resumed on a CPU (float32) went on in float32
+    # without a word. run.json keeps the precision it started in; here
+    # the GPU start is stood in for by that record.
+    config = tiny_config.replace(epochs=1, finetune_epochs=1)
+    interrupt_before_training(config, monkeypatch)
+    path = os.path.join(config.runtime.workdir, "run.json")
+    record = json.load(open(path))
+    assert record["precision"] == "float32"
+    with open(path, "w") as f:
+        json.dump({**record, "precision": "mixed_float16"}, f)
+    caplog.set_level("WARNING", logger="tl_keras")
+    assert tl_keras.train(config)["complete"]
+    assert ("The run started in mixed_float16 precision and resumes in "
+            "float32 (--mixed_precision=auto resolves per machine)") in (
+        caplog.text)
+    assert json.load(open(path)) == {**record, "precision": "mixed_float16"}

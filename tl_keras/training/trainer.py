@@ -151,7 +151,7 @@ def _train(config, data, place, callbacks):
     # Only now, with the config, backbone and data known to be good, is
     # anything written (a failed first try leaves no workdir behind; an
     # auto run's decision is checked once the advisor has written it).
-    claim_workdir(config, conflict, run_id)
+    claim_workdir(config, conflict, run_id, place.precision)
     record_data(workdir, data, weights)
     if auto:
         config, backbone, model, decision = _checked_approach(

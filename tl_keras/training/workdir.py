@@ -150,10 +150,11 @@ def check_data_stays(config):
             f"data_dir={data_dir!r}")
 
 
-def claim_workdir(config, conflict=None, run_id=None):
+def claim_workdir(config, conflict=None, run_id=None, precision=None):
     """Creates the workdir (moving a conflicting one aside, never deleting
     it) and writes config.json, flags.cfg and run.json (the run's
-    identity, `join_run`)."""
+    identity, `join_run`, and the precision it started in: a resume in
+    another, where --mixed_precision=auto resolves otherwise, is said)."""
     workdir = config.runtime.workdir
     if conflict:
         # The folder a symlinked workdir names (the link was moved, and
@@ -166,7 +167,13 @@ def claim_workdir(config, conflict=None, run_id=None):
     io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     io.write_text(os.path.join(workdir, "flags.cfg"), config.to_flagfile())
     if run_id:
-        io.write_json(os.path.join(workdir, RUN_FILE), {"id": run_id})
+        started = _stored(workdir, "precision") if not conflict else None
+        if started and precision and started != precision:
+            log.warning("The run started in %s precision and resumes in %s "
+                        "(--mixed_precision=%s resolves per machine).",
+                        started, precision, config.runtime.mixed_precision)
+        io.write_json(os.path.join(workdir, RUN_FILE),
+                      {"id": run_id, "precision": started or precision})
 
 
 def join_run(config, place):
@@ -242,12 +249,21 @@ def _finished_as_listed(config):
 
 
 def _stored_run_id(workdir):
+    stored = _stored(workdir, "id")
+    try:
+        return int(stored) if stored is not None else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _stored(workdir, key):
+    """run.json's `key`, or None (no run.json, or not tl_keras's)."""
     path = os.path.join(workdir, RUN_FILE)
     if not os.path.isfile(path):
         return None
     try:
-        return int(io.read_json(path)["id"])
-    except (ValueError, KeyError, TypeError):
+        return io.read_json(path).get(key)
+    except ValueError:  # InputError: torn or edited
         return None
 
 
