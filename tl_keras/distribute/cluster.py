@@ -68,24 +68,7 @@ def parse_tf_config(text, setting="multi_worker"):
         fail("no 'cluster' object")
     if not isinstance(task, dict):
         fail("no 'task' object")
-    seen = {}
-    for job, addresses in cluster.items():
-        if job not in ("chief", "worker"):
-            fail(f"job {job!r} is not supported (only 'chief' and "
-                 f"'worker')")
-        if not isinstance(addresses, list) or not addresses:
-            fail(f"cluster[{job!r}] is not a non-empty list of addresses")
-        for i, address in enumerate(addresses):
-            # host:port, or [IPv6]:port; a port in [1, 65535]
-            port = isinstance(address, str) and re.fullmatch(
-                r"(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})", address)
-            if not port or not 1 <= int(port.group(1)) <= 65535:
-                fail(f"cluster[{job!r}][{i}] = {address!r} is not host:port "
-                     f"(a port in [1, 65535])")
-            if address in seen:
-                fail(f"{address} is listed twice ({seen[address]} and "
-                     f"{job}[{i}])")
-            seen[address] = f"{job}[{i}]"
+    _check_cluster(cluster, fail)
     if len(cluster.get("chief", [])) > 1:
         fail("more than one chief")
     task_type, index = task.get("type"), task.get("index")
@@ -98,6 +81,29 @@ def parse_tf_config(text, setting="multi_worker"):
              f"{len(cluster[task_type]) - 1}] for job {task_type!r}")
     return Task(task_type, index, sum(len(v) for v in cluster.values()),
                 has_chief_job="chief" in cluster)
+
+
+def _check_cluster(cluster, fail):
+    """Calls `fail(problem)` for a job other than chief / worker, an empty
+    job, an address that is not host:port or [IPv6]:port with a port in
+    [1, 65535], or one listed twice."""
+    seen = {}
+    for job, addresses in cluster.items():
+        if job not in ("chief", "worker"):
+            fail(f"job {job!r} is not supported (only 'chief' and "
+                 f"'worker')")
+        if not isinstance(addresses, list) or not addresses:
+            fail(f"cluster[{job!r}] is not a non-empty list of addresses")
+        for i, address in enumerate(addresses):
+            port = isinstance(address, str) and re.fullmatch(
+                r"(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})", address)
+            if not port or not 1 <= int(port.group(1)) <= 65535:
+                fail(f"cluster[{job!r}][{i}] = {address!r} is not host:port "
+                     f"(a port in [1, 65535])")
+            if address in seen:
+                fail(f"{address} is listed twice ({seen[address]} and "
+                     f"{job}[{i}])")
+            seen[address] = f"{job}[{i}]"
 
 
 def _unique_keys(pairs):
