@@ -249,3 +249,27 @@ def test_macro_f1_leaves_out_classes_without_test_images():
                    "mid": {"f1-score": 0.5, "support": 3},
                    "small": {"f1-score": 0.0, "support": 0}}}
     assert _row(metrics, 5.0)["macro_f1"] == pytest.approx(0.7205)
+
+
+@pytest.mark.parametrize("names", [["accuracy", "cat", "dog"],
+                                   ["cat", "dog", "macro avg"],
+                                   ["weighted avg", "cat", "dog"]])
+def test_classes_named_like_report_rows_get_their_own_numbers(names):
+    # sklearn's classification_report dict writes 'accuracy', 'macro avg'
+    # and 'weighted avg' over classes of those names: per_class held a
+    # float (compare then failed on it after every run had trained) or
+    # the average of all classes.
+    import numpy as np
+
+    from tl_keras.training.metrics import classification_metrics
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    logits = np.eye(3)[[0, 1, 1, 1, 2, 0]]
+    per_class = classification_metrics(y_true, logits, names)["per_class"]
+    expected = [(0.5, 0.5), (2 / 3, 1.0), (1.0, 0.5)]  # precision, recall
+    for name, (precision, recall) in zip(names, expected, strict=True):
+        got = per_class[name]
+        assert got["precision"] == pytest.approx(precision)
+        assert got["recall"] == pytest.approx(recall)
+        assert got["f1-score"] == pytest.approx(
+            2 * precision * recall / (precision + recall))
+        assert got["support"] == 2
