@@ -273,3 +273,21 @@ def test_classes_named_like_report_rows_get_their_own_numbers(names):
         assert got["f1-score"] == pytest.approx(
             2 * precision * recall / (precision + recall))
         assert got["support"] == 2
+
+
+def test_the_table_says_when_there_was_no_test_split():
+    # With --test_split=0 and no test/ folder each run is scored on the
+    # validation images that chose the best: the report called those
+    # "unbiased estimates, none of them was used to choose".
+    from tl_keras.modes.compare_report import format_table
+    row = {"advisor_pick": True, "best": True, "val_accuracy": 0.9,
+           "test_accuracy": 0.9, "macro_f1": 0.9, "seconds": 1.0,
+           "trained_params": 10, "images_per_second": 5.0}
+    summary = {"num_train": 30, "num_test": 10, "test_split": "val",
+               "epoch_budget": 3, "results": {"scratch": row},
+               "advisor": {"approach": "scratch", "situation": "small"},
+               "advisor_seconds": 0.5}
+    assert "no test split: the test accuracy and macro-F1 are the " \
+           "validation images' that chose the best" in format_table(summary)
+    assert "no test split" not in format_table({**summary,
+                                                "test_split": "test"})

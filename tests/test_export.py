@@ -529,7 +529,19 @@ def test_evaluate_on_no_readable_image_is_an_error(run, tmp_path):
         (folder / name).mkdir(parents=True)
         (folder / name / "x.png").write_bytes(b"junk")
     with pytest.raises(tl_keras.InputError,
-                       match="none of its 2 image file.*readable"):
+                       match=r"no image to score \(2 unreadable; 0 readable"):
+        predict.evaluate_export(config.replace(mode="evaluate",
+                                               data_dir=str(folder)))
+    # One readable image in both classes: left out, as in training (it
+    # said "none of its 0 image file(s) is readable").
+    source = write_image_folder(str(tmp_path / "one"), num_classes=1,
+                                per_class=1, formats=("png",))
+    for name in ("class_0", "class_1"):
+        shutil.copy(os.path.join(source, "class_0", "000.png"),
+                    folder / name / "x.png")
+    with pytest.raises(tl_keras.InputError,
+                       match=r"no image to score \(0 unreadable; 2 readable, "
+                             r"each left out as a copy"):
         predict.evaluate_export(config.replace(mode="evaluate",
                                                data_dir=str(folder)))
 

@@ -8,6 +8,11 @@ import numpy as np
 from tl_keras import io
 from tl_keras.advisor.report import choice_text, summary_lines
 
+# With no test split (--test_split=0 and no test/ folder) each run is
+# scored on its validation images, the ones that chose the best.
+_NO_TEST = ("no test split: the test accuracy and macro-F1 are the "
+            "validation images' that chose the best, not unbiased estimates")
+
 
 def format_table(summary):
     """The comparison table as plain text (printed to the terminal)."""
@@ -25,6 +30,8 @@ def format_table(summary):
             f"{r['test_accuracy']:8.3f} {r['macro_f1']:8.3f} "
             f"{r['seconds']:7.1f}s {r['trained_params']:15,} "
             f"{r['images_per_second'] or 0:9.1f}{marks}")
+    if summary["test_split"] != "test":
+        lines.append(f"  {_NO_TEST}")
     lines.append(f"  advisor: {choice_text(summary['advisor'])} "
                  f"({summary['advisor']['situation']}; "
                  f"{summary['advisor_seconds']:.1f} s to decide)")
@@ -54,9 +61,11 @@ def format_report(summary, decision, plots, header=None):
                      f"{r['macro_f1']:.3f} | "
                      f"{r['seconds']:.0f} s | {r['trained_params']:,} | "
                      f"{r['images_per_second'] or 0:.0f} |")
+    held_out = ("the test accuracies are unbiased estimates, none of them "
+                "was used to choose" if summary["test_split"] == "test"
+                else _NO_TEST)
     lines += ["", f"Best: **{summary['best']}**, by validation accuracy "
-              f"(exported to `export/`); the test accuracies are unbiased "
-              f"estimates, none of them was used to choose.",
+              f"(exported to `export/`); {held_out}.",
               "", "## The advisor", "",
               f"Decided in {summary['advisor_seconds']:.1f} s "
               f"({100 * summary['advisor_seconds'] / summary['seconds']:.1f}"

@@ -237,10 +237,13 @@ def evaluate_export(config):
     log.info("Evaluating %s on %d image(s) (%d unreadable skipped)",
              export_dir, len(pairs), len(bad))
     if not pairs:
+        left_out = len(files[scored])  # readable, after `bad` went
         raise InputError(
-            f"Invalid data_dir for evaluate: none of its {len(bad)} image "
-            f"file(s) is readable. Allowed: a folder with readable JPEG / "
-            f"PNG / GIF / BMP images. Received: data_dir={data_dir!r}")
+            f"Invalid data_dir for evaluate: it has no image to score "
+            f"({len(bad)} unreadable; {left_out} readable, each left out "
+            f"as a copy of a training or validation image or as one image "
+            f"in two classes). Allowed: a folder with readable JPEG / PNG "
+            f"/ GIF / BMP images of its own. Received: data_dir={data_dir!r}")
     index = {name: i for i, name in enumerate(predictor.class_names)}
     y_true = np.array([index[class_names[y]] for _, y in pairs])
     logits = np.concatenate([
