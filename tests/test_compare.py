@@ -112,6 +112,14 @@ def test_compare_refuses_a_train_run_and_foreign_files(tmp_path,
                        match=r"files compare did not write \(thesis.txt\)"):
         compare(config)
     assert sorted(os.listdir(workdir)) == ["report.md", "thesis.txt"]
+    # An evaluate --output named results.json: compare wrote over it.
+    for name in ("report.md", "thesis.txt"):
+        (workdir / name).unlink()
+    (workdir / "results.json").write_text('{"test_accuracy": 0.9}')
+    with pytest.raises(tl_keras.InputError,
+                       match="its results.json was not written by compare"):
+        compare(config)
+    assert (workdir / "results.json").read_text() == '{"test_accuracy": 0.9}'
 
 
 def test_a_live_compare_locks_its_workdir(tmp_path, image_folder):

@@ -237,6 +237,9 @@ def check_workdir(config, also_in_workdir=(), runs=True):
     elif foreign:
         problem = (f"it holds files compare did not write "
                    f"({', '.join(foreign[:5])})")
+    elif "results.json" in entries and not _compare_results(workdir):
+        # e.g. an evaluate --output: compare wrote over it.
+        problem = "its results.json was not written by compare"
     elif entries & {"report.md", "export"} and not entries & {
             "decision.json", "results.json"}:
         problem = "its report.md or export/ was not written by compare"
@@ -253,6 +256,15 @@ def check_workdir(config, also_in_workdir=(), runs=True):
             + f". Received: workdir={workdir!r}")
     check_data_stays(config)
     return problem
+
+
+def _compare_results(workdir):
+    """Whether <workdir>/results.json is a compare's (its rows and best)."""
+    try:
+        results = io.read_json(os.path.join(workdir, "results.json"))
+    except InputError:  # torn or not an object
+        return False
+    return isinstance(results.get("results"), dict) and "best" in results
 
 
 def _advise_first(config, data, conflict=None):
