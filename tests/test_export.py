@@ -641,6 +641,11 @@ def test_evaluate_mode_scores_a_labelled_folder(run, image_folder,
     assert np.array(metrics["confusion_matrix"]).sum() == 36
     with open(output) as f:
         assert json.load(f)["test_accuracy"] == metrics["test_accuracy"]
+    # What was scored, in which class order (the confusion matrix's), and
+    # what was left out: the file did not say.
+    assert metrics["scored"] == image_folder
+    assert metrics["class_names"] == ["class_0", "class_1", "class_2"]
+    assert (metrics["bad_files"], metrics["copy_files"]) == (0, 0)
     other = write_image_folder(str(tmp_path / "other"), num_classes=4,
                                per_class=2, formats=("png",))
     with pytest.raises(tl_keras.InputError, match="class_3"):
@@ -701,6 +706,7 @@ def test_evaluate_never_scores_training_images(run, tmp_path):
     metrics = predict.evaluate_export(config.replace(mode="evaluate",
                                                      data_dir=str(root)))
     assert metrics["num_test"] == 9  # test/ only
+    assert metrics["scored"] == str(root / "test")
     # A test image that is a training image again (a copy: training left
     # it out) or one of another class's (two labels) was scored.
     shutil.copy(root / "train" / "class_0" / "000.png",
@@ -714,6 +720,7 @@ def test_evaluate_never_scores_training_images(run, tmp_path):
     metrics = predict.evaluate_export(config.replace(mode="evaluate",
                                                      data_dir=str(root)))
     assert metrics["num_test"] == 9
+    assert metrics["copy_files"] == 2
 
 
 def test_export_folder_follows_the_umask(run, tmp_path):

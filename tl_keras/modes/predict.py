@@ -251,8 +251,13 @@ def evaluate_export(config):
                           check_files=False)["logits"]
         for i in range(0, len(pairs), 64)])
     metrics = {"export_dir": export_dir, "data_dir": data_dir,
-               "bad_files": len(bad), **classification_metrics(
-                   y_true, logits, predictor.class_names)}
+               # what was scored: scored_dir's test/, or all its images
+               "scored": split_roots(scored_dir, say=False)[scored],
+               "class_names": list(predictor.class_names),
+               "bad_files": len(bad),
+               "copy_files": len(files[scored]) - len(pairs),
+               **classification_metrics(y_true, logits,
+                                        predictor.class_names)}
     print(f"accuracy {metrics['test_accuracy']:.4f} on "
           f"{metrics['num_test']} images")
     if output:
