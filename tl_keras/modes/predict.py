@@ -236,14 +236,13 @@ def evaluate_export(config):
     pairs = drop_copies(files, class_names)[0][scored]
     log.info("Evaluating %s on %d image(s) (%d unreadable skipped)",
              export_dir, len(pairs), len(bad))
-    if not pairs:
-        left_out = len(files[scored])  # readable, after `bad` went
+    if not pairs:  # files[scored] holds the readable ones now
         raise InputError(
             f"Invalid data_dir for evaluate: it has no image to score "
-            f"({len(bad)} unreadable; {left_out} readable, each left out "
-            f"as a copy of a training or validation image or as one image "
-            f"in two classes). Allowed: a folder with readable JPEG / PNG "
-            f"/ GIF / BMP images of its own. Received: data_dir={data_dir!r}")
+            f"({len(bad)} unreadable; {len(files[scored])} readable, each "
+            f"left out as a copy of a training or validation image or as "
+            f"one image in two classes). Allowed: readable JPEG / PNG / GIF "
+            f"/ BMP images of its own. Received: data_dir={data_dir!r}")
     index = {name: i for i, name in enumerate(predictor.class_names)}
     y_true = np.array([index[class_names[y]] for _, y in pairs])
     logits = np.concatenate([
@@ -251,7 +250,6 @@ def evaluate_export(config):
                           check_files=False)["logits"]
         for i in range(0, len(pairs), 64)])
     metrics = {"export_dir": export_dir, "data_dir": data_dir,
-               # what was scored: scored_dir's test/, or all its images
                "scored": split_roots(scored_dir, say=False)[scored],
                "class_names": list(predictor.class_names),
                "bad_files": len(bad),
