@@ -136,9 +136,13 @@ def test_mirrored_two_cpus_matches_one_replica(tmp_path, base):
     assert hardware["replicas"] == 2
     assert hardware["per_replica_batch_size"] == 3
     assert out["one_device_hardware"]["replicas"] == 1
+    # The losses are recorded to 6 decimals: one rounding step (1e-6) is
+    # the summation order of 2 replicas' gradients, seen on some CPUs
+    # (0.656814 against 0.656813 on the hub ViT, session 40's machine).
     for stage in ("head", "finetune"):
         np.testing.assert_allclose(out["mirrored"][stage],
-                                   out["one_device"][stage], rtol=1e-6)
+                                   out["one_device"][stage], rtol=1e-6,
+                                   atol=1.01e-6)
     # It did learn: above chance (1/3) on the validation images. (Not the
     # training loss: at this toy fine-tune rate the base's features move
     # far from the statistics the head standardises with, and the loss
