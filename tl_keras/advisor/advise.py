@@ -14,6 +14,7 @@ from tl_keras.advisor.decision import (
     SCRATCH_MARGIN_SE,
     decide,
     scratch_needed,
+    scratch_run_wins,
 )
 from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
@@ -51,7 +52,7 @@ def advise_run(model, data, config, blocks):
             f"{measurements['num_val']} validation images")}
     else:  # the one measurement that trains: only when it may matter
         run = scratch_run(model, data, config, epochs,
-                          stop=_stop_rule(needed))
+                          stop=_stop_rule(decision, measurements))
         measurements["scratch"] = run
         measurements["seconds"] = round(measurements["seconds"]
                                         + run["seconds"], 1)
@@ -99,14 +100,20 @@ def _scratch_needed(decision, measurements):
     return scratch_needed(rows[0]["estimate"], rows[0]["images"])
 
 
-def _stop_rule(needed):
-    """`scratch_run`'s `stop`: once the run beats `needed`, more epochs
-    cannot undo the win. (A run is never stopped as hopeless: a curve
-    flat at chance for half its epochs then took off and won, bench seed
-    0, `tests/test_advisor.py::CLIMBING`, so a flat start is no evidence
-    that it stays flat.)"""
+def _stop_rule(decision, measurements):
+    """`scratch_run`'s `stop`: at the first epoch whose curve so far wins
+    under the decision's own test (`scratch_run_wins`); the decision is
+    then taken on that curve, so a stopped run is scratch's pick. (A run
+    is never stopped as hopeless: a curve flat at chance for half its
+    epochs then took off and won, bench seed 0,
+    `tests/test_advisor.py::CLIMBING`, so a flat start is no evidence that
+    it stays flat.)"""
+    best = decision["estimates"][0]  # the best transfer estimate
+
     def stop(curve):
-        if curve[-1] > needed:
+        needed = scratch_run_wins(curve, measurements["sample"], best,
+                                  measurements)
+        if needed is not None:
             return f"it beats the pretrained estimate (needed {needed:.3f})"
         return None
     return stop

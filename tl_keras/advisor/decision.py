@@ -253,6 +253,22 @@ def _pretrained_pick(chosen, best):
                    f"a standard error below transfer there)"}
 
 
+def scratch_run_wins(curve, images, best, m):
+    """The needed accuracy if a scratch run whose validation curve so far
+    is `curve` (on `images` sampled images) would win against the
+    pretrained `best` row under `decide`'s own test (chance first, then
+    the margin, with a projection's wider error); None if it would not.
+    The scratch run stops on it, so a run stopped for winning is the one
+    the decision picks: a bar of its own had stopped a climbing run as a
+    winner that the decision then called a tie (its projection carries a
+    wider error), and one within a standard error of chance."""
+    run = {"epochs": len(curve), "images": images,
+           "val_accuracy": max(curve), "val_accuracy_curve": list(curve)}
+    scratch = scratch_estimate({**m, "scratch": run})
+    wins, _ = _scratch_verdict(scratch, best, m)
+    return needed_to_win(scratch, best) if wins else None
+
+
 def _scratch_verdict(scratch, best, m):
     """(scratch wins, the sentence about scratch)."""
     chance = m["chance"]
