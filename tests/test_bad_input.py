@@ -223,9 +223,45 @@ def test_a_resumed_run_on_other_arrays_is_refused(tmp_path):
     other = x.copy()
     other[0, 0, 0, 0] ^= 1
     with pytest.raises(tl_keras.InputError,
-                       match="the arrays differ from those the run"):
+                       match="the arrays given differ from those the run"):
         tl_keras.train(config, data=tl_keras.from_arrays(other, y, config,
                                                          16))
+
+
+def test_a_finished_run_on_other_arrays_is_refused_not_read_back(tmp_path):
+    # A finished run is read back, not trained again; given other arrays
+    # (or other names for its labels) it returned the old run's metrics
+    # and export without a word (audit, session 41). Folders were checked.
+    config = tl_keras.Config(workdir=str(tmp_path / "run"),
+                             backbone="compact_cnn", weights="none",
+                             image_size=16, approach="scratch", epochs=1,
+                             batch_size=4, augment="none")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 16, 16, 3), np.uint8)
+    y = np.arange(20) % 2
+
+    def run(images, labels, names=("cat", "dog"), **changes):
+        return tl_keras.train(config.replace(**changes),
+                              data=tl_keras.from_arrays(
+                                  images, labels, config, 16,
+                                  class_names=list(names)))
+
+    first = run(x, y)
+    assert run(x, y) == first  # the same arrays: read back
+    other = x.copy()
+    other[0, 0, 0, 0] ^= 1
+    with pytest.raises(tl_keras.InputError, match=(
+            r"Invalid data: the arrays given differ from those the run in "
+            r".* finished with: their images or labels \(digest\)\. "
+            r"Allowed: the same arrays \(the finished run stands\)")):
+        run(other, y)
+    with pytest.raises(tl_keras.InputError, match=(
+            r"finished with: their class names \(the run's: cat, dog\)")):
+        run(x, y, names=("dog", "cat"))
+    # overwrite=True starts over on them (the old run moved aside).
+    again = run(other, y, names=("dog", "cat"), overwrite=True)
+    assert again["class_names"] == ["dog", "cat"]
+    assert [e for e in os.listdir(tmp_path) if ".replaced-" in e]
 
 
 def _split_folder(tmp_path, val_files):

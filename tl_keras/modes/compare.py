@@ -85,7 +85,7 @@ def compare(config, data=None, header=None, also_in_workdir=()):
 def _compare(config, data, header, also_in_workdir):
     start = time.time()
     workdir = config.runtime.workdir
-    conflict = check_workdir(config, also_in_workdir)
+    conflict = check_workdir(config, also_in_workdir, data=data)
     budget = config.training.epochs + config.training.finetune_epochs
     for changes in _fixed_runs(budget).values():  # before any work
         config.replace(mode="train", **changes).validate(data is None)
@@ -151,11 +151,11 @@ def _run_all(config, runs, data):
     return results, reused
 
 
-def _changed_runs(config):
+def _changed_runs(config, data):
     """A sentence naming the first run of an earlier compare in the
     workdir whose settings differ from those this compare gives it (its
     resumption would be refused once the advisor had run), or that
-    finished on other images, or None."""
+    finished on other images (or other given arrays: `data`), or None."""
     budget = config.training.epochs + config.training.finetune_epochs
     for name, changes in _fixed_runs(budget).items():
         sub = os.path.join(config.runtime.workdir, name)
@@ -166,7 +166,7 @@ def _changed_runs(config):
             if diffs:
                 return (f"its {name} run has other settings "
                         f"({'; '.join(diffs)})")
-            changed = is_complete(sub) and check_finished_data(run)
+            changed = is_complete(sub) and check_finished_data(run, data)
             if changed:  # it would be read back, not trained again
                 return (f"the images changed since its {name} run "
                         f"finished ({', '.join(changed)})")
@@ -206,11 +206,12 @@ _OWN_ENTRIES = {"decision.json", "ranking.json", "results.json", "report.md",
                 "transfer", "finetune", "auto"}
 
 
-def check_workdir(config, also_in_workdir=(), runs=True):
+def check_workdir(config, also_in_workdir=(), runs=True, data=None):
     """Checks that compare may use the workdir: new, empty, or one it
     wrote (plus the caller's `also_in_workdir` entries), whose runs have
-    this config's settings (`runs`: the demo checks its workdir first
-    with its own config, not yet the compare's).
+    this config's settings and images (`runs`: the demo checks its
+    workdir first with its own config, not yet the compare's; `data`:
+    the ImageData given, if any).
 
     Returns:
       None, or the problem, when --overwrite allows moving the workdir
@@ -244,7 +245,7 @@ def check_workdir(config, also_in_workdir=(), runs=True):
             "decision.json", "results.json"}:
         problem = "its report.md or export/ was not written by compare"
     else:
-        problem = _changed_runs(config) if runs else None
+        problem = _changed_runs(config, data) if runs else None
     if problem is None:
         return None
     if not config.runtime.overwrite or also_in_workdir:

@@ -133,16 +133,19 @@ def started_with_copies(workdir):
         "copies" not in _record(workdir))
 
 
-def check_finished_data(config):
+def check_finished_data(config, data=None):
     """The changes to a finished run's images (`_changes`: its folder
-    listed again, nothing decoded), {} when none or when its data came
-    as arrays. A finished run trained, tested and exported on its images
-    as they were; one added since is found only if the run recorded its
-    unreadable files (which a listing also finds; earlier tl_keras runs
-    did not)."""
+    listed again, nothing decoded), {} when none. A finished run trained,
+    tested and exported on its images as they were; one added since is
+    found only if the run recorded its unreadable files (which a listing
+    also finds; earlier tl_keras runs did not). Given arrays (`data`, an
+    ImageData from `from_arrays`) are checked by their digest and class
+    names (`_finished_arrays`)."""
     workdir, data_dir = config.runtime.workdir, config.data.data_dir
     check_records(workdir)
     record = _record(workdir)
+    if data is not None and data.fingerprint and record:
+        return _finished_arrays(workdir, record, data)
     if not data_dir or not record:
         return {}
     stored = _stored_split(workdir)
@@ -190,10 +193,19 @@ def _changes(workdir, stored, new, by_label=False):
 
 
 def refuse_changes(data_dir, workdir, when, changes):
-    """Raises InputError listing the `changes` (`_changes`), if any, to
-    the images the run in `workdir` `when` ('started' or 'finished')."""
+    """Raises InputError listing the `changes` (`_changes`, or
+    `_finished_arrays`' without a data_dir), if any, to the images the
+    run in `workdir` `when` ('started' or 'finished')."""
     if not any(changes.values()):
         return
+    if not data_dir:  # arrays: what differs, no paths
+        then = ("the same arrays to resume" if when == "started" else
+                "the same arrays (the finished run stands)")
+        raise InputError(
+            f"Invalid data: the arrays given differ from those the run in "
+            f"{workdir} {when} with: {'; '.join(changes)}. Allowed: "
+            f"{then}, or a new workdir (or overwrite=True) to start over. "
+            f"Received: other arrays")
     summary = "; ".join(f"{len(paths)} {what} (e.g. {', '.join(paths[:3])})"
                         for what, paths in changes.items() if paths)
     then = ("the same images to resume" if when == "started" else
@@ -205,16 +217,33 @@ def refuse_changes(data_dir, workdir, when, changes):
         f"data_dir={data_dir!r}")
 
 
+_OTHER_ARRAYS = "their images or labels (digest)"
+
+
 def _check_same_arrays(workdir, data):
     """Raises InputError when arrays differ from those the run started
     with (a run whose data.json has no digest is not checked)."""
     stored = _record(workdir).get("arrays")
     if stored and stored != data.fingerprint:
-        raise InputError(
-            f"Invalid data: the arrays differ from those the run in "
-            f"{workdir} started with (their images or labels digest). "
-            f"Allowed: the same arrays to resume, or a new workdir (or "
-            f"overwrite) to start over. Received: other arrays")
+        refuse_changes("", workdir, "started", {_OTHER_ARRAYS: True})
+
+
+def _finished_arrays(workdir, record, data):
+    """What differs between a finished run's arrays and those given: the
+    images or labels (data.json's digest), the class names (metrics.json's:
+    the digest holds the labels, not their names, and the export names
+    them). A finished run is read back, not trained again: without this,
+    other arrays returned the old run's metrics and export silently."""
+    changes = {}
+    if record.get("arrays") and record["arrays"] != data.fingerprint:
+        changes[_OTHER_ARRAYS] = True
+    metrics_path = os.path.join(workdir, "metrics.json")
+    names = (io.read_json(metrics_path).get("class_names")
+             if os.path.isfile(metrics_path) else None)
+    if names and list(names) != list(data.class_names):
+        changes[f"their class names (the run's: {', '.join(names)[:200]})"] \
+            = True
+    return changes
 
 
 def _modified(workdir, stored):

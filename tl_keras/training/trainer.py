@@ -122,7 +122,7 @@ def _checked_call(config, data, callbacks):
 
 def _train(config, data, place, callbacks):
     workdir = config.runtime.workdir
-    conflict, complete, run_id = join_run(config, place)
+    conflict, complete, run_id = join_run(config, place, data)
     metrics_path = os.path.join(workdir, "metrics.json")
     if complete:
         log.info("Run in %s is already complete; nothing to do. Metrics: "

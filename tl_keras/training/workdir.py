@@ -176,7 +176,7 @@ def claim_workdir(config, conflict=None, run_id=None, precision=None):
                       {"id": run_id, "precision": started or precision})
 
 
-def join_run(config, place):
+def join_run(config, place, data=None):
     """Checks the workdir and agrees with the chief on which run this is.
 
     A run's identity is a random number the chief draws when it starts a
@@ -189,6 +189,10 @@ def join_run(config, place):
     its own "complete" and leaving the chief alone in a collective. If the
     chief refuses the run (its workdir error), the workers stop too.
 
+    A finished run is read back only if its images are those it trained
+    on: its folder's, or the arrays `data` holds (an ImageData given to
+    `train`), else an error (or with --overwrite, a conflict).
+
     Returns:
       (conflict for `claim_workdir`, whether the run is complete, id).
     """
@@ -198,7 +202,7 @@ def join_run(config, place):
             conflict = check_workdir(config)
             complete = not conflict and is_complete(workdir)
             if complete:
-                conflict, complete = _finished_as_listed(config)
+                conflict, complete = _finished_as_listed(config, data)
             run_id = (not conflict and _stored_run_id(workdir)) or (
                 random.SystemRandom().randrange(1, 2**31))
         except Exception:  # any failure here: the workers stop too
@@ -228,13 +232,13 @@ def join_run(config, place):
     return check_workdir(config), False, run_id
 
 
-def _finished_as_listed(config):
+def _finished_as_listed(config, data):
     """(conflict, complete) of a finished run: (None, True) if its images
     are as it trained on them (`check_finished_data`); if not, an error,
     or with --overwrite a conflict that moves the run aside."""
     workdir, data_dir = config.runtime.workdir, config.data.data_dir
     try:
-        changes = check_finished_data(config)
+        changes = check_finished_data(config, data)
     except InputError as e:  # its records missing or torn
         if not config.runtime.overwrite:
             raise
