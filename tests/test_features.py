@@ -11,7 +11,7 @@ import pytest
 
 import tl_keras
 from tl_keras import data as data_lib
-from tl_keras import io, models
+from tl_keras import inference, io, models
 from tl_keras.models.classifier import standardize_head
 from tl_keras.training import feature_cache
 
@@ -75,7 +75,6 @@ def test_transfer_evaluates_on_cached_features(pretrained_base,
     of the base."""
     from types import SimpleNamespace
 
-    from tl_keras import inference
     from tl_keras.training import metrics as metrics_lib
 
     def no_forward(model):
@@ -214,6 +213,14 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
     again, *_ = feature_cache._features_in_memory(
         classifier, data, config.data, 2)
     np.testing.assert_array_equal(x, again)  # and are reproducible
+    # whatever batch the forward pass takes (4 per usable CPU core): the
+    # views were augmented inside it, and one core gave other views than
+    # two (0.12 apart on features of mean size 0.24; audit, session 41).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference, "inference_batch_size", lambda: 4)
+        one_core, *_ = feature_cache._features_in_memory(
+            classifier, data, config.data, 2)
+    np.testing.assert_allclose(one_core, x, rtol=1e-5, atol=1e-5)
     metrics = tl_keras.train(config)
     assert metrics["stages"]["head"]["feature_cache_plan"]["views"] == 2
     assert np.all(np.isfinite(metrics["stages"]["head"]["history"]["loss"]))
@@ -355,7 +362,6 @@ def test_the_forward_batch_is_measured_in_the_pass(monkeypatch,
 
     import tensorflow as tf
 
-    from tl_keras import inference
 
     monkeypatch.setattr(inference, "inference_batch_size", lambda: 4)
     sizes = []
@@ -381,3 +387,52 @@ def test_the_forward_batch_is_measured_in_the_pass(monkeypatch,
     outputs, _ = inference.run_batched(fn, ds, n, measure=False)
     np.testing.assert_array_equal(outputs, images[:, 0] * 2)
     assert set(sizes[:-1]) == {4} and sum(sizes) == n
+
+
+def test_a_spilled_cache_never_outlives_its_stage(pretrained_base,
+                                                  image_folder, tmp_path,
+                                                  monkeypatch):
+    # It was removed only by a try that spilled, right after the stage's
+    # done.json (audit, session 41): a resume with a larger
+    # --cache_budget_mb (features in memory) left the earlier try's
+    # folder for good, and so did a kill between done.json and removal.
+    config = spilled_run_crashing_after_extraction(
+        pretrained_base, image_folder, str(tmp_path / "run"), monkeypatch)
+    workdir = config.runtime.workdir
+    assert os.path.isdir(os.path.join(workdir, "features"))
+    metrics = tl_keras.train(config.replace(cache_budget_mb=1024))
+    assert not metrics["stages"]["head"]["feature_cache_plan"]["spill"]
+    assert not os.path.exists(os.path.join(workdir, "features"))
+    # A kill after the head's done.json, before the folder went: the
+    # rerun skips the done stage and removes it (and a half-written one).
+    for name in ("features", "features.tmp"):
+        os.makedirs(os.path.join(workdir, name))
+    os.remove(os.path.join(workdir, "metrics.json"))
+    tl_keras.train(config)
+    assert not {"features", "features.tmp"} & set(os.listdir(workdir))
+
+
+def test_a_disk_without_room_for_spilled_features_is_said_first(
+        pretrained_base, image_folder, tmp_path, monkeypatch):
+    # The features are memory-mapped: on a full disk the process died
+    # of a bus error mid-extraction, naming nothing (audit, session 41,
+    # on a 1 MiB tmpfs). A small disk is simulated here.
+    config = tl_keras.Config(
+        data_dir=image_folder, workdir=str(tmp_path / "run"),
+        backbone=pretrained_base, weights="none", approach="transfer",
+        batch_size=8, augment="flip", feature_cache_views=3)
+    data = data_lib.make_datasets(config, 32)
+    classifier = models.build_classifier(
+        models.build_backbone(pretrained_base, "none"), 3, 0.0)
+    os.makedirs(config.runtime.workdir)
+    usage = shutil.disk_usage(config.runtime.workdir)
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage",
+                        lambda path: usage._replace(free=2**20))
+    size = 4 * 128 * (3 * data.counts["train"] + data.counts["val"])
+    with pytest.raises(tl_keras.InputError, match=(
+            rf"Invalid cache_budget_mb: the features go to a file in "
+            rf".*run \({size / 2**20:.1f} MiB\), and its disk has 1.0 MiB "
+            rf"free\. Allowed: a workdir on a disk with room")):
+        feature_cache._spilled_features(classifier, data, config.data, 3,
+                                        config.runtime.workdir)
+    assert os.listdir(config.runtime.workdir) == []  # nothing begun

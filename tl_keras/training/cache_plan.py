@@ -63,7 +63,7 @@ def cache_plan(training, data_config, stage_name, data, model,
     budget = data_config.cache_budget_mb * 2**20
     spill = size > budget
     if spill:
-        log.info("Features (%.0f MiB) exceed --cache_budget_mb=%d; they go "
+        log.info("Features (%.1f MiB) exceed --cache_budget_mb=%d; they go "
                  "to a file in the workdir.", size / 2**20,
                  data_config.cache_budget_mb)
     split = None if spill or not evaluates else _evaluation_split(

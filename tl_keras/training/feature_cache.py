@@ -43,28 +43,20 @@ from tl_keras.models.classifier import standardize_head
 log = logging.getLogger("tl_keras")
 
 
-def feature_extractor(model, augmenter=None):
+def feature_extractor(model):
     """A function images -> pooled features of the classifier `model`,
     traced once for every batch size (eager calls would dispatch the base
-    op by op), the last partial batch included.
-
-    Args:
-      augmenter: optional Keras augmentation model applied to each batch
-        first (training=True).
-    """
+    op by op), the last partial batch included."""
     extractor = keras.Model(model.input, model.get_layer("pool").output)
 
     def features_of(x):
-        if augmenter is not None:
-            x = augmenter(x, training=True)
         # float32 even under a mixed precision policy: the head's input.
         return tf.cast(extractor(x, training=False), tf.float32)
 
     return inference.traced(features_of, model)
 
 
-def extract_features(extractor, ds, n, description, out=None,
-                     measure=True):
+def extract_features(extractor, ds, n, description, out=None):
     """Runs `extractor` (from `feature_extractor`) over `ds`, a batched
     dataset of n (images, labels), in batches sized for inference
     (`inference.run_batched`), with a progress bar.
@@ -72,16 +64,13 @@ def extract_features(extractor, ds, n, description, out=None,
     Args:
       out: optional array [n, channels] to fill (e.g. a memory-mapped
         file); default a new array.
-      measure: let the pass measure its batch size; False for an
-        extractor that augments (its random layers draw per call, so the
-        same seed gives the same views only in the same batches).
 
     Returns:
       (features float32 [n, channels], labels int32 [n]).
     """
     log.info("Extracting %s features with the frozen base", description)
     features, labels = inference.run_batched(extractor, ds, n, out=out,
-                                             progress=True, measure=measure)
+                                             progress=True)
     return features, labels.astype(np.int32)
 
 
@@ -192,12 +181,10 @@ def _extract_splits(model, data, config, views, train_out=None,
     plain = feature_extractor(model)
     train, train_y = [], None
     for view in range(views):
-        augmenter = _view_augmenter(config, view)
         x, train_y = extract_features(
-            feature_extractor(model, augmenter) if augmenter else plain,
-            data.train_ordered, data.counts["train"], _describe(view, views),
-            out=None if train_out is None else train_out[view],
-            measure=augmenter is None)
+            plain, _view_images(data.train_ordered, config, view),
+            data.counts["train"], _describe(view, views),
+            out=None if train_out is None else train_out[view])
         train.append(x)
     val_x, val_y = extract_features(plain, data.val, data.counts["val"],
                                     "validation", out=val_out)
@@ -233,9 +220,10 @@ def _spilled_features(model, data, config, views, workdir):
         return _load_spilled(folder)
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # a crash mid-extraction
-    os.makedirs(tmp)
     channels = model.get_layer("pool").output.shape[-1]
     n_train, n_val = data.counts["train"], data.counts["val"]
+    _check_room(workdir, 4 * channels * (views * n_train + n_val))
+    os.makedirs(tmp)
     train_x = np.lib.format.open_memmap(
         os.path.join(tmp, "train.npy"), "w+", np.float32,
         (views, n_train, channels))
@@ -255,6 +243,25 @@ def _spilled_features(model, data, config, views, workdir):
     return _load_spilled(folder)
 
 
+def _check_room(workdir, size):
+    """Raises InputError when the workdir's disk has no room for `size`
+    bytes of features (plus 64 MiB for the run's other files): the files
+    are memory-mapped, and a full disk killed the process with a bus
+    error after minutes of extraction, naming nothing."""
+    where = os.path.abspath(workdir)
+    while not os.path.exists(where):  # the disk it will be made on
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
+    if free < size + 2**26:
+        raise InputError(
+            f"Invalid cache_budget_mb: the features go to a file in "
+            f"{workdir} ({size / 2**20:.1f} MiB), and its disk has "
+            f"{free / 2**20:.1f} MiB free. Allowed: a workdir on a disk "
+            f"with room, fewer --feature_cache_views, a larger "
+            f"--cache_budget_mb (in memory), or --feature_cache=false. "
+            f"Received: a disk with {free / 2**20:.1f} MiB free")
+
+
 def _load_spilled(folder):
     def load(name, mmap=True):
         return np.load(os.path.join(folder, name),
@@ -264,8 +271,13 @@ def _load_spilled(folder):
 
 
 def remove_spilled(workdir):
-    """Deletes a spilled feature cache once its stage is done."""
-    shutil.rmtree(os.path.join(workdir, "features"), ignore_errors=True)
+    """Deletes a spilled feature cache (and one a kill left half written)
+    once a stage is done: whether or not this try spilled (an earlier try
+    with a smaller --cache_budget_mb may have), and when a done stage is
+    skipped (a kill between its done.json and the removal). Only frozen
+    stages read it, and a run has one (the head)."""
+    for name in ("features", "features.tmp"):
+        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
 
 
 def _fingerprint(model, data, config, views):
@@ -295,12 +307,20 @@ def _fingerprint(model, data, config, views):
     }
 
 
-def _view_augmenter(config, view):
-    """View `view`'s augmentation; None for the first (as they are)."""
+def _view_images(ds, config, view):
+    """The batched training images `ds` of view `view`: the first as they
+    are, each other augmented with a seed of its own, in `tf.data`, batch
+    after batch at the pipeline's batch size (the run's --batch_size).
+    Random layers draw per call, so a view is the same images only in the
+    same batches: augmented inside the forward pass, whose batch is 4 per
+    usable CPU core, the views (and a resumed run's head) changed with
+    the cores a process was given."""
     names = config.augmentations()
     if not names or view == 0:
-        return None
-    return build_augmenter(names, config.seed + 7919 * (view + 1))
+        return ds
+    augmenter = build_augmenter(names, config.seed + 7919 * (view + 1))
+    return ds.map(lambda x, y: (augmenter(x, training=True), y),
+                  num_parallel_calls=None)  # in order: one state, in turn
 
 
 def _describe(view, views):

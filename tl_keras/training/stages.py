@@ -88,6 +88,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     # In a multi-worker run the chief's folder says whether the stage is
     # done, for every worker (`distribute.Placement.from_chief`).
     if place.from_chief([os.path.isfile(done_path)])[0]:
+        feature_cache.remove_spilled(workdir)  # a kill before it went
         return _skip_done_stage(model, stage, checkpoint, done_path, place)
     started_from = _start(checkpoint, to_beat, stage_dir, place)
     trainable, total = _log_start(model, stage)
@@ -114,8 +115,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     _check_outcome(stage, checkpoint, to_beat, summary, place)
     io.write_json(done_path, summary)
     remove_backups(stage_dir)
-    if plan and plan["spill"]:
-        feature_cache.remove_spilled(workdir)
+    feature_cache.remove_spilled(workdir)  # an earlier try's too
     return summary
 
 
@@ -338,7 +338,7 @@ def _fit_inputs(model, stage, data, config, place, plan, evaluation=None):
             evaluation["features"] = features
         _compile(fit_model, stage, data, config, place)
         log.info("Training the head on cached features (%.1f s to "
-                 "extract)", seconds)
+                 "extract or read them)", seconds)
     if place.replicas > 1:
         check_replica_batch(config, data, place)
         train_ds = full_batches(train_ds, config.data.batch_size,
