@@ -478,3 +478,37 @@ def test_a_stage_that_diverges_before_any_good_epoch_is_an_error(
                              "diverged"):
         tl_keras.train(config, callbacks=[_PoisonWeights("cached_head", 0,
                                                          1)])
+
+
+def test_the_library_calls_check_their_arguments():
+    # From a Keras project (audit, session 41): build_classifier(bb,
+    # y.max() + 1) failed inside Keras on a numpy int ("expected a
+    # positive integer. Received: units=2"); list_blocks(bb.base) gave
+    # one block per layer, not the blocks a run unfreezes; configure_stage
+    # took another model's blocks (this one's whole base trained), a
+    # classifier's (its base stayed frozen), and unfreeze='all' or 1.5
+    # were TypeErrors.
+    built = models.build_backbone("compact_cnn", "none", image_size=32)
+    model = models.build_classifier(built, np.arange(3).max() + 1)
+    assert model.output.shape[-1] == 3
+    for dropout in (1.5, -0.1, "0.2"):
+        with pytest.raises(tl_keras.InputError, match="Invalid dropout"):
+            models.build_classifier(built, 3, dropout)
+    blocks = models.list_blocks(built)
+    assert [name for name, _ in blocks] == [n for n, _ in built.blocks()]
+    models.configure_stage(model, "finetune", blocks, unfreeze="all")
+    assert all(w.trainable for w in models.get_base(model).weights
+               if "kernel" in w.path)
+    other = models.build_classifier(
+        models.build_backbone("compact_cnn", "none", image_size=32), 3)
+    for wrong in ([], models.list_blocks(other), models.list_blocks(model)):
+        with pytest.raises(tl_keras.InputError, match="Invalid blocks"):
+            models.configure_stage(other, "finetune", wrong, unfreeze=1)
+    with pytest.raises(tl_keras.InputError, match="Invalid blocks"):
+        models.configure_stage(other, "finetune", blocks, unfreeze=1)
+    for count in ("2", 1.5, True):
+        with pytest.raises(tl_keras.InputError, match="Invalid unfreeze"):
+            models.configure_stage(model, "finetune", blocks, unfreeze=count)
+    with pytest.raises(tl_keras.InputError, match="Invalid model"):
+        models.configure_stage(keras.Sequential([keras.layers.Dense(2)]),
+                               "head", blocks)

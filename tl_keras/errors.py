@@ -32,9 +32,11 @@ def check_fraction(name, value, low=0.0, high=1.0, open_low=False,
                    open_high=False):
     """Raises InputError unless `value` lies in the interval; the bounds
     are closed unless `open_low` / `open_high`."""
+    interval = (("(" if open_low else "[") + f"{low:g}, {high:g}"
+                + (")" if open_high else "]"))
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        fail(name, f"a float in {interval}", repr(value))
     above = value > low if open_low else value >= low
     below = value < high if open_high else value <= high
     if not (above and below):
-        interval = (("(" if open_low else "[") + f"{low:g}, {high:g}"
-                    + (")" if open_high else "]"))
         fail(name, f"a float in {interval}", value)

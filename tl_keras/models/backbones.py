@@ -311,11 +311,13 @@ def list_blocks(base, spec=None):
     Layers before the first named block form 'stem' and layers after the
     last form 'top'; unnamed layers in between join the block before them.
     With no spec (a user's own model), each layer with a kernel starts a
-    block.
+    block; a `BuiltBackbone` gives its spec's blocks (what a run uses).
 
     Returns:
       A list of (block_name, [layers]) from input to output.
     """
+    if isinstance(base, BuiltBackbone):  # its .base alone has no spec
+        return base.blocks()
     layers = [layer for layer in base.layers
               if not isinstance(layer, keras.layers.InputLayer)]
     if spec is None:

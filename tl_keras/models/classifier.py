@@ -14,10 +14,11 @@ in Keras 3.15 done by the library instead of the user:
 """
 
 import logging
+import numbers
 
 import keras
 
-from tl_keras.errors import InputError, check_range, fail
+from tl_keras.errors import InputError, check_fraction, check_range, fail
 from tl_keras.models.backbones import BuiltBackbone
 from tl_keras.models.base_checks import holds_tuned_weights, tuned_blocks
 from tl_keras.models.layers import (
@@ -49,6 +50,8 @@ def build_classifier(backbone, num_classes, dropout=0.2):
         fail("backbone", "a BuiltBackbone (from tl_keras.build_backbone)",
              type(backbone).__name__)
     check_range("num_classes", num_classes, 2, 100_000)
+    check_fraction("dropout", dropout, open_high=True)
+    num_classes, dropout = int(num_classes), float(dropout)  # numpy's too
     size = backbone.image_size
     inputs = keras.Input((size, size, 3), name="image")
     x = normalization_layer(backbone.preprocessing)(inputs)
@@ -112,7 +115,12 @@ def weights_of_norm(model):
 
 def get_base(model):
     """Returns the base model inside a classifier built here."""
-    return model.get_layer("backbone").base
+    layer = next((layer for layer in getattr(model, "layers", ())
+                  if layer.name == "backbone"), None)
+    if not isinstance(layer, Backbone):
+        fail("model", "a classifier from tl_keras.build_classifier",
+             f"a {type(model).__name__} without its 'backbone' layer")
+    return layer.base
 
 
 def configure_stage(model, stage, blocks, unfreeze=None, quiet=False):
@@ -132,7 +140,8 @@ def configure_stage(model, stage, blocks, unfreeze=None, quiet=False):
       quiet: no log line for the blocks (a check, not the stage).
 
     Raises:
-      InputError: unknown stage, or more blocks than the base has.
+      InputError: unknown stage, a model not built here, blocks not of
+        its base, an unfreeze that is not a count in range (or 'all').
     """
     if stage not in STAGES:
         raise InputError(f"Unknown stage. Allowed: {', '.join(STAGES)}. "
@@ -142,6 +151,8 @@ def configure_stage(model, stage, blocks, unfreeze=None, quiet=False):
     base.trainable = stage != "head"
     if stage != "finetune":
         return
+    _check_blocks_of(base, blocks)  # the only stage that reads them
+    unfreeze = None if unfreeze == "all" else unfreeze
     if unfreeze is not None:
         check_unfreeze(unfreeze, blocks)
         tuned = [i for i, (_, layers) in enumerate(blocks)
@@ -170,9 +181,28 @@ def _log_unfrozen(blocks, tuned):
              if skipped else "")
 
 
+def _check_blocks_of(base, blocks):
+    """Raises InputError unless `blocks` group the layers of `base` (from
+    list_blocks(backbone)): another model's blocks left this one's whole
+    base trainable, a classifier's its base frozen."""
+    own = {id(layer) for layer in all_layers(base)}
+    layers = [layer for _, group in blocks for layer in group]
+    if not layers or any(id(layer) not in own for layer in layers):
+        fail("blocks", "the blocks of this classifier's base "
+             "(tl_keras.list_blocks(backbone), the BuiltBackbone it was "
+             "built from)", f"{len(layers)} layers, "
+             f"{sum(id(layer) not in own for layer in layers)} of them "
+             f"not in its base")
+
+
 def check_unfreeze(unfreeze, blocks):
     """Raises InputError if `unfreeze` top blocks is more than the base's
-    blocks that hold weights a fine-tune trains (`tuned_blocks`)."""
+    blocks that hold weights a fine-tune trains (`tuned_blocks`), or is
+    not a count."""
+    if unfreeze is not None and (not isinstance(unfreeze, numbers.Integral)
+                                 or isinstance(unfreeze, bool)):
+        fail("unfreeze", "all, or a count of top blocks (an int)",
+             repr(unfreeze))
     tuned = tuned_blocks(blocks)
     if unfreeze is not None and not 1 <= unfreeze <= len(tuned):
         names = f" ({tuned[0][0]} ... {tuned[-1][0]})" if tuned else ""
