@@ -9,6 +9,7 @@ import os
 import shutil
 import threading
 import zlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -597,12 +598,40 @@ def test_an_advisor_sample_below_the_classes_is_an_error():
     # A random sample that small leaves classes out of every measurement.
     from tl_keras.advisor import check_sample
 
+    def data(classes):
+        names = [str(i) for i in range(classes)]
+        return SimpleNamespace(class_names=names, class_counts={
+            "train": dict.fromkeys(names, 2)})
+
     config = tl_keras.Config(advisor_sample=10)
-    check_sample(config, 10)
+    check_sample(config, data(10))
     with pytest.raises(tl_keras.InputError,
                        match="Invalid advisor_sample. Allowed: at least "
                              "the number of classes \\(12\\)"):
-        check_sample(config, 12)
+        check_sample(config, data(12))
+
+
+def test_an_auto_run_refuses_a_class_too_small_before_writing(tmp_path):
+    # The advisor's "fewer than 2 training images" came after an auto run
+    # had written its workdir, and the rerun on the corrected folder was
+    # refused as changed images (audit, session 41).
+    folder = tmp_path / "images"
+    write_image_folder(str(folder), num_classes=3, per_class=8,
+                       formats=("png",))
+    for extra in sorted(os.listdir(folder / "class_2"))[1:]:
+        os.remove(folder / "class_2" / extra)
+    base = dict(data_dir=str(folder), backbone="compact_cnn",
+                weights="none", image_size=32, epochs=1, finetune_epochs=1,
+                batch_size=8, augment="none")
+    for mode, approach in (("train", "auto"), ("compare", "finetune")):
+        config = tl_keras.Config(workdir=str(tmp_path / mode), mode=mode,
+                                 approach=approach, **base)
+        run = tl_keras.train if mode == "train" else tl_keras.compare
+        with pytest.raises(tl_keras.InputError,
+                           match="class\\(es\\) class_2 have fewer than 2 "
+                                 "training images"):
+            run(config)
+        assert not os.path.exists(config.runtime.workdir), mode
 
 
 @pytest.mark.parametrize("names, problem", [
@@ -624,7 +653,7 @@ def test_export_refuses_class_names_that_do_not_fit(tmp_path, names,
 
 
 def test_from_arrays_names_the_split_and_refuses_a_set(tmp_path):
-    x = np.zeros((6, 8, 8, 3), np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), np.uint8)
     y = np.array([0, 1, 2, 0, 1, 2])
     # A validation label the training set lacks is named as y_val's (it
     # was reported as the training set missing classes 3, 4 and 5).
@@ -639,7 +668,7 @@ def test_from_arrays_names_the_split_and_refuses_a_set(tmp_path):
     with pytest.raises(tl_keras.InputError, match="at least 1 x 1 pixel"):
         tl_keras.from_arrays(np.zeros((6, 0, 0, 3), np.uint8), y, None, 32)
     data = tl_keras.from_arrays(
-        x, y, tl_keras.Config(test_split=0), 32, x_val=x[:3],
+        x, y, tl_keras.Config(test_split=0), 32, x_val=255 - x[:3],
         y_val=np.array([0, 1, 2]), class_names=np.array(["a", "b", "c"]))
     assert data.class_names == ["a", "b", "c"]
 
@@ -1029,3 +1058,69 @@ def test_a_takeover_guard_left_by_a_killed_run_is_removed(tmp_path):
         assert json.loads((tmp_path / "run.lock").read_text())[
             "pid"] == os.getpid()
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_hand_built_image_data_is_checked_before_anything_is_written(
+        tmp_path):
+    # ImageData is public; one built by hand failed inside Keras after the
+    # workdir was written (unbatched, uint8, one-hot, grey, no val), or
+    # hung (an infinite train) (audit, session 41). Its element specs
+    # are checked first.
+    import dataclasses
+
+    import tensorflow as tf
+
+    config = tl_keras.Config(workdir=str(tmp_path / "run"),
+                             backbone="compact_cnn", weights="none",
+                             image_size=16, approach="scratch", epochs=1,
+                             batch_size=4, augment="none")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 16, 16, 3), np.uint8)
+    good = tl_keras.from_arrays(x, np.arange(20) % 2, config, 16)
+    cases = {
+        "data.shuffle": dict(shuffle=None),
+        "data.val": dict(val=None),
+        "data.train": dict(train=good.train.unbatch()),
+        "data.test": dict(test=good.val.map(
+            lambda i, y: (tf.cast(i, tf.uint8), y))),
+        "data.val ": dict(val=good.val.map(
+            lambda i, y: (i[..., :1], y))),
+        "data.val  ": dict(val=good.val.map(
+            lambda i, y: (i, tf.one_hot(y, 2, dtype=tf.int32)))),
+        "data.train ": dict(train=good.train.repeat()),
+    }
+    for field, change in cases.items():
+        with pytest.raises(tl_keras.InputError,
+                           match=rf"Invalid {field.strip()}\. Allowed"):
+            tl_keras.train(config, data=dataclasses.replace(good, **change))
+        assert not os.path.exists(config.runtime.workdir), field
+    tl_keras.train(config, data=good)  # the checks pass what a run takes
+
+
+def test_arrays_given_twice_are_kept_once_as_folder_copies_are(caplog):
+    # x_test holding training images was scored as test images, and an
+    # image under two labels trained both (audit, session 41); folders'
+    # byte-for-byte copies were already left out and said.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 16, 16, 3), np.uint8)
+    y = np.arange(20) % 2
+    x_test = np.concatenate([x[:3], rng.integers(0, 256, (5, 16, 16, 3),
+                                                 np.uint8)])
+    y_test = np.concatenate([y[:3], np.arange(5) % 2])
+    x_two = np.concatenate([x, x[:1]])  # x[0] again, under the other label
+    y_two = np.concatenate([y, 1 - y[:1]])
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        data = tl_keras.from_arrays(x_two, y_two, None, 16, x_test=x_test,
+                                    y_test=y_test)
+    assert data.counts["test"] == 5  # the three training images left out
+    assert data.counts["train"] + data.counts["val"] == 19  # x[0] twice
+    text = caplog.text
+    assert ("Leaving out 2 image(s) given again (identical pixels, the same "
+            "label), kept once") in text
+    assert "x_test[1] = x[1], x_test[2] = x[2]" in text
+    assert ("Leaving out 3 image(s) given under two or more labels" in text
+            and "x[0] (0) = x[20] (1) = x_test[0] (0)" in text)
+    with pytest.raises(tl_keras.InputError, match=(
+            r"Invalid x_test\. Allowed: images that are not all copies of "
+            r"training images .* Received: x_test='3 images")):
+        tl_keras.from_arrays(x, y, None, 16, x_test=x[5:8], y_test=y[5:8])

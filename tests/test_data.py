@@ -663,8 +663,10 @@ def test_given_arrays_missing_a_class_are_said(tiny_config, caplog):
     x = rng.uniform(0, 255, (22, 16, 16, 3)).astype(np.float32)
     y = np.array([0] * 10 + [1] * 10 + [2] * 2)
     two = np.array([0, 0, 1, 1])
-    for given in (dict(x_val=x[:4], y_val=two, x_test=x[:4], y_test=two),
-                  dict(x_val=x[:4], y_val=two)):
+    other = 255 - x[:4]  # not training images (those would be left out)
+    for given in (dict(x_val=other, y_val=two, x_test=other / 2,
+                       y_test=two),
+                  dict(x_val=other, y_val=two)):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="tl_keras"):
             tl_keras.from_arrays(x, y, tiny_config, SIZE, **given)

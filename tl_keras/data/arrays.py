@@ -1,11 +1,14 @@
 """In-memory arrays as a data source: checked, and split per class."""
 
 import hashlib
+import logging
 
 import numpy as np
 
 from tl_keras.data.folders import carve_missing_splits, warn_missing_classes
 from tl_keras.errors import InputError, fail
+
+log = logging.getLogger("tl_keras")
 
 # The most classes a label array may imply (labels go up to this - 1).
 MAX_CLASSES = 100_000
@@ -103,6 +106,70 @@ def check_trained_classes(arrays, class_names):
     if empty:
         fail("y", "at least one training image of every class",
              f"none of {', '.join(empty[:10])}")
+
+
+_ARGUMENT = {"train": "x", "val": "x_val", "test": "x_test"}
+
+
+def drop_array_copies(arrays, class_names):
+    """Leaves out images given twice (identical pixels once made RGB), as
+    a folder's byte-for-byte copies are (`copies.drop_copies`): kept once,
+    the first in split order train, val, test, then by index, so a
+    training image's copy leaves x_val / x_test (scored, it would be an
+    image trained on; carved splits could put two copies in train and
+    test); an image given under two labels is left out everywhere (which
+    is right is not known). Each kind is said in the log; a given split
+    left empty is an InputError. Returns the arrays without them."""
+    groups = {}
+    for split in ("train", "val", "test"):
+        for i, (image, label) in enumerate(zip(*arrays.get(split, ((), ())),
+                                               strict=True)):
+            key = (image.shape, hashlib.sha1(image.tobytes()).digest())
+            groups.setdefault(key, []).append((split, i, int(label)))
+    again, conflicting = [], []
+    for members in groups.values():
+        if len({label for _, _, label in members}) > 1:
+            conflicting.append(members)
+        else:
+            again += [(m, members[0]) for m in members[1:]]
+    if not again and not conflicting:
+        return arrays
+    left = {(split, i) for (split, i, _), _ in again} | {
+        (split, i) for members in conflicting for split, i, _ in members}
+    _say_array_copies(again, conflicting, class_names)
+    kept = {}
+    for split, (images, labels) in arrays.items():
+        keep = np.array([(split, i) not in left for i in range(len(labels))],
+                        dtype=bool)
+        if split != "train" and not keep.any():
+            fail(_ARGUMENT[split], "images that are not all copies of "
+                 "training images (or of each other)",
+                 f"{len(labels)} images, every one a copy (see the log)")
+        kept[split] = (images[keep], labels[keep])
+    return kept
+
+
+def _say_array_copies(again, conflicting, class_names):
+    def name(member):
+        return f"{_ARGUMENT[member[0]]}[{member[1]}]"
+
+    if again:
+        log.warning(
+            "Leaving out %d image(s) given again (identical pixels, the same "
+            "label), kept once (a copy in x_val / x_test of a training image "
+            "would be scored on an image trained on): %s", len(again),
+            ", ".join(f"{name(m)} = {name(first)}"
+                      for m, first in again[:5])
+            + (" ..." if len(again) > 5 else ""))
+    if conflicting:
+        log.warning(
+            "Leaving out %d image(s) given under two or more labels "
+            "(identical pixels: which label is right is not known): %s",
+            sum(map(len, conflicting)), "; ".join(
+                " = ".join(f"{name(m)} ({class_names[m[2]]})"
+                           for m in members)
+                for members in conflicting[:3])
+            + (" ..." if len(conflicting) > 3 else ""))
 
 
 def fingerprint(arrays):

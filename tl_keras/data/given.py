@@ -5,6 +5,8 @@ advise, rank): of the kind a run takes, and built for the run's config.
 import logging
 import os
 
+import tensorflow as tf
+
 from tl_keras.config import Config
 from tl_keras.data.arrays import check_given_data
 from tl_keras.data.pipelines import ImageData, make_datasets
@@ -30,6 +32,41 @@ def _check_kind(data):
     if not isinstance(data, ImageData):
         fail("data", "an ImageData (from tl_keras.from_arrays), or None to "
              "read config.data_dir", type(data).__name__)
+    _check_pipelines(data)
+
+
+def _check_pipelines(data):
+    """An `ImageData` built by hand (the class is public) holds what a run
+    reads, from its datasets' element specs (nothing is iterated): it
+    failed inside Keras after the workdir was written (unbatched images,
+    one-hot or uint8 ones, grey images, no val), or hung (an infinite
+    train)."""
+    if data.shuffle is None:
+        fail("data.shuffle", "an EpochShuffle, as the ImageData of "
+             "tl_keras.from_arrays and make_datasets hold", "None")
+    for name in ("train", "val") + ("test",) * (data.test is not None):
+        ds, field = getattr(data, name), f"data.{name}"
+        spec = getattr(ds, "element_spec", None)
+        if not isinstance(ds, tf.data.Dataset) or not (
+                isinstance(spec, tuple) and len(spec) == 2):
+            fail(field, "a batched tf.data.Dataset of (images, labels)",
+                 type(ds).__name__ if spec is None else repr(spec)[:200])
+        images, labels = spec
+        if (images.shape.rank != 4 or images.shape[-1] != 3
+                or images.dtype != tf.float32):
+            fail(field, "batches of float32 RGB images, (batch, height, "
+                 "width, 3), in [0, 255]", f"images {images.dtype.name} "
+                 f"{tuple(images.shape)}")
+        mixed = name == "train" and labels.dtype.is_floating
+        if labels.shape.rank != 1 + mixed or not (
+                mixed or labels.dtype.is_integer):
+            fail(field, "integer class indices, (batch,) (the training "
+                 "set's per-class weights, (batch, classes), with mixup or "
+                 "cutmix)", f"labels {labels.dtype.name} "
+                 f"{tuple(labels.shape)}")
+        if ds.cardinality() == tf.data.INFINITE_CARDINALITY:
+            fail(field, "a finite dataset (one pass is one epoch)",
+                 "an infinite one (repeat())")
 
 
 def given_data_config(config, data):

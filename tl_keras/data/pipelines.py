@@ -21,6 +21,7 @@ from tl_keras.data.arrays import (
     carve_arrays,
     check_trained_classes,
     checked_arrays,
+    drop_array_copies,
     fingerprint,
 )
 from tl_keras.data.augment import augment
@@ -274,8 +275,9 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
     config = _checked_section(config, image_size)
     arrays, class_names = checked_arrays(
         x, y, {"val": (x_val, y_val), "test": (x_test, y_test)}, class_names)
-    check_trained_classes(arrays, class_names)
     given = fingerprint(arrays)
+    arrays = drop_array_copies(arrays, class_names)
+    check_trained_classes(arrays, class_names)
     arrays = carve_arrays(arrays, config, class_names)
     order = _mixed(len(arrays["train"][1]), config.seed)
     arrays["train"] = tuple(a[order] for a in arrays["train"])
