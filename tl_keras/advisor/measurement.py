@@ -44,16 +44,10 @@ def measure(model, data, config, blocks=None, layers=True):
       score that could not be computed and why.
     """
     start = time.time()
+    check_sample(config, data)
     counts = data.class_counts["train"]
     names = data.class_names
     per_class = sorted(counts[name] for name in names)
-    too_small = [name for name in names if counts[name] < 2]
-    if too_small:
-        received = ", ".join(f"{n}={counts[n]}" for n in too_small)
-        raise InputError(
-            f"Invalid data for the advisor: class(es) {', '.join(too_small)} "
-            f"have fewer than 2 training images. Allowed: at least 2 per "
-            f"class. Received: {received}")
     out = {
         "num_classes": len(names),
         "num_train": data.counts["train"],
@@ -68,7 +62,6 @@ def measure(model, data, config, blocks=None, layers=True):
     blocks = blocks if blocks is not None else list_blocks(base)
     earlier = candidate_blocks(blocks, base) if layers else []
     extractor = _extractor(model, base, blocks, earlier)
-    check_sample(config, len(names))
     seed = config.data.seed
     sample_ds, sampled = sample_training_set(
         data, config.advisor.advisor_sample, seed)
@@ -149,10 +142,23 @@ def _features(extractor, ds, n):
             labels.astype(np.int64))
 
 
-def check_sample(config, num_classes):
-    """Refuses an --advisor_sample below the number of classes: a random
-    sample that small leaves classes out of every measurement (the probes,
-    the heads and the scratch run), which changes the decision silently."""
+def check_sample(config, data):
+    """Refuses data the advisor cannot measure, before a run writes
+    anything (an auto run wrote its workdir first, and the rerun on the
+    corrected data was refused as changed images): a class of fewer than
+    2 training images, and an --advisor_sample below the number of
+    classes (a random sample that small leaves classes out of every
+    measurement, the probes, the heads and the scratch run, which changes
+    the decision silently)."""
+    counts = data.class_counts["train"]
+    too_small = [name for name in data.class_names if counts[name] < 2]
+    if too_small:
+        received = ", ".join(f"{n}={counts[n]}" for n in too_small)
+        raise InputError(
+            f"Invalid data for the advisor: class(es) {', '.join(too_small)} "
+            f"have fewer than 2 training images. Allowed: at least 2 per "
+            f"class. Received: {received}")
+    num_classes = len(data.class_names)
     if config.advisor.advisor_sample < num_classes:
         fail("advisor_sample", f"at least the number of classes "
              f"({num_classes})", config.advisor.advisor_sample)

@@ -276,7 +276,7 @@ def _advise_first(config, data, conflict=None):
     # The fine-tune run's --unfreeze / --gradual_unfreeze, and the
     # advisor's sample, before anything is moved or run.
     recipe.check_finetune_blocks(model, blocks, config.training)
-    check_sample(config, len(data.class_names))
+    check_sample(config, data)
     workdir = config.runtime.workdir
     if conflict:
         log.warning("Moved the previous contents of %s to %s (%s)",

@@ -147,7 +147,7 @@ def _train(config, data, place, callbacks):
     else:  # the advisor may cut the base: --gradual_unfreeze waits for it
         check_unfreeze(config.training.unfreeze_blocks(), backbone.blocks())
         recipe.check_lr_decay(config.training, backbone.blocks())
-        advisor.check_sample(config, len(data.class_names))
+        advisor.check_sample(config, data)
     # Only now, with the config, backbone and data known to be good, is
     # anything written (a failed first try leaves no workdir behind; an
     # auto run's decision is checked once the advisor has written it).
