@@ -857,3 +857,32 @@ def test_a_small_sample_holds_every_class():
     for seed in full:
         assert list(sample_indices(42, 10, seed, labels)) == list(
             sample_indices(42, 10, seed))
+
+
+def test_chance_is_the_most_frequent_class_share_of_the_validation_set():
+    # 1 / classes understated chance on imbalanced data (200 : 3 images:
+    # 0.5 where answering the majority scores 0.97), and a scratch run far
+    # below it read "within a standard error of chance" (audit, session
+    # 41).
+    from types import SimpleNamespace
+
+    from tl_keras.advisor.measurement import majority_share
+
+    def data(val):
+        counts = dict(zip("abc", val, strict=True))
+        return SimpleNamespace(class_names=["a", "b", "c"],
+                               class_counts={"val": counts})
+
+    assert majority_share(data((9, 1, 1))) == pytest.approx(9 / 11)
+    assert majority_share(data((5, 5, 5))) == pytest.approx(1 / 3)
+    assert majority_share(data((0, 0, 0))) == pytest.approx(1 / 3)
+    m = measurements(0.4, scratch_curve=[0.03, 0.03], num_val=31,
+                     classes=2)
+    m["chance"] = 0.968  # 30 of 31 validation images in one class
+    reason = advisor.decide(m)["reason"]
+    assert ("below chance (0.968, the most frequent class's share of the "
+            "validation images)") in reason
+    m["scratch"]["val_accuracy_curve"] = [0.95, 0.95]
+    m["scratch"]["val_accuracy"] = 0.95
+    assert "within a standard error of chance (0.968" in (
+        advisor.decide(m)["reason"])

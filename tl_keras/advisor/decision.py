@@ -283,9 +283,12 @@ def _scratch_verdict(scratch, best, m):
     text = (f"scratch's estimate is {scratch['estimate']:.3f} "
             f"({scratch['basis']})")
     if scratch["estimate"] <= chance + scratch["se"]:
-        return False, (f"{text}, within a standard error of chance "
-                       f"({chance:.3f}): evidence that this architecture "
-                       f"does not train from random init on this data")
+        where = ("within a standard error of" if scratch["estimate"]
+                 >= chance - scratch["se"] else "below")
+        return False, (f"{text}, {where} chance ({chance:.3f}, the most "
+                       f"frequent class's share of the validation images): "
+                       f"evidence that this architecture does not train "
+                       f"from random init on this data")
     if scratch["estimate"] > needed:
         return True, (f"{text}, above the pretrained {best['estimate']:.3f} "
                       f"by more than {SCRATCH_MARGIN_SE:g} standard error "

@@ -8,7 +8,7 @@ import numpy as np
 
 from tl_keras import io
 from tl_keras.advisor.advise import check_record_place, write_record
-from tl_keras.advisor.measurement import measure
+from tl_keras.advisor.measurement import majority_share, measure
 from tl_keras.data.given import given_data_config
 from tl_keras.data.pipelines import make_datasets
 from tl_keras.distribute.strategy import check_one_process
@@ -87,7 +87,7 @@ def _rank(config, names, data):
                      "seconds": m["seconds"], "problems": m["problems"]})
     _order(rows)
     print(format_ranking(rows, config.data.data_dir,
-                         1 / len(data_for.class_names)))
+                         majority_share(data_for)))
     write_record(config.runtime.workdir, "ranking.json", {"ranking": rows})
     return rows
 
