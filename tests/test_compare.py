@@ -299,3 +299,33 @@ def test_the_table_says_when_there_was_no_test_split():
            "validation images' that chose the best" in format_table(summary)
     assert "no test split" not in format_table({**summary,
                                                 "test_split": "test"})
+
+
+def test_classes_without_test_images_are_said_and_balanced_accuracy_kept():
+    # 200 : 3 images carved no test image of the small class; a model
+    # answering the majority always scored test accuracy and macro-F1
+    # 1.000, and nothing said the class was never tested (audit, session
+    # 41). metrics.json names such classes and keeps the mean recall.
+    import numpy as np
+
+    from tl_keras.modes.compare_report import format_table
+    from tl_keras.training.metrics import classification_metrics
+    names = ["big", "small", "mid"]
+    y_true = np.array([0, 0, 0, 0, 2])
+    metrics = classification_metrics(y_true, np.eye(3)[[0, 0, 0, 0, 0]],
+                                     names)
+    assert metrics["test_accuracy"] == pytest.approx(0.8)
+    assert metrics["balanced_accuracy"] == pytest.approx(0.5)  # (1 + 0) / 2
+    assert metrics["classes_not_tested"] == ["small"]
+    row = {"advisor_pick": True, "best": True, "val_accuracy": 0.9,
+           "test_accuracy": 0.8, "macro_f1": 0.44, "seconds": 1.0,
+           "trained_params": 10, "images_per_second": 5.0,
+           "classes_not_tested": ["small"]}
+    summary = {"num_train": 30, "num_test": 5, "test_split": "test",
+               "epoch_budget": 3, "results": {"scratch": row},
+               "advisor": {"approach": "scratch", "situation": "small"},
+               "advisor_seconds": 0.5}
+    assert ("no test image of 1 class(es) (small): the accuracies and "
+            "macro-F1 say nothing of them") in format_table(summary)
+    row["classes_not_tested"] = []
+    assert "say nothing" not in format_table(summary)

@@ -736,3 +736,17 @@ def test_a_fifo_named_like_an_image_is_unreadable_not_a_hang(tmp_path):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     assert find_unreadable([str(fifo)]) == [str(fifo)]
+
+
+def test_imbalanced_classes_are_said(tiny_config, caplog):
+    # Nothing reweights classes; a model answering the large one scored
+    # high without a word (audit, session 41).
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (48, 16, 16, 3)).astype(np.float32)
+    for labels, said in (([0] * 40 + [1] * 8, False),
+                         ([0] * 46 + [1] * 2, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tl_keras"):
+            tl_keras.from_arrays(x, np.array(labels), tiny_config.replace(
+                validation_split=0.1, test_split=0.0), SIZE)
+        assert ("Imbalanced classes: 0 has" in caplog.text) == said, labels

@@ -274,8 +274,10 @@ def warn_missing_classes(files, class_names):
         present = {y for _, y in files.get(split, ())}
         missing = [n for i, n in enumerate(class_names) if i not in present]
         if files.get(split) and missing:
-            log.warning("The %s split has no images of %d class(es): %s.",
-                        split, len(missing), ", ".join(missing[:10]))
+            log.warning("The %s split has no images of %d class(es): %s%s.",
+                        split, len(missing), ", ".join(missing[:10]),
+                        f" and {len(missing) - 10} more"
+                        if len(missing) > 10 else "")
 
 
 def carve_missing_splits(files, config, class_names):

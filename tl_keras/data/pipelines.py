@@ -25,6 +25,7 @@ from tl_keras.data.arrays import (
     fingerprint,
 )
 from tl_keras.data.augment import augment
+from tl_keras.data.balance import say_imbalance
 from tl_keras.data.copies import drop_copies
 from tl_keras.data.folders import (
     carve_missing_splits,
@@ -232,6 +233,7 @@ def make_datasets(config, image_size, keep_copies=False):
     log.info("Data: %d classes; %s images; %s in memory", len(class_names),
              " / ".join(f"{k} {v}" for k, v in data.counts.items()),
              "cached" if cache else "not cached")
+    say_imbalance(data.class_counts["train"])
     return data
 
 
@@ -291,6 +293,8 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
                                  k == "train", cache=True, shuffle=shuffle,
                                  num_classes=len(class_names))
                        if len(labels) else None)
+    say_imbalance({name: int((arrays["train"][1] == i).sum())
+                   for i, name in enumerate(class_names)})
     return ImageData(
         train=datasets["train"], val=datasets["val"],
         test=datasets.get("test"), class_names=class_names,

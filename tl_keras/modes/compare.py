@@ -331,6 +331,8 @@ def _row(metrics, seconds):
         if train_seconds else None,
         "num_test": metrics["num_test"],
         "test_split": metrics["test_split"],
+        "classes_not_tested": [n for n, c in metrics["per_class"].items()
+                               if not c["support"]],
         "val_accuracy_curve": curve,
         "stage_epochs": [s["epochs"] for s in stages],
         "confusion_matrix": metrics["confusion_matrix"],

@@ -14,6 +14,21 @@ _NO_TEST = ("no test split: the test accuracy and macro-F1 are the "
             "validation images' that chose the best, not unbiased estimates")
 
 
+def _untested(summary):
+    """A sentence naming the classes no test image scored (the split is
+    the same for every row), or ''. Macro-F1 leaves them out, and the
+    accuracies cannot see them: a model that never answers such a class
+    scored 1.000 on both."""
+    rows = list(summary["results"].values())
+    missing = rows[0].get("classes_not_tested") if rows else None
+    if not missing:
+        return ""
+    names = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return (f"no {summary['test_split']} image of {len(missing)} "
+            f"class(es) ({names}): the accuracies and macro-F1 say nothing "
+            f"of them")
+
+
 def format_table(summary):
     """The comparison table as plain text (printed to the terminal)."""
     lines = ["", f"Compare on {summary['num_train']} training images, "
@@ -32,6 +47,8 @@ def format_table(summary):
             f"{r['images_per_second'] or 0:9.1f}{marks}")
     if summary["test_split"] != "test":
         lines.append(f"  {_NO_TEST}")
+    if _untested(summary):
+        lines.append(f"  {_untested(summary)}")
     lines.append(f"  advisor: {choice_text(summary['advisor'])} "
                  f"({summary['advisor']['situation']}; "
                  f"{summary['advisor_seconds']:.1f} s to decide)")
@@ -64,8 +81,10 @@ def format_report(summary, decision, plots, header=None):
     held_out = ("the test accuracies are unbiased estimates, none of them "
                 "was used to choose" if summary["test_split"] == "test"
                 else _NO_TEST)
+    untested = _untested(summary)
     lines += ["", f"Best: **{summary['best']}**, by validation accuracy "
-              f"(exported to `export/`); {held_out}.",
+              f"(exported to `export/`); {held_out}."
+              + (f" Note: {untested}." if untested else ""),
               "", "## The advisor", "",
               f"Decided in {summary['advisor_seconds']:.1f} s "
               f"({100 * summary['advisor_seconds'] / summary['seconds']:.1f}"

@@ -75,9 +75,18 @@ def classification_metrics(y_true, logits, class_names):
     # 'macro avg' and 'weighted avg' over classes of those names.
     precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
         y_true, y_pred, labels=ids, zero_division=0)
+    tested = support > 0
     return {
         "num_test": int(len(y_true)),
         "test_accuracy": float((y_pred == y_true).mean()),
+        # The mean recall over the classes scored: on imbalanced data,
+        # answering the majority class always scores high accuracy and
+        # 1 / classes here. Classes without an image to score are named
+        # (their precision, recall and F1 read 0: not measured).
+        "balanced_accuracy": float(recall[tested].mean()) if tested.any()
+        else 0.0,
+        "classes_not_tested": [n for n, t in zip(class_names, tested,
+                                                 strict=True) if not t],
         "test_loss": float(-log_probs[np.arange(len(y_true)), y_true].mean()),
         "per_class": {name: {"precision": float(precision[i]),
                              "recall": float(recall[i]),

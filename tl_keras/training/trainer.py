@@ -268,9 +268,13 @@ def _finish(config, model, backbone, data, place, stages, decision,
         tflite=config.export.export_tflite, keep_old=False)
     metrics["complete"] = True
     io.write_json(os.path.join(workdir, "metrics.json"), metrics)
-    log.info("Test accuracy %.4f (%s, %d images). Everything is in %s",
-             metrics["test_accuracy"], metrics["test_split"],
-             metrics["num_test"], workdir)
+    missing = metrics["classes_not_tested"]
+    log.info("Test accuracy %.4f, balanced %.4f (%s, %d images%s). "
+             "Everything is in %s", metrics["test_accuracy"],
+             metrics["balanced_accuracy"], metrics["test_split"],
+             metrics["num_test"], f"; none of {len(missing)} of the "
+             f"{len(data.class_names)} classes: {', '.join(missing[:5])}"
+             + " ..." * (len(missing) > 5) if missing else "", workdir)
     return metrics
 
 
