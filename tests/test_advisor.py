@@ -93,8 +93,24 @@ def test_knn_leave_one_out_by_hand():
     features = np.array([[1, 0], [1, 0.1], [1, 0.2], [0, 1], [0.1, 1],
                          [0.2, 1], [1, 0.3]])
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
-    # The last point sits in class 0's cluster: it is the one miss.
-    assert advisor.knn_accuracy(features, labels, k=3) == pytest.approx(6 / 7)
+    # The last point sits in class 0's cluster: it is the one miss. (k is
+    # at most the smallest class less one: 3 here.)
+    labels4 = np.append(labels, 0)
+    features4 = np.vstack([features, [[1, 0.05]]])
+    assert advisor.knn_accuracy(features4, labels4, k=3) == pytest.approx(
+        7 / 8)
+    # Two images a class: the one left out has one of its own to vote for
+    # it, so k = 5 let any class with two neighbours outvote it (0.35 for
+    # perfectly separated features; audit, session 41).
+    centres = np.eye(10) * 10
+    pairs = np.repeat(centres, 2, axis=0) + 0.01 * np.random.default_rng(
+        0).normal(size=(20, 10))
+    assert advisor.knn_accuracy(pairs, np.repeat(np.arange(10), 2)) == 1.0
+    with pytest.raises(tl_keras.InputError, match=(
+            "NaN or Inf on the validation images.*Received: 10 non-finite")):
+        advisor.scores.score_features(pairs, np.repeat(np.arange(10), 2),
+                               np.array([[np.inf] * 10]), np.array([0]), 0,
+                               "last", [])
 
 
 def measurements(probe, layers=None, scratch_curve=None, num_val=25,

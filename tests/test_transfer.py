@@ -512,3 +512,28 @@ def test_the_library_calls_check_their_arguments():
     with pytest.raises(tl_keras.InputError, match="Invalid model"):
         models.configure_stage(keras.Sequential([keras.layers.Dense(2)]),
                                "head", blocks)
+
+
+def test_feature_standardization_is_scale_free_and_refuses_nan():
+    # An absolute epsilon of 1e-3 left features that vary by less than
+    # that centred only: the advisor's head at chance where the probe
+    # separated them (audit, session 41). Features of a median std of 1
+    # or more are standardised as before.
+    rng = np.random.default_rng(0)
+    features = rng.normal(5.0, 2.0, (200, 8))
+    reference = models.FeatureStandardization()
+    reference.build((None, 8))
+    reference.set_statistics(features)
+    out = np.asarray(reference(features))
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
+    for scale in (1e-2, 3e-4, 1e-6):
+        layer = models.FeatureStandardization()
+        layer.build((None, 8))
+        layer.set_statistics(features * scale)
+        np.testing.assert_allclose(np.asarray(layer(features * scale)), out,
+                                   atol=2e-3, err_msg=str(scale))
+    broken = features.copy()
+    broken[3, 2] = np.nan
+    for bad in (broken, features[:0]):
+        with pytest.raises(tl_keras.InputError, match="Invalid features"):
+            reference.set_statistics(bad)

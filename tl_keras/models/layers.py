@@ -205,9 +205,25 @@ class FeatureStandardization(keras.layers.Layer):
         at least `floor` x the median channel's: a channel that fires on
         one sampled image in a thousand would otherwise be scaled up a
         hundredfold and, on an unseen image where it fires, swamp the
-        rest. A channel that never varies is centred only."""
+        rest. A channel that never varies is centred only.
+
+        `epsilon` is in the features' units up to a median channel std of
+        1 and scales down with smaller features: as an absolute 1e-3, it
+        left every channel of a base whose pooled features vary by less
+        than that centred only, and the head at chance where the probe
+        separated them (features x 3e-4; audit, session 41)."""
         features = np.asarray(features, np.float64)
+        if features.ndim != 2 or not len(features) or not np.isfinite(
+                features).all():
+            raise InputError(
+                f"Invalid features for the head's statistics. Allowed: "
+                f"finite pooled features, (images, channels), of at least "
+                f"one image (a base whose outputs are finite). Received: "
+                f"shape {features.shape}, "
+                f"{int((~np.isfinite(features)).sum())} NaN or Inf")
         std = features.std(axis=0)
+        moving = std[std > 0]
+        epsilon *= min(1.0, float(np.median(moving))) if len(moving) else 1.0
         varying = std > epsilon
         if varying.any():
             std = np.maximum(std, floor * np.median(std[varying]))
