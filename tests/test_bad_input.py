@@ -1094,6 +1094,12 @@ def test_a_hand_built_image_data_is_checked_before_anything_is_written(
                            match=rf"Invalid {field.strip()}\. Allowed"):
             tl_keras.train(config, data=dataclasses.replace(good, **change))
         assert not os.path.exists(config.runtime.workdir), field
+    # What the spec does not know (a numpy_function's output) is not
+    # refused.
+    unknown = good.val.map(lambda i, y: (tf.numpy_function(
+        lambda t: t, [i], tf.float32), y))
+    from tl_keras.data.given import _check_pipelines
+    _check_pipelines(dataclasses.replace(good, val=unknown))
     tl_keras.train(config, data=good)  # the checks pass what a run takes
 
 
@@ -1120,7 +1126,36 @@ def test_arrays_given_twice_are_kept_once_as_folder_copies_are(caplog):
     assert "x_test[1] = x[1], x_test[2] = x[2]" in text
     assert ("Leaving out 3 image(s) given under two or more labels" in text
             and "x[0] (0) = x[20] (1) = x_test[0] (0)" in text)
+    # The Keras idiom of validating on the test set: kept, and said.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        data = tl_keras.from_arrays(x, y, None, 16, x_val=x_test[3:],
+                                    y_val=y_test[3:], x_test=x_test[3:],
+                                    y_test=y_test[3:])
+    assert data.counts["test"] == data.counts["val"] == 5
+    assert "x_test holds x_val's images" in caplog.text
+    # Blank images under both labels: the copies are named, not y.
+    with pytest.raises(tl_keras.InputError, match=(
+            r"Invalid x\. .*class\(es\) 0, 1 left without one")):
+        tl_keras.from_arrays(np.zeros((12, 16, 16, 3), np.uint8),
+                             np.arange(12) % 2, None, 16)
     with pytest.raises(tl_keras.InputError, match=(
             r"Invalid x_test\. Allowed: images that are not all copies of "
             r"training images .* Received: x_test='3 images")):
         tl_keras.from_arrays(x, y, None, 16, x_test=x[5:8], y_test=y[5:8])
+
+
+def test_a_finished_folder_run_given_arrays_is_refused(tiny_config):
+    # data.json of a folder run has no arrays digest: given arrays under
+    # the same class names, it returned the folder run's metrics (review,
+    # session 41).
+    config = tiny_config.replace(approach="scratch", epochs=1,
+                                 augment="none")
+    metrics = tl_keras.train(config)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 32, 32, 3), np.uint8)
+    arrays = tl_keras.from_arrays(x, np.arange(30) % 3, config, 32,
+                                  class_names=metrics["class_names"])
+    with pytest.raises(tl_keras.InputError,
+                       match="the run trained on a folder's images"):
+        tl_keras.train(config.replace(data_dir=""), data=arrays)

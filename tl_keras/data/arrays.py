@@ -119,7 +119,18 @@ def drop_array_copies(arrays, class_names):
     image trained on; carved splits could put two copies in train and
     test); an image given under two labels is left out everywhere (which
     is right is not known). Each kind is said in the log; a given split
-    left empty is an InputError. Returns the arrays without them."""
+    left empty, or a class left without training images, is an
+    InputError. x_test given as x_val's very images (a common Keras
+    idiom) is kept and said: no image is held out from choosing the
+    best epoch. Returns the arrays without the copies."""
+    if "test" in arrays and "val" in arrays and all(
+            np.array_equal(a, b) for a, b in zip(
+                arrays["test"], arrays["val"], strict=True)):
+        log.warning("x_test holds x_val's images: the test accuracy is of "
+                    "the images that chose the best epoch, not held out")
+        rest = drop_array_copies({k: v for k, v in arrays.items()
+                                  if k != "test"}, class_names)
+        return {**rest, "test": arrays["test"]}
     groups = {}
     for split in ("train", "val", "test"):
         for i, (image, label) in enumerate(zip(*arrays.get(split, ((), ())),
@@ -146,6 +157,13 @@ def drop_array_copies(arrays, class_names):
                  "training images (or of each other)",
                  f"{len(labels)} images, every one a copy (see the log)")
         kept[split] = (images[keep], labels[keep])
+    emptied = sorted(set(arrays["train"][1]) - set(kept["train"][1]))
+    if emptied:
+        fail("x", "training images of every class that are not all given "
+             "under two labels", f"class(es) "
+             f"{', '.join(class_names[i] for i in emptied[:10])} left "
+             f"without one (each image also under another label; see the "
+             f"log)")
     return kept
 
 
@@ -167,7 +185,8 @@ def _say_array_copies(again, conflicting, class_names):
             "(identical pixels: which label is right is not known): %s",
             sum(map(len, conflicting)), "; ".join(
                 " = ".join(f"{name(m)} ({class_names[m[2]]})"
-                           for m in members)
+                           for m in members[:5])
+                + (f" = {len(members) - 5} more" if len(members) > 5 else "")
                 for members in conflicting[:3])
             + (" ..." if len(conflicting) > 3 else ""))
 

@@ -51,19 +51,19 @@ def _check_pipelines(data):
                 isinstance(spec, tuple) and len(spec) == 2):
             fail(field, "a batched tf.data.Dataset of (images, labels)",
                  type(ds).__name__ if spec is None else repr(spec)[:200])
-        images, labels = spec
-        if (images.shape.rank != 4 or images.shape[-1] != 3
-                or images.dtype != tf.float32):
+        images, labels = spec  # only what is known and wrong is refused
+        rank = images.shape.rank
+        if rank not in (None, 4) or (rank and images.shape[-1] not in (
+                None, 3)) or images.dtype != tf.float32:
             fail(field, "batches of float32 RGB images, (batch, height, "
                  "width, 3), in [0, 255]", f"images {images.dtype.name} "
-                 f"{tuple(images.shape)}")
+                 f"{images.shape}")
         mixed = name == "train" and labels.dtype.is_floating
-        if labels.shape.rank != 1 + mixed or not (
+        if labels.shape.rank not in (None, 1 + mixed) or not (
                 mixed or labels.dtype.is_integer):
             fail(field, "integer class indices, (batch,) (the training "
                  "set's per-class weights, (batch, classes), with mixup or "
-                 "cutmix)", f"labels {labels.dtype.name} "
-                 f"{tuple(labels.shape)}")
+                 "cutmix)", f"labels {labels.dtype.name} {labels.shape}")
         if ds.cardinality() == tf.data.INFINITE_CARDINALITY:
             fail(field, "a finite dataset (one pass is one epoch)",
                  "an infinite one (repeat())")

@@ -277,8 +277,11 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
     config = _checked_section(config, image_size)
     arrays, class_names = checked_arrays(
         x, y, {"val": (x_val, y_val), "test": (x_test, y_test)}, class_names)
-    given = fingerprint(arrays)
+    # The digest of the arrays trained on: a run of tl_keras before
+    # copies were left out, resumed on arrays holding some, is refused
+    # (it would go on with other images and splits).
     arrays = drop_array_copies(arrays, class_names)
+    given = fingerprint(arrays)
     check_trained_classes(arrays, class_names)
     arrays = carve_arrays(arrays, config, class_names)
     order = _mixed(len(arrays["train"][1]), config.seed)

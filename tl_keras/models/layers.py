@@ -207,11 +207,14 @@ class FeatureStandardization(keras.layers.Layer):
         hundredfold and, on an unseen image where it fires, swamp the
         rest. A channel that never varies is centred only.
 
-        `epsilon` is in the features' units up to a median channel std of
-        1 and scales down with smaller features: as an absolute 1e-3, it
-        left every channel of a base whose pooled features vary by less
-        than that centred only, and the head at chance where the probe
-        separated them (features x 3e-4; audit, session 41)."""
+        When no channel varies by more than `epsilon`, but some vary,
+        `epsilon` is taken relative to the largest channel's std: as an
+        absolute 1e-3 it left every channel of a base whose pooled
+        features vary by less than that centred only, and the head at
+        chance where the probe separated them (features x 3e-4; audit,
+        session 41). Features with any channel above it are standardised
+        as before (a smaller epsilon would amplify 16-bit noise in the
+        floored channels)."""
         features = np.asarray(features, np.float64)
         if features.ndim != 2 or not len(features) or not np.isfinite(
                 features).all():
@@ -222,8 +225,8 @@ class FeatureStandardization(keras.layers.Layer):
                 f"shape {features.shape}, "
                 f"{int((~np.isfinite(features)).sum())} NaN or Inf")
         std = features.std(axis=0)
-        moving = std[std > 0]
-        epsilon *= min(1.0, float(np.median(moving))) if len(moving) else 1.0
+        if 0 < std.max() <= epsilon:  # all below it: in their own units
+            epsilon *= float(std.max())
         varying = std > epsilon
         if varying.any():
             std = np.maximum(std, floor * np.median(std[varying]))

@@ -251,15 +251,19 @@ def _check_room(workdir, size):
     where = os.path.abspath(workdir)
     while not os.path.exists(where):  # the disk it will be made on
         where = os.path.dirname(where)
-    free = shutil.disk_usage(where).free
-    if free < size + 2**26:
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError:  # a filesystem that does not say: not checked
+        return
+    if usage.total and usage.free < size + 2**26:
+        free = usage.free / 2**20
         raise InputError(
-            f"Invalid cache_budget_mb: the features go to a file in "
-            f"{workdir} ({size / 2**20:.1f} MiB), and its disk has "
-            f"{free / 2**20:.1f} MiB free. Allowed: a workdir on a disk "
-            f"with room, fewer --feature_cache_views, a larger "
+            f"Invalid workdir {workdir!r}: the features spill to a file "
+            f"there ({size / 2**20:.1f} MiB beyond --cache_budget_mb), and "
+            f"its disk has {free:.1f} MiB free. Allowed: a workdir on a "
+            f"disk with room, fewer --feature_cache_views, a larger "
             f"--cache_budget_mb (in memory), or --feature_cache=false. "
-            f"Received: a disk with {free / 2**20:.1f} MiB free")
+            f"Received: a disk with {free:.1f} MiB free")
 
 
 def _load_spilled(folder):

@@ -237,6 +237,8 @@ def _finished_arrays(workdir, record, data):
     changes = {}
     if record.get("arrays") and record["arrays"] != data.fingerprint:
         changes[_OTHER_ARRAYS] = True
+    elif not record.get("arrays") and record.get("stats"):
+        changes["the run trained on a folder's images, not arrays"] = True
     metrics_path = os.path.join(workdir, "metrics.json")
     names = (io.read_json(metrics_path).get("class_names")
              if os.path.isfile(metrics_path) else None)

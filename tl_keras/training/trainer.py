@@ -272,7 +272,7 @@ def _finish(config, model, backbone, data, place, stages, decision,
     log.info("Test accuracy %.4f, balanced %.4f (%s, %d images%s). "
              "Everything is in %s", metrics["test_accuracy"],
              metrics["balanced_accuracy"], metrics["test_split"],
-             metrics["num_test"], f"; none of {len(missing)} of the "
+             metrics["num_test"], f"; no test image of {len(missing)} of the "
              f"{len(data.class_names)} classes: {', '.join(missing[:5])}"
              + " ..." * (len(missing) > 5) if missing else "", workdir)
     return metrics
