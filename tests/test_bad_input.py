@@ -203,6 +203,17 @@ def test_bad_arrays_get_a_clear_error(kwargs, fragment):
         tl_keras.from_arrays(**args)
 
 
+def _array_run(tmp_path, epochs):
+    """A scratch run's config on arrays, and 20 images of 2 classes."""
+    config = tl_keras.Config(workdir=str(tmp_path / "run"),
+                             backbone="compact_cnn", weights="none",
+                             image_size=16, approach="scratch",
+                             epochs=epochs, batch_size=4, augment="none")
+    rng = np.random.default_rng(0)
+    return (config, rng.integers(0, 256, (20, 16, 16, 3), np.uint8),
+            np.arange(20) % 2)
+
+
 def test_a_resumed_run_on_other_arrays_is_refused(tmp_path):
     # Folders are checked by path, size and time; arrays by a digest.
     import keras
@@ -211,13 +222,7 @@ def test_a_resumed_run_on_other_arrays_is_refused(tmp_path):
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt
 
-    config = tl_keras.Config(workdir=str(tmp_path / "run"),
-                             backbone="compact_cnn", weights="none",
-                             image_size=16, approach="scratch", epochs=3,
-                             batch_size=4, augment="none")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (20, 16, 16, 3), np.uint8)
-    y = np.arange(20) % 2
+    config, x, y = _array_run(tmp_path, epochs=3)
     with pytest.raises(KeyboardInterrupt):
         tl_keras.train(config, data=tl_keras.from_arrays(x, y, config, 16),
                        callbacks=[Interrupt()])
@@ -233,13 +238,7 @@ def test_a_finished_run_on_other_arrays_is_refused_not_read_back(tmp_path):
     # A finished run is read back, not trained again; given other arrays
     # (or other names for its labels) it returned the old run's metrics
     # and export without a word (audit, session 41). Folders were checked.
-    config = tl_keras.Config(workdir=str(tmp_path / "run"),
-                             backbone="compact_cnn", weights="none",
-                             image_size=16, approach="scratch", epochs=1,
-                             batch_size=4, augment="none")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (20, 16, 16, 3), np.uint8)
-    y = np.arange(20) % 2
+    config, x, y = _array_run(tmp_path, epochs=1)
 
     def run(images, labels, names=("cat", "dog"), **changes):
         return tl_keras.train(config.replace(**changes),
