@@ -170,7 +170,7 @@ def test_a_dark_frame_among_others_is_an_image():
     assert sum(data.counts.values()) == 10
 
 
-_X = np.full((10, 8, 8, 3), 100, np.uint8)
+_X = np.random.default_rng(0).integers(1, 255, (10, 8, 8, 3), np.uint8)
 _Y = np.arange(10) % 2
 
 
