@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 
+from tl_keras.data.copies import sort_copies
 from tl_keras.data.folders import carve_missing_splits, warn_missing_classes
 from tl_keras.errors import InputError, fail
 
@@ -137,12 +138,8 @@ def drop_array_copies(arrays, class_names):
                                                strict=True)):
             key = (image.shape, hashlib.sha1(image.tobytes()).digest())
             groups.setdefault(key, []).append((split, i, int(label)))
-    again, conflicting = [], []
-    for members in groups.values():
-        if len({label for _, _, label in members}) > 1:
-            conflicting.append(members)
-        else:
-            again += [(m, members[0]) for m in members[1:]]
+    again, conflicting = sort_copies(
+        members for members in groups.values() if len(members) > 1)
     if not again and not conflicting:
         return arrays
     left = {(split, i) for (split, i, _), _ in again} | {

@@ -45,20 +45,31 @@ def drop_copies(files, class_names):
       (files without the copies, the paths left out, sorted).
     """
     order = sorted(files, key=lambda split: _SPLIT_ORDER.get(split, 3))
-    groups = _identical([(path, split, label) for split in order
-                         for path, label in sorted(files[split])])
-    again, conflicting = [], []
-    for members in groups:
-        if len({label for _, _, label in members}) > 1:
-            conflicting.append(members)
-        else:
-            again += [path for path, _, _ in members[1:]]
+    again, conflicting = sort_copies(_identical(
+        [(path, split, label) for split in order
+         for path, label in sorted(files[split])]))
+    again = [path for (path, _, _), _ in again]
     left_out = set(again) | {path for members in conflicting
                              for path, _, _ in members}
     _say(again, conflicting, class_names)
     kept = {split: [(p, y) for p, y in pairs if p not in left_out]
             for split, pairs in files.items()}
     return kept, sorted(left_out)
+
+
+def sort_copies(groups):
+    """The rule for groups of identical images (members in keeping order,
+    each a tuple ending in its label), folders' and arrays' alike:
+    (again: [(member, the member kept in its place)] of groups under one
+    label, kept once; conflicting: the groups under two labels or more,
+    left out whole, since which is right is not known)."""
+    again, conflicting = [], []
+    for members in groups:
+        if len({member[-1] for member in members}) > 1:
+            conflicting.append(members)
+        else:
+            again += [(member, members[0]) for member in members[1:]]
+    return again, conflicting
 
 
 def still_copies(paths, others):

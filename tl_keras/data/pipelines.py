@@ -296,9 +296,7 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
                                  k == "train", cache=True, shuffle=shuffle,
                                  num_classes=len(class_names))
                        if len(labels) else None)
-    say_imbalance({name: int((arrays["train"][1] == i).sum())
-                   for i, name in enumerate(class_names)})
-    return ImageData(
+    data = ImageData(
         train=datasets["train"], val=datasets["val"],
         test=datasets.get("test"), class_names=class_names,
         counts={k: len(v[1]) for k, v in arrays.items()},
@@ -309,6 +307,8 @@ def from_arrays(x, y, config, image_size, class_names=None, x_val=None,
                                 config, training=False, cache=False),
         shuffle=shuffle, image_size=image_size,
         batch_size=config.batch_size)
+    say_imbalance(data.class_counts["train"])
+    return data
 
 
 def file_source(pairs, image_size):
