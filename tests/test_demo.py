@@ -3,6 +3,7 @@ base, and three approaches on the target task."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from conftest import REPO, run_cli
 from PIL import Image
 
 import tl_keras
+from tl_keras import io
 from tl_keras.modes import demo
 
 
@@ -37,6 +39,107 @@ def test_digits_become_image_folders(tmp_path):
     again, _ = demo.materialize_digits(str(tmp_path / "again"), 3, seed=0)
     np.testing.assert_array_equal(
         image, np.asarray(Image.open(path.replace(source, again))))
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """One drawing (3 labels per class, seed 0), copied by each test."""
+    root = str(tmp_path_factory.mktemp("drawn") / "data")
+    demo.materialize_digits(root, 3, seed=0)
+    return root
+
+
+def _files(root):
+    """{relative path: mtime} of every file under `root`."""
+    return {os.path.relpath(os.path.join(d, f), root):
+            os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, names in os.walk(root) for f in names}
+
+
+def _demo_config(workdir, **changes):
+    return tl_keras.Config(
+        mode="demo", workdir=str(workdir), epochs=1, finetune_epochs=1,
+        batch_size=64, demo_labels_per_class=3, demo_pretrain_epochs=1,
+        augment="none", seed=0).replace(**changes)
+
+
+def test_a_drawing_is_never_mixed_with_another(drawn, tmp_path):
+    before = _files(drawn)
+    # Other settings (a rerun with another --seed used to redraw every
+    # image into the same folders, and a larger labels-per-class left
+    # stale files behind, some in two splits).
+    for labels, seed in ((3, 7), (5, 0)):
+        with pytest.raises(tl_keras.InputError, match=(
+                f"demo_labels_per_class=3, seed=0, not "
+                f"demo_labels_per_class={labels}, seed={seed}")):
+            demo.materialize_digits(drawn, labels, seed=seed)
+    # A folder the demo did not draw is not written into.
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(tl_keras.InputError, match="not drawn by the demo"):
+        demo.materialize_digits(str(foreign), 3, seed=0)
+    assert os.listdir(foreign) == ["notes.txt"]
+    assert _files(drawn) == before  # nothing rewritten
+    # The same settings read the drawing back.
+    source, _ = demo.materialize_digits(drawn, 3, seed=0)
+    assert source == os.path.join(drawn, "source") and _files(drawn) == before
+
+
+def test_a_killed_drawing_leaves_no_half_folder(drawn, tmp_path,
+                                                monkeypatch):
+    root = str(tmp_path / "data")
+    scene, calls = demo._scene, []
+
+    def dies(pixels, rng):
+        calls.append(1)
+        if len(calls) == 50:
+            raise KeyboardInterrupt
+        return scene(pixels, rng)
+
+    monkeypatch.setattr(demo, "_scene", dies)
+    with pytest.raises(KeyboardInterrupt):
+        demo.materialize_digits(root, 3, seed=0)
+    assert not os.path.exists(root)  # only the hidden, temporary folder
+    monkeypatch.setattr(demo, "_scene", scene)
+    demo.materialize_digits(root, 3, seed=0)  # drawn again, whole
+    assert sorted(os.listdir(tmp_path)) == ["data"]
+    assert set(_files(root)) == set(_files(drawn))
+
+
+@pytest.mark.parametrize("where", ["data", "pretrain", "compare"])
+def test_the_demo_refuses_another_demo_before_any_work(drawn, tmp_path,
+                                                      where):
+    workdir = tmp_path / "demo"
+    config = _demo_config(workdir)
+    shutil.copytree(drawn, workdir / "data")
+    if where == "data":  # drawn with seed 0; this run asks for seed 7
+        config = config.replace(seed=7)
+        expect = "its data/ folder: its images were drawn with"
+    elif where == "pretrain":  # an earlier pretraining of 2 epochs
+        (workdir / "pretrain").mkdir()
+        io.write_json(str(workdir / "pretrain" / "config.json"),
+                      demo._pretrain_config(config).replace(
+                          epochs=2).to_dict())
+        expect = "its pretraining run has other settings"
+    else:  # an earlier compare's scratch run with another learning rate
+        (workdir / "scratch").mkdir()
+        io.write_json(str(workdir / "scratch" / "config.json"),
+                      demo._compare_config(config).replace(
+                          mode="train", workdir=str(workdir / "scratch"),
+                          approach="scratch", learning_rate=0.5).to_dict())
+        expect = "its scratch run has other settings"
+    before = _files(workdir)
+    with pytest.raises(tl_keras.InputError, match=expect):
+        demo.run_demo(config)
+    assert _files(workdir) == before  # nothing drawn, trained or moved
+    # --overwrite moves the whole workdir aside (never deleting it); the
+    # demo then starts in an empty one (checked here without training).
+    demo._claim_workdir(config.replace(overwrite=True))
+    assert not workdir.exists()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(
+        "demo.replaced-")]
+    assert len(aside) == 1 and _files(aside[0]) == before
 
 
 @pytest.mark.slow  # 50 s: pretraining, then four runs

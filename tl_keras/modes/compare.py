@@ -207,11 +207,7 @@ _OWN_ENTRIES = {"decision.json", "ranking.json", "results.json", "report.md",
 
 
 def check_workdir(config, also_in_workdir=(), runs=True, data=None):
-    """Checks that compare may use the workdir: new, empty, or one it
-    wrote (plus the caller's `also_in_workdir` entries), whose runs have
-    this config's settings and images (`runs`: the demo checks its
-    workdir first with its own config, not yet the compare's; `data`:
-    the ImageData given, if any).
+    """Checks that compare may use the workdir (`workdir_problem`).
 
     Returns:
       None, or the problem, when --overwrite allows moving the workdir
@@ -223,29 +219,7 @@ def check_workdir(config, also_in_workdir=(), runs=True, data=None):
         entries must stay where they are).
     """
     workdir = config.runtime.workdir
-    if not os.path.isdir(workdir):
-        return None
-    entries = {e for e in os.listdir(workdir) if not e.startswith(".")}
-    own = _OWN_ENTRIES | set(also_in_workdir)
-    # A sub-run moved aside by its own --overwrite, or the lock a killed
-    # sub-run left, stays compare's.
-    foreign = sorted(e for e in entries
-                     if io.moved_from(e).removesuffix(".lock")
-                     not in own)
-    if "config.json" in entries:
-        problem = ("it holds a train run (config.json); compare writes one "
-                   "run per approach into sub-folders of its own workdir")
-    elif foreign:
-        problem = (f"it holds files compare did not write "
-                   f"({', '.join(foreign[:5])})")
-    elif "results.json" in entries and not _compare_results(workdir):
-        # e.g. an evaluate --output: compare wrote over it.
-        problem = "its results.json was not written by compare"
-    elif entries & {"report.md", "export"} and not entries & {
-            "decision.json", "results.json"}:
-        problem = "its report.md or export/ was not written by compare"
-    else:
-        problem = _changed_runs(config, data) if runs else None
+    problem = workdir_problem(config, also_in_workdir, runs, data)
     if problem is None:
         return None
     if not config.runtime.overwrite or also_in_workdir:
@@ -257,6 +231,36 @@ def check_workdir(config, also_in_workdir=(), runs=True, data=None):
             + f". Received: workdir={workdir!r}")
     check_data_stays(config)
     return problem
+
+
+def workdir_problem(config, also_in_workdir=(), runs=True, data=None):
+    """Why compare may not use the workdir as it is (a sentence), or None:
+    it holds a train run, files compare did not write (beyond the
+    caller's `also_in_workdir` entries), or runs whose settings or images
+    differ (`runs`; `data`: the ImageData given, if any)."""
+    workdir = config.runtime.workdir
+    if not os.path.isdir(workdir):
+        return None
+    entries = {e for e in os.listdir(workdir) if not e.startswith(".")}
+    own = _OWN_ENTRIES | set(also_in_workdir)
+    # A sub-run moved aside by its own --overwrite, or the lock a killed
+    # sub-run left, stays compare's.
+    foreign = sorted(e for e in entries
+                     if io.moved_from(e).removesuffix(".lock")
+                     not in own)
+    if "config.json" in entries:
+        return ("it holds a train run (config.json); compare writes one "
+                "run per approach into sub-folders of its own workdir")
+    if foreign:
+        return (f"it holds files compare did not write "
+                f"({', '.join(foreign[:5])})")
+    if "results.json" in entries and not _compare_results(workdir):
+        # e.g. an evaluate --output: compare wrote over it.
+        return "its results.json was not written by compare"
+    if entries & {"report.md", "export"} and not entries & {
+            "decision.json", "results.json"}:
+        return "its report.md or export/ was not written by compare"
+    return _changed_runs(config, data) if runs else None
 
 
 def _compare_results(workdir):
