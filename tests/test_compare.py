@@ -60,11 +60,17 @@ def test_compare_runs_every_approach_and_reports(pretrained_base,
     png = open(os.path.join(workdir, "curves.png"), "rb").read(8)
     assert png == b"\x89PNG\r\n\x1a\n"
     # The same command again reads the runs back: each keeps the wall time
-    # it took (not the second it takes to read it back).
+    # it took (not the second it takes to read it back), and the advisor's
+    # decision is read back too (it was measured again, its time replaced
+    # and the record moved aside on every rerun).
+    decision = open(os.path.join(workdir, "decision.json")).read()
     again = compare(config)
     for name, row in again["results"].items():
         assert row["seconds"] == results[name]["seconds"], name
         assert row["test_accuracy"] == results[name]["test_accuracy"]
+    assert open(os.path.join(workdir, "decision.json")).read() == decision
+    assert again["advisor_seconds"] == json.loads(decision)["seconds"]
+    assert not [n for n in os.listdir(workdir) if "replaced" in n]
     assert again["seconds"] >= sum(r["seconds"]
                                    for r in results.values())
     # A compare killed before writing results.json: its finished runs

@@ -6,6 +6,7 @@ classifier; `advise` is --mode=advise (measure and decide, no training).
 
 import logging
 import os
+import time
 
 import keras
 
@@ -19,6 +20,7 @@ from tl_keras.advisor.decision import (
 from tl_keras.advisor.measurement import measure
 from tl_keras.advisor.report import summary_lines
 from tl_keras.advisor.scratch_run import scratch_epochs, scratch_run
+from tl_keras.config import RESUMABLE_FIELDS, config_differences
 from tl_keras.data.given import data_for_run, given_data_config
 from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import InputError
@@ -175,6 +177,31 @@ def check_record_place(config):
             f"Invalid workdir for --mode={config.runtime.mode}: {problem}. "
             f"Allowed: a new or empty folder, or one of an earlier advise / "
             f"rank. Received: workdir={workdir!r}")
+
+
+def decide_once(model, data, config, blocks, reuse=True):
+    """The advisor's decision for the run or compare in config's workdir:
+    its decision.json's when one was made with the same settings (every
+    result-changing field, as a resumed run is compared) and `reuse`
+    (the caller vouches for the images: a resumed run has checked them),
+    else measured now and written, an older record moved aside. Its
+    'seconds' is what deciding took (a compare reports it; records
+    before 0.2 lack it)."""
+    path = os.path.join(config.runtime.workdir, "decision.json")
+    if reuse and os.path.isfile(path):
+        record = io.read_json(path)
+        if record.get("run") and not config_differences(record["run"],
+                                                        config):
+            log.info("Using the decision in %s: %s", path,
+                     record["approach"])
+            return record
+    start = time.time()
+    record = advise_run(model, data, config, blocks)
+    record["run"] = {k: v for k, v in config.to_dict().items()
+                     if k not in RESUMABLE_FIELDS}
+    record["seconds"] = round(time.time() - start, 1)
+    write_record(config.runtime.workdir, "decision.json", record)
+    return record
 
 
 def write_record(workdir, name, record):

@@ -25,11 +25,7 @@ import time
 import numpy as np
 
 from tl_keras import io
-from tl_keras.advisor.advise import (
-    advise_run,
-    classifier_and_data,
-    write_record,
-)
+from tl_keras.advisor.advise import classifier_and_data, decide_once
 from tl_keras.advisor.measurement import check_sample
 from tl_keras.config import FINETUNE_ONLY, config_differences
 from tl_keras.data.given import given_data_config
@@ -274,8 +270,8 @@ def _compare_results(workdir):
 
 def _advise_first(config, data, conflict=None):
     """Builds the base (and the data), moves a conflicting workdir aside,
-    runs the advisor, writes decision.json; returns (data, decision,
-    seconds it took)."""
+    runs the advisor (`decide_once`); returns (data, decision, seconds
+    deciding took)."""
     model, data, blocks = classifier_and_data(config, data)
     # The fine-tune run's --unfreeze / --gradual_unfreeze, and the
     # advisor's sample, before anything is moved or run.
@@ -285,12 +281,12 @@ def _advise_first(config, data, conflict=None):
     if conflict:
         log.warning("Moved the previous contents of %s to %s (%s)",
                     workdir, io.move_aside(workdir), conflict)
-    os.makedirs(workdir, exist_ok=True)
-    advise_start = time.time()
-    decision = advise_run(model, data, config, blocks)
-    seconds = time.time() - advise_start
-    write_record(workdir, "decision.json", decision)  # the old one aside
-    return data, decision, seconds
+    # Reused when one of its runs has started (each checks its images
+    # on resume); measured again (the old record aside) otherwise.
+    started = any(os.path.isfile(os.path.join(workdir, name, "config.json"))
+                  for name in (*_fixed_runs(0), "auto"))
+    decision = decide_once(model, data, config, blocks, reuse=started)
+    return data, decision, decision.get("seconds", 0.0)
 
 
 def _write_outputs(workdir, summary, decision, header):

@@ -12,14 +12,12 @@ import os
 import keras
 
 from tl_keras import advisor, io
-from tl_keras.advisor.advise import write_record
+from tl_keras.advisor.advise import decide_once
 from tl_keras.advisor.report import choice_text
 from tl_keras.config import (
     FINETUNE_ONLY,
-    RESUMABLE_FIELDS,
     TRAINED_APPROACHES,
 )
-from tl_keras.config.config import config_differences
 from tl_keras.config.reads import FINETUNE_STAGE_FIELDS, warn_unread
 from tl_keras.data.given import given_data_config
 from tl_keras.distribute.strategy import placement
@@ -303,26 +301,7 @@ def _auto_decision(config, model, data, blocks, place):
 def _chief_decision(config, model, data, blocks):
     """The advisor's decision for this process's run (reused from
     decision.json when a run with the same settings stored one)."""
-    path = os.path.join(config.runtime.workdir, "decision.json")
-    if os.path.isfile(path):
-        record = io.read_json(path)
-        # The same test as resuming the run: no result-changing field
-        # differs (one the record lacks counts as its default).
-        if record.get("run") and not config_differences(record["run"],
-                                                        config):
-            log.info("Using the decision in %s: %s", path,
-                     record["approach"])
-            return record
-    record = advisor.advise_run(model, data, config, blocks)
-    record["run"] = _run_key(config)
-    # One not reused (an advise's: no run key) is moved aside, not lost.
-    write_record(config.runtime.workdir, "decision.json", record)
-    return record
-
-
-def _run_key(config):  # what a stored decision must match to be reused
-    return {k: v for k, v in config.to_dict().items()
-            if k not in RESUMABLE_FIELDS}
+    return decide_once(model, data, config, blocks)
 
 
 def _build_backbone(config):
