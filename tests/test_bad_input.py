@@ -406,6 +406,16 @@ def test_settings_a_run_does_not_read_are_said(caplog, monkeypatch,
                                 backbones="compact_cnn"))
     assert "--image_size=64 is not used by --mode=demo" in caplog.text
     assert "--export_tflite=True is not used by --mode=rank" in caplog.text
+    # rank trains nothing: a fine-tune config's recipe was dropped
+    # without a word (docs/advisor.md runs rank with one).
+    caplog.clear()
+    warn_unread(tl_keras.Config(mode="rank", unfreeze="6", epochs=7,
+                                augment="flip", feature_block="block2",
+                                advisor_sample=300))
+    for flag in ("--unfreeze=6", "--epochs=7", "--augment=flip",
+                 "--feature_block=block2"):
+        assert f"{flag} is not used by --mode=rank" in caplog.text
+    assert "advisor_sample" not in caplog.text  # rank samples as advise
     # advise and rank measure in this process as it is: the placement
     # flags were dropped without a word.
     caplog.clear()

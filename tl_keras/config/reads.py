@@ -16,6 +16,15 @@ FINETUNE_STAGE_FIELDS = ("finetune_epochs", "finetune_learning_rate",
 # whose approach the advisor picks (--approach=auto).
 ADVISOR_FIELDS = ("advisor_sample", "advisor_scratch_fraction")
 
+# What rank does not read: it scores each base's last layer in one
+# feature pass over unaugmented images; nothing is trained or cut.
+RANK_UNREAD = ("epochs", "finetune_epochs", "learning_rate",
+               "finetune_learning_rate", "unfreeze", "gradual_unfreeze",
+               "optimizer", "weight_decay", "lr_schedule", "warmup_epochs",
+               "lr_decay", "label_smoothing", "l2sp", "ema", "feature_cache",
+               "feature_cache_views", "feature_block", "dropout", "augment",
+               "advisor_scratch_fraction")
+
 # Fields that only some modes read.
 MODE_FIELDS = {"inputs": ("predict",), "top_k": ("predict",),
                "output": ("predict", "evaluate"),
@@ -59,6 +68,8 @@ def unread_fields(config):
     if mode == "train" and approach == "scratch":
         # no frozen base to cache, nor views of it
         unread += ["feature_cache", "feature_cache_views"]
+    if mode == "rank":
+        unread += RANK_UNREAD
     if mode in EXPORT_READS:
         unread += [name for name in config.to_dict() if name not in
                    EXPORT_READS[mode] | {"mode", "overwrite"}]
