@@ -473,3 +473,27 @@ def test_replacing_a_section_with_none_is_refused():
     with pytest.raises(tl_keras.InputError, match="Invalid data"):
         config.replace(data=None)
     assert config.replace(data=DataConfig(data_dir="e")).data.data_dir == "e"
+
+
+def test_a_nested_flagfile_is_named_when_the_folder_is_another(
+        tmp_path, monkeypatch, caplog):
+    # absl reads configs/_base.cfg (named in configs/demo.cfg) from the
+    # current folder: from elsewhere it failed with absl's "Unable to open
+    # flagfile" and no word on why, and another configs/_base.cfg there
+    # was read without a word.
+    demo_cfg = os.path.join(REPO, "configs", "demo.cfg")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(flags.Error, match=(
+            r"--flagfile=configs/_base.cfg in .*demo\.cfg is not a file in "
+            r"the current folder")):
+        cli._check_repeats([f"--flagfile={demo_cfg}"], None)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "_base.cfg").write_text("--seed=7\n")
+    caplog.set_level(logging.WARNING, logger="tl_keras")
+    cli._check_repeats([f"--flagfile={demo_cfg}"], None)
+    assert "is read from the current folder" in caplog.text
+    assert str(tmp_path / "configs" / "_base.cfg") in caplog.text
+    caplog.clear()
+    monkeypatch.chdir(REPO)  # as the README runs it: nothing to say
+    cli._check_repeats(["--flagfile=configs/demo.cfg"], None)
+    assert caplog.text == ""

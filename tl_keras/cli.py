@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+from tl_keras import io
 from tl_keras.config import Config, config_fields
 from tl_keras.config.config import REMOVED_FIELDS
 from tl_keras.config.reads import warn_unread
@@ -195,6 +196,8 @@ def _check_repeats(args, where, opened=()):
             if not value:
                 raise flags.Error("--flagfile is empty (a path to a file of "
                                   "--name=value lines is needed)")
+            if where is not None and not os.path.isabs(value):
+                _check_nested_path(value, where)
             if os.path.isfile(value):
                 names = _check_flagfile(value, opened)
                 _check_order((seen & names) - {"flagfile"}, value, where)
@@ -209,6 +212,26 @@ def _check_repeats(args, where, opened=()):
                               f"flag overrides a flagfile's)")
         seen.add(name)
     return seen | nested
+
+
+def _check_nested_path(path, where):
+    """absl reads a relative --flagfile inside a flagfile from the current
+    folder, not from the including file's (the configs name
+    configs/_base.cfg for runs from the repository root): flags.Error
+    when it is not there, naming both; a warning when the including file
+    lies outside the current folder (another configs/ there was read
+    without a word)."""
+    here = os.getcwd()
+    if not os.path.isfile(path):
+        raise flags.Error(
+            f"--flagfile={path} in {where} is not a file in the current "
+            f"folder {here} (a relative path in a flagfile is read from "
+            f"the folder run.py is started in, not from {where}'s); start "
+            f"from the folder it was written for or give an absolute path")
+    if not io.inside(os.path.realpath(where), os.path.realpath(here)):
+        logging.getLogger("tl_keras").warning(
+            "--flagfile=%s in %s is read from the current folder: %s.",
+            path, where, os.path.realpath(path))
 
 
 def _check_flagfile(path, opened):
