@@ -61,9 +61,14 @@ def config_from_args(args):
 
 
 def setup_logging():
+    """Sends the tl_keras log, every level, to stderr: stdout carries only
+    results (predict's rows, evaluate's line, the compare, rank and demo
+    tables), so `run.py --mode=predict ... > preds.tsv` holds rows alone.
+    Keras's per-epoch lines (model.fit) still go to stdout, by Keras's
+    design."""
     logger = logging.getLogger("tl_keras")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
