@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from conftest import ON_GPU_HOST, REPO, run_cli, write_image_folder
 
 import tl_keras
@@ -471,3 +472,29 @@ def test_a_scratch_run_resumes_whatever_fine_tune_settings_it_is_given():
     assert config_differences(stored, tl_keras.Config(
         approach="auto", advisor_sample=600)) == [
         "advisor_sample: 500 -> 600"]
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--data_dir=tests", "--workdir=runs/a"],
+     "tl_keras: interrupted; runs/a keeps what finished (up to the last "
+     "completed epoch); the same command resumes from there"),
+    (["--mode=compare", "--data_dir=tests", "--workdir=runs/a"],
+     "tl_keras: interrupted; runs/a keeps what finished"),
+    (["--mode=predict", "--export_dir=e", "--inputs=a.png"],
+     "tl_keras: interrupted; --mode=predict writes its results only when "
+     "it ends, so none were kept; the same command starts it over")])
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, args, said):
+    # It was a 70-line traceback that said nothing of what was kept.
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_mode", lambda name: interrupted)
+    monkeypatch.chdir(REPO)  # validate() checks that --data_dir is a folder
+    flag_values = flags.FlagValues()
+    cli.define_flags(flag_values)
+    flag_values(["run.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run.py"], flag_values)
+    assert exit_info.value.code == cli.EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(said), err

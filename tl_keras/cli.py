@@ -20,6 +20,9 @@ from tl_keras.config.reads import warn_unread
 from tl_keras.errors import InputError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+# The modes whose runs resume: each epoch ends with a backup in --workdir.
+RESUMING_MODES = ("train", "compare", "demo")
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines one flag per Config field, with the field's help text."""
@@ -78,7 +81,10 @@ def setup_logging():
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
-def main(argv):
+def main(argv, flag_values=flags.FLAGS):
+    """absl's main (`flag_values` parsed already); ends with one line on
+    stderr for bad input (EXIT_USAGE) and for Ctrl-C (EXIT_INTERRUPTED),
+    not a traceback."""
     try:
         if len(argv) > 1:  # one line, not absl's usage text before it
             raise InputError(
@@ -88,12 +94,28 @@ def main(argv):
                 f"a positional argument). Received: {' '.join(argv[1:])}")
         # Checked before the mode is imported: `--help`, flag errors and a
         # bad value answer without loading TensorFlow.
-        config = config_from_flags().validate()
+        config = config_from_flags(flag_values).validate()
         _warn_unused(config)
         _mode(config.runtime.mode)(config)
     except InputError as e:
         print(f"tl_keras: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        kept = _interrupted(flag_values.mode, flag_values.workdir)
+        print(f"tl_keras: interrupted; {kept}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _interrupted(mode, workdir):
+    """What an interrupted --mode=`mode` kept. A run's files are written
+    whole or not at all (a temporary name, then a rename), so train,
+    compare and the demo keep each finished epoch's backup and resume
+    after it; the other modes write their results only at the end."""
+    if mode in RESUMING_MODES:
+        return (f"{workdir} keeps what finished (up to the last completed "
+                f"epoch); the same command resumes from there")
+    return (f"--mode={mode} writes its results only when it ends, so none "
+            f"were kept; the same command starts it over")
 
 
 def _warn_unused(config):
