@@ -498,3 +498,31 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, args, said):
     assert exit_info.value.code == cli.EXIT_INTERRUPTED == 130
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(said), err
+
+
+def test_verbosity_sets_the_tl_keras_log_level():
+    # absl's --verbosity set absl's own logger only: the tl_keras log kept
+    # INFO whatever it said. --logger_levels, more specific, wins.
+    loggers = [logging.getLogger(name) for name in ("tl_keras", "absl", "")]
+    kept = [logger.level for logger in loggers]
+
+    def level(*args):
+        flag_values = flags.FlagValues()
+        for name, default in (("verbosity", -1), ("logger_levels", {})):
+            absl_flag = type(flags.FLAGS[name])
+            flags.DEFINE_flag(absl_flag(name, default, "absl's"),
+                              flag_values=flag_values)
+        flag_values(["run.py", *args])
+        cli.set_log_level(flag_values)
+        return logging.getLogger("tl_keras").level
+
+    try:
+        assert level() == logging.INFO  # absl's default, raised to 0
+        assert level("--verbosity=-1") == logging.WARNING
+        assert level("--verbosity=-2") == logging.ERROR
+        assert level("--verbosity=1") == logging.DEBUG
+        assert level("--verbosity=-2",
+                     "--logger_levels=tl_keras:INFO") == logging.INFO
+    finally:
+        for logger, was in zip(loggers, kept, strict=True):
+            logger.setLevel(was)

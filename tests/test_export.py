@@ -607,6 +607,11 @@ def test_predict_through_the_cli(run, image_folder):
     assert all(row.startswith(f"{image_folder}/class_2/") and ".png\t" in row
                for row in rows), rows
     assert "Scoring 6 image(s)" in result.stderr
+    # absl's --verbosity sets the log's level (it was ignored).
+    quiet = run_cli(*args, "--verbosity=-1")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stdout == result.stdout
+    assert "Scoring" not in quiet.stderr, quiet.stderr
 
 
 def test_predict_and_export_refuse_clearly(run, image_folder):

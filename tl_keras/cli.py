@@ -13,6 +13,7 @@ import re
 import sys
 
 from absl import app, flags
+from absl.logging import converter
 
 from tl_keras.config import Config, config_fields
 from tl_keras.config.config import REMOVED_FIELDS
@@ -79,6 +80,20 @@ def setup_logging():
     logger.propagate = False
     # TensorFlow's own INFO lines (SavedModel internals) drown the progress.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
+def set_log_level(flag_values=flags.FLAGS):
+    """Sets the tl_keras log's level from absl's --verbosity (-2 errors,
+    -1 warnings, 0 info, the default, 1 debug), which absl applies only to
+    its own logger; --logger_levels=tl_keras:LEVEL, which absl applies as
+    it parses, names this log and wins."""
+    if "tl_keras" in flag_values["logger_levels"].value:
+        return
+    verbosity = flag_values["verbosity"]
+    # absl raises an unset --verbosity from -1 to 0 only after parsing.
+    logging.getLogger("tl_keras").setLevel(
+        logging.INFO if verbosity.using_default_value
+        else converter.absl_to_standard(verbosity.value))
 
 
 def main(argv, flag_values=flags.FLAGS):
@@ -181,10 +196,10 @@ def parse_flags(argv):
     absl keeps the last of a repeated flag silently: within one flagfile
     a repeat is refused (a config states each value once); on the command
     line, where scripts append overrides, the last wins and the log says
-    so."""
+    so (before --verbosity is read, which then sets the log's level)."""
     try:
         _check_repeats(argv[1:], None)
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except flags.Error as e:
         message = " ".join(str(e).split())
         message += "".join(f" (--{name}: {why})"
@@ -194,6 +209,8 @@ def parse_flags(argv):
               f"flags `python run.py --help` lists, with their values. "
               f"Received: {' '.join(argv[1:])}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    set_log_level()
+    return rest
 
 
 def _check_repeats(args, where, opened=()):
