@@ -473,7 +473,7 @@ def test_a_flag_twice_in_one_flagfile_is_refused(tmp_path, image_folder):
                      f"--data_dir={image_folder}")
     assert "Invalid epochs" in result.stderr
     assert "--epochs is given more than once on the command line" in (
-        result.stdout)
+        result.stderr)
 
 
 def test_files_outside_the_class_folders_are_said(folder, caplog):

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from conftest import ON_GPU_HOST, REPO, run_cli, write_image_folder
 
 import tl_keras
@@ -44,8 +45,11 @@ def test_smoke_run_writes_the_workdir(smoke_run):
     # The backup used for mid-stage resume is removed once a stage is done.
     assert not os.path.exists(
         os.path.join(workdir, "checkpoints", "head", "backup"))
+    # Keras's per-epoch lines go to stdout (Keras's choice); tl_keras's log
+    # goes to stderr.
     assert "Epoch 2/2" in result.stdout
-    assert "Test accuracy" in result.stdout
+    assert "Test accuracy" in result.stderr
+    assert "Test accuracy" not in result.stdout
 
 
 def test_split_json_lists_every_file_once(smoke_run, image_folder):
@@ -468,3 +472,57 @@ def test_a_scratch_run_resumes_whatever_fine_tune_settings_it_is_given():
     assert config_differences(stored, tl_keras.Config(
         approach="auto", advisor_sample=600)) == [
         "advisor_sample: 500 -> 600"]
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--data_dir=tests", "--workdir=runs/a"],
+     "tl_keras: interrupted; runs/a keeps what finished (up to the last "
+     "completed epoch); the same command resumes from there"),
+    (["--mode=compare", "--data_dir=tests", "--workdir=runs/a"],
+     "tl_keras: interrupted; runs/a keeps what finished"),
+    (["--mode=predict", "--export_dir=e", "--inputs=a.png"],
+     "tl_keras: interrupted; --mode=predict writes its results only when "
+     "it ends, so none were kept; the same command starts it over")])
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, args, said):
+    # It was a 70-line traceback that said nothing of what was kept.
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_mode", lambda name: interrupted)
+    monkeypatch.chdir(REPO)  # validate() checks that --data_dir is a folder
+    flag_values = flags.FlagValues()
+    cli.define_flags(flag_values)
+    flag_values(["run.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run.py"], flag_values)
+    assert exit_info.value.code == cli.EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(said), err
+
+
+def test_verbosity_sets_the_tl_keras_log_level():
+    # absl's --verbosity set absl's own logger only: the tl_keras log kept
+    # INFO whatever it said. --logger_levels, more specific, wins.
+    loggers = [logging.getLogger(name) for name in ("tl_keras", "absl", "")]
+    kept = [logger.level for logger in loggers]
+
+    def level(*args):
+        flag_values = flags.FlagValues()
+        for name, default in (("verbosity", -1), ("logger_levels", {})):
+            absl_flag = type(flags.FLAGS[name])
+            flags.DEFINE_flag(absl_flag(name, default, "absl's"),
+                              flag_values=flag_values)
+        flag_values(["run.py", *args])
+        cli.set_log_level(flag_values)
+        return logging.getLogger("tl_keras").level
+
+    try:
+        assert level() == logging.INFO  # absl's default, raised to 0
+        assert level("--verbosity=-1") == logging.WARNING
+        assert level("--verbosity=-2") == logging.ERROR
+        assert level("--verbosity=1") == logging.DEBUG
+        assert level("--verbosity=-2",
+                     "--logger_levels=tl_keras:INFO") == logging.INFO
+    finally:
+        for logger, was in zip(loggers, kept, strict=True):
+            logger.setLevel(was)

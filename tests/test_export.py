@@ -596,10 +596,22 @@ def test_inputs_a_file_as_named_and_skipped_files_said(run, tmp_path,
 def test_predict_through_the_cli(run, image_folder):
     config, _, _ = run
     export_dir = os.path.join(config.runtime.workdir, "export")
-    result = run_cli("--mode=predict", f"--export_dir={export_dir}",
-                     f"--inputs={image_folder}/class_2/*.png", "--top_k=1")
+    args = ("--mode=predict", f"--export_dir={export_dir}",
+            f"--inputs={image_folder}/class_2/*.png", "--top_k=1")
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count(".png\t") == 6  # png, gray.png, rgba.png
+    # stdout holds the rows alone (`> preds.tsv`); the log, INFO lines
+    # included, goes to stderr (it went to stdout, among the rows).
+    rows = result.stdout.splitlines()
+    assert len(rows) == 6, result.stdout  # png, gray.png, rgba.png
+    assert all(row.startswith(f"{image_folder}/class_2/") and ".png\t" in row
+               for row in rows), rows
+    assert "Scoring 6 image(s)" in result.stderr
+    # absl's --verbosity sets the log's level (it was ignored).
+    quiet = run_cli(*args, "--verbosity=-1")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stdout == result.stdout
+    assert "Scoring" not in quiet.stderr, quiet.stderr
 
 
 def test_predict_and_export_refuse_clearly(run, image_folder):

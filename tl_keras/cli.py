@@ -13,6 +13,7 @@ import re
 import sys
 
 from absl import app, flags
+from absl.logging import converter
 
 from tl_keras import io
 from tl_keras.config import Config, config_fields
@@ -21,6 +22,9 @@ from tl_keras.config.reads import warn_unread
 from tl_keras.errors import InputError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+# The modes whose runs resume: each epoch ends with a backup in --workdir.
+RESUMING_MODES = ("train", "compare", "demo")
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines one flag per Config field, with the field's help text."""
@@ -62,9 +66,14 @@ def config_from_args(args):
 
 
 def setup_logging():
+    """Sends the tl_keras log, every level, to stderr: stdout carries only
+    results (predict's rows, evaluate's line, the compare, rank and demo
+    tables), so `run.py --mode=predict ... > preds.tsv` holds rows alone.
+    Keras's per-epoch lines (model.fit) still go to stdout, by Keras's
+    design."""
     logger = logging.getLogger("tl_keras")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
@@ -74,7 +83,24 @@ def setup_logging():
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
-def main(argv):
+def set_log_level(flag_values=flags.FLAGS):
+    """Sets the tl_keras log's level from absl's --verbosity (-2 errors,
+    -1 warnings, 0 info, the default, 1 debug), which absl applies only to
+    its own logger; --logger_levels=tl_keras:LEVEL, which absl applies as
+    it parses, names this log and wins."""
+    if "tl_keras" in flag_values["logger_levels"].value:
+        return
+    verbosity = flag_values["verbosity"]
+    # absl raises an unset --verbosity from -1 to 0 only after parsing.
+    logging.getLogger("tl_keras").setLevel(
+        logging.INFO if verbosity.using_default_value
+        else converter.absl_to_standard(verbosity.value))
+
+
+def main(argv, flag_values=flags.FLAGS):
+    """absl's main (`flag_values` parsed already); ends with one line on
+    stderr for bad input (EXIT_USAGE) and for Ctrl-C (EXIT_INTERRUPTED),
+    not a traceback."""
     try:
         if len(argv) > 1:  # one line, not absl's usage text before it
             raise InputError(
@@ -84,12 +110,28 @@ def main(argv):
                 f"a positional argument). Received: {' '.join(argv[1:])}")
         # Checked before the mode is imported: `--help`, flag errors and a
         # bad value answer without loading TensorFlow.
-        config = config_from_flags().validate()
+        config = config_from_flags(flag_values).validate()
         _warn_unused(config)
         _mode(config.runtime.mode)(config)
     except InputError as e:
         print(f"tl_keras: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        kept = _interrupted(flag_values.mode, flag_values.workdir)
+        print(f"tl_keras: interrupted; {kept}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _interrupted(mode, workdir):
+    """What an interrupted --mode=`mode` kept. A run's files are written
+    whole or not at all (a temporary name, then a rename), so train,
+    compare and the demo keep each finished epoch's backup and resume
+    after it; the other modes write their results only at the end."""
+    if mode in RESUMING_MODES:
+        return (f"{workdir} keeps what finished (up to the last completed "
+                f"epoch); the same command resumes from there")
+    return (f"--mode={mode} writes its results only when it ends, so none "
+            f"were kept; the same command starts it over")
 
 
 def _warn_unused(config):
@@ -155,10 +197,10 @@ def parse_flags(argv):
     absl keeps the last of a repeated flag silently: within one flagfile
     a repeat is refused (a config states each value once); on the command
     line, where scripts append overrides, the last wins and the log says
-    so."""
+    so (before --verbosity is read, which then sets the log's level)."""
     try:
         _check_repeats(argv[1:], None)
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except flags.Error as e:
         message = " ".join(str(e).split())
         message += "".join(f" (--{name}: {why})"
@@ -168,6 +210,8 @@ def parse_flags(argv):
               f"flags `python run.py --help` lists, with their values. "
               f"Received: {' '.join(argv[1:])}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    set_log_level()
+    return rest
 
 
 def _check_repeats(args, where, opened=()):
