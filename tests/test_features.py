@@ -375,7 +375,8 @@ def test_the_forward_batch_is_measured_in_the_pass(monkeypatch,
     images = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
     ds = tf.data.Dataset.from_tensor_slices(
         (images, np.arange(n))).batch(10)
-    outputs, labels = inference.run_batched(fn, ds, n, progress=True)
+    outputs, labels = inference.run_batched(fn, ds, n,
+                                            progress="Extracting features")
     np.testing.assert_array_equal(outputs, images[:, 0] * 2)
     np.testing.assert_array_equal(labels, np.arange(n))
     assert sizes[:7] == [4, 4, 4, 8, 8, 16, 16]
@@ -387,6 +388,45 @@ def test_the_forward_batch_is_measured_in_the_pass(monkeypatch,
     outputs, _ = inference.run_batched(fn, ds, n, measure=False)
     np.testing.assert_array_equal(outputs, images[:, 0] * 2)
     assert set(sizes[:-1]) == {4} and sum(sizes) == n
+
+
+def test_extraction_shows_plain_progress_lines_without_a_terminal(
+        monkeypatch, capsys, caplog):
+    # Keras's progress bar redraws with carriage returns, backspaces and
+    # colour codes whenever Python runs on Linux: a run writing to a log
+    # file filled it with them. Without a terminal an extraction logs a
+    # plain line at each quarter of its images (or after PROGRESS_SECONDS
+    # without one); a terminal keeps the bar.
+    import logging
+    import sys
+
+    import tensorflow as tf
+
+    monkeypatch.setattr(inference, "inference_batch_size", lambda: 4)
+    n = 100
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.ones((n, 3), np.float32), np.arange(n))).batch(10)
+
+    def extract():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="tl_keras"):
+            feature_cache.extract_features(lambda x: x * 2.0, ds, n,
+                                           "training")
+        shown = capsys.readouterr()
+        return shown.out + shown.err, [
+            r.getMessage() for r in caplog.records
+            if r.getMessage().endswith("/ 100 images")]
+
+    assert not sys.stdout.isatty()
+    printed, lines = extract()
+    assert not set(printed) & set("\x1b\r\b"), repr(printed)
+    assert 2 <= len(lines) <= 4, lines
+    assert lines[-1] == "Extracting training features: 100 / 100 images"
+    monkeypatch.setattr(inference, "PROGRESS_SECONDS", 0)
+    assert len(extract()[1]) > 4  # a line at every batch
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    printed, lines = extract()
+    assert "25/25" in printed and not lines  # the bar, its 25 batches of 4
 
 
 def test_a_spilled_cache_never_outlives_its_stage(pretrained_base,

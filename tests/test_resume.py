@@ -20,6 +20,7 @@ from conftest import interrupt_before_training, write_image_folder
 from PIL import Image
 
 import tl_keras
+from tl_keras.training.backups import EpochBackup
 
 
 class Crash(Exception):
@@ -28,16 +29,16 @@ class Crash(Exception):
 
 def _crash_in_finetune_after(monkeypatch, epoch, stage="finetune"):
     """Makes the run crash at the end of `stage`'s epoch `epoch` (0-based,
-    after its logs and backup); returns the original TensorBoard hook."""
-    original = keras.callbacks.TensorBoard.on_epoch_end
+    after its logs and backup); returns the original backup hook."""
+    original = EpochBackup.on_epoch_end
 
     def crash_in_finetune(self, current, logs=None):
         original(self, current, logs)
-        if self.log_dir.endswith(stage) and current == epoch:
+        if self.backup_dir.endswith(os.path.join(stage, "backup")) and (
+                current == epoch):
             raise Crash()
 
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
-                        crash_in_finetune)
+    monkeypatch.setattr(EpochBackup, "on_epoch_end", crash_in_finetune)
     return original
 
 
@@ -52,8 +53,7 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
     assert os.path.isdir(os.path.join(config.runtime.workdir, "checkpoints",
                                       "finetune", "backup"))
     head_rows = list(csv.DictReader(open(os.path.join(logs, "head.csv"))))
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
-                        original)
+    monkeypatch.setattr(EpochBackup, "on_epoch_end", original)
     metrics = tl_keras.train(config)
     # The head stage did not run again; fine-tuning ran only epoch 3.
     assert list(csv.DictReader(open(os.path.join(logs, "head.csv")))) == (
@@ -73,8 +73,7 @@ def test_torn_resume_state_is_survived(tiny_config, monkeypatch):
     original = _crash_in_finetune_after(monkeypatch, 1)
     with pytest.raises(Crash):
         tl_keras.train(config)
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
-                        original)
+    monkeypatch.setattr(EpochBackup, "on_epoch_end", original)
     backup = os.path.join(config.runtime.workdir, "checkpoints", "finetune",
                           "backup")
     assert sorted(os.listdir(backup)) == ["epoch-000002.weights.h5"]
@@ -200,8 +199,7 @@ def _killed_and_resumed(config, tmp_path, monkeypatch):
     original = _crash_in_finetune_after(monkeypatch, 1)
     with pytest.raises(Crash):
         tl_keras.train(config)
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
-                        original)
+    monkeypatch.setattr(EpochBackup, "on_epoch_end", original)
     resumed = tl_keras.train(config)
     a = keras.models.load_model(os.path.join(config.runtime.workdir,
                                              "model.keras"))
@@ -260,8 +258,7 @@ def test_a_stage_after_a_resumed_one_trains_all_its_epochs(tiny_config,
     original = _crash_in_finetune_after(monkeypatch, 1, stage="head")
     with pytest.raises(Crash):
         tl_keras.train(config)
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end",
-                        original)
+    monkeypatch.setattr(EpochBackup, "on_epoch_end", original)
     metrics = tl_keras.train(config)
     assert len(metrics["stages"]["head"]["history"]["loss"]) == 3
     assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 2
@@ -308,3 +305,63 @@ def test_a_run_started_before_copies_were_left_out_resumes_with_them(
     metrics = tl_keras.train(config)
     assert metrics["complete"] and metrics["copy_files"] == 0
     assert sum(metrics["counts"].values()) == 17
+
+
+def _tensorboard_epochs(workdir, stage):
+    """The epochs of `stage`'s training loss in its TensorBoard events."""
+    import tensorflow as tf
+    from tensorflow.core.util.event_pb2 import Event
+
+    folder = os.path.join(workdir, "logs", "tensorboard", stage, "train")
+    events = [Event.FromString(record.numpy()) for name in os.listdir(folder)
+              for record in tf.data.TFRecordDataset(os.path.join(folder,
+                                                                 name))]
+    return sorted({event.step for event in events
+                   for value in event.summary.value
+                   if value.tag == "epoch_loss"})
+
+
+def test_killed_after_or_before_an_epochs_backup_keeps_its_history(
+        tmp_path, monkeypatch):
+    # Killed right after an epoch's backup, before its CSV row and
+    # TensorBoard summary (the order was checkpoint, backup, logs): the
+    # rerun went on after that epoch, which logs/scratch.csv, metrics.json's
+    # history and TensorBoard never got (epochs 1, 2 of 0-2). Now the
+    # backup comes last: killed after it, everything is written; killed
+    # just before it (after TensorBoard, the last of the others), the rerun
+    # replays the epoch and cuts its logged row. One workdir is killed at
+    # both, the rerun dying at the second, then finishes as the whole run.
+    config = tl_keras.Config(
+        workdir=str(tmp_path / "run"), backbone="compact_cnn",
+        weights="none", image_size=16, approach="scratch", epochs=3,
+        batch_size=4, augment="none")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (20, 16, 16, 3), np.uint8), np.arange(20) % 2
+
+    def train(config):
+        return tl_keras.train(config, data=tl_keras.from_arrays(
+            x, y, config, 16))["stages"]["scratch"]
+
+    for callback, epoch in ((EpochBackup, 0),
+                            (keras.callbacks.TensorBoard, 1)):
+        def crash_after(self, index, logs=None, original=callback.on_epoch_end,
+                        epoch=epoch):
+            original(self, index, logs)
+            if index == epoch:
+                raise Crash()
+
+        with monkeypatch.context() as patch:
+            patch.setattr(callback, "on_epoch_end", crash_after)
+            with pytest.raises(Crash):
+                train(config)
+    got = train(config)
+    want = train(config.replace(workdir=str(tmp_path / "whole")))
+    with open(os.path.join(config.runtime.workdir, "logs",
+                           "scratch.csv")) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+    assert got["best_epoch"] == want["best_epoch"]
+    assert got["history"].keys() == want["history"].keys()
+    for key, values in want["history"].items():
+        np.testing.assert_allclose(got["history"][key], values, atol=1e-5,
+                                   err_msg=key)
+    assert _tensorboard_epochs(config.runtime.workdir, "scratch") == [0, 1, 2]

@@ -9,7 +9,9 @@ re-batched for inference (`inference_batch_size`, and on CPU the batch
 size that the pass measures fastest).
 """
 
+import logging
 import os
+import sys
 import time
 
 import keras
@@ -17,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+log = logging.getLogger("tl_keras")
 
 
 def image_spec(model, name=None):
@@ -39,7 +43,7 @@ def forward(model):
                   model)
 
 
-def run_batched(fn, ds, n, out=None, progress=False, measure=True):
+def run_batched(fn, ds, n, out=None, progress=None, measure=True):
     """Runs a traced `fn` over the n (images, labels) of the batched `ds`,
     in batches whose size the pass itself measures (`_measured_calls`).
 
@@ -49,7 +53,8 @@ def run_batched(fn, ds, n, out=None, progress=False, measure=True):
       n: the number of images in `ds`.
       out: optional array to fill with the (single) output, e.g. a
         memory-mapped file; default new arrays.
-      progress: show a progress bar.
+      progress: the label of its progress ('Extracting training
+        features'), to show it (`Progress`); None: nothing shown.
       measure: measure the batch size; False: batches of
         `inference_batch_size` (for a `fn` whose results depend on how
         the images are batched, e.g. one with random augmentation).
@@ -59,9 +64,7 @@ def run_batched(fn, ds, n, out=None, progress=False, measure=True):
       when `fn` returns a list), and the labels as a numpy array.
     """
     ds = for_inference(ds, n)
-    steps = int(ds.cardinality())
-    bar = keras.utils.Progbar(steps if steps > 0 else None,
-                              unit_name="batch") if progress else None
+    shown = Progress(progress, int(ds.cardinality()), n) if progress else None
     chunks, labels, start, done = [], [], 0, 0
     single = True
     for result, y, units in _measured_calls(fn, ds, inference_batch_size(),
@@ -75,14 +78,46 @@ def run_batched(fn, ds, n, out=None, progress=False, measure=True):
         start += len(parts[0])
         labels.append(np.asarray(y))
         done += units
-        if bar is not None:
-            bar.update(done)
+        if shown is not None:
+            shown.update(done, start)
     if out is not None:
         outputs = [out]
     else:
         outputs = [np.concatenate(column) for column in zip(*chunks,
                                                              strict=True)]
     return (outputs[0] if single else outputs), np.concatenate(labels)
+
+
+class Progress:
+    """A pass's progress: Keras's bar on a terminal; elsewhere (a log file,
+    a pipe, a batch system's output) plain lines through the `tl_keras`
+    logger, at each quarter of the images or after PROGRESS_SECONDS
+    without one. Keras's bar redraws with carriage returns, backspaces
+    and colour codes whenever Python runs on Linux, terminal or not, and
+    filled a log file with them, as training's `verbose=2` avoids."""
+
+    def __init__(self, label, steps, n):
+        self.label, self.n = label, n
+        self.bar = (keras.utils.Progbar(steps if steps > 0 else None,
+                                        unit_name="batch")
+                    if sys.stdout.isatty() else None)
+        self.quarters, self.said = 0, time.monotonic()
+
+    def update(self, steps, images):
+        """After `steps` batches of the pass, `images` images in all."""
+        if self.bar is not None:
+            self.bar.update(steps)
+            return
+        quarters = 4 * images // max(self.n, 1)
+        if quarters > self.quarters or (
+                time.monotonic() - self.said >= PROGRESS_SECONDS):
+            log.info("%s: %d / %d images", self.label, images, self.n)
+            self.quarters, self.said = quarters, time.monotonic()
+
+
+# Without a terminal, the seconds after which a pass's next batch logs a
+# line short of a quarter (a large split through a slow base).
+PROGRESS_SECONDS = 60
 
 
 # The batch sizes a pass on CPU tries, in units of `inference_batch_size`

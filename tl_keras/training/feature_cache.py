@@ -59,7 +59,7 @@ def feature_extractor(model):
 def extract_features(extractor, ds, n, description, out=None):
     """Runs `extractor` (from `feature_extractor`) over `ds`, a batched
     dataset of n (images, labels), in batches sized for inference
-    (`inference.run_batched`), with a progress bar.
+    (`inference.run_batched`), showing its progress (`inference.Progress`).
 
     Args:
       out: optional array [n, channels] to fill (e.g. a memory-mapped
@@ -69,8 +69,9 @@ def extract_features(extractor, ds, n, description, out=None):
       (features float32 [n, channels], labels int32 [n]).
     """
     log.info("Extracting %s features with the frozen base", description)
-    features, labels = inference.run_batched(extractor, ds, n, out=out,
-                                             progress=True)
+    features, labels = inference.run_batched(
+        extractor, ds, n, out=out,
+        progress=f"Extracting {description} features")
     return features, labels.astype(np.int32)
 
 

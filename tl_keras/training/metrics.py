@@ -8,6 +8,7 @@ import csv
 import logging
 import os
 
+import keras
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -98,6 +99,34 @@ def classification_metrics(y_true, logits, class_names):
     }
 
 
+class StageLog(keras.callbacks.CSVLogger):
+    """A stage's per-epoch log, `logs/<stage>.csv`, appended to across
+    resumes, each epoch on one row as in a run never interrupted.
+
+    It runs before the epoch's backup (`EpochBackup`, the stage's last
+    callback): a kill between the two leaves a row for an epoch that the
+    rerun trains again, and the first epoch a fit begins cuts the rows
+    from that epoch on (a row torn by a crash first: `repair_csv`).
+    Written after the backup, a kill between them lost the epoch's row
+    for good, and metrics.json's history missed it (shorter than the
+    stage, out of step with its best epoch)."""
+
+    def __init__(self, csv_path):
+        super().__init__(csv_path, append=True)
+        self._begun = False
+
+    def on_train_begin(self, logs=None):
+        repair_csv(self.filename)
+        super().on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._begun:
+            # The file is open for appending (O_APPEND): the next row goes
+            # to its end, wherever the cut leaves it.
+            cut_csv(self.filename, epoch)
+            self._begun = True
+
+
 def repair_csv(csv_path):
     """Cuts a stage's CSV log back to its last complete line: a row torn
     by a crash (no line end) would otherwise merge with the next one."""
@@ -109,10 +138,27 @@ def repair_csv(csv_path):
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def cut_csv(csv_path, epoch):
+    """Cuts a stage's CSV log before its first row of `epoch` or later
+    (rows are appended in the order the epochs ran: every later one goes
+    too)."""
+    if not os.path.isfile(csv_path):
+        return
+    with open(csv_path, "rb+") as f:
+        offset = 0
+        for line in f.read().splitlines(keepends=True):
+            first = line.split(b",", 1)[0].strip()
+            if first.isdigit() and int(first) >= epoch:
+                f.truncate(offset)
+                return
+            offset += len(line)
+
+
 def read_history(csv_path):
     """Reads a stage's CSV log; an epoch logged twice (a crash between the
-    log and the backup) keeps its last row, and a row that does not parse
-    (torn by a crash) is skipped."""
+    log and the backup, in a log written before `StageLog` cut such rows)
+    keeps its last row, and a row that does not parse (torn by a crash) is
+    skipped."""
     if not os.path.isfile(csv_path):
         return {}
     rows = {}

@@ -31,7 +31,7 @@ from tl_keras.training import feature_cache
 from tl_keras.training.backups import EpochBackup, backup_dir, remove_backups
 from tl_keras.training.cache_plan import cache_plan
 from tl_keras.training.checkpoints import AveragedWeights, StageCheckpoint
-from tl_keras.training.metrics import read_history, repair_csv
+from tl_keras.training.metrics import StageLog, read_history
 
 log = logging.getLogger("tl_keras")
 
@@ -258,24 +258,25 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
                      place, workdir, ema=0.0):
     """The callbacks every stage fits with, in the order they must run
     (with --ema, the average is in the model for the checkpoint only:
-    `AveragedWeights`)."""
+    `AveragedWeights`).
+
+    The epoch's backup comes last: killed before it, the rerun replays
+    the epoch, which writes its checkpoint, CSV row (`StageLog` cuts the
+    earlier one) and TensorBoard summaries again; killed after it, all
+    of them are written."""
     os.makedirs(os.path.dirname(csv_path), exist_ok=True)
-    repair_csv(csv_path)  # a row torn by a crash would merge with the next
     averaged = AveragedWeights() if ema else None
     callbacks = [
         data.shuffle.callback(index),
         *([averaged] if ema else []),
-        # Before the backup, so that the best weights are restored before
-        # the backup is deleted at the end of training.
         checkpoint,
         *([averaged.swap_back()] if ema else []),
-        EpochBackup(backup_dir(stage_dir), place),
-        keras.callbacks.CSVLogger(csv_path, append=True),
+        StageLog(csv_path),
     ]
     if place.task.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(
             os.path.join(workdir, "logs", "tensorboard", stage.name)))
-    return callbacks
+    return [*callbacks, EpochBackup(backup_dir(stage_dir), place)]
 
 
 def _compile(model, stage, data, config, place, blocks=None):
