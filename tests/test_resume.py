@@ -321,6 +321,7 @@ def _tensorboard_epochs(workdir, stage):
                    if value.tag == "epoch_loss"})
 
 
+@pytest.mark.slow  # 20-30 s: three runs (the default suite's budget)
 def test_killed_after_or_before_an_epochs_backup_keeps_its_history(
         tmp_path, monkeypatch):
     # Killed right after an epoch's backup, before its CSV row and
