@@ -177,6 +177,24 @@ def test_compare_keeps_its_own_moved_aside_runs(tmp_path):
     assert "data" in check_workdir(config.replace(overwrite=True))
 
 
+def test_a_torn_run_config_is_named_and_overwrite_moves_it(tmp_path):
+    # A sub-run's config.json cut short: named without --overwrite, and
+    # --overwrite moves the compare aside (it raised even then, so the
+    # error's own advice did not work; a train run's torn config.json
+    # already went this way, through the same check).
+    workdir = tmp_path / "w"
+    (workdir / "scratch").mkdir(parents=True)
+    (workdir / "scratch" / "config.json").write_text('{"mode": "tr')
+    config = tl_keras.Config(mode="compare", workdir=str(workdir))
+    with pytest.raises(tl_keras.InputError,
+                       match=r"Invalid record .*scratch.config\.json: not "
+                             r"the JSON object tl_keras wrote"):
+        check_workdir(config)
+    problem = check_workdir(config.replace(overwrite=True))
+    assert "its scratch run has other settings (its config.json is " \
+        "unreadable" in problem
+
+
 def test_compare_rows_validate_before_any_work(tmp_path, image_folder):
     from tl_keras.modes.compare import _fixed_runs
 

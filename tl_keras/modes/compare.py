@@ -27,7 +27,7 @@ import numpy as np
 from tl_keras import io
 from tl_keras.advisor.advise import classifier_and_data, decide_once
 from tl_keras.advisor.measurement import check_sample
-from tl_keras.config import FINETUNE_ONLY, config_differences
+from tl_keras.config import FINETUNE_ONLY
 from tl_keras.data.given import given_data_config
 from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import InputError
@@ -44,7 +44,11 @@ from tl_keras.modes.compare_report import (
 )
 from tl_keras.training.run_data import check_finished_data
 from tl_keras.training.trainer import train_row
-from tl_keras.training.workdir import check_data_stays, is_complete
+from tl_keras.training.workdir import (
+    check_data_stays,
+    is_complete,
+    stored_differences,
+)
 
 log = logging.getLogger("tl_keras")
 
@@ -155,10 +159,9 @@ def _changed_runs(config, data):
     budget = config.training.epochs + config.training.finetune_epochs
     for name, changes in _fixed_runs(budget).items():
         sub = os.path.join(config.runtime.workdir, name)
-        stored = os.path.join(sub, "config.json")
-        if os.path.isfile(stored):
-            run = config.replace(mode="train", workdir=sub, **changes)
-            diffs = config_differences(io.read_json(stored), run)
+        run = config.replace(mode="train", workdir=sub, **changes)
+        diffs = stored_differences(run, config.runtime.overwrite)
+        if diffs is not None:
             if diffs:
                 return (f"its {name} run has other settings "
                         f"({'; '.join(diffs)})")

@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image
 
 from tl_keras import io
-from tl_keras.config import config_differences
 from tl_keras.distribute.strategy import check_one_process
 from tl_keras.errors import InputError
 from tl_keras.models import recipe
@@ -34,6 +33,7 @@ from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 from tl_keras.modes.compare import compare, workdir_problem
 from tl_keras.training.trainer import train_row
+from tl_keras.training.workdir import stored_differences
 
 log = logging.getLogger("tl_keras")
 
@@ -236,16 +236,10 @@ def _workdir_problem(config):
                               config.data.seed)
     if problem:
         return f"its data/ folder: {problem}"
-    pretrain = _pretrain_config(config)
-    stored = os.path.join(pretrain.runtime.workdir, "config.json")
-    if os.path.isfile(stored):
-        try:
-            diffs = config_differences(io.read_json(stored), pretrain)
-        except InputError as e:
-            diffs = [f"its config.json is unreadable ({e})"]
-        if diffs:
-            return (f"its pretraining run has other settings "
-                    f"({'; '.join(diffs)})")
+    diffs = stored_differences(_pretrain_config(config), unreadable_ok=True)
+    if diffs:
+        return (f"its pretraining run has other settings "
+                f"({'; '.join(diffs)})")
     # The runs' images are compared once drawn (`runs`: data/ exists).
     return workdir_problem(_compare_config(config), _KEEP,
                            runs=os.path.isdir(data))

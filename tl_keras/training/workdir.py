@@ -73,15 +73,10 @@ def check_workdir(config):
             f"Invalid workdir {workdir!r}: it is a file. Allowed: a folder "
             f"(new, empty, or holding this run). Received: "
             f"workdir={workdir!r}")
-    stored = os.path.join(workdir, "config.json")
     problem = None
-    if os.path.isfile(stored):
-        try:
-            diffs = config_differences(io.read_json(stored), config)
-        except InputError as e:  # torn or edited: --overwrite moves it
-            if not config.runtime.overwrite:
-                raise
-            diffs = [f"its config.json is unreadable ({e})"]
+    # A torn or edited config.json: --overwrite moves it aside.
+    diffs = stored_differences(config, config.runtime.overwrite)
+    if diffs is not None:
         if diffs:
             problem = f"it holds a run with other settings ({'; '.join(diffs)})"
         else:
@@ -103,6 +98,27 @@ def check_workdir(config):
     if problem:
         check_data_stays(config)
     return problem
+
+
+def stored_differences(config, unreadable_ok=False):
+    """How the run stored in config's workdir differs from `config`: None
+    when the workdir holds no config.json, else the differences (a list of
+    sentences; empty: the same run, which resumes).
+
+    Raises:
+      InputError: the config.json is torn or edited, naming it; with
+        `unreadable_ok` (the caller moves the run aside or refuses it
+        anyway) that is one difference instead.
+    """
+    stored = os.path.join(config.runtime.workdir, "config.json")
+    if not os.path.isfile(stored):
+        return None
+    try:
+        return config_differences(io.read_json(stored), config)
+    except InputError as e:
+        if not unreadable_ok:
+            raise
+        return [f"its config.json is unreadable ({e})"]
 
 
 def data_to_resume(config, conflict, image_size, data=None):
