@@ -479,6 +479,7 @@ def test_non_finite_features_are_a_clear_error():
                         "last", [])
 
 
+@pytest.mark.slow
 def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
     config = tl_keras.Config(
         mode="advise", data_dir=image_folder, workdir=str(tmp_path / "run"),
@@ -536,6 +537,7 @@ def test_advise_then_auto_run(pretrained_base, image_folder, tmp_path):
     assert "run" not in json.load(open(tmp_path / "run" / moved[0]))
 
 
+@pytest.mark.slow
 def test_auto_trains_from_the_block_the_advisor_picks(
         pretrained_base, image_folder, tmp_path, monkeypatch):
     fake_probes(monkeypatch, 0.5, {"block2": 0.95, "block3": 0.6})
@@ -648,6 +650,7 @@ def _base_weights(path):
     return [np.asarray(w) for w in models.get_base(model).weights]
 
 
+@pytest.mark.slow
 def test_finetune_that_never_beats_the_head_keeps_the_head(
         pretrained_base, image_folder, tmp_path):
     # A learning rate of 0.9 wrecks the base on the first fine-tune step,
@@ -674,6 +677,7 @@ def test_finetune_that_never_beats_the_head_keeps_the_head(
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_scratch_from_a_saved_model_trains_its_architecture(
         pretrained_base, image_folder, tmp_path):
     built = models.build_backbone(pretrained_base, "none")
@@ -693,6 +697,7 @@ def test_scratch_from_a_saved_model_trains_its_architecture(
     assert list(metrics["stages"]) == ["scratch"]
 
 
+@pytest.mark.slow
 def test_scratch_run_trains_a_copy_and_leaves_the_model_alone(
         pretrained_base, image_folder):
     # The short scratch run trains a fresh random-init copy of the
@@ -752,6 +757,7 @@ def test_scratch_run_is_capped_at_its_share_of_a_compare():
                                   * n)
 
 
+@pytest.mark.slow
 def test_scratch_run_only_when_it_can_change_the_decision(
         pretrained_base, image_folder, tmp_path, monkeypatch):
     config = tl_keras.Config(

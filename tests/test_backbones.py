@@ -268,6 +268,7 @@ def test_normalization_matches_keras_applications(mode):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_classifier_round_trips_through_keras_file(tmp_path):
     built = tl_keras.build_backbone("mobilenet_v2", "none", 32)
     model = models.build_classifier(built, 3)
@@ -352,6 +353,7 @@ def _input_normalization(base, images):
     return np.asarray(keras.Model(base.input, norm.output)(images))
 
 
+@pytest.mark.slow
 def test_efficientnet_weights_file_of_imagenet_scales_inputs_as_imagenet(
         tmp_path):
     # Keras's ImageNet EfficientNet file cannot be downloaded here; a base

@@ -63,6 +63,7 @@ def test_symlinked_folders_are_not_followed_and_said(folder, caplog):
     assert "symlinked folder" in caplog.text and "loop" in caplog.text
 
 
+@pytest.mark.slow
 def test_non_ascii_class_names_train_and_export(tmp_path):
     root = write_image_folder(str(tmp_path / "images"), num_classes=2,
                               per_class=8, formats=("png",))
@@ -234,6 +235,7 @@ def test_a_resumed_run_on_other_arrays_is_refused(tmp_path):
                                                          16))
 
 
+@pytest.mark.slow
 def test_a_finished_run_on_other_arrays_is_refused_not_read_back(tmp_path):
     # A finished run is read back, not trained again; given other arrays
     # (or other names for its labels) it returned the old run's metrics
@@ -1069,6 +1071,7 @@ def test_a_takeover_guard_left_by_a_killed_run_is_removed(tmp_path):
     assert sorted(os.listdir(tmp_path)) == []
 
 
+@pytest.mark.slow
 def test_a_hand_built_image_data_is_checked_before_anything_is_written(
         tmp_path):
     # ImageData is public; one built by hand failed inside Keras after the
@@ -1154,6 +1157,7 @@ def test_arrays_given_twice_are_kept_once_as_folder_copies_are(caplog):
         tl_keras.from_arrays(x, y, None, 16, x_test=x[5:8], y_test=y[5:8])
 
 
+@pytest.mark.slow
 def test_a_finished_folder_run_given_arrays_is_refused(tiny_config):
     # data.json of a folder run has no arrays digest: given arrays under
     # the same class names, it returned the folder run's metrics (review,

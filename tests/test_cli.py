@@ -270,6 +270,7 @@ def test_bad_files_are_counted_in_metrics(tmp_path, tiny_config):
     assert sum(metrics["counts"].values()) == 24
 
 
+@pytest.mark.slow
 def test_overwrite_moves_the_old_run_aside(tmp_path, tiny_config):
     config = tiny_config.replace(approach="transfer", epochs=1,
                                  workdir=str(tmp_path / "w"))

@@ -12,6 +12,7 @@ import tl_keras
 from tl_keras.modes.compare import check_workdir, compare
 
 
+@pytest.mark.slow
 def test_compare_runs_every_approach_and_reports(pretrained_base,
                                                  image_folder, tmp_path,
                                                  capsys, monkeypatch):

@@ -229,6 +229,7 @@ def test_numpy_numbers_are_taken():
             require_data_dir=False)
 
 
+@pytest.mark.slow
 def test_numpy_numbers_train_and_are_recorded_as_written(tiny_config):
     # Keras refused a numpy rate or seed after config.json was written,
     # which held np.float32(1e-3) as 0.0010000000474974513, so the same

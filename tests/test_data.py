@@ -471,6 +471,7 @@ def test_mixed_images_carry_mixed_labels_that_sum_to_one(tiny_config, mix,
     assert data.val.element_spec[1].shape.rank == 1  # integer labels
 
 
+@pytest.mark.slow
 def test_mixed_labels_train_with_their_loss_and_accuracy(
         tiny_config, pretrained_base, monkeypatch):
     # Through train(): the mixed training labels and the integer

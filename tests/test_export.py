@@ -593,6 +593,7 @@ def test_inputs_a_file_as_named_and_skipped_files_said(run, tmp_path,
         predict.expand_inputs(f"{comma},{folder / 'shot1.png'}")
 
 
+@pytest.mark.slow
 def test_predict_through_the_cli(run, image_folder):
     config, _, _ = run
     export_dir = os.path.join(config.runtime.workdir, "export")
@@ -675,6 +676,7 @@ def test_evaluate_mode_scores_a_labelled_folder(run, image_folder,
     assert caplog.text.count("holds folders named like splits") == 1
 
 
+@pytest.mark.slow
 def test_overwrite_never_deletes_what_tl_keras_did_not_write(run,
                                                            tmp_path):
     config, _, _ = run

@@ -139,6 +139,7 @@ def test_evaluation_split_of_the_plan(approach, budget_rows, test, split,
     assert {**worker, "evaluation": split, "mib": rows} == plan
 
 
+@pytest.mark.slow
 def test_finetune_evaluates_the_whole_classifier(pretrained_base,
                                                  image_folder, tmp_path):
     # A fine-tune changes the base after the head stage, so its cached
@@ -152,6 +153,7 @@ def test_finetune_evaluates_the_whole_classifier(pretrained_base,
     assert plan["views"] == 1 and plan["evaluation"] is None
 
 
+@pytest.mark.slow
 def test_full_loop_with_augmentation_and_no_views(pretrained_base,
                                                   image_folder, tmp_path):
     config = tl_keras.Config(
@@ -165,6 +167,7 @@ def test_full_loop_with_augmentation_and_no_views(pretrained_base,
         "augmentation is on and --feature_cache_views=0")
 
 
+@pytest.mark.slow
 def test_spilled_features_equal_in_memory(pretrained_base, image_folder,
                                           tmp_path):
     """Beyond the budget the features go to a file; training on them is
@@ -188,6 +191,7 @@ def test_spilled_features_equal_in_memory(pretrained_base, image_folder,
     assert not os.path.exists(str(tmp_path / "spill" / "features"))
 
 
+@pytest.mark.slow
 def test_augmented_views(pretrained_base, image_folder, tmp_path):
     config = tl_keras.Config(
         data_dir=image_folder, workdir=str(tmp_path / "run"),
@@ -244,6 +248,7 @@ def test_augmented_views(pretrained_base, image_folder, tmp_path):
         0], views_norm[0], atol=1e-4)  # what the augmented view would set
 
 
+@pytest.mark.slow
 def test_spilled_views_equal_in_memory_and_older_ones_are_refused(
         pretrained_base, image_folder, tmp_path):
     # Augmented views spilled to a file train the head as in memory, the
@@ -301,6 +306,7 @@ def spilled_run_crashing_after_extraction(base, data_dir, workdir,
     return config
 
 
+@pytest.mark.slow
 def test_stale_spilled_features_are_refused(pretrained_base, image_folder,
                                             tmp_path, monkeypatch):
     folder = str(tmp_path / "images")
@@ -429,6 +435,7 @@ def test_extraction_shows_plain_progress_lines_without_a_terminal(
     assert "25/25" in printed and not lines  # the bar, its 25 batches of 4
 
 
+@pytest.mark.slow
 def test_a_spilled_cache_never_outlives_its_stage(pretrained_base,
                                                   image_folder, tmp_path,
                                                   monkeypatch):

@@ -47,6 +47,7 @@ def test_policy_builds_16_bit_model_with_float32_logits(policy, compute,
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.slow
 def test_mixed_precision_run_trains_and_exports_float32(tiny_config, policy):
     config = tiny_config.replace(mixed_precision=policy, augment="none",
                                  epochs=2, finetune_epochs=1,
@@ -82,6 +83,7 @@ def test_mixed_precision_run_trains_and_exports_float32(tiny_config, policy):
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.slow
 def test_every_augmentation_runs_under_mixed_precision(tiny_config, policy):
     # MixUp and CutMix mixed 16-bit images with float32 labels (a
     # TypeError before the first step); augmentation computes in float32
@@ -125,6 +127,7 @@ def test_float32_copy_for_tflite_keeps_input_statistics():
         np.asarray(model(images), dtype="float32"), rtol=0.02, atol=0.02)
 
 
+@pytest.mark.slow
 def test_a_resume_in_another_precision_is_said(tiny_config, monkeypatch,
                                                caplog):
     # --mixed_precision=auto resolves per machine: a run started on a GPU

@@ -153,6 +153,7 @@ def test_ema_follows_the_warmed_up_average_of_the_weights():
         0]), expected, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_ema_weights_are_validated_checkpointed_and_saved(tiny_config,
                                                           monkeypatch):
     # Records what the best-epoch checkpoint saves and what the epoch
@@ -229,6 +230,7 @@ def test_gates_hold_a_variable_still_until_its_epoch():
     assert again.unfreeze_epochs == {low.path: 2}
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_adds_a_block_every_e_epochs(tiny_config):
     # compact_cnn has blocks block1..block4; --unfreeze=3 every epoch:
     # block4 trains from epoch 1, block3 from 2, block2 from 3, block1 never.
@@ -405,6 +407,7 @@ def test_bad_recipe_values_name_the_flag(changes, field):
     assert "Allowed" in str(e.value) and "Received" in str(e.value)
 
 
+@pytest.mark.slow
 def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
     # mobilenet_v2: BatchNorm in every block; all options on.
     config = tiny_config.replace(
@@ -442,6 +445,7 @@ def test_finetune_with_every_option_keeps_batchnorm_frozen(tiny_config):
     assert stored["lr_decay"] == 0.7 and stored["optimizer"] == "adamw"
 
 
+@pytest.mark.slow
 def test_finetune_options_unused_by_the_advisors_pick_are_said(tiny_config,
                                                                 caplog):
     # weights=none: the advisor picks scratch (nothing to transfer), which

@@ -64,6 +64,7 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
     assert metrics["complete"]
 
 
+@pytest.mark.slow
 def test_torn_resume_state_is_survived(tiny_config, monkeypatch):
     """Resume state torn by a crash or a full disk: the newest backup is
     unreadable and the stage's CSV log ends in half a row. The rerun
@@ -90,6 +91,7 @@ def test_torn_resume_state_is_survived(tiny_config, monkeypatch):
     assert not os.path.exists(backup)  # removed once the stage finished
 
 
+@pytest.mark.slow
 def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
     from tl_keras.training import stages
 
@@ -130,6 +132,7 @@ def test_resume_refuses_images_that_changed(tiny_config, monkeypatch):
     assert tl_keras.train(config)["complete"]
 
 
+@pytest.mark.slow
 def test_a_finished_run_refuses_images_that_changed(tmp_path,
                                                     image_folder):
     # A finished run said "already complete; nothing to do" on a folder
@@ -165,6 +168,7 @@ def test_a_finished_run_refuses_images_that_changed(tmp_path,
     assert [p for p in os.listdir(tmp_path) if p.startswith("w.replaced-")]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_weights_file_that_changed(tiny_config, tmp_path,
                                                    monkeypatch):
     # The head stage keeps only the head's weights: a resumed run builds
@@ -209,6 +213,7 @@ def _killed_and_resumed(config, tmp_path, monkeypatch):
     return whole, resumed
 
 
+@pytest.mark.slow
 def test_a_resumed_run_is_the_same_run_with_augmentation_and_dropout(
         tiny_config, tmp_path, monkeypatch):
     # Augmentation (flip, rotation, zoom) and head dropout on; the feature
@@ -247,6 +252,7 @@ def test_a_resumed_ema_and_gradual_stage_is_the_same_run(tiny_config,
                                    atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_a_stage_after_a_resumed_one_trains_all_its_epochs(tiny_config,
                                                            monkeypatch):
     # Killed after head epoch 2 of 3 (on images: the cache is off), the
@@ -264,6 +270,7 @@ def test_a_stage_after_a_resumed_one_trains_all_its_epochs(tiny_config,
     assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 2
 
 
+@pytest.mark.slow
 def test_a_run_started_before_copies_were_left_out_resumes_with_them(
         tmp_path):
     # A run started by an older tl_keras trained on byte-for-byte copies

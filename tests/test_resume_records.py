@@ -15,6 +15,7 @@ from PIL import Image
 import tl_keras
 
 
+@pytest.mark.slow
 def test_overwrite_starts_over_a_run_interrupted_on_other_images(
         tiny_config, tmp_path, monkeypatch, caplog):
     # The error for an interrupted run whose images changed says
@@ -46,6 +47,7 @@ def test_overwrite_starts_over_a_run_interrupted_on_other_images(
                for path, _ in pairs)
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_recording_its_data_reruns(tiny_config, tmp_path,
                                                        monkeypatch):
     # Killed between split.json and data.json (a byte-for-byte copy among
@@ -78,6 +80,7 @@ def test_a_run_killed_while_recording_its_data_reruns(tiny_config, tmp_path,
     assert tl_keras.train(config)["complete"]
 
 
+@pytest.mark.slow
 def test_a_done_stage_without_its_kept_weights_is_refused(tiny_config):
     # A stage marked done whose kept weights are gone: the rerun went on
     # from the weights the model had (the fine-tune's gone: the head's),
@@ -100,6 +103,7 @@ def test_a_done_stage_without_its_kept_weights_is_refused(tiny_config):
         model_bytes)
 
 
+@pytest.mark.slow
 def test_torn_or_edited_records_are_named(tiny_config):
     # A run's own records cut short or edited by hand were raw
     # JSONDecodeError / AttributeError tracebacks, and --overwrite could
@@ -125,6 +129,7 @@ def test_torn_or_edited_records_are_named(tiny_config):
                 if n.startswith("run.") and n != "run.lock"]) == 1
 
 
+@pytest.mark.slow
 def test_an_unreadable_kept_checkpoint_is_named(tiny_config):
     config = tiny_config.replace(epochs=1, finetune_epochs=1)
     assert tl_keras.train(config)["complete"]
@@ -153,6 +158,7 @@ def test_an_unreadable_kept_checkpoint_is_named(tiny_config):
         tl_keras.train(config)
 
 
+@pytest.mark.slow
 def test_a_run_without_its_data_records_is_refused(tiny_config):
     # split.json or data.json deleted from a run that trained: the data
     # checks had nothing to compare, so a resumed run carved its splits
@@ -176,6 +182,7 @@ def test_a_run_without_its_data_records_is_refused(tiny_config):
     assert tl_keras.train(config.replace(overwrite=True))["complete"]
 
 
+@pytest.mark.slow
 def test_an_edited_metrics_file_is_written_again(tiny_config, caplog):
     import logging
 

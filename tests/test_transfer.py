@@ -371,6 +371,7 @@ def test_stage_checkpoint_band_survives_a_resume(tmp_path):
     assert _epochs(finetune, [(0.52, 0.1), (0.62, 0.85)]) == [0, 2]
 
 
+@pytest.mark.slow
 def test_stage_checkpoint_weighs_leads_against_the_validation_count(
         tiny_config, monkeypatch):
     from tl_keras.training import checkpoints
@@ -416,6 +417,7 @@ def test_feature_standardization_standardizes_and_stays_out_of_training():
 
 
 @pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.slow
 def test_head_trains_on_standardized_features(tiny_config, cached):
     # Both head-stage paths (features cached once, or images through the
     # frozen base every epoch) set the statistics before the head trains,
@@ -454,6 +456,7 @@ class _PoisonWeights(keras.callbacks.Callback):
                 w.assign(np.full(w.shape, np.nan, "float32"))
 
 
+@pytest.mark.slow
 def test_a_diverged_finetune_stops_and_keeps_the_last_good_weights(
         tiny_config):
     config = tiny_config.replace(augment="none", epochs=1, finetune_epochs=3)

@@ -82,6 +82,7 @@ def test_a_base_input_other_than_square_rgb_is_refused(tmp_path, shape,
     assert f"Received: backbone={path!r}" in message
 
 
+@pytest.mark.slow
 def test_a_gray_base_fails_before_the_workdir_is_written(tmp_path,
                                                          image_folder):
     # It failed deep in training, after config.json and data.json.
