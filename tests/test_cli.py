@@ -52,6 +52,31 @@ def test_smoke_run_writes_the_workdir(smoke_run):
     assert "Test accuracy" not in result.stdout
 
 
+def test_tensorboard_stages_lie_end_to_end_and_each_stage_is_one_line(
+        smoke_run):
+    # Each stage's TensorBoard epochs began at step 0, so the fine-tune
+    # curve lay on top of the head's; the log said "Stage 1: head" and
+    # then "Stage head: ..." for the same stage.
+    import tensorflow as tf
+
+    workdir, result = smoke_run
+
+    def steps(stage, split):
+        folder = os.path.join(workdir, "logs", "tensorboard", stage, split)
+        return sorted(
+            event.step for name in os.listdir(folder)
+            for event in tf.compat.v1.train.summary_iterator(
+                os.path.join(folder, name))
+            for value in event.summary.value if value.tag == "epoch_loss")
+
+    for split in ("train", "validation"):
+        assert steps("head", split) == [0, 1], split  # --epochs=2
+        assert steps("finetune", split) == [2], split  # --finetune_epochs=1
+    assert "Stage 1 (head): 2 epochs" in result.stderr
+    assert "Stage 2 (finetune): 1 epochs" in result.stderr
+    assert "Stage 1: head" not in result.stderr
+
+
 def test_split_json_lists_every_file_once(smoke_run, image_folder):
     workdir, _ = smoke_run
     with open(os.path.join(workdir, "split.json")) as f:

@@ -370,7 +370,7 @@ def test_killed_worker_restart_resumes_to_the_same_weights(
     shutil.rmtree(worker_backup)
     assert wait_all(start_workers(cluster_data, workdir)) == [0, 0]
     log = open(f"{workdir}.log0").read()
-    assert "Stage head already done" in log
+    assert "Stage 1 (head) already done" in log
     assert "Resuming the stage after epoch 1, the chief's" in open(
         f"{workdir}.log1").read()
     with open(os.path.join(workdir, "logs", "finetune.csv")) as f:

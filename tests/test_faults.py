@@ -135,4 +135,4 @@ def test_killed_anywhere_then_rerun_ends_as_the_uninterrupted_run(tmp_path):
     assert not [n for n in os.listdir(workdir) if n.startswith(".export-")]
     assert os.path.isfile(os.path.join(workdir, "export", "manifest.json"))
     # The last rerun only finished what was left: both stages were done.
-    assert "Stage finetune already done" in final.stderr + final.stdout
+    assert "Stage 2 (finetune) already done" in final.stderr + final.stdout

@@ -127,6 +127,21 @@ class StageLog(keras.callbacks.CSVLogger):
             self._begun = True
 
 
+class StageBoard(keras.callbacks.TensorBoard):
+    """TensorBoard events of one stage, `logs/tensorboard/<stage>/`, whose
+    epochs go on from the run's earlier stage: a fine-tune stage's first
+    epoch is the step after the head's last (`first_epoch`: the head's
+    epochs), so the stages' curves lie end to end. Each stage's epochs
+    began at step 0, and the fine-tune curve lay on top of the head's."""
+
+    def __init__(self, log_dir, first_epoch=0):
+        super().__init__(log_dir)
+        self._first_epoch = first_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(self._first_epoch + epoch, logs)
+
+
 def repair_csv(csv_path):
     """Cuts a stage's CSV log back to its last complete line: a row torn
     by a crash (no line end) would otherwise merge with the next one."""

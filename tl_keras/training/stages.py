@@ -13,8 +13,6 @@ import os
 import sys
 import time
 
-import keras
-
 from tl_keras import inference, io
 from tl_keras.data.augment import seed_states
 from tl_keras.data.pipelines import full_batches
@@ -31,7 +29,7 @@ from tl_keras.training import feature_cache
 from tl_keras.training.backups import EpochBackup, backup_dir, remove_backups
 from tl_keras.training.cache_plan import cache_plan
 from tl_keras.training.checkpoints import AveragedWeights, StageCheckpoint
-from tl_keras.training.metrics import StageLog, read_history
+from tl_keras.training.metrics import StageBoard, StageLog, read_history
 
 log = logging.getLogger("tl_keras")
 
@@ -89,9 +87,9 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
     # done, for every worker (`distribute.Placement.from_chief`).
     if place.from_chief([os.path.isfile(done_path)])[0]:
         feature_cache.remove_spilled(workdir)  # a kill before it went
-        return _skip_done_stage(model, stage, checkpoint, done_path, place)
+        return _skip_done(model, stage, index, checkpoint, done_path, place)
     started_from = _start(checkpoint, to_beat, stage_dir, place)
-    trainable, total = _log_start(model, stage)
+    trainable, total = _log_start(model, stage, index)
     csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
     start = time.time()
     plan, why = cache_plan(config.training, config.data, stage.name, data,
@@ -100,7 +98,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         model, stage, data, config, place, plan, evaluation)
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
          _stage_callbacks(stage, index, data, checkpoint, stage_dir,
-                          csv_path, place, workdir, config.training.ema)
+                          csv_path, place, workdir, config.training)
          + recipe_callbacks + list(callbacks))
     summary = {
         "epochs": stage.epochs, "learning_rate": stage.learning_rate,
@@ -197,12 +195,13 @@ def _stage_checkpoint(model, stage, workdir, val_images):
                                       val_images=val_images)
 
 
-def _log_start(model, stage):
+def _log_start(model, stage, index):
     """Logs what the stage trains; returns (trainable, total) weights."""
     trainable = count_params(model.trainable_weights)
     total = count_params(model.weights)
-    log.info("Stage %s: %d epochs at learning rate %g; training %s of %s "
-             "weights.", stage.name, stage.epochs, stage.learning_rate,
+    log.info("Stage %d (%s): %d epochs at learning rate %g; training %s of "
+             "%s weights.", index, stage.name, stage.epochs,
+             stage.learning_rate,
              f"{trainable:,}", f"{total:,}")
     return trainable, total
 
@@ -225,11 +224,11 @@ def _fit_summary(plan, why, extract_seconds, checkpoint, csv_path):
     }
 
 
-def _skip_done_stage(model, stage, checkpoint, done_path, place):
+def _skip_done(model, stage, index, checkpoint, done_path, place):
     """A finished stage (resumed run): its best weights and summary (the
     workers of a multi-worker run take the chief's weights)."""
     if not place.task.is_chief:
-        log.info("Stage %s is done on the chief; skipping it.", stage.name)
+        log.info("Stage %d (%s) is done on the chief.", index, stage.name)
         place.sync_from_chief(model.weights)
         # Scores any epoch of a next stage beats: this worker keeps its
         # own best, and then takes the chief's weights anyway.
@@ -248,14 +247,14 @@ def _skip_done_stage(model, stage, checkpoint, done_path, place):
     place.sync_from_chief(model.weights)
     # Backups a kill left between done.json and their removal.
     remove_backups(os.path.dirname(done_path))
-    log.info("Stage %s already done (best val_loss %.4f at epoch %d); "
-             "skipping it.", stage.name, summary["best_val_loss"],
+    log.info("Stage %d (%s) already done (best val_loss %.4f at epoch %d); "
+             "skipping it.", index, stage.name, summary["best_val_loss"],
              summary["best_epoch"])
     return summary
 
 
 def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
-                     place, workdir, ema=0.0):
+                     place, workdir, training):
     """The callbacks every stage fits with, in the order they must run
     (with --ema, the average is in the model for the checkpoint only:
     `AveragedWeights`).
@@ -265,17 +264,18 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
     earlier one) and TensorBoard summaries again; killed after it, all
     of them are written."""
     os.makedirs(os.path.dirname(csv_path), exist_ok=True)
-    averaged = AveragedWeights() if ema else None
+    averaged = AveragedWeights() if training.ema else None
     callbacks = [
         data.shuffle.callback(index),
-        *([averaged] if ema else []),
+        *([averaged] if averaged else []),
         checkpoint,
-        *([averaged.swap_back()] if ema else []),
+        *([averaged.swap_back()] if averaged else []),
         StageLog(csv_path),
     ]
     if place.task.is_chief:
-        callbacks.append(keras.callbacks.TensorBoard(
-            os.path.join(workdir, "logs", "tensorboard", stage.name)))
+        callbacks.append(StageBoard(
+            os.path.join(workdir, "logs", "tensorboard", stage.name),
+            first_epoch=training.epochs if stage.name == "finetune" else 0))
     return [*callbacks, EpochBackup(backup_dir(stage_dir), place)]
 
 

@@ -157,7 +157,6 @@ def _train(config, data, place, callbacks):
     blocks = backbone.blocks()
     stages, evaluation = {}, {}
     for i, stage in enumerate(plan_stages(config.training), start=1):
-        log.info("Stage %d: %s", i, stage.name)
         with place.strategy.scope():
             stages[stage.name] = run_stage(
                 model, stage, data, config, blocks, place, index=i,
