@@ -6,6 +6,7 @@ pretrained here, no download)."""
 import json
 import logging
 import os
+import re
 
 import keras
 import numpy as np
@@ -561,7 +562,8 @@ def test_auto_trains_from_the_block_the_advisor_picks(
 
 
 def test_rank_orders_backbones(pretrained_base, image_folder, tmp_path,
-                               capsys):
+                               capsys, caplog):
+    caplog.set_level(logging.INFO, logger="tl_keras")
     config = tl_keras.Config(
         mode="rank", data_dir=image_folder, workdir=str(tmp_path / "rank"),
         backbones=f"compact_cnn,{pretrained_base}", weights="none",
@@ -577,6 +579,12 @@ def test_rank_orders_backbones(pretrained_base, image_folder, tmp_path,
         best = min(rows, key=lambda r: r["ranks"][key])
         assert best[key] == max(r[key] for r in rows)
     assert "Backbones ranked" in capsys.readouterr().out
+    # Each base's feature passes show their progress (they showed none).
+    shown = [r.getMessage() for r in caplog.records]
+    for split in ("training", "validation"):
+        done = [m for m in shown if re.fullmatch(
+            rf"Advisor: measuring {split} features: (\d+) / \1 images", m)]
+        assert len(done) == 2, shown  # one pass per base
     stored = json.load(open(tmp_path / "rank" / "ranking.json"))
     assert [r["backbone"] for r in stored["ranking"]] == [
         r["backbone"] for r in rows]

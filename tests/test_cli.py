@@ -6,6 +6,7 @@ answered with one clear message (no traceback) and an intact workdir
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,8 +58,6 @@ def test_tensorboard_stages_lie_end_to_end_and_each_stage_is_one_line(
     # Each stage's TensorBoard epochs began at step 0, so the fine-tune
     # curve lay on top of the head's; the log said "Stage 1: head" and
     # then "Stage head: ..." for the same stage.
-    import tensorflow as tf
-
     workdir, result = smoke_run
 
     def steps(stage, split):
@@ -75,6 +74,9 @@ def test_tensorboard_stages_lie_end_to_end_and_each_stage_is_one_line(
     assert "Stage 1 (head): 2 epochs" in result.stderr
     assert "Stage 2 (finetune): 1 epochs" in result.stderr
     assert "Stage 1: head" not in result.stderr
+    # The test split's pass shows its progress, as extraction's does.
+    assert re.search(r"Evaluating on the test split: (\d+) / \1 images",
+                     result.stderr)
 
 
 def test_split_json_lists_every_file_once(smoke_run, image_folder):

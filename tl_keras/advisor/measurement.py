@@ -66,8 +66,9 @@ def measure(model, data, config, blocks=None, layers=True):
     sample_ds, sampled = sample_training_set(
         data, config.advisor.advisor_sample, seed)
     out["sample"] = sampled
-    train_f, train_y = _features(extractor, sample_ds, sampled)
-    val_f, val_y = _features(extractor, data.val, data.counts["val"])
+    train_f, train_y = _features(extractor, sample_ds, sampled, "training")
+    val_f, val_y = _features(extractor, data.val, data.counts["val"],
+                             "validation")
     for i, key in enumerate(["last"] + earlier):
         scores = _layer_scores(train_f[i], train_y, val_f[i], val_y, config,
                                key, out, heads=layers)
@@ -134,10 +135,11 @@ def _extractor(model, base, blocks, earlier):
     return inference.traced(run, model)
 
 
-def _features(extractor, ds, n):
-    """Pooled features of the n images of batched `ds`: ([last layer,
-    each earlier block], labels)."""
-    outputs, labels = inference.run_batched(extractor, ds, n)
+def _features(extractor, ds, n, split):
+    """Pooled features of the n images of batched `ds` (the `split` named
+    in its progress lines): ([last layer, each earlier block], labels)."""
+    outputs, labels = inference.run_batched(
+        extractor, ds, n, progress=f"Advisor: measuring {split} features")
     return ([np.asarray(o, np.float64) for o in outputs],
             labels.astype(np.int64))
 

@@ -41,8 +41,9 @@ def evaluate(model, data, features=None):
             raise ValueError(f"{len(labels)} cached {split} features for "
                              f"{data.counts[split]} images")
     else:
-        logits, labels = inference.run_batched(inference.forward(model), ds,
-                                               data.counts[split])
+        logits, labels = inference.run_batched(
+            inference.forward(model), ds, data.counts[split],
+            progress=f"Evaluating on the {split} split")
     return {"test_split": split, "evaluated_on": (
         "cached base features" if features is not None
         else "the whole classifier"), **classification_metrics(
