@@ -9,6 +9,7 @@ workers."""
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -42,7 +43,8 @@ def _crash_in_finetune_after(monkeypatch, epoch, stage="finetune"):
     return original
 
 
-def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
+def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch,
+                                                  caplog):
     """A crash in the middle of the fine-tune stage; the rerun skips the
     head stage and continues fine-tuning from the last finished epoch."""
     config = tiny_config.replace(epochs=2, finetune_epochs=3)
@@ -54,7 +56,9 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
                                       "finetune", "backup"))
     head_rows = list(csv.DictReader(open(os.path.join(logs, "head.csv"))))
     monkeypatch.setattr(EpochBackup, "on_epoch_end", original)
+    caplog.set_level(logging.INFO, logger="tl_keras")
     metrics = tl_keras.train(config)
+    assert "Resuming the run in" in caplog.text
     # The head stage did not run again; fine-tuning ran only epoch 3.
     assert list(csv.DictReader(open(os.path.join(logs, "head.csv")))) == (
         head_rows)
@@ -62,6 +66,11 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 3
     assert metrics["complete"]
+    # Finished: it says so, not "Resuming" first (it said both).
+    caplog.clear()
+    assert tl_keras.train(config) == metrics
+    assert "is already complete" in caplog.text
+    assert "Resuming" not in caplog.text
 
 
 @pytest.mark.slow

@@ -79,13 +79,10 @@ def check_workdir(config):
     if diffs is not None:
         if diffs:
             problem = f"it holds a run with other settings ({'; '.join(diffs)})"
-        else:
-            log.info("Resuming the run in %s", workdir)
-            if config.runtime.overwrite:  # it moves only another run aside
-                log.warning("--overwrite: %s holds this same run (same "
-                            "settings), which goes on as it is; nothing is "
-                            "moved aside (a new --workdir trains anew).",
-                            workdir)
+        elif config.runtime.overwrite:  # it moves only another run aside
+            log.warning("--overwrite: %s holds this same run (same "
+                        "settings), which goes on as it is; nothing is "
+                        "moved aside (a new --workdir trains anew).", workdir)
     elif os.path.isdir(workdir) and {  # earlier records moved aside too
             io.moved_from(name) for name in os.listdir(workdir)} - (
             _MEASUREMENT_FILES):
@@ -219,6 +216,8 @@ def join_run(config, place, data=None):
             complete = not conflict and is_complete(workdir)
             if complete:
                 conflict, complete = _finished_as_listed(config, data)
+            else:
+                _say_resuming(workdir, conflict)
             run_id = (not conflict and _stored_run_id(workdir)) or (
                 random.SystemRandom().randrange(1, 2**31))
         except Exception:  # any failure here: the workers stop too
@@ -245,7 +244,16 @@ def join_run(config, place, data=None):
                         workdir, io.move_aside(workdir), run_id)
     if complete:
         return None, True, run_id
-    return check_workdir(config), False, run_id
+    conflict = check_workdir(config)
+    _say_resuming(workdir, conflict)
+    return conflict, False, run_id
+
+
+def _say_resuming(workdir, conflict):
+    """Logs that an unfinished run goes on (a finished one says it is
+    complete instead: it said both)."""
+    if not conflict and os.path.isfile(os.path.join(workdir, "config.json")):
+        log.info("Resuming the run in %s", workdir)
 
 
 def _finished_as_listed(config, data):
