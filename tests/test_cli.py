@@ -330,6 +330,7 @@ def test_overwrite_never_moves_the_images_aside(tmp_path, image_folder):
     assert sorted(os.listdir(workdir)) == ["images"]
 
 
+@pytest.mark.slow
 def test_a_live_run_locks_its_workdir(tiny_config):
     import socket
 
