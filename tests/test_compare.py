@@ -284,6 +284,26 @@ def test_macro_f1_leaves_out_classes_without_test_images():
     assert _row(metrics, 5.0)["macro_f1"] == pytest.approx(0.7205)
 
 
+def test_images_per_second_counts_the_epochs_its_seconds_cover():
+    # After a mid-stage resume a stage's seconds_this_process covers only
+    # the epochs that process ran; every epoch's images were counted over
+    # them (4 epochs' images over 1 epoch's seconds: 4x too fast).
+    from tl_keras.modes.compare import _row
+
+    stage = {"epochs": 4, "epochs_this_process": 1,
+             "seconds_this_process": 2.0, "trainable_params": 9,
+             "history": {"val_accuracy": [0.5]},
+             "best_val_accuracy": 0.5, "best_val_loss": 1.0}
+    metrics = {"approach": "scratch", "stages": {"scratch": stage},
+               "num_train": 10, "num_test": 1, "test_split": "test",
+               "test_accuracy": 1.0, "confusion_matrix": [],
+               "class_names": ["a"],
+               "per_class": {"a": {"f1-score": 1.0, "support": 1}}}
+    assert _row(metrics, 9.0)["images_per_second"] == 5.0
+    del stage["epochs_this_process"]  # a record from before the field
+    assert _row(metrics, 9.0)["images_per_second"] == 20.0
+
+
 @pytest.mark.parametrize("names", [["accuracy", "cat", "dog"],
                                    ["cat", "dog", "macro avg"],
                                    ["weighted avg", "cat", "dog"]])

@@ -66,6 +66,10 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch,
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     assert len(metrics["stages"]["finetune"]["history"]["loss"]) == 3
     assert metrics["complete"]
+    # What each stage's seconds_this_process covers: the head's 2 epochs
+    # (done before the crash, read back), and the rerun's 1.
+    assert metrics["stages"]["head"]["epochs_this_process"] == 2
+    assert metrics["stages"]["finetune"]["epochs_this_process"] == 1
     # Finished: it says so, not "Resuming" first (it said both).
     caplog.clear()
     assert tl_keras.train(config) == metrics

@@ -309,7 +309,8 @@ def _write_outputs(workdir, summary, decision, header):
 
 def _row(metrics, seconds):
     stages = metrics["stages"].values()
-    images = sum(metrics["num_train"] * s["epochs"] for s in stages)
+    images = sum(metrics["num_train"] * s.get("epochs_this_process",
+                                              s["epochs"]) for s in stages)
     train_seconds = sum(s["seconds_this_process"] for s in stages)
     per_class = metrics["per_class"].values()
     curve = []

@@ -115,6 +115,7 @@ class StageLog(keras.callbacks.CSVLogger):
     def __init__(self, csv_path):
         super().__init__(csv_path, append=True)
         self._begun = False
+        self.epochs_run = 0  # epochs this process trained (and logged)
 
     def on_train_begin(self, logs=None):
         repair_csv(self.filename)
@@ -126,6 +127,10 @@ class StageLog(keras.callbacks.CSVLogger):
             # to its end, wherever the cut leaves it.
             cut_csv(self.filename, epoch)
             self._begun = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.epochs_run += 1
 
 
 class StageBoard(keras.callbacks.TensorBoard):

@@ -90,7 +90,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         return _skip_done(model, stage, index, checkpoint, done_path, place)
     started_from = _start(checkpoint, to_beat, stage_dir, place)
     trainable, total = _log_start(model, stage, index)
-    csv_path = os.path.join(workdir, "logs", f"{stage.name}.csv")
+    stage_log = StageLog(os.path.join(workdir, "logs", f"{stage.name}.csv"))
     start = time.time()
     plan, why = cache_plan(config.training, config.data, stage.name, data,
                            model, evaluates=place.task.is_chief)
@@ -98,7 +98,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         model, stage, data, config, place, plan, evaluation)
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
          _stage_callbacks(stage, index, data, checkpoint, stage_dir,
-                          csv_path, place, workdir, config.training)
+                          stage_log, place, workdir, config.training)
          + recipe_callbacks + list(callbacks))
     summary = {
         "epochs": stage.epochs, "learning_rate": stage.learning_rate,
@@ -108,7 +108,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         "recipe": recipe.describe(config.training, stage.name),
         "started_from": started_from,
         "seconds_this_process": round(time.time() - start, 1),
-        **_fit_summary(plan, why, extract_seconds, checkpoint, csv_path),
+        **_fit_summary(plan, why, extract_seconds, checkpoint, stage_log),
     }
     _check_outcome(stage, checkpoint, to_beat, summary, place)
     io.write_json(done_path, summary)
@@ -206,7 +206,7 @@ def _log_start(model, stage, index):
     return trainable, total
 
 
-def _fit_summary(plan, why, extract_seconds, checkpoint, csv_path):
+def _fit_summary(plan, why, extract_seconds, checkpoint, stage_log):
     """The summary's part that the fit measured: the feature cache (or
     why a head stage ran the full loop), the best epoch and the per-epoch
     history."""
@@ -220,7 +220,8 @@ def _fit_summary(plan, why, extract_seconds, checkpoint, csv_path):
         "best_val_loss": checkpoint.best,
         "best_val_accuracy": checkpoint.best_accuracy,
         "max_val_accuracy": checkpoint.max_accuracy,
-        "history": read_history(csv_path),
+        "history": read_history(stage_log.filename),
+        "epochs_this_process": stage_log.epochs_run,
     }
 
 
@@ -253,7 +254,7 @@ def _skip_done(model, stage, index, checkpoint, done_path, place):
     return summary
 
 
-def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
+def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
                      place, workdir, training):
     """The callbacks every stage fits with, in the order they must run
     (with --ema, the average is in the model for the checkpoint only:
@@ -263,14 +264,14 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, csv_path,
     the epoch, which writes its checkpoint, CSV row (`StageLog` cuts the
     earlier one) and TensorBoard summaries again; killed after it, all
     of them are written."""
-    os.makedirs(os.path.dirname(csv_path), exist_ok=True)
+    os.makedirs(os.path.dirname(stage_log.filename), exist_ok=True)
     averaged = AveragedWeights() if training.ema else None
     callbacks = [
         data.shuffle.callback(index),
         *([averaged] if averaged else []),
         checkpoint,
         *([averaged.swap_back()] if averaged else []),
-        StageLog(csv_path),
+        stage_log,
     ]
     if place.task.is_chief:
         callbacks.append(StageBoard(
