@@ -43,6 +43,17 @@ def _crash_in_finetune_after(monkeypatch, epoch, stage="finetune"):
     return original
 
 
+class _SeesBackups(keras.callbacks.Callback):
+    """Lists the stage's backups at each epoch end."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder, self.at_epoch_end = folder, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.at_epoch_end.append(sorted(os.listdir(self.folder)))
+
+
 def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch,
                                                   caplog):
     """A crash in the middle of the fine-tune stage; the rerun skips the
@@ -57,7 +68,14 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch,
     head_rows = list(csv.DictReader(open(os.path.join(logs, "head.csv"))))
     monkeypatch.setattr(EpochBackup, "on_epoch_end", original)
     caplog.set_level(logging.INFO, logger="tl_keras")
-    metrics = tl_keras.train(config)
+    backups = os.path.join(config.runtime.workdir, "checkpoints", "finetune",
+                           "backup")
+    seen = _SeesBackups(backups)
+    metrics = tl_keras.train(config, callbacks=[seen])
+    # A user's callback runs before the epoch's backup, as the run's own
+    # logs do: a kill between them replays the epoch, and the callback
+    # sees it again (it ran after the backup: a kill there lost it).
+    assert seen.at_epoch_end == [["epoch-000002.weights.h5"]]
     assert "Resuming the run in" in caplog.text
     # The head stage did not run again; fine-tuning ran only epoch 3.
     assert list(csv.DictReader(open(os.path.join(logs, "head.csv")))) == (

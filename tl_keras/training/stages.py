@@ -98,8 +98,8 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         model, stage, data, config, place, plan, evaluation)
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
          _stage_callbacks(stage, index, data, checkpoint, stage_dir,
-                          stage_log, place, workdir, config.training)
-         + recipe_callbacks + list(callbacks))
+                          stage_log, place, workdir, config.training,
+                          recipe_callbacks + list(callbacks)))
     summary = {
         "epochs": stage.epochs, "learning_rate": stage.learning_rate,
         "trainable_params": trainable, "total_params": total,
@@ -255,15 +255,15 @@ def _skip_done(model, stage, index, checkpoint, done_path, place):
 
 
 def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
-                     place, workdir, training):
+                     place, workdir, training, more):
     """The callbacks every stage fits with, in the order they must run
     (with --ema, the average is in the model for the checkpoint only:
     `AveragedWeights`).
 
-    The epoch's backup comes last: killed before it, the rerun replays
-    the epoch, which writes its checkpoint, CSV row (`StageLog` cuts the
-    earlier one) and TensorBoard summaries again; killed after it, all
-    of them are written."""
+    The epoch's backup comes last, after the recipe's and the user's
+    (`more`): killed before it, the rerun replays the epoch, its
+    checkpoint, CSV row (`StageLog` cuts the earlier one), TensorBoard
+    summaries and user callbacks; killed after it, all of them ran."""
     os.makedirs(os.path.dirname(stage_log.filename), exist_ok=True)
     averaged = AveragedWeights() if training.ema else None
     callbacks = [
@@ -277,7 +277,7 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
         callbacks.append(StageBoard(
             os.path.join(workdir, "logs", "tensorboard", stage.name),
             first_epoch=training.epochs if stage.name == "finetune" else 0))
-    return [*callbacks, EpochBackup(backup_dir(stage_dir), place)]
+    return [*callbacks, *more, EpochBackup(backup_dir(stage_dir), place)]
 
 
 def _compile(model, stage, data, config, place, blocks=None):
