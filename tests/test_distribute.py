@@ -105,9 +105,22 @@ def test_bad_tf_config_fails_before_writing(tiny_config, monkeypatch):
 
 
 @cpu_only
-def test_single_process_records_its_placement(tiny_config):
+def test_single_process_records_its_placement(tiny_config, caplog,
+                                             monkeypatch):
+    import logging
+
+    from tl_keras.distribute import strategy
+
+    monkeypatch.setattr(strategy, "_SAID", set(), raising=False)  # fresh
+    caplog.set_level(logging.INFO, logger="tl_keras")
     place = distribute.placement(tiny_config.runtime,
                                   tiny_config.data.batch_size)
+    # Said once per process while it stays the same (a compare placed
+    # each of its three runs, and said so three times).
+    distribute.placement(tiny_config.runtime, tiny_config.data.batch_size)
+    said = [r for r in caplog.records
+            if r.getMessage().startswith("Distribution one_device")]
+    assert [r.levelname for r in said] == ["INFO"]
     assert place.kind == "one_device" and place.replicas == 1
     assert place.task.is_chief
     info = place.describe(tiny_config.data.batch_size)

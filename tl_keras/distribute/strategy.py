@@ -30,6 +30,9 @@ from tl_keras.errors import InputError
 log = logging.getLogger("tl_keras")
 
 _STRATEGIES = {}  # one strategy per kind and process (MWMS allows only one)
+# The placement lines said in this process: a compare or the demo places
+# each of its runs the same way, and said so once per run.
+_SAID = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,11 +160,13 @@ def placement(runtime, batch_size):
             f"batch_size={batch_size}")
     jit = resolve_jit_compile(runtime.jit_compile, strategy)
     precision = resolve_precision(runtime.mixed_precision)
-    log.info("Distribution %s (%s, %d replica(s)%s); XLA %s; precision %s",
-             kind, type(strategy).__name__, replicas,
-             f", {task.name} of {task.num_workers} workers"
-             if task.num_workers > 1 else "", "on" if jit else "off",
-             precision)
+    workers = (f", {task.name} of {task.num_workers} workers"
+               if task.num_workers > 1 else "")
+    line = (f"Distribution {kind} ({type(strategy).__name__}, {replicas} "
+            f"replica(s){workers}); XLA {'on' if jit else 'off'}; "
+            f"precision {precision}")
+    (log.debug if line in _SAID else log.info)("%s", line)
+    _SAID.add(line)
     return Placement(kind, strategy, jit, precision, task)
 
 
