@@ -86,3 +86,32 @@ def test_file_check_and_serve_bytes_refuse_a_misread_gif(tmp_path, options):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="a GIF whose first frame does not fill"):
         serve(tf.constant(bad))
+
+
+def test_the_gif_check_traces_once_without_a_retracing_warning(
+        tmp_path, monkeypatch, caplog):
+    # find_unreadable's threads all called the traced check while its
+    # first trace ran, and TensorFlow warned "6 out of the last 6 calls
+    # ... triggered tf.function retracing" in every run (it traced once).
+    import logging
+
+    from conftest import write_image_folder
+
+    from tl_keras.data import images
+
+    fresh = tf.function(misread_gif, input_signature=[
+        tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3],
+                                                    tf.uint8)])
+    monkeypatch.setattr(images, "_misread_gif", fresh)  # as in a new process
+    write_image_folder(str(tmp_path), num_classes=2, per_class=8,
+                       formats=("gif",))
+    paths = [str(p) for p in sorted(tmp_path.glob("*/*.gif"))]
+    tf_log = logging.getLogger("tensorflow")
+    tf_log.addHandler(caplog.handler)
+    try:
+        assert find_unreadable(paths) == []
+    finally:
+        tf_log.removeHandler(caplog.handler)
+    assert len(paths) == 16
+    assert fresh.experimental_get_tracing_count() == 1
+    assert "retracing" not in caplog.text

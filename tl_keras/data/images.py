@@ -10,6 +10,7 @@ import concurrent.futures
 import logging
 import os
 import stat
+import threading
 
 import tensorflow as tf
 from PIL import Image
@@ -238,7 +239,7 @@ def _decodes(path, image):
         with open(path, "rb") as f:
             data = f.read()
         decoded = decode_image(data)  # eagerly: a failure raises, unlogged
-        return image.format != "GIF" or not bool(_misread_gif(data, decoded))
+        return image.format != "GIF" or not bool(_check_gif(data, decoded))
     image.draft("RGB", (64, 64))
     image.load()
     return True
@@ -247,6 +248,18 @@ def _decodes(path, image):
 # Traced once: eagerly, the check's loop took 4 ms a file (0.7 ms so).
 _misread_gif = tf.function(misread_gif, input_signature=[
     tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.uint8)])
+_GIF_TRACE = threading.Lock()
+
+
+def _check_gif(data, decoded):
+    """`_misread_gif`, whose first call (the trace) one thread makes while
+    the others wait: `find_unreadable`'s threads, each calling it during
+    the trace, made TensorFlow warn of retracing in every run (it traced
+    once)."""
+    if _misread_gif.experimental_get_tracing_count():
+        return _misread_gif(data, decoded)
+    with _GIF_TRACE:
+        return _misread_gif(data, decoded)
 
 
 _WARNED_TURNED = set()
