@@ -300,6 +300,11 @@ def test_images_per_second_counts_the_epochs_its_seconds_cover():
                "class_names": ["a"],
                "per_class": {"a": {"f1-score": 1.0, "support": 1}}}
     assert _row(metrics, 9.0)["images_per_second"] == 5.0
+    # Killed after its last epoch's backup: the rerun trained no epoch,
+    # and its seconds (the restore) are no speed (it read 0.0).
+    stage["epochs_this_process"] = 0
+    assert _row(metrics, 9.0)["images_per_second"] is None
+    stage["epochs_this_process"] = 1
     del stage["epochs_this_process"]  # a record from before the field
     assert _row(metrics, 9.0)["images_per_second"] == 20.0
 

@@ -48,7 +48,11 @@ class _SeesBackups(keras.callbacks.Callback):
 
     def __init__(self, folder):
         super().__init__()
-        self.folder, self.at_epoch_end = folder, []
+        self.folder, self.at_epoch_end, self.starts_at = folder, [], []
+
+    def on_train_begin(self, logs=None):
+        # The epoch the fit goes on from, once the backup is restored.
+        self.starts_at.append(self.model._initial_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self.at_epoch_end.append(sorted(os.listdir(self.folder)))
@@ -76,6 +80,8 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch,
     # logs do: a kill between them replays the epoch, and the callback
     # sees it again (it ran after the backup: a kill there lost it).
     assert seen.at_epoch_end == [["epoch-000002.weights.h5"]]
+    # ...and from its on_train_begin on it sees the restored run.
+    assert seen.starts_at == [2]
     assert "Resuming the run in" in caplog.text
     # The head stage did not run again; fine-tuning ran only epoch 3.
     assert list(csv.DictReader(open(os.path.join(logs, "head.csv")))) == (

@@ -332,7 +332,7 @@ def _row(metrics, seconds):
         "seconds": round(seconds, 1),
         "trained_params": max(s["trainable_params"] for s in stages),
         "images_per_second": round(images / train_seconds, 1)
-        if train_seconds else None,
+        if train_seconds and images else None,
         "num_test": metrics["num_test"],
         "test_split": metrics["test_split"],
         "classes_not_tested": [n for n, c in metrics["per_class"].items()

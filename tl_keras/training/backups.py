@@ -28,12 +28,22 @@ class EpochBackup(keras.callbacks.Callback):
     named by its epoch cannot disagree with itself.
     """
 
-    def __init__(self, backup_dir, place=None):
+    def __init__(self, backup_dir, place=None, restores_itself=True):
         super().__init__()
         self.backup_dir = backup_dir
         # A multi-worker run's `Placement`: every worker goes on from the
-        # chief's epoch and weights (see on_train_begin).
+        # chief's epoch and weights (see `restore`).
         self.place = place
+        # False: its `restorer()`, placed earlier in the fit's callbacks,
+        # restores at the train's beginning, and this one, last, saves.
+        self.restores_itself = restores_itself
+
+    def restorer(self):
+        """A callback that restores this backup at the train's beginning,
+        to place before the callbacks that must see the restored run from
+        their own on_train_begin on (the backup itself, saving at each
+        epoch's end, stays last)."""
+        return _Restorer(self)
 
     def _files(self):
         """[(epoch, path)] of the complete backups, newest first."""
@@ -48,6 +58,12 @@ class EpochBackup(keras.callbacks.Callback):
         return sorted(found, reverse=True)
 
     def on_train_begin(self, logs=None):
+        if self.restores_itself:
+            self.restore()
+
+    def restore(self):
+        """Loads the newest backup into the model and sets the epoch its
+        fit goes on from (for every worker: the chief's)."""
         # fit() starts at model._initial_epoch when it is set, and nothing
         # in Keras clears it: a resumed stage's epoch would carry over to
         # the next stage's fit on the same model.
@@ -105,6 +121,17 @@ class EpochBackup(keras.callbacks.Callback):
         # marked done (`remove_backups`): killed in between, the rerun
         # resumes after the last epoch instead of training the stage again.
         self.model._initial_epoch = None
+
+
+class _Restorer(keras.callbacks.Callback):
+    """`EpochBackup.restorer`: its restore, at the train's beginning."""
+
+    def __init__(self, backup):
+        super().__init__()
+        self.backup = backup
+
+    def on_train_begin(self, logs=None):
+        self.backup.restore()
 
 
 def backup_dir(stage_dir):

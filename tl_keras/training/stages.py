@@ -257,13 +257,12 @@ def _skip_done(model, stage, index, checkpoint, done_path, place):
 def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
                      place, workdir, training, more):
     """The callbacks every stage fits with, in the order they must run
-    (with --ema, the average is in the model for the checkpoint only:
-    `AveragedWeights`).
+    (--ema: the average is in the model for the checkpoint only).
 
     The epoch's backup comes last, after the recipe's and the user's
-    (`more`): killed before it, the rerun replays the epoch, its
-    checkpoint, CSV row (`StageLog` cuts the earlier one), TensorBoard
-    summaries and user callbacks; killed after it, all of them ran."""
+    (`more`, which see the restored run from on_train_begin on): killed
+    before it, the rerun replays the epoch, its checkpoint, CSV row
+    (`StageLog` cuts the earlier one), TensorBoard and user callbacks."""
     os.makedirs(os.path.dirname(stage_log.filename), exist_ok=True)
     averaged = AveragedWeights() if training.ema else None
     callbacks = [
@@ -277,7 +276,8 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
         callbacks.append(StageBoard(
             os.path.join(workdir, "logs", "tensorboard", stage.name),
             first_epoch=training.epochs if stage.name == "finetune" else 0))
-    return [*callbacks, *more, EpochBackup(backup_dir(stage_dir), place)]
+    backup = EpochBackup(backup_dir(stage_dir), place, restores_itself=False)
+    return [*callbacks, backup.restorer(), *more, backup]
 
 
 def _compile(model, stage, data, config, place, blocks=None):
