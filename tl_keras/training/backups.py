@@ -28,22 +28,22 @@ class EpochBackup(keras.callbacks.Callback):
     named by its epoch cannot disagree with itself.
     """
 
-    def __init__(self, backup_dir, place=None, restores_itself=True):
+    def __init__(self, backup_dir, place=None):
         super().__init__()
         self.backup_dir = backup_dir
         # A multi-worker run's `Placement`: every worker goes on from the
         # chief's epoch and weights (see `restore`).
         self.place = place
-        # False: its `restorer()`, placed earlier in the fit's callbacks,
-        # restores at the train's beginning, and this one, last, saves.
-        self.restores_itself = restores_itself
+        # Once `restorer()` is called, that callback restores instead.
+        self._restorer = None
 
     def restorer(self):
-        """A callback that restores this backup at the train's beginning,
-        to place before the callbacks that must see the restored run from
-        their own on_train_begin on (the backup itself, saving at each
-        epoch's end, stays last)."""
-        return _Restorer(self)
+        """A callback that restores this backup at the train's beginning
+        instead of this one, to place before the callbacks that must see
+        the restored run from their own on_train_begin on (the backup
+        itself, saving at each epoch's end, stays last)."""
+        self._restorer = self._restorer or _Restorer(self)
+        return self._restorer
 
     def _files(self):
         """[(epoch, path)] of the complete backups, newest first."""
@@ -58,7 +58,7 @@ class EpochBackup(keras.callbacks.Callback):
         return sorted(found, reverse=True)
 
     def on_train_begin(self, logs=None):
-        if self.restores_itself:
+        if self._restorer is None:
             self.restore()
 
     def restore(self):

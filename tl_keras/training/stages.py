@@ -276,7 +276,7 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
         callbacks.append(StageBoard(
             os.path.join(workdir, "logs", "tensorboard", stage.name),
             first_epoch=training.epochs if stage.name == "finetune" else 0))
-    backup = EpochBackup(backup_dir(stage_dir), place, restores_itself=False)
+    backup = EpochBackup(backup_dir(stage_dir), place)
     return [*callbacks, backup.restorer(), *more, backup]
 
 
