@@ -247,6 +247,21 @@ def test_numpy_numbers_train_and_are_recorded_as_written(tiny_config):
     assert again["complete"]
 
 
+@pytest.mark.slow
+def test_notensorboard_writes_no_events_and_is_the_same_run(tiny_config):
+    # TensorBoard had no off switch. Without it a run writes its CSV logs
+    # but no events; it computes nothing else, so turning it back on
+    # resumes the same (here finished) run instead of refusing it.
+    config = tiny_config.replace(approach="scratch", epochs=1,
+                                 augment="none", tensorboard=False)
+    assert tl_keras.train(config)["complete"]
+    logs = os.path.join(config.runtime.workdir, "logs")
+    assert os.path.isfile(os.path.join(logs, "scratch.csv"))
+    assert not os.path.exists(os.path.join(logs, "tensorboard"))
+    assert tl_keras.train(config.replace(tensorboard=True))["complete"]
+    assert not os.path.exists(os.path.join(logs, "tensorboard"))
+
+
 @pytest.mark.parametrize("args", [
     ["--flagfile", "configs/demo.cfg"],  # absl's --name value form
     ["-flagfile=configs/demo.cfg"],

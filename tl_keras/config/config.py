@@ -47,7 +47,8 @@ FLAT_ORDER = ("mode", "data_dir", "workdir", "backbone", "weights",
               "advisor_scratch_fraction", "backbones", "validation_split",
               "test_split", "seed", "augment", "dropout", "cache_budget_mb",
               "feature_cache", "distribution", "feature_cache_views",
-              "jit_compile", "mixed_precision", "demo_labels_per_class",
+              "jit_compile", "mixed_precision", "tensorboard",
+              "demo_labels_per_class",
               "demo_pretrain_epochs", "export_dir", "inputs", "output",
               "top_k", "export_tflite", "overwrite")
 
@@ -67,7 +68,7 @@ REMOVED_FIELDS = dict.fromkeys(
 RESUMABLE_FIELDS = ("overwrite", "cache_budget_mb", "jit_compile",
                     "distribution", "mode", "backbones",
                     "export_dir", "inputs", "output", "top_k",
-                    "export_tflite")
+                    "export_tflite", "tensorboard")
 
 
 # Modes that read a labelled folder (unless the data is passed in).

@@ -44,7 +44,8 @@ MODE_FIELDS = {"inputs": ("predict",), "top_k": ("predict",),
                # advise and rank measure in this process as it is.
                "distribution": ("train", "compare", "demo"),
                "jit_compile": ("train", "compare", "demo"),
-               "mixed_precision": ("train", "compare", "demo")}
+               "mixed_precision": ("train", "compare", "demo"),
+               "tensorboard": ("train", "compare", "demo")}
 
 # What the modes that serve a finished run read; any other field set is
 # reported (predict, evaluate and export take the base, the data settings

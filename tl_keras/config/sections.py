@@ -107,8 +107,7 @@ class ModelConfig:
         "given; imagenet on a hub: backbone means the preset's weights.",
     )
     image_size: int = field(
-        0, "Square input size in pixels; 0 = the backbone's default."
-    )
+        0, "Square input size in pixels; 0 = the backbone's default.")
     feature_block: str = field(
         "",
         "Cut the base after this block (e.g. block4 of vgg16; an unknown "
@@ -289,12 +288,13 @@ class RuntimeConfig:
         "float32; float16 uses dynamic loss scaling.",
         PRECISIONS,
     )
+    tensorboard: bool = field(
+        True, "Write TensorBoard events to <workdir>/logs/tensorboard/ "
+        "(the chief's); --notensorboard skips them.")
     demo_labels_per_class: int = field(
-        10, "Demo only: labelled training images per target class."
-    )
+        10, "Demo only: labelled training images per target class.")
     demo_pretrain_epochs: int = field(
-        8, "Demo only: epochs of pretraining the base on the source task."
-    )
+        8, "Demo only: epochs of pretraining the base on the source task.")
 
     def validate(self):
         """Checks this section; returns self. Raises InputError."""

@@ -98,7 +98,7 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
         model, stage, data, config, place, plan, evaluation)
     _fit(model, fit_model, train_ds, val_ds, stage, config, place,
          _stage_callbacks(stage, index, data, checkpoint, stage_dir,
-                          stage_log, place, workdir, config.training,
+                          stage_log, place, workdir, config,
                           recipe_callbacks + list(callbacks)))
     summary = {
         "epochs": stage.epochs, "learning_rate": stage.learning_rate,
@@ -255,7 +255,7 @@ def _skip_done(model, stage, index, checkpoint, done_path, place):
 
 
 def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
-                     place, workdir, training, more):
+                     place, workdir, config, more):
     """The callbacks every stage fits with, in the order they must run
     (--ema: the average is in the model for the checkpoint only).
 
@@ -264,7 +264,7 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
     before it, the rerun replays the epoch, its checkpoint, CSV row
     (`StageLog` cuts the earlier one), TensorBoard and user callbacks."""
     os.makedirs(os.path.dirname(stage_log.filename), exist_ok=True)
-    averaged = AveragedWeights() if training.ema else None
+    averaged = AveragedWeights() if config.training.ema else None
     callbacks = [
         data.shuffle.callback(index),
         *([averaged] if averaged else []),
@@ -272,10 +272,10 @@ def _stage_callbacks(stage, index, data, checkpoint, stage_dir, stage_log,
         *([averaged.swap_back()] if averaged else []),
         stage_log,
     ]
-    if place.task.is_chief:
-        callbacks.append(StageBoard(
-            os.path.join(workdir, "logs", "tensorboard", stage.name),
-            first_epoch=training.epochs if stage.name == "finetune" else 0))
+    if place.task.is_chief and config.runtime.tensorboard:
+        first = config.training.epochs if stage.name == "finetune" else 0
+        callbacks.append(StageBoard(os.path.join(
+            workdir, "logs", "tensorboard", stage.name), first_epoch=first))
     backup = EpochBackup(backup_dir(stage_dir), place)
     return [*callbacks, backup.restorer(), *more, backup]
 
