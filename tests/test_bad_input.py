@@ -476,6 +476,12 @@ def test_a_flag_twice_in_one_flagfile_is_refused(tmp_path, image_folder):
     assert "Invalid epochs" in result.stderr
     assert "--epochs is given more than once on the command line" in (
         result.stderr)
+    # The warning waits for --verbosity's level: at -2 (errors only) it
+    # was printed before the level was set.
+    result = run_cli(f"--flagfile={flagfile}", "--epochs=2", "--epochs=0",
+                     f"--data_dir={image_folder}", "--verbosity=-2")
+    assert "Invalid epochs" in result.stderr
+    assert "more than once" not in result.stderr
 
 
 def test_files_outside_the_class_folders_are_said(folder, caplog):

@@ -197,11 +197,15 @@ def parse_flags(argv):
     absl keeps the last of a repeated flag silently: within one flagfile
     a repeat is refused (a config states each value once); on the command
     line, where scripts append overrides, the last wins and the log says
-    so (before --verbosity is read, which then sets the log's level)."""
+    so, at the level --verbosity then sets (the warnings wait for it)."""
+    logger, held = logging.getLogger("tl_keras"), []
+    logger.addFilter(held.append)  # None: each record is held back
     try:
         _check_repeats(argv[1:], None)
         rest = flags.FLAGS(argv)
+        set_log_level()
     except flags.Error as e:
+        _release(logger, held)
         message = " ".join(str(e).split())
         message += "".join(f" (--{name}: {why})"
                            for name, why in REMOVED_FIELDS.items()
@@ -210,8 +214,18 @@ def parse_flags(argv):
               f"flags `python run.py --help` lists, with their values. "
               f"Received: {' '.join(argv[1:])}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    set_log_level()
+    finally:  # whatever else is raised
+        _release(logger, held)
     return rest
+
+
+def _release(logger, held):
+    """Logs the `held` records that the log's level now lets through."""
+    logger.removeFilter(held.append)
+    while held:
+        record = held.pop(0)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
 
 
 def _check_repeats(args, where, opened=()):
