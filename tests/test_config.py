@@ -422,6 +422,14 @@ def test_a_path_that_cannot_be_written_is_refused_before_any_work(
                        match="Invalid workdir: .*link' is a broken symlink"):
         tl_keras.Config(data_dir=str(tmp_path), mode="train",
                         workdir=str(tmp_path / "link" / "w")).validate()
+    # The workdir itself a link to nothing (a drive not mounted): making
+    # it raised a raw FileExistsError after the data was read.
+    for mode in ("train", "compare", "advise"):
+        with pytest.raises(tl_keras.InputError,
+                           match="Invalid workdir: .*link' is a broken "
+                                 "symlink \\(to '.*gone', not there\\)"):
+            tl_keras.Config(data_dir=str(tmp_path), mode=mode,
+                            workdir=str(tmp_path / "link")).validate()
     if os.path.isdir("/proc/self"):  # Linux: no file can be made there
         with pytest.raises(tl_keras.InputError,
                            match="Invalid workdir: no file can be created "

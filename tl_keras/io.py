@@ -162,8 +162,13 @@ def unwritable(path):
     """Why `path` cannot be written (created with its parent folders, or
     replaced through a temporary file beside it), or None: the nearest
     folder above it that exists is a file, or this process cannot create
-    files there. Probes with a temporary file created and removed at
-    once: `os.access` says yes to root everywhere, also on /sys."""
+    files there, or `path` itself is a link to nothing (a workdir on a
+    drive not mounted: creating it raised FileExistsError). Probes with a
+    temporary file created and removed at once: `os.access` says yes to
+    root everywhere, also on /sys."""
+    if os.path.islink(path.rstrip(os.sep)) and not os.path.exists(path):
+        target = os.readlink(path.rstrip(os.sep))
+        return f"{path!r} is a broken symlink (to {target!r}, not there)"
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.lexists(folder):
         folder = os.path.dirname(folder)
