@@ -14,7 +14,7 @@ from absl import flags
 from conftest import REPO
 
 import tl_keras
-from tl_keras import cli
+from tl_keras import cli, flagfiles
 from tl_keras.config import (
     FIELD_SECTIONS,
     AdvisorConfig,
@@ -53,7 +53,7 @@ def test_every_config_parses_and_validates(path, monkeypatch, tmp_path):
     if not path.endswith("_base.cfg"):
         assert "python run.py" in head, head
         assert "# Measured" in head, head
-    cli._check_repeats([f"--flagfile={path}"], None)  # each flag once
+    flagfiles.check_repeats([f"--flagfile={path}"], None)  # each flag once
     config = parse([f"--flagfile={path}"])
     # Configs for real data or tests leave these to the command line.
     if not config.runtime.workdir:
@@ -268,9 +268,9 @@ def test_notensorboard_writes_no_events_and_is_the_same_run(tiny_config):
 ])
 def test_repeat_check_reads_every_flagfile_form(args, monkeypatch):
     monkeypatch.chdir(REPO)
-    cli._check_repeats(args, None)
+    flagfiles.check_repeats(args, None)
     with pytest.raises(flags.Error, match="--flagfile is empty"):
-        cli._check_repeats(args[:1] if len(args) == 2 else ["-flagfile="],
+        flagfiles.check_repeats(args[:1] if len(args) == 2 else ["-flagfile="],
                            None)
 
 
@@ -316,7 +316,7 @@ def test_a_flagfile_that_includes_itself_is_refused(tmp_path):
     second.write_text(f"--flagfile={first}\n")
     with pytest.raises(flags.Error, match=r"includes itself \(.*a\.cfg -> "
                                           r".*b\.cfg -> .*a\.cfg\)"):
-        cli._check_repeats([f"--flagfile={first}"], None)
+        flagfiles.check_repeats([f"--flagfile={first}"], None)
 
 
 def test_a_flag_before_a_flagfile_that_sets_it_again(tmp_path, caplog):
@@ -326,19 +326,19 @@ def test_a_flag_before_a_flagfile_that_sets_it_again(tmp_path, caplog):
     base.write_text("--epochs=3\n")
     args = ["--epochs=1", f"--flagfile={base}"]
     with caplog.at_level(logging.WARNING, logger="tl_keras"):
-        cli._check_repeats(args, None)
+        flagfiles.check_repeats(args, None)
     assert "--epochs on the command line come(s) before" in caplog.text
     assert parse(args).training.epochs == 3  # what the warning says
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tl_keras"):
-        cli._check_repeats([f"--flagfile={base}", "--epochs=1"], None)
+        flagfiles.check_repeats([f"--flagfile={base}", "--epochs=1"], None)
     assert not caplog.text  # an override after it: the usual way
     # In a flagfile it is a repeat, refused as any other there.
     outer = tmp_path / "outer.cfg"
     outer.write_text(f"--epochs=5\n--flagfile={base}\n")
     with pytest.raises(flags.Error, match=r"--epochs in .*outer\.cfg "
                                           r"come\(s\) before"):
-        cli._check_repeats([f"--flagfile={outer}"], None)
+        flagfiles.check_repeats([f"--flagfile={outer}"], None)
 
 
 def test_two_flagfiles_where_the_later_nests_another(tmp_path, caplog):
@@ -351,14 +351,35 @@ def test_two_flagfiles_where_the_later_nests_another(tmp_path, caplog):
     args = [f"--flagfile={tmp_path / 'a.cfg'}",
             f"--flagfile={tmp_path / 'b.cfg'}"]
     with caplog.at_level(logging.WARNING, logger="tl_keras"):
-        names = cli._check_repeats(args, None)
+        names = flagfiles.check_repeats(args, None)
     assert not caplog.text
     assert {"epochs", "batch_size", "learning_rate"} <= names
     outer = tmp_path / "outer.cfg"
     outer.write_text("\n".join(args) + "\n")
-    cli._check_repeats([f"--flagfile={outer}"], None)  # no error
+    flagfiles.check_repeats([f"--flagfile={outer}"], None)  # no error
     config = parse([f"--flagfile={outer}"])
     assert (config.training.epochs, config.data.batch_size) == (3, 4)
+
+
+def test_two_flagfiles_that_set_one_flag(tmp_path, caplog):
+    # absl keeps the later flagfile's value without a word (--epochs=0 in
+    # the first, 5 in the second: trained 5 epochs, nothing said).
+    first, second = tmp_path / "a.cfg", tmp_path / "b.cfg"
+    first.write_text("--epochs=0\n--batch_size=4\n")
+    second.write_text("--epochs=5\n")
+    args = [f"--flagfile={first}", f"--flagfile={second}"]
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        flagfiles.check_repeats(args, None)
+    assert (f"--epochs (in {first}) set again by --flagfile={second}: the "
+            f"later flagfile's value is used") in caplog.text
+    assert "batch_size" not in caplog.text
+    assert parse(args).training.epochs == 5  # what the warning says
+    # Both read by one flagfile: a repeat there, refused as any other.
+    outer = tmp_path / "outer.cfg"
+    outer.write_text("\n".join(args) + "\n")
+    with pytest.raises(flags.Error, match=r"--epochs \(in .*a\.cfg\) set "
+                                          r"again .*both read by .*outer"):
+        flagfiles.check_repeats([f"--flagfile={outer}"], None)
 
 
 def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path):
@@ -445,7 +466,7 @@ def test_a_flagfile_with_a_byte_order_mark_is_refused(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf--epochs=2\n")
     with pytest.raises(flags.Error, match="bom.cfg starts with a "
                                           "byte-order mark"):
-        cli._check_repeats([f"--flagfile={path}"], None)
+        flagfiles.check_repeats([f"--flagfile={path}"], None)
 
 
 @pytest.mark.parametrize("line", [
@@ -456,10 +477,10 @@ def test_quotes_around_a_flagfile_value_are_refused(tmp_path, line):
     path = tmp_path / "f.cfg"
     path.write_text(f"--epochs=2\n{line}\n")
     with pytest.raises(flags.Error, match="f.cfg has its value in quotes"):
-        cli._check_repeats([f"--flagfile={path}"], None)
+        flagfiles.check_repeats([f"--flagfile={path}"], None)
     # Quotes inside a value, and a comment line, are fine.
     path.write_text("# runs\n--workdir=runs/#1\n--inputs=a.png,'b'.png\n")
-    assert cli._check_repeats([f"--flagfile={path}"], None) >= {"workdir"}
+    assert flagfiles.check_repeats([f"--flagfile={path}"], None) >= {"workdir"}
 
 
 def test_a_comment_after_a_flagfile_value_is_said(tmp_path, caplog):
@@ -469,7 +490,7 @@ def test_a_comment_after_a_flagfile_value_is_said(tmp_path, caplog):
     path = tmp_path / "f.cfg"
     path.write_text("--workdir=runs/a   # my first run\n")
     with caplog.at_level(logging.WARNING, logger="tl_keras"):
-        cli._check_repeats([f"--flagfile={path}"], None)
+        flagfiles.check_repeats([f"--flagfile={path}"], None)
     assert "'runs/a   # my first run', all of it" in caplog.text
 
 
@@ -510,14 +531,14 @@ def test_a_nested_flagfile_is_named_when_the_folder_is_another(
     with pytest.raises(flags.Error, match=(
             r"--flagfile=configs/_base.cfg in .*demo\.cfg is not a file in "
             r"the current folder")):
-        cli._check_repeats([f"--flagfile={demo_cfg}"], None)
+        flagfiles.check_repeats([f"--flagfile={demo_cfg}"], None)
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "_base.cfg").write_text("--seed=7\n")
     caplog.set_level(logging.WARNING, logger="tl_keras")
-    cli._check_repeats([f"--flagfile={demo_cfg}"], None)
+    flagfiles.check_repeats([f"--flagfile={demo_cfg}"], None)
     assert "is read from the current folder" in caplog.text
     assert str(tmp_path / "configs" / "_base.cfg") in caplog.text
     caplog.clear()
     monkeypatch.chdir(REPO)  # as the README runs it: nothing to say
-    cli._check_repeats(["--flagfile=configs/demo.cfg"], None)
+    flagfiles.check_repeats(["--flagfile=configs/demo.cfg"], None)
     assert caplog.text == ""

@@ -20,7 +20,7 @@ LAYERS = [
     {"tl_keras.export", "tl_keras.advisor"},
     {"tl_keras.training"},
     {"tl_keras.modes"},
-    {"tl_keras.cli", "tl_keras"},
+    {"tl_keras.cli", "tl_keras.flagfiles", "tl_keras"},
 ]
 MAX_MODULE_LINES = 360
 MAX_FUNCTION_LINES = 60

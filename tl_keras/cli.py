@@ -1,4 +1,6 @@
-"""The command line: the only module that defines or reads absl flags.
+"""The command line: the only module that defines or reads absl flags
+(`flagfiles` checks the command line and its flagfiles before absl
+parses them).
 
     python run.py --flagfile=configs/X.cfg [--overrides]
 
@@ -8,14 +10,12 @@ on stderr and a non-zero exit code.
 """
 
 import logging
-import os
-import re
 import sys
 
 from absl import app, flags
 from absl.logging import converter
 
-from tl_keras import io
+from tl_keras import flagfiles
 from tl_keras.config import Config, config_fields
 from tl_keras.config.config import REMOVED_FIELDS
 from tl_keras.config.reads import warn_unread
@@ -201,7 +201,7 @@ def parse_flags(argv):
     logger, held = logging.getLogger("tl_keras"), []
     logger.addFilter(held.append)  # None: each record is held back
     try:
-        _check_repeats(argv[1:], None)
+        flagfiles.check_repeats(argv[1:], None)
         rest = flags.FLAGS(argv)
         set_log_level()
     except flags.Error as e:
@@ -226,131 +226,6 @@ def _release(logger, held):
         record = held.pop(0)
         if logger.isEnabledFor(record.levelno):
             logger.handle(record)
-
-
-def _check_repeats(args, where, opened=()):
-    """Raises flags.Error for a flag repeated in one flagfile (`where`:
-    its path; nested flagfiles are read the same way), for a flagfile
-    that includes itself (`opened`: the flagfiles being read) and for an
-    empty --flagfile; logs one repeated on the command line. A flag set
-    before a --flagfile that sets it again is a repeat too (the
-    flagfile's value wins: absl reads it in place). Reads the forms absl
-    takes: --name=value, -name=value, and --name value.
-
-    Returns:
-      The names of the flags `args` set, nested flagfiles' included."""
-    seen, nested = set(), set()
-    for i, arg in enumerate(args):
-        if not arg.startswith("-"):
-            continue
-        name, equals, value = arg.lstrip("-").partition("=")
-        if name.startswith("no") and name[2:] in flags.FLAGS and (
-                name not in flags.FLAGS):
-            name = name[2:]
-        if name == "flagfile":
-            if not equals:  # --flagfile PATH
-                value = args[i + 1] if i + 1 < len(args) else ""
-            value = os.path.expanduser(value.strip())
-            if not value:
-                raise flags.Error("--flagfile is empty (a path to a file of "
-                                  "--name=value lines is needed)")
-            if where is not None and not os.path.isabs(value):
-                _check_nested_path(value, where)
-            if os.path.isfile(value):
-                names = _check_flagfile(value, opened)
-                _check_order((seen & names) - {"flagfile"}, value, where)
-                nested |= names
-        elif name in seen and where is None:
-            logging.getLogger("tl_keras").warning(
-                "--%s is given more than once on the command line: the "
-                "last one is used.", name)
-        elif name in seen:
-            raise flags.Error(f"--{name} is given twice in {where} (each "
-                              f"flag once per flagfile; a command-line "
-                              f"flag overrides a flagfile's)")
-        seen.add(name)
-    return seen | nested
-
-
-def _check_nested_path(path, where):
-    """absl reads a relative --flagfile inside a flagfile from the current
-    folder, not from the including file's (the configs name
-    configs/_base.cfg for runs from the repository root): flags.Error
-    when it is not there, naming both; a warning when the including file
-    lies outside the current folder (another configs/ there was read
-    without a word)."""
-    here = os.getcwd()
-    if not os.path.isfile(path):
-        raise flags.Error(
-            f"--flagfile={path} in {where} is not a file in the current "
-            f"folder {here} (a relative path in a flagfile is read from "
-            f"the folder run.py is started in, not from {where}'s); start "
-            f"from the folder it was written for or give an absolute path")
-    if not io.inside(os.path.realpath(where), os.path.realpath(here)):
-        logging.getLogger("tl_keras").warning(
-            "--flagfile=%s in %s is read from the current folder: %s.",
-            path, where, os.path.realpath(path))
-
-
-def _check_flagfile(path, opened):
-    """`_check_repeats` of the flagfile at `path`; flags.Error if it is
-    one of the flagfiles being read (`opened`): absl skips a flagfile
-    that includes itself spelled the same way, with a warning, but reads
-    one spelled differently (a relative path, a link) until Python's
-    recursion limit."""
-    real = os.path.realpath(path)
-    if real in opened:
-        chain = " -> ".join([*opened, real])
-        raise flags.Error(f"--flagfile={path} includes itself ({chain}); "
-                          f"each flagfile may be read once per chain")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = [line.strip() for line in f]
-    if lines and lines[0].startswith("\ufeff"):
-        raise flags.Error(f"{path} starts with a byte-order mark (some "
-                          f"editors write one), which absl reads as part of "
-                          f"its first flag; save it as UTF-8 without one")
-    for line in lines:
-        _check_flagfile_value(line, path)
-    return _check_repeats(lines, path, (*opened, real))
-
-
-def _check_flagfile_value(line, path):
-    """For a flagfile line whose value holds what absl keeps as text: a
-    warning for what reads like a comment after it (`--workdir=runs/a  #
-    first run` trained into a folder of that name without a word; a
-    folder named 'Photos #2', which a run's own flags.cfg holds as it
-    is, is right), flags.Error for quotes around it (a shell would strip
-    them; absl keeps them: `--workdir="runs/a"` made a folder named
-    `"runs`)."""
-    name, equals, value = line.partition("=")
-    if not line.startswith("-") or not equals:
-        return
-    if re.search(r"\s#", value):
-        logging.getLogger("tl_keras").warning(
-            "%s in %s is %r, all of it: a flagfile has no comments after a "
-            "value (only on lines of their own, starting with '#').", name,
-            path, value)
-    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
-        raise flags.Error(f"{name} in {path} has its value in quotes "
-                          f"({line!r}), which absl keeps as part of it; "
-                          f"write {name}={value[1:-1]}")
-
-
-def _check_order(names, path, where):
-    """For flags set before --flagfile=path that the flagfile sets again
-    (so its values win): a warning on the command line, flags.Error in
-    a flagfile (`where`), as any repeat there."""
-    if not names:
-        return
-    listed = ", ".join(f"--{name}" for name in sorted(names))
-    if where is not None:
-        raise flags.Error(f"{listed} in {where} come(s) before "
-                          f"--flagfile={path}, which sets it again (a "
-                          f"flag after --flagfile overrides it)")
-    logging.getLogger("tl_keras").warning(
-        "%s on the command line come(s) before --flagfile=%s, which sets it "
-        "again: the flagfile's value is used (put overrides after "
-        "--flagfile).", listed, path)
 
 
 def run(argv=None):
