@@ -484,6 +484,21 @@ def test_a_flag_twice_in_one_flagfile_is_refused(tmp_path, image_folder):
     assert "more than once" not in result.stderr
 
 
+def test_only_check_args_checks_the_values(tmp_path, image_folder):
+    # absl's --only_check_args exited 0 right after parsing: --epochs=0
+    # and a missing --data_dir passed as valid.
+    result = run_cli(f"--data_dir={tmp_path / 'nope'}", "--epochs=0",
+                     f"--workdir={tmp_path / 'w'}", "--only_check_args")
+    assert result.returncode == 2
+    assert "Invalid epochs" in result.stderr
+    result = run_cli("--flagfile=configs/smoke.cfg", "--only_check_args",
+                     f"--data_dir={image_folder}",
+                     f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the flags are valid for --mode=train" in result.stderr
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
 def test_files_outside_the_class_folders_are_said(folder, caplog):
     Image.new("RGB", (8, 8)).save(os.path.join(folder, "stray.png"))
     files, _, skipped = scan_folder(folder)

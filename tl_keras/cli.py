@@ -102,16 +102,7 @@ def main(argv, flag_values=flags.FLAGS):
     stderr for bad input (EXIT_USAGE) and for Ctrl-C (EXIT_INTERRUPTED),
     not a traceback."""
     try:
-        if len(argv) > 1:  # one line, not absl's usage text before it
-            raise InputError(
-                f"Unexpected positional argument(s): {' '.join(argv[1:])}. "
-                f"Allowed: --name=value flags only (in a flagfile, a line "
-                f"without a leading '--' or an indented '#' line also becomes "
-                f"a positional argument). Received: {' '.join(argv[1:])}")
-        # Checked before the mode is imported: `--help`, flag errors and a
-        # bad value answer without loading TensorFlow.
-        config = config_from_flags(flag_values).validate()
-        _warn_unused(config)
+        config = checked_config(argv, flag_values)
         _mode(config.runtime.mode)(config)
     except InputError as e:
         print(f"tl_keras: error: {e}", file=sys.stderr)
@@ -120,6 +111,25 @@ def main(argv, flag_values=flags.FLAGS):
         kept = _interrupted(flag_values.mode, flag_values.workdir)
         print(f"tl_keras: interrupted; {kept}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def checked_config(argv, flag_values=flags.FLAGS):
+    """The validated Config of the parsed flags, its unread flags said.
+
+    Raises:
+      InputError: a positional argument, or a bad value or combination.
+    """
+    if len(argv) > 1:  # one line, not absl's usage text before it
+        raise InputError(
+            f"Unexpected positional argument(s): {' '.join(argv[1:])}. "
+            f"Allowed: --name=value flags only (in a flagfile, a line "
+            f"without a leading '--' or an indented '#' line also becomes "
+            f"a positional argument). Received: {' '.join(argv[1:])}")
+    # Checked before the mode is imported: `--help`, flag errors and a
+    # bad value answer without loading TensorFlow.
+    config = config_from_flags(flag_values).validate()
+    _warn_unused(config)
+    return config
 
 
 def _interrupted(mode, workdir):
@@ -216,7 +226,23 @@ def parse_flags(argv):
         sys.exit(EXIT_USAGE)
     finally:  # whatever else is raised
         _release(logger, held)
+    if flags.FLAGS.only_check_args:  # absl exits next, before main
+        _only_check(rest)
     return rest
+
+
+def _only_check(argv):
+    """absl's --only_check_args exits right after parsing, so every value
+    and combination passed (--epochs=0, a missing --data_dir): checks
+    them as a run would before any work, and says the result."""
+    try:
+        config = checked_config(argv)
+    except InputError as e:
+        print(f"tl_keras: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    logging.getLogger("tl_keras").info(
+        "--only_check_args: the flags are valid for --mode=%s (nothing was "
+        "run or written).", config.runtime.mode)
 
 
 def _release(logger, held):
