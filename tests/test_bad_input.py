@@ -430,6 +430,27 @@ def test_settings_a_run_does_not_read_are_said(caplog, monkeypatch,
     caplog.clear()
     warn_unread(tl_keras.Config(mode="compare", distribution="mirrored"))
     assert caplog.text == ""
+    # Weights the base is built without: a scratch run's (none is what it
+    # does anyway), and none for a .keras base, which keeps its own. Both
+    # were said at INFO only, as if the flag had been used.
+    warn_unread(tl_keras.Config(approach="scratch", weights="w.weights.h5"))
+    warn_unread(tl_keras.Config(backbone="b.keras", weights="none"))
+    warn_unread(tl_keras.Config(mode="advise", backbone="b.keras",
+                                weights="none"))
+    for used_by in ("train --approach=scratch", "train --approach=finetune",
+                    "advise"):
+        assert f"is not used by --mode={used_by}." in caplog.text
+    assert "--weights=w.weights.h5 is not used" in caplog.text
+    caplog.clear()
+    warn_unread(tl_keras.Config(approach="scratch", weights="none"))
+    warn_unread(tl_keras.Config(mode="rank", weights="none",
+                                backbones="b.keras,compact_cnn"))
+    assert caplog.text == ""
+    # predict and evaluate read --workdir only for <workdir>/export.
+    warn_unread(tl_keras.Config(mode="predict", workdir="no_such_run",
+                                export_dir="e", inputs="a.png"))
+    assert "--workdir=no_such_run is not used by --mode=predict" in (
+        caplog.text)
 
 
 def test_placement_flags_of_compare_and_demo_fail_before_writing(
@@ -496,6 +517,13 @@ def test_only_check_args_checks_the_values(tmp_path, image_folder):
                      f"--workdir={tmp_path / 'w'}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "the flags are valid for --mode=train" in result.stderr
+    assert "--log_dir" not in result.stderr
+    # absl's --log_dir is for its own log files, which tl_keras does not
+    # write: the folder stayed empty without a word.
+    result = run_cli("--flagfile=configs/smoke.cfg", "--only_check_args",
+                     f"--data_dir={image_folder}", f"--log_dir={tmp_path}",
+                     f"--workdir={tmp_path / 'w'}")
+    assert f"--log_dir={tmp_path} is not used" in result.stderr
     assert os.listdir(tmp_path) == []  # nothing written
 
 

@@ -129,6 +129,11 @@ def checked_config(argv, flag_values=flags.FLAGS):
     # bad value answer without loading TensorFlow.
     config = config_from_flags(flag_values).validate()
     _warn_unused(config)
+    if flag_values["log_dir"].present:  # absl's, for its own log files
+        logging.getLogger("tl_keras").warning(
+            "--log_dir=%s is not used: tl_keras logs to stderr (keep it "
+            "with 2> FILE); a run's records are in its --workdir.",
+            flag_values["log_dir"].value)
     return config
 
 

@@ -69,12 +69,28 @@ def unread_fields(config):
     if mode == "train" and approach == "scratch":
         # no frozen base to cache, nor views of it
         unread += ["feature_cache", "feature_cache_views"]
+    unread += _unread_weights(config)
+    if mode in ("predict", "evaluate") and config.export.export_dir:
+        unread.append("workdir")  # it only names <workdir>/export
     if mode == "rank":
         unread += RANK_UNREAD
     if mode in EXPORT_READS:
         unread += [name for name in config.to_dict() if name not in
                    EXPORT_READS[mode] | {"mode", "overwrite"}]
     return list(dict.fromkeys(unread))
+
+
+def _unread_weights(config):
+    """["weights"] where the base is built without them: a scratch run
+    (random init), a .keras base given weights=none, which keeps its own
+    (none applies to registered bases; `has_pretrained_weights`). Both
+    were said at INFO only."""
+    mode, model = config.runtime.mode, config.model
+    if mode == "train" and config.training.approach == "scratch":
+        return ["weights"]
+    own = model.backbone.endswith(".keras") and model.weights == "none"
+    return ["weights"] if own and mode in ("train", "advise",
+                                           "compare") else []
 
 
 def warn_unread(config):
@@ -85,8 +101,11 @@ def warn_unread(config):
                  "advisor"):  # each section's defaults
         defaults.update(dataclasses.asdict(type(getattr(config, name))()))
     mode, approach = config.runtime.mode, config.training.approach
+    # A scratch run's weights=none is what it does anyway.
+    quiet = {"weights": "none"} if (mode, approach) == ("train",
+                                                       "scratch") else {}
     for name in unread_fields(config):
-        if values[name] != defaults[name]:
+        if values[name] not in (defaults[name], quiet.get(name)):
             logging.getLogger("tl_keras").warning(
                 "--%s=%s is not used by --mode=%s%s.", name, values[name],
                 mode, f" --approach={approach}" if mode == "train" else "")
