@@ -529,6 +529,39 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, args, said):
     assert len(err.splitlines()) == 1 and err.startswith(said), err
 
 
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    # --image_size=4096 (which the flag allows) ended in a traceback of
+    # dozens of lines: "ResourceExhaustedError: OOM when allocating
+    # tensor with shape[8,4096,4096,16]". Raised here as TensorFlow does;
+    # other errors still raise.
+    def out_of_memory(config):
+        raise tf.errors.ResourceExhaustedError(
+            None, None, "OOM when allocating tensor with shape[8,4096,4096,"
+            "16] and type float on /job:localhost/replica:0/task:0\nmore")
+
+    monkeypatch.setattr(cli, "_mode", lambda name: out_of_memory)
+    monkeypatch.chdir(REPO)
+    flag_values = flags.FlagValues()
+    cli.define_flags(flag_values)
+    flag_values(["run.py", "--data_dir=tests", "--workdir=runs/a",
+                 "--image_size=4096", "--batch_size=8"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run.py"], flag_values)
+    assert exit_info.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tl_keras: error: Out of memory (OOM when "
+                          "allocating tensor with shape[8,4096,4096,16]")
+    assert "Received: batch_size=8, image_size=4096" in err
+
+    def broken(config):
+        raise tf.errors.InternalError(None, None, "not memory")
+
+    monkeypatch.setattr(cli, "_mode", lambda name: broken)
+    with pytest.raises(tf.errors.InternalError):
+        cli.main(["run.py"], flag_values)
+
+
 def test_verbosity_sets_the_tl_keras_log_level():
     # absl's --verbosity set absl's own logger only: the tl_keras log kept
     # INFO whatever it said. --logger_levels, more specific, wins.

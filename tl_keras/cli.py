@@ -111,6 +111,26 @@ def main(argv, flag_values=flags.FLAGS):
         kept = _interrupted(flag_values.mode, flag_values.workdir)
         print(f"tl_keras: interrupted; {kept}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        # TensorFlow's OOM (not imported here: --help stays light).
+        if type(e).__name__ != "ResourceExhaustedError":
+            raise
+        print(f"tl_keras: error: {_out_of_memory(e, flag_values)}",
+              file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _out_of_memory(error, flag_values):
+    """The one line for TensorFlow's ResourceExhaustedError: it was a
+    traceback of dozens of lines ending in 'OOM when allocating tensor'."""
+    first = str(getattr(error, "message", error)).strip().splitlines()
+    size = flag_values.image_size or "the backbone's default"
+    return (f"Out of memory ({first[0][:200] if first else 'no details'}). "
+            f"Allowed: a smaller --batch_size or --image_size (other "
+            f"settings for a run: a new --workdir, or --overwrite), or a "
+            f"smaller --cache_budget_mb (the same run resumes with it). "
+            f"Received: batch_size={flag_values.batch_size}, image_size="
+            f"{size}, cache_budget_mb={flag_values.cache_budget_mb}")
 
 
 def checked_config(argv, flag_values=flags.FLAGS):
@@ -129,7 +149,8 @@ def checked_config(argv, flag_values=flags.FLAGS):
     # bad value answer without loading TensorFlow.
     config = config_from_flags(flag_values).validate()
     _warn_unused(config)
-    if flag_values["log_dir"].present:  # absl's, for its own log files
+    # absl's --log_dir is for absl's own log files.
+    if "log_dir" in flag_values and flag_values["log_dir"].present:
         logging.getLogger("tl_keras").warning(
             "--log_dir=%s is not used: tl_keras logs to stderr (keep it "
             "with 2> FILE); a run's records are in its --workdir.",
