@@ -505,6 +505,19 @@ def test_a_flag_twice_in_one_flagfile_is_refused(tmp_path, image_folder):
     assert "more than once" not in result.stderr
 
 
+@pytest.mark.slow
+def test_no_test_split_is_said_with_the_accuracy(tiny_config, caplog):
+    # With --test_split=0 and no test/ folder the run scored its
+    # validation images, which chose its best epoch, and said only
+    # "(val, N images)"; compare's report said more.
+    config = tiny_config.replace(approach="scratch", epochs=1,
+                                 augment="none", test_split=0)
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    assert tl_keras.train(config)["test_split"] == "val"
+    assert ("No test split: that accuracy is of the validation images, "
+            "which chose the best epoch") in caplog.text
+
+
 def test_only_check_args_checks_the_values(tmp_path, image_folder):
     # absl's --only_check_args exited 0 right after parsing: --epochs=0
     # and a missing --data_dir passed as valid.

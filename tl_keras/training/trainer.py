@@ -272,6 +272,11 @@ def _finish(config, model, backbone, data, place, stages, decision,
              metrics["num_test"], f"; no test image of {len(missing)} of the "
              f"{len(data.class_names)} classes: {', '.join(missing[:5])}"
              + " ..." * (len(missing) > 5) if missing else "", workdir)
+    if metrics["test_split"] == "val":
+        log.warning("No test split: that accuracy is of the validation "
+                    "images, which chose the best epoch, so it is not an "
+                    "unbiased estimate (--test_split above 0, or a test/ "
+                    "folder, holds images out).")
     return metrics
 
 
