@@ -46,7 +46,8 @@ def test_converted_vgg16_reproduces_heds_activations(hed_vgg16):
                            built.base.get_layer("block1_conv1").kernel)
 
 
-def test_conversion_refuses_a_bad_output_path(tmp_path, monkeypatch):
+def test_conversion_refuses_a_bad_output_path(tmp_path, monkeypatch,
+                                              capsys):
     with pytest.raises(tl_keras.InputError, match="weights.h5"):
         convert_hed_weights(str(tmp_path / "vgg16.h5"))
     # An existing file is kept (it was replaced without a word); a folder,
@@ -78,6 +79,13 @@ def test_conversion_refuses_a_bad_output_path(tmp_path, monkeypatch):
     from tl_keras.models import hed
 
     assert hed.main([]) == 2 and hed.main([str(kept)]) == 2
+    # An unknown option is named (only the usage line was printed).
+    capsys.readouterr()
+    assert hed.main(["out.weights.h5", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tl_keras: error: Invalid arguments. Allowed: "
+                          "python -m tl_keras.models.hed OUTPUT")
+    assert err.rstrip().endswith("Received: out.weights.h5 --bogus")
 
 
 def test_conversion_replaces_a_file_with_overwrite(hed_vgg16, tmp_path):

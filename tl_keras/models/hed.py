@@ -131,7 +131,8 @@ def main(argv):
     """The command line; returns the exit status (2: bad input)."""
     args = [a for a in argv if a != "--overwrite"]
     if len(args) != 1 or args[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
+        print(f"tl_keras: error: Invalid arguments. Allowed: {USAGE[7:]}. "
+              f"Received: {' '.join(argv) or 'none'}", file=sys.stderr)
         return 2
     try:
         print(convert_hed_weights(args[0],
