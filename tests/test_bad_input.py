@@ -2,6 +2,7 @@
 warning that names the files and a count in the data's record; never a
 traceback, nothing in a workdir or export lost."""
 
+import importlib
 import io
 import json
 import logging
@@ -364,7 +365,8 @@ def test_advise_keeps_a_training_runs_decision(folder, tmp_path):
         with pytest.raises(tl_keras.InputError,
                            match="another tl_keras run uses it"):
             getattr(tl_keras, mode)(config.replace(
-                mode=mode, overwrite=True, backbones="compact_cnn"))
+                mode=mode, overwrite=True, backbones="compact_cnn",
+                weights="none"))  # compact_cnn has no ImageNet weights
     assert sorted(os.listdir(workdir)) == before
 
 
@@ -663,6 +665,34 @@ def test_rank_checks_every_candidate_first(folder, tmp_path, backbones,
                              backbones=backbones, weights="none")
     with pytest.raises(tl_keras.InputError,
                        match=f"Invalid backbones.*{fragment}"):
+        tl_keras.rank(config)
+    assert not os.path.exists(tmp_path / "rank")
+
+
+@pytest.mark.parametrize("first, second, changes, fragment", [
+    # compact_cnn has no ImageNet weights; mobilenet_v2 takes >= 32 px.
+    ("base", "compact_cnn", dict(weights="imagenet", image_size=32),
+     "Invalid weights for compact_cnn"),
+    ("compact_cnn", "mobilenet_v2", dict(weights="none", image_size=16),
+     "Invalid image_size for mobilenet_v2"),
+])
+def test_rank_checks_every_candidates_weights_and_size_first(
+        request, folder, tmp_path, monkeypatch, first, second, changes,
+        fragment):
+    # The later candidate was refused only after the ones before it were
+    # measured, and nothing was kept (audit).
+    ranking = importlib.import_module("tl_keras.advisor.rank")
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a candidate measured before all were checked")
+
+    monkeypatch.setattr(ranking, "measure", measured)
+    if first == "base":  # a .keras base keeps its own weights
+        first = request.getfixturevalue("pretrained_base")
+    config = tl_keras.Config(mode="rank", data_dir=folder,
+                             workdir=str(tmp_path / "rank"),
+                             backbones=f"{first},{second}", **changes)
+    with pytest.raises(tl_keras.InputError, match=fragment):
         tl_keras.rank(config)
     assert not os.path.exists(tmp_path / "rank")
 

@@ -329,7 +329,8 @@ def test_rank_checks_every_hub_name_before_measuring(presets, tmp_path,
     with pytest.raises(InputError, match="no such preset folder"):
         tl_keras.rank(tl_keras.Config(
             data_dir=image_folder, workdir=str(tmp_path / "rank"),
-            mode="rank", backbones=f"compact_cnn,hub:{tmp_path}/missing"))
+            mode="rank", backbones=f"compact_cnn,hub:{tmp_path}/missing",
+            weights="none"))  # compact_cnn has no ImageNet weights
     assert not measured
 
 

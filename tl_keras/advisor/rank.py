@@ -16,7 +16,7 @@ from tl_keras.errors import fail
 from tl_keras.models.backbones import build_backbone
 from tl_keras.models.classifier import build_classifier
 from tl_keras.models.hub import check_preset_name, is_hub
-from tl_keras.models.registry import get_backbone_spec
+from tl_keras.models.registry import check_registered
 
 log = logging.getLogger("tl_keras")
 
@@ -53,8 +53,9 @@ def rank(config, data=None):
     for name in names:  # every name checked before any work
         if is_hub(name):
             check_preset_name(name)
-        elif not name.endswith(".keras"):
-            get_backbone_spec(name)
+        elif not name.endswith(".keras"):  # its name, weights and size
+            check_registered(name, config.model.weights,
+                             config.model.image_size)
         elif not os.path.isfile(name):
             fail("backbones", "names or existing .keras files (no such "
                  "file)", name)

@@ -34,7 +34,7 @@ from tl_keras.models.model_files import (
 )
 from tl_keras.models.registry import (
     BackboneSpec,
-    get_backbone_spec,
+    check_registered,
     lookup_spec,
 )
 
@@ -169,18 +169,7 @@ def _cutter(built, block):
 
 
 def _build_registered(name, weights, image_size, feature_block=""):
-    spec = get_backbone_spec(name)
-    size = image_size or spec.default_size
-    if size < spec.min_size:
-        raise InputError(
-            f"Invalid image_size for {spec.name}. Allowed: >= "
-            f"{spec.min_size} (default {spec.default_size}). Received: "
-            f"image_size={size}")
-    if weights == "imagenet" and not spec.application:
-        raise InputError(
-            f"Invalid weights for {spec.name}: it has no ImageNet weights. "
-            f"Allowed: none | a .weights.h5 / .keras path. Received: "
-            f"weights='imagenet'")
+    spec, size = check_registered(name, weights, image_size)
     if weights == "imagenet":
         base = _build_with_imagenet_weights(spec, size)
     else:

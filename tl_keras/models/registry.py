@@ -135,6 +135,26 @@ def get_backbone_spec(name):
     return spec
 
 
+def check_registered(name, weights, image_size):
+    """The checks of building the registered base `name` that need no
+    building: its name, its size (0: the spec's default) and ImageNet
+    weights it lacks; for a list of candidates checked before any of
+    them is measured. Returns (spec, size)."""
+    spec = get_backbone_spec(name)
+    size = image_size or spec.default_size
+    if size < spec.min_size:
+        raise InputError(
+            f"Invalid image_size for {spec.name}. Allowed: >= "
+            f"{spec.min_size} (default {spec.default_size}). Received: "
+            f"image_size={size}")
+    if weights == "imagenet" and not spec.application:
+        raise InputError(
+            f"Invalid weights for {spec.name}: it has no ImageNet weights. "
+            f"Allowed: none | a .weights.h5 / .keras path. Received: "
+            f"weights='imagenet'")
+    return spec, size
+
+
 def lookup_spec(name):
     """The spec registered under `name`, or None."""
     return _REGISTRY.get(_normalize(name))
