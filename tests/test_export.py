@@ -922,6 +922,47 @@ def test_an_export_into_the_run_or_into_an_export_is_refused(run, tmp_path):
     tl_keras.load_exported(other)
 
 
+def test_an_export_into_another_runs_workdir_is_refused(run, tmp_path):
+    # Audit: --overwrite moved another run's checkpoints/ aside for this
+    # export, swapped that run's export for this run's model (its
+    # metrics.json and model.keras no longer matched it), or moved that
+    # whole run aside without checking its lock; without --overwrite the
+    # error said only "something other than a tl_keras export".
+    config, _, _ = run
+    victim = tmp_path / "victim"
+    shutil.copytree(config.runtime.workdir, victim)
+    advised = tmp_path / "advised"  # an advise's (or compare's) workdir
+    advised.mkdir()
+    (advised / "decision.json").write_text("{}")
+    listings = (tmp_path, victim, victim / "export", advised)
+    before = [sorted(os.listdir(folder)) for folder in listings]
+    manifest = (victim / "export" / "manifest.json").read_bytes()
+    for target, overwrite, fragment in (
+            (victim / "checkpoints", True, "inside the workdir"),
+            (victim / "export", True, "inside the workdir"),
+            (victim, True, "the workdir"),
+            (victim / "new", False, "inside the workdir"),
+            (advised / "export", True, "inside the workdir")):
+        with pytest.raises(tl_keras.InputError,
+                           match=f"export_dir .*: it is {fragment} .* of "
+                                 f"another tl_keras run"):
+            predict.export_run(config.replace(
+                mode="export", export_dir=str(target), overwrite=overwrite))
+    assert [sorted(os.listdir(folder)) for folder in listings] == before
+    assert (victim / "export" / "manifest.json").read_bytes() == manifest
+    # A run inside a compare's workdir exports into its own folder, not
+    # into the compare's export.
+    nested = advised / "transfer"
+    shutil.copytree(config.runtime.workdir, nested)
+    with pytest.raises(tl_keras.InputError, match="inside the workdir"):
+        predict.export_run(config.replace(
+            mode="export", workdir=str(nested),
+            export_dir=str(advised / "export"), overwrite=True))
+    predict.export_run(config.replace(mode="export", workdir=str(nested),
+                                      overwrite=True))
+    tl_keras.load_exported(str(nested / "export"))
+
+
 def test_a_symlinked_export_is_replaced_where_it_points(run, tmp_path):
     # <workdir>/export linked to a serving folder: --overwrite built the
     # whole export, then failed swapping the link for a folder

@@ -87,12 +87,19 @@ def check_outside_data(workdir, target):
 
 def check_export_target(workdir, target):
     """Refuses an --export_dir inside the run other than its own export
-    folder, and one inside any export: --overwrite moved the run's
+    folder, one inside any export, and one that is or lies inside another
+    tl_keras run's workdir (`_other_run`): --overwrite moved the run's
     model.keras aside for an export named after it (the run then had no
-    model), or a folder of another export (its variables/) for this one
-    (that export then failed to load)."""
+    model), a folder of another export (its variables/) for this one
+    (that export then failed to load), and another run's checkpoints/,
+    export or whole workdir (its lock unchecked) for this export."""
     own = os.path.join(workdir, "export")
-    if io.inside(target, workdir) and not io.inside(target, own):
+    other = _other_run(workdir, target)
+    if other:
+        where = (f"{'' if io.inside(other, target) else 'inside '}the "
+                 f"workdir {other!r} of another tl_keras run, whose files "
+                 f"it would replace")
+    elif io.inside(target, workdir) and not io.inside(target, own):
         where = "inside the run, whose files it would replace"
     else:
         where = next((f"inside the export {folder!r}, whose files it "
@@ -103,8 +110,35 @@ def check_export_target(workdir, target):
     if where:
         raise InputError(
             f"Invalid export_dir {target!r}: it is {where}. Allowed: "
-            f"<workdir>/export (the default), or a folder outside the run "
-            f"and outside any export. Received: export_dir={target!r}")
+            f"<workdir>/export (the default), or a folder outside the run, "
+            f"outside any export and outside other runs' workdirs. "
+            f"Received: export_dir={target!r}")
+
+
+def _other_run(workdir, target):
+    """The nearest tl_keras workdir that is or holds `target` (its links
+    resolved), when that is not `workdir`, else None: the run's own
+    export stays allowed when the run is itself inside another's
+    workdir (a compare's or the demo's runs)."""
+    real, own = os.path.realpath(target), os.path.realpath(workdir)
+    for folder in (real, *_ancestors(real)):
+        if folder == own:
+            return None
+        if _is_workdir(folder):
+            return folder
+    return None
+
+
+def _is_workdir(folder):
+    """Whether `folder` holds a tl_keras run's records: a train run's
+    (config.json with flags.cfg or run.json), or an advise's or
+    compare's decision.json, a rank's ranking.json, the demo's
+    demo.json."""
+    def has(name):
+        return os.path.isfile(os.path.join(folder, name))
+
+    return (has("config.json") and (has("flags.cfg") or has("run.json"))
+            or any(map(has, ("decision.json", "ranking.json", "demo.json"))))
 
 
 def _ancestors(path):
