@@ -535,9 +535,10 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
     # tensor with shape[8,4096,4096,16]". Raised here as TensorFlow does;
     # other errors still raise.
     def out_of_memory(config):
-        raise tf.errors.ResourceExhaustedError(
-            None, None, "OOM when allocating tensor with shape[8,4096,4096,"
-            "16] and type float on /job:localhost/replica:0/task:0\nmore")
+        raise tf.errors.ResourceExhaustedError(  # as in a fit
+            None, None, "Graph execution error:\n\nDetected at node x\n"
+            "OOM when allocating tensor with shape[8,4096,4096,16] and type "
+            "float on /job:localhost/replica:0/task:0\nmore")
 
     monkeypatch.setattr(cli, "_mode", lambda name: out_of_memory)
     monkeypatch.chdir(REPO)

@@ -374,6 +374,18 @@ def test_two_flagfiles_that_set_one_flag(tmp_path, caplog):
             f"later flagfile's value is used") in caplog.text
     assert "batch_size" not in caplog.text
     assert parse(args).training.epochs == 5  # what the warning says
+    # Each nesting a flagfile of its own is no repeat: --flagfile itself
+    # is no setting.
+    caplog.clear()
+    for name, nested in (("x", "a.cfg"), ("y", "b.cfg")):
+        (tmp_path / f"{name}.cfg").write_text(
+            f"--flagfile={tmp_path / nested}\n")
+    with caplog.at_level(logging.WARNING, logger="tl_keras"):
+        flagfiles.check_repeats([f"--flagfile={tmp_path / 'x.cfg'}",
+                                 f"--flagfile={tmp_path / 'y.cfg'}"], None)
+    assert f"--epochs (in {tmp_path / 'x.cfg'}) set again" in caplog.text
+    assert "--flagfile (in" not in caplog.text  # named as a setting
+    assert "--flagfile " not in caplog.text  # or as one set before
     # Both read by one flagfile: a repeat there, refused as any other.
     outer = tmp_path / "outer.cfg"
     outer.write_text("\n".join(args) + "\n")

@@ -122,10 +122,17 @@ def main(argv, flag_values=flags.FLAGS):
 
 def _out_of_memory(error, flag_values):
     """The one line for TensorFlow's ResourceExhaustedError: it was a
-    traceback of dozens of lines ending in 'OOM when allocating tensor'."""
-    first = str(getattr(error, "message", error)).strip().splitlines()
+    traceback of dozens of lines ending in 'OOM when allocating tensor'
+    (in a fit, TensorFlow's message begins "Graph execution error:")."""
+    said = next((line.strip() for line in str(getattr(
+        error, "message", error)).splitlines() if "OOM" in line), "")
+    what = f" ({said[:200]})" if said else ""
+    if flag_values.mode in ("predict", "evaluate", "export"):
+        return (f"Out of memory{what}. Allowed: more free memory (the "
+                f"image size and batch are the export's, not flags). "
+                f"Received: --mode={flag_values.mode}")
     size = flag_values.image_size or "the backbone's default"
-    return (f"Out of memory ({first[0][:200] if first else 'no details'}). "
+    return (f"Out of memory{what}. "
             f"Allowed: a smaller --batch_size or --image_size (other "
             f"settings for a run: a new --workdir, or --overwrite), or a "
             f"smaller --cache_budget_mb (the same run resumes with it). "

@@ -45,8 +45,8 @@ def check_repeats(args, where, opened=()):
             if os.path.isfile(value):
                 names = _check_flagfile(value, opened) - {"flagfile"}
                 _check_order(seen & names, value, where)
-                _check_twice({n: nested[n] for n in names if n in nested},
-                             value, where)
+                _check_twice({n: nested[n] for n in names - seen
+                              if n in nested}, value, where)  # once each
                 nested.update(dict.fromkeys(names, value))
         elif name in seen and where is None:
             logging.getLogger("tl_keras").warning(
