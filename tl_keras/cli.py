@@ -240,7 +240,9 @@ def parse_flags(argv):
     absl keeps the last of a repeated flag silently: within one flagfile
     a repeat is refused (a config states each value once); on the command
     line, where scripts append overrides, the last wins and the log says
-    so, at the level --verbosity then sets (the warnings wait for it)."""
+    so, at the level --verbosity then sets (the warnings wait for it; a
+    flag absl refuses ends the parse before that level is known, and they
+    show with its error)."""
     logger, held = logging.getLogger("tl_keras"), []
     logger.addFilter(held.append)  # None: each record is held back
     try:
