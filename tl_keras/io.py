@@ -166,14 +166,14 @@ def unwritable(path):
     drive not mounted: creating it raised FileExistsError). Probes with a
     temporary file created and removed at once: `os.access` says yes to
     root everywhere, also on /sys."""
-    if os.path.islink(path.rstrip(os.sep)) and not os.path.exists(path):
-        target = os.readlink(path.rstrip(os.sep))
-        return f"{path!r} is a broken symlink (to {target!r}, not there)"
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.abspath(path)
+    if os.path.exists(folder) or not os.path.islink(folder):
+        folder = os.path.dirname(folder)  # a link to nothing: itself
     while not os.path.lexists(folder):
         folder = os.path.dirname(folder)
     if not os.path.exists(folder):
-        return f"{folder!r} is a broken symlink"
+        return (f"{folder!r} is a broken symlink (to "
+                f"{os.readlink(folder)!r}, not there)")
     if not os.path.isdir(folder):
         return f"{folder!r} is a file, not a folder"
     try:
