@@ -105,8 +105,7 @@ def main(argv, flag_values=flags.FLAGS):
         config = checked_config(argv, flag_values)
         _mode(config.runtime.mode)(config)
     except InputError as e:
-        print(f"tl_keras: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _exit_usage(e)
     except KeyboardInterrupt:
         kept = _interrupted(flag_values.mode, flag_values.workdir)
         print(f"tl_keras: interrupted; {kept}", file=sys.stderr)
@@ -115,9 +114,13 @@ def main(argv, flag_values=flags.FLAGS):
         # TensorFlow's OOM (not imported here: --help stays light).
         if type(e).__name__ != "ResourceExhaustedError":
             raise
-        print(f"tl_keras: error: {_out_of_memory(e, flag_values)}",
-              file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _exit_usage(_out_of_memory(e, flag_values))
+
+
+def _exit_usage(message):
+    """Ends the process with one line on stderr and EXIT_USAGE."""
+    print(f"tl_keras: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
 
 
 def _out_of_memory(error, flag_values):
@@ -255,10 +258,9 @@ def parse_flags(argv):
         message += "".join(f" (--{name}: {why})"
                            for name, why in REMOVED_FIELDS.items()
                            if f"'{name}'" in message)
-        print(f"tl_keras: error: Invalid flag: {message}. Allowed: the "
-              f"flags `python run.py --help` lists, with their values. "
-              f"Received: {' '.join(argv[1:])}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _exit_usage(f"Invalid flag: {message}. Allowed: the flags "
+                    f"`python run.py --help` lists, with their values. "
+                    f"Received: {' '.join(argv[1:])}")
     finally:  # whatever else is raised
         _release(logger, held)
     if flags.FLAGS.only_check_args:  # absl exits next, before main
@@ -273,8 +275,7 @@ def _only_check(argv):
     try:
         config = checked_config(argv)
     except InputError as e:
-        print(f"tl_keras: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _exit_usage(e)
     logging.getLogger("tl_keras").info(
         "--only_check_args: the flags are valid for --mode=%s (nothing was "
         "run or written).", config.runtime.mode)
