@@ -48,14 +48,12 @@ def check_repeats(args, where, opened=()):
                 _check_twice({n: nested[n] for n in names - seen
                               if n in nested}, value, where)  # once each
                 nested.update(dict.fromkeys(names, value))
-        elif name in seen and where is None:
-            logging.getLogger("tl_keras").warning(
-                "--%s is given more than once on the command line: the "
-                "last one is used.", name)
         elif name in seen:
-            raise flags.Error(f"--{name} is given twice in {where} (each "
-                              f"flag once per flagfile; a command-line "
-                              f"flag overrides a flagfile's)")
+            _refuse_or_warn(
+                where, f"--{name} is given twice in {where} (each flag once "
+                f"per flagfile; a command-line flag overrides a flagfile's)",
+                f"--{name} is given more than once on the command line: "
+                f"the last one is used.")
         seen.add(name)
     return seen | set(nested)
 
@@ -131,14 +129,12 @@ def _check_order(names, path, where):
     if not names:
         return
     listed = ", ".join(f"--{name}" for name in sorted(names))
-    if where is not None:
-        raise flags.Error(f"{listed} in {where} come(s) before "
-                          f"--flagfile={path}, which sets it again (a "
-                          f"flag after --flagfile overrides it)")
-    logging.getLogger("tl_keras").warning(
-        "%s on the command line come(s) before --flagfile=%s, which sets it "
-        "again: the flagfile's value is used (put overrides after "
-        "--flagfile).", listed, path)
+    _refuse_or_warn(
+        where, f"{listed} in {where} come(s) before --flagfile={path}, "
+        f"which sets it again (a flag after --flagfile overrides it)",
+        f"{listed} on the command line come(s) before --flagfile={path}, "
+        f"which sets it again: the flagfile's value is used (put overrides "
+        f"after --flagfile).")
 
 
 def _check_twice(earlier, path, where):
@@ -149,7 +145,14 @@ def _check_twice(earlier, path, where):
         return
     listed = ", ".join(f"--{n} (in {f})" for n, f in sorted(earlier.items()))
     text = f"{listed} set again by --flagfile={path}"
+    _refuse_or_warn(where, f"{text}, both read by {where} (each flag once)",
+                    f"{text}: the later flagfile's value is used.")
+
+
+def _refuse_or_warn(where, error, warning):
+    """A repeat: flags.Error(error) in a flagfile (`where`: its path), as
+    a config states each value once; a warning on the command line
+    (`where` None), where scripts append overrides."""
     if where is not None:
-        raise flags.Error(f"{text}, both read by {where} (each flag once)")
-    logging.getLogger("tl_keras").warning(
-        "%s: the later flagfile's value is used.", text)
+        raise flags.Error(error)
+    logging.getLogger("tl_keras").warning(warning)
