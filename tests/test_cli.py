@@ -503,6 +503,29 @@ def test_a_scratch_run_resumes_whatever_fine_tune_settings_it_is_given():
         "advisor_sample: 500 -> 600"]
 
 
+def test_a_keras_base_resumes_under_either_of_its_own_weights_names():
+    # A .keras base keeps the file's weights under 'imagenet' and 'none'
+    # alike. A run stored with 'none' was refused a resume under the
+    # default ('weights: none -> imagenet'), while one stored with a
+    # weights file resumed under 'none' without a word, on another base.
+    from tl_keras.config import config_differences
+
+    def differences(stored, current, backbone="base.keras"):
+        return config_differences(
+            tl_keras.Config(backbone=backbone, weights=stored).to_dict(),
+            tl_keras.Config(backbone=backbone, weights=current))
+
+    assert differences("none", "imagenet") == []
+    assert differences("imagenet", "none") == []
+    assert differences("w.weights.h5", "none") == [
+        "weights: 'w.weights.h5' -> 'none'"]
+    assert differences("none", "w.weights.h5") == [
+        "weights: 'none' -> 'w.weights.h5'"]
+    # A registered base is another base under each.
+    assert differences("none", "imagenet", backbone="compact_cnn") == [
+        "weights: 'none' -> 'imagenet'"]
+
+
 @pytest.mark.parametrize("args, said", [
     (["--data_dir=tests", "--workdir=runs/a"],
      "tl_keras: interrupted; runs/a keeps what finished (up to the last "

@@ -269,6 +269,17 @@ def _same_folder(path):
     return os.path.realpath(path) if path else path
 
 
+def _weights_read(flat):
+    """The weights a run with the settings `flat` builds its base with:
+    a .keras base keeps the file's own under 'imagenet' and 'none' alike
+    (a weights file given replaces them), so a run stored with one
+    resumes under the other."""
+    if flat["backbone"].endswith(".keras") and flat["weights"] in (
+            "imagenet", "none"):
+        return "own"
+    return flat["weights"]
+
+
 _NORMALISED = {"feature_cache_views": cache_views, "augment": _augment_names,
                "workdir": _same_folder, "data_dir": _same_folder}
 _BEFORE_FIELD = {"feature_cache_views": 0}
@@ -282,14 +293,18 @@ def config_differences(stored, current):
     else today's.
     """
     stored = with_defaults({**_BEFORE_FIELD, **without_removed(stored)})
+    values = current.to_dict()
     approach = current.training.approach
     # Settings a train run does not read (a scratch or transfer run's
     # fine-tune stage, a fixed approach's advisor) were unread by the
-    # stored run of the same approach too.
-    unread = unread_fields(current) if stored["approach"] == approach and (
+    # stored run of the same approach too. A .keras base's weights are
+    # compared as `_weights_read` reads them: 'none' against a stored file
+    # is another base.
+    unread = [k for k in unread_fields(current) if k != "weights" or (
+        approach == "scratch")] if stored["approach"] == approach and (
         current.runtime.mode == "train") else ()
     diffs = []
-    for key, value in current.to_dict().items():
+    for key, value in values.items():
         if key in RESUMABLE_FIELDS or key in unread:
             continue
         if key == "data_dir" and value == "":
@@ -297,7 +312,8 @@ def config_differences(stored, current):
             # (earlier runs on arrays recorded a data_dir they never read).
             continue
         same = _NORMALISED.get(key, lambda v: v)
-        if same(stored[key]) != same(value):
+        if (_weights_read(stored) != _weights_read(values)
+                if key == "weights" else same(stored[key]) != same(value)):
             diffs.append(f"{key}: {stored[key]!r} -> {value!r}")
     return diffs
 
