@@ -604,6 +604,22 @@ def test_rank_ties_share_a_rank_whatever_the_listed_order():
         assert {r["ranks"]["knn_accuracy"] for r in rows} == {2.0}
 
 
+def test_rank_table_says_why_a_score_reads_nan():
+    # A score the sample was too small for printed as a bare nan.
+    from tl_keras.advisor.rank import _order, format_ranking
+
+    problem = "last: the sample (8 images) is too small for LogME and kNN"
+    rows = [{"backbone": "runs/a.keras", "probe_accuracy": 0.5,
+             "seconds": 1.0, "problems": [problem]},
+            {"backbone": "b", "logme": 0.1, "knn_accuracy": 0.4,
+             "probe_accuracy": 0.6, "seconds": 1.0, "problems": []}]
+    _order(rows)
+    table = format_ranking(rows, "images", 0.5)
+    assert "nan" in table.splitlines()[-2]  # a.keras's row, ranked last
+    assert table.splitlines()[-1] == (
+        f"  nan: not measured for a.keras ({problem})")
+
+
 def test_rank_refuses_one_base_twice_a_shared_weights_file_and_a_bad_file(
         pretrained_base, image_folder, tmp_path, caplog):
     # All before the first candidate is measured: the same file by two

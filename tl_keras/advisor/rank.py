@@ -123,4 +123,9 @@ def format_ranking(rows, data_dir, chance):
             f"{row.get('knn_accuracy', float('nan')):6.3f} "
             f"{row.get('probe_accuracy', float('nan')):6.3f} "
             f"{row['mean_rank']:9.2f} {row['seconds']:6.1f}s")
+    # A score left out (`score_features`) prints as nan and ranks below
+    # every measured one: say why (it was a bare nan).
+    lines += [f"  nan: not measured for {os.path.basename(row['backbone'])}"
+              f" ({'; '.join(row['problems'])})" for row in rows
+              if row["problems"]]
     return "\n".join(lines)
