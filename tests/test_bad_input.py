@@ -653,7 +653,10 @@ def test_a_class_a_carved_split_misses_is_said(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("backbones, fragment", [
-    (",", "comma-separated distinct"),
+    # An empty name was dropped without a word.
+    (",", "none empty"),
+    ("compact_cnn,", "none empty"),
+    ("compact_cnn,,compact_cnn.keras", "none empty"),
     ("compact_cnn,compact_cnn", "comma-separated distinct"),
     # Refused before compact_cnn is measured, not after.
     ("compact_cnn,/no/such/base.keras", "no such file"),

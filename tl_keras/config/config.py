@@ -138,9 +138,12 @@ class Config:
             fail("workdir", "a folder path", "")
         if mode == "predict" and not self.export.inputs:
             fail("inputs", "image files, folders or globs", "")
-        if mode == "rank" and not self.advisor.backbones:
+        if mode == "rank" and "" in (
+                b.strip() for b in self.advisor.backbones.split(",")):
+            # An empty name ('a,,b', 'a,': a shell variable that was
+            # empty) was dropped without a word.
             fail("backbones", "comma-separated backbone names or .keras "
-                 "paths", "")
+                 "paths, none empty", self.advisor.backbones)
         if mode in ("rank", "export", "predict", "evaluate") and (
                 self.model.feature_block):
             fail("feature_block", f"'' with --mode={mode} (it shapes the "
