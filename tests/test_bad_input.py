@@ -133,6 +133,16 @@ def test_a_glob_that_matches_nothing_is_an_error(tmp_path):
         predict.expand_inputs(str(tmp_path / "*.png"))
 
 
+@pytest.mark.parametrize("spec", ["{image},", "{image},,{image}", ","])
+def test_an_empty_name_in_inputs_is_an_error(tmp_path, spec):
+    # It was skipped without a word ('$A,$B' with $B empty).
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    with pytest.raises(tl_keras.InputError, match="Invalid inputs: an "
+                       "empty name .* matches no image"):
+        predict.expand_inputs(spec.format(image=image))
+
+
 def test_a_class_name_with_a_semicolon_warns_about_the_csv(tmp_path,
                                                            caplog):
     # top_k is 'name:score;...': a ':' in a name still splits at the

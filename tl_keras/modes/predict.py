@@ -99,8 +99,6 @@ def expand_inputs(spec):
     whole = spec.strip()
     items = [whole] if os.path.exists(whole) else spec.split(",")
     for item in (s.strip() for s in items):
-        if not item:
-            continue
         if os.path.isfile(item):  # a file as named ('img[1].png' too)
             found = [item]
         elif os.path.isdir(item):
@@ -110,9 +108,10 @@ def expand_inputs(spec):
             # '*.png' took only files one folder down, the rest silently)
             found = {p for match in glob.glob(item, recursive=True)
                      for p in _files_at(match)}
-        if not found:
+        if not found:  # an empty name too ('a.png,'): it was skipped
+            what = repr(item) if item else "an empty name (between commas)"
             raise InputError(
-                f"Invalid inputs: {item!r} matches no image file. Allowed: "
+                f"Invalid inputs: {what} matches no image file. Allowed: "
                 f"image files, folders or glob patterns, comma-separated "
                 f"(a name with a comma: a glob such as 'a?b.jpg'). "
                 f"Received: inputs={spec!r}")
