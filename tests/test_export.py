@@ -948,6 +948,13 @@ def test_an_export_into_another_runs_workdir_is_refused(run, tmp_path):
                                  f"another tl_keras run"):
             predict.export_run(config.replace(
                 mode="export", export_dir=str(target), overwrite=overwrite))
+    # A folder of runs (--export_dir=runs --overwrite) was moved aside
+    # whole, live runs and all.
+    with pytest.raises(tl_keras.InputError, match=(
+            f"it is a folder holding the workdir '{tmp_path}/(victim|"
+            f"advised)' of another tl_keras run")):
+        predict.export_run(config.replace(
+            mode="export", export_dir=str(tmp_path), overwrite=True))
     assert [sorted(os.listdir(folder)) for folder in listings] == before
     assert (victim / "export" / "manifest.json").read_bytes() == manifest
     # A run inside a compare's workdir exports into its own folder, not

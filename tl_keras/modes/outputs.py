@@ -88,17 +88,22 @@ def check_outside_data(workdir, target):
 def check_export_target(workdir, target):
     """Refuses an --export_dir inside the run other than its own export
     folder, one inside any export, and one that is or lies inside another
-    tl_keras run's workdir (`_other_run`): --overwrite moved the run's
-    model.keras aside for an export named after it (the run then had no
-    model), a folder of another export (its variables/) for this one
-    (that export then failed to load), and another run's checkpoints/,
-    export or whole workdir (its lock unchecked) for this export."""
+    tl_keras run's workdir (`_other_run`) or holds one (`_run_under`):
+    --overwrite moved the run's model.keras aside for an export named
+    after it (the run then had no model), a folder of another export (its
+    variables/) for this one (that export then failed to load), and
+    another run's checkpoints/, export or whole workdir (its lock
+    unchecked; a folder of runs with it) for this export."""
     own = os.path.join(workdir, "export")
     other = _other_run(workdir, target)
+    held = None if other else _run_under(target)
     if other:
         where = (f"{'' if io.inside(other, target) else 'inside '}the "
                  f"workdir {other!r} of another tl_keras run, whose files "
                  f"it would replace")
+    elif held:  # --overwrite moved it aside with the folder
+        where = (f"a folder holding the workdir {held!r} of another "
+                 f"tl_keras run, which replacing it would move aside")
     elif io.inside(target, workdir) and not io.inside(target, own):
         where = "inside the run, whose files it would replace"
     else:
@@ -125,6 +130,15 @@ def _other_run(workdir, target):
         if folder == own:
             return None
         if _is_workdir(folder):
+            return folder
+    return None
+
+
+def _run_under(target):
+    """The first tl_keras workdir below `target` (links not followed),
+    else None."""
+    for folder, _, _ in os.walk(target):
+        if folder != target and _is_workdir(folder):
             return folder
     return None
 
