@@ -330,6 +330,33 @@ def test_overwrite_never_moves_the_images_aside(tmp_path, image_folder):
     assert sorted(os.listdir(workdir)) == ["images"]
 
 
+def test_overwrite_never_moves_a_live_run_aside_with_its_folder(
+        tiny_config, tmp_path):
+    # --workdir=runs --overwrite, where runs/ holds a live run's workdir
+    # (its lock beside it): the folder was moved aside, live run and all.
+    import socket
+
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    lock = runs / "a.lock"
+    lock.write_text(json.dumps({"pid": os.getppid(),  # a live process
+                                "host": socket.gethostname()}))
+    config = tiny_config.replace(workdir=str(runs), overwrite=True)
+    for run in (tl_keras.train, tl_keras.compare):
+        with pytest.raises(tl_keras.InputError, match=(
+                f"Invalid workdir .*: --overwrite would move it aside with "
+                f"a live run inside \\(pid {os.getppid()}")):
+            run(config)
+    assert sorted(os.listdir(runs)) == ["a", "a.lock"]
+    # A lock whose process is gone does not keep its folder in place.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(json.dumps({"pid": gone.pid,
+                                "host": socket.gethostname()}))
+    aside = tl_keras.io.move_aside(str(runs))
+    assert sorted(os.listdir(aside)) == ["a", "a.lock"]
+
+
 @pytest.mark.slow
 def test_a_live_run_locks_its_workdir(tiny_config):
     import socket

@@ -139,7 +139,9 @@ def old_prefix(name):
 
 def move_aside(path):
     """Renames `path` to `<path>.replaced-<time>` (never deleting
-    anything); returns the new name."""
+    anything); returns the new name. A folder a live run works in below
+    is refused (`check_no_live_run_under`)."""
+    check_no_live_run_under(path)
     aside = _fresh_name(path)
     os.replace(path, aside)
     return aside
@@ -265,6 +267,24 @@ def workdir_lock(workdir):
         _HELD.discard(key)
         if _read_lock(path) == mine:
             os.remove(path)
+
+
+def check_no_live_run_under(folder):
+    """Refuses moving `folder` aside while a live run holds a lock below
+    it (a folder of runs given with --overwrite: the run went on writing
+    into a path that was gone)."""
+    for root, _, names in os.walk(folder):
+        for lock in (os.path.join(root, n) for n in names
+                     if n.endswith(".lock")):
+            holder = _read_lock(lock)
+            if holder and not _is_stale(holder, os.path.realpath(lock)):
+                raise InputError(
+                    f"Invalid workdir {folder!r}: --overwrite would move it "
+                    f"aside with a live run inside (pid {holder.get('pid')}"
+                    f" on {holder.get('host')}; lock file {lock}). Allowed: "
+                    f"a folder no live run works in (wait for that run, or "
+                    f"delete the lock file if its process is gone), or a "
+                    f"new --workdir. Received: workdir={folder!r}")
 
 
 def _remove_stale(path, real):

@@ -45,7 +45,7 @@ from tl_keras.modes.compare_report import (
 from tl_keras.training.run_data import check_finished_data
 from tl_keras.training.trainer import train_row
 from tl_keras.training.workdir import (
-    check_data_stays,
+    check_move_aside,
     is_complete,
     stored_differences,
 )
@@ -228,7 +228,7 @@ def check_workdir(config, also_in_workdir=(), runs=True, data=None):
             f"(to resume)" + ("" if also_in_workdir else
                               ", or --overwrite (moves the old one aside)")
             + f". Received: workdir={workdir!r}")
-    check_data_stays(config)
+    check_move_aside(config)
     return problem
 
 

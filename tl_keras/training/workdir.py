@@ -93,7 +93,7 @@ def check_workdir(config):
             f"flags (to resume), a new --workdir, or --overwrite (moves the "
             f"old workdir aside). Received: workdir={workdir!r}")
     if problem:
-        check_data_stays(config)
+        check_move_aside(config)
     return problem
 
 
@@ -138,7 +138,7 @@ def data_to_resume(config, conflict, image_size, data=None):
     except InputError as e:
         if not config.runtime.overwrite:
             raise
-        check_data_stays(config)
+        check_move_aside(config)
         conflict = f"it started on other images or weights ({e})"
         log.warning("--overwrite: the interrupted run in %s started on "
                     "other images or weights; it is moved aside", workdir)
@@ -147,20 +147,22 @@ def data_to_resume(config, conflict, image_size, data=None):
     return run_data, weights, conflict
 
 
-def check_data_stays(config):
-    """Raises InputError when --overwrite would move the workdir aside with
-    the images in it (a --data_dir inside the workdir), before anything
-    moves: the run would then read a folder that is gone."""
+def check_move_aside(config):
+    """Raises InputError, before anything moves, when --overwrite would
+    move the workdir aside with the images in it (a --data_dir inside
+    the workdir: the run would then read a folder that is gone), or with
+    a live run inside (`io.check_no_live_run_under`)."""
     workdir, data_dir = config.runtime.workdir, config.data.data_dir
-    if not data_dir or not os.path.isdir(workdir):
+    if not os.path.isdir(workdir):
         return
-    if io.inside(data_dir, workdir):
+    if data_dir and io.inside(data_dir, workdir):
         raise InputError(
             f"Invalid overwrite: --overwrite would move the workdir "
             f"{workdir!r} aside with the images in it (--data_dir "
             f"{data_dir!r} is inside it). Allowed: a --data_dir outside the "
             f"workdir, or a new --workdir. Received: overwrite=True, "
             f"data_dir={data_dir!r}")
+    io.check_no_live_run_under(workdir)
 
 
 def claim_workdir(config, conflict=None, run_id=None, precision=None):
@@ -271,7 +273,7 @@ def _finished_as_listed(config, data):
         return None, True
     if not config.runtime.overwrite:
         refuse_changes(data_dir, workdir, "finished", changes)
-    check_data_stays(config)
+    check_move_aside(config)
     return f"its images changed since it finished ({', '.join(changes)})", \
         False
 
