@@ -433,3 +433,16 @@ def test_register_backbone_adds_and_replaces_only_when_asked():
         assert tl_keras.get_backbone_spec("my_net") is wider
     finally:
         registry._REGISTRY.pop("mynet", None)
+
+
+@pytest.mark.parametrize("replace", ["no", "False", 0, 1, None])
+def test_register_backbone_takes_only_a_bool_replace(replace):
+    # replace="no" was true: a spec named like a built-in replaced it for
+    # the whole process (compact_cnn with another min_size, silently).
+    before = tl_keras.get_backbone_spec("resnet50")
+    with pytest.raises(tl_keras.InputError, match=(
+            r"Invalid replace\. Allowed: True or False\. Received: "
+            r"replace=")):
+        tl_keras.register_backbone(_spec(name="resnet50", default_size=64),
+                                   replace=replace)
+    assert tl_keras.get_backbone_spec("resnet50") is before

@@ -69,7 +69,9 @@ def register_backbone(spec, replace=False):
     Args:
       spec: a BackboneSpec.
       replace: whether a spec already registered under the name (the
-        name's case, '_' and '-' aside) may be replaced.
+        name's case, '_' and '-' aside) may be replaced: True or False
+        (replace="no" was true, and replaced a built-in for the whole
+        process).
 
     Raises:
       InputError naming the field: checked here, so a bad spec fails
@@ -77,6 +79,8 @@ def register_backbone(spec, replace=False):
     """
     if not isinstance(spec, BackboneSpec):
         fail("spec", "a tl_keras.BackboneSpec", type(spec).__name__)
+    if not isinstance(replace, bool):
+        fail("replace", "True or False", replace)
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(spec.name)):
         fail("spec.name", "a letter, then letters, digits, '_' or '-' "
              "(a path or hub:PRESET goes to --backbone as it is)", spec.name)
