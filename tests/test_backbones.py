@@ -407,6 +407,16 @@ def _spec(**changes):
     (dict(block_pattern=r"^block\d+_"), "spec.block_pattern"),  # no group
     (dict(block_pattern=r"^(block\d+_"), "spec.block_pattern"),
     (dict(min_size=64), "spec.min_size and spec.default_size"),
+    # A misspelt argument was a TypeError from inside Keras when the base
+    # was built; the compact CNN's were ignored without a word.
+    (dict(application="MobileNetV2", builder_kwargs=(("alpah", 0.5),)),
+     "spec.builder_kwargs"),
+    (dict(application="MobileNetV2",
+          builder_kwargs=(("input_shape", (64, 64, 3)),)),
+     "spec.builder_kwargs"),  # set by tl_keras: "multiple values"
+    (dict(application="MobileNetV2", builder_kwargs=("alpha", 0.5)),
+     "spec.builder_kwargs"),  # not pairs
+    (dict(builder_kwargs=(("widths", (8, 16)),)), "spec.builder_kwargs"),
 ])
 def test_register_backbone_checks_the_spec_when_registered(changes, field):
     # It took anything: a duplicate replaced a built-in for the whole
@@ -431,6 +441,12 @@ def test_register_backbone_adds_and_replaces_only_when_asked():
         wider = tl_keras.register_backbone(_spec(default_size=64),
                                            replace=True)
         assert tl_keras.get_backbone_spec("my_net") is wider
+        thin = tl_keras.register_backbone(_spec(
+            application="MobileNetV2", builder_kwargs=(("alpha", 0.35),),
+            block_pattern=r"^(block_\d+)_"), replace=True)
+        assert models.build_backbone("my_net", "none", 32).base.get_layer(
+            "Conv1").filters == 16  # alpha=0.35: 32 * 0.35, rounded to 8s
+        assert tl_keras.get_backbone_spec("my_net") is thin
     finally:
         registry._REGISTRY.pop("mynet", None)
 

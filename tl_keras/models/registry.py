@@ -9,6 +9,7 @@ blocks from the top.
 
 import dataclasses
 import difflib
+import inspect
 import re
 
 import keras
@@ -93,6 +94,7 @@ def register_backbone(spec, replace=False):
             getattr(keras.applications, spec.application, None)):
         fail("spec.application", "'' (the compact CNN) or a "
              "keras.applications class name", spec.application)
+    _check_builder_kwargs(spec)
     if spec.preprocessing not in PREPROCESSING_MODES:
         fail("spec.preprocessing", " | ".join(PREPROCESSING_MODES),
              spec.preprocessing)
@@ -113,6 +115,42 @@ def register_backbone(spec, replace=False):
              "min_size <= default_size", sizes)
     _REGISTRY[_normalize(spec.name)] = spec
     return spec
+
+
+# An application's arguments that `BackboneSpec.build` sets, or that
+# would give no base a classifier can take (a pooled top, its own input).
+_SET_BY_BUILD = ("include_top", "weights", "input_shape", "input_tensor",
+                 "pooling")
+
+
+def _check_builder_kwargs(spec):
+    """Raises InputError unless `spec.builder_kwargs` are (name, value)
+    pairs naming arguments its application takes, besides `_SET_BY_BUILD`;
+    none for the compact CNN (application ''), which takes none (a
+    misspelt name was a TypeError from inside Keras when the base was
+    built, and the compact CNN's were ignored)."""
+    try:
+        names = list(dict(spec.builder_kwargs))
+    except (TypeError, ValueError):
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        fail("spec.builder_kwargs", "a tuple of (name, value) pairs",
+             spec.builder_kwargs)
+    if spec.application:
+        taken = inspect.signature(getattr(
+            keras.applications, spec.application)).parameters
+        allowed = [n for n in taken if n not in _SET_BY_BUILD]
+    else:
+        allowed = []
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        fail("spec.builder_kwargs", (
+            f"arguments of keras.applications.{spec.application}: "
+            f"{', '.join(allowed)} (tl_keras sets "
+            f"{', '.join(_SET_BY_BUILD)})" if spec.application else
+            "() for the compact CNN (application ''), which takes none"),
+             f"{spec.builder_kwargs!r}, where {', '.join(unknown)} is not "
+             f"one")
 
 
 def list_backbones():
