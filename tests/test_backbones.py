@@ -462,3 +462,19 @@ def test_register_backbone_takes_only_a_bool_replace(replace):
         tl_keras.register_backbone(_spec(name="resnet50", default_size=64),
                                    replace=replace)
     assert tl_keras.get_backbone_spec("resnet50") is before
+
+
+def test_build_backbone_refuses_a_block_pattern_that_names_no_layer():
+    # The base was one block, 'all': --unfreeze=1 fine-tuned all of it.
+    from tl_keras.models import registry
+    try:
+        tl_keras.register_backbone(_spec(block_pattern=r"^(conv\d)_"))
+        with pytest.raises(tl_keras.InputError, match=(
+                r"Invalid spec\.block_pattern\. Allowed: .* which are "
+                r"block1_conv1, .*Received: spec\.block_pattern=")):
+            models.build_backbone("my_net", "none", 32)
+        tl_keras.register_backbone(_spec(
+            block_pattern=r"_(conv\d)", block_rule="search"), replace=True)
+        assert len(models.build_backbone("my_net", "none", 32).blocks()) > 1
+    finally:
+        registry._REGISTRY.pop("mynet", None)

@@ -16,6 +16,7 @@ import keras
 from tl_keras.errors import InputError
 from tl_keras.models import hub
 from tl_keras.models.base_checks import (
+    check_block_pattern,
     check_build_args,
     check_cut_holds_weights,
     check_free_size,
@@ -174,6 +175,7 @@ def _build_registered(name, weights, image_size, feature_block=""):
         base = _build_with_imagenet_weights(spec, size)
     else:
         base = spec.build(size, None)
+    check_block_pattern(base, spec)
     built = BuiltBackbone(base, spec.preprocessing, size, spec,
                           source=f"{spec.name} (weights={weights})")
     if weights not in ("imagenet", "none"):

@@ -6,6 +6,7 @@ field, raised while the base is built (before the workdir is written).
 
 import logging
 import os
+import re
 import tempfile
 
 import h5py
@@ -15,6 +16,22 @@ from tl_keras.config.fields import check_weights
 from tl_keras.errors import InputError, check_range, fail
 
 log = logging.getLogger("tl_keras")
+
+
+def check_block_pattern(base, spec):
+    """Raises InputError when the registered `spec`'s block pattern names
+    a block at none of the layers of `base`, built from it: the base was
+    one block, 'all', and --unfreeze=1 fine-tuned the whole of it (said
+    only at INFO)."""
+    pattern = re.compile(spec.block_pattern)
+    find = pattern.search if spec.block_rule == "search" else pattern.match
+    names = [layer.name for layer in base.layers
+             if not isinstance(layer, keras.layers.InputLayer)]
+    if not any((m := find(name)) and m.group(1) for name in names):
+        fail("spec.block_pattern", f"a regular expression whose group 1 "
+             f"names the blocks of {spec.name}'s layers (re.{find.__name__}"
+             f" at each name, block_rule={spec.block_rule!r}), which are "
+             f"{', '.join(names[:4])} ... {names[-1]}", spec.block_pattern)
 
 
 def check_model_file(model, path):
