@@ -478,3 +478,18 @@ def test_build_backbone_refuses_a_block_pattern_that_names_no_layer():
         assert len(models.build_backbone("my_net", "none", 32).blocks()) > 1
     finally:
         registry._REGISTRY.pop("mynet", None)
+
+
+def test_build_backbone_names_image_size_keras_cannot_build():
+    # A spec's min_size below what its architecture takes let the size
+    # through to Keras: a MaxPooling2D ValueError from inside the build.
+    from tl_keras.models import registry
+    try:
+        tl_keras.register_backbone(_spec(min_size=2, default_size=8))
+        with pytest.raises(tl_keras.InputError, match=(
+                r"Invalid image_size for my_net: Keras cannot build the "
+                r"architecture at 4 px \(.*zero or negative.*\)\. Allowed: "
+                r".*min_size, 2, .*Received: image_size=4$")):
+            models.build_backbone("my_net", "none", 4)
+    finally:
+        registry._REGISTRY.pop("mynet", None)

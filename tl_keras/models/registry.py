@@ -49,16 +49,35 @@ class BackboneSpec:
     module: str = ""
 
     def build(self, image_size, weights):
-        """Builds the base (no top) for square `image_size` inputs."""
-        if not self.application:
-            return build_compact_cnn(image_size)
-        cls = getattr(keras.applications, self.application)
-        return cls(
-            include_top=False,
-            weights=weights,
-            input_shape=(image_size, image_size, 3),
-            **dict(self.builder_kwargs),
-        )
+        """Builds the base (no top) for square `image_size` inputs.
+
+        Raises:
+          InputError: Keras cannot build the architecture at that size
+            (a user's spec with a min_size below what it takes: Keras's
+            ValueError from a layer deep inside, a pooling left with
+            nothing)."""
+        try:
+            if not self.application:
+                return build_compact_cnn(image_size)
+            cls = getattr(keras.applications, self.application)
+            return cls(
+                include_top=False,
+                weights=weights,
+                input_shape=(image_size, image_size, 3),
+                **dict(self.builder_kwargs),
+            )
+        except ValueError as e:
+            said = [line.strip() for line in re.sub(
+                r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+            kwargs = (f" with builder_kwargs {self.builder_kwargs}"
+                      if self.builder_kwargs else "")
+            raise InputError(
+                f"Invalid image_size for {self.name}: Keras cannot build the "
+                f"architecture at {image_size} px{kwargs} "
+                f"({' '.join(said[:2])[:300]}). Allowed: a size it takes "
+                f"(the spec's min_size, {self.min_size}, is below some; "
+                f"register it with the smallest that builds). Received: "
+                f"image_size={image_size}") from None
 
 
 _REGISTRY = {}
