@@ -425,6 +425,29 @@ def test_a_leading_tilde_is_the_home_folder_from_python_too():
         data_dir="~/x"), 32).data_dir == os.path.join(home, "x")
 
 
+def test_path_fields_take_a_pathlib_path():
+    # Config(data_dir=Path(...)) was refused as not text, while
+    # build_backbone and load_model take a Path.
+    import pathlib
+
+    config = tl_keras.Config(data_dir=pathlib.Path("d"),
+                             workdir=pathlib.Path("~/runs/a"))
+    assert config.data.data_dir == "d"
+    assert config.runtime.workdir == os.path.expanduser("~/runs/a")
+    config = config.replace(export_dir=pathlib.Path("e"),
+                            weights=pathlib.Path("w.weights.h5"))
+    assert (config.export.export_dir, config.model.weights) == (
+        "e", "w.weights.h5")
+    assert json.loads(json.dumps(config.to_dict()))["data_dir"] == "d"
+    from tl_keras.data import pipelines
+
+    assert pipelines._checked_section(tl_keras.DataConfig(
+        data_dir=pathlib.Path("x")), 32).data_dir == "x"
+    # A field that is not a path still takes only its type.
+    with pytest.raises(tl_keras.InputError, match="Invalid backbones"):
+        tl_keras.Config(backbones=pathlib.Path("a.keras")).validate()
+
+
 def test_a_number_that_is_not_a_float_or_int_is_refused():
     # A Fraction passed as a float, then failed in config.json after the
     # workdir was made.

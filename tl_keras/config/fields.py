@@ -61,7 +61,9 @@ def plain_numbers(section):
     numpy learning rate or seed, and config.json would record
     np.float32(1e-3) as 0.0010000000474974513, so the same run given 1e-3
     would be refused as other settings. A numpy float becomes the shortest
-    decimal that gives it back (str: '0.001')."""
+    decimal that gives it back (str: '0.001'). A path field's
+    pathlib.Path (any os.PathLike) becomes its text, as `build_backbone`
+    and `load_model` take it (it was refused as not text)."""
     changes = {}
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
@@ -69,6 +71,8 @@ def plain_numbers(section):
             changes[f.name] = float(str(value))
         elif isinstance(value, np.generic):
             changes[f.name] = value.item()
+        elif f.name in PATH_FIELDS and isinstance(value, os.PathLike):
+            changes[f.name] = os.fspath(value)
     return dataclasses.replace(section, **changes) if changes else section
 
 
