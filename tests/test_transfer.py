@@ -515,6 +515,20 @@ def test_the_library_calls_check_their_arguments():
     with pytest.raises(tl_keras.InputError, match="Invalid model"):
         models.configure_stage(keras.Sequential([keras.layers.Dense(2)]),
                                "head", blocks)
+    # Blocks not given was a TypeError; a count for a stage that unfreezes
+    # nothing was ignored; a name for list_blocks an AttributeError.
+    with pytest.raises(tl_keras.InputError, match="Invalid blocks"):
+        models.configure_stage(model, "finetune", None, unfreeze=1)
+    for stage in ("head", "scratch"):
+        with pytest.raises(tl_keras.InputError, match=(
+                f"Invalid unfreeze.*with stage '{stage}'")):
+            models.configure_stage(model, stage, blocks, unfreeze=2)
+        models.configure_stage(model, stage, blocks, unfreeze="all")
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid base.*Received: base='compact_cnn'"):
+        models.list_blocks("compact_cnn")
+    with pytest.raises(tl_keras.InputError, match="Invalid backbone"):
+        models.get_backbone_spec(None)
 
 
 def test_feature_standardization_is_scale_free_and_refuses_nan():

@@ -13,7 +13,7 @@ import re
 
 import keras
 
-from tl_keras.errors import InputError
+from tl_keras.errors import InputError, fail
 from tl_keras.models import hub
 from tl_keras.models.base_checks import (
     check_block_pattern,
@@ -309,6 +309,9 @@ def list_blocks(base, spec=None):
     """
     if isinstance(base, BuiltBackbone):  # its .base alone has no spec
         return base.blocks()
+    if not isinstance(base, keras.Model):  # a name: an AttributeError
+        fail("base", "a BuiltBackbone (build_backbone(name)) or a Keras "
+             "model", base if isinstance(base, str) else type(base).__name__)
     layers = [layer for layer in base.layers
               if not isinstance(layer, keras.layers.InputLayer)]
     if spec is None:

@@ -183,6 +183,8 @@ def get_backbone_spec(name):
     Raises:
       ValueError: for an unknown name, listing the known ones.
     """
+    if not isinstance(name, str):  # None was an AttributeError
+        fail("backbone", "a registered name (text)", name)
     spec = _REGISTRY.get(_normalize(name))
     if spec is None:
         close = difflib.get_close_matches(name.lower(), list_backbones(), n=3)

@@ -76,8 +76,8 @@ def run_stage(model, stage, data, config, blocks, place, index=1,
       The stage's summary for metrics.json (settings, history, best).
     """
     workdir = config.runtime.workdir
-    configure_stage(model, stage.name, blocks,
-                    config.training.unfreeze_blocks())
+    configure_stage(model, stage.name, blocks, config.training.unfreeze_blocks()
+                    if stage.name == "finetune" else None)
     recipe_callbacks = _compile(model, stage, data, config, place, blocks)
     data.shuffle.track("model", seed_states(model))  # dropout, per epoch
     stage_dir, checkpoint = _stage_checkpoint(model, stage, workdir,
