@@ -370,6 +370,24 @@ def test_existing_export_is_kept_unless_overwrite(run, tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(["exp", *aside])
 
 
+def test_the_library_export_never_moves_a_run_aside(run, tmp_path):
+    # export_saved_model(model, "runs/a") (for "runs/a/export"), with the
+    # default overwrite=True, moved the run aside; "runs" all of them.
+    config, model, _ = run
+    runs = tmp_path / "runs"
+    shutil.copytree(config.runtime.workdir, runs / "a")
+    for target in (runs / "a", runs):
+        with pytest.raises(tl_keras.InputError, match=(
+                "Invalid export_dir.*not a tl_keras run's workdir and "
+                "holds none")):
+            export.export_saved_model(model, str(target), ["a", "b", "c"])
+    assert sorted(os.listdir(tmp_path)) == ["runs"]
+    assert sorted(os.listdir(runs)) == ["a"]
+    export.export_saved_model(model, str(runs / "a" / "export"),
+                              ["a", "b", "c"], keep_old=False)
+    tl_keras.load_exported(str(runs / "a" / "export"))
+
+
 def test_crash_mid_export_keeps_the_old_export(run, tmp_path, monkeypatch):
     _, model, _ = run
     target = str(tmp_path / "exp")

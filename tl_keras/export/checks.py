@@ -128,6 +128,12 @@ def check_arguments(export_dir, manifest, **switches):
     if io.inside(".", export_dir):
         fail("export_dir", "a folder that does not hold the current "
              "directory (the export replaces the folder whole)", export_dir)
+    # overwrite=True moved the run aside (`tl_keras.export_saved_model(
+    # model, "runs/a")` for "runs/a/export"), runs and all.
+    if is_workdir(export_dir) or run_under(export_dir):
+        fail("export_dir", "a folder that is not a tl_keras run's workdir "
+             "and holds none (the export replaces the folder whole)",
+             export_dir)
     if manifest is None:
         return export_dir
     if not isinstance(manifest, dict):
@@ -144,3 +150,23 @@ def check_arguments(export_dir, manifest, **switches):
              "lists, dicts)", str(e))
     return export_dir
 
+
+def run_under(target):
+    """The first tl_keras workdir below `target` (links not followed),
+    else None."""
+    for folder, _, _ in os.walk(target):
+        if folder != target and is_workdir(folder):
+            return folder
+    return None
+
+
+def is_workdir(folder):
+    """Whether `folder` holds a tl_keras run's records: a train run's
+    (config.json with flags.cfg or run.json), or an advise's or
+    compare's decision.json, a rank's ranking.json, the demo's
+    demo.json."""
+    def has(name):
+        return os.path.isfile(os.path.join(folder, name))
+
+    return (has("config.json") and (has("flags.cfg") or has("run.json"))
+            or any(map(has, ("decision.json", "ranking.json", "demo.json"))))

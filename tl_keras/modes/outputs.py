@@ -7,6 +7,7 @@ import os
 
 from tl_keras import io
 from tl_keras.errors import InputError
+from tl_keras.export.checks import is_workdir, run_under
 
 
 def check_output(config, extensions):
@@ -88,7 +89,7 @@ def check_outside_data(workdir, target):
 def check_export_target(workdir, target):
     """Refuses an --export_dir inside the run other than its own export
     folder, one inside any export, and one that is or lies inside another
-    tl_keras run's workdir (`_other_run`) or holds one (`_run_under`):
+    tl_keras run's workdir (`_other_run`) or holds one (`run_under`):
     --overwrite moved the run's model.keras aside for an export named
     after it (the run then had no model), a folder of another export (its
     variables/) for this one (that export then failed to load), and
@@ -96,7 +97,7 @@ def check_export_target(workdir, target):
     unchecked; a folder of runs with it) for this export."""
     own = os.path.join(workdir, "export")
     other = _other_run(workdir, target)
-    held = None if other else _run_under(target)
+    held = None if other else run_under(target)
     if other:
         where = (f"{'' if io.inside(other, target) else 'inside '}the "
                  f"workdir {other!r} of another tl_keras run, whose files "
@@ -129,30 +130,9 @@ def _other_run(workdir, target):
     for folder in (real, *_ancestors(real)):
         if folder == own:
             return None
-        if _is_workdir(folder):
+        if is_workdir(folder):
             return folder
     return None
-
-
-def _run_under(target):
-    """The first tl_keras workdir below `target` (links not followed),
-    else None."""
-    for folder, _, _ in os.walk(target):
-        if folder != target and _is_workdir(folder):
-            return folder
-    return None
-
-
-def _is_workdir(folder):
-    """Whether `folder` holds a tl_keras run's records: a train run's
-    (config.json with flags.cfg or run.json), or an advise's or
-    compare's decision.json, a rank's ranking.json, the demo's
-    demo.json."""
-    def has(name):
-        return os.path.isfile(os.path.join(folder, name))
-
-    return (has("config.json") and (has("flags.cfg") or has("run.json"))
-            or any(map(has, ("decision.json", "ranking.json", "demo.json"))))
 
 
 def _ancestors(path):
