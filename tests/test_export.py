@@ -878,8 +878,8 @@ def test_tflite_asked_of_a_finished_run_is_said(run, caplog):
                                            "model.tflite"))
 
 
-def test_an_output_in_an_export_or_a_runs_folders_is_refused(run,
-                                                           image_folder):
+def test_an_output_in_an_export_or_a_runs_folders_is_refused(
+        run, image_folder, tmp_path):
     # Even a new file: a re-export deleted predictions written into the
     # export, and --overwrite replaced a stage's log or checkpoint record
     # with prediction rows (the training history lost).
@@ -905,6 +905,16 @@ def test_an_output_in_an_export_or_a_runs_folders_is_refused(run,
                                                      overwrite=overwrite))
     assert open(record, "rb").read() == before
     assert not os.path.exists(os.path.join(workdir, "export", "p.csv"))
+    # The folders of an advise's, a rank's or the demo's workdir too
+    # (they write no config.json, and were not taken for a workdir).
+    for record in ("decision.json", "ranking.json", "demo.json"):
+        inside = tmp_path / record.split(".")[0] / "data"
+        inside.mkdir(parents=True)
+        (inside.parent / record).write_text("{}")
+        with pytest.raises(tl_keras.InputError,
+                           match="a tl_keras export or a run's own folder"):
+            predict.predict_files(predicting.replace(
+                output=str(inside / "p.csv")))
 
 
 def test_an_export_into_the_runs_data_folder_is_refused(run, image_folder):

@@ -63,11 +63,8 @@ def _managed_folder(path):
         if os.path.exists(os.path.join(f, "saved_model.pb")):
             return f
     for parent in _ancestors(folder):
-        if parent != os.path.dirname(parent) and os.path.isfile(
-                os.path.join(parent, "config.json")) and any(
-                    os.path.isfile(os.path.join(parent, name)) for name in (
-                        "flags.cfg", "run.json", "decision.json")):
-            return parent
+        if parent != os.path.dirname(parent) and is_workdir(parent):
+            return parent  # an advise's, rank's or the demo's too
     return None
 
 
