@@ -331,6 +331,14 @@ def test_rank_checks_every_hub_name_before_measuring(presets, tmp_path,
             data_dir=image_folder, workdir=str(tmp_path / "rank"),
             mode="rank", backbones=f"compact_cnn,hub:{tmp_path}/missing",
             weights="none"))  # compact_cnn has no ImageNet weights
+    # A size no preset takes, found once the preset was loaded, after
+    # compact_cnn was measured.
+    with pytest.raises(InputError, match="Invalid image_size for backbone "
+                       "'hub:.*'. Allowed: >= 32"):
+        tl_keras.rank(tl_keras.Config(
+            data_dir=image_folder, workdir=str(tmp_path / "rank"),
+            mode="rank", backbones=f"compact_cnn,hub:{presets['vit']}",
+            weights="none", image_size=16))
     assert not measured
 
 

@@ -52,7 +52,7 @@ def rank(config, data=None):
              "file holding its weights)", config.model.weights)
     for name in names:  # every name checked before any work
         if is_hub(name):
-            check_preset_name(name)
+            check_preset_name(name, config.model.image_size)
         elif not name.endswith(".keras"):  # its name, weights and size
             check_registered(name, config.model.weights,
                              config.model.image_size)

@@ -127,10 +127,15 @@ def check_token_cut(base, blocks, block):
             f"Received: feature_block={block!r}")
 
 
-def check_preset_name(name):
+def check_preset_name(name, image_size=0):
     """The checks of `load_preset` that need no loading (keras-hub
-    installed; a folder is a backbone preset): for a list of candidates
-    checked before any of them is measured."""
+    installed; a folder is a backbone preset; an --image_size no preset
+    takes): for a list of candidates checked before any of them is
+    measured (rank found the size only once it loaded the preset)."""
+    if 0 < image_size < 32:
+        raise InputError(
+            f"Invalid image_size for backbone {name!r}. Allowed: >= 32, or "
+            f"0 (the preset's). Received: image_size={image_size}")
     import_keras_hub()
     preset = name[len(PREFIX):]
     if os.path.isdir(preset):
@@ -163,7 +168,7 @@ def load_preset(name, weights, image_size):
         that is not a preset, a preset of a non-vision model, or an image
         size the backbone cannot take.
     """
-    preset = check_preset_name(name)
+    preset = check_preset_name(name, image_size)
     hub = import_keras_hub()
     backbone = _from_preset(hub, preset, name, weights == "imagenet")
     kind = type(backbone).__name__
