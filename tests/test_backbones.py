@@ -407,6 +407,7 @@ def _spec(**changes):
     (dict(block_pattern=r"^block\d+_"), "spec.block_pattern"),  # no group
     (dict(block_pattern=r"^(block\d+_"), "spec.block_pattern"),
     (dict(min_size=64), "spec.min_size and spec.default_size"),
+    (dict(min_size=True), "spec.min_size and spec.default_size"),  # 1
     # A misspelt argument was a TypeError from inside Keras when the base
     # was built; the compact CNN's were ignored without a word.
     (dict(application="MobileNetV2", builder_kwargs=(("alpah", 0.5),)),

@@ -751,3 +751,10 @@ def test_imbalanced_classes_are_said(tiny_config, caplog):
             tl_keras.from_arrays(x, np.array(labels), tiny_config.replace(
                 validation_split=0.1, test_split=0.0), SIZE)
         assert ("Imbalanced classes: 0 has" in caplog.text) == said, labels
+
+
+def test_make_datasets_keep_copies_is_a_bool(tiny_config):
+    # keep_copies="no" was true: byte-for-byte copies were kept.
+    with pytest.raises(tl_keras.InputError,
+                       match="Invalid keep_copies.*Received: keep_copies='no'"):
+        tl_keras.make_datasets(tiny_config, SIZE, keep_copies="no")

@@ -200,6 +200,8 @@ def make_datasets(config, image_size, keep_copies=False):
         than two classes, or a class too small to split.
     """
     config = _checked_section(config, image_size)
+    if not isinstance(keep_copies, bool):  # "no" kept them
+        fail("keep_copies", "True or False", keep_copies)
     files, class_names, skipped, bad, copies = _images_of(config,
                                                           keep_copies)
     files = carve_missing_splits(files, config, class_names)

@@ -128,8 +128,8 @@ def register_backbone(spec, replace=False):
         fail("spec.block_pattern", "a regular expression whose group 1 "
              f"names a layer's block (groups: {groups})", spec.block_pattern)
     sizes = (spec.min_size, spec.default_size)
-    if not (all(isinstance(n, int) for n in sizes)
-            and 1 <= sizes[0] <= sizes[1]):
+    if not (all(isinstance(n, int) and not isinstance(n, bool)  # True: 1
+                for n in sizes) and 1 <= sizes[0] <= sizes[1]):
         fail("spec.min_size and spec.default_size", "integers with 1 <= "
              "min_size <= default_size", sizes)
     _REGISTRY[_normalize(spec.name)] = spec
