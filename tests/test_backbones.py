@@ -488,8 +488,9 @@ def test_build_backbone_names_image_size_keras_cannot_build():
     try:
         tl_keras.register_backbone(_spec(min_size=2, default_size=8))
         with pytest.raises(tl_keras.InputError, match=(
-                r"Invalid image_size for my_net: Keras cannot build the "
-                r"architecture at 4 px \(.*zero or negative.*\)\. Allowed: "
+                r"Invalid image_size, builder_kwargs or weights for my_net: "
+                r"Keras cannot build the architecture at 4 px with "
+                r"weights=None \(.*zero or negative.*\)\. Allowed: "
                 r".*min_size, 2, .*Received: image_size=4$")):
             models.build_backbone("my_net", "none", 4)
     finally:

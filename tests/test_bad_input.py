@@ -133,13 +133,13 @@ def test_a_glob_that_matches_nothing_is_an_error(tmp_path):
         predict.expand_inputs(str(tmp_path / "*.png"))
 
 
-@pytest.mark.parametrize("spec", ["{image},", "{image},,{image}", ","])
+@pytest.mark.parametrize("spec", ["{image},", "{image},,{image}", ",", " "])
 def test_an_empty_name_in_inputs_is_an_error(tmp_path, spec):
     # It was skipped without a word ('$A,$B' with $B empty).
     image = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(image)
     with pytest.raises(tl_keras.InputError, match="Invalid inputs: an "
-                       "empty name .* matches no image"):
+                       "empty name matches no image"):
         predict.expand_inputs(spec.format(image=image))
 
 
@@ -679,6 +679,19 @@ def test_rank_checks_every_candidate_first(folder, tmp_path, backbones,
     with pytest.raises(tl_keras.InputError,
                        match=f"Invalid backbones.*{fragment}"):
         tl_keras.rank(config)
+    assert not os.path.exists(tmp_path / "rank")
+
+
+def test_rank_from_python_checks_its_names_whatever_the_mode(folder,
+                                                             tmp_path):
+    # A Config left at mode='train' skips Config.validate's rank checks:
+    # rank() said "Unknown backbone ''".
+    for backbones in ("", "compact_cnn,,compact_cnn.keras"):
+        with pytest.raises(tl_keras.InputError,
+                           match="Invalid backbones.*none empty"):
+            tl_keras.rank(tl_keras.Config(
+                data_dir=folder, workdir=str(tmp_path / "rank"),
+                backbones=backbones, weights="none"))
     assert not os.path.exists(tmp_path / "rank")
 
 

@@ -344,17 +344,21 @@ def test_overwrite_never_moves_a_live_run_aside_with_its_folder(
     config = tiny_config.replace(workdir=str(runs), overwrite=True)
     for run in (tl_keras.train, tl_keras.compare):
         with pytest.raises(tl_keras.InputError, match=(
-                f"Invalid workdir .*: --overwrite would move it aside with "
-                f"a live run inside \\(pid {os.getppid()}")):
+                f"Invalid workdir .*: moving it aside would move a live run "
+                f"inside it \\(lock file .*a.lock, held by pid "
+                f"{os.getppid()}\\)")):
             run(config)
     assert sorted(os.listdir(runs)) == ["a", "a.lock"]
-    # A lock whose process is gone does not keep its folder in place.
+    # A lock whose process is gone does not keep its folder in place,
+    # nor another tool's lock file (JSON without a pid and a host).
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     lock.write_text(json.dumps({"pid": gone.pid,
                                 "host": socket.gethostname()}))
+    (runs / "Pipfile.lock").write_text('{"_meta": {"hash": "x"}}')
+    (runs / "a" / "other.lock").write_text("[1]")
     aside = tl_keras.io.move_aside(str(runs))
-    assert sorted(os.listdir(aside)) == ["a", "a.lock"]
+    assert sorted(os.listdir(aside)) == ["Pipfile.lock", "a", "a.lock"]
 
 
 @pytest.mark.slow

@@ -905,12 +905,20 @@ def test_an_output_in_an_export_or_a_runs_folders_is_refused(
                                                      overwrite=overwrite))
     assert open(record, "rb").read() == before
     assert not os.path.exists(os.path.join(workdir, "export", "p.csv"))
-    # The folders of an advise's, a rank's or the demo's workdir too
-    # (they write no config.json, and were not taken for a workdir).
-    for record in ("decision.json", "ranking.json", "demo.json"):
-        inside = tmp_path / record.split(".")[0] / "data"
+    # The folders of a compare's or the demo's workdir too (they write
+    # no config.json, and were not taken for a workdir); not those of a
+    # folder an advise or a rank wrote its record into (a project's own).
+    from tl_keras.modes import outputs
+
+    for records in (("decision.json", "results.json"), ("demo.json",),
+                    ("decision.json",), ("ranking.json",)):
+        inside = tmp_path / records[-1].split(".")[0] / "data"
         inside.mkdir(parents=True)
-        (inside.parent / record).write_text("{}")
+        for record in records:
+            (inside.parent / record).write_text("{}")
+        if records[-1] in ("decision.json", "ranking.json"):
+            assert outputs._managed_folder(str(inside / "p.csv")) is None
+            continue
         with pytest.raises(tl_keras.InputError,
                            match="a tl_keras export or a run's own folder"):
             predict.predict_files(predicting.replace(
@@ -959,9 +967,10 @@ def test_an_export_into_another_runs_workdir_is_refused(run, tmp_path):
     config, _, _ = run
     victim = tmp_path / "victim"
     shutil.copytree(config.runtime.workdir, victim)
-    advised = tmp_path / "advised"  # an advise's (or compare's) workdir
+    advised = tmp_path / "advised"  # a compare's workdir
     advised.mkdir()
     (advised / "decision.json").write_text("{}")
+    (advised / "results.json").write_text("{}")
     listings = (tmp_path, victim, victim / "export", advised)
     before = [sorted(os.listdir(folder)) for folder in listings]
     manifest = (victim / "export" / "manifest.json").read_bytes()

@@ -524,6 +524,10 @@ def test_the_library_calls_check_their_arguments():
                 f"Invalid unfreeze.*with stage '{stage}'")):
             models.configure_stage(model, stage, blocks, unfreeze=2)
         models.configure_stage(model, stage, blocks, unfreeze="all")
+    models.configure_stage(model, "head", blocks)
+    with pytest.raises(tl_keras.InputError, match="Invalid unfreeze"):
+        models.configure_stage(model, "scratch", blocks, unfreeze=2)
+    assert not models.get_base(model).trainable  # the refusal changed it
     with pytest.raises(tl_keras.InputError,
                        match="Invalid base.*Received: base='compact_cnn'"):
         models.list_blocks("compact_cnn")

@@ -272,19 +272,23 @@ def workdir_lock(workdir):
 def check_no_live_run_under(folder):
     """Refuses moving `folder` aside while a live run holds a lock below
     it (a folder of runs given with --overwrite: the run went on writing
-    into a path that was gone)."""
+    into a path that was gone). Only `workdir_lock`'s locks count (a
+    project's Pipfile.lock does not); one still being written is live."""
     for root, _, names in os.walk(folder):
         for lock in (os.path.join(root, n) for n in names
                      if n.endswith(".lock")):
             holder = _read_lock(lock)
-            if holder and not _is_stale(holder, os.path.realpath(lock)):
+            ours = isinstance(holder, dict) and isinstance(
+                holder.get("pid"), int) and isinstance(holder.get("host"), str)
+            if ours and not _is_stale(holder, os.path.realpath(lock)) or (
+                    not holder and _age(lock) < 10):
                 raise InputError(
-                    f"Invalid workdir {folder!r}: --overwrite would move it "
-                    f"aside with a live run inside (pid {holder.get('pid')}"
-                    f" on {holder.get('host')}; lock file {lock}). Allowed: "
-                    f"a folder no live run works in (wait for that run, or "
-                    f"delete the lock file if its process is gone), or a "
-                    f"new --workdir. Received: workdir={folder!r}")
+                    f"Invalid workdir {folder!r}: moving it aside would move "
+                    f"a live run inside it (lock file {lock}, held by pid "
+                    f"{holder.get('pid') if ours else '?'}). Allowed: a "
+                    f"folder no live run works in (wait for that run, or "
+                    f"delete the lock file if its process is gone), or a new "
+                    f"--workdir. Received: workdir={folder!r}")
 
 
 def _remove_stale(path, real):

@@ -35,16 +35,15 @@ def rank(config, data=None):
         require_data_dir=data is None)
     check_record_place(config)
     check_one_process(config.runtime)
-    # None is empty (`Config.validate`).
     names = [b.strip() for b in config.advisor.backbones.split(",")]
     # One file by two spellings (clf.keras, ./clf.keras) is one base.
     keys = [os.path.realpath(n) if n.endswith(".keras") else n
             for n in names]
     twice = sorted({n for n, k in zip(names, keys, strict=True)
                     if keys.count(k) > 1})
-    if twice:
+    if twice or "" in names:  # as Config.validate in --mode=rank
         fail("backbones", "comma-separated distinct backbone names or "
-             ".keras paths", config.advisor.backbones)
+             ".keras paths, none empty", config.advisor.backbones)
     if config.model.weights not in ("imagenet", "none") and len(names) > 1:
         # It loaded the one file into every candidate: identical rows.
         fail("weights", "imagenet or none with several --backbones (a "

@@ -161,12 +161,15 @@ def run_under(target):
 
 
 def is_workdir(folder):
-    """Whether `folder` holds a tl_keras run's records: a train run's
-    (config.json with flags.cfg or run.json), or an advise's or
-    compare's decision.json, a rank's ranking.json, the demo's
-    demo.json."""
+    """Whether `folder` is a tl_keras workdir whose folders tl_keras
+    rewrites: a train run's (config.json with flags.cfg or run.json), a
+    compare's (decision.json with its results.json or a run's folder) or
+    the demo's (demo.json). An advise's decision.json or a rank's
+    ranking.json alone marks none: they write only that record, into
+    any folder (a project's own)."""
     def has(name):
-        return os.path.isfile(os.path.join(folder, name))
+        return os.path.exists(os.path.join(folder, name))
 
     return (has("config.json") and (has("flags.cfg") or has("run.json"))
-            or any(map(has, ("decision.json", "ranking.json", "demo.json"))))
+            or has("demo.json") or has("decision.json") and any(map(has, (
+                "results.json", "scratch", "transfer", "finetune", "auto"))))

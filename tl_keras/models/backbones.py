@@ -311,7 +311,7 @@ def list_blocks(base, spec=None):
         return base.blocks()
     if not isinstance(base, keras.Model):  # a name: an AttributeError
         fail("base", "a BuiltBackbone (build_backbone(name)) or a Keras "
-             "model", base if isinstance(base, str) else type(base).__name__)
+             "model", base)
     layers = [layer for layer in base.layers
               if not isinstance(layer, keras.layers.InputLayer)]
     if spec is None:

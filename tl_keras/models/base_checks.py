@@ -28,10 +28,11 @@ def check_block_pattern(base, spec):
     names = [layer.name for layer in base.layers
              if not isinstance(layer, keras.layers.InputLayer)]
     if not any((m := find(name)) and m.group(1) for name in names):
+        shown = names if len(names) <= 5 else [*names[:4], "...", names[-1]]
         fail("spec.block_pattern", f"a regular expression whose group 1 "
              f"names the blocks of {spec.name}'s layers (re.{find.__name__}"
              f" at each name, block_rule={spec.block_rule!r}), which are "
-             f"{', '.join(names[:4])} ... {names[-1]}", spec.block_pattern)
+             f"{', '.join(shown)}", spec.block_pattern)
 
 
 def check_model_file(model, path):

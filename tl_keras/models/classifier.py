@@ -147,12 +147,12 @@ def configure_stage(model, stage, blocks, unfreeze=None, quiet=False):
         raise InputError(f"Unknown stage. Allowed: {', '.join(STAGES)}. "
                          f"Received: stage={stage!r}")
     base = get_base(model)
+    if stage != "finetune" and unfreeze not in (None, "all"):  # ignored
+        fail("unfreeze", f"None or 'all' with stage {stage!r} (only "
+             f"'finetune' unfreezes top blocks)", unfreeze)
     # Setting trainable on the base resets every sub-layer's flag.
     base.trainable = stage != "head"
     if stage != "finetune":
-        if unfreeze not in (None, "all"):  # it was ignored
-            fail("unfreeze", f"None or 'all' with stage {stage!r} (only "
-                 f"'finetune' unfreezes top blocks)", unfreeze)
         return
     _check_blocks_of(base, blocks)  # the only stage that reads them
     unfreeze = None if unfreeze == "all" else unfreeze
@@ -190,7 +190,7 @@ def _check_blocks_of(base, blocks):
     base trainable, a classifier's its base frozen."""
     if not isinstance(blocks, (list, tuple)):  # None was a TypeError
         fail("blocks", "the list tl_keras.list_blocks(backbone) gives",
-             type(blocks).__name__)
+             blocks)
     own = {id(layer) for layer in all_layers(base)}
     layers = [layer for _, group in blocks for layer in group]
     if not layers or any(id(layer) not in own for layer in layers):

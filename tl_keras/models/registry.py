@@ -71,12 +71,16 @@ class BackboneSpec:
                 r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
             kwargs = (f" with builder_kwargs {self.builder_kwargs}"
                       if self.builder_kwargs else "")
+            # Mostly a size below what the architecture takes (a user's
+            # min_size), but Keras's reason may be a builder argument or
+            # the weights too: it is quoted, and all three named.
             raise InputError(
-                f"Invalid image_size for {self.name}: Keras cannot build the "
-                f"architecture at {image_size} px{kwargs} "
-                f"({' '.join(said[:2])[:300]}). Allowed: a size it takes "
-                f"(the spec's min_size, {self.min_size}, is below some; "
-                f"register it with the smallest that builds). Received: "
+                f"Invalid image_size, builder_kwargs or weights for "
+                f"{self.name}: Keras cannot build the architecture at "
+                f"{image_size} px{kwargs} with weights={weights} "
+                f"({' '.join(said[:2])[:300]}). Allowed: a size, arguments "
+                f"and weights it takes (a registered spec's min_size, "
+                f"{self.min_size}, must be one it builds at). Received: "
                 f"image_size={image_size}") from None
 
 
@@ -166,10 +170,10 @@ def _check_builder_kwargs(spec):
         fail("spec.builder_kwargs", (
             f"arguments of keras.applications.{spec.application}: "
             f"{', '.join(allowed)} (tl_keras sets "
-            f"{', '.join(_SET_BY_BUILD)})" if spec.application else
+            f"{', '.join(_SET_BY_BUILD)}; not "
+            f"{', '.join(unknown)})" if spec.application else
             "() for the compact CNN (application ''), which takes none"),
-             f"{spec.builder_kwargs!r}, where {', '.join(unknown)} is not "
-             f"one")
+             spec.builder_kwargs)
 
 
 def list_backbones():

@@ -109,7 +109,7 @@ def expand_inputs(spec):
             found = {p for match in glob.glob(item, recursive=True)
                      for p in _files_at(match)}
         if not found:  # an empty name too ('a.png,'): it was skipped
-            what = repr(item) if item else "an empty name (between commas)"
+            what = repr(item) if item else "an empty name"
             raise InputError(
                 f"Invalid inputs: {what} matches no image file. Allowed: "
                 f"image files, folders or glob patterns, comma-separated "
