@@ -1,6 +1,8 @@
 """Backbone registry: names, contracts, blocks, weights files, and a user's
 own saved model as the base. All offline (weights=None or local files)."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -342,6 +344,11 @@ def test_build_backbone_checks_its_arguments(tmp_path):
     tl_keras.build_classifier(tl_keras.build_backbone(
         "compact_cnn", "none", 32), 2).save(str(path))
     assert tl_keras.build_backbone(pathlib.Path(path), image_size=32).base
+    # A numpy size (read from an array or a sweep) is kept as a plain int,
+    # as Config keeps it: the built base's size goes into JSON records.
+    size = tl_keras.build_backbone("compact_cnn", "none",
+                                   np.int64(32)).image_size
+    assert type(size) is int and json.dumps(size) == "32"
 
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -93,8 +93,8 @@ def build_backbone(name, weights="imagenet", image_size=0, feature_block=""):
         that do not match the architecture, a cut that holds no weights,
         or a .keras model that is not one base (`base_checks`).
     """
-    name, weights = check_build_args(name, weights, image_size,
-                                     feature_block)
+    name, weights, image_size = check_build_args(name, weights, image_size,
+                                                 feature_block)
     if name.endswith(".keras"):
         built = _backbone_from_model_file(name, image_size, weights,
                                           feature_block)

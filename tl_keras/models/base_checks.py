@@ -180,8 +180,9 @@ def _layer_variables(path):
 
 
 def check_build_args(name, weights, image_size, feature_block):
-    """`build_backbone`'s name and weights as it reads them (a path object
-    as its text; weights=None, Keras's word for random init, as 'none'),
+    """`build_backbone`'s name, weights and image_size as it reads them (a
+    path object as its text; weights=None, Keras's word for random init,
+    as 'none'; a numpy integer size as a plain int, as Config keeps it),
     each argument checked as Config checks its field: an AttributeError
     or TypeError from deep inside named none (weights=None,
     image_size='32', a pathlib.Path name)."""
@@ -199,4 +200,4 @@ def check_build_args(name, weights, image_size, feature_block):
     if not isinstance(feature_block, str):
         fail("feature_block", "a block name (list_blocks) or ''",
              feature_block)
-    return name, weights
+    return name, weights, int(image_size)
